@@ -1,0 +1,33 @@
+# The two commands of the README: `make run` and `make test`. Everything else is a helper.
+CARGO ?= cargo
+BIN := target/release/parloir
+
+.PHONY: run test setup build unit e2e fmt lint clean
+
+run: setup build
+	$(BIN) serve --dev
+
+test: setup build unit e2e
+
+setup:
+	@bash deploy/setup.sh
+
+# One release build serves `make run`, the unit tests and the end-to-end tests.
+build:
+	$(CARGO) build --release --locked
+
+unit:
+	$(CARGO) test --release --locked --workspace
+
+e2e:
+	PARLOIR_BIN=$(BIN) node --test --test-concurrency=1 tests/e2e/
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

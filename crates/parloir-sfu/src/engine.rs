@@ -1,0 +1,1596 @@
+//! The SFU state machine: rooms of participants, each with str0m peer connections; published
+//! tracks forwarded to subscribers; data packets routed; speakers detected.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use livekit_protocol as proto;
+use prost::Message as _;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::ice::StunMessage;
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Rtc};
+
+use crate::ids::{IdGen, PeerId, SessionId};
+use crate::sdp_scan;
+use crate::speakers::{self, Loudness, SPEAKER_TICK};
+
+/// Static configuration of the SFU.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// The UDP addresses advertised as ICE host candidates. Datagrams must be handed to
+    /// [`Sfu::handle_receive`] with one of these as destination.
+    pub candidates: Vec<SocketAddr>,
+    /// Seed for sids and ICE credentials (fixed in simulations, random in the server).
+    pub seed: u64,
+    /// `ServerInfo.version` reported to clients.
+    pub server_version: String,
+    /// `ServerInfo.protocol`.
+    pub protocol: i32,
+    /// `ServerInfo.node_id`.
+    pub node_id: String,
+    /// Seconds between client pings, and without any message before a client gives up.
+    pub ping_interval_s: i32,
+    pub ping_timeout_s: i32,
+}
+
+/// How a participant's media is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `/rtc`: the client publishes on one peer connection, the server offers a second one
+    /// for what the client receives.
+    TwoPeerConnections,
+}
+
+/// A participant asks to join a room. The caller has verified its token.
+#[derive(Debug, Clone)]
+pub struct JoinCommand {
+    pub session: SessionId,
+    pub room: String,
+    pub identity: String,
+    pub name: String,
+    pub metadata: String,
+    pub attributes: HashMap<String, String>,
+    pub permission: proto::ParticipantPermission,
+    /// `ParticipantInfo.Kind`.
+    pub kind: i32,
+    pub layout: Layout,
+    pub auto_subscribe: bool,
+    pub protocol: i32,
+    pub client_protocol: i32,
+    /// Wall clock at the join, for `joined_at` and room creation times.
+    pub unix_ms: i64,
+}
+
+/// Input from signal sessions.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Command {
+    Join(Box<JoinCommand>),
+    /// The client's offer for its publisher peer connection; `id` is echoed in the answer
+    /// (livekit-client matches answers to offers by it).
+    Offer {
+        session: SessionId,
+        sdp: String,
+        id: u32,
+    },
+    /// The client's answer to the server's subscriber offer.
+    Answer {
+        session: SessionId,
+        sdp: String,
+    },
+    /// A client ICE candidate (`RTCIceCandidateInit` as JSON).
+    Trickle {
+        session: SessionId,
+        candidate_init: String,
+        target: i32,
+    },
+    AddTrack {
+        session: SessionId,
+        request: proto::AddTrackRequest,
+    },
+    Mute {
+        session: SessionId,
+        track_sid: String,
+        muted: bool,
+    },
+    UpdateSubscription {
+        session: SessionId,
+        track_sids: Vec<String>,
+        subscribe: bool,
+    },
+    /// Accepted and stored; layer choice from it comes with the meetings-at-scale work.
+    UpdateTrackSettings {
+        session: SessionId,
+        settings: proto::UpdateTrackSettings,
+    },
+    UpdateMetadata {
+        session: SessionId,
+        request: proto::UpdateParticipantMetadata,
+    },
+    /// The participant leaves: it said so, or its WebSocket closed.
+    Leave {
+        session: SessionId,
+    },
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+/// What the SFU asks of its caller.
+#[derive(Debug)]
+pub enum Output {
+    Transmit(Transmit),
+    /// A message for one signal session.
+    Signal(SessionId, Box<proto::signal_response::Message>),
+    /// The session is over (evicted or refused): flush its messages and close it.
+    Close(SessionId),
+    /// Nothing more until this instant, new input or a command.
+    Timeout(Instant),
+}
+
+/// Counters, cumulative since start, plus gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub rooms: u64,
+    pub participants: u64,
+    pub tracks: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// Datagrams that matched no peer or that a peer refused.
+    pub dropped_datagrams: u64,
+    /// Keyframe requests (PLI/FIR) relayed to publishers.
+    pub keyframe_requests: u64,
+    /// NACKs received from subscribers (retransmissions asked of the SFU).
+    pub nacks: u64,
+    /// Media frames forwarded to subscribers.
+    pub frames_forwarded: u64,
+    /// Data packets routed, and data packets dropped (undecodable or not allowed).
+    pub data_packets: u64,
+    pub data_dropped: u64,
+}
+
+/// The selective forwarding unit. See the crate documentation for how to drive it.
+pub struct Sfu {
+    config: SfuConfig,
+    ids: IdGen,
+    rooms: HashMap<String, Room>,
+    participants: HashMap<SessionId, Participant>,
+    peers: HashMap<PeerId, Peer>,
+    tracks: HashMap<String, Track>,
+    by_ufrag: HashMap<String, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    deadlines: BTreeSet<(Instant, PeerId)>,
+    next_peer: u64,
+    /// Peers with work to drain, and the str0m events drained but not yet handled.
+    dirty: Vec<PeerId>,
+    events: VecDeque<(PeerId, Event)>,
+    out: VecDeque<Output>,
+    next_speaker_tick: Option<Instant>,
+    /// The latest instant given by the caller.
+    now: Instant,
+    stats: Stats,
+    /// Cumulative NACK counts per (peer, mid, rid) from egress stats, to count deltas.
+    nack_seen: HashMap<(PeerId, Mid, Option<Rid>), u64>,
+}
+
+struct Room {
+    info: proto::Room,
+    members: Vec<SessionId>,
+    loudness: HashMap<String, Loudness>,
+}
+
+struct Participant {
+    info: proto::ParticipantInfo,
+    room: String,
+    auto_subscribe: bool,
+    publisher: Option<PeerId>,
+    subscriber: Option<PeerId>,
+    /// AddTrack requests not yet matched to an m-line: cid → track sid.
+    pending: HashMap<String, String>,
+    /// Track settings last asked for, per track sid.
+    settings: HashMap<String, proto::UpdateTrackSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerRole {
+    Publisher,
+    Subscriber,
+}
+
+struct Peer {
+    session: SessionId,
+    role: PeerRole,
+    rtc: Rtc,
+    ufrag: String,
+    deadline: Option<Instant>,
+    queued: bool,
+    /// Publisher side: mid → msid track id from the client's latest offer, and bound tracks.
+    msids: HashMap<String, String>,
+    mids_in: HashMap<Mid, String>,
+    /// Subscriber side: track sid → outgoing m-line, and the reverse.
+    outs: HashMap<String, Out>,
+    mids_out: HashMap<Mid, String>,
+    pending_offer: Option<SdpPendingOffer>,
+    needs_offer: bool,
+    /// Changes for the next subscriber offer: str0m keeps changes in the `SdpApi` value, so
+    /// they are collected here and applied together in `negotiate_subscriber`.
+    add_channels: bool,
+    to_stop: Vec<Mid>,
+    /// Subscriber offers sent so far; numbers the next one.
+    offers_sent: u32,
+    /// Data channels by label (`_reliable`, `_lossy`).
+    channels: HashMap<String, ChannelId>,
+    channel_labels: HashMap<ChannelId, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutState {
+    /// Waiting for a negotiation that adds its m-line.
+    Wanted,
+    /// Offered; becomes `Open` when the answer arrives.
+    Negotiating(Mid),
+    Open(Mid),
+}
+
+struct Out {
+    state: OutState,
+}
+
+struct Track {
+    info: proto::TrackInfo,
+    publisher: SessionId,
+    peer: Option<PeerId>,
+    mid: Option<Mid>,
+    kind: MediaKind,
+    /// The simulcast layer forwarded (the first one seen); `None` without simulcast.
+    forward_rid: Option<Rid>,
+    /// Subscriber peers of this track; media goes to those whose m-line is open.
+    subscribers: Vec<PeerId>,
+    last_keyframe_request: Option<Instant>,
+}
+
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+const RELIABLE: &str = "_reliable";
+const LOSSY: &str = "_lossy";
+
+impl Sfu {
+    pub fn new(config: SfuConfig, now: Instant) -> Self {
+        let ids = IdGen::new(config.seed);
+        Self {
+            config,
+            ids,
+            rooms: HashMap::new(),
+            participants: HashMap::new(),
+            peers: HashMap::new(),
+            tracks: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            next_peer: 1,
+            dirty: Vec::new(),
+            events: VecDeque::new(),
+            out: VecDeque::new(),
+            next_speaker_tick: None,
+            now,
+            stats: Stats::default(),
+            nack_seen: HashMap::new(),
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            rooms: self.rooms.len() as u64,
+            participants: self.participants.len() as u64,
+            tracks: self.tracks.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// The participant sid of a session, once joined.
+    pub fn participant_sid(&self, session: SessionId) -> Option<&str> {
+        self.participants.get(&session).map(|p| p.info.sid.as_str())
+    }
+
+    /// Handles one command from a signal session.
+    pub fn handle_command(&mut self, now: Instant, command: Command) {
+        self.now = now;
+        match command {
+            Command::Join(join) => self.join(now, *join),
+            Command::Offer { session, sdp, id } => self.publisher_offer(now, session, &sdp, id),
+            Command::Answer { session, sdp } => self.subscriber_answer(now, session, &sdp),
+            Command::Trickle {
+                session,
+                candidate_init,
+                target,
+            } => self.trickle(session, &candidate_init, target),
+            Command::AddTrack { session, request } => self.add_track(now, session, request),
+            Command::Mute {
+                session,
+                track_sid,
+                muted,
+            } => self.mute(session, &track_sid, muted),
+            Command::UpdateSubscription {
+                session,
+                track_sids,
+                subscribe,
+            } => {
+                for sid in track_sids {
+                    if subscribe {
+                        self.subscribe(session, &sid);
+                    } else {
+                        self.unsubscribe(session, &sid);
+                    }
+                }
+                self.negotiate_subscriber(session);
+            }
+            Command::UpdateTrackSettings { session, settings } => {
+                if let Some(p) = self.participants.get_mut(&session) {
+                    for sid in &settings.track_sids {
+                        p.settings.insert(sid.clone(), settings.clone());
+                    }
+                }
+            }
+            Command::UpdateMetadata { session, request } => self.update_metadata(session, request),
+            Command::Leave { session } => self.leave(session, None),
+        }
+        self.run(now);
+    }
+
+    /// Handles one datagram that arrived at `destination` (one of the configured candidates).
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) {
+        self.now = now;
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += contents.len() as u64;
+        let Some(pid) = self.route(source, contents) else {
+            self.stats.dropped_datagrams += 1;
+            return;
+        };
+        let Ok(contents) = contents.try_into() else {
+            self.stats.dropped_datagrams += 1;
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        if !peer.rtc.accepts(&input) {
+            self.stats.dropped_datagrams += 1;
+            return;
+        }
+        if let Err(e) = peer.rtc.handle_input(input) {
+            tracing::debug!(%source, "peer refused a datagram: {e}");
+            self.stats.dropped_datagrams += 1;
+        }
+        self.by_addr.insert(source, pid);
+        self.mark(pid);
+        self.run(now);
+    }
+
+    /// Advances time: peers whose timeout passed, and the speaker tick.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        while let Some(&(t, pid)) = self.deadlines.first() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(peer) = self.peers.get_mut(&pid) {
+                peer.deadline = None;
+                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                    tracing::debug!("peer timeout failed: {e}");
+                    peer.rtc.disconnect();
+                }
+                self.mark(pid);
+            }
+        }
+        if self.next_speaker_tick.is_some_and(|t| t <= now) {
+            self.speaker_tick(now);
+        }
+        self.run(now);
+    }
+
+    /// The next output. Call until it returns [`Output::Timeout`], then again after any input.
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(o) = self.out.pop_front() {
+            return o;
+        }
+        let peer_deadline = self.deadlines.first().map(|&(t, _)| t);
+        let next = match (peer_deadline, self.next_speaker_tick) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            // Nothing scheduled: wake within a second anyway.
+            (None, None) => return Output::Timeout(self.far_future()),
+        };
+        Output::Timeout(next)
+    }
+
+    /// "No deadline": a second after the latest input; the caller may cap its wait anyway.
+    fn far_future(&self) -> Instant {
+        self.now + Duration::from_secs(1)
+    }
+
+    // ---- joining and leaving ----
+
+    fn join(&mut self, now: Instant, join: JoinCommand) {
+        let session = join.session;
+        // A second session for the same identity evicts the first (LiveKit's behaviour).
+        let older: Vec<SessionId> = self
+            .rooms
+            .get(&join.room)
+            .map(|r| {
+                r.members
+                    .iter()
+                    .copied()
+                    .filter(|s| {
+                        self.participants
+                            .get(s)
+                            .is_some_and(|p| p.info.identity == join.identity)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for old in older {
+            self.leave(old, Some(proto::DisconnectReason::DuplicateIdentity));
+        }
+
+        let room_sid = self.ids.sid("RM_");
+        let room = self.rooms.entry(join.room.clone()).or_insert_with(|| Room {
+            info: proto::Room {
+                sid: room_sid,
+                name: join.room.clone(),
+                empty_timeout: 300,
+                departure_timeout: 20,
+                creation_time: join.unix_ms / 1000,
+                creation_time_ms: join.unix_ms,
+                ..Default::default()
+            },
+            members: Vec::new(),
+            loudness: HashMap::new(),
+        });
+        room.members.push(session);
+        let room_info = room.info.clone();
+        let members = room.members.clone();
+
+        let info = proto::ParticipantInfo {
+            sid: self.ids.sid("PA_"),
+            identity: join.identity,
+            name: join.name,
+            state: proto::participant_info::State::Joined as i32,
+            metadata: join.metadata,
+            attributes: join.attributes,
+            joined_at: join.unix_ms / 1000,
+            joined_at_ms: join.unix_ms,
+            version: 1,
+            permission: Some(join.permission),
+            kind: join.kind,
+            client_protocol: join.client_protocol,
+            ..Default::default()
+        };
+        let others: Vec<proto::ParticipantInfo> = members
+            .iter()
+            .filter(|s| **s != session)
+            .filter_map(|s| self.participants.get(s))
+            .filter(|p| !is_hidden(&p.info))
+            .map(|p| p.info.clone())
+            .collect();
+        let response = proto::JoinResponse {
+            room: Some(room_info),
+            participant: Some(info.clone()),
+            other_participants: others,
+            server_version: self.config.server_version.clone(),
+            server_info: Some(proto::ServerInfo {
+                edition: proto::server_info::Edition::Standard as i32,
+                version: self.config.server_version.clone(),
+                protocol: self.config.protocol,
+                node_id: self.config.node_id.clone(),
+                ..Default::default()
+            }),
+            ping_interval: self.config.ping_interval_s.max(1),
+            ping_timeout: self.config.ping_timeout_s.max(2),
+            subscriber_primary: join.protocol > 2,
+            ..Default::default()
+        };
+        self.signal(session, proto::signal_response::Message::Join(response));
+        let subscriber = self.new_peer(now, session, PeerRole::Subscriber);
+        let hidden = is_hidden(&info);
+        let can_subscribe = info.permission.as_ref().is_some_and(|p| p.can_subscribe);
+        self.participants.insert(
+            session,
+            Participant {
+                info: info.clone(),
+                room: join.room.clone(),
+                auto_subscribe: join.auto_subscribe,
+                publisher: None,
+                subscriber: Some(subscriber),
+                pending: HashMap::new(),
+                settings: HashMap::new(),
+            },
+        );
+        if let Some(peer) = self.peers.get_mut(&subscriber) {
+            peer.add_channels = true;
+        }
+        if join.auto_subscribe && can_subscribe {
+            let existing: Vec<String> = self
+                .tracks
+                .iter()
+                .filter(|(_, t)| t.mid.is_some() && members.contains(&t.publisher))
+                .map(|(sid, _)| sid.clone())
+                .collect();
+            for sid in existing {
+                self.subscribe(session, &sid);
+            }
+        }
+        // The subscriber offer goes out right after the JoinResponse, tracks or not.
+        if let Some(peer) = self.peers.get_mut(&subscriber) {
+            peer.needs_offer = true;
+        }
+        self.negotiate_subscriber(session);
+        if !hidden {
+            self.broadcast_participant(&join.room, &info, Some(session));
+        }
+        self.ensure_speaker_tick(now);
+    }
+
+    fn leave(&mut self, session: SessionId, reason: Option<proto::DisconnectReason>) {
+        let Some(mut participant) = self.participants.remove(&session) else {
+            return;
+        };
+        if let Some(reason) = reason {
+            self.signal(
+                session,
+                proto::signal_response::Message::Leave(proto::LeaveRequest {
+                    can_reconnect: false,
+                    reason: reason as i32,
+                    action: proto::leave_request::Action::Disconnect as i32,
+                    regions: None,
+                }),
+            );
+            self.out.push_back(Output::Close(session));
+        }
+        // Unpublish its tracks.
+        let published: Vec<String> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.publisher == session)
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        for sid in &published {
+            self.remove_track(sid);
+        }
+        for pid in [participant.publisher.take(), participant.subscriber.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.remove_peer(pid);
+        }
+        let room_name = participant.room.clone();
+        if let Some(room) = self.rooms.get_mut(&room_name) {
+            room.members.retain(|s| *s != session);
+            room.loudness.remove(&participant.info.sid);
+            if room.members.is_empty() {
+                self.rooms.remove(&room_name);
+            }
+        }
+        participant.info.state = proto::participant_info::State::Disconnected as i32;
+        participant.info.version += 1;
+        participant.info.tracks.clear();
+        if let Some(reason) = reason {
+            participant.info.disconnect_reason = reason as i32;
+        }
+        if !is_hidden(&participant.info) {
+            self.broadcast_participant(&room_name, &participant.info, Some(session));
+        }
+        // Subscribers of the removed tracks renegotiate without them.
+        let sessions: Vec<SessionId> = self.participants.keys().copied().collect();
+        for s in sessions {
+            self.negotiate_subscriber(s);
+        }
+    }
+
+    // ---- peers ----
+
+    fn new_peer(&mut self, now: Instant, session: SessionId, role: PeerRole) -> PeerId {
+        let ufrag = self.ids.text(8);
+        let pass = self.ids.text(24);
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .set_local_ice_credentials(IceCreds {
+                ufrag: ufrag.clone(),
+                pass,
+            })
+            .build(now);
+        for addr in &self.config.candidates {
+            match Candidate::host(*addr, "udp") {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => tracing::warn!(%addr, "cannot use candidate: {e}"),
+            }
+        }
+        let pid = PeerId(self.next_peer);
+        self.next_peer += 1;
+        self.by_ufrag.insert(ufrag.clone(), pid);
+        self.peers.insert(
+            pid,
+            Peer {
+                session,
+                role,
+                rtc,
+                ufrag,
+                deadline: None,
+                queued: false,
+                msids: HashMap::new(),
+                mids_in: HashMap::new(),
+                outs: HashMap::new(),
+                mids_out: HashMap::new(),
+                pending_offer: None,
+                needs_offer: false,
+                add_channels: false,
+                to_stop: Vec::new(),
+                offers_sent: 0,
+                channels: HashMap::new(),
+                channel_labels: HashMap::new(),
+            },
+        );
+        self.mark(pid);
+        pid
+    }
+
+    fn remove_peer(&mut self, pid: PeerId) {
+        let Some(peer) = self.peers.remove(&pid) else {
+            return;
+        };
+        self.by_ufrag.remove(&peer.ufrag);
+        self.by_addr.retain(|_, p| *p != pid);
+        if let Some(t) = peer.deadline {
+            self.deadlines.remove(&(t, pid));
+        }
+        for sid in peer.outs.keys() {
+            if let Some(track) = self.tracks.get_mut(sid) {
+                track.subscribers.retain(|p| *p != pid);
+            }
+        }
+        self.nack_seen.retain(|(p, _, _), _| *p != pid);
+    }
+
+    /// Which peer a datagram belongs to: STUN by the username fragment we chose for the peer,
+    /// everything else by the source address ICE validated.
+    fn route(&mut self, source: SocketAddr, contents: &[u8]) -> Option<PeerId> {
+        if is_stun(contents) {
+            let message = StunMessage::parse(contents).ok()?;
+            let (local, _remote) = message.split_username()?;
+            return self.by_ufrag.get(local).copied();
+        }
+        self.by_addr.get(&source).copied()
+    }
+
+    fn mark(&mut self, pid: PeerId) {
+        if let Some(peer) = self.peers.get_mut(&pid)
+            && !peer.queued
+        {
+            peer.queued = true;
+            self.dirty.push(pid);
+        }
+    }
+
+    /// Drains every dirty peer and handles the events that come out, until nothing is left.
+    fn run(&mut self, now: Instant) {
+        loop {
+            while let Some(pid) = self.dirty.pop() {
+                self.drain(pid);
+            }
+            let Some((pid, event)) = self.events.pop_front() else {
+                break;
+            };
+            self.handle_event(now, pid, event);
+        }
+    }
+
+    fn drain(&mut self, pid: PeerId) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        peer.queued = false;
+        loop {
+            match peer.rtc.poll_output() {
+                Ok(str0m::Output::Transmit(t)) => {
+                    self.stats.packets_out += 1;
+                    self.stats.bytes_out += t.contents.len() as u64;
+                    self.out.push_back(Output::Transmit(Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    }));
+                }
+                Ok(str0m::Output::Timeout(t)) => {
+                    if peer.deadline != Some(t) {
+                        if let Some(old) = peer.deadline.take() {
+                            self.deadlines.remove(&(old, pid));
+                        }
+                        peer.deadline = Some(t);
+                        self.deadlines.insert((t, pid));
+                    }
+                    break;
+                }
+                Ok(str0m::Output::Event(e)) => self.events.push_back((pid, e)),
+                Err(e) => {
+                    tracing::debug!("peer failed: {e}");
+                    peer.rtc.disconnect();
+                    break;
+                }
+            }
+        }
+        if !peer.rtc.is_alive() {
+            let session = peer.session;
+            tracing::info!(%session, "peer connection closed");
+            self.leave(session, Some(proto::DisconnectReason::ConnectionTimeout));
+        }
+    }
+
+    fn handle_event(&mut self, now: Instant, pid: PeerId, event: Event) {
+        match event {
+            Event::MediaData(data) => self.forward(now, pid, data),
+            Event::KeyframeRequest(req) => {
+                let Some(sid) = self.peers.get(&pid).and_then(|p| p.mids_out.get(&req.mid)) else {
+                    return;
+                };
+                let sid = sid.clone();
+                self.request_keyframe(now, &sid, req.kind);
+            }
+            Event::MediaAdded(added) => self.media_added(pid, added.mid, added.kind),
+            Event::ChannelOpen(id, label) => {
+                if let Some(peer) = self.peers.get_mut(&pid) {
+                    peer.channels.insert(label.clone(), id);
+                    peer.channel_labels.insert(id, label);
+                }
+            }
+            Event::ChannelClose(id) => {
+                if let Some(peer) = self.peers.get_mut(&pid)
+                    && let Some(label) = peer.channel_labels.remove(&id)
+                {
+                    peer.channels.remove(&label);
+                }
+            }
+            Event::ChannelData(data) => self.route_data(pid, data.id, &data.data),
+            Event::IceConnectionStateChange(state) => {
+                if state == IceConnectionState::Disconnected
+                    && let Some(peer) = self.peers.get_mut(&pid)
+                {
+                    // An ICE-lite server cannot restart ICE itself; the client rejoins.
+                    peer.rtc.disconnect();
+                    self.mark(pid);
+                }
+            }
+            Event::MediaEgressStats(s) => {
+                let key = (pid, s.mid, s.rid);
+                let total = s.nacks;
+                let seen = self.nack_seen.insert(key, total).unwrap_or(0);
+                self.stats.nacks += total.saturating_sub(seen);
+            }
+            _ => {}
+        }
+    }
+
+    // ---- publishing ----
+
+    #[allow(
+        deprecated,
+        reason = "livekit-client still reads simulcast, layers and stereo"
+    )]
+    fn add_track(&mut self, now: Instant, session: SessionId, request: proto::AddTrackRequest) {
+        let Some(p) = self.participants.get_mut(&session) else {
+            return;
+        };
+        let permission = p.info.permission.clone().unwrap_or_default();
+        if !permission.can_publish
+            || (!permission.can_publish_sources.is_empty()
+                && !permission.can_publish_sources.contains(&request.source))
+        {
+            tracing::info!(%session, cid = %request.cid, "publish refused by permissions");
+            return;
+        }
+        if p.pending.contains_key(&request.cid) {
+            return;
+        }
+        let kind = proto::TrackType::try_from(request.r#type).unwrap_or(proto::TrackType::Audio);
+        let mime_type = match kind {
+            proto::TrackType::Video => {
+                let codec = request
+                    .simulcast_codecs
+                    .iter()
+                    .map(|c| c.codec.as_str())
+                    .find(|c| !c.is_empty())
+                    .unwrap_or("vp8");
+                format!("video/{}", codec.to_ascii_lowercase())
+            }
+            _ => "audio/opus".to_string(),
+        };
+        let sid = self.ids.sid("TR_");
+        let layers = request.layers.clone();
+        let info = proto::TrackInfo {
+            sid: sid.clone(),
+            r#type: request.r#type,
+            name: request.name.clone(),
+            muted: request.muted,
+            width: request.width,
+            height: request.height,
+            simulcast: layers.len() > 1,
+            disable_dtx: request.disable_dtx,
+            source: request.source,
+            layers: layers.clone(),
+            mime_type: mime_type.clone(),
+            codecs: vec![proto::SimulcastCodecInfo {
+                mime_type,
+                cid: request.cid.clone(),
+                layers,
+                ..Default::default()
+            }],
+            stereo: request.stereo,
+            disable_red: request.disable_red,
+            stream: request.stream.clone(),
+            encryption: request.encryption,
+            audio_features: request.audio_features.clone(),
+            backup_codec_policy: request.backup_codec_policy,
+            ..Default::default()
+        };
+        p.pending.insert(request.cid.clone(), sid.clone());
+        let publisher = p.publisher;
+        self.tracks.insert(
+            sid.clone(),
+            Track {
+                info: info.clone(),
+                publisher: session,
+                peer: None,
+                mid: None,
+                kind: if kind == proto::TrackType::Video {
+                    MediaKind::Video
+                } else {
+                    MediaKind::Audio
+                },
+                forward_rid: None,
+                subscribers: Vec::new(),
+                last_keyframe_request: None,
+            },
+        );
+        self.signal(
+            session,
+            proto::signal_response::Message::TrackPublished(proto::TrackPublishedResponse {
+                cid: request.cid.clone(),
+                track: Some(info),
+            }),
+        );
+        // The offer may have come first.
+        if let Some(pid) = publisher {
+            self.bind_pending(now, pid);
+        }
+    }
+
+    fn publisher_offer(&mut self, now: Instant, session: SessionId, sdp: &str, id: u32) {
+        let Some(p) = self.participants.get(&session) else {
+            return;
+        };
+        let pid = match p.publisher {
+            Some(pid) => pid,
+            None => {
+                let pid = self.new_peer(now, session, PeerRole::Publisher);
+                if let Some(p) = self.participants.get_mut(&session) {
+                    p.publisher = Some(pid);
+                }
+                pid
+            }
+        };
+        let offer = match SdpOffer::from_sdp_string(sdp) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::info!(%session, "unparseable offer: {e}");
+                return;
+            }
+        };
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let answer = match peer.rtc.sdp_api().accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(%session, "offer refused: {e}");
+                return;
+            }
+        };
+        peer.msids = sdp_scan::msid_tracks(sdp);
+        // An ICE restart picks new local credentials.
+        let creds = peer.rtc.direct_api().local_ice_credentials();
+        if creds.ufrag != peer.ufrag {
+            self.by_ufrag.remove(&peer.ufrag);
+            peer.ufrag = creds.ufrag.clone();
+            self.by_ufrag.insert(creds.ufrag, pid);
+        }
+        self.signal(
+            session,
+            proto::signal_response::Message::Answer(proto::SessionDescription {
+                r#type: "answer".into(),
+                sdp: answer.to_sdp_string(),
+                id,
+                ..Default::default()
+            }),
+        );
+        self.mark(pid);
+        self.bind_pending(now, pid);
+    }
+
+    fn media_added(&mut self, pid: PeerId, mid: Mid, kind: MediaKind) {
+        let Some(peer) = self.peers.get(&pid) else {
+            return;
+        };
+        if peer.role != PeerRole::Publisher || peer.mids_in.contains_key(&mid) {
+            return;
+        }
+        // Without an msid match, take the only pending track of that kind.
+        let session = peer.session;
+        let Some(p) = self.participants.get(&session) else {
+            return;
+        };
+        let candidates: Vec<(String, String)> = p
+            .pending
+            .iter()
+            .filter(|(_, sid)| self.tracks.get(*sid).is_some_and(|t| t.kind == kind))
+            .map(|(c, s)| (c.clone(), s.clone()))
+            .collect();
+        if let [(cid, sid)] = candidates.as_slice() {
+            self.bind(pid, mid, cid, sid);
+        }
+    }
+
+    /// Matches AddTrack requests to the m-lines of the publisher's offer by msid track id.
+    fn bind_pending(&mut self, _now: Instant, pid: PeerId) {
+        let Some(peer) = self.peers.get(&pid) else {
+            return;
+        };
+        let Some(p) = self.participants.get(&peer.session) else {
+            return;
+        };
+        let matches: Vec<(Mid, String, String)> = peer
+            .msids
+            .iter()
+            .filter_map(|(mid, track_id)| {
+                p.pending
+                    .get(track_id)
+                    .map(|sid| (Mid::from(mid.as_str()), track_id.clone(), sid.clone()))
+            })
+            .collect();
+        for (mid, cid, sid) in matches {
+            self.bind(pid, mid, &cid, &sid);
+        }
+    }
+
+    fn bind(&mut self, pid: PeerId, mid: Mid, cid: &str, sid: &str) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        peer.mids_in.insert(mid, sid.to_string());
+        let session = peer.session;
+        let Some(track) = self.tracks.get_mut(sid) else {
+            return;
+        };
+        track.peer = Some(pid);
+        track.mid = Some(mid);
+        track.info.mid = mid.to_string();
+        let info = track.info.clone();
+        let Some(p) = self.participants.get_mut(&session) else {
+            return;
+        };
+        p.pending.remove(cid);
+        p.info.tracks.push(info);
+        p.info.is_publisher = true;
+        p.info.version += 1;
+        let pinfo = p.info.clone();
+        let room = p.room.clone();
+        self.broadcast_participant(&room, &pinfo, None);
+        // Everyone auto-subscribed gets it.
+        let members: Vec<SessionId> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        for s in members {
+            if s == session {
+                continue;
+            }
+            let auto = self.participants.get(&s).is_some_and(|p| {
+                p.auto_subscribe && p.info.permission.as_ref().is_some_and(|x| x.can_subscribe)
+            });
+            if auto {
+                self.subscribe(s, sid);
+                self.negotiate_subscriber(s);
+            }
+        }
+    }
+
+    fn mute(&mut self, session: SessionId, track_sid: &str, muted: bool) {
+        let Some(track) = self.tracks.get_mut(track_sid) else {
+            return;
+        };
+        if track.publisher != session || track.info.muted == muted {
+            return;
+        }
+        track.info.muted = muted;
+        let Some(p) = self.participants.get_mut(&session) else {
+            return;
+        };
+        for t in p.info.tracks.iter_mut().filter(|t| t.sid == track_sid) {
+            t.muted = muted;
+        }
+        p.info.version += 1;
+        let info = p.info.clone();
+        let room = p.room.clone();
+        self.broadcast_participant(&room, &info, None);
+    }
+
+    fn remove_track(&mut self, sid: &str) {
+        let Some(track) = self.tracks.remove(sid) else {
+            return;
+        };
+        for pid in track.subscribers {
+            let Some(peer) = self.peers.get_mut(&pid) else {
+                continue;
+            };
+            let Some(out) = peer.outs.remove(sid) else {
+                continue;
+            };
+            if let OutState::Open(mid) | OutState::Negotiating(mid) = out.state {
+                peer.mids_out.remove(&mid);
+                peer.to_stop.push(mid);
+                peer.needs_offer = true;
+            }
+        }
+        if let Some(p) = self.participants.get_mut(&track.publisher) {
+            p.info.tracks.retain(|t| t.sid != sid);
+        }
+    }
+
+    // ---- subscribing ----
+
+    fn subscribe(&mut self, session: SessionId, track_sid: &str) {
+        let Some(track) = self.tracks.get(track_sid) else {
+            return;
+        };
+        if track.publisher == session || track.mid.is_none() {
+            return;
+        }
+        let Some(pid) = self.participants.get(&session).and_then(|p| p.subscriber) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        if peer.outs.contains_key(track_sid) {
+            return;
+        }
+        peer.outs.insert(
+            track_sid.to_string(),
+            Out {
+                state: OutState::Wanted,
+            },
+        );
+        peer.needs_offer = true;
+        if let Some(track) = self.tracks.get_mut(track_sid) {
+            track.subscribers.push(pid);
+        }
+    }
+
+    fn unsubscribe(&mut self, session: SessionId, track_sid: &str) {
+        let Some(pid) = self.participants.get(&session).and_then(|p| p.subscriber) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let Some(out) = peer.outs.remove(track_sid) else {
+            return;
+        };
+        if let OutState::Open(mid) | OutState::Negotiating(mid) = out.state {
+            peer.mids_out.remove(&mid);
+            peer.to_stop.push(mid);
+            peer.needs_offer = true;
+        }
+        if let Some(track) = self.tracks.get_mut(track_sid) {
+            track.subscribers.retain(|p| *p != pid);
+        }
+    }
+
+    /// Sends a new subscriber offer if the m-lines must change and no offer is outstanding.
+    fn negotiate_subscriber(&mut self, session: SessionId) {
+        let Some(pid) = self.participants.get(&session).and_then(|p| p.subscriber) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        if peer.pending_offer.is_some() || !peer.needs_offer {
+            return;
+        }
+        peer.needs_offer = false;
+        let publisher_of = |sid: &str| {
+            self.tracks
+                .get(sid)
+                .and_then(|t| self.participants.get(&t.publisher))
+                .map(|p| p.info.sid.clone())
+        };
+        let mut api = peer.rtc.sdp_api();
+        if std::mem::take(&mut peer.add_channels) {
+            for (label, reliability, ordered) in [
+                (RELIABLE, Reliability::Reliable, true),
+                (LOSSY, Reliability::MaxRetransmits { retransmits: 0 }, false),
+            ] {
+                let id = api.add_channel_with_config(ChannelConfig {
+                    label: label.to_string(),
+                    ordered,
+                    reliability,
+                    ..Default::default()
+                });
+                peer.channels.insert(label.to_string(), id);
+                peer.channel_labels.insert(id, label.to_string());
+            }
+        }
+        for mid in peer.to_stop.drain(..) {
+            api.stop_media(mid);
+        }
+        let mut added = Vec::new();
+        for (sid, out) in peer.outs.iter() {
+            if out.state != OutState::Wanted {
+                continue;
+            }
+            let (Some(track), Some(publisher)) = (self.tracks.get(sid), publisher_of(sid)) else {
+                continue;
+            };
+            let mid = api.add_media(
+                track.kind,
+                Direction::SendOnly,
+                Some(format!("{publisher}|{sid}")),
+                Some(sid.clone()),
+                None,
+            );
+            added.push((sid.clone(), mid));
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return;
+        };
+        for (sid, mid) in added {
+            if let Some(out) = peer.outs.get_mut(&sid) {
+                out.state = OutState::Negotiating(mid);
+            }
+            peer.mids_out.insert(mid, sid);
+        }
+        peer.pending_offer = Some(pending);
+        peer.offers_sent += 1;
+        let id = peer.offers_sent;
+        self.signal(
+            session,
+            proto::signal_response::Message::Offer(proto::SessionDescription {
+                r#type: "offer".into(),
+                sdp: offer.to_sdp_string(),
+                id,
+                ..Default::default()
+            }),
+        );
+        self.mark(pid);
+    }
+
+    fn subscriber_answer(&mut self, now: Instant, session: SessionId, sdp: &str) {
+        let Some(pid) = self.participants.get(&session).and_then(|p| p.subscriber) else {
+            return;
+        };
+        let answer = match SdpAnswer::from_sdp_string(sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(%session, "unparseable answer: {e}");
+                return;
+            }
+        };
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let Some(pending) = peer.pending_offer.take() else {
+            tracing::info!(%session, "answer without an offer");
+            return;
+        };
+        if let Err(e) = peer.rtc.sdp_api().accept_answer(pending, answer) {
+            tracing::info!(%session, "answer refused: {e}");
+            return;
+        }
+        let mut opened = Vec::new();
+        for (sid, out) in peer.outs.iter_mut() {
+            if let OutState::Negotiating(mid) = out.state {
+                out.state = OutState::Open(mid);
+                opened.push(sid.clone());
+            }
+        }
+        self.mark(pid);
+        for sid in opened {
+            if let Some(track) = self.tracks.get_mut(&sid) {
+                // A new receiver needs a keyframe to start decoding.
+                track.last_keyframe_request = None;
+            }
+            self.request_keyframe(now, &sid, KeyframeRequestKind::Pli);
+        }
+        // Changes that arrived while the offer was out.
+        self.negotiate_subscriber(session);
+    }
+
+    fn trickle(&mut self, session: SessionId, candidate_init: &str, target: i32) {
+        let Some(p) = self.participants.get(&session) else {
+            return;
+        };
+        let pid = if target == proto::SignalTarget::Subscriber as i32 {
+            p.subscriber
+        } else {
+            p.publisher
+        };
+        let Some(pid) = pid else {
+            return;
+        };
+        let Some(candidate) = candidate_from_init(candidate_init) else {
+            return;
+        };
+        let Ok(candidate) = Candidate::from_sdp_string(&candidate) else {
+            return;
+        };
+        if let Some(peer) = self.peers.get_mut(&pid) {
+            peer.rtc.add_remote_candidate(candidate);
+            self.mark(pid);
+        }
+    }
+
+    // ---- forwarding ----
+
+    fn forward(&mut self, now: Instant, pid: PeerId, data: MediaData) {
+        let Some(sid) = self.peers.get(&pid).and_then(|p| p.mids_in.get(&data.mid)) else {
+            return;
+        };
+        let sid = sid.clone();
+        let Some(track) = self.tracks.get_mut(&sid) else {
+            return;
+        };
+        if track.forward_rid.is_none() {
+            track.forward_rid = data.rid;
+        }
+        if data.rid != track.forward_rid {
+            return;
+        }
+        if track.kind == MediaKind::Audio
+            && let Some(level) = data.ext_vals.audio_level
+            && let Some(p) = self.participants.get(&track.publisher)
+            && let Some(room) = self.rooms.get_mut(&p.room)
+        {
+            room.loudness
+                .entry(p.info.sid.clone())
+                .or_default()
+                .observe(level, now);
+        }
+        let subscribers = track.subscribers.clone();
+        let contiguous = data.contiguous;
+        for sub in subscribers {
+            let Some(peer) = self.peers.get_mut(&sub) else {
+                continue;
+            };
+            let Some(Out {
+                state: OutState::Open(mid),
+            }) = peer.outs.get(&sid)
+            else {
+                continue;
+            };
+            let Some(writer) = peer.rtc.writer(*mid) else {
+                continue;
+            };
+            let Some(pt) = writer.match_params(data.params) else {
+                continue;
+            };
+            if let Err(e) = writer.write(pt, data.network_time, data.time, data.data.clone()) {
+                tracing::debug!("write to subscriber failed: {e}");
+                continue;
+            }
+            self.stats.frames_forwarded += 1;
+            self.mark(sub);
+        }
+        if !contiguous
+            && self
+                .tracks
+                .get(&sid)
+                .is_some_and(|t| t.kind == MediaKind::Video)
+        {
+            self.request_keyframe(now, &sid, KeyframeRequestKind::Fir);
+        }
+    }
+
+    fn request_keyframe(&mut self, now: Instant, sid: &str, kind: KeyframeRequestKind) {
+        let Some(track) = self.tracks.get_mut(sid) else {
+            return;
+        };
+        if track.kind != MediaKind::Video {
+            return;
+        }
+        if track
+            .last_keyframe_request
+            .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
+        {
+            return;
+        }
+        let (Some(pid), Some(mid)) = (track.peer, track.mid) else {
+            return;
+        };
+        let rid = track.forward_rid;
+        track.last_keyframe_request = Some(now);
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let Some(mut writer) = peer.rtc.writer(mid) else {
+            return;
+        };
+        if writer.request_keyframe(rid, kind).is_ok() {
+            self.stats.keyframe_requests += 1;
+            self.mark(pid);
+        }
+    }
+
+    // ---- data ----
+
+    #[allow(
+        deprecated,
+        reason = "clients before protocol 10 read kind and the user sender"
+    )]
+    fn route_data(&mut self, pid: PeerId, channel: ChannelId, bytes: &[u8]) {
+        let Some(peer) = self.peers.get(&pid) else {
+            return;
+        };
+        let label = peer
+            .channel_labels
+            .get(&channel)
+            .cloned()
+            .unwrap_or_else(|| RELIABLE.to_string());
+        let session = peer.session;
+        let Some(sender) = self.participants.get(&session) else {
+            return;
+        };
+        let allowed = sender
+            .info
+            .permission
+            .as_ref()
+            .is_some_and(|p| p.can_publish_data);
+        let Ok(mut packet) = proto::DataPacket::decode(bytes) else {
+            self.stats.data_dropped += 1;
+            return;
+        };
+        if !allowed || packet.value.is_none() {
+            self.stats.data_dropped += 1;
+            return;
+        }
+        packet.participant_sid = sender.info.sid.clone();
+        packet.participant_identity = sender.info.identity.clone();
+        let kind = if label == LOSSY {
+            proto::data_packet::Kind::Lossy
+        } else {
+            proto::data_packet::Kind::Reliable
+        };
+        packet.kind = kind as i32;
+        let mut destinations = std::mem::take(&mut packet.destination_identities);
+        if let Some(proto::data_packet::Value::User(user)) = packet.value.as_mut() {
+            user.participant_sid = sender.info.sid.clone();
+            user.participant_identity = sender.info.identity.clone();
+            // livekit-client puts the destinations of publishData in the user packet.
+            destinations.append(&mut user.destination_identities);
+        }
+        let room = sender.room.clone();
+        let encoded = packet.encode_to_vec();
+        let members = self
+            .rooms
+            .get(&room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        let wanted: HashSet<&str> = destinations.iter().map(String::as_str).collect();
+        for s in members {
+            if s == session {
+                continue;
+            }
+            let Some(p) = self.participants.get(&s) else {
+                continue;
+            };
+            if !wanted.is_empty() && !wanted.contains(p.info.identity.as_str()) {
+                continue;
+            }
+            let Some(sub) = p.subscriber else {
+                continue;
+            };
+            let Some(peer) = self.peers.get_mut(&sub) else {
+                continue;
+            };
+            let Some(id) = peer.channels.get(&label).copied() else {
+                self.stats.data_dropped += 1;
+                continue;
+            };
+            match peer.rtc.channel(id).map(|mut c| c.write(true, &encoded)) {
+                Some(Ok(true)) => {
+                    self.stats.data_packets += 1;
+                    self.mark(sub);
+                }
+                _ => self.stats.data_dropped += 1,
+            }
+        }
+    }
+
+    // ---- participants and speakers ----
+
+    fn update_metadata(&mut self, session: SessionId, request: proto::UpdateParticipantMetadata) {
+        let Some(p) = self.participants.get_mut(&session) else {
+            return;
+        };
+        let allowed = p
+            .info
+            .permission
+            .as_ref()
+            .is_some_and(|x| x.can_update_metadata);
+        if !allowed {
+            tracing::info!(%session, "metadata update refused by permissions");
+            return;
+        }
+        if !request.name.is_empty() {
+            p.info.name = request.name;
+        }
+        if !request.metadata.is_empty() {
+            p.info.metadata = request.metadata;
+        }
+        for (k, v) in request.attributes {
+            // LiveKit: an empty value deletes the attribute.
+            if v.is_empty() {
+                p.info.attributes.remove(&k);
+            } else {
+                p.info.attributes.insert(k, v);
+            }
+        }
+        p.info.version += 1;
+        let info = p.info.clone();
+        let room = p.room.clone();
+        self.broadcast_participant(&room, &info, None);
+    }
+
+    /// Sends a participant's new state to the room (`except` excluded).
+    fn broadcast_participant(
+        &mut self,
+        room: &str,
+        info: &proto::ParticipantInfo,
+        except: Option<SessionId>,
+    ) {
+        let Some(room) = self.rooms.get(room) else {
+            return;
+        };
+        let members: Vec<SessionId> = room
+            .members
+            .iter()
+            .copied()
+            .filter(|s| Some(*s) != except)
+            .collect();
+        for s in members {
+            let update = proto::ParticipantUpdate {
+                participants: vec![info.clone()],
+            };
+            self.signal(s, proto::signal_response::Message::Update(update));
+        }
+    }
+
+    fn signal(&mut self, session: SessionId, message: proto::signal_response::Message) {
+        self.out
+            .push_back(Output::Signal(session, Box::new(message)));
+    }
+
+    fn ensure_speaker_tick(&mut self, now: Instant) {
+        if self.next_speaker_tick.is_none() {
+            self.next_speaker_tick = Some(now + SPEAKER_TICK);
+        }
+    }
+
+    fn speaker_tick(&mut self, now: Instant) {
+        self.next_speaker_tick = if self.rooms.is_empty() {
+            None
+        } else {
+            Some(now + SPEAKER_TICK)
+        };
+        let mut messages = Vec::new();
+        for room in self.rooms.values_mut() {
+            let changes = speakers::changes(&mut room.loudness, now);
+            if changes.is_empty() {
+                continue;
+            }
+            let message = proto::SpeakersChanged {
+                speakers: changes
+                    .into_iter()
+                    .map(|(sid, level, active)| proto::SpeakerInfo { sid, level, active })
+                    .collect(),
+            };
+            for s in &room.members {
+                messages.push((*s, message.clone()));
+            }
+        }
+        for (s, message) in messages {
+            self.signal(s, proto::signal_response::Message::SpeakersChanged(message));
+        }
+    }
+}
+
+fn is_hidden(info: &proto::ParticipantInfo) -> bool {
+    info.permission.as_ref().is_some_and(|p| p.hidden)
+}
+
+/// STUN messages start with two zero bits and carry the magic cookie (RFC 5389).
+fn is_stun(contents: &[u8]) -> bool {
+    contents.len() >= 20 && contents[0] < 2 && contents[4..8] == [0x21, 0x12, 0xA4, 0x42]
+}
+
+/// Extracts `candidate` from an `RTCIceCandidateInit` JSON string without a JSON dependency on
+/// the hot path: `{"candidate":"candidate:…","sdpMid":"0",…}`.
+fn candidate_from_init(init: &str) -> Option<String> {
+    let key = "\"candidate\"";
+    let start = init.find(key)? + key.len();
+    let rest = init[start..].trim_start().strip_prefix(':')?.trim_start();
+    let rest = rest.strip_prefix('"')?;
+    let end = rest.find('"')?;
+    let candidate = &rest[..end];
+    if candidate.is_empty() {
+        return None;
+    }
+    Some(
+        candidate
+            .strip_prefix("a=")
+            .unwrap_or(candidate)
+            .to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidate_init_parsing() {
+        let init = r#"{"candidate":"candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0}"#;
+        assert_eq!(
+            candidate_from_init(init).as_deref(),
+            Some("candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host")
+        );
+        assert_eq!(candidate_from_init(r#"{"candidate":""}"#), None);
+        assert_eq!(candidate_from_init("garbage"), None);
+    }
+
+    #[test]
+    fn stun_detection() {
+        let mut msg = [0u8; 20];
+        msg[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+        assert!(is_stun(&msg));
+        assert!(!is_stun(&msg[..19]));
+        msg[0] = 0x80; // RTP version 2
+        assert!(!is_stun(&msg));
+    }
+}

@@ -1,0 +1,79 @@
+//! Identifiers: LiveKit's prefixed sids, made from a seeded generator so that simulations are
+//! repeatable, and the caller's session handles.
+
+use std::fmt;
+
+/// A signal session, chosen by the caller (one per WebSocket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "S{}", self.0)
+    }
+}
+
+/// One str0m peer connection inside the SFU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct PeerId(pub u64);
+
+/// Makes `RM_`, `PA_` and `TR_` sids and ICE credentials from a seeded xorshift generator.
+#[derive(Debug, Clone)]
+pub(crate) struct IdGen {
+    state: u64,
+}
+
+const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+impl IdGen {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self { state: seed | 1 }
+    }
+
+    fn next(&mut self) -> u64 {
+        // xorshift64*: fast, and uniform enough for identifiers (not for secrets).
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// `len` characters of base62.
+    pub(crate) fn text(&mut self, len: usize) -> String {
+        let mut out = String::with_capacity(len);
+        let mut bits = self.next();
+        for i in 0..len {
+            if i % 10 == 9 {
+                bits = self.next();
+            }
+            out.push(ALPHABET[(bits % 62) as usize] as char);
+            bits /= 62;
+        }
+        out
+    }
+
+    pub(crate) fn sid(&mut self, prefix: &str) -> String {
+        format!("{prefix}{}", self.text(12))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sids_are_prefixed_and_distinct() {
+        let mut ids = IdGen::new(7);
+        let a = ids.sid("PA_");
+        let b = ids.sid("PA_");
+        assert!(a.starts_with("PA_") && a.len() == 15);
+        assert_ne!(a, b);
+        assert_eq!(
+            IdGen::new(7).sid("PA_"),
+            a,
+            "the same seed gives the same sids"
+        );
+    }
+}

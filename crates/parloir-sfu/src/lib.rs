@@ -1,0 +1,22 @@
+//! Parloir's selective forwarding unit: rooms, participants, tracks, subscriptions and the str0m
+//! peer connections that carry them.
+//!
+//! The crate is sans-IO. [`Sfu`] takes commands from signal sessions ([`Command`]), datagrams
+//! ([`Sfu::handle_receive`]) and time ([`Sfu::handle_timeout`]); the caller then drains
+//! [`Sfu::poll_output`] until it returns [`Output::Timeout`], sending each [`Transmit`] and
+//! delivering each signal message. It never reads a clock, owns a socket or spawns a thread.
+//!
+//! The room model speaks LiveKit's protobuf types (`ParticipantInfo`, `TrackInfo`,
+//! `DataPacket`): LiveKit is the protocol Parloir serves, and translating them to a private
+//! model and back would only add copies.
+
+#![forbid(unsafe_code)]
+
+mod engine;
+pub mod ids;
+mod sdp_scan;
+mod speakers;
+
+pub use engine::{Command, JoinCommand, Layout, Output, Sfu, SfuConfig, Stats, Transmit};
+pub use ids::SessionId;
+pub use livekit_protocol as proto;

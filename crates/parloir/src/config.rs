@@ -1,0 +1,171 @@
+//! The server configuration: a TOML file (`parloir serve --config FILE`) or the development
+//! defaults (`--dev`). deploy/parloir.toml documents every key.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub rtc: RtcConfig,
+    /// API key → secret. Tokens must be signed by one of these.
+    pub keys: HashMap<String, String>,
+    /// Development conveniences: `/api/dev-token` mints tokens for the meeting page.
+    #[serde(default)]
+    pub development: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTP and WebSocket listener (signal, Twirp, metrics, the meeting page).
+    pub http_addr: SocketAddr,
+    /// Where recordings and transcripts go.
+    pub data_dir: PathBuf,
+    /// The meeting page: index.html, app.js and node_modules/livekit-client.
+    pub web_dir: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7880),
+            data_dir: PathBuf::from("data"),
+            web_dir: PathBuf::from("web"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtcConfig {
+    /// The single UDP port every peer connection uses (ICE-lite).
+    pub udp_port: u16,
+    /// The address the UDP socket binds.
+    pub bind_ip: IpAddr,
+    /// The addresses clients reach the server on, advertised as ICE host candidates. Empty:
+    /// the bind address (which must then not be unspecified).
+    pub advertise_ips: Vec<IpAddr>,
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        Self {
+            udp_port: 7882,
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            advertise_ips: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid configuration")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// LiveKit's development defaults: key `devkey`, secret `secret`, loopback only.
+    pub fn dev() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            rtc: RtcConfig::default(),
+            keys: HashMap::from([("devkey".to_string(), "secret".to_string())]),
+            development: true,
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.keys.is_empty() {
+            return Err(ConfigError::Invalid(
+                "[keys] needs at least one API key".into(),
+            ));
+        }
+        if let Some((k, _)) = self.keys.iter().find(|(_, s)| s.len() < 6) {
+            return Err(ConfigError::Invalid(format!(
+                "the secret of key {k:?} is too short"
+            )));
+        }
+        if self.candidates().is_empty() {
+            return Err(ConfigError::Invalid(
+                "rtc.bind_ip is unspecified: list the addresses clients use in rtc.advertise_ips"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The UDP socket address to bind.
+    pub fn udp_bind(&self) -> SocketAddr {
+        SocketAddr::new(self.rtc.bind_ip, self.rtc.udp_port)
+    }
+
+    /// The ICE host candidates to advertise.
+    pub fn candidates(&self) -> Vec<SocketAddr> {
+        if self.rtc.advertise_ips.is_empty() {
+            if self.rtc.bind_ip.is_unspecified() {
+                return Vec::new();
+            }
+            return vec![self.udp_bind()];
+        }
+        self.rtc
+            .advertise_ips
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, self.rtc.udp_port))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/parloir.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.rtc.udp_port, 7882);
+        assert!(!config.candidates().is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_candidates_are_refused() {
+        assert!(toml::from_str::<Config>("[keys]\na = \"secret1\"\n[server]\nnope = 1\n").is_err());
+        let c: Config =
+            toml::from_str("[keys]\na = \"secret1\"\n[rtc]\nbind_ip = \"0.0.0.0\"\n").unwrap();
+        assert!(c.validate().is_err());
+        let c: Config = toml::from_str("[keys]\na = \"s\"\n").unwrap();
+        assert!(c.validate().is_err(), "short secret");
+    }
+}

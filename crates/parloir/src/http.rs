@@ -1,0 +1,386 @@
+//! The HTTP server: LiveKit signalling over WebSocket, validation, health, metrics and the
+//! meeting page, all on one port.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt as _, StreamExt as _};
+use parloir_sfu::{Command, JoinCommand, Layout, SessionId, proto};
+use parloir_signal::session::{Action, translate};
+use parloir_signal::{Claims, JoinParams, KeyRing, SignalPath, VideoGrant};
+use tokio::sync::mpsc;
+
+use crate::media::{MediaHandle, ToSession};
+use crate::metrics::Metrics;
+
+/// Shared state of the HTTP handlers.
+pub struct AppState {
+    pub keys: KeyRing,
+    pub media: MediaHandle,
+    pub metrics: Arc<Metrics>,
+    pub web_dir: PathBuf,
+    pub development: bool,
+    pub ping_timeout: Duration,
+    pub next_session: AtomicU64,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/rtc", get(rtc_v0))
+        .route("/rtc/validate", get(validate))
+        // One-peer-connection signalling is not served yet: livekit-client and the Rust/Python
+        // SDKs fall back to /rtc when both of these answer 404 with a generic body.
+        .route("/rtc/v1", get(not_found))
+        .route("/rtc/v1/validate", get(not_found))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/api/dev-token", get(dev_token))
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/livekit-client.umd.js", get(livekit_client))
+        .with_state(state)
+}
+
+/// A generic 404 with CORS: cross-origin pages must be able to read it to fall back.
+async fn not_found() -> Response {
+    Refusal(StatusCode::NOT_FOUND, "not found".into()).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Why a signal connection is refused before the upgrade.
+#[derive(Debug)]
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut response = (self.0, self.1).into_response();
+        response.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        response
+    }
+}
+
+fn unix_now() -> (i64, i64) {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() as i64, d.as_millis() as i64)
+}
+
+/// The token from `access_token` or `Authorization: Bearer`, verified, with the join grant.
+fn authorize(
+    state: &AppState,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Claims, Refusal> {
+    let refuse = |why: String| {
+        state.metrics.signal_refused.fetch_add(1, Relaxed);
+        Refusal(StatusCode::UNAUTHORIZED, why)
+    };
+    let token = match query.get("access_token") {
+        Some(t) => t.clone(),
+        None => match headers.get(header::AUTHORIZATION).map(|v| v.to_str()) {
+            Some(Ok(v)) => match v.strip_prefix("Bearer ") {
+                Some(t) => t.to_string(),
+                None => {
+                    return Err(refuse(
+                        "authorization header must be 'Bearer <token>'".into(),
+                    ));
+                }
+            },
+            Some(Err(_)) => return Err(refuse("authorization header is not text".into())),
+            None => String::new(),
+        },
+    };
+    let claims = state
+        .keys
+        .verify(&token, unix_now().0)
+        .map_err(|e| refuse(e.to_string()))?;
+    if !claims.video.room_join {
+        return Err(refuse("the access token does not grant roomJoin".into()));
+    }
+    if claims.video.room.is_empty() {
+        return Err(refuse("the access token names no room".into()));
+    }
+    if claims.identity().is_empty() {
+        return Err(refuse("the access token names no identity".into()));
+    }
+    Ok(claims)
+}
+
+async fn validate(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    authorize(&state, &query, &headers)?;
+    JoinParams::from_v0_query(&query)
+        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(Refusal(StatusCode::OK, "success".into()).into_response())
+}
+
+async fn rtc_v0(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, Refusal> {
+    // A plain GET on /rtc is not a signal connection.
+    let Ok(upgrade) = upgrade else {
+        return Err(Refusal(StatusCode::NOT_FOUND, "not found".into()));
+    };
+    let claims = authorize(&state, &query, &headers)?;
+    let params = JoinParams::from_v0_query(&query).map_err(|e| {
+        state.metrics.signal_refused.fetch_add(1, Relaxed);
+        Refusal(StatusCode::BAD_REQUEST, e.to_string())
+    })?;
+    state.metrics.signal_connections.fetch_add(1, Relaxed);
+    Ok(upgrade
+        .max_message_size(parloir_signal::MAX_SIGNAL_MESSAGE)
+        .max_frame_size(parloir_signal::MAX_SIGNAL_MESSAGE)
+        .on_upgrade(move |socket| run_session(state, socket, claims, params)))
+}
+
+#[allow(deprecated, reason = "older clients still read recorder and agent")]
+fn permission(grant: &VideoGrant) -> proto::ParticipantPermission {
+    proto::ParticipantPermission {
+        can_subscribe: grant.can_subscribe(),
+        can_publish: grant.can_publish(),
+        can_publish_data: grant.can_publish_data(),
+        can_publish_sources: grant
+            .can_publish_sources
+            .iter()
+            .filter_map(|s| proto::TrackSource::from_str_name(&s.to_ascii_uppercase()))
+            .map(|s| s as i32)
+            .collect(),
+        hidden: grant.hidden,
+        recorder: grant.recorder,
+        can_update_metadata: grant.can_update_own_metadata(),
+        agent: grant.agent,
+        ..Default::default()
+    }
+}
+
+async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, params: JoinParams) {
+    let session = SessionId(state.next_session.fetch_add(1, Relaxed));
+    let (mut sink, mut stream) = socket.split();
+    if params.reconnect.is_some() {
+        // Sessions do not outlive their WebSocket yet: ask for a full rejoin.
+        let leave = proto::signal_response::Message::Leave(proto::LeaveRequest {
+            can_reconnect: true,
+            reason: proto::DisconnectReason::StateMismatch as i32,
+            action: proto::leave_request::Action::Reconnect as i32,
+            regions: None,
+        });
+        let _ = sink
+            .send(Message::Binary(
+                parloir_signal::encode_response(leave).into(),
+            ))
+            .await;
+        let _ = sink.close().await;
+        return;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    state
+        .media
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(session, tx);
+    let kind = match claims.kind.as_str() {
+        "ingress" => proto::participant_info::Kind::Ingress,
+        "egress" => proto::participant_info::Kind::Egress,
+        "sip" => proto::participant_info::Kind::Sip,
+        "agent" => proto::participant_info::Kind::Agent,
+        _ => proto::participant_info::Kind::Standard,
+    };
+    let join = JoinCommand {
+        session,
+        room: claims.video.room.clone(),
+        identity: claims.sub.clone(),
+        name: claims.name.clone(),
+        metadata: if params.metadata.is_empty() {
+            claims.metadata.clone()
+        } else {
+            params.metadata.clone()
+        },
+        attributes: {
+            let mut a = claims.attributes.clone();
+            a.extend(params.attributes.clone());
+            a
+        },
+        permission: permission(&claims.video),
+        kind: kind as i32,
+        layout: match params.path {
+            SignalPath::TwoPeerConnections | SignalPath::SinglePeerConnection => {
+                Layout::TwoPeerConnections
+            }
+        },
+        auto_subscribe: params.auto_subscribe,
+        protocol: params.protocol,
+        client_protocol: params.client_protocol,
+        unix_ms: unix_now().1,
+    };
+    tracing::info!(%session, room = %join.room, identity = %join.identity, "join");
+    if state.media.send(Command::Join(Box::new(join))).is_err() {
+        let _ = sink.close().await;
+        return;
+    }
+    let mut last_heard = Instant::now();
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(ToSession::Signal(m)) => {
+                    let frame = parloir_signal::encode_response(*m);
+                    if sink.send(Message::Binary(frame.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(ToSession::Close) | None => {
+                    let _ = sink.close().await;
+                    break;
+                }
+            },
+            frame = stream.next() => {
+                let bytes = match frame {
+                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        last_heard = Instant::now();
+                        continue;
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        tracing::info!(%session, "JSON signalling is not supported; closing");
+                        state.metrics.signal_bad_messages.fetch_add(1, Relaxed);
+                        break;
+                    }
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(e)) => {
+                        tracing::info!(%session, "signal connection error: {e}");
+                        state.metrics.signal_bad_messages.fetch_add(1, Relaxed);
+                        break;
+                    }
+                };
+                last_heard = Instant::now();
+                let request = match parloir_signal::decode_request(&bytes) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::info!(%session, "bad signal message, closing: {e}");
+                        state.metrics.signal_bad_messages.fetch_add(1, Relaxed);
+                        break;
+                    }
+                };
+                match translate(session, request, unix_now().1) {
+                    Action::Command(c) => {
+                        let leaving = matches!(c, Command::Leave { .. });
+                        if state.media.send(c).is_err() || leaving {
+                            break;
+                        }
+                    }
+                    Action::Reply(m) => {
+                        let frame = parloir_signal::encode_response(m);
+                        if sink.send(Message::Binary(frame.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Action::Ignore => {}
+                }
+            },
+            _ = check.tick() => {
+                if last_heard.elapsed() > state.ping_timeout {
+                    tracing::info!(%session, "no message within the ping timeout; closing");
+                    let _ = sink.close().await;
+                    break;
+                }
+            }
+        }
+    }
+    state
+        .media
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&session);
+    let _ = state.media.send(Command::Leave { session });
+    tracing::info!(%session, "session ended");
+}
+
+// ---- development token and meeting page ----
+
+async fn dev_token(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if !state.development {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
+    let room = query.get("room").cloned().unwrap_or_default();
+    let identity = query.get("identity").cloned().unwrap_or_default();
+    if room.is_empty() || identity.is_empty() || room.len() > 128 || identity.len() > 128 {
+        return (StatusCode::BAD_REQUEST, "room and identity are required").into_response();
+    }
+    let Some(key) = state.keys.key_names().next().map(str::to_string) else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "no API key").into_response();
+    };
+    let name = query
+        .get("name")
+        .cloned()
+        .unwrap_or_else(|| identity.clone());
+    let claims = crate::token_claims(&key, &room, &identity, &name, false, 6 * 3600);
+    let Ok(token) = state.keys.sign(&claims) else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "cannot sign").into_response();
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:7880");
+    axum::Json(serde_json::json!({ "token": token, "url": format!("ws://{host}") })).into_response()
+}
+
+async fn serve_file(path: PathBuf, content_type: &'static str) -> Response {
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
+        Err(_) => {
+            tracing::warn!(path = %path.display(), "meeting page file missing (run `make`)");
+            (StatusCode::NOT_FOUND, "not found").into_response()
+        }
+    }
+}
+
+async fn index(State(state): State<Arc<AppState>>) -> Response {
+    serve_file(state.web_dir.join("index.html"), "text/html; charset=utf-8").await
+}
+
+async fn app_js(State(state): State<Arc<AppState>>) -> Response {
+    serve_file(
+        state.web_dir.join("app.js"),
+        "text/javascript; charset=utf-8",
+    )
+    .await
+}
+
+async fn livekit_client(State(state): State<Arc<AppState>>) -> Response {
+    let path = state
+        .web_dir
+        .join("node_modules/livekit-client/dist/livekit-client.umd.js");
+    serve_file(path, "text/javascript; charset=utf-8").await
+}

@@ -1,0 +1,225 @@
+//! `parloir`: the appliance binary. `serve` runs the server, `token` prints an access token.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use parloir_sfu::SfuConfig;
+use parloir_signal::{Claims, KeyRing, VideoGrant};
+
+mod config;
+mod http;
+mod media;
+mod metrics;
+
+use config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "parloir",
+    version,
+    about = "Self-hosted video conferencing media server (LiveKit protocol)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server.
+    Serve {
+        /// Development defaults: key devkey/secret, HTTP 127.0.0.1:7880, UDP 7882 on loopback.
+        #[arg(long, conflicts_with = "config")]
+        dev: bool,
+        /// A TOML configuration file (see deploy/parloir.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override the HTTP/WebSocket listen address.
+        #[arg(long)]
+        http_addr: Option<std::net::SocketAddr>,
+        /// Override the ICE UDP port.
+        #[arg(long)]
+        udp_port: Option<u16>,
+        /// Override the meeting page directory.
+        #[arg(long)]
+        web_dir: Option<PathBuf>,
+    },
+    /// Print a LiveKit access token.
+    Token {
+        #[arg(long)]
+        room: String,
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Grant room administration (roomAdmin, roomCreate, roomList, roomRecord).
+        #[arg(long)]
+        admin: bool,
+        /// Sign with the first key of this configuration instead of the dev key.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 6 * 3600)]
+        valid_for: i64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,str0m=warn,is=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Cmd::Serve {
+            dev,
+            config,
+            http_addr,
+            udp_port,
+            web_dir,
+        } => {
+            let mut config = match (dev, config) {
+                (_, Some(path)) => Config::load(&path)?,
+                (true, None) => Config::dev(),
+                (false, None) => anyhow::bail!("give --dev or --config FILE"),
+            };
+            if let Some(a) = http_addr {
+                config.server.http_addr = a;
+            }
+            if let Some(p) = udp_port {
+                config.rtc.udp_port = p;
+            }
+            if let Some(w) = web_dir {
+                config.server.web_dir = w;
+            }
+            config.validate()?;
+            serve(config)
+        }
+        Cmd::Token {
+            room,
+            identity,
+            name,
+            admin,
+            config,
+            valid_for,
+        } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::dev(),
+            };
+            let mut keys: Vec<_> = config.keys.into_iter().collect();
+            keys.sort();
+            let (key, secret) = keys.into_iter().next().context("no API key configured")?;
+            let name = name.unwrap_or_else(|| identity.clone());
+            let claims = token_claims(&key, &room, &identity, &name, admin, valid_for);
+            println!("{}", parloir_signal::sign_hs256(&claims, &secret));
+            Ok(())
+        }
+    }
+}
+
+/// The claims of a participant token (and, with `admin`, the room administration grants).
+pub(crate) fn token_claims(
+    key: &str,
+    room: &str,
+    identity: &str,
+    name: &str,
+    admin: bool,
+    valid_for_s: i64,
+) -> Claims {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    Claims {
+        iss: key.to_string(),
+        sub: identity.to_string(),
+        name: name.to_string(),
+        nbf: Some(now - 10),
+        exp: Some(now + valid_for_s),
+        video: VideoGrant {
+            room_join: true,
+            room: room.to_string(),
+            can_publish: Some(true),
+            can_subscribe: Some(true),
+            can_publish_data: Some(true),
+            can_update_own_metadata: Some(true),
+            room_admin: admin,
+            room_create: admin,
+            room_list: admin,
+            room_record: admin,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let endpoint = parloir_net::UdpEndpoint::bind(config.udp_bind())?;
+    let candidates = config.candidates();
+    let sfu = SfuConfig {
+        candidates: candidates.clone(),
+        seed: rand::random(),
+        server_version: parloir_signal::LIVEKIT_COMPAT_VERSION.to_string(),
+        protocol: parloir_signal::PROTOCOL_VERSION,
+        node_id: format!("ND_parloir_{}", std::process::id()),
+        ping_interval_s: 5,
+        ping_timeout_s: 15,
+    };
+    let media =
+        media::spawn(endpoint, sfu, metrics.clone()).context("cannot start the media worker")?;
+    let state = Arc::new(http::AppState {
+        keys: KeyRing::new(config.keys.clone()),
+        media,
+        metrics,
+        web_dir: config.server.web_dir.clone(),
+        development: config.development,
+        ping_timeout: Duration::from_secs(15),
+        next_session: AtomicU64::new(1),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("control")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.server.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.http_addr))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(http = %addr, udp = ?candidates, "parloir serving");
+        if config.development {
+            eprintln!("\n  Parloir is running. Open http://{addr}/ in two browser tabs to meet.\n  API key: devkey  secret: secret  signal URL: ws://{addr}\n");
+        }
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,185 @@
+//! The media worker: one thread that owns the UDP socket and the sans-IO [`Sfu`], fed with
+//! datagrams, commands from signal sessions and time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token, Waker};
+use parloir_net::{MAX_DATAGRAM, UdpEndpoint};
+use parloir_sfu::{Command, Output, SessionId, Sfu, SfuConfig};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::metrics::Metrics;
+
+/// What a signal session receives from the SFU.
+#[derive(Debug)]
+pub enum ToSession {
+    Signal(Box<parloir_sfu::proto::signal_response::Message>),
+    Close,
+}
+
+/// Where each session's messages go.
+pub type Sessions = Arc<Mutex<HashMap<SessionId, UnboundedSender<ToSession>>>>;
+
+/// The control plane's handle on the media worker.
+#[derive(Clone)]
+pub struct MediaHandle {
+    commands: mpsc::Sender<Command>,
+    waker: Arc<Waker>,
+    pub sessions: Sessions,
+}
+
+impl MediaHandle {
+    /// Queues a command and wakes the worker. Fails only when the worker has stopped.
+    pub fn send(&self, command: Command) -> Result<(), MediaGone> {
+        self.commands.send(command).map_err(|_| MediaGone)?;
+        self.waker.wake().map_err(|_| MediaGone)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the media worker has stopped")]
+pub struct MediaGone;
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+/// The longest the worker sleeps without checking for commands or time.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// Starts the media worker thread on `endpoint`.
+pub fn spawn(
+    mut endpoint: UdpEndpoint,
+    config: SfuConfig,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<MediaHandle> {
+    let poll = Poll::new()?;
+    poll.registry()
+        .register(endpoint.source(), SOCKET, Interest::READABLE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = mpsc::channel();
+    let sessions: Sessions = Arc::default();
+    let handle = MediaHandle {
+        commands: tx,
+        waker,
+        sessions: sessions.clone(),
+    };
+    let destination = config
+        .candidates
+        .first()
+        .copied()
+        .unwrap_or_else(|| endpoint.local_addr());
+    thread::Builder::new()
+        .name("media-0".into())
+        .spawn(move || {
+            let mut worker = Worker {
+                sfu: Sfu::new(config, Instant::now()),
+                endpoint,
+                poll,
+                commands: rx,
+                sessions,
+                metrics,
+                destination,
+                send_errors: 0,
+            };
+            worker.run();
+        })?;
+    Ok(handle)
+}
+
+struct Worker {
+    sfu: Sfu,
+    endpoint: UdpEndpoint,
+    poll: Poll,
+    commands: mpsc::Receiver<Command>,
+    sessions: Sessions,
+    metrics: Arc<Metrics>,
+    /// The advertised candidate datagrams arrive at (the socket may be bound to 0.0.0.0).
+    destination: SocketAddr,
+    send_errors: u64,
+}
+
+impl Worker {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(64);
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut deadline = self.drain_output();
+        loop {
+            let now = Instant::now();
+            let wait = deadline.saturating_duration_since(now).min(MAX_WAIT);
+            if let Err(e) = self.poll.poll(&mut events, Some(wait))
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                tracing::error!("media poll failed: {e}");
+                return;
+            }
+            loop {
+                match self.commands.try_recv() {
+                    Ok(command) => {
+                        self.sfu.handle_command(Instant::now(), command);
+                        deadline = self.drain_output();
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        tracing::info!("media worker stopping");
+                        return;
+                    }
+                }
+            }
+            loop {
+                match self.endpoint.recv(&mut buf) {
+                    Ok(Some(meta)) => {
+                        self.sfu.handle_receive(
+                            Instant::now(),
+                            meta.source,
+                            self.destination,
+                            &buf[..meta.len.min(buf.len())],
+                        );
+                        deadline = self.drain_output();
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        // ICMP errors from earlier sends surface here; they are not fatal.
+                        tracing::debug!("UDP receive error: {e}");
+                        break;
+                    }
+                }
+            }
+            let now = Instant::now();
+            if deadline <= now {
+                self.sfu.handle_timeout(now);
+                deadline = self.drain_output();
+            }
+            self.metrics
+                .publish_sfu(&self.sfu.stats(), self.send_errors);
+        }
+    }
+
+    /// Sends and delivers everything the SFU has queued; returns its next deadline.
+    fn drain_output(&mut self) -> Instant {
+        loop {
+            match self.sfu.poll_output() {
+                Output::Transmit(t) => match self.endpoint.send(t.destination, &t.contents) {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => self.send_errors += 1,
+                },
+                Output::Signal(session, message) => {
+                    self.deliver(session, ToSession::Signal(message))
+                }
+                Output::Close(session) => self.deliver(session, ToSession::Close),
+                Output::Timeout(t) => return t,
+            }
+        }
+    }
+
+    fn deliver(&self, session: SessionId, message: ToSession) {
+        // The lock is only held to look up the sender; a closed session just drops messages.
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = sessions.get(&session) {
+            let _ = tx.send(message);
+        }
+    }
+}

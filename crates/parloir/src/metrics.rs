@@ -1,0 +1,172 @@
+//! Prometheus counters and gauges, written by the media worker and the HTTP server, read by
+//! `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use parloir_sfu::Stats;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    rooms: AtomicU64,
+    participants: AtomicU64,
+    tracks: AtomicU64,
+    packets_in: AtomicU64,
+    bytes_in: AtomicU64,
+    packets_out: AtomicU64,
+    bytes_out: AtomicU64,
+    dropped_datagrams: AtomicU64,
+    send_errors: AtomicU64,
+    nacks: AtomicU64,
+    keyframe_requests: AtomicU64,
+    data_packets: AtomicU64,
+    data_dropped: AtomicU64,
+    pub signal_connections: AtomicU64,
+    pub signal_refused: AtomicU64,
+    pub signal_bad_messages: AtomicU64,
+}
+
+impl Metrics {
+    pub fn publish_sfu(&self, s: &Stats, send_errors: u64) {
+        self.rooms.store(s.rooms, Relaxed);
+        self.participants.store(s.participants, Relaxed);
+        self.tracks.store(s.tracks, Relaxed);
+        self.packets_in.store(s.packets_in, Relaxed);
+        self.bytes_in.store(s.bytes_in, Relaxed);
+        self.packets_out.store(s.packets_out, Relaxed);
+        self.bytes_out.store(s.bytes_out, Relaxed);
+        self.dropped_datagrams.store(s.dropped_datagrams, Relaxed);
+        self.send_errors.store(send_errors, Relaxed);
+        self.nacks.store(s.nacks, Relaxed);
+        self.keyframe_requests.store(s.keyframe_requests, Relaxed);
+        self.data_packets.store(s.data_packets, Relaxed);
+        self.data_dropped.store(s.data_dropped, Relaxed);
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let rows: [(&str, &str, &str, &AtomicU64); 16] = [
+            ("parloir_rooms", "gauge", "Rooms open.", &self.rooms),
+            (
+                "parloir_participants",
+                "gauge",
+                "Participants joined.",
+                &self.participants,
+            ),
+            ("parloir_tracks", "gauge", "Tracks published.", &self.tracks),
+            (
+                "parloir_packets_in_total",
+                "counter",
+                "UDP datagrams received.",
+                &self.packets_in,
+            ),
+            (
+                "parloir_bytes_in_total",
+                "counter",
+                "UDP bytes received.",
+                &self.bytes_in,
+            ),
+            (
+                "parloir_packets_out_total",
+                "counter",
+                "UDP datagrams sent.",
+                &self.packets_out,
+            ),
+            (
+                "parloir_bytes_out_total",
+                "counter",
+                "UDP bytes sent.",
+                &self.bytes_out,
+            ),
+            (
+                "parloir_dropped_datagrams_total",
+                "counter",
+                "Datagrams matching no peer or refused by it.",
+                &self.dropped_datagrams,
+            ),
+            (
+                "parloir_send_errors_total",
+                "counter",
+                "Datagrams the socket refused to send.",
+                &self.send_errors,
+            ),
+            (
+                "parloir_nacks_total",
+                "counter",
+                "NACKs received from subscribers.",
+                &self.nacks,
+            ),
+            (
+                "parloir_plis_total",
+                "counter",
+                "Keyframe requests (PLI/FIR) relayed to publishers.",
+                &self.keyframe_requests,
+            ),
+            (
+                "parloir_data_packets_total",
+                "counter",
+                "Data packets delivered.",
+                &self.data_packets,
+            ),
+            (
+                "parloir_data_dropped_total",
+                "counter",
+                "Data packets dropped (undecodable, not allowed, no channel).",
+                &self.data_dropped,
+            ),
+            (
+                "parloir_signal_connections_total",
+                "counter",
+                "Signal WebSockets accepted.",
+                &self.signal_connections,
+            ),
+            (
+                "parloir_signal_refused_total",
+                "counter",
+                "Signal connections refused (token, parameters).",
+                &self.signal_refused,
+            ),
+            (
+                "parloir_signal_bad_messages_total",
+                "counter",
+                "Signal messages that did not decode.",
+                &self.signal_bad_messages,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Relaxed)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.publish_sfu(
+            &Stats {
+                rooms: 2,
+                packets_in: 10,
+                ..Default::default()
+            },
+            0,
+        );
+        let text = m.render();
+        assert!(text.contains("# TYPE parloir_rooms gauge\nparloir_rooms 2\n"));
+        assert!(text.contains("parloir_packets_in_total 10\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.split_once(' ').unwrap();
+            assert!(name.starts_with("parloir_"));
+            value.parse::<u64>().unwrap();
+        }
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what Parloir needs to build and test on Debian 12, as root. Idempotent: when
+# everything is present it only checks, in about a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build: C toolchain and headers for str0m's crypto (aws-lc) and later ffmpeg-next.
+# Tests: Chromium for the browser end-to-end tests, Node.js for their runner.
+packages=(pkg-config clang cmake libssl-dev chromium nodejs npm ca-certificates)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# A Node.js from elsewhere (with its own npm) satisfies the nodejs/npm pair.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+read -r -a missing <<< "${missing[*]:-}"
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: Rust is missing. Install the toolchain pinned in rust-toolchain.toml with rustup." >&2
+  exit 1
+fi
+
+# JavaScript dependencies, from the lock files, only when they changed.
+for dir in web tests/e2e; do
+  stamp="$dir/node_modules/.parloir-lock"
+  if [ ! -f "$stamp" ] || ! cmp -s "$dir/package-lock.json" "$stamp"; then
+    echo "setup: npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$dir/package-lock.json" "$stamp"
+  fi
+done

@@ -1,0 +1,144 @@
+// Test page driven by tests/e2e/run.test.mjs through Playwright.
+// Everything the harness needs is on window: join, leave, state, stats, sendChat, sendData.
+'use strict';
+
+(() => {
+  const LK = window.LivekitClient;
+  const { Room, RoomEvent, Track } = LK;
+  LK.setLogLevel('info');
+
+  let room = null;
+  let chat = [];
+  let data = [];
+  let events = [];
+  const mediaEl = () => document.getElementById('media');
+
+  function note(what) {
+    events.push({ t: Math.round(performance.now()), what });
+    if (events.length > 200) events.shift();
+  }
+
+  // Joins `url` with `token`. opts.singlePeerConnection selects /rtc/v1 (true) or /rtc (false);
+  // opts.publish (default true) publishes the fake camera and microphone after connecting.
+  window.join = async (url, token, opts = {}) => {
+    if (room) throw new Error('already joined');
+    chat = [];
+    data = [];
+    events = [];
+    room = new Room({ singlePeerConnection: !!opts.singlePeerConnection });
+
+    room.registerTextStreamHandler('lk.chat', async (reader, { identity }) => {
+      const text = await reader.readAll();
+      chat.push({ from: identity, text });
+    });
+    room
+      .on(RoomEvent.DataReceived, (payload, participant, _kind, topic, _enc, identity) => {
+        const from = participant ? participant.identity : identity;
+        data.push({ from, payload: new TextDecoder().decode(payload), topic: topic ?? null });
+      })
+      .on(RoomEvent.TrackSubscribed, (track, pub, participant) => {
+        note(`subscribed ${participant.identity} ${track.kind} ${pub.trackSid}`);
+        const el = track.attach();
+        el.id = `t-${pub.trackSid}`;
+        el.dataset.participant = participant.identity;
+        if (track.kind === Track.Kind.Video) el.muted = true;
+        mediaEl().appendChild(el);
+      })
+      .on(RoomEvent.TrackUnsubscribed, (track, pub, participant) => {
+        note(`unsubscribed ${participant.identity} ${track.kind} ${pub.trackSid}`);
+        track.detach().forEach((el) => el.remove());
+      })
+      .on(RoomEvent.ParticipantConnected, (p) => note(`participant connected ${p.identity}`))
+      .on(RoomEvent.ParticipantDisconnected, (p) => note(`participant disconnected ${p.identity}`))
+      .on(RoomEvent.ConnectionStateChanged, (s) => note(`connection ${s}`))
+      .on(RoomEvent.Disconnected, (reason) => note(`disconnected reason=${reason}`))
+      .on(RoomEvent.MediaDevicesError, (e) => note(`media devices error ${e && e.message}`));
+
+    await room.connect(url, token);
+    document.getElementById('who').textContent = room.localParticipant.identity;
+    note(`connected as ${room.localParticipant.identity}`);
+    if (opts.publish !== false) {
+      await room.localParticipant.enableCameraAndMicrophone();
+      note('camera and microphone published');
+    }
+    return window.state();
+  };
+
+  window.leave = async () => {
+    if (!room) return;
+    const r = room;
+    room = null;
+    await r.disconnect();
+    mediaEl().replaceChildren();
+  };
+
+  window.state = () => {
+    if (!room) return { identity: null, connectionState: 'none', remotes: [], chat, data, events };
+    const remotes = [...room.remoteParticipants.values()].map((p) => ({
+      identity: p.identity,
+      tracks: [...p.trackPublications.values()].map((pub) => ({
+        sid: pub.trackSid,
+        kind: pub.kind,
+        source: pub.source,
+        subscribed: pub.isSubscribed,
+      })),
+    }));
+    const local = [...room.localParticipant.trackPublications.values()].map((pub) => ({
+      sid: pub.trackSid,
+      kind: pub.kind,
+      source: pub.source,
+    }));
+    return {
+      identity: room.localParticipant.identity,
+      connectionState: room.state,
+      remotes,
+      local,
+      chat,
+      data,
+      events,
+    };
+  };
+
+  // Per subscribed remote track, the summed inbound-rtp counters of its RTCRtpReceiver.
+  window.stats = async () => {
+    if (!room) return [];
+    const out = [];
+    for (const p of room.remoteParticipants.values()) {
+      for (const pub of p.trackPublications.values()) {
+        const track = pub.track;
+        if (!track) continue;
+        const report = await track.getRTCStatsReport();
+        let framesDecoded = 0;
+        let bytesReceived = 0;
+        let packetsReceived = 0;
+        report?.forEach((s) => {
+          if (s.type !== 'inbound-rtp') return;
+          framesDecoded += s.framesDecoded ?? 0;
+          bytesReceived += s.bytesReceived ?? 0;
+          packetsReceived += s.packetsReceived ?? 0;
+        });
+        out.push({
+          participant: p.identity,
+          sid: pub.trackSid,
+          kind: pub.kind,
+          framesDecoded,
+          bytesReceived,
+          packetsReceived,
+        });
+      }
+    }
+    return out;
+  };
+
+  window.sendChat = async (text) => {
+    await room.localParticipant.sendText(text, { topic: 'lk.chat' });
+  };
+
+  window.sendData = async (text, destinationIdentities) => {
+    const opts = { reliable: true };
+    if (destinationIdentities && destinationIdentities.length) {
+      opts.destinationIdentities = destinationIdentities;
+    }
+    await room.localParticipant.publishData(new TextEncoder().encode(text), opts);
+  };
+})();

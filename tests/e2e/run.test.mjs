@@ -1,0 +1,535 @@
+// Browser end-to-end tests: unmodified livekit-client in headless Chromium against a Parloir server.
+//
+//   PARLOIR_BIN=target/release/parloir node --test tests/e2e/
+//
+// One Chromium, one browser context per participant. Every scenario runs on both signalling
+// paths: two PeerConnections on /rtc (singlePeerConnection=false) and one PeerConnection on
+// /rtc/v1 (singlePeerConnection=true; a server that answers 404 there makes the client fall back
+// to /rtc, and the test must pass either way). On failure the page consoles, state() snapshots
+// and the server's log are printed.
+
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import dgram from 'node:dgram';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const API_KEY = 'devkey';
+const API_SECRET = 'secret';
+const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+const WAIT_MS = 45_000; // generous: this runs on a 2-core machine
+const POLL_MS = 250;
+const TEST_TIMEOUT_MS = 150_000;
+const VERBOSE = !!process.env.E2E_VERBOSE;
+
+const PARLOIR_BIN = process.env.PARLOIR_BIN ? path.resolve(process.env.PARLOIR_BIN) : '';
+if (!PARLOIR_BIN) {
+  throw new Error('PARLOIR_BIN is not set: PARLOIR_BIN=target/release/parloir node --test tests/e2e/');
+}
+if (!fs.existsSync(PARLOIR_BIN)) {
+  throw new Error(`PARLOIR_BIN=${PARLOIR_BIN} does not exist (build it with cargo build --release)`);
+}
+if (!fs.existsSync(CHROMIUM)) {
+  throw new Error(`Chromium not found at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_BIN)`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access tokens (HS256 JWT) minted with node's crypto.
+
+function b64url(buf) {
+  return Buffer.from(buf).toString('base64url');
+}
+
+export function mintToken({ identity, name = identity, room, ttlSecs = 3600 }) {
+  const now = Math.floor(Date.now() / 1000);
+  const header = { alg: 'HS256', typ: 'JWT' };
+  const claims = {
+    iss: API_KEY,
+    sub: identity,
+    name,
+    nbf: now - 10,
+    exp: now + ttlSecs,
+    video: { roomJoin: true, room, canPublish: true, canSubscribe: true, canPublishData: true },
+  };
+  const body = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
+  const sig = crypto.createHmac('sha256', API_SECRET).update(body).digest();
+  return `${body}.${b64url(sig)}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ports, the server process, the static page server.
+
+async function freeTcpPort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function freeUdpPort() {
+  return new Promise((resolve, reject) => {
+    const s = dgram.createSocket('udp4');
+    s.once('error', reject);
+    s.bind(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+const serverLog = [];
+let serverProc = null;
+let serverExit = null;
+let httpPort = 0;
+let udpPort = 0;
+
+function logServer(stream, chunk) {
+  for (const line of chunk.toString().split('\n')) {
+    if (!line) continue;
+    serverLog.push(`${stream}: ${line}`);
+    if (VERBOSE) console.log(`[server ${stream}] ${line}`);
+  }
+  if (serverLog.length > 20_000) serverLog.splice(0, serverLog.length - 20_000);
+}
+
+async function startServer() {
+  httpPort = Number(process.env.PARLOIR_E2E_HTTP_PORT) || (await freeTcpPort());
+  udpPort = Number(process.env.PARLOIR_E2E_UDP_PORT) || (await freeUdpPort());
+  const args = ['serve', '--dev', '--http-addr', `127.0.0.1:${httpPort}`, '--udp-port', String(udpPort)];
+  serverLog.push(`# ${PARLOIR_BIN} ${args.join(' ')}`);
+  serverProc = spawn(PARLOIR_BIN, args, {
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  serverProc.stdout.on('data', (c) => logServer('stdout', c));
+  serverProc.stderr.on('data', (c) => logServer('stderr', c));
+  serverProc.on('exit', (code, signal) => {
+    serverExit = { code, signal };
+    serverLog.push(`# server exited code=${code} signal=${signal}`);
+  });
+  serverProc.on('error', (e) => {
+    serverExit = { error: e.message };
+    serverLog.push(`# spawn error: ${e.message}`);
+  });
+
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    if (serverExit) break;
+    try {
+      const res = await fetch(`http://127.0.0.1:${httpPort}/healthz`, {
+        signal: AbortSignal.timeout(1000),
+      });
+      if (res.status === 200) return;
+    } catch {
+      // not listening yet
+    }
+    await sleep(100);
+  }
+  dumpServerLog();
+  throw new Error(
+    serverExit
+      ? `server exited before /healthz answered: ${JSON.stringify(serverExit)}`
+      : `server did not answer 200 on http://127.0.0.1:${httpPort}/healthz within 30 s`,
+  );
+}
+
+async function stopServer() {
+  if (!serverProc || serverExit) return;
+  serverProc.kill('SIGTERM');
+  for (let i = 0; i < 30 && !serverExit; i++) await sleep(100);
+  if (!serverExit) serverProc.kill('SIGKILL');
+}
+
+function dumpServerLog(tail = 200) {
+  const file = path.join(os.tmpdir(), `parloir-e2e-server-${process.pid}.log`);
+  try {
+    fs.writeFileSync(file, serverLog.join('\n') + '\n');
+  } catch {
+    // best effort
+  }
+  console.log(`\n===== server log (last ${tail} of ${serverLog.length} lines; full log: ${file}) =====`);
+  console.log(serverLog.slice(-tail).join('\n'));
+  console.log('===== end of server log =====\n');
+}
+
+const STATIC = {
+  '/': [path.join(HERE, 'page/index.html'), 'text/html; charset=utf-8'],
+  '/index.html': [path.join(HERE, 'page/index.html'), 'text/html; charset=utf-8'],
+  '/page.js': [path.join(HERE, 'page/page.js'), 'text/javascript; charset=utf-8'],
+  '/livekit-client.umd.js': [
+    path.join(HERE, 'node_modules/livekit-client/dist/livekit-client.umd.js'),
+    'text/javascript; charset=utf-8',
+  ],
+};
+
+let pageServer = null;
+let pageUrl = '';
+
+async function startPageServer() {
+  const umd = STATIC['/livekit-client.umd.js'][0];
+  if (!fs.existsSync(umd)) throw new Error(`${umd} missing: run npm ci in ${HERE}`);
+  pageServer = http.createServer((req, res) => {
+    const entry = STATIC[new URL(req.url, 'http://x').pathname];
+    if (req.url === '/favicon.ico') {
+      res.writeHead(204).end();
+      return;
+    }
+    if (!entry || req.method !== 'GET') {
+      res.writeHead(404).end('not found');
+      return;
+    }
+    fs.readFile(entry[0], (err, body) => {
+      if (err) {
+        res.writeHead(500).end(String(err));
+        return;
+      }
+      res.writeHead(200, { 'content-type': entry[1], 'cache-control': 'no-store' }).end(body);
+    });
+  });
+  await new Promise((resolve) => pageServer.listen(0, '127.0.0.1', resolve));
+  pageUrl = `http://127.0.0.1:${pageServer.address().port}/`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Browser and participants.
+
+let browser = null;
+
+async function launchBrowser() {
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--headless',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--use-fake-device-for-media-stream',
+      '--use-fake-ui-for-media-stream',
+      '--autoplay-policy=no-user-gesture-required',
+    ],
+  });
+}
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what}: timed out after ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+class Participant {
+  constructor(identity, context, page) {
+    this.identity = identity;
+    this.context = context;
+    this.page = page;
+    this.logs = [];
+    this.lastState = null;
+  }
+
+  log(line) {
+    this.logs.push(line);
+    if (this.logs.length > 2000) this.logs.shift();
+    if (VERBOSE) console.log(`[${this.identity}] ${line}`);
+  }
+
+  async state() {
+    this.lastState = await withTimeout(this.page.evaluate(() => window.state()), 10_000, 'state()');
+    return this.lastState;
+  }
+
+  stats() {
+    return withTimeout(this.page.evaluate(() => window.stats()), 10_000, 'stats()');
+  }
+
+  sendChat(text) {
+    return withTimeout(this.page.evaluate((t) => window.sendChat(t), text), 20_000, 'sendChat');
+  }
+
+  sendData(text, destinationIdentities) {
+    return withTimeout(
+      this.page.evaluate(([t, d]) => window.sendData(t, d), [text, destinationIdentities ?? null]),
+      20_000,
+      'sendData',
+    );
+  }
+
+  leave() {
+    return withTimeout(this.page.evaluate(() => window.leave()), 15_000, 'leave()');
+  }
+}
+
+// One scenario's participants, with diagnostics on failure.
+class Session {
+  constructor(name) {
+    this.name = name;
+    this.participants = [];
+  }
+
+  async join(identity, room, opts) {
+    const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
+    const page = await context.newPage();
+    const p = new Participant(identity, context, page);
+    this.participants.push(p);
+    page.on('console', (m) => p.log(`console.${m.type()}: ${m.text()}`));
+    page.on('pageerror', (e) => p.log(`pageerror: ${e.stack || e}`));
+    page.on('crash', () => p.log('page crashed'));
+    await page.goto(pageUrl);
+    await page.waitForFunction(() => typeof window.join === 'function' && !!window.LivekitClient);
+    const token = mintToken({ identity, room });
+    const url = `ws://127.0.0.1:${httpPort}`;
+    const t0 = Date.now();
+    await withTimeout(
+      page.evaluate(([u, tok, o]) => window.join(u, tok, o), [url, token, opts]),
+      WAIT_MS,
+      `${identity} join(${room})`,
+    );
+    p.log(`# joined ${room} in ${Date.now() - t0} ms`);
+    return p;
+  }
+
+  async dump() {
+    console.log(`\n######## diagnostics for "${this.name}" ########`);
+    for (const p of this.participants) {
+      let st = p.lastState;
+      try {
+        st = await p.state();
+      } catch (e) {
+        p.log(`# state() failed during dump: ${e.message}`);
+      }
+      let stats = null;
+      try {
+        stats = await p.stats();
+      } catch {
+        // page may be gone
+      }
+      const { events = [], ...rest } = st ?? {};
+      console.log(`----- ${p.identity}: state() -----\n${JSON.stringify(rest)}`);
+      console.log(events.map((e) => `[${p.identity}] event +${e.t}ms ${e.what}`).join('\n'));
+      console.log(`----- ${p.identity}: stats() -----\n${JSON.stringify(stats)}`);
+      console.log(`----- ${p.identity}: console (last 150 lines) -----`);
+      console.log(p.logs.slice(-150).map((l) => `[${p.identity}] ${l}`).join('\n'));
+    }
+    dumpServerLog();
+  }
+
+  async close() {
+    for (const p of this.participants) {
+      try {
+        await p.leave();
+      } catch {
+        // already gone
+      }
+      await p.context.close().catch(() => {});
+    }
+  }
+}
+
+// Polls `fn` until it returns a truthy value; on timeout the last value or error goes into the message.
+async function waitFor(what, fn, timeoutMs = WAIT_MS) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+      last = v;
+    } catch (e) {
+      last = `error: ${e.message}`;
+    }
+    if (serverExit) throw new Error(`server exited (${JSON.stringify(serverExit)}) while waiting for ${what}`);
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
+    }
+    await sleep(POLL_MS);
+  }
+}
+
+function scenario(name, fn) {
+  test(name, { timeout: TEST_TIMEOUT_MS }, async () => {
+    const s = new Session(name);
+    try {
+      await fn(s);
+    } catch (e) {
+      await s.dump().catch((d) => console.log(`dump failed: ${d}`));
+      throw e;
+    } finally {
+      await s.close();
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Assertions on state() / stats().
+
+// Does `st` show exactly `others` as remotes (optionally each with subscribed audio and video)?
+function seesExactly(st, others, withMedia) {
+  if (st.connectionState !== 'connected') return false;
+  const ids = st.remotes.map((r) => r.identity).sort();
+  if (JSON.stringify(ids) !== JSON.stringify([...others].sort())) return false;
+  if (!withMedia) return true;
+  return st.remotes.every((r) =>
+    ['audio', 'video'].every((kind) => r.tracks.some((t) => t.kind === kind && t.subscribed)),
+  );
+}
+
+async function waitForMesh(ps, withMedia) {
+  await waitFor(`full mesh${withMedia ? ' with subscribed audio+video' : ''}`, async () => {
+    for (const p of ps) {
+      const others = ps.filter((o) => o !== p).map((o) => o.identity);
+      if (!seesExactly(await p.state(), others, withMedia)) return false;
+    }
+    return true;
+  });
+}
+
+// stats() summed per "remote identity/kind".
+function byRemoteKind(stats) {
+  const m = {};
+  for (const s of stats) {
+    const k = `${s.participant}/${s.kind}`;
+    m[k] ??= { framesDecoded: 0, bytesReceived: 0 };
+    m[k].framesDecoded += s.framesDecoded;
+    m[k].bytesReceived += s.bytesReceived;
+  }
+  return m;
+}
+
+function mediaCounter(kind) {
+  return kind === 'video' ? 'framesDecoded' : 'bytesReceived';
+}
+
+async function waitForMediaGrowth(p, remotes) {
+  const keys = remotes.flatMap((r) => [`${r}/video`, `${r}/audio`]);
+  // First: every remote track has decoded something.
+  const first = await waitFor(`${p.identity}: media from ${remotes.join(', ')}`, async () => {
+    const m = byRemoteKind(await p.stats());
+    return keys.every((k) => (m[k]?.[mediaCounter(k.split('/')[1])] ?? 0) > 0) ? m : false;
+  });
+  // Then: the counters keep rising (media is flowing, not a single burst).
+  await waitFor(`${p.identity}: media counters rising (from ${JSON.stringify(first)})`, async () => {
+    const m = byRemoteKind(await p.stats());
+    return keys.every((k) => {
+      const c = mediaCounter(k.split('/')[1]);
+      return (m[k]?.[c] ?? 0) > first[k][c] + (c === 'framesDecoded' ? 10 : 2000);
+    });
+  }, 30_000);
+}
+
+function uniq() {
+  return crypto.randomBytes(3).toString('hex');
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite.
+
+before(async () => {
+  await startPageServer();
+  await startServer();
+  await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await stopServer();
+  pageServer?.close();
+});
+
+for (const singlePeerConnection of [false, true]) {
+  const pathName = singlePeerConnection ? 'single-pc-v1' : 'dual-pc-v0';
+  const opts = { singlePeerConnection };
+
+  describe(`signalling ${pathName} (singlePeerConnection=${singlePeerConnection})`, () => {
+    scenario('three participants receive each other\'s audio and video', async (s) => {
+      const room = `e2e-media-${pathName}-${uniq()}`;
+      const ids = ['alice', 'bob', 'carol'];
+      const ps = [];
+      for (const id of ids) ps.push(await s.join(id, room, opts));
+      await waitForMesh(ps, true);
+      for (const p of ps) {
+        await waitForMediaGrowth(p, ids.filter((i) => i !== p.identity));
+      }
+    });
+
+    scenario('chat and data packets reach the right participants', async (s) => {
+      const room = `e2e-data-${pathName}-${uniq()}`;
+      const [a, b, c] = [
+        await s.join('alice', room, opts),
+        await s.join('bob', room, opts),
+        await s.join('carol', room, opts),
+      ];
+      await waitForMesh([a, b, c], false);
+
+      // lk.chat text stream from alice reaches bob and carol.
+      const chatText = `bonjour ${uniq()} ✓`;
+      await a.sendChat(chatText);
+      for (const p of [b, c]) {
+        await waitFor(`${p.identity} receives alice's chat`, async () =>
+          (await p.state()).chat.some((m) => m.from === 'alice' && m.text === chatText),
+        );
+      }
+
+      // A broadcast data packet from bob reaches alice and carol.
+      const broadcast = `broadcast ${uniq()}`;
+      await b.sendData(broadcast);
+      for (const p of [a, c]) {
+        await waitFor(`${p.identity} receives bob's data packet`, async () =>
+          (await p.state()).data.some((d) => d.from === 'bob' && d.payload === broadcast),
+        );
+      }
+
+      // A data packet from carol addressed to alice reaches alice only.
+      const direct = `for alice only ${uniq()}`;
+      await c.sendData(direct, ['alice']);
+      await waitFor('alice receives carol\'s addressed data packet', async () =>
+        (await a.state()).data.some((d) => d.from === 'carol' && d.payload === direct),
+      );
+      await sleep(2000); // give a misrouted copy time to arrive
+      const bobData = (await b.state()).data;
+      assert.ok(
+        !bobData.some((d) => d.payload === direct),
+        `bob received a packet addressed to alice only: ${JSON.stringify(bobData)}`,
+      );
+      // Nobody hears their own messages back.
+      assert.ok(!(await a.state()).chat.some((m) => m.text === chatText), 'alice got her own chat back');
+      assert.ok(!(await b.state()).data.some((d) => d.payload === broadcast), 'bob got his own data back');
+    });
+
+    scenario('a participant who leaves disappears for the others', async (s) => {
+      const room = `e2e-leave-${pathName}-${uniq()}`;
+      const [a, b, c] = [
+        await s.join('alice', room, opts),
+        await s.join('bob', room, opts),
+        await s.join('carol', room, opts),
+      ];
+      await waitForMesh([a, b, c], true);
+      await c.leave();
+      await waitFor('alice and bob see carol gone', async () =>
+        seesExactly(await a.state(), ['bob'], false) && seesExactly(await b.state(), ['alice'], false),
+      );
+      // The two who stayed still have each other's media.
+      await waitForMesh([a, b], true);
+    });
+  });
+}
