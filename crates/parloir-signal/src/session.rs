@@ -8,7 +8,10 @@ use proto::signal_response::Message as Resp;
 
 /// What to do with one client message.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant, reason = "one short-lived value per client message")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one short-lived value per client message"
+)]
 pub enum Action {
     /// Hand this to the SFU.
     Command(Command),
