@@ -2,12 +2,12 @@
 CARGO ?= cargo
 BIN := target/release/parloir
 
-.PHONY: run test setup build unit e2e fmt lint clean
+.PHONY: run test setup build unit e2e sdk fmt lint clean
 
 run: setup build
 	$(BIN) serve --dev
 
-test: setup build unit e2e
+test: setup build unit e2e sdk
 
 setup:
 	@bash deploy/setup.sh
@@ -21,6 +21,9 @@ unit:
 
 e2e:
 	PARLOIR_BIN=$(BIN) node --test --test-concurrency=1 tests/e2e/
+
+sdk:
+	PARLOIR_BIN=$(BIN) tests/sdk/.venv/bin/python tests/sdk/test_python_sdk.py
 
 fmt:
 	$(CARGO) fmt --all

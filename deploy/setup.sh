@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Build: C toolchain and headers for str0m's crypto (aws-lc) and later ffmpeg-next.
-# Tests: Chromium for the browser end-to-end tests, Node.js for their runner.
-packages=(pkg-config clang cmake libssl-dev chromium nodejs npm ca-certificates)
+# Tests: Chromium for the browser end-to-end tests, Node.js for their runner, Python with venv
+# for the LiveKit Python SDK test.
+packages=(pkg-config clang cmake libssl-dev chromium nodejs npm ca-certificates python3 python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -38,3 +39,14 @@ for dir in web tests/e2e; do
     cp "$dir/package-lock.json" "$stamp"
   fi
 done
+
+# Python dependencies of the LiveKit SDK test (tests/sdk), pinned in requirements.txt, installed
+# into tests/sdk/.venv only when that file changed.
+venv=tests/sdk/.venv
+stamp="$venv/.parloir-requirements"
+if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || ! cmp -s tests/sdk/requirements.txt "$stamp"; then
+  echo "setup: pip install in $venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+  cp tests/sdk/requirements.txt "$stamp"
+fi

@@ -456,6 +456,14 @@ after(async () => {
   pageServer?.close();
 });
 
+// Signal connections the server accepted on one path, from /metrics.
+async function signalConnections(path) {
+  const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+  const m = text.match(new RegExp(`^parloir_signal_connections_total\\{path="${path}"\\} (\\d+)$`, 'm'));
+  assert.ok(m, `/metrics has no signal connection counter for ${path}`);
+  return Number(m[1]);
+}
+
 for (const singlePeerConnection of [false, true]) {
   const pathName = singlePeerConnection ? 'single-pc-v1' : 'dual-pc-v0';
   const opts = { singlePeerConnection };
@@ -464,9 +472,13 @@ for (const singlePeerConnection of [false, true]) {
     scenario('three participants receive each other\'s audio and video', async (s) => {
       const room = `e2e-media-${pathName}-${uniq()}`;
       const ids = ['alice', 'bob', 'carol'];
+      const path = singlePeerConnection ? '/rtc/v1' : '/rtc';
+      const before = await signalConnections(path);
       const ps = [];
       for (const id of ids) ps.push(await s.join(id, room, opts));
       await waitForMesh(ps, true);
+      // The path under test served all three (no fallback from /rtc/v1 to /rtc).
+      assert.equal(await signalConnections(path), before + 3, `three joins on ${path}`);
       for (const p of ps) {
         await waitForMediaGrowth(p, ids.filter((i) => i !== p.identity));
       }

@@ -43,6 +43,9 @@ pub enum Layout {
     /// `/rtc`: the client publishes on one peer connection, the server offers a second one
     /// for what the client receives.
     TwoPeerConnections,
+    /// `/rtc/v1`: one peer connection; the client always offers. The server asks for receive
+    /// m-lines with `MediaSectionsRequirement` and names each track's stream in its answer.
+    SinglePeerConnection,
 }
 
 /// A participant asks to join a room. The caller has verified its token.
@@ -63,6 +66,8 @@ pub struct JoinCommand {
     pub client_protocol: i32,
     /// Wall clock at the join, for `joined_at` and room creation times.
     pub unix_ms: i64,
+    /// `/rtc/v1`: the offer carried in the join request, with its id.
+    pub offer: Option<(String, u32)>,
 }
 
 /// Input from signal sessions.
@@ -206,6 +211,8 @@ struct Participant {
 enum PeerRole {
     Publisher,
     Subscriber,
+    /// One peer connection that publishes and receives (`/rtc/v1`).
+    Both,
 }
 
 struct Peer {
@@ -229,6 +236,10 @@ struct Peer {
     to_stop: Vec<Mid>,
     /// Subscriber offers sent so far; numbers the next one.
     offers_sent: u32,
+    /// Single peer connection: mids str0m has created (their msid is fixed from then on), and
+    /// whether a MediaSectionsRequirement is waiting for the client's next offer.
+    known_mids: HashSet<String>,
+    awaiting_offer: bool,
     /// Data channels by label (`_reliable`, `_lossy`).
     channels: HashMap<String, ChannelId>,
     channel_labels: HashMap<ChannelId, String>,
@@ -512,11 +523,19 @@ impl Sfu {
             }),
             ping_interval: self.config.ping_interval_s.max(1),
             ping_timeout: self.config.ping_timeout_s.max(2),
-            subscriber_primary: join.protocol > 2,
+            // livekit-client sends data on the subscriber connection when this is set, and a
+            // single peer connection has none.
+            subscriber_primary: join.protocol > 2 && join.layout == Layout::TwoPeerConnections,
             ..Default::default()
         };
         self.signal(session, proto::signal_response::Message::Join(response));
-        let subscriber = self.new_peer(now, session, PeerRole::Subscriber);
+        let single = join.layout == Layout::SinglePeerConnection;
+        let role = if single {
+            PeerRole::Both
+        } else {
+            PeerRole::Subscriber
+        };
+        let subscriber = self.new_peer(now, session, role);
         let hidden = is_hidden(&info);
         let can_subscribe = info.permission.as_ref().is_some_and(|p| p.can_subscribe);
         self.participants.insert(
@@ -525,13 +544,15 @@ impl Sfu {
                 info: info.clone(),
                 room: join.room.clone(),
                 auto_subscribe: join.auto_subscribe,
-                publisher: None,
+                publisher: single.then_some(subscriber),
                 subscriber: Some(subscriber),
                 pending: HashMap::new(),
                 settings: HashMap::new(),
             },
         );
-        if let Some(peer) = self.peers.get_mut(&subscriber) {
+        if let Some(peer) = self.peers.get_mut(&subscriber)
+            && !single
+        {
             peer.add_channels = true;
         }
         if join.auto_subscribe && can_subscribe {
@@ -545,11 +566,16 @@ impl Sfu {
                 self.subscribe(session, &sid);
             }
         }
-        // The subscriber offer goes out right after the JoinResponse, tracks or not.
-        if let Some(peer) = self.peers.get_mut(&subscriber) {
-            peer.needs_offer = true;
+        if let Some((sdp, id)) = join.offer {
+            // `/rtc/v1`: the answer to the join request's offer follows the JoinResponse.
+            self.publisher_offer(now, session, &sdp, id);
+        } else if !single {
+            // `/rtc`: the subscriber offer goes out right after the JoinResponse, tracks or not.
+            if let Some(peer) = self.peers.get_mut(&subscriber) {
+                peer.needs_offer = true;
+            }
+            self.negotiate_subscriber(session);
         }
-        self.negotiate_subscriber(session);
         if !hidden {
             self.broadcast_participant(&join.room, &info, Some(session));
         }
@@ -654,6 +680,8 @@ impl Sfu {
                 add_channels: false,
                 to_stop: Vec::new(),
                 offers_sent: 0,
+                known_mids: HashSet::new(),
+                awaiting_offer: false,
                 channels: HashMap::new(),
                 channel_labels: HashMap::new(),
             },
@@ -905,7 +933,16 @@ impl Sfu {
                 pid
             }
         };
-        let offer = match SdpOffer::from_sdp_string(sdp) {
+        let single = self
+            .peers
+            .get(&pid)
+            .is_some_and(|p| p.role == PeerRole::Both);
+        let (text, assigned) = if single {
+            self.plan_single_offer(pid, sdp)
+        } else {
+            (sdp.to_string(), Vec::new())
+        };
+        let offer = match SdpOffer::from_sdp_string(&text) {
             Ok(o) => o,
             Err(e) => {
                 tracing::info!(%session, "unparseable offer: {e}");
@@ -923,6 +960,24 @@ impl Sfu {
             }
         };
         peer.msids = sdp_scan::msid_tracks(sdp);
+        let mut mid_to_track_id = HashMap::new();
+        if single {
+            peer.known_mids
+                .extend(sdp_scan::sections(&text).into_iter().filter_map(|s| s.mid));
+            peer.awaiting_offer = false;
+            peer.to_stop.clear();
+            for (sid, mid) in &assigned {
+                if let Some(out) = peer.outs.get_mut(sid) {
+                    out.state = OutState::Open(*mid);
+                }
+                peer.mids_out.insert(*mid, sid.clone());
+            }
+            mid_to_track_id = peer
+                .mids_out
+                .iter()
+                .map(|(mid, sid)| (mid.to_string(), sid.clone()))
+                .collect();
+        }
         // An ICE restart picks new local credentials.
         let creds = peer.rtc.direct_api().local_ice_credentials();
         if creds.ufrag != peer.ufrag {
@@ -936,18 +991,86 @@ impl Sfu {
                 r#type: "answer".into(),
                 sdp: answer.to_sdp_string(),
                 id,
-                ..Default::default()
+                mid_to_track_id,
             }),
         );
         self.mark(pid);
+        for (sid, _) in assigned {
+            if let Some(track) = self.tracks.get_mut(&sid) {
+                track.last_keyframe_request = None;
+            }
+            self.request_keyframe(now, &sid, KeyframeRequestKind::Pli);
+        }
         self.bind_pending(now, pid);
+        if single {
+            // Subscriptions still without an m-line ask for more.
+            self.negotiate_subscriber(session);
+        }
+    }
+
+    /// Single peer connection: decides which of the client's receive m-lines carry which track.
+    /// New recvonly m-lines get a waiting track of their kind (its msid written into the offer)
+    /// or become inactive; known ones stay as they are unless their track went away.
+    fn plan_single_offer(&self, pid: PeerId, sdp: &str) -> (String, Vec<(String, Mid)>) {
+        let Some(peer) = self.peers.get(&pid) else {
+            return (sdp.to_string(), Vec::new());
+        };
+        let mut wanted: Vec<(&String, MediaKind)> = peer
+            .outs
+            .iter()
+            .filter(|(_, o)| o.state == OutState::Wanted)
+            .filter_map(|(sid, _)| self.tracks.get(sid).map(|t| (sid, t.kind)))
+            .collect();
+        wanted.sort_by(|a, b| a.0.cmp(b.0));
+        let mut plan = HashMap::new();
+        let mut assigned = Vec::new();
+        for section in sdp_scan::sections(sdp) {
+            let Some(mid) = section.mid else {
+                continue;
+            };
+            let kind = match section.kind.as_str() {
+                "audio" => MediaKind::Audio,
+                "video" => MediaKind::Video,
+                _ => continue,
+            };
+            if section.direction.as_deref() != Some("recvonly") {
+                continue;
+            }
+            let m = Mid::from(mid.as_str());
+            if peer.known_mids.contains(&mid) {
+                if !peer.mids_out.contains_key(&m) {
+                    plan.insert(mid, sdp_scan::Rewrite::Inactive);
+                }
+                continue;
+            }
+            let Some(pos) = wanted.iter().position(|(_, k)| *k == kind) else {
+                plan.insert(mid, sdp_scan::Rewrite::Inactive);
+                continue;
+            };
+            let (sid, _) = wanted.remove(pos);
+            let publisher = self
+                .tracks
+                .get(sid)
+                .and_then(|t| self.participants.get(&t.publisher))
+                .map(|p| p.info.sid.clone())
+                .unwrap_or_default();
+            plan.insert(
+                mid,
+                sdp_scan::Rewrite::Msid {
+                    stream: format!("{publisher}|{sid}"),
+                    track: sid.clone(),
+                },
+            );
+            assigned.push((sid.clone(), m));
+        }
+        (sdp_scan::rewrite(sdp, &plan), assigned)
     }
 
     fn media_added(&mut self, pid: PeerId, mid: Mid, kind: MediaKind) {
         let Some(peer) = self.peers.get(&pid) else {
             return;
         };
-        if peer.role != PeerRole::Publisher || peer.mids_in.contains_key(&mid) {
+        if peer.role == PeerRole::Subscriber || peer.mids_in.contains_key(&mid) {
             return;
         }
         // Without an msid match, take the only pending track of that kind.
@@ -1131,6 +1254,38 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
+        if peer.role == PeerRole::Both {
+            // The client offers; ask it for the m-lines this needs (0/0 just asks for an
+            // offer, which lets m-lines of removed tracks go inactive).
+            if peer.awaiting_offer || !peer.needs_offer {
+                return;
+            }
+            peer.needs_offer = false;
+            let (mut num_audios, mut num_videos) = (0, 0);
+            for (sid, out) in &peer.outs {
+                if out.state != OutState::Wanted {
+                    continue;
+                }
+                match self.tracks.get(sid).map(|t| t.kind) {
+                    Some(MediaKind::Audio) => num_audios += 1,
+                    Some(MediaKind::Video) => num_videos += 1,
+                    None => {}
+                }
+            }
+            if num_audios == 0 && num_videos == 0 && peer.to_stop.is_empty() {
+                return;
+            }
+            peer.awaiting_offer = true;
+            let requirement = proto::MediaSectionsRequirement {
+                num_audios,
+                num_videos,
+            };
+            self.signal(
+                session,
+                proto::signal_response::Message::MediaSectionsRequirement(requirement),
+            );
+            return;
+        }
         if peer.pending_offer.is_some() || !peer.needs_offer {
             return;
         }

@@ -104,6 +104,33 @@ struct Client {
     closed: bool,
     audio_sent: u32,
     video_sent: u32,
+    /// `/rtc/v1`: everything rides on `publisher`; offers are numbered; a
+    /// MediaSectionsRequirement that arrives while an offer is out waits here.
+    single: bool,
+    offer_id: u32,
+    deferred: Option<(u32, u32)>,
+}
+
+impl Client {
+    /// Adds receive-only m-lines (as livekit-client does for a MediaSectionsRequirement) and
+    /// offers them.
+    fn offer_receive_slots(&mut self, audios: u32, videos: u32) -> Option<Command> {
+        let mut api = self.publisher.sdp_api();
+        for _ in 0..audios {
+            api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        }
+        for _ in 0..videos {
+            api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        }
+        let (offer, pending) = api.apply()?;
+        self.pending = Some(pending);
+        self.offer_id += 1;
+        Some(Command::Offer {
+            session: self.session,
+            sdp: offer.to_sdp_string(),
+            id: self.offer_id,
+        })
+    }
 }
 
 struct Sim {
@@ -156,6 +183,12 @@ impl Sim {
     }
 
     fn join(&mut self, identity: &str) -> usize {
+        self.join_with(identity, false)
+    }
+
+    /// Joins over `/rtc` (two peer connections) or, with `single`, over `/rtc/v1`: the join
+    /// carries an offer with the data channels and three receive-only audio and video m-lines.
+    fn join_with(&mut self, identity: &str, single: bool) -> usize {
         let n = self.clients.len() as u8 + 1;
         let publisher_addr: SocketAddr = format!("10.0.1.{n}:5000").parse().expect("address");
         let subscriber_addr: SocketAddr = format!("10.0.1.{n}:5001").parse().expect("address");
@@ -164,6 +197,22 @@ impl Sim {
         let mut subscriber = Rtc::builder().build(self.now);
         subscriber.add_local_candidate(Candidate::host(subscriber_addr, "udp").expect("host"));
         let session = SessionId(self.clients.len() as u64 + 100);
+        let mut reliable = None;
+        let mut pending = None;
+        let mut offer = None;
+        if single {
+            let mut api = publisher.sdp_api();
+            reliable = Some(api.add_channel("_reliable".into()));
+            api.add_channel("_lossy".into());
+            for kind in [MediaKind::Audio, MediaKind::Video] {
+                for _ in 0..3 {
+                    api.add_media(kind, Direction::RecvOnly, None, None, None);
+                }
+            }
+            let (o, p) = api.apply().expect("an offer");
+            offer = Some((o.to_sdp_string(), 1));
+            pending = Some(p);
+        }
         self.clients.push(Client {
             session,
             identity: identity.to_string(),
@@ -173,10 +222,10 @@ impl Sim {
             subscriber,
             subscriber_addr,
             subscriber_deadline: self.now,
-            pending: None,
+            pending,
             audio_mid: None,
             video_mid: None,
-            reliable: None,
+            reliable,
             joined: None,
             published: HashMap::new(),
             others: HashMap::new(),
@@ -188,6 +237,9 @@ impl Sim {
             closed: false,
             audio_sent: 0,
             video_sent: 0,
+            single,
+            offer_id: u32::from(single),
+            deferred: None,
         });
         self.commands.push(Command::Join(Box::new(JoinCommand {
             session,
@@ -204,11 +256,16 @@ impl Sim {
                 ..Default::default()
             },
             kind: 0,
-            layout: Layout::TwoPeerConnections,
+            layout: if single {
+                Layout::SinglePeerConnection
+            } else {
+                Layout::TwoPeerConnections
+            },
             auto_subscribe: true,
             protocol: 17,
             client_protocol: 1,
             unix_ms: 1_700_000_000_000,
+            offer,
         })));
         self.pump();
         self.clients.len() - 1
@@ -233,12 +290,15 @@ impl Sim {
             Some(format!("{}-cam", c.identity)),
             None,
         );
-        let reliable = api.add_channel("_reliable".into());
+        if c.reliable.is_none() {
+            c.reliable = Some(api.add_channel("_reliable".into()));
+        }
         let (offer, pending) = api.apply().expect("changes to offer");
         c.audio_mid = Some(audio);
         c.video_mid = Some(video);
-        c.reliable = Some(reliable);
         c.pending = Some(pending);
+        c.offer_id += 1;
+        let offer_id = c.offer_id;
         for (cid, kind, source) in [
             (
                 format!("{}-mic", c.identity),
@@ -267,7 +327,7 @@ impl Sim {
         self.commands.push(Command::Offer {
             session: c.session,
             sdp: offer.to_sdp_string(),
-            id: 1,
+            id: offer_id,
         });
         self.pump();
     }
@@ -402,13 +462,39 @@ impl Sim {
                 });
             }
             M::Answer(sd) => {
-                assert_eq!(sd.id, 1, "the answer echoes the offer id");
+                assert_eq!(sd.id, c.offer_id, "the answer echoes the offer id");
                 let answer = SdpAnswer::from_sdp_string(&sd.sdp).expect("the SFU's answer parses");
                 let pending = c.pending.take().expect("an offer was sent");
                 c.publisher
                     .sdp_api()
                     .accept_answer(pending, answer)
                     .expect("the SFU's answer is acceptable");
+                if c.single {
+                    // The answer names the stream of each track the SFU sends.
+                    for (mid, track) in msid_tracks(&sd.sdp) {
+                        if track.starts_with("TR_") {
+                            assert_eq!(sd.mid_to_track_id.get(&mid), Some(&track));
+                        }
+                    }
+                    c.sub_tracks.extend(sd.mid_to_track_id);
+                    if let Some((a, v)) = c.deferred.take()
+                        && let Some(command) = c.offer_receive_slots(a, v)
+                    {
+                        self.commands.push(command);
+                    }
+                }
+            }
+            M::MediaSectionsRequirement(r) => {
+                assert!(
+                    c.single,
+                    "only single peer connection clients are asked for m-lines"
+                );
+                if c.pending.is_some() {
+                    let (a, v) = c.deferred.unwrap_or_default();
+                    c.deferred = Some((a + r.num_audios, v + r.num_videos));
+                } else if let Some(command) = c.offer_receive_slots(r.num_audios, r.num_videos) {
+                    self.commands.push(command);
+                }
             }
             M::TrackPublished(r) => {
                 let track = r.track.expect("TrackPublished carries the track");
@@ -467,7 +553,7 @@ impl Sim {
                     str0m::Output::Event(e) => {
                         moved = true;
                         match e {
-                            Event::MediaData(d) if !publisher => {
+                            Event::MediaData(d) if !publisher || c.single => {
                                 let sid = c
                                     .sub_tracks
                                     .get(&d.mid.to_string())
@@ -478,7 +564,7 @@ impl Sim {
                                 );
                                 c.frames.entry(sid).or_default().push(counter);
                             }
-                            Event::ChannelData(d) if !publisher => {
+                            Event::ChannelData(d) if !publisher || c.single => {
                                 c.data.push(
                                     proto::DataPacket::decode(&d.data[..])
                                         .expect("the SFU forwards DataPackets"),
@@ -839,4 +925,55 @@ fn garbage_datagrams_are_dropped_and_counted() {
     let audio_before = sim.client("alice").audio_sent;
     sim.run_for(Duration::from_millis(500));
     assert!(sim.client("alice").audio_sent > audio_before);
+}
+
+#[test]
+fn single_and_two_peer_connection_clients_meet() {
+    let mut sim = Sim::new(11, 0.0);
+    sim.join_with("alice", true);
+    sim.join_with("bob", false);
+    sim.publish(0);
+    sim.publish(1);
+    sim.run_for(Duration::from_secs(1));
+    // Carol joins after the tracks exist: they ride her join offer's receive m-lines.
+    sim.join_with("carol", true);
+    sim.publish(2);
+    sim.run_for(Duration::from_secs(3));
+
+    for me in ["alice", "bob", "carol"] {
+        for other in ["alice", "bob", "carol"].into_iter().filter(|o| *o != me) {
+            for (suffix, sent) in [
+                ("mic", sim.client(other).audio_sent),
+                ("cam", sim.client(other).video_sent),
+            ] {
+                let sid = sim.track_sid(other, suffix);
+                let got = sim.client(me).frames.get(&sid).map(Vec::len).unwrap_or(0);
+                assert!(
+                    got as f64 >= 0.6 * sent as f64,
+                    "{me} got {got} of {sent} {suffix} frames from {other}"
+                );
+            }
+        }
+    }
+    sim.send_data(0, b"from a single connection", &[]);
+    sim.send_data(1, b"from two connections", &["carol"]);
+    sim.run_for(Duration::from_millis(300));
+    let payloads = |who: &str| -> Vec<Vec<u8>> {
+        sim.client(who)
+            .data
+            .iter()
+            .filter_map(|p| match &p.value {
+                Some(proto::data_packet::Value::User(u)) => Some(u.payload.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(payloads("bob"), vec![b"from a single connection".to_vec()]);
+    assert_eq!(
+        payloads("carol"),
+        vec![
+            b"from a single connection".to_vec(),
+            b"from two connections".to_vec()
+        ]
+    );
 }

@@ -36,11 +36,9 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/rtc", get(rtc_v0))
-        .route("/rtc/validate", get(validate))
-        // One-peer-connection signalling is not served yet: livekit-client and the Rust/Python
-        // SDKs fall back to /rtc when both of these answer 404 with a generic body.
-        .route("/rtc/v1", get(not_found))
-        .route("/rtc/v1/validate", get(not_found))
+        .route("/rtc/validate", get(validate_v0))
+        .route("/rtc/v1", get(rtc_v1))
+        .route("/rtc/v1/validate", get(validate_v1))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/api/dev-token", get(dev_token))
@@ -48,11 +46,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/app.js", get(app_js))
         .route("/livekit-client.umd.js", get(livekit_client))
         .with_state(state)
-}
-
-/// A generic 404 with CORS: cross-origin pages must be able to read it to fall back.
-async fn not_found() -> Response {
-    Refusal(StatusCode::NOT_FOUND, "not found".into()).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -126,33 +119,108 @@ fn authorize(
     Ok(claims)
 }
 
-async fn validate(
+/// The join options of either path: `/rtc` query parameters or `/rtc/v1`'s `join_request`.
+fn join_params(
+    state: &AppState,
+    path: SignalPath,
+    query: &HashMap<String, String>,
+) -> Result<JoinParams, Refusal> {
+    let parsed = match path {
+        SignalPath::TwoPeerConnections => JoinParams::from_v0_query(query),
+        SignalPath::SinglePeerConnection => match query.get("join_request") {
+            Some(value) => JoinParams::from_v1_join_request(value),
+            None => {
+                state.metrics.signal_refused.fetch_add(1, Relaxed);
+                return Err(Refusal(
+                    StatusCode::BAD_REQUEST,
+                    "join_request is missing".into(),
+                ));
+            }
+        },
+    };
+    parsed.map_err(|e| {
+        state.metrics.signal_refused.fetch_add(1, Relaxed);
+        Refusal(StatusCode::BAD_REQUEST, e.to_string())
+    })
+}
+
+async fn validate_v0(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    authorize(&state, &query, &headers)?;
-    JoinParams::from_v0_query(&query)
-        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string()))?;
+    validate(&state, SignalPath::TwoPeerConnections, &query, &headers)
+}
+
+async fn validate_v1(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    validate(&state, SignalPath::SinglePeerConnection, &query, &headers)
+}
+
+fn validate(
+    state: &AppState,
+    path: SignalPath,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Response, Refusal> {
+    authorize(state, query, headers)?;
+    join_params(state, path, query)?;
     Ok(Refusal(StatusCode::OK, "success".into()).into_response())
 }
+
+type Upgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
 
 async fn rtc_v0(
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: Upgrade,
+) -> Result<Response, Refusal> {
+    rtc(
+        state,
+        SignalPath::TwoPeerConnections,
+        query,
+        headers,
+        upgrade,
+    )
+}
+
+async fn rtc_v1(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: Upgrade,
+) -> Result<Response, Refusal> {
+    rtc(
+        state,
+        SignalPath::SinglePeerConnection,
+        query,
+        headers,
+        upgrade,
+    )
+}
+
+fn rtc(
+    state: Arc<AppState>,
+    path: SignalPath,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    upgrade: Upgrade,
 ) -> Result<Response, Refusal> {
     // A plain GET on /rtc is not a signal connection.
     let Ok(upgrade) = upgrade else {
         return Err(Refusal(StatusCode::NOT_FOUND, "not found".into()));
     };
     let claims = authorize(&state, &query, &headers)?;
-    let params = JoinParams::from_v0_query(&query).map_err(|e| {
-        state.metrics.signal_refused.fetch_add(1, Relaxed);
-        Refusal(StatusCode::BAD_REQUEST, e.to_string())
-    })?;
-    state.metrics.signal_connections.fetch_add(1, Relaxed);
+    let params = join_params(&state, path, &query)?;
+    let counter = match path {
+        SignalPath::TwoPeerConnections => &state.metrics.signal_connections_v0,
+        SignalPath::SinglePeerConnection => &state.metrics.signal_connections_v1,
+    };
+    counter.fetch_add(1, Relaxed);
     Ok(upgrade
         .max_message_size(parloir_signal::MAX_SIGNAL_MESSAGE)
         .max_frame_size(parloir_signal::MAX_SIGNAL_MESSAGE)
@@ -230,16 +298,19 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, pa
         permission: permission(&claims.video),
         kind: kind as i32,
         layout: match params.path {
-            SignalPath::TwoPeerConnections | SignalPath::SinglePeerConnection => {
-                Layout::TwoPeerConnections
-            }
+            SignalPath::TwoPeerConnections => Layout::TwoPeerConnections,
+            SignalPath::SinglePeerConnection => Layout::SinglePeerConnection,
         },
+        offer: params
+            .publisher_offer
+            .as_ref()
+            .map(|sd| (sd.sdp.clone(), sd.id)),
         auto_subscribe: params.auto_subscribe,
         protocol: params.protocol,
         client_protocol: params.client_protocol,
         unix_ms: unix_now().1,
     };
-    tracing::info!(%session, room = %join.room, identity = %join.identity, "join");
+    tracing::info!(%session, room = %join.room, identity = %join.identity, layout = ?join.layout, "join");
     if state.media.send(Command::Join(Box::new(join))).is_err() {
         let _ = sink.close().await;
         return;

@@ -21,7 +21,9 @@ pub struct Metrics {
     keyframe_requests: AtomicU64,
     data_packets: AtomicU64,
     data_dropped: AtomicU64,
-    pub signal_connections: AtomicU64,
+    /// Signal WebSockets accepted on `/rtc` and on `/rtc/v1`.
+    pub signal_connections_v0: AtomicU64,
+    pub signal_connections_v1: AtomicU64,
     pub signal_refused: AtomicU64,
     pub signal_bad_messages: AtomicU64,
 }
@@ -45,7 +47,7 @@ impl Metrics {
 
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 16] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 15] = [
             ("parloir_rooms", "gauge", "Rooms open.", &self.rooms),
             (
                 "parloir_participants",
@@ -115,12 +117,6 @@ impl Metrics {
                 &self.data_dropped,
             ),
             (
-                "parloir_signal_connections_total",
-                "counter",
-                "Signal WebSockets accepted.",
-                &self.signal_connections,
-            ),
-            (
                 "parloir_signal_refused_total",
                 "counter",
                 "Signal connections refused (token, parameters).",
@@ -141,6 +137,12 @@ impl Metrics {
                 value.load(Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP parloir_signal_connections_total Signal WebSockets accepted, by path.\n# TYPE parloir_signal_connections_total counter\nparloir_signal_connections_total{{path=\"/rtc\"}} {}\nparloir_signal_connections_total{{path=\"/rtc/v1\"}} {}",
+            self.signal_connections_v0.load(Relaxed),
+            self.signal_connections_v1.load(Relaxed)
+        );
         out
     }
 }
@@ -163,8 +165,9 @@ mod tests {
         let text = m.render();
         assert!(text.contains("# TYPE parloir_rooms gauge\nparloir_rooms 2\n"));
         assert!(text.contains("parloir_packets_in_total 10\n"));
+        assert!(text.contains("parloir_signal_connections_total{path=\"/rtc/v1\"} 0\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let (name, value) = line.split_once(' ').unwrap();
+            let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(name.starts_with("parloir_"));
             value.parse::<u64>().unwrap();
         }
