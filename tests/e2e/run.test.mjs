@@ -59,7 +59,14 @@ export function mintToken({ identity, name = identity, room, ttlSecs = 3600 }) {
     name,
     nbf: now - 10,
     exp: now + ttlSecs,
-    video: { roomJoin: true, room, canPublish: true, canSubscribe: true, canPublishData: true },
+    video: {
+      roomJoin: true,
+      room,
+      canPublish: true,
+      canSubscribe: true,
+      canPublishData: true,
+      canUpdateOwnMetadata: true,
+    },
   };
   const body = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
   const sig = crypto.createHmac('sha256', API_SECRET).update(body).digest();
@@ -526,6 +533,32 @@ for (const singlePeerConnection of [false, true]) {
       // Nobody hears their own messages back.
       assert.ok(!(await a.state()).chat.some((m) => m.text === chatText), 'alice got her own chat back');
       assert.ok(!(await b.state()).data.some((d) => d.payload === broadcast), 'bob got his own data back');
+    });
+
+    scenario('mute, name, metadata, attributes and speaking reach the others', async (s) => {
+      const room = `e2e-state-${pathName}-${uniq()}`;
+      const [a, b] = [await s.join('alice', room, opts), await s.join('bob', room, opts)];
+      await waitForMesh([a, b], true);
+      const aliceSeenByBob = async () => (await b.state()).remotes.find((r) => r.identity === 'alice');
+      const aliceMic = async () =>
+        (await aliceSeenByBob())?.tracks.find((t) => t.kind === 'audio');
+
+      await a.page.evaluate(() => window.setMicMuted(true));
+      await waitFor('bob sees alice muted', async () => (await aliceMic())?.muted === true);
+      await a.page.evaluate(() => window.setMicMuted(false));
+      await waitFor('bob sees alice unmuted', async () => (await aliceMic())?.muted === false);
+      await waitForMediaGrowth(b, ['alice']);
+
+      const hand = String(Date.now());
+      await a.page.evaluate((hand) =>
+        window.updateSelf({ name: 'Alice Liddell', metadata: '{"role":"host"}', attributes: { handRaisedAt: hand } }), hand);
+      await waitFor('bob sees alice\'s new name, metadata and attributes', async () => {
+        const r = await aliceSeenByBob();
+        return r?.name === 'Alice Liddell' && r?.metadata === '{"role":"host"}' && r?.attributes?.handRaisedAt === hand;
+      });
+
+      // Chromium's fake microphone beeps; its RFC 6464 levels make alice an active speaker.
+      await waitFor('bob sees alice speaking', async () => (await b.state()).speakersSeen.includes('alice'));
     });
 
     scenario('a participant who leaves disappears for the others', async (s) => {

@@ -579,6 +579,23 @@ impl Sfu {
         if !hidden {
             self.broadcast_participant(&join.room, &info, Some(session));
         }
+        let speaking = self
+            .rooms
+            .get(&join.room)
+            .map(|r| speakers::active(&r.loudness))
+            .unwrap_or_default();
+        if !speaking.is_empty() {
+            let message = proto::SpeakersChanged {
+                speakers: speaking
+                    .into_iter()
+                    .map(|(sid, level, active)| proto::SpeakerInfo { sid, level, active })
+                    .collect(),
+            };
+            self.signal(
+                session,
+                proto::signal_response::Message::SpeakersChanged(message),
+            );
+        }
         self.ensure_speaker_tick(now);
     }
 
@@ -1679,6 +1696,7 @@ impl Sfu {
             if changes.is_empty() {
                 continue;
             }
+            tracing::debug!(?changes, "speakers changed");
             let message = proto::SpeakersChanged {
                 speakers: changes
                     .into_iter()

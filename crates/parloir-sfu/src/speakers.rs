@@ -39,6 +39,18 @@ impl Loudness {
     }
 }
 
+/// The speakers a room reports as active now: what a newcomer is told after joining, since
+/// `SpeakersChanged` only carries changes.
+pub(crate) fn active(levels: &HashMap<String, Loudness>) -> Vec<SpeakerChange> {
+    let mut out: Vec<SpeakerChange> = levels
+        .iter()
+        .filter(|(_, l)| l.reported_active)
+        .map(|(sid, l)| (sid.clone(), l.level, true))
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
+}
+
 /// One change to report: (participant sid, level, active).
 pub(crate) type SpeakerChange = (String, f32, bool);
 
@@ -47,14 +59,12 @@ pub(crate) fn changes(levels: &mut HashMap<String, Loudness>, now: Instant) -> V
     let mut out = Vec::new();
     for (sid, loudness) in levels.iter_mut() {
         let active = loudness.active(now);
-        if active != loudness.reported_active || active {
-            if active != loudness.reported_active {
-                out.push((
-                    sid.clone(),
-                    if active { loudness.level } else { 0.0 },
-                    active,
-                ));
-            }
+        if active != loudness.reported_active {
+            out.push((
+                sid.clone(),
+                if active { loudness.level } else { 0.0 },
+                active,
+            ));
             loudness.reported_active = active;
         }
     }

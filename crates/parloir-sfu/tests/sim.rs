@@ -2,8 +2,10 @@
 //!
 //! Clients speak to the SFU the way livekit-client does over `/rtc` (two peer connections):
 //! join, answer the subscriber offer, AddTrack then offer on the publisher connection. Datagrams
-//! travel through a seeded network model (delay, loss); time jumps to the next deadline, so
-//! seconds of meeting run in milliseconds and fail the same way every time.
+//! travel through a seeded network model (delay, jitter, loss); time jumps to the next deadline,
+//! so seconds of meeting run in milliseconds. The network's choices are seeded; str0m's own
+//! randomness (DTLS keys, SSRCs) is not, so packet counts can differ slightly between runs and
+//! assertions leave room for that rather than pinning exact figures.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -966,9 +968,12 @@ fn single_and_two_peer_connection_clients_meet() {
                 Some(proto::data_packet::Value::User(u)) => Some(u.payload.clone()),
                 _ => None,
             })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect()
     };
     assert_eq!(payloads("bob"), vec![b"from a single connection".to_vec()]);
+    // Two senders: no order between them.
     assert_eq!(
         payloads("carol"),
         vec![

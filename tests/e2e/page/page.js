@@ -11,6 +11,7 @@
   let chat = [];
   let data = [];
   let events = [];
+  let speakersSeen = new Set();
   const mediaEl = () => document.getElementById('media');
 
   function note(what) {
@@ -25,7 +26,13 @@
     chat = [];
     data = [];
     events = [];
-    room = new Room({ singlePeerConnection: !!opts.singlePeerConnection });
+    speakersSeen = new Set();
+    room = new Room({
+      singlePeerConnection: !!opts.singlePeerConnection,
+      // Chromium's fake microphone beeps; noise suppression would eat the beeps that make a
+      // participant an active speaker.
+      audioCaptureDefaults: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+    });
 
     room.registerTextStreamHandler('lk.chat', async (reader, { identity }) => {
       const text = await reader.readAll();
@@ -47,6 +54,9 @@
       .on(RoomEvent.TrackUnsubscribed, (track, pub, participant) => {
         note(`unsubscribed ${participant.identity} ${track.kind} ${pub.trackSid}`);
         track.detach().forEach((el) => el.remove());
+      })
+      .on(RoomEvent.ActiveSpeakersChanged, (speakers) => {
+        for (const p of speakers) speakersSeen.add(p.identity);
       })
       .on(RoomEvent.ParticipantConnected, (p) => note(`participant connected ${p.identity}`))
       .on(RoomEvent.ParticipantDisconnected, (p) => note(`participant disconnected ${p.identity}`))
@@ -76,11 +86,15 @@
     if (!room) return { identity: null, connectionState: 'none', remotes: [], chat, data, events };
     const remotes = [...room.remoteParticipants.values()].map((p) => ({
       identity: p.identity,
+      name: p.name,
+      metadata: p.metadata,
+      attributes: { ...p.attributes },
       tracks: [...p.trackPublications.values()].map((pub) => ({
         sid: pub.trackSid,
         kind: pub.kind,
         source: pub.source,
         subscribed: pub.isSubscribed,
+        muted: pub.isMuted,
       })),
     }));
     const local = [...room.localParticipant.trackPublications.values()].map((pub) => ({
@@ -95,6 +109,7 @@
       local,
       chat,
       data,
+      speakersSeen: [...speakersSeen],
       events,
     };
   };
@@ -128,6 +143,17 @@
       }
     }
     return out;
+  };
+
+  window.setMicMuted = async (muted) => {
+    await room.localParticipant.setMicrophoneEnabled(!muted);
+  };
+
+  // Name, metadata and attributes of the local participant (the token must allow it).
+  window.updateSelf = async ({ name, metadata, attributes }) => {
+    if (name !== undefined) await room.localParticipant.setName(name);
+    if (metadata !== undefined) await room.localParticipant.setMetadata(metadata);
+    if (attributes !== undefined) await room.localParticipant.setAttributes(attributes);
   };
 
   window.sendChat = async (text) => {

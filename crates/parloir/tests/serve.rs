@@ -1,0 +1,270 @@
+//! The `parloir` binary over HTTP, WebSocket and UDP: refusals, bad messages and stray
+//! datagrams are handled without harm to other sessions.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use livekit_protocol as proto;
+use prost::Message as _;
+use tokio_tungstenite::tungstenite::Message;
+
+struct Server {
+    child: Child,
+    http: SocketAddr,
+    udp: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    // Bind port 0 on both protocols and keep a port free on both.
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let port = tcp.local_addr().expect("addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn start() -> Server {
+    let (http_port, udp_port) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_parloir"))
+        .args([
+            "serve",
+            "--dev",
+            "--http-addr",
+            &format!("127.0.0.1:{http_port}"),
+        ])
+        .args(["--udp-port", &udp_port.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the parloir binary starts");
+    let server = Server {
+        child,
+        http: format!("127.0.0.1:{http_port}").parse().expect("address"),
+        udp: format!("127.0.0.1:{udp_port}").parse().expect("address"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if get(server.http, "/healthz").0 == 200 {
+            return server;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the server did not answer /healthz");
+}
+
+/// A plain HTTP/1.1 GET: (status, body). Status 0 when the connection fails.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn token(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_parloir"))
+        .arg("token")
+        .args(args)
+        .output()
+        .expect("parloir token runs");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
+fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let (_, body) = get(addr, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
+fn hs256(claims: &serde_json::Value, secret: &str) -> String {
+    parloir_signal::sign_hs256(claims, secret)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+}
+
+#[test]
+fn refused_tokens_get_401_with_a_reason() {
+    let server = start();
+    let good = token(&["--room", "r", "--identity", "alice"]);
+    assert_eq!(
+        get(server.http, &format!("/rtc/validate?access_token={good}")),
+        (200, "success".into())
+    );
+
+    let expired = hs256(
+        &serde_json::json!({"iss": "devkey", "sub": "a", "exp": now() - 3600, "video": {"roomJoin": true, "room": "r"}}),
+        "secret",
+    );
+    let wrong_secret = hs256(
+        &serde_json::json!({"iss": "devkey", "sub": "a", "exp": now() + 3600, "video": {"roomJoin": true, "room": "r"}}),
+        "not-the-secret",
+    );
+    let no_join = hs256(
+        &serde_json::json!({"iss": "devkey", "sub": "a", "exp": now() + 3600, "video": {"roomList": true}}),
+        "secret",
+    );
+    let unknown_key = hs256(
+        &serde_json::json!({"iss": "other", "sub": "a", "exp": now() + 3600, "video": {"roomJoin": true, "room": "r"}}),
+        "secret",
+    );
+    for (query, reason) in [
+        (String::new(), "no access token"),
+        ("access_token=abc".to_string(), "not a JSON Web Token"),
+        (format!("access_token={expired}"), "expired"),
+        (format!("access_token={wrong_secret}"), "signature"),
+        (format!("access_token={no_join}"), "roomJoin"),
+        (format!("access_token={unknown_key}"), "unknown API key"),
+    ] {
+        for path in ["/rtc/validate", "/rtc/v1/validate"] {
+            let (status, body) = get(server.http, &format!("{path}?{query}"));
+            assert_eq!(status, 401, "{path}?{query}");
+            assert!(
+                body.contains(reason),
+                "{path}: {body:?} should say {reason:?}"
+            );
+        }
+    }
+    // A valid token but a broken join request is a bad request.
+    let (status, body) = get(
+        server.http,
+        &format!("/rtc/v1/validate?access_token={good}&join_request=%21%21"),
+    );
+    assert_eq!(status, 400, "{body}");
+    // A plain GET on the signal path is not a WebSocket.
+    assert_eq!(
+        get(server.http, &format!("/rtc?access_token={good}")).0,
+        404
+    );
+    assert!(metric(server.http, "parloir_signal_refused_total") >= 12);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_bad_signal_message_closes_only_its_connection() {
+    let server = start();
+    let url = |identity: &str| {
+        let t = token(&["--room", "r", "--identity", identity]);
+        format!("ws://{}/rtc?access_token={t}&protocol=17", server.http)
+    };
+    let (mut good, _) = tokio_tungstenite::connect_async(url("good"))
+        .await
+        .expect("connects");
+    let first = next_response(&mut good).await;
+    assert!(
+        matches!(first, proto::signal_response::Message::Join(_)),
+        "JoinResponse first"
+    );
+
+    for bad in [vec![0xffu8; 64], vec![0u8; 2 * 1024 * 1024]] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url("bad"))
+            .await
+            .expect("connects");
+        let _join = next_response(&mut ws).await;
+        let _ = ws.send(Message::Binary(bad.into())).await;
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                    Some(Ok(_)) => continue,
+                }
+            }
+        })
+        .await;
+        assert_eq!(closed, Ok(true), "the server closes the connection");
+    }
+
+    // The other session still works: ping gets pong.
+    let ping = proto::SignalRequest {
+        message: Some(proto::signal_request::Message::Ping(42)),
+    };
+    good.send(Message::Binary(ping.encode_to_vec().into()))
+        .await
+        .expect("send");
+    let pong = loop {
+        match next_response(&mut good).await {
+            proto::signal_response::Message::Pong(t) => break t,
+            _ => continue,
+        }
+    };
+    assert!(pong > 0);
+    assert!(metric(server.http, "parloir_signal_bad_messages_total") >= 2);
+}
+
+#[test]
+fn stray_datagrams_are_dropped_and_counted() {
+    let server = start();
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let before = metric(server.http, "parloir_dropped_datagrams_total");
+    let mut stun = vec![0u8; 28];
+    stun[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+    let datagrams: [&[u8]; 4] = [b"garbage", &[0u8; 1200], &stun, &[0x80; 20]];
+    for d in datagrams {
+        socket.send_to(d, server.udp).expect("send");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(server.http, "parloir_dropped_datagrams_total") < before + 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the datagrams were counted as dropped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(server.http, "/healthz").0, 200);
+}
+
+async fn next_response<S>(ws: &mut S) -> proto::signal_response::Message
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let frame = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => return b,
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a message within 10 s");
+    proto::SignalResponse::decode(&frame[..])
+        .expect("a SignalResponse")
+        .message
+        .expect("with a message")
+}
