@@ -116,7 +116,10 @@ function logServer(stream, chunk) {
 async function startServer() {
   httpPort = Number(process.env.PARLOIR_E2E_HTTP_PORT) || (await freeTcpPort());
   udpPort = Number(process.env.PARLOIR_E2E_UDP_PORT) || (await freeUdpPort());
-  const args = ['serve', '--dev', '--http-addr', `127.0.0.1:${httpPort}`, '--udp-port', String(udpPort)];
+  const args = [
+    'serve', '--dev', '--http-addr', `127.0.0.1:${httpPort}`, '--udp-port', String(udpPort),
+    '--web-dir', path.join(HERE, '..', '..', 'web'),
+  ];
   serverLog.push(`# ${PARLOIR_BIN} ${args.join(' ')}`);
   serverProc = spawn(PARLOIR_BIN, args, {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
@@ -561,6 +564,25 @@ for (const singlePeerConnection of [false, true]) {
       await waitFor('bob sees alice speaking', async () => (await b.state()).speakersSeen.includes('alice'));
     });
 
+    scenario('unsubscribing and subscribing again stops and restarts media', async (s) => {
+      const room = `e2e-subs-${pathName}-${uniq()}`;
+      const [a, b] = [await s.join('alice', room, opts), await s.join('bob', room, opts)];
+      await waitForMesh([a, b], true);
+      const aliceVideo = async () =>
+        (await b.state()).remotes.find((r) => r.identity === 'alice')?.tracks.find((t) => t.kind === 'video');
+
+      await b.page.evaluate(() => window.setSubscribed('alice', 'video', false));
+      await waitFor('bob is unsubscribed from alice\'s video', async () => (await aliceVideo())?.subscribed === false);
+      await b.page.evaluate(() => window.setSubscribed('alice', 'video', true));
+      await waitFor('bob is subscribed to alice\'s video again', async () => (await aliceVideo())?.subscribed === true);
+      await waitForMediaGrowth(b, ['alice']);
+      // And once more: the second time needs a new receive m-line on a single connection.
+      await b.page.evaluate(() => window.setSubscribed('alice', 'video', false));
+      await waitFor('bob is unsubscribed again', async () => (await aliceVideo())?.subscribed === false);
+      await b.page.evaluate(() => window.setSubscribed('alice', 'video', true));
+      await waitForMediaGrowth(b, ['alice']);
+    });
+
     scenario('a participant who leaves disappears for the others', async (s) => {
       const room = `e2e-leave-${pathName}-${uniq()}`;
       const [a, b, c] = [
@@ -578,3 +600,36 @@ for (const singlePeerConnection of [false, true]) {
     });
   });
 }
+
+// The meeting page the server itself serves on / (what `make run` opens): two tabs join one room
+// through its form and each shows the other's video tile playing.
+describe('meeting page', () => {
+  scenario('two tabs meet through the page on /', async (s) => {
+    const room = `page-${uniq()}`;
+    const tabs = [];
+    for (const name of ['Ana', 'Bruno']) {
+      const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
+      const page = await context.newPage();
+      const p = new Participant(name, context, page);
+      s.participants.push(p);
+      page.on('console', (m) => p.log(`console.${m.type()}: ${m.text()}`));
+      page.on('pageerror', (e) => p.log(`pageerror: ${e.stack || e}`));
+      await page.goto(`http://127.0.0.1:${httpPort}/`);
+      await page.fill('input[name=room]', room);
+      await page.fill('input[name=name]', name);
+      await page.click('form#join button[type=submit]');
+      tabs.push(page);
+    }
+    for (const [i, page] of tabs.entries()) {
+      const other = i === 0 ? 'Bruno' : 'Ana';
+      await waitFor(`${i === 0 ? 'Ana' : 'Bruno'} shows ${other}'s video playing`, async () =>
+        page.evaluate((other) => {
+          const tiles = [...document.querySelectorAll('#grid .tile:not(.local)')];
+          const tile = tiles.find((t) => t.querySelector('.name')?.textContent.includes(other));
+          const video = tile?.querySelector('video');
+          return !!video && video.readyState >= 2 && video.videoWidth > 0 && !video.paused;
+        }, other),
+      );
+    }
+  });
+});

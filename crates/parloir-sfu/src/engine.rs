@@ -193,6 +193,8 @@ struct Room {
     info: proto::Room,
     members: Vec<SessionId>,
     loudness: HashMap<String, Loudness>,
+    /// Participant or publisher counts changed since the last RoomUpdate.
+    counts_changed: bool,
 }
 
 struct Participant {
@@ -482,9 +484,12 @@ impl Sfu {
             },
             members: Vec::new(),
             loudness: HashMap::new(),
+            counts_changed: false,
         });
         room.members.push(session);
-        let room_info = room.info.clone();
+        room.counts_changed = true;
+        let mut room_info = room.info.clone();
+        room_info.num_participants = room.members.len() as u32;
         let members = room.members.clone();
 
         let info = proto::ParticipantInfo {
@@ -634,6 +639,7 @@ impl Sfu {
         let room_name = participant.room.clone();
         if let Some(room) = self.rooms.get_mut(&room_name) {
             room.members.retain(|s| *s != session);
+            room.counts_changed = true;
             room.loudness.remove(&participant.info.sid);
             if room.members.is_empty() {
                 self.rooms.remove(&room_name);
@@ -1150,6 +1156,9 @@ impl Sfu {
         p.info.version += 1;
         let pinfo = p.info.clone();
         let room = p.room.clone();
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.counts_changed = true;
+        }
         self.broadcast_participant(&room, &pinfo, None);
         // Everyone auto-subscribed gets it.
         let members: Vec<SessionId> = self
@@ -1691,7 +1700,23 @@ impl Sfu {
             Some(now + SPEAKER_TICK)
         };
         let mut messages = Vec::new();
+        let mut updates = Vec::new();
         for room in self.rooms.values_mut() {
+            // Participant counts go out at most once a tick, however many joined.
+            if std::mem::take(&mut room.counts_changed) {
+                let members: Vec<&Participant> = room
+                    .members
+                    .iter()
+                    .filter_map(|s| self.participants.get(s))
+                    .filter(|p| !is_hidden(&p.info))
+                    .collect();
+                room.info.num_participants = members.len() as u32;
+                room.info.num_publishers =
+                    members.iter().filter(|p| p.info.is_publisher).count() as u32;
+                for s in &room.members {
+                    updates.push((*s, room.info.clone()));
+                }
+            }
             let changes = speakers::changes(&mut room.loudness, now);
             if changes.is_empty() {
                 continue;
@@ -1709,6 +1734,10 @@ impl Sfu {
         }
         for (s, message) in messages {
             self.signal(s, proto::signal_response::Message::SpeakersChanged(message));
+        }
+        for (s, room) in updates {
+            let update = proto::RoomUpdate { room: Some(room) };
+            self.signal(s, proto::signal_response::Message::RoomUpdate(update));
         }
     }
 }

@@ -104,6 +104,8 @@ struct Client {
     offers: Vec<String>,
     left: Option<proto::LeaveRequest>,
     closed: bool,
+    /// The room as the latest RoomUpdate described it.
+    room: Option<proto::Room>,
     audio_sent: u32,
     video_sent: u32,
     /// `/rtc/v1`: everything rides on `publisher`; offers are numbered; a
@@ -237,6 +239,7 @@ impl Sim {
             offers: Vec::new(),
             left: None,
             closed: false,
+            room: None,
             audio_sent: 0,
             video_sent: 0,
             single,
@@ -514,6 +517,7 @@ impl Sim {
                 }
             }
             M::Leave(l) => c.left = Some(l),
+            M::RoomUpdate(u) => c.room = u.room,
             _ => {}
         }
     }
@@ -783,6 +787,18 @@ fn three_participants_exchange_media_and_data() {
     );
     assert!(first.participant_sid.starts_with("PA_"));
 
+    for me in ["alice", "bob", "carol"] {
+        let room = sim
+            .client(me)
+            .room
+            .clone()
+            .expect("RoomUpdate after the joins");
+        assert_eq!(
+            (room.num_participants, room.num_publishers),
+            (3, 3),
+            "{me}'s room counts"
+        );
+    }
     let stats = sim.sfu.stats();
     eprintln!(
         "{stats:?}; alice sent {} audio {} video; bob got {:?}",

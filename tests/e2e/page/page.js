@@ -145,6 +145,15 @@
     return out;
   };
 
+  // Subscribes to or unsubscribes from a remote participant's tracks of one kind.
+  window.setSubscribed = (identity, kind, subscribed) => {
+    const p = [...room.remoteParticipants.values()].find((r) => r.identity === identity);
+    if (!p) throw new Error(`no remote participant ${identity}`);
+    for (const pub of p.trackPublications.values()) {
+      if (pub.kind === kind) pub.setSubscribed(subscribed);
+    }
+  };
+
   window.setMicMuted = async (muted) => {
     await room.localParticipant.setMicrophoneEnabled(!muted);
   };
