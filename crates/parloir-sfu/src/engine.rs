@@ -371,7 +371,8 @@ impl Sfu {
         self.now = now;
         self.stats.packets_in += 1;
         self.stats.bytes_in += contents.len() as u64;
-        let Some(pid) = self.route(source, contents) else {
+        let stun = is_stun(contents);
+        let Some(pid) = self.route(stun, source, contents) else {
             self.stats.dropped_datagrams += 1;
             return;
         };
@@ -399,7 +400,11 @@ impl Sfu {
             tracing::debug!(%source, "peer refused a datagram: {e}");
             self.stats.dropped_datagrams += 1;
         }
-        self.by_addr.insert(source, pid);
+        if stun {
+            // The address ICE checks come from is where the rest of this peer's traffic
+            // (DTLS, SRTP, SCTP) comes from.
+            self.by_addr.insert(source, pid);
+        }
         self.mark(pid);
         self.run(now);
     }
@@ -732,8 +737,8 @@ impl Sfu {
 
     /// Which peer a datagram belongs to: STUN by the username fragment we chose for the peer,
     /// everything else by the source address ICE validated.
-    fn route(&mut self, source: SocketAddr, contents: &[u8]) -> Option<PeerId> {
-        if is_stun(contents) {
+    fn route(&mut self, stun: bool, source: SocketAddr, contents: &[u8]) -> Option<PeerId> {
+        if stun {
             let message = StunMessage::parse(contents).ok()?;
             let (local, _remote) = message.split_username()?;
             return self.by_ufrag.get(local).copied();
@@ -1473,9 +1478,10 @@ impl Sfu {
                 .or_default()
                 .observe(level, now);
         }
-        let subscribers = track.subscribers.clone();
+        // Taken out for the loop (which needs `self` mutably) and put back after it.
+        let subscribers = std::mem::take(&mut track.subscribers);
         let contiguous = data.contiguous;
-        for sub in subscribers {
+        for &sub in &subscribers {
             let Some(peer) = self.peers.get_mut(&sub) else {
                 continue;
             };
@@ -1497,6 +1503,9 @@ impl Sfu {
             }
             self.stats.frames_forwarded += 1;
             self.mark(sub);
+        }
+        if let Some(track) = self.tracks.get_mut(&sid) {
+            track.subscribers = subscribers;
         }
         if !contiguous
             && self

@@ -31,6 +31,8 @@ pub struct AppState {
     pub development: bool,
     pub ping_timeout: Duration,
     pub next_session: AtomicU64,
+    /// Turns true when the server shuts down: every session tells its client and closes.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -317,8 +319,21 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, pa
     }
     let mut last_heard = Instant::now();
     let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut shutdown = state.shutdown.clone();
     loop {
         tokio::select! {
+            Ok(()) = shutdown.changed() => {
+                let leave = proto::signal_response::Message::Leave(proto::LeaveRequest {
+                    can_reconnect: false,
+                    reason: proto::DisconnectReason::ServerShutdown as i32,
+                    action: proto::leave_request::Action::Disconnect as i32,
+                    regions: None,
+                });
+                let frame = parloir_signal::encode_response(leave);
+                let _ = sink.send(Message::Binary(frame.into())).await;
+                let _ = sink.close().await;
+                break;
+            },
             out = rx.recv() => match out {
                 Some(ToSession::Signal(m)) => {
                     let frame = parloir_signal::encode_response(*m);

@@ -175,6 +175,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     };
     let media =
         media::spawn(endpoint, sfu, metrics.clone()).context("cannot start the media worker")?;
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(http::AppState {
         keys: KeyRing::new(config.keys.clone()),
         media,
@@ -183,6 +184,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         development: config.development,
         ping_timeout: Duration::from_secs(15),
         next_session: AtomicU64::new(1),
+        shutdown,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -199,7 +201,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
             eprintln!("\n  Parloir is running. Open http://{addr}/ in two browser tabs to meet.\n  API key: devkey  secret: secret  signal URL: ws://{addr}\n");
         }
         axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                // Sessions tell their clients the server is going away, then close.
+                let _ = shutdown_tx.send(true);
+            })
             .await?;
         anyhow::Ok(())
     })

@@ -268,3 +268,39 @@ where
         .message
         .expect("with a message")
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn sigterm_tells_participants_and_exits() {
+    let mut server = start();
+    let t = token(&["--room", "r", "--identity", "alice"]);
+    let url = format!("ws://{}/rtc?access_token={t}&protocol=17", server.http);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connects");
+    let _join = next_response(&mut ws).await;
+
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let leave = loop {
+        match next_response(&mut ws).await {
+            proto::signal_response::Message::Leave(l) => break l,
+            _ => continue,
+        }
+    };
+    assert_eq!(leave.reason, proto::DisconnectReason::ServerShutdown as i32);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server exits after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "a clean exit: {status:?}");
+}
