@@ -583,6 +583,18 @@ for (const singlePeerConnection of [false, true]) {
       await waitForMediaGrowth(b, ['alice']);
     });
 
+    for (const codec of ['h264', 'vp9']) {
+      scenario(`a ${codec} publisher is decoded by the others`, async (s) => {
+        const room = `e2e-${codec}-${pathName}-${uniq()}`;
+        const a = await s.join('alice', room, { ...opts, videoCodec: codec });
+        const b = await s.join('bob', room, opts);
+        await waitForMesh([a, b], true);
+        await waitForMediaGrowth(b, ['alice']);
+        const video = (await b.stats()).find((t) => t.participant === 'alice' && t.kind === 'video');
+        assert.equal(video?.codec?.toLowerCase(), `video/${codec}`, JSON.stringify(video));
+      });
+    }
+
     scenario('a participant who leaves disappears for the others', async (s) => {
       const room = `e2e-leave-${pathName}-${uniq()}`;
       const [a, b, c] = [

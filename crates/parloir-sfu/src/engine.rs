@@ -970,6 +970,7 @@ impl Sfu {
         } else {
             (sdp.to_string(), Vec::new())
         };
+        tracing::trace!(%session, offer = %text, "publisher offer");
         let offer = match SdpOffer::from_sdp_string(&text) {
             Ok(o) => o,
             Err(e) => {
@@ -1013,11 +1014,30 @@ impl Sfu {
             peer.ufrag = creds.ufrag.clone();
             self.by_ufrag.insert(creds.ufrag, pid);
         }
+        // The codec each published track asked for goes first in its m-line.
+        let codecs: HashMap<String, String> = peer
+            .msids
+            .iter()
+            .filter_map(|(mid, track_id)| {
+                let sid = peer.mids_in.get(&Mid::from(mid.as_str())).or_else(|| {
+                    self.participants
+                        .get(&session)
+                        .and_then(|p| p.pending.get(track_id))
+                })?;
+                let mime = &self.tracks.get(sid)?.info.mime_type;
+                let codec = mime
+                    .strip_prefix("video/")
+                    .or_else(|| mime.strip_prefix("audio/"))?;
+                Some((mid.clone(), codec.to_string()))
+            })
+            .collect();
+        let answer = sdp_scan::prefer_codecs(&answer.to_sdp_string(), &codecs);
+        tracing::trace!(%session, %answer, "publisher answer");
         self.signal(
             session,
             proto::signal_response::Message::Answer(proto::SessionDescription {
                 r#type: "answer".into(),
-                sdp: answer.to_sdp_string(),
+                sdp: answer,
                 id,
                 mid_to_track_id,
             }),

@@ -187,3 +187,84 @@ mod rewrite_tests {
         );
     }
 }
+
+/// Puts the payload types of `codec` first on the chosen m-lines of an answer (mid → codec
+/// name, as in `a=rtpmap`: `H264`, `VP9`). The offerer sends with the first codec of the answer,
+/// and livekit-client leaves the choice to the server: LiveKit's server answers with the codec of
+/// the track's AddTrack request first, and so does Parloir.
+pub(crate) fn prefer_codecs(answer: &str, codecs: &HashMap<String, String>) -> String {
+    if codecs.is_empty() {
+        return answer.to_string();
+    }
+    let eol = if answer.contains("\r\n") {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    let lines: Vec<&str> = answer.lines().map(str::trim_end).collect();
+    let mut out = String::with_capacity(answer.len());
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        i += 1;
+        let Some(m) = line.strip_prefix("m=") else {
+            out.push_str(line);
+            out.push_str(eol);
+            continue;
+        };
+        let end = lines[i..]
+            .iter()
+            .position(|l| l.starts_with("m="))
+            .map_or(lines.len(), |p| i + p);
+        let section = &lines[i..end];
+        let mid = section
+            .iter()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .map(str::trim);
+        let fields: Vec<&str> = m.split_whitespace().collect();
+        match mid.and_then(|mid| codecs.get(mid)) {
+            Some(codec) if fields.len() > 3 => {
+                let wanted: Vec<&str> = section
+                    .iter()
+                    .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+                    .filter_map(|r| r.split_once(' '))
+                    .filter(|(_, name)| {
+                        name.split('/')
+                            .next()
+                            .is_some_and(|n| n.eq_ignore_ascii_case(codec))
+                    })
+                    .map(|(pt, _)| pt)
+                    .collect();
+                let mut pts: Vec<&str> = fields[3..].to_vec();
+                // A stable sort keeps the answerer's order within each group.
+                pts.sort_by_key(|pt| !wanted.contains(pt));
+                out.push_str(&format!("m={} {}", fields[..3].join(" "), pts.join(" ")));
+            }
+            _ => out.push_str(line),
+        }
+        out.push_str(eol);
+    }
+    out
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::*;
+
+    #[test]
+    fn the_chosen_codec_goes_first() {
+        let answer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103 98\r\na=mid:1\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=rtpmap:102 H264/90000\r\na=rtpmap:103 rtx/90000\r\na=rtpmap:98 VP9/90000\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 102\r\na=mid:2\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264/90000\r\n";
+        let codecs = HashMap::from([("1".to_string(), "h264".to_string())]);
+        let out = prefer_codecs(answer, &codecs);
+        assert!(
+            out.contains("m=video 9 UDP/TLS/RTP/SAVPF 102 96 97 103 98\r\na=mid:1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("m=video 9 UDP/TLS/RTP/SAVPF 96 102\r\na=mid:2"),
+            "other m-lines keep their order"
+        );
+        assert_eq!(out.len(), answer.len());
+        assert_eq!(prefer_codecs(answer, &HashMap::new()), answer);
+    }
+}

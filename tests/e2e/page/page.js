@@ -32,6 +32,8 @@
       // Chromium's fake microphone beeps; noise suppression would eat the beeps that make a
       // participant an active speaker.
       audioCaptureDefaults: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+      // opts.videoCodec ('vp8', 'h264', 'vp9', 'av1') picks the published video codec.
+      publishDefaults: opts.videoCodec ? { videoCodec: opts.videoCodec } : undefined,
     });
 
     room.registerTextStreamHandler('lk.chat', async (reader, { identity }) => {
@@ -101,6 +103,7 @@
       sid: pub.trackSid,
       kind: pub.kind,
       source: pub.source,
+      mimeType: pub.mimeType,
     }));
     return {
       identity: room.localParticipant.identity,
@@ -126,7 +129,9 @@
         let framesDecoded = 0;
         let bytesReceived = 0;
         let packetsReceived = 0;
+        let codec = null;
         report?.forEach((s) => {
+          if (s.type === 'codec' && s.mimeType) codec = s.mimeType;
           if (s.type !== 'inbound-rtp') return;
           framesDecoded += s.framesDecoded ?? 0;
           bytesReceived += s.bytesReceived ?? 0;
@@ -139,6 +144,7 @@
           framesDecoded,
           bytesReceived,
           packetsReceived,
+          codec,
         });
       }
     }
