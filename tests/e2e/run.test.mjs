@@ -277,9 +277,9 @@ class Participant {
     return withTimeout(this.page.evaluate((t) => window.sendChat(t), text), 20_000, 'sendChat');
   }
 
-  sendData(text, destinationIdentities) {
+  sendData(text, destinationIdentities, reliable = true) {
     return withTimeout(
-      this.page.evaluate(([t, d]) => window.sendData(t, d), [text, destinationIdentities ?? null]),
+      this.page.evaluate(([t, d, r]) => window.sendData(t, d, r), [text, destinationIdentities ?? null, reliable]),
       20_000,
       'sendData',
     );
@@ -518,6 +518,15 @@ for (const singlePeerConnection of [false, true]) {
       for (const p of [a, c]) {
         await waitFor(`${p.identity} receives bob's data packet`, async () =>
           (await p.state()).data.some((d) => d.from === 'bob' && d.payload === broadcast),
+        );
+      }
+
+      // A lossy packet (the `_lossy` channel) from alice reaches bob and carol on loopback.
+      const lossy = `lossy ${uniq()}`;
+      await a.sendData(lossy, null, false);
+      for (const p of [b, c]) {
+        await waitFor(`${p.identity} receives alice's lossy packet`, async () =>
+          (await p.state()).data.some((d) => d.from === 'alice' && d.payload === lossy),
         );
       }
 

@@ -119,7 +119,7 @@ impl Worker {
             loop {
                 match self.commands.try_recv() {
                     Ok(command) => {
-                        self.sfu.handle_command(Instant::now(), command);
+                        self.guarded(|sfu| sfu.handle_command(Instant::now(), command));
                         deadline = self.drain_output();
                     }
                     Err(mpsc::TryRecvError::Empty) => break,
@@ -132,12 +132,11 @@ impl Worker {
             loop {
                 match self.endpoint.recv(&mut buf) {
                     Ok(Some(meta)) => {
-                        self.sfu.handle_receive(
-                            Instant::now(),
-                            meta.source,
-                            self.destination,
-                            &buf[..meta.len.min(buf.len())],
-                        );
+                        let (source, destination) = (meta.source, self.destination);
+                        let contents = &buf[..meta.len.min(buf.len())];
+                        self.guarded(|sfu| {
+                            sfu.handle_receive(Instant::now(), source, destination, contents)
+                        });
                         deadline = self.drain_output();
                     }
                     Ok(None) => break,
@@ -150,11 +149,24 @@ impl Worker {
             }
             let now = Instant::now();
             if deadline <= now {
-                self.sfu.handle_timeout(now);
+                self.guarded(|sfu| sfu.handle_timeout(now));
                 deadline = self.drain_output();
             }
             self.metrics
                 .publish_sfu(&self.sfu.stats(), self.send_errors);
+        }
+    }
+
+    /// Runs one SFU call, surviving a panic inside it (str0m has a few `panic!`s on states it
+    /// considers impossible). The SFU may then hold an inconsistent peer, but one meeting's
+    /// trouble must not end every meeting on the server; the panic is logged and counted.
+    fn guarded(&mut self, f: impl FnOnce(&mut Sfu)) {
+        let sfu = &mut self.sfu;
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(sfu))).is_err() {
+            self.metrics
+                .media_panics
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!("the SFU panicked handling an input; continuing");
         }
     }
 

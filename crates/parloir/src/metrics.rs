@@ -25,6 +25,8 @@ pub struct Metrics {
     pub signal_connections_v0: AtomicU64,
     pub signal_connections_v1: AtomicU64,
     pub signal_refused: AtomicU64,
+    /// Inputs during which the SFU panicked (and the worker carried on).
+    pub media_panics: AtomicU64,
     pub signal_bad_messages: AtomicU64,
 }
 
@@ -47,7 +49,7 @@ impl Metrics {
 
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 15] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 16] = [
             ("parloir_rooms", "gauge", "Rooms open.", &self.rooms),
             (
                 "parloir_participants",
@@ -115,6 +117,12 @@ impl Metrics {
                 "counter",
                 "Data packets dropped (undecodable, not allowed, no channel).",
                 &self.data_dropped,
+            ),
+            (
+                "parloir_media_panics_total",
+                "counter",
+                "Inputs during which the SFU panicked; the media worker carried on.",
+                &self.media_panics,
             ),
             (
                 "parloir_signal_refused_total",

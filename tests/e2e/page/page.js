@@ -175,8 +175,8 @@
     await room.localParticipant.sendText(text, { topic: 'lk.chat' });
   };
 
-  window.sendData = async (text, destinationIdentities) => {
-    const opts = { reliable: true };
+  window.sendData = async (text, destinationIdentities, reliable = true) => {
+    const opts = { reliable };
     if (destinationIdentities && destinationIdentities.length) {
       opts.destinationIdentities = destinationIdentities;
     }
