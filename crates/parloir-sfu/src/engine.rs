@@ -247,6 +247,20 @@ struct Peer {
     channel_labels: HashMap<ChannelId, String>,
 }
 
+impl Peer {
+    /// Stops sending track `sid` here; its m-line goes away in the next negotiation.
+    fn remove_out(&mut self, sid: &str) {
+        if let Some(Out {
+            state: OutState::Open(mid) | OutState::Negotiating(mid),
+        }) = self.outs.remove(sid)
+        {
+            self.mids_out.remove(&mid);
+            self.to_stop.push(mid);
+            self.needs_offer = true;
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OutState {
     /// Waiting for a negotiation that adds its m-line.
@@ -1230,16 +1244,8 @@ impl Sfu {
             return;
         };
         for pid in track.subscribers {
-            let Some(peer) = self.peers.get_mut(&pid) else {
-                continue;
-            };
-            let Some(out) = peer.outs.remove(sid) else {
-                continue;
-            };
-            if let OutState::Open(mid) | OutState::Negotiating(mid) = out.state {
-                peer.mids_out.remove(&mid);
-                peer.to_stop.push(mid);
-                peer.needs_offer = true;
+            if let Some(peer) = self.peers.get_mut(&pid) {
+                peer.remove_out(sid);
             }
         }
         if let Some(p) = self.participants.get_mut(&track.publisher) {
@@ -1284,14 +1290,7 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
-        let Some(out) = peer.outs.remove(track_sid) else {
-            return;
-        };
-        if let OutState::Open(mid) | OutState::Negotiating(mid) = out.state {
-            peer.mids_out.remove(&mid);
-            peer.to_stop.push(mid);
-            peer.needs_offer = true;
-        }
+        peer.remove_out(track_sid);
         if let Some(track) = self.tracks.get_mut(track_sid) {
             track.subscribers.retain(|p| *p != pid);
         }
