@@ -23,6 +23,7 @@ e2e:
 	PARLOIR_BIN=$(BIN) node --test --test-concurrency=1 tests/e2e/
 
 sdk:
+	PARLOIR_BIN=$(BIN) tests/sdk/.venv/bin/python tests/sdk/test_room_service.py
 	PARLOIR_BIN=$(BIN) tests/sdk/.venv/bin/python tests/sdk/test_python_sdk.py
 
 fmt:

@@ -15,6 +15,9 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Rtc};
 
 use crate::ids::{IdGen, PeerId, SessionId};
+pub use service::{ServiceCall, ServiceError, ServiceReply};
+
+mod service;
 use crate::sdp_scan;
 use crate::speakers::{self, Loudness, SPEAKER_TICK};
 
@@ -120,6 +123,12 @@ pub enum Command {
     Leave {
         session: SessionId,
     },
+    /// A RoomService call from a back end; answered by [`Output::ServiceReply`] with `id`.
+    Service {
+        id: u64,
+        call: Box<ServiceCall>,
+        unix_ms: i64,
+    },
 }
 
 /// A datagram to send.
@@ -138,6 +147,11 @@ pub enum Output {
     Signal(SessionId, Box<proto::signal_response::Message>),
     /// The session is over (evicted or refused): flush its messages and close it.
     Close(SessionId),
+    /// The answer to [`Command::Service`] `id`.
+    ServiceReply {
+        id: u64,
+        result: Box<Result<ServiceReply, ServiceError>>,
+    },
     /// Nothing more until this instant, new input or a command.
     Timeout(Instant),
 }
@@ -195,6 +209,10 @@ struct Room {
     loudness: HashMap<String, Loudness>,
     /// Participant or publisher counts changed since the last RoomUpdate.
     counts_changed: bool,
+    /// Since when nobody is in the room, and whether anyone ever was: an empty room closes
+    /// after `departure_timeout` (someone left) or `empty_timeout` (nobody came).
+    empty_since: Option<Instant>,
+    ever_joined: bool,
 }
 
 struct Participant {
@@ -288,6 +306,10 @@ struct Track {
 }
 
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+/// LiveKit's defaults: a room nobody joined closes after 5 minutes, a room everyone left after
+/// 20 seconds.
+const DEFAULT_EMPTY_TIMEOUT_S: u32 = 300;
+const DEFAULT_DEPARTURE_TIMEOUT_S: u32 = 20;
 const RELIABLE: &str = "_reliable";
 const LOSSY: &str = "_lossy";
 
@@ -370,6 +392,7 @@ impl Sfu {
             }
             Command::UpdateMetadata { session, request } => self.update_metadata(session, request),
             Command::Leave { session } => self.leave(session, None),
+            Command::Service { id, call, unix_ms } => self.service(now, id, *call, unix_ms),
         }
         self.run(now);
     }
@@ -490,21 +513,32 @@ impl Sfu {
             self.leave(old, Some(proto::DisconnectReason::DuplicateIdentity));
         }
 
-        let room_sid = self.ids.sid("RM_");
-        let room = self.rooms.entry(join.room.clone()).or_insert_with(|| Room {
-            info: proto::Room {
-                sid: room_sid,
-                name: join.room.clone(),
-                empty_timeout: 300,
-                departure_timeout: 20,
-                creation_time: join.unix_ms / 1000,
-                creation_time_ms: join.unix_ms,
-                ..Default::default()
-            },
-            members: Vec::new(),
-            loudness: HashMap::new(),
-            counts_changed: false,
-        });
+        if let Some(room) = self.rooms.get(&join.room)
+            && room.info.max_participants > 0
+            && room.members.len() >= room.info.max_participants as usize
+        {
+            tracing::info!(%session, room = %join.room, "room is full");
+            self.signal(
+                session,
+                proto::signal_response::Message::Leave(proto::LeaveRequest {
+                    can_reconnect: false,
+                    reason: proto::DisconnectReason::JoinFailure as i32,
+                    action: proto::leave_request::Action::Disconnect as i32,
+                    regions: None,
+                }),
+            );
+            self.out.push_back(Output::Close(session));
+            return;
+        }
+        if !self.rooms.contains_key(&join.room) {
+            let room = self.new_room(now, &join.room, join.unix_ms);
+            self.rooms.insert(join.room.clone(), room);
+        }
+        let Some(room) = self.rooms.get_mut(&join.room) else {
+            return;
+        };
+        room.empty_since = None;
+        room.ever_joined = true;
         room.members.push(session);
         room.counts_changed = true;
         let mut room_info = room.info.clone();
@@ -661,7 +695,7 @@ impl Sfu {
             room.counts_changed = true;
             room.loudness.remove(&participant.info.sid);
             if room.members.is_empty() {
-                self.rooms.remove(&room_name);
+                room.empty_since = Some(self.now);
             }
         }
         participant.info.state = proto::participant_info::State::Disconnected as i32;
@@ -1621,27 +1655,42 @@ impl Sfu {
             .map(|r| r.members.clone())
             .unwrap_or_default();
         let wanted: HashSet<&str> = destinations.iter().map(String::as_str).collect();
-        for s in members {
-            if s == session {
-                continue;
-            }
-            let Some(p) = self.participants.get(&s) else {
-                continue;
-            };
-            if !wanted.is_empty() && !wanted.contains(p.info.identity.as_str()) {
-                continue;
-            }
-            let Some(sub) = p.subscriber else {
+        let recipients: Vec<SessionId> = members
+            .into_iter()
+            .filter(|s| *s != session)
+            .filter(|s| {
+                self.participants
+                    .get(s)
+                    .is_some_and(|p| wanted.is_empty() || wanted.contains(p.info.identity.as_str()))
+            })
+            .collect();
+        self.deliver_data(&recipients, kind, &encoded);
+    }
+
+    /// Writes an encoded DataPacket to each recipient's channel of that kind.
+    fn deliver_data(
+        &mut self,
+        recipients: &[SessionId],
+        kind: proto::data_packet::Kind,
+        encoded: &[u8],
+    ) {
+        let label = if kind == proto::data_packet::Kind::Lossy {
+            LOSSY
+        } else {
+            RELIABLE
+        };
+        for s in recipients {
+            let Some(sub) = self.participants.get(s).and_then(|p| p.subscriber) else {
                 continue;
             };
             let Some(peer) = self.peers.get_mut(&sub) else {
                 continue;
             };
-            let Some(id) = peer.channels.get(&label).copied() else {
+            let Some(id) = peer.channels.get(label).copied() else {
                 self.stats.data_dropped += 1;
                 continue;
             };
-            match peer.rtc.channel(id).map(|mut c| c.write(true, &encoded)) {
+            match peer.rtc.channel(id).map(|mut c| c.write(true, encoded)) {
                 Some(Ok(true)) => {
                     self.stats.data_packets += 1;
                     self.mark(sub);
@@ -1710,6 +1759,25 @@ impl Sfu {
         }
     }
 
+    fn new_room(&mut self, now: Instant, name: &str, unix_ms: i64) -> Room {
+        Room {
+            info: proto::Room {
+                sid: self.ids.sid("RM_"),
+                name: name.to_string(),
+                empty_timeout: DEFAULT_EMPTY_TIMEOUT_S,
+                departure_timeout: DEFAULT_DEPARTURE_TIMEOUT_S,
+                creation_time: unix_ms / 1000,
+                creation_time_ms: unix_ms,
+                ..Default::default()
+            },
+            members: Vec::new(),
+            loudness: HashMap::new(),
+            counts_changed: false,
+            empty_since: Some(now),
+            ever_joined: false,
+        }
+    }
+
     fn signal(&mut self, session: SessionId, message: proto::signal_response::Message) {
         self.out
             .push_back(Output::Signal(session, Box::new(message)));
@@ -1722,6 +1790,21 @@ impl Sfu {
     }
 
     fn speaker_tick(&mut self, now: Instant) {
+        // Rooms empty for longer than their timeout close.
+        self.rooms.retain(|name, room| {
+            let timeout = if room.ever_joined {
+                room.info.departure_timeout
+            } else {
+                room.info.empty_timeout
+            };
+            let open = room.empty_since.is_none_or(|t| {
+                now.saturating_duration_since(t) < Duration::from_secs(timeout.into())
+            });
+            if !open {
+                tracing::info!(room = %name, "room closed");
+            }
+            open
+        });
         self.next_speaker_tick = if self.rooms.is_empty() {
             None
         } else {

@@ -17,6 +17,9 @@ pub mod ids;
 mod sdp_scan;
 mod speakers;
 
-pub use engine::{Command, JoinCommand, Layout, Output, Sfu, SfuConfig, Stats, Transmit};
+pub use engine::{
+    Command, JoinCommand, Layout, Output, ServiceCall, ServiceError, ServiceReply, Sfu, SfuConfig,
+    Stats, Transmit,
+};
 pub use ids::SessionId;
 pub use livekit_protocol as proto;

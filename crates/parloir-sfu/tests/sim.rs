@@ -12,7 +12,10 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use parloir_sfu::{Command, JoinCommand, Layout, Output, SessionId, Sfu, SfuConfig, proto};
+use parloir_sfu::{
+    Command, JoinCommand, Layout, Output, ServiceCall, ServiceError, ServiceReply, SessionId, Sfu,
+    SfuConfig, proto,
+};
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -145,6 +148,7 @@ struct Sim {
     clients: Vec<Client>,
     commands: Vec<Command>,
     media_tick: Instant,
+    replies: Vec<(u64, Result<ServiceReply, ServiceError>)>,
 }
 
 impl Sim {
@@ -176,6 +180,7 @@ impl Sim {
             clients: Vec::new(),
             commands: Vec::new(),
             media_tick: now,
+            replies: Vec::new(),
         }
     }
 
@@ -430,6 +435,10 @@ impl Sim {
                 Output::Signal(session, message) => {
                     moved = true;
                     self.on_signal(session, *message);
+                }
+                Output::ServiceReply { id, result } => {
+                    moved = true;
+                    self.replies.push((id, *result));
                 }
                 Output::Close(session) => {
                     moved = true;
@@ -996,5 +1005,81 @@ fn single_and_two_peer_connection_clients_meet() {
             b"from a single connection".to_vec(),
             b"from two connections".to_vec()
         ]
+    );
+}
+
+#[test]
+fn rooms_close_after_their_timeouts() {
+    let mut sim = Sim::new(13, 0.0);
+    sim.commands.push(Command::Service {
+        id: 1,
+        call: Box::new(ServiceCall::CreateRoom(proto::CreateRoomRequest {
+            name: "later".into(),
+            empty_timeout: 2,
+            max_participants: 1,
+            ..Default::default()
+        })),
+        unix_ms: 0,
+    });
+    sim.run_for(Duration::from_secs(1));
+    let Some((1, Ok(ServiceReply::Room(room)))) = sim.replies.first().cloned() else {
+        panic!("CreateRoom answers the room: {:?}", sim.replies);
+    };
+    assert!(room.sid.starts_with("RM_") && room.name == "later");
+    assert_eq!(
+        sim.sfu.stats().rooms,
+        1,
+        "a created room waits for its participants"
+    );
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.sfu.stats().rooms, 0, "nobody came within empty_timeout");
+
+    // A room everyone left closes after departure_timeout (20 s by default).
+    sim.join("alice");
+    let alice = sim.client("alice").session;
+    sim.commands.push(Command::Leave { session: alice });
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.sfu.stats().rooms, 1);
+    sim.run_for(Duration::from_secs(11));
+    assert_eq!(sim.sfu.stats().rooms, 0);
+
+    // Unknown rooms and participants are errors, not panics.
+    sim.commands.push(Command::Service {
+        id: 2,
+        call: Box::new(ServiceCall::ListParticipants(
+            proto::ListParticipantsRequest {
+                room: "nope".into(),
+            },
+        )),
+        unix_ms: 0,
+    });
+    sim.pump();
+    assert!(matches!(
+        sim.replies.last(),
+        Some((2, Err(ServiceError::NotFound(_))))
+    ));
+}
+
+#[test]
+fn a_full_room_refuses_the_next_participant() {
+    let mut sim = Sim::new(14, 0.0);
+    sim.commands.push(Command::Service {
+        id: 1,
+        call: Box::new(ServiceCall::CreateRoom(proto::CreateRoomRequest {
+            name: "sim".into(),
+            max_participants: 1,
+            ..Default::default()
+        })),
+        unix_ms: 0,
+    });
+    sim.pump();
+    sim.join("alice");
+    sim.join("bob");
+    assert!(sim.client("alice").joined.is_some());
+    let bob = sim.client("bob");
+    assert!(bob.joined.is_none() && bob.closed, "bob is refused");
+    assert_eq!(
+        bob.left.as_ref().map(|l| l.reason),
+        Some(proto::DisconnectReason::JoinFailure as i32)
     );
 }

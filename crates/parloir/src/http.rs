@@ -41,6 +41,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/rtc/validate", get(validate_v0))
         .route("/rtc/v1", get(rtc_v1))
         .route("/rtc/v1/validate", get(validate_v1))
+        .route(
+            "/twirp/livekit.RoomService/{method}",
+            axum::routing::post(crate::twirp::room_service),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/api/dev-token", get(dev_token))

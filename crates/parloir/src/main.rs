@@ -14,6 +14,7 @@ mod config;
 mod http;
 mod media;
 mod metrics;
+mod twirp;
 
 use config::Config;
 
@@ -200,6 +201,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         if config.development {
             eprintln!("\n  Parloir is running. Open http://{addr}/ in two browser tabs to meet.\n  API key: devkey  secret: secret  signal URL: ws://{addr}\n");
         }
+        let sessions = state.media.sessions.clone();
         axum::serve(listener, http::router(state))
             .with_graceful_shutdown(async move {
                 shutdown_signal().await;
@@ -207,6 +209,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 let _ = shutdown_tx.send(true);
             })
             .await?;
+        // WebSockets outlive the HTTP server: give each session time to tell its client.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !sessions.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         anyhow::Ok(())
     })
 }

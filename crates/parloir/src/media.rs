@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
 use parloir_net::{MAX_DATAGRAM, UdpEndpoint};
-use parloir_sfu::{Command, Output, SessionId, Sfu, SfuConfig};
+use parloir_sfu::{
+    Command, Output, ServiceCall, ServiceError, ServiceReply, SessionId, Sfu, SfuConfig,
+};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
 
@@ -25,12 +28,18 @@ pub enum ToSession {
 /// Where each session's messages go.
 pub type Sessions = Arc<Mutex<HashMap<SessionId, UnboundedSender<ToSession>>>>;
 
+type ServiceResult = Result<ServiceReply, ServiceError>;
+/// Who waits for the answer to each RoomService call.
+type Calls = Arc<Mutex<HashMap<u64, oneshot::Sender<ServiceResult>>>>;
+
 /// The control plane's handle on the media worker.
 #[derive(Clone)]
 pub struct MediaHandle {
     commands: mpsc::Sender<Command>,
     waker: Arc<Waker>,
     pub sessions: Sessions,
+    calls: Calls,
+    next_call: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl MediaHandle {
@@ -38,6 +47,24 @@ impl MediaHandle {
     pub fn send(&self, command: Command) -> Result<(), MediaGone> {
         self.commands.send(command).map_err(|_| MediaGone)?;
         self.waker.wake().map_err(|_| MediaGone)
+    }
+
+    /// Makes a RoomService call and waits for its answer.
+    pub async fn call(&self, call: ServiceCall, unix_ms: i64) -> Result<ServiceResult, MediaGone> {
+        let id = self
+            .next_call
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        self.send(Command::Service {
+            id,
+            call: Box::new(call),
+            unix_ms,
+        })?;
+        rx.await.map_err(|_| MediaGone)
     }
 }
 
@@ -62,10 +89,13 @@ pub fn spawn(
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = mpsc::channel();
     let sessions: Sessions = Arc::default();
+    let calls: Calls = Arc::default();
     let handle = MediaHandle {
         commands: tx,
         waker,
         sessions: sessions.clone(),
+        calls: calls.clone(),
+        next_call: Arc::default(),
     };
     let destination = config
         .candidates
@@ -81,6 +111,7 @@ pub fn spawn(
                 poll,
                 commands: rx,
                 sessions,
+                calls,
                 metrics,
                 destination,
                 send_errors: 0,
@@ -96,6 +127,7 @@ struct Worker {
     poll: Poll,
     commands: mpsc::Receiver<Command>,
     sessions: Sessions,
+    calls: Calls,
     metrics: Arc<Metrics>,
     /// The advertised candidate datagrams arrive at (the socket may be bound to 0.0.0.0).
     destination: SocketAddr,
@@ -182,6 +214,16 @@ impl Worker {
                     self.deliver(session, ToSession::Signal(message))
                 }
                 Output::Close(session) => self.deliver(session, ToSession::Close),
+                Output::ServiceReply { id, result } => {
+                    let waiting = self
+                        .calls
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    if let Some(tx) = waiting {
+                        let _ = tx.send(*result);
+                    }
+                }
                 Output::Timeout(t) => return t,
             }
         }

@@ -1,0 +1,295 @@
+//! LiveKit's RoomService, as calls on the SFU: what a back end asks (list, mute, remove, send
+//! data, change metadata) and the answer, matched by the caller's request id.
+
+use std::time::Instant;
+
+use livekit_protocol as proto;
+use prost::Message as _;
+
+use super::{Output, Sfu};
+use crate::ids::SessionId;
+
+/// One RoomService call. The caller has checked the grants.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one short-lived value per back-end call"
+)]
+pub enum ServiceCall {
+    CreateRoom(proto::CreateRoomRequest),
+    ListRooms(proto::ListRoomsRequest),
+    DeleteRoom(proto::DeleteRoomRequest),
+    ListParticipants(proto::ListParticipantsRequest),
+    GetParticipant(proto::RoomParticipantIdentity),
+    RemoveParticipant(proto::RoomParticipantIdentity),
+    MutePublishedTrack(proto::MuteRoomTrackRequest),
+    UpdateParticipant(proto::UpdateParticipantRequest),
+    UpdateSubscriptions(proto::UpdateSubscriptionsRequest),
+    SendData(proto::SendDataRequest),
+    UpdateRoomMetadata(proto::UpdateRoomMetadataRequest),
+}
+
+/// The answer to a [`ServiceCall`], ready to encode.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ServiceReply {
+    Room(proto::Room),
+    Rooms(proto::ListRoomsResponse),
+    Participants(proto::ListParticipantsResponse),
+    Participant(proto::ParticipantInfo),
+    Track(proto::MuteRoomTrackResponse),
+    /// An empty response message (DeleteRoom, RemoveParticipant, UpdateSubscriptions, SendData).
+    Empty,
+}
+
+impl ServiceReply {
+    /// The protobuf encoding of the response message.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            ServiceReply::Room(m) => m.encode_to_vec(),
+            ServiceReply::Rooms(m) => m.encode_to_vec(),
+            ServiceReply::Participants(m) => m.encode_to_vec(),
+            ServiceReply::Participant(m) => m.encode_to_vec(),
+            ServiceReply::Track(m) => m.encode_to_vec(),
+            ServiceReply::Empty => Vec::new(),
+        }
+    }
+}
+
+/// Why a call failed; maps to Twirp's error codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl Sfu {
+    pub(super) fn service(&mut self, now: Instant, id: u64, call: ServiceCall, unix_ms: i64) {
+        let result = Box::new(self.service_call(now, call, unix_ms));
+        self.out.push_back(Output::ServiceReply { id, result });
+    }
+
+    fn service_call(
+        &mut self,
+        now: Instant,
+        call: ServiceCall,
+        unix_ms: i64,
+    ) -> Result<ServiceReply, ServiceError> {
+        match call {
+            ServiceCall::CreateRoom(r) => {
+                if r.name.is_empty() {
+                    return Err(ServiceError::InvalidArgument(
+                        "the room needs a name".into(),
+                    ));
+                }
+                if !self.rooms.contains_key(&r.name) {
+                    let room = self.new_room(now, &r.name, unix_ms);
+                    self.rooms.insert(r.name.clone(), room);
+                    self.ensure_speaker_tick(now);
+                }
+                let room = self
+                    .rooms
+                    .get_mut(&r.name)
+                    .ok_or_else(|| not_found(&r.name))?;
+                if r.empty_timeout > 0 {
+                    room.info.empty_timeout = r.empty_timeout;
+                }
+                if r.departure_timeout > 0 {
+                    room.info.departure_timeout = r.departure_timeout;
+                }
+                room.info.max_participants = r.max_participants;
+                if !r.metadata.is_empty() {
+                    room.info.metadata = r.metadata;
+                }
+                Ok(ServiceReply::Room(room.info.clone()))
+            }
+            ServiceCall::ListRooms(r) => {
+                let mut rooms: Vec<proto::Room> = self
+                    .rooms
+                    .values()
+                    .filter(|room| r.names.is_empty() || r.names.contains(&room.info.name))
+                    .map(|room| {
+                        let mut info = room.info.clone();
+                        info.num_participants = room.members.len() as u32;
+                        info
+                    })
+                    .collect();
+                rooms.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(ServiceReply::Rooms(proto::ListRoomsResponse { rooms }))
+            }
+            ServiceCall::DeleteRoom(r) => {
+                let room = self.rooms.get(&r.room).ok_or_else(|| not_found(&r.room))?;
+                for session in room.members.clone() {
+                    self.leave(session, Some(proto::DisconnectReason::RoomDeleted));
+                }
+                self.rooms.remove(&r.room);
+                Ok(ServiceReply::Empty)
+            }
+            ServiceCall::ListParticipants(r) => {
+                let room = self.rooms.get(&r.room).ok_or_else(|| not_found(&r.room))?;
+                let participants = room
+                    .members
+                    .iter()
+                    .filter_map(|s| self.participants.get(s))
+                    .map(|p| p.info.clone())
+                    .collect();
+                Ok(ServiceReply::Participants(
+                    proto::ListParticipantsResponse { participants },
+                ))
+            }
+            ServiceCall::GetParticipant(r) => {
+                let session = self.find(&r.room, &r.identity)?;
+                let info = self.participants.get(&session).map(|p| p.info.clone());
+                info.map(ServiceReply::Participant)
+                    .ok_or_else(|| not_found(&r.identity))
+            }
+            ServiceCall::RemoveParticipant(r) => {
+                let session = self.find(&r.room, &r.identity)?;
+                self.leave(session, Some(proto::DisconnectReason::ParticipantRemoved));
+                Ok(ServiceReply::Empty)
+            }
+            ServiceCall::MutePublishedTrack(r) => {
+                let session = self.find(&r.room, &r.identity)?;
+                let owned = self
+                    .tracks
+                    .get(&r.track_sid)
+                    .is_some_and(|t| t.publisher == session);
+                if !owned {
+                    return Err(not_found(&r.track_sid));
+                }
+                // The publisher is told (a remote mute) and everyone sees the new state.
+                self.signal(
+                    session,
+                    proto::signal_response::Message::Mute(proto::MuteTrackRequest {
+                        sid: r.track_sid.clone(),
+                        muted: r.muted,
+                    }),
+                );
+                self.mute(session, &r.track_sid, r.muted);
+                let track = self.tracks.get(&r.track_sid).map(|t| t.info.clone());
+                Ok(ServiceReply::Track(proto::MuteRoomTrackResponse { track }))
+            }
+            ServiceCall::UpdateParticipant(r) => {
+                let session = self.find(&r.room, &r.identity)?;
+                let p = self
+                    .participants
+                    .get_mut(&session)
+                    .ok_or_else(|| not_found(&r.identity))?;
+                if !r.name.is_empty() {
+                    p.info.name = r.name;
+                }
+                if !r.metadata.is_empty() {
+                    p.info.metadata = r.metadata;
+                }
+                for (k, v) in r.attributes {
+                    if v.is_empty() {
+                        p.info.attributes.remove(&k);
+                    } else {
+                        p.info.attributes.insert(k, v);
+                    }
+                }
+                if let Some(permission) = r.permission {
+                    p.info.permission = Some(permission);
+                }
+                p.info.version += 1;
+                let info = p.info.clone();
+                let room = p.room.clone();
+                // The participant itself learns its new name and permissions too.
+                self.broadcast_participant(&room, &info, None);
+                Ok(ServiceReply::Participant(info))
+            }
+            ServiceCall::UpdateSubscriptions(r) => {
+                let session = self.find(&r.room, &r.identity)?;
+                let sids = r
+                    .track_sids
+                    .into_iter()
+                    .chain(r.participant_tracks.into_iter().flat_map(|p| p.track_sids));
+                for sid in sids {
+                    if r.subscribe {
+                        self.subscribe(session, &sid);
+                    } else {
+                        self.unsubscribe(session, &sid);
+                    }
+                }
+                self.negotiate_subscriber(session);
+                Ok(ServiceReply::Empty)
+            }
+            #[allow(deprecated, reason = "older back ends address data by participant sid")]
+            ServiceCall::SendData(r) => {
+                let room = self.rooms.get(&r.room).ok_or_else(|| not_found(&r.room))?;
+                let kind = if r.kind == proto::data_packet::Kind::Lossy as i32 {
+                    proto::data_packet::Kind::Lossy
+                } else {
+                    proto::data_packet::Kind::Reliable
+                };
+                #[allow(deprecated, reason = "clients before protocol 10 read kind")]
+                let packet = proto::DataPacket {
+                    kind: kind as i32,
+                    destination_identities: r.destination_identities.clone(),
+                    value: Some(proto::data_packet::Value::User(proto::UserPacket {
+                        payload: r.data,
+                        topic: r.topic,
+                        nonce: r.nonce,
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                };
+                let recipients: Vec<SessionId> = room
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|s| {
+                        let Some(p) = self.participants.get(s) else {
+                            return false;
+                        };
+                        (r.destination_identities.is_empty() && r.destination_sids.is_empty())
+                            || r.destination_identities.contains(&p.info.identity)
+                            || r.destination_sids.contains(&p.info.sid)
+                    })
+                    .collect();
+                self.deliver_data(&recipients, kind, &packet.encode_to_vec());
+                Ok(ServiceReply::Empty)
+            }
+            ServiceCall::UpdateRoomMetadata(r) => {
+                let room = self
+                    .rooms
+                    .get_mut(&r.room)
+                    .ok_or_else(|| not_found(&r.room))?;
+                room.info.metadata = r.metadata;
+                let info = room.info.clone();
+                let members = room.members.clone();
+                for s in members {
+                    let update = proto::RoomUpdate {
+                        room: Some(info.clone()),
+                    };
+                    self.signal(s, proto::signal_response::Message::RoomUpdate(update));
+                }
+                Ok(ServiceReply::Room(info))
+            }
+        }
+    }
+
+    /// The session of `identity` in `room`.
+    fn find(&self, room: &str, identity: &str) -> Result<SessionId, ServiceError> {
+        let r = self.rooms.get(room).ok_or_else(|| not_found(room))?;
+        r.members
+            .iter()
+            .copied()
+            .find(|s| {
+                self.participants
+                    .get(s)
+                    .is_some_and(|p| p.info.identity == identity)
+            })
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!("participant {identity:?} is not in room {room:?}"))
+            })
+    }
+}
+
+fn not_found(what: &str) -> ServiceError {
+    ServiceError::NotFound(format!("{what:?} does not exist"))
+}
