@@ -50,6 +50,19 @@ def twirp_raw(server: Server, method: str, message, authorization: str | None) -
         return e.code, json.loads(e.read() or b"{}")
 
 
+def twirp_json(server: Server, method: str, body: bytes, grants: api.VideoGrants) -> tuple[int, dict]:
+    """A JSON Twirp call, as LiveKit's Node server SDK makes them."""
+    auth = "Bearer " + api.AccessToken(API_KEY, API_SECRET).with_grants(grants).to_jwt()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.http_port}/twirp/livekit.RoomService/{method}",
+        data=body, headers={"Content-Type": "application/json", "Authorization": auth}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
 async def until(predicate, what: str, timeout: float = 20) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,6 +103,9 @@ async def scenario(server: Server) -> None:
 
         parts = await lk.room.list_participants(api.ListParticipantsRequest(room=name))
         R.check("ListParticipants lists both", sorted(p.identity for p in parts.participants) == ["alice", "bob"])
+        R.check("connected participants are ACTIVE",
+                all(p.state == api.ParticipantInfo.State.ACTIVE for p in parts.participants),
+                repr([p.state for p in parts.participants]))
         one = await lk.room.get_participant(api.RoomParticipantIdentity(room=name, identity="alice"))
         R.check("GetParticipant returns alice with her track",
                 one.identity == "alice" and any(t.sid == pub.sid for t in one.tracks), f"{len(one.tracks)} tracks")
@@ -117,6 +133,22 @@ async def scenario(server: Server) -> None:
             lambda: any(d[2] == b"from the back end" and d[1] == "svc" for d in bob_seen["data"]), "the data"))
         await asyncio.sleep(0.5)
         R.check("SendData to bob does not reach alice", not alice_seen["data"], repr(alice_seen["data"]))
+
+        # The same API with JSON bodies (camelCase or .proto names, as protojson allows).
+        json_room = f"{name}-json"
+        status, body = twirp_json(server, "CreateRoom", json.dumps({"name": json_room, "emptyTimeout": 30}).encode(),
+                                  api.VideoGrants(room_create=True))
+        R.check("JSON CreateRoom", status == 200 and body.get("name") == json_room and body.get("sid", "").startswith("RM_")
+                and body.get("empty_timeout") == 30, repr(body))
+        status, body = twirp_json(server, "ListParticipants", json.dumps({"room": name}).encode(),
+                                  api.VideoGrants(room_admin=True, room=name))
+        R.check("JSON ListParticipants", status == 200 and sorted(p["identity"] for p in body.get("participants", []))
+                == ["alice", "bob"], repr(body)[:200])
+        status, body = twirp_json(server, "ListRooms", b"{not json", api.VideoGrants(room_list=True))
+        R.check("malformed JSON is a Twirp malformed error", status == 400 and body.get("code") == "malformed", repr(body))
+        status, body = twirp_json(server, "DeleteRoom", json.dumps({"room": json_room}).encode(),
+                                  api.VideoGrants(room_create=True))
+        R.check("JSON DeleteRoom", status == 200 and body == {}, repr(body))
 
         await lk.room.update_room_metadata(api.UpdateRoomMetadataRequest(room=name, metadata="m1"))
         R.check("UpdateRoomMetadata: bob sees the new room metadata", await until(lambda: bob.metadata == "m1", "metadata"))

@@ -868,6 +868,23 @@ impl Sfu {
                 self.request_keyframe(now, &sid, req.kind);
             }
             Event::MediaAdded(added) => self.media_added(pid, added.mid, added.kind),
+            Event::Connected => {
+                // Media flows: the participant goes from JOINED to ACTIVE (livekit-client
+                // raises ParticipantActive).
+                let Some(session) = self.peers.get(&pid).map(|p| p.session) else {
+                    return;
+                };
+                let Some(p) = self.participants.get_mut(&session) else {
+                    return;
+                };
+                if p.info.state != proto::participant_info::State::Joined as i32 {
+                    return;
+                }
+                p.info.state = proto::participant_info::State::Active as i32;
+                p.info.version += 1;
+                let (info, room) = (p.info.clone(), p.room.clone());
+                self.broadcast_participant(&room, &info, None);
+            }
             Event::ChannelOpen(id, label) => {
                 if let Some(peer) = self.peers.get_mut(&pid) {
                     peer.channels.insert(label.clone(), id);

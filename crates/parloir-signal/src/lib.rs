@@ -3,6 +3,7 @@
 //! into typed values and back.
 
 pub mod join;
+pub mod json;
 pub mod session;
 pub mod token;
 

@@ -1,5 +1,6 @@
 //! LiveKit's RoomService over Twirp: `POST /twirp/livekit.RoomService/<Method>` with a protobuf
-//! body and `Authorization: Bearer <token>`; errors as Twirp JSON `{code, msg}`.
+//! or JSON body and `Authorization: Bearer <token>`; the answer in the same format; errors as
+//! Twirp JSON `{code, msg}`.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -8,8 +9,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use parloir_sfu::{ServiceCall, ServiceError, proto};
+use parloir_sfu::{ServiceCall, ServiceError, ServiceReply, proto};
 use parloir_signal::Claims;
+use parloir_signal::json::{self, Names};
 
 use crate::http::AppState;
 
@@ -62,16 +64,20 @@ pub async fn room_service(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if !content_type.starts_with("application/protobuf")
-        && !content_type.starts_with("application/x-protobuf")
+    let format = if content_type.starts_with("application/protobuf")
+        || content_type.starts_with("application/x-protobuf")
     {
+        Format::Protobuf
+    } else if content_type.starts_with("application/json") {
+        Format::Json
+    } else {
         return Err(TwirpError::new(
             StatusCode::BAD_REQUEST,
             "malformed",
-            format!("content type {content_type:?} is not served; send application/protobuf"),
+            format!("content type {content_type:?}: send application/protobuf or application/json"),
         ));
-    }
-    let (call, grant) = decode(&method, &body)?;
+    };
+    let (call, grant) = decode(&method, &body, format)?;
     let allowed = match &grant {
         Grant::Create => claims.video.room_create,
         Grant::List => claims.video.room_list,
@@ -101,11 +107,19 @@ pub async fn room_service(
         )
     })?;
     match result {
-        Ok(reply) => Ok((
-            [(header::CONTENT_TYPE, "application/protobuf")],
-            reply.encode(),
-        )
-            .into_response()),
+        Ok(reply) => match format {
+            Format::Protobuf => Ok((
+                [(header::CONTENT_TYPE, "application/protobuf")],
+                reply.encode(),
+            )
+                .into_response()),
+            Format::Json => {
+                let body = reply_json(&reply).map_err(|e| {
+                    TwirpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })?;
+                Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+            }
+        },
         Err(ServiceError::NotFound(msg)) => {
             Err(TwirpError::new(StatusCode::NOT_FOUND, "not_found", msg))
         }
@@ -138,9 +152,39 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Claims, TwirpEr
         .map_err(|e| unauthenticated(e.to_string()))
 }
 
-fn decode(method: &str, body: &[u8]) -> Result<(ServiceCall, Grant), TwirpError> {
-    fn parse<M: prost::Message + Default>(body: &[u8]) -> Result<M, TwirpError> {
-        M::decode(body).map_err(|e| {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Protobuf,
+    Json,
+}
+
+/// The JSON of a reply, with the `.proto` field names as Twirp writes them.
+fn reply_json(reply: &ServiceReply) -> Result<Vec<u8>, json::JsonError> {
+    match reply {
+        ServiceReply::Room(m) => json::to_json("livekit.Room", m, Names::Proto),
+        ServiceReply::Rooms(m) => json::to_json("livekit.ListRoomsResponse", m, Names::Proto),
+        ServiceReply::Participants(m) => {
+            json::to_json("livekit.ListParticipantsResponse", m, Names::Proto)
+        }
+        ServiceReply::Participant(m) => json::to_json("livekit.ParticipantInfo", m, Names::Proto),
+        ServiceReply::Track(m) => json::to_json("livekit.MuteRoomTrackResponse", m, Names::Proto),
+        _ => Ok(b"{}".to_vec()),
+    }
+}
+
+/// Decodes the request of `method` and says which grant it needs.
+fn decode(method: &str, body: &[u8], format: Format) -> Result<(ServiceCall, Grant), TwirpError> {
+    let malformed = |e: String| TwirpError::new(StatusCode::BAD_REQUEST, "malformed", e);
+    let parse = |type_name: &str| -> Result<Vec<u8>, TwirpError> {
+        match format {
+            Format::Protobuf => Ok(body.to_vec()),
+            Format::Json => {
+                json::json_to_protobuf(type_name, body).map_err(|e| malformed(e.to_string()))
+            }
+        }
+    };
+    fn typed<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, TwirpError> {
+        M::decode(bytes).map_err(|e| {
             TwirpError::new(
                 StatusCode::BAD_REQUEST,
                 "malformed",
@@ -150,16 +194,27 @@ fn decode(method: &str, body: &[u8]) -> Result<(ServiceCall, Grant), TwirpError>
     }
     let admin = |room: &str| Grant::Admin(room.to_string());
     Ok(match method {
-        "CreateRoom" => (ServiceCall::CreateRoom(parse(body)?), Grant::Create),
-        "ListRooms" => (ServiceCall::ListRooms(parse(body)?), Grant::List),
-        "DeleteRoom" => (ServiceCall::DeleteRoom(parse(body)?), Grant::Create),
+        "CreateRoom" => (
+            ServiceCall::CreateRoom(typed(&parse("livekit.CreateRoomRequest")?)?),
+            Grant::Create,
+        ),
+        "ListRooms" => (
+            ServiceCall::ListRooms(typed(&parse("livekit.ListRoomsRequest")?)?),
+            Grant::List,
+        ),
+        "DeleteRoom" => (
+            ServiceCall::DeleteRoom(typed(&parse("livekit.DeleteRoomRequest")?)?),
+            Grant::Create,
+        ),
         "ListParticipants" => {
-            let r: proto::ListParticipantsRequest = parse(body)?;
+            let r: proto::ListParticipantsRequest =
+                typed(&parse("livekit.ListParticipantsRequest")?)?;
             let g = admin(&r.room);
             (ServiceCall::ListParticipants(r), g)
         }
         "GetParticipant" | "RemoveParticipant" => {
-            let r: proto::RoomParticipantIdentity = parse(body)?;
+            let r: proto::RoomParticipantIdentity =
+                typed(&parse("livekit.RoomParticipantIdentity")?)?;
             let g = admin(&r.room);
             if method == "GetParticipant" {
                 (ServiceCall::GetParticipant(r), g)
@@ -168,27 +223,30 @@ fn decode(method: &str, body: &[u8]) -> Result<(ServiceCall, Grant), TwirpError>
             }
         }
         "MutePublishedTrack" => {
-            let r: proto::MuteRoomTrackRequest = parse(body)?;
+            let r: proto::MuteRoomTrackRequest = typed(&parse("livekit.MuteRoomTrackRequest")?)?;
             let g = admin(&r.room);
             (ServiceCall::MutePublishedTrack(r), g)
         }
         "UpdateParticipant" => {
-            let r: proto::UpdateParticipantRequest = parse(body)?;
+            let r: proto::UpdateParticipantRequest =
+                typed(&parse("livekit.UpdateParticipantRequest")?)?;
             let g = admin(&r.room);
             (ServiceCall::UpdateParticipant(r), g)
         }
         "UpdateSubscriptions" => {
-            let r: proto::UpdateSubscriptionsRequest = parse(body)?;
+            let r: proto::UpdateSubscriptionsRequest =
+                typed(&parse("livekit.UpdateSubscriptionsRequest")?)?;
             let g = admin(&r.room);
             (ServiceCall::UpdateSubscriptions(r), g)
         }
         "SendData" => {
-            let r: proto::SendDataRequest = parse(body)?;
+            let r: proto::SendDataRequest = typed(&parse("livekit.SendDataRequest")?)?;
             let g = admin(&r.room);
             (ServiceCall::SendData(r), g)
         }
         "UpdateRoomMetadata" => {
-            let r: proto::UpdateRoomMetadataRequest = parse(body)?;
+            let r: proto::UpdateRoomMetadataRequest =
+                typed(&parse("livekit.UpdateRoomMetadataRequest")?)?;
             let g = admin(&r.room);
             (ServiceCall::UpdateRoomMetadata(r), g)
         }
