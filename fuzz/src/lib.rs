@@ -81,7 +81,10 @@ pub fn drain(sfu: &mut Sfu) -> Vec<(SessionId, proto::signal_response::Message)>
         match sfu.poll_output() {
             Output::Timeout(_) => return signals,
             Output::Signal(session, message) => signals.push((session, *message)),
-            Output::Transmit(_) | Output::Close(_) | Output::ServiceReply { .. } => {}
+            Output::Transmit(_)
+            | Output::Close(_)
+            | Output::ServiceReply { .. }
+            | Output::Webhook(_) => {}
         }
     }
     panic!("Sfu::poll_output produced 100000 outputs without a Timeout");

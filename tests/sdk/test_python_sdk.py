@@ -93,6 +93,7 @@ class Server:
         self.udp_port = int(os.environ.get("PARLOIR_SDK_UDP_PORT") or free_port(socket.SOCK_DGRAM))
         self.log_path = os.path.join(tempfile.gettempdir(), f"parloir-sdk-server-{os.getpid()}.log")
         self.proc: subprocess.Popen | None = None
+        self.extra_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -106,7 +107,7 @@ class Server:
         self.proc = subprocess.Popen(
             [self.binary, "serve", "--dev",
              "--http-addr", f"127.0.0.1:{self.http_port}",
-             "--udp-port", str(self.udp_port)],
+             "--udp-port", str(self.udp_port), *self.extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         deadline = time.monotonic() + WAIT_S

@@ -9,7 +9,9 @@ Run:  PARLOIR_BIN=target/release/parloir tests/sdk/.venv/bin/python tests/sdk/te
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
+import threading
 import os
 import sys
 import time
@@ -33,6 +35,40 @@ async def join(server: Server, identity: str, room_name: str) -> tuple[rtc.Room,
     room.on("track_muted", lambda p, pub: seen["muted"].add(pub.sid))
     await bounded(room.connect(server.url, token(identity, identity, room_name)), f"{identity} joins")
     return room, seen
+
+
+class WebhookSink:
+    """An HTTP receiver on loopback that keeps every POST (body, Authorization header)."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, str, str]] = []
+        self.refused = 0
+        self.refuse_first = 1  # the first delivery gets a 503: the server must retry it
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
+                if sink.refused < sink.refuse_first:
+                    sink.refused += 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                sink.posts.append((body, self.headers.get("Authorization", ""), self.headers.get("Content-Type", "")))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/livekit/webhook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list:
+        """Every event, checked the way LiveKit's own receiver checks it."""
+        receiver = api.WebhookReceiver(api.TokenVerifier(API_KEY, API_SECRET))
+        return [receiver.receive(body, auth) for body, auth, _ in self.posts]
 
 
 def twirp_raw(server: Server, method: str, message, authorization: str | None) -> tuple[int, dict]:
@@ -72,7 +108,7 @@ async def until(predicate, what: str, timeout: float = 20) -> bool:
     return False
 
 
-async def scenario(server: Server) -> None:
+async def scenario(server: Server, sink: WebhookSink) -> None:
     name = f"svc-{uuid.uuid4().hex[:8]}"
     lk = api.LiveKitAPI(f"http://127.0.0.1:{server.http_port}", API_KEY, API_SECRET)
     rooms: list[rtc.Room] = []
@@ -177,6 +213,30 @@ async def scenario(server: Server) -> None:
         R.check("DeleteRoom disconnects bob", await until(lambda: bob_seen["disconnected"].is_set(), "bob out"))
         listed = await lk.room.list_rooms(api.ListRoomsRequest(names=[name]))
         R.check("DeleteRoom removes the room", not listed.rooms)
+
+        # Webhooks: signed as LiveKit signs them, the story of the room in order.
+        await until(lambda: any(json.loads(b).get("event") == "room_finished"
+                                and json.loads(b).get("room", {}).get("name") == name for b, _, _ in sink.posts),
+                    "room_finished", timeout=15)
+        try:
+            events = sink.events()
+            R.check("every webhook passes LiveKit's WebhookReceiver (JWT, sha256 of the body)", True, f"{len(events)} events")
+        except Exception as e:
+            R.check("every webhook passes LiveKit's WebhookReceiver (JWT, sha256 of the body)", False, repr(e))
+            events = []
+        R.check("webhooks are application/webhook+json",
+                all(ct == "application/webhook+json" for _, _, ct in sink.posts), repr({ct for _, _, ct in sink.posts}))
+        story = [(e.event, e.participant.identity if e.HasField("participant") else "")
+                 for e in events if e.room.name == name]
+        expected = [("room_started", ""), ("participant_joined", "alice"), ("participant_joined", "bob"),
+                    ("track_published", "alice"), ("track_unpublished", "alice"), ("participant_left", "alice"),
+                    ("participant_left", "bob"), ("room_finished", "")]
+        R.check("the room's webhooks arrive in order (the first after a retry)",
+                story == expected and sink.refused == 1, repr(story))
+        json_story = [e.event for e in events if e.room.name == json_room]
+        R.check("the JSON-made room has its own start and finish", json_story == ["room_started", "room_finished"],
+                repr(json_story))
+        R.check("webhook ids and times are set", all(e.id.startswith("EV_") and e.created_at > 0 for e in events))
     finally:
         for room in rooms:
             try:
@@ -193,9 +253,11 @@ def main() -> int:
         print("0 passed, 1 failed")
         return 1
     server = Server(os.path.abspath(binary))
+    sink = WebhookSink()
+    server.extra_args = ["--webhook-url", sink.url]
     try:
         server.start()
-        asyncio.run(scenario(server))
+        asyncio.run(scenario(server, sink))
     except Exception as e:
         R.check("the scenario ran to the end", False, f"{type(e).__name__}: {e}")
         traceback.print_exc()

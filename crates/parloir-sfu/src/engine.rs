@@ -147,6 +147,10 @@ pub enum Output {
     Signal(SessionId, Box<proto::signal_response::Message>),
     /// The session is over (evicted or refused): flush its messages and close it.
     Close(SessionId),
+    /// A LiveKit webhook event (room_started, room_finished, participant_joined,
+    /// participant_left, track_published, track_unpublished). The caller stamps its `id` and
+    /// `created_at` (the SFU reads no clock) and delivers it.
+    Webhook(Box<proto::WebhookEvent>),
     /// The answer to [`Command::Service`] `id`.
     ServiceReply {
         id: u64,
@@ -642,6 +646,8 @@ impl Sfu {
             .get(&join.room)
             .map(|r| speakers::active(&r.loudness))
             .unwrap_or_default();
+        let room_info = self.rooms.get(&join.room).map(|r| r.info.clone());
+        self.webhook("participant_joined", room_info, Some(info.clone()), None);
         if !speaking.is_empty() {
             let message = proto::SpeakersChanged {
                 speakers: speaking
@@ -680,8 +686,14 @@ impl Sfu {
             .filter(|(_, t)| t.publisher == session)
             .map(|(sid, _)| sid.clone())
             .collect();
+        let room_info = self.rooms.get(&participant.room).map(|r| r.info.clone());
         for sid in &published {
-            self.remove_track(sid);
+            if let Some(track) = self.remove_track(sid)
+                && track.mid.is_some()
+            {
+                let (r, p) = (room_info.clone(), Some(participant.info.clone()));
+                self.webhook("track_unpublished", r, p, Some(track.info));
+            }
         }
         for pid in [participant.publisher.take(), participant.subscriber.take()]
             .into_iter()
@@ -704,6 +716,12 @@ impl Sfu {
         if let Some(reason) = reason {
             participant.info.disconnect_reason = reason as i32;
         }
+        self.webhook(
+            "participant_left",
+            room_info,
+            Some(participant.info.clone()),
+            None,
+        );
         if !is_hidden(&participant.info) {
             self.broadcast_participant(&room_name, &participant.info, Some(session));
         }
@@ -1246,9 +1264,17 @@ impl Sfu {
         p.info.version += 1;
         let pinfo = p.info.clone();
         let room = p.room.clone();
-        if let Some(r) = self.rooms.get_mut(&room) {
+        let room_info = self.rooms.get_mut(&room).map(|r| {
             r.counts_changed = true;
-        }
+            r.info.clone()
+        });
+        let track_info = pinfo.tracks.iter().find(|t| t.sid == sid).cloned();
+        self.webhook(
+            "track_published",
+            room_info,
+            Some(pinfo.clone()),
+            track_info,
+        );
         self.broadcast_participant(&room, &pinfo, None);
         // Everyone auto-subscribed gets it.
         let members: Vec<SessionId> = self
@@ -1290,11 +1316,10 @@ impl Sfu {
         self.broadcast_participant(&room, &info, None);
     }
 
-    fn remove_track(&mut self, sid: &str) {
-        let Some(track) = self.tracks.remove(sid) else {
-            return;
-        };
-        for pid in track.subscribers {
+    /// Unpublishes a track: its subscribers stop receiving it. Returns it.
+    fn remove_track(&mut self, sid: &str) -> Option<Track> {
+        let mut track = self.tracks.remove(sid)?;
+        for pid in std::mem::take(&mut track.subscribers) {
             if let Some(peer) = self.peers.get_mut(&pid) {
                 peer.remove_out(sid);
             }
@@ -1302,6 +1327,7 @@ impl Sfu {
         if let Some(p) = self.participants.get_mut(&track.publisher) {
             p.info.tracks.retain(|t| t.sid != sid);
         }
+        Some(track)
     }
 
     // ---- subscribing ----
@@ -1777,7 +1803,7 @@ impl Sfu {
     }
 
     fn new_room(&mut self, now: Instant, name: &str, unix_ms: i64) -> Room {
-        Room {
+        let room = Room {
             info: proto::Room {
                 sid: self.ids.sid("RM_"),
                 name: name.to_string(),
@@ -1792,7 +1818,26 @@ impl Sfu {
             counts_changed: false,
             empty_since: Some(now),
             ever_joined: false,
-        }
+        };
+        self.webhook("room_started", Some(room.info.clone()), None, None);
+        room
+    }
+
+    fn webhook(
+        &mut self,
+        event: &str,
+        room: Option<proto::Room>,
+        participant: Option<proto::ParticipantInfo>,
+        track: Option<proto::TrackInfo>,
+    ) {
+        self.out
+            .push_back(Output::Webhook(Box::new(proto::WebhookEvent {
+                event: event.to_string(),
+                room,
+                participant,
+                track,
+                ..Default::default()
+            })));
     }
 
     fn signal(&mut self, session: SessionId, message: proto::signal_response::Message) {
@@ -1808,6 +1853,7 @@ impl Sfu {
 
     fn speaker_tick(&mut self, now: Instant) {
         // Rooms empty for longer than their timeout close.
+        let mut closed = Vec::new();
         self.rooms.retain(|name, room| {
             let timeout = if room.ever_joined {
                 room.info.departure_timeout
@@ -1819,9 +1865,13 @@ impl Sfu {
             });
             if !open {
                 tracing::info!(room = %name, "room closed");
+                closed.push(room.info.clone());
             }
             open
         });
+        for info in closed {
+            self.webhook("room_finished", Some(info), None, None);
+        }
         self.next_speaker_tick = if self.rooms.is_empty() {
             None
         } else {

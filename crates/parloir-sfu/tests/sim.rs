@@ -149,6 +149,7 @@ struct Sim {
     commands: Vec<Command>,
     media_tick: Instant,
     replies: Vec<(u64, Result<ServiceReply, ServiceError>)>,
+    webhooks: Vec<proto::WebhookEvent>,
 }
 
 impl Sim {
@@ -181,6 +182,7 @@ impl Sim {
             commands: Vec::new(),
             media_tick: now,
             replies: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 
@@ -435,6 +437,10 @@ impl Sim {
                 Output::Signal(session, message) => {
                     moved = true;
                     self.on_signal(session, *message);
+                }
+                Output::Webhook(event) => {
+                    moved = true;
+                    self.webhooks.push(*event);
                 }
                 Output::ServiceReply { id, result } => {
                     moved = true;
@@ -898,6 +904,48 @@ fn leaving_unpublishes_and_renegotiates() {
     );
     let stats = sim.sfu.stats();
     assert_eq!((stats.participants, stats.tracks), (1, 0));
+
+    // The webhooks tell the same story, in order.
+    let story: Vec<(String, String, String)> = sim
+        .webhooks
+        .iter()
+        .map(|e| {
+            let who = e
+                .participant
+                .as_ref()
+                .map(|p| p.identity.clone())
+                .unwrap_or_default();
+            let track = e
+                .track
+                .as_ref()
+                .map(|t| t.r#type.to_string())
+                .unwrap_or_default();
+            (e.event.clone(), who, track)
+        })
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("room_started", "", ""),
+        ("participant_joined", "alice", ""),
+        ("participant_joined", "bob", ""),
+        ("track_published", "alice", "0"),
+        ("track_published", "alice", "1"),
+        ("track_unpublished", "alice", "0"),
+        ("track_unpublished", "alice", "1"),
+        ("participant_left", "alice", ""),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    let mut got = story.clone();
+    // Two tracks of one publisher have no order between them.
+    got[3..5].sort();
+    got[5..7].sort();
+    assert_eq!(got, expected);
+    assert!(
+        sim.webhooks
+            .iter()
+            .all(|e| e.room.as_ref().is_some_and(|r| r.name == "sim"))
+    );
 }
 
 #[test]
@@ -1042,6 +1090,13 @@ fn rooms_close_after_their_timeouts() {
     assert_eq!(sim.sfu.stats().rooms, 1);
     sim.run_for(Duration::from_secs(11));
     assert_eq!(sim.sfu.stats().rooms, 0);
+    let finished: Vec<&str> = sim
+        .webhooks
+        .iter()
+        .filter(|e| e.event == "room_finished")
+        .filter_map(|e| e.room.as_ref().map(|r| r.name.as_str()))
+        .collect();
+    assert_eq!(finished, ["later", "sim"], "room_finished for both rooms");
 
     // Unknown rooms and participants are errors, not panics.
     sim.commands.push(Command::Service {

@@ -19,6 +19,18 @@ pub struct Config {
     /// Development conveniences: `/api/dev-token` mints tokens for the meeting page.
     #[serde(default)]
     pub development: bool,
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+}
+
+/// Where LiveKit-style webhooks go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// URLs that receive every event (http://; https is not supported yet).
+    pub urls: Vec<String>,
+    /// The API key whose secret signs the events; the first key (by name) when empty.
+    pub api_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +102,7 @@ impl Config {
             rtc: RtcConfig::default(),
             keys: HashMap::from([("devkey".to_string(), "secret".to_string())]),
             development: true,
+            webhook: WebhookConfig::default(),
         }
     }
 
@@ -115,6 +128,17 @@ impl Config {
         if let Some((k, _)) = self.keys.iter().find(|(_, s)| s.len() < 6) {
             return Err(ConfigError::Invalid(format!(
                 "the secret of key {k:?} is too short"
+            )));
+        }
+        if let Some(url) = self.webhook.urls.iter().find(|u| !u.starts_with("http://")) {
+            return Err(ConfigError::Invalid(format!(
+                "webhook URL {url:?}: only http:// URLs are supported (terminate TLS in front of the receiver)"
+            )));
+        }
+        if !self.webhook.api_key.is_empty() && !self.keys.contains_key(&self.webhook.api_key) {
+            return Err(ConfigError::Invalid(format!(
+                "webhook.api_key {:?} is not one of [keys]",
+                self.webhook.api_key
             )));
         }
         if self.candidates().is_empty() {
@@ -167,5 +191,13 @@ mod tests {
         assert!(c.validate().is_err());
         let c: Config = toml::from_str("[keys]\na = \"s\"\n").unwrap();
         assert!(c.validate().is_err(), "short secret");
+        let c: Config = toml::from_str(
+            "[keys]\na = \"secret1\"\n[webhook]\nurls = [\"https://example.invalid/hook\"]\n",
+        )
+        .unwrap();
+        assert!(c.validate().is_err(), "https webhooks are refused with a reason, not ignored");
+        let c: Config =
+            toml::from_str("[keys]\na = \"secret1\"\n[webhook]\napi_key = \"b\"\n").unwrap();
+        assert!(c.validate().is_err(), "the webhook key must exist");
     }
 }

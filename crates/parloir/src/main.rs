@@ -15,6 +15,7 @@ mod http;
 mod media;
 mod metrics;
 mod twirp;
+mod webhook;
 
 use config::Config;
 
@@ -48,6 +49,9 @@ enum Cmd {
         /// Override the meeting page directory.
         #[arg(long)]
         web_dir: Option<PathBuf>,
+        /// Send webhooks to this URL (repeatable; adds to the configuration's).
+        #[arg(long = "webhook-url")]
+        webhook_urls: Vec<String>,
     },
     /// Print a LiveKit access token.
     Token {
@@ -84,6 +88,7 @@ fn main() -> anyhow::Result<()> {
             http_addr,
             udp_port,
             web_dir,
+            webhook_urls,
         } => {
             let mut config = match (dev, config) {
                 (_, Some(path)) => Config::load(&path)?,
@@ -99,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(w) = web_dir {
                 config.server.web_dir = w;
             }
+            config.webhook.urls.extend(webhook_urls);
             config.validate()?;
             serve(config)
         }
@@ -174,8 +180,29 @@ fn serve(config: Config) -> anyhow::Result<()> {
         ping_interval_s: 5,
         ping_timeout_s: 15,
     };
-    let media =
-        media::spawn(endpoint, sfu, metrics.clone()).context("cannot start the media worker")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("control")
+        .enable_all()
+        .build()?;
+    // Webhook senders are tokio tasks; the media worker only queues events for them.
+    let webhooks = {
+        let _runtime = runtime.enter();
+        let mut keys: Vec<_> = config.keys.iter().collect();
+        keys.sort();
+        let (key, secret) = if config.webhook.api_key.is_empty() {
+            keys.first().map(|(k, s)| ((*k).clone(), (*s).clone()))
+        } else {
+            config
+                .keys
+                .get(&config.webhook.api_key)
+                .map(|s| (config.webhook.api_key.clone(), s.clone()))
+        }
+        .context("no API key to sign webhooks with")?;
+        webhook::Webhooks::start(&config.webhook.urls, key, secret, metrics.clone())
+    };
+    let media = media::spawn(endpoint, sfu, metrics.clone(), webhooks)
+        .context("cannot start the media worker")?;
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(http::AppState {
         keys: KeyRing::new(config.keys.clone()),
@@ -187,11 +214,6 @@ fn serve(config: Config) -> anyhow::Result<()> {
         next_session: AtomicU64::new(1),
         shutdown,
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("control")
-        .enable_all()
-        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.http_addr)
             .await

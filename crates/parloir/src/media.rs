@@ -17,6 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
+use crate::webhook::Webhooks;
 
 /// What a signal session receives from the SFU.
 #[derive(Debug)]
@@ -82,6 +83,7 @@ pub fn spawn(
     mut endpoint: UdpEndpoint,
     config: SfuConfig,
     metrics: Arc<Metrics>,
+    webhooks: Webhooks,
 ) -> std::io::Result<MediaHandle> {
     let poll = Poll::new()?;
     poll.registry()
@@ -112,6 +114,7 @@ pub fn spawn(
                 commands: rx,
                 sessions,
                 calls,
+                webhooks,
                 metrics,
                 destination,
                 send_errors: 0,
@@ -128,6 +131,7 @@ struct Worker {
     commands: mpsc::Receiver<Command>,
     sessions: Sessions,
     calls: Calls,
+    webhooks: Webhooks,
     metrics: Arc<Metrics>,
     /// The advertised candidate datagrams arrive at (the socket may be bound to 0.0.0.0).
     destination: SocketAddr,
@@ -214,6 +218,7 @@ impl Worker {
                     self.deliver(session, ToSession::Signal(message))
                 }
                 Output::Close(session) => self.deliver(session, ToSession::Close),
+                Output::Webhook(event) => self.webhooks.send(*event),
                 Output::ServiceReply { id, result } => {
                     let waiting = self
                         .calls

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub signal_refused: AtomicU64,
     /// Inputs during which the SFU panicked (and the worker carried on).
     pub media_panics: AtomicU64,
+    /// Webhook deliveries: delivered, given up after retries, dropped on a full queue.
+    pub webhooks_sent: AtomicU64,
+    pub webhooks_failed: AtomicU64,
+    pub webhooks_dropped: AtomicU64,
     pub signal_bad_messages: AtomicU64,
 }
 
@@ -49,7 +53,7 @@ impl Metrics {
 
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 16] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 19] = [
             ("parloir_rooms", "gauge", "Rooms open.", &self.rooms),
             (
                 "parloir_participants",
@@ -117,6 +121,24 @@ impl Metrics {
                 "counter",
                 "Data packets dropped (undecodable, not allowed, no channel).",
                 &self.data_dropped,
+            ),
+            (
+                "parloir_webhooks_sent_total",
+                "counter",
+                "Webhook events delivered (per URL).",
+                &self.webhooks_sent,
+            ),
+            (
+                "parloir_webhooks_failed_total",
+                "counter",
+                "Webhook events given up after retries (per URL).",
+                &self.webhooks_failed,
+            ),
+            (
+                "parloir_webhooks_dropped_total",
+                "counter",
+                "Webhook events dropped because a URL's queue was full.",
+                &self.webhooks_dropped,
             ),
             (
                 "parloir_media_panics_total",

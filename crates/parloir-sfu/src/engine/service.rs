@@ -126,7 +126,9 @@ impl Sfu {
                 for session in room.members.clone() {
                     self.leave(session, Some(proto::DisconnectReason::RoomDeleted));
                 }
-                self.rooms.remove(&r.room);
+                if let Some(room) = self.rooms.remove(&r.room) {
+                    self.webhook("room_finished", Some(room.info), None, None);
+                }
                 Ok(ServiceReply::Empty)
             }
             ServiceCall::ListParticipants(r) => {
