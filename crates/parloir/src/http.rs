@@ -435,7 +435,9 @@ async fn dev_token(
         .get("name")
         .cloned()
         .unwrap_or_else(|| identity.clone());
-    let claims = crate::token_claims(&key, &room, &identity, &name, false, 6 * 3600);
+    // `admin=1`: the meeting page's host (roomAdmin on this room). Development only.
+    let admin = query.get("admin").is_some_and(|v| v == "1" || v == "true");
+    let claims = crate::token_claims(&key, &room, &identity, &name, admin, 6 * 3600);
     let Ok(token) = state.keys.sign(&claims) else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "cannot sign").into_response();
     };
