@@ -604,6 +604,23 @@ for (const singlePeerConnection of [false, true]) {
       });
     }
 
+    scenario('a client whose WebSocket drops resumes and keeps its media', async (s) => {
+      const room = `e2e-resume-${pathName}-${uniq()}`;
+      const [a, b] = [await s.join('alice', room, opts), await s.join('bob', room, opts)];
+      await waitForMesh([a, b], true);
+      const sidBefore = (await a.state()).sid;
+      await a.page.evaluate(() => window.simulate('signal-reconnect'));
+      await waitFor('alice resumes', async () => (await a.state()).events.some((e) => e.what === 'reconnected'));
+      const st = await a.state();
+      assert.equal(st.sid, sidBefore, 'a resume keeps the participant (no new join)');
+      assert.ok(!st.events.some((e) => e.what.startsWith('disconnected')), JSON.stringify(st.events));
+      const bobSeesAlice = (await b.state()).remotes.find((r) => r.identity === 'alice');
+      assert.equal(bobSeesAlice?.sid, sidBefore, 'bob still sees the same alice');
+      // Media keeps flowing both ways after the resume.
+      await waitForMediaGrowth(a, ['bob']);
+      await waitForMediaGrowth(b, ['alice']);
+    });
+
     scenario('a participant who leaves disappears for the others', async (s) => {
       const room = `e2e-leave-${pathName}-${uniq()}`;
       const [a, b, c] = [

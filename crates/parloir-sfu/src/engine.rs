@@ -119,9 +119,20 @@ pub enum Command {
         session: SessionId,
         request: proto::UpdateParticipantMetadata,
     },
-    /// The participant leaves: it said so, or its WebSocket closed.
+    /// The participant leaves: it said so.
     Leave {
         session: SessionId,
+    },
+    /// The session's WebSocket closed without a leave: the participant stays (its media keeps
+    /// flowing) for [`RESUME_WINDOW`], waiting for the client to resume.
+    Disconnect {
+        session: SessionId,
+    },
+    /// A client resumes `session` on a new WebSocket (`reconnect=1`); `identity` comes from its
+    /// token and must match.
+    Resume {
+        session: SessionId,
+        identity: String,
     },
     /// A RoomService call from a back end; answered by [`Output::ServiceReply`] with `id`.
     Service {
@@ -229,6 +240,9 @@ struct Participant {
     pending: HashMap<String, String>,
     /// Track settings last asked for, per track sid.
     settings: HashMap<String, proto::UpdateTrackSettings>,
+    /// Since when the signal connection is gone (the participant may resume until
+    /// [`RESUME_WINDOW`] has passed).
+    signal_lost: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +272,8 @@ struct Peer {
     /// they are collected here and applied together in `negotiate_subscriber`.
     add_channels: bool,
     to_stop: Vec<Mid>,
+    /// The next subscriber offer restarts ICE (after a resume).
+    ice_restart: bool,
     /// Subscriber offers sent so far; numbers the next one.
     offers_sent: u32,
     /// Single peer connection: mids str0m has created (their msid is fixed from then on), and
@@ -310,6 +326,8 @@ struct Track {
 }
 
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a participant whose WebSocket dropped may resume before it is removed.
+pub const RESUME_WINDOW: Duration = Duration::from_secs(15);
 /// LiveKit's defaults: a room nobody joined closes after 5 minutes, a room everyone left after
 /// 20 seconds.
 const DEFAULT_EMPTY_TIMEOUT_S: u32 = 300;
@@ -396,6 +414,12 @@ impl Sfu {
             }
             Command::UpdateMetadata { session, request } => self.update_metadata(session, request),
             Command::Leave { session } => self.leave(session, None),
+            Command::Disconnect { session } => {
+                if let Some(p) = self.participants.get_mut(&session) {
+                    p.signal_lost = Some(now);
+                }
+            }
+            Command::Resume { session, identity } => self.resume(session, &identity),
             Command::Service { id, call, unix_ms } => self.service(now, id, *call, unix_ms),
         }
         self.run(now);
@@ -576,13 +600,7 @@ impl Sfu {
             participant: Some(info.clone()),
             other_participants: others,
             server_version: self.config.server_version.clone(),
-            server_info: Some(proto::ServerInfo {
-                edition: proto::server_info::Edition::Standard as i32,
-                version: self.config.server_version.clone(),
-                protocol: self.config.protocol,
-                node_id: self.config.node_id.clone(),
-                ..Default::default()
-            }),
+            server_info: Some(self.server_info()),
             ping_interval: self.config.ping_interval_s.max(1),
             ping_timeout: self.config.ping_timeout_s.max(2),
             // livekit-client sends data on the subscriber connection when this is set, and a
@@ -610,6 +628,7 @@ impl Sfu {
                 subscriber: Some(subscriber),
                 pending: HashMap::new(),
                 settings: HashMap::new(),
+                signal_lost: None,
             },
         );
         if let Some(peer) = self.peers.get_mut(&subscriber)
@@ -661,6 +680,82 @@ impl Sfu {
             );
         }
         self.ensure_speaker_tick(now);
+    }
+
+    /// Re-attaches a participant to a new signal connection: ReconnectResponse first, then the
+    /// room as it is now, then (two peer connections) a subscriber offer that restarts ICE.
+    fn resume(&mut self, session: SessionId, identity: &str) {
+        let known = self
+            .participants
+            .get(&session)
+            .is_some_and(|p| p.info.identity == identity);
+        if !known {
+            self.signal(
+                session,
+                proto::signal_response::Message::Leave(proto::LeaveRequest {
+                    can_reconnect: true,
+                    reason: proto::DisconnectReason::StateMismatch as i32,
+                    action: proto::leave_request::Action::Reconnect as i32,
+                    regions: None,
+                }),
+            );
+            self.out.push_back(Output::Close(session));
+            return;
+        }
+        let Some(p) = self.participants.get_mut(&session) else {
+            return;
+        };
+        p.signal_lost = None;
+        let (room_name, subscriber) = (p.room.clone(), p.subscriber);
+        let response = proto::ReconnectResponse {
+            server_info: Some(self.server_info()),
+            ..Default::default()
+        };
+        self.signal(
+            session,
+            proto::signal_response::Message::Reconnect(response),
+        );
+        if let Some(room) = self.rooms.get(&room_name) {
+            let participants: Vec<proto::ParticipantInfo> = room
+                .members
+                .iter()
+                .filter_map(|s| self.participants.get(s))
+                .filter(|p| !is_hidden(&p.info))
+                .map(|p| p.info.clone())
+                .collect();
+            let info = room.info.clone();
+            self.signal(
+                session,
+                proto::signal_response::Message::Update(proto::ParticipantUpdate { participants }),
+            );
+            let update = proto::RoomUpdate { room: Some(info) };
+            self.signal(session, proto::signal_response::Message::RoomUpdate(update));
+        }
+        if let Some(peer) = subscriber.and_then(|pid| self.peers.get_mut(&pid))
+            && peer.role == PeerRole::Subscriber
+        {
+            // An offer that was out when the socket dropped is lost with it: offer again.
+            peer.pending_offer = None;
+            for out in peer.outs.values_mut() {
+                if let OutState::Negotiating(mid) = out.state {
+                    out.state = OutState::Wanted;
+                    peer.mids_out.remove(&mid);
+                }
+            }
+            peer.ice_restart = true;
+            peer.needs_offer = true;
+            self.negotiate_subscriber(session);
+        }
+    }
+
+    fn server_info(&self) -> proto::ServerInfo {
+        proto::ServerInfo {
+            edition: proto::server_info::Edition::Standard as i32,
+            version: self.config.server_version.clone(),
+            protocol: self.config.protocol,
+            node_id: self.config.node_id.clone(),
+            ..Default::default()
+        }
     }
 
     fn leave(&mut self, session: SessionId, reason: Option<proto::DisconnectReason>) {
@@ -773,6 +868,7 @@ impl Sfu {
                 needs_offer: false,
                 add_channels: false,
                 to_stop: Vec::new(),
+                ice_restart: false,
                 offers_sent: 0,
                 known_mids: HashSet::new(),
                 awaiting_offer: false,
@@ -1442,6 +1538,7 @@ impl Sfu {
         for mid in peer.to_stop.drain(..) {
             api.stop_media(mid);
         }
+        let restarted = std::mem::take(&mut peer.ice_restart).then(|| api.ice_restart(true));
         let mut added = Vec::new();
         for (sid, out) in peer.outs.iter() {
             if out.state != OutState::Wanted {
@@ -1470,6 +1567,12 @@ impl Sfu {
         }
         peer.pending_offer = Some(pending);
         peer.offers_sent += 1;
+        if let Some(creds) = restarted {
+            // The client's new checks use the new username fragment.
+            self.by_ufrag.remove(&peer.ufrag);
+            peer.ufrag = creds.ufrag.clone();
+            self.by_ufrag.insert(creds.ufrag, pid);
+        }
         let id = peer.offers_sent;
         self.signal(
             session,
@@ -1852,6 +1955,20 @@ impl Sfu {
     }
 
     fn speaker_tick(&mut self, now: Instant) {
+        // Participants whose signal connection did not come back leave.
+        let expired: Vec<SessionId> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| {
+                p.signal_lost
+                    .is_some_and(|t| now.saturating_duration_since(t) >= RESUME_WINDOW)
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        for session in expired {
+            tracing::info!(%session, "no resume within the window; leaving");
+            self.leave(session, Some(proto::DisconnectReason::SignalClose));
+        }
         // Rooms empty for longer than their timeout close.
         let mut closed = Vec::new();
         self.rooms.retain(|name, room| {

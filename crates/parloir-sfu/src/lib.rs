@@ -18,8 +18,8 @@ mod sdp_scan;
 mod speakers;
 
 pub use engine::{
-    Command, JoinCommand, Layout, Output, ServiceCall, ServiceError, ServiceReply, Sfu, SfuConfig,
-    Stats, Transmit,
+    Command, JoinCommand, Layout, Output, RESUME_WINDOW, ServiceCall, ServiceError, ServiceReply,
+    Sfu, SfuConfig, Stats, Transmit,
 };
 pub use ids::SessionId;
 pub use livekit_protocol as proto;

@@ -1138,3 +1138,62 @@ fn a_full_room_refuses_the_next_participant() {
         Some(proto::DisconnectReason::JoinFailure as i32)
     );
 }
+
+#[test]
+fn a_lost_signal_connection_may_resume_within_the_window() {
+    let mut sim = Sim::new(15, 0.0);
+    sim.join("alice");
+    sim.join("bob");
+    sim.publish(0);
+    sim.run_for(Duration::from_secs(1));
+    let (alice, bob) = (sim.client("alice").session, sim.client("bob").session);
+
+    // Alice's socket drops; her media keeps flowing while the server waits for her.
+    sim.commands.push(Command::Disconnect { session: alice });
+    let before = sim
+        .client("bob")
+        .frames
+        .values()
+        .map(Vec::len)
+        .sum::<usize>();
+    sim.run_for(Duration::from_secs(5));
+    let after = sim
+        .client("bob")
+        .frames
+        .values()
+        .map(Vec::len)
+        .sum::<usize>();
+    assert!(
+        after > before + 100,
+        "media flows during the outage ({before} → {after})"
+    );
+    assert_eq!(sim.sfu.stats().participants, 2);
+
+    // Someone else cannot take her session over.
+    sim.commands.push(Command::Resume {
+        session: alice,
+        identity: "mallory".into(),
+    });
+    sim.pump();
+    let refused = sim
+        .client("alice")
+        .left
+        .clone()
+        .expect("a refused resume is told to rejoin");
+    assert_eq!(
+        refused.action,
+        proto::leave_request::Action::Reconnect as i32
+    );
+
+    // Bob's socket drops and does not come back: he leaves after the window.
+    sim.commands.push(Command::Disconnect { session: bob });
+    sim.run_for(parloir_sfu::RESUME_WINDOW + Duration::from_secs(1));
+    assert_eq!(sim.sfu.stats().participants, 0, "neither resumed in time");
+    let left: Vec<&str> = sim
+        .webhooks
+        .iter()
+        .filter(|e| e.event == "participant_left")
+        .filter_map(|e| e.participant.as_ref().map(|p| p.identity.as_str()))
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}

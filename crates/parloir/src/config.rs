@@ -195,7 +195,10 @@ mod tests {
             "[keys]\na = \"secret1\"\n[webhook]\nurls = [\"https://example.invalid/hook\"]\n",
         )
         .unwrap();
-        assert!(c.validate().is_err(), "https webhooks are refused with a reason, not ignored");
+        assert!(
+            c.validate().is_err(),
+            "https webhooks are refused with a reason, not ignored"
+        );
         let c: Config =
             toml::from_str("[keys]\na = \"secret1\"\n[webhook]\napi_key = \"b\"\n").unwrap();
         assert!(c.validate().is_err(), "the webhook key must exist");

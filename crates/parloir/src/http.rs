@@ -19,7 +19,7 @@ use parloir_signal::session::{Action, translate};
 use parloir_signal::{Claims, JoinParams, KeyRing, SignalPath, VideoGrant};
 use tokio::sync::mpsc;
 
-use crate::media::{MediaHandle, ToSession};
+use crate::media::{MediaHandle, SessionSlot, ToSession};
 use crate::metrics::Metrics;
 
 /// Shared state of the HTTP handlers.
@@ -33,6 +33,15 @@ pub struct AppState {
     pub next_session: AtomicU64,
     /// Turns true when the server shuts down: every session tells its client and closes.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Participant sid → session, for clients that resume (`reconnect=1&sid=…`).
+    pub resumable: std::sync::Mutex<HashMap<String, Resumable>>,
+}
+
+/// A session a client may resume, and who may.
+pub struct Resumable {
+    session: SessionId,
+    identity: String,
+    room: String,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -253,32 +262,73 @@ fn permission(grant: &VideoGrant) -> proto::ParticipantPermission {
     }
 }
 
+/// How a signal connection ended: the participant left (or was made to), or the socket was
+/// lost and the participant may resume.
+enum Ending {
+    Left,
+    Lost,
+}
+
 async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, params: JoinParams) {
-    let session = SessionId(state.next_session.fetch_add(1, Relaxed));
+    let generation = state.next_session.fetch_add(1, Relaxed);
     let (mut sink, mut stream) = socket.split();
-    if params.reconnect.is_some() {
-        // Sessions do not outlive their WebSocket yet: ask for a full rejoin.
-        let leave = proto::signal_response::Message::Leave(proto::LeaveRequest {
-            can_reconnect: true,
-            reason: proto::DisconnectReason::StateMismatch as i32,
-            action: proto::leave_request::Action::Reconnect as i32,
-            regions: None,
-        });
-        let _ = sink
-            .send(Message::Binary(
-                parloir_signal::encode_response(leave).into(),
-            ))
-            .await;
-        let _ = sink.close().await;
-        return;
-    }
+    let resumed = match &params.reconnect {
+        Some(sid) => {
+            // Only the same identity in the same room may resume a session.
+            let known = state
+                .resumable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(sid)
+                .filter(|r| r.identity == claims.sub && r.room == claims.video.room)
+                .map(|r| r.session);
+            let Some(session) = known else {
+                // Nothing to resume: the client must join afresh.
+                let leave = proto::signal_response::Message::Leave(proto::LeaveRequest {
+                    can_reconnect: true,
+                    reason: proto::DisconnectReason::StateMismatch as i32,
+                    action: proto::leave_request::Action::Reconnect as i32,
+                    regions: None,
+                });
+                let frame = parloir_signal::encode_response(leave);
+                let _ = sink.send(Message::Binary(frame.into())).await;
+                let _ = sink.close().await;
+                return;
+            };
+            Some(session)
+        }
+        None => None,
+    };
+    let session = resumed.unwrap_or(SessionId(generation));
     let (tx, mut rx) = mpsc::unbounded_channel();
-    state
+    let previous = state
         .media
         .sessions
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(session, tx);
+        .insert(session, SessionSlot { generation, tx });
+    if let Some(previous) = previous {
+        // The client resumed before the server noticed its old socket was gone.
+        let _ = previous.tx.send(ToSession::Close);
+    }
+    if resumed.is_some() {
+        tracing::info!(%session, identity = %claims.sub, "resume");
+        let resume = Command::Resume {
+            session,
+            identity: claims.sub.clone(),
+        };
+        if state.media.send(resume).is_err() {
+            let _ = sink.close().await;
+            return;
+        }
+        if let Some(offer) = &params.publisher_offer {
+            let _ = state.media.send(Command::Offer {
+                session,
+                sdp: offer.sdp.clone(),
+                id: offer.id,
+            });
+        }
+    }
     let kind = match claims.kind.as_str() {
         "ingress" => proto::participant_info::Kind::Ingress,
         "egress" => proto::participant_info::Kind::Egress,
@@ -316,15 +366,17 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, pa
         client_protocol: params.client_protocol,
         unix_ms: unix_now().1,
     };
-    tracing::info!(%session, room = %join.room, identity = %join.identity, layout = ?join.layout, "join");
-    if state.media.send(Command::Join(Box::new(join))).is_err() {
-        let _ = sink.close().await;
-        return;
+    if resumed.is_none() {
+        tracing::info!(%session, room = %join.room, identity = %join.identity, layout = ?join.layout, "join");
+        if state.media.send(Command::Join(Box::new(join))).is_err() {
+            let _ = sink.close().await;
+            return;
+        }
     }
     let mut last_heard = Instant::now();
     let mut check = tokio::time::interval(Duration::from_secs(1));
     let mut shutdown = state.shutdown.clone();
-    loop {
+    let ending = loop {
         tokio::select! {
             Ok(()) = shutdown.changed() => {
                 let leave = proto::signal_response::Message::Leave(proto::LeaveRequest {
@@ -336,18 +388,33 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, pa
                 let frame = parloir_signal::encode_response(leave);
                 let _ = sink.send(Message::Binary(frame.into())).await;
                 let _ = sink.close().await;
-                break;
+                break Ending::Left;
             },
             out = rx.recv() => match out {
                 Some(ToSession::Signal(m)) => {
+                    if let proto::signal_response::Message::Join(join) = m.as_ref()
+                        && let Some(me) = &join.participant
+                    {
+                        let entry = Resumable {
+                            session,
+                            identity: me.identity.clone(),
+                            room: claims.video.room.clone(),
+                        };
+                        state
+                            .resumable
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(me.sid.clone(), entry);
+                    }
                     let frame = parloir_signal::encode_response(*m);
                     if sink.send(Message::Binary(frame.into())).await.is_err() {
-                        break;
+                        break Ending::Lost;
                     }
                 }
+                // The SFU ended the session (eviction, removal), or a newer socket took it.
                 Some(ToSession::Close) | None => {
                     let _ = sink.close().await;
-                    break;
+                    break Ending::Left;
                 }
             },
             frame = stream.next() => {
@@ -360,13 +427,13 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, pa
                     Some(Ok(Message::Text(_))) => {
                         tracing::info!(%session, "JSON signalling is not supported; closing");
                         state.metrics.signal_bad_messages.fetch_add(1, Relaxed);
-                        break;
+                        break Ending::Lost;
                     }
-                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(Message::Close(_))) | None => break Ending::Lost,
                     Some(Err(e)) => {
                         tracing::info!(%session, "signal connection error: {e}");
                         state.metrics.signal_bad_messages.fetch_add(1, Relaxed);
-                        break;
+                        break Ending::Lost;
                     }
                 };
                 last_heard = Instant::now();
@@ -375,20 +442,20 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, pa
                     Err(e) => {
                         tracing::info!(%session, "bad signal message, closing: {e}");
                         state.metrics.signal_bad_messages.fetch_add(1, Relaxed);
-                        break;
+                        break Ending::Lost;
                     }
                 };
                 match translate(session, request, unix_now().1) {
                     Action::Command(c) => {
                         let leaving = matches!(c, Command::Leave { .. });
                         if state.media.send(c).is_err() || leaving {
-                            break;
+                            break Ending::Left;
                         }
                     }
                     Action::Reply(m) => {
                         let frame = parloir_signal::encode_response(m);
                         if sink.send(Message::Binary(frame.into())).await.is_err() {
-                            break;
+                            break Ending::Lost;
                         }
                     }
                     Action::Ignore => {}
@@ -398,19 +465,41 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, pa
                 if last_heard.elapsed() > state.ping_timeout {
                     tracing::info!(%session, "no message within the ping timeout; closing");
                     let _ = sink.close().await;
-                    break;
+                    break Ending::Lost;
                 }
             }
         }
+    };
+    // Only the socket that still serves the session speaks for it.
+    let current = {
+        let mut sessions = state
+            .media
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mine = sessions
+            .get(&session)
+            .is_some_and(|slot| slot.generation == generation);
+        if mine {
+            sessions.remove(&session);
+        }
+        mine
+    };
+    if current && matches!(ending, Ending::Left) {
+        state
+            .resumable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, r| r.session != session);
     }
-    state
-        .media
-        .sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&session);
-    let _ = state.media.send(Command::Leave { session });
-    tracing::info!(%session, "session ended");
+    if current {
+        let command = match ending {
+            Ending::Left => Command::Leave { session },
+            Ending::Lost => Command::Disconnect { session },
+        };
+        let _ = state.media.send(command);
+    }
+    tracing::info!(%session, "signal connection ended");
 }
 
 // ---- development token and meeting page ----

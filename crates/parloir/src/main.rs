@@ -213,6 +213,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         ping_timeout: Duration::from_secs(15),
         next_session: AtomicU64::new(1),
         shutdown,
+        resumable: Default::default(),
     });
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.http_addr)

@@ -26,8 +26,15 @@ pub enum ToSession {
     Close,
 }
 
+/// The WebSocket currently serving a session. A resumed session gets a new socket; the
+/// generation tells an old socket's clean-up not to remove the new one.
+pub struct SessionSlot {
+    pub generation: u64,
+    pub tx: UnboundedSender<ToSession>,
+}
+
 /// Where each session's messages go.
-pub type Sessions = Arc<Mutex<HashMap<SessionId, UnboundedSender<ToSession>>>>;
+pub type Sessions = Arc<Mutex<HashMap<SessionId, SessionSlot>>>;
 
 type ServiceResult = Result<ServiceReply, ServiceError>;
 /// Who waits for the answer to each RoomService call.
@@ -237,8 +244,8 @@ impl Worker {
     fn deliver(&self, session: SessionId, message: ToSession) {
         // The lock is only held to look up the sender; a closed session just drops messages.
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = sessions.get(&session) {
-            let _ = tx.send(message);
+        if let Some(slot) = sessions.get(&session) {
+            let _ = slot.tx.send(message);
         }
     }
 }

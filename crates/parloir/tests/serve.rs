@@ -304,3 +304,50 @@ async fn sigterm_tells_participants_and_exits() {
     };
     assert!(status.success(), "a clean exit: {status:?}");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn only_the_same_identity_resumes_a_dropped_session() {
+    let server = start();
+    let url = |identity: &str, extra: &str| {
+        let t = token(&["--room", "r", "--identity", identity]);
+        format!(
+            "ws://{}/rtc?access_token={t}&protocol=17{extra}",
+            server.http
+        )
+    };
+    let (mut alice, _) = tokio_tungstenite::connect_async(url("alice", ""))
+        .await
+        .expect("connects");
+    let proto::signal_response::Message::Join(join) = next_response(&mut alice).await else {
+        panic!("JoinResponse first");
+    };
+    let sid = join.participant.expect("participant").sid;
+    drop(alice); // the socket dies without a leave
+
+    let resume = format!("&reconnect=1&sid={sid}");
+    let (mut mallory, _) = tokio_tungstenite::connect_async(url("mallory", &resume))
+        .await
+        .expect("connects");
+    let proto::signal_response::Message::Leave(leave) = next_response(&mut mallory).await else {
+        panic!("another identity is told to join afresh");
+    };
+    assert_eq!(leave.action, proto::leave_request::Action::Reconnect as i32);
+
+    let (mut again, _) = tokio_tungstenite::connect_async(url("alice", &resume))
+        .await
+        .expect("connects");
+    let first = next_response(&mut again).await;
+    assert!(
+        matches!(first, proto::signal_response::Message::Reconnect(_)),
+        "ReconnectResponse first, got {first:?}"
+    );
+    let update = loop {
+        if let proto::signal_response::Message::Update(u) = next_response(&mut again).await {
+            break u;
+        }
+    };
+    assert!(
+        update.participants.iter().any(|p| p.sid == sid),
+        "the same participant, resumed"
+    );
+}

@@ -63,6 +63,8 @@
       .on(RoomEvent.ParticipantConnected, (p) => note(`participant connected ${p.identity}`))
       .on(RoomEvent.ParticipantDisconnected, (p) => note(`participant disconnected ${p.identity}`))
       .on(RoomEvent.ConnectionStateChanged, (s) => note(`connection ${s}`))
+      .on(RoomEvent.Reconnecting, () => note('reconnecting'))
+      .on(RoomEvent.Reconnected, () => note('reconnected'))
       .on(RoomEvent.Disconnected, (reason) => note(`disconnected reason=${reason}`))
       .on(RoomEvent.MediaDevicesError, (e) => note(`media devices error ${e && e.message}`));
 
@@ -88,6 +90,7 @@
     if (!room) return { identity: null, connectionState: 'none', remotes: [], chat, data, events };
     const remotes = [...room.remoteParticipants.values()].map((p) => ({
       identity: p.identity,
+      sid: p.sid,
       name: p.name,
       metadata: p.metadata,
       attributes: { ...p.attributes },
@@ -107,6 +110,7 @@
     }));
     return {
       identity: room.localParticipant.identity,
+      sid: room.localParticipant.sid,
       connectionState: room.state,
       remotes,
       local,
@@ -159,6 +163,9 @@
       if (pub.kind === kind) pub.setSubscribed(subscribed);
     }
   };
+
+  // livekit-client's own failure simulations ('signal-reconnect' drops the WebSocket).
+  window.simulate = (scenario) => room.simulateScenario(scenario);
 
   window.setMicMuted = async (muted) => {
     await room.localParticipant.setMicrophoneEnabled(!muted);
