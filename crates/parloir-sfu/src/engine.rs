@@ -134,6 +134,8 @@ pub enum Command {
         session: SessionId,
         identity: String,
     },
+    /// The server is going away: everyone leaves (`SERVER_SHUTDOWN`) and every room closes.
+    Shutdown,
     /// A RoomService call from a back end; answered by [`Output::ServiceReply`] with `id`.
     Service {
         id: u64,
@@ -420,6 +422,16 @@ impl Sfu {
                 }
             }
             Command::Resume { session, identity } => self.resume(session, &identity),
+            Command::Shutdown => {
+                let sessions: Vec<SessionId> = self.participants.keys().copied().collect();
+                for session in sessions {
+                    self.leave(session, Some(proto::DisconnectReason::ServerShutdown));
+                }
+                let rooms: Vec<proto::Room> = self.rooms.drain().map(|(_, r)| r.info).collect();
+                for room in rooms {
+                    self.webhook("room_finished", Some(room), None, None);
+                }
+            }
             Command::Service { id, call, unix_ms } => self.service(now, id, *call, unix_ms),
         }
         self.run(now);

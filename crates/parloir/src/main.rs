@@ -201,7 +201,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .context("no API key to sign webhooks with")?;
         webhook::Webhooks::start(&config.webhook.urls, key, secret, metrics.clone())
     };
-    let media = media::spawn(endpoint, sfu, metrics.clone(), webhooks)
+    let media = media::spawn(endpoint, sfu, metrics.clone(), webhooks.clone())
         .context("cannot start the media worker")?;
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(http::AppState {
@@ -225,6 +225,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             eprintln!("\n  Parloir is running. Open http://{addr}/ in two browser tabs to meet.\n  API key: devkey  secret: secret  signal URL: ws://{addr}\n");
         }
         let sessions = state.media.sessions.clone();
+        let media = state.media.clone();
         axum::serve(listener, http::router(state))
             .with_graceful_shutdown(async move {
                 shutdown_signal().await;
@@ -238,6 +239,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Close every room (room_finished) and give the webhooks time to go out.
+        if media.send(parloir_sfu::Command::Shutdown).is_ok() {
+            // Commands run in order: once this answers, the shutdown's events are queued.
+            let barrier = parloir_sfu::ServiceCall::ListRooms(Default::default());
+            let _ = media.call(barrier, 0).await;
+            webhooks.flush(Duration::from_secs(5)).await;
         }
         anyhow::Ok(())
     })

@@ -35,6 +35,8 @@ pub struct Webhooks {
     queues: Vec<mpsc::Sender<Arc<proto::WebhookEvent>>>,
     metrics: Arc<Metrics>,
     next_id: Arc<AtomicU64>,
+    /// Deliveries queued or in progress, over all URLs.
+    pending: Arc<AtomicU64>,
 }
 
 impl Webhooks {
@@ -42,6 +44,7 @@ impl Webhooks {
     /// `key`/`secret`.
     pub fn start(urls: &[String], key: String, secret: String, metrics: Arc<Metrics>) -> Self {
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let pending = Arc::new(AtomicU64::new(0));
         let queues = urls
             .iter()
             .map(|url| {
@@ -52,6 +55,7 @@ impl Webhooks {
                     secret: secret.clone(),
                     client: client.clone(),
                     metrics: metrics.clone(),
+                    pending: pending.clone(),
                 };
                 tokio::spawn(sender.run(rx));
                 tx
@@ -61,6 +65,15 @@ impl Webhooks {
             queues,
             metrics,
             next_id: Arc::new(AtomicU64::new(1)),
+            pending,
+        }
+    }
+
+    /// Waits until every queued event has been delivered or given up, at most `limit`.
+    pub async fn flush(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.pending.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -80,7 +93,9 @@ impl Webhooks {
         );
         let event = Arc::new(event);
         for queue in &self.queues {
+            self.pending.fetch_add(1, Relaxed);
             if queue.try_send(event.clone()).is_err() {
+                self.pending.fetch_sub(1, Relaxed);
                 self.metrics.webhooks_dropped.fetch_add(1, Relaxed);
             }
         }
@@ -93,34 +108,41 @@ struct Sender {
     secret: String,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     metrics: Arc<Metrics>,
+    pending: Arc<AtomicU64>,
 }
 
 impl Sender {
     async fn run(self, mut rx: mpsc::Receiver<Arc<proto::WebhookEvent>>) {
         while let Some(event) = rx.recv().await {
-            let body = match json::to_json("livekit.WebhookEvent", event.as_ref(), Names::Camel) {
-                Ok(b) => Bytes::from(b),
-                Err(e) => {
-                    tracing::error!("webhook event does not encode: {e}");
-                    continue;
+            self.deliver(&event).await;
+            self.pending.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Posts one event, retrying with doubling waits.
+    async fn deliver(&self, event: &proto::WebhookEvent) {
+        let body = match json::to_json("livekit.WebhookEvent", event, Names::Camel) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::error!("webhook event does not encode: {e}");
+                return;
+            }
+        };
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            match self.post(&body).await {
+                Ok(()) => {
+                    self.metrics.webhooks_sent.fetch_add(1, Relaxed);
+                    return;
                 }
-            };
-            let mut backoff = FIRST_BACKOFF;
-            for attempt in 1..=ATTEMPTS {
-                match self.post(&body).await {
-                    Ok(()) => {
-                        self.metrics.webhooks_sent.fetch_add(1, Relaxed);
-                        break;
-                    }
-                    Err(e) if attempt == ATTEMPTS => {
-                        self.metrics.webhooks_failed.fetch_add(1, Relaxed);
-                        tracing::warn!(url = %self.url, event = %event.event, "webhook not delivered: {e}");
-                    }
-                    Err(e) => {
-                        tracing::debug!(url = %self.url, attempt, "webhook failed, retrying: {e}");
-                        tokio::time::sleep(backoff).await;
-                        backoff *= 2;
-                    }
+                Err(e) if attempt == ATTEMPTS => {
+                    self.metrics.webhooks_failed.fetch_add(1, Relaxed);
+                    tracing::warn!(url = %self.url, event = %event.event, "webhook not delivered: {e}");
+                }
+                Err(e) => {
+                    tracing::debug!(url = %self.url, attempt, "webhook failed, retrying: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
                 }
             }
         }

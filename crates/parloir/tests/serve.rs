@@ -36,6 +36,10 @@ fn free_port() -> u16 {
 }
 
 fn start() -> Server {
+    start_with(&[])
+}
+
+fn start_with(extra: &[&str]) -> Server {
     let (http_port, udp_port) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_parloir"))
         .args([
@@ -45,6 +49,7 @@ fn start() -> Server {
             &format!("127.0.0.1:{http_port}"),
         ])
         .args(["--udp-port", &udp_port.to_string()])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -349,5 +354,83 @@ async fn only_the_same_identity_resumes_a_dropped_session() {
     assert!(
         update.participants.iter().any(|p| p.sid == sid),
         "the same participant, resumed"
+    );
+}
+
+/// A minimal HTTP receiver: answers 200 to every POST and hands over the event names.
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+                loop {
+                    // One request: headers, then Content-Length bytes of JSON.
+                    let mut length = 0;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let event: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or_default();
+                    let _ = tx.send(event["event"].as_str().unwrap_or_default().to_string());
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sigterm_closes_rooms_and_sends_their_webhooks() {
+    let (url, events) = webhook_receiver();
+    let mut server = start_with(&["--webhook-url", &url]);
+    let t = token(&["--room", "r", "--identity", "alice"]);
+    let ws_url = format!("ws://{}/rtc?access_token={t}&protocol=17", server.http);
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("connects");
+    let _join = next_response(&mut ws).await;
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the server exits");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got: Vec<String> = events.try_iter().collect();
+    assert_eq!(
+        got,
+        [
+            "room_started",
+            "participant_joined",
+            "participant_left",
+            "room_finished"
+        ],
+        "every webhook is out before the process exits"
     );
 }
