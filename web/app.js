@@ -578,7 +578,6 @@
 
   function togglePanel(panel, btn, focusSel) {
     panel.hidden = !panel.hidden;
-    btn.setAttribute('aria-pressed', String(!panel.hidden));
     btn.setAttribute('aria-expanded', String(!panel.hidden));
     if (!panel.hidden && focusSel) panel.querySelector(focusSel).focus();
   }
@@ -636,7 +635,7 @@
     screenBtn.dataset.state = lp.isScreenShareEnabled ? 'on' : 'off';
     const raised = handOf(lp) !== null;
     handBtn.textContent = `✋ ${t(raised ? 'handUp' : 'handDown')}`;
-    handBtn.setAttribute('aria-pressed', String(raised));
+    handBtn.dataset.state = raised ? 'raised' : 'down';
   }
 
   async function toggle(btn, action) {

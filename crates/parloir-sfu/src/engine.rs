@@ -1234,6 +1234,7 @@ impl Sfu {
             }),
         );
         self.mark(pid);
+        self.unpublish_stopped(pid, sdp);
         for (sid, _) in assigned {
             if let Some(track) = self.tracks.get_mut(&sid) {
                 track.last_keyframe_request = None;
@@ -1303,6 +1304,59 @@ impl Sfu {
             assigned.push((sid.clone(), m));
         }
         (sdp_scan::rewrite(sdp, &plan), assigned)
+    }
+
+    /// A client unpublishes by no longer sending on the track's m-line (removeTrack makes it
+    /// recvonly or inactive) and offering again: the track goes away for everyone.
+    fn unpublish_stopped(&mut self, pid: PeerId, offer: &str) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        let sending: HashSet<String> = sdp_scan::sections(offer)
+            .into_iter()
+            .filter(|s| matches!(s.direction.as_deref(), Some("sendonly" | "sendrecv")))
+            .filter_map(|s| s.mid)
+            .collect();
+        let stopped: Vec<(Mid, String)> = peer
+            .mids_in
+            .iter()
+            .filter(|(mid, _)| !sending.contains(&mid.to_string()))
+            .map(|(mid, sid)| (*mid, sid.clone()))
+            .collect();
+        if stopped.is_empty() {
+            return;
+        }
+        let session = peer.session;
+        for (mid, _) in &stopped {
+            peer.mids_in.remove(mid);
+        }
+        let Some(p) = self.participants.get(&session) else {
+            return;
+        };
+        let room = p.room.clone();
+        let room_info = self.rooms.get(&room).map(|r| r.info.clone());
+        for (_, sid) in &stopped {
+            if let Some(track) = self.remove_track(sid) {
+                let participant = self.participants.get(&session).map(|p| p.info.clone());
+                self.webhook(
+                    "track_unpublished",
+                    room_info.clone(),
+                    participant,
+                    Some(track.info),
+                );
+            }
+        }
+        let Some(p) = self.participants.get_mut(&session) else {
+            return;
+        };
+        p.info.version += 1;
+        let info = p.info.clone();
+        self.broadcast_participant(&room, &info, None);
+        // Subscribers drop the m-lines of the stopped tracks.
+        let sessions: Vec<SessionId> = self.participants.keys().copied().collect();
+        for s in sessions {
+            self.negotiate_subscriber(s);
+        }
     }
 
     fn media_added(&mut self, pid: PeerId, mid: Mid, kind: MediaKind) {
