@@ -32,6 +32,7 @@ pub fn client_addr() -> SocketAddr {
 pub fn new_sfu(now: Instant) -> Sfu {
     let config = SfuConfig {
         candidates: vec![sfu_addr()],
+        tcp_candidates: Vec::new(),
         seed: 1,
         server_version: "1.13.5".into(),
         protocol: 17,

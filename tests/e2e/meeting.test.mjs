@@ -64,6 +64,7 @@ async function startServer() {
   base = `http://127.0.0.1:${httpPort}`;
   wsUrl = `ws://127.0.0.1:${httpPort}`;
   const args = ['serve', '--dev', '--http-addr', `127.0.0.1:${httpPort}`, '--udp-port', String(udpPort),
+    '--tcp-port', '0',
     '--web-dir', path.join(HERE, '..', '..', 'web')];
   serverLog.push(`# ${PARLOIR_BIN} ${args.join(' ')}`);
   serverProc = spawn(PARLOIR_BIN, args, {

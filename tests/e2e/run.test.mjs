@@ -50,6 +50,26 @@ function b64url(buf) {
   return Buffer.from(buf).toString('base64url');
 }
 
+// A back end's token: RoomService administration of one room, no joining.
+function adminToken(room) {
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { iss: API_KEY, nbf: now - 10, exp: now + 600, video: { roomAdmin: true, room } };
+  const body = `${b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }))}.${b64url(JSON.stringify(claims))}`;
+  return `${body}.${b64url(crypto.createHmac('sha256', API_SECRET).update(body).digest())}`;
+}
+
+// A RoomService call with a JSON body, as LiveKit's Node server SDK makes it.
+async function roomService(room, method, body) {
+  const res = await fetch(`http://127.0.0.1:${httpPort}/twirp/livekit.RoomService/${method}`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${adminToken(room)}` },
+    body: JSON.stringify(body),
+  });
+  const json = await res.json();
+  assert.equal(res.status, 200, `${method}: ${JSON.stringify(json)}`);
+  return json;
+}
+
 export function mintToken({ identity, name = identity, room, ttlSecs = 3600 }) {
   const now = Math.floor(Date.now() / 1000);
   const header = { alg: 'HS256', typ: 'JWT' };
@@ -103,6 +123,7 @@ let serverProc = null;
 let serverExit = null;
 let httpPort = 0;
 let udpPort = 0;
+let tcpPort = 0;
 
 function logServer(stream, chunk) {
   for (const line of chunk.toString().split('\n')) {
@@ -116,8 +137,10 @@ function logServer(stream, chunk) {
 async function startServer() {
   httpPort = Number(process.env.PARLOIR_E2E_HTTP_PORT) || (await freeTcpPort());
   udpPort = Number(process.env.PARLOIR_E2E_UDP_PORT) || (await freeUdpPort());
+  tcpPort = await freeTcpPort();
   const args = [
     'serve', '--dev', '--http-addr', `127.0.0.1:${httpPort}`, '--udp-port', String(udpPort),
+    '--tcp-port', String(tcpPort),
     '--web-dir', path.join(HERE, '..', '..', 'web'),
   ];
   serverLog.push(`# ${PARLOIR_BIN} ${args.join(' ')}`);
@@ -219,24 +242,22 @@ async function startPageServer() {
 
 let browser = null;
 
+const BROWSER_ARGS = [
+  '--no-sandbox',
+  '--headless',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--autoplay-policy=no-user-gesture-required',
+];
+
 async function launchBrowser() {
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--headless',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--use-fake-device-for-media-stream',
-      '--use-fake-ui-for-media-stream',
-      '--autoplay-policy=no-user-gesture-required',
-    ],
-  });
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: BROWSER_ARGS });
 }
 
 function withTimeout(promise, ms, what) {
@@ -466,6 +487,14 @@ after(async () => {
   pageServer?.close();
 });
 
+// One counter of /metrics.
+async function metric(name) {
+  const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+  const m = text.match(new RegExp(`^${name} (\\d+)$`, 'm'));
+  assert.ok(m, `/metrics has no ${name}`);
+  return Number(m[1]);
+}
+
 // Signal connections the server accepted on one path, from /metrics.
 async function signalConnections(path) {
   const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
@@ -619,6 +648,46 @@ for (const singlePeerConnection of [false, true]) {
       // Media keeps flowing both ways after the resume.
       await waitForMediaGrowth(a, ['bob']);
       await waitForMediaGrowth(b, ['alice']);
+    });
+
+    scenario('a back end drives the room over the RoomService API', async (s) => {
+      const room = `e2e-api-${pathName}-${uniq()}`;
+      const [a, b] = [await s.join('alice', room, opts), await s.join('bob', room, opts)];
+      await waitForMesh([a, b], true);
+      const listed = await roomService(room, 'ListParticipants', { room });
+      assert.deepEqual(listed.participants.map((p) => p.identity).sort(), ['alice', 'bob']);
+
+      await roomService(room, 'UpdateParticipant', { room, identity: 'alice', name: 'Alice (host)' });
+      await waitFor('bob sees alice\'s new name', async () =>
+        (await b.state()).remotes.find((r) => r.identity === 'alice')?.name === 'Alice (host)');
+
+      const payload = Buffer.from(`from the back end ${uniq()}`).toString('base64');
+      await roomService(room, 'SendData', { room, data: payload, kind: 'RELIABLE', topic: 'api', destination_identities: ['bob'] });
+      await waitFor('bob\'s page receives the data', async () =>
+        (await b.state()).data.some((d) => d.topic === 'api' && Buffer.from(d.payload).toString('base64') === payload));
+
+      const mic = (await b.state()).remotes.find((r) => r.identity === 'alice').tracks.find((t) => t.kind === 'audio');
+      const muted = await roomService(room, 'MutePublishedTrack', { room, identity: 'alice', track_sid: mic.sid, muted: true });
+      assert.equal(muted.track.muted, true);
+      await waitFor('bob sees alice\'s microphone muted', async () =>
+        (await b.state()).remotes.find((r) => r.identity === 'alice')?.tracks.find((t) => t.sid === mic.sid)?.muted === true);
+
+      await roomService(room, 'RemoveParticipant', { room, identity: 'bob' });
+      await waitFor('bob\'s page is disconnected', async () =>
+        (await b.state()).events.some((e) => e.what.startsWith('disconnected')));
+      await waitFor('alice sees bob gone', async () => seesExactly(await a.state(), [], false));
+    });
+
+    scenario('with UDP blocked, a client still joins over ICE-TCP', async (s) => {
+      const room = `e2e-tcp-${pathName}-${uniq()}`;
+      const before = await metric('parloir_ice_tcp_packets_in_total');
+      const a = await s.join('alice', room, opts);
+      const b = await s.join('bob', room, { ...opts, udpBlocked: true });
+      await waitForMesh([a, b], true);
+      await waitForMediaGrowth(b, ['alice']);
+      await waitForMediaGrowth(a, ['bob']);
+      const after = await metric('parloir_ice_tcp_packets_in_total');
+      assert.ok(after > before + 100, `bob's media came over ICE-TCP (${before} → ${after} packets)`);
     });
 
     scenario('a participant who leaves disappears for the others', async (s) => {

@@ -107,7 +107,7 @@ class Server:
         self.proc = subprocess.Popen(
             [self.binary, "serve", "--dev",
              "--http-addr", f"127.0.0.1:{self.http_port}",
-             "--udp-port", str(self.udp_port), *self.extra_args],
+             "--udp-port", str(self.udp_port), "--tcp-port", "0", *self.extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         deadline = time.monotonic() + WAIT_S

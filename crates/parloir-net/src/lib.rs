@@ -9,6 +9,8 @@
 use std::io;
 use std::net::SocketAddr;
 
+pub mod tcp;
+
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Receive and send buffers asked of the kernel: media bursts (keyframes to many subscribers)

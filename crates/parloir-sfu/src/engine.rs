@@ -27,6 +27,9 @@ pub struct SfuConfig {
     /// The UDP addresses advertised as ICE host candidates. Datagrams must be handed to
     /// [`Sfu::handle_receive`] with one of these as destination.
     pub candidates: Vec<SocketAddr>,
+    /// ICE-TCP (RFC 6544) passive candidates, for networks that block UDP. The caller owns the
+    /// listener and the RFC 4571 framing; packets come in through [`Sfu::handle_receive_on`].
+    pub tcp_candidates: Vec<SocketAddr>,
     /// Seed for sids and ICE credentials (fixed in simulations, random in the server).
     pub seed: u64,
     /// `ServerInfo.version` reported to clients.
@@ -144,9 +147,18 @@ pub enum Command {
     },
 }
 
-/// A datagram to send.
+/// How a packet travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    /// ICE-TCP: one RFC 4571-framed packet of a TCP connection.
+    Tcp,
+}
+
+/// A datagram (or, over ICE-TCP, a framed packet) to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
+    pub transport: Transport,
     pub source: SocketAddr,
     pub destination: SocketAddr,
     pub contents: Vec<u8>,
@@ -445,6 +457,19 @@ impl Sfu {
         destination: SocketAddr,
         contents: &[u8],
     ) {
+        self.handle_receive_on(now, Transport::Udp, source, destination, contents);
+    }
+
+    /// Handles one packet that arrived over `transport`: a UDP datagram, or one deframed
+    /// packet of an ICE-TCP connection from `source`.
+    pub fn handle_receive_on(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) {
         self.now = now;
         self.stats.packets_in += 1;
         self.stats.bytes_in += contents.len() as u64;
@@ -460,7 +485,10 @@ impl Sfu {
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto: match transport {
+                    Transport::Udp => Protocol::Udp,
+                    Transport::Tcp => Protocol::Tcp,
+                },
                 source,
                 destination,
                 contents,
@@ -860,6 +888,19 @@ impl Sfu {
                 Err(e) => tracing::warn!(%addr, "cannot use candidate: {e}"),
             }
         }
+        for addr in &self.config.tcp_candidates {
+            let candidate = Candidate::builder()
+                .tcp()
+                .host(*addr)
+                .tcptype(str0m::net::TcpType::Passive)
+                .build();
+            match candidate {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => tracing::warn!(%addr, "cannot use TCP candidate: {e}"),
+            }
+        }
         let pid = PeerId(self.next_peer);
         self.next_peer += 1;
         self.by_ufrag.insert(ufrag.clone(), pid);
@@ -952,7 +993,12 @@ impl Sfu {
                 Ok(str0m::Output::Transmit(t)) => {
                     self.stats.packets_out += 1;
                     self.stats.bytes_out += t.contents.len() as u64;
+                    let transport = match t.proto {
+                        Protocol::Tcp => Transport::Tcp,
+                        _ => Transport::Udp,
+                    };
                     self.out.push_back(Output::Transmit(Transmit {
+                        transport,
                         source: t.source,
                         destination: t.destination,
                         contents: t.contents.into(),

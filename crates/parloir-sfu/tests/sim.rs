@@ -157,6 +157,7 @@ impl Sim {
         let now = Instant::now();
         let config = SfuConfig {
             candidates: vec![sfu_addr()],
+            tcp_candidates: Vec::new(),
             seed,
             server_version: "1.13.5".into(),
             protocol: 17,

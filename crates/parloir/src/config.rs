@@ -59,6 +59,8 @@ impl Default for ServerConfig {
 pub struct RtcConfig {
     /// The single UDP port every peer connection uses (ICE-lite).
     pub udp_port: u16,
+    /// ICE-TCP (RFC 6544, passive) for networks that block UDP; 0 turns it off.
+    pub tcp_port: u16,
     /// The address the UDP socket binds.
     pub bind_ip: IpAddr,
     /// The addresses clients reach the server on, advertised as ICE host candidates. Empty:
@@ -70,6 +72,7 @@ impl Default for RtcConfig {
     fn default() -> Self {
         Self {
             udp_port: 7882,
+            tcp_port: 7881,
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             advertise_ips: Vec::new(),
         }
@@ -153,6 +156,22 @@ impl Config {
     /// The UDP socket address to bind.
     pub fn udp_bind(&self) -> SocketAddr {
         SocketAddr::new(self.rtc.bind_ip, self.rtc.udp_port)
+    }
+
+    /// The TCP address to listen on for ICE-TCP, if on.
+    pub fn tcp_bind(&self) -> Option<SocketAddr> {
+        (self.rtc.tcp_port != 0).then(|| SocketAddr::new(self.rtc.bind_ip, self.rtc.tcp_port))
+    }
+
+    /// The ICE-TCP passive candidates to advertise.
+    pub fn tcp_candidates(&self) -> Vec<SocketAddr> {
+        if self.rtc.tcp_port == 0 {
+            return Vec::new();
+        }
+        self.candidates()
+            .into_iter()
+            .map(|a| SocketAddr::new(a.ip(), self.rtc.tcp_port))
+            .collect()
     }
 
     /// The ICE host candidates to advertise.

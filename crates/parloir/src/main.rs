@@ -12,6 +12,7 @@ use parloir_signal::{Claims, KeyRing, VideoGrant};
 
 mod config;
 mod http;
+mod ice_tcp;
 mod media;
 mod metrics;
 mod twirp;
@@ -46,6 +47,9 @@ enum Cmd {
         /// Override the ICE UDP port.
         #[arg(long)]
         udp_port: Option<u16>,
+        /// Override the ICE-TCP port (0 turns ICE-TCP off).
+        #[arg(long)]
+        tcp_port: Option<u16>,
         /// Override the meeting page directory.
         #[arg(long)]
         web_dir: Option<PathBuf>,
@@ -87,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             config,
             http_addr,
             udp_port,
+            tcp_port,
             web_dir,
             webhook_urls,
         } => {
@@ -100,6 +105,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(p) = udp_port {
                 config.rtc.udp_port = p;
+            }
+            if let Some(p) = tcp_port {
+                config.rtc.tcp_port = p;
             }
             if let Some(w) = web_dir {
                 config.server.web_dir = w;
@@ -173,6 +181,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let candidates = config.candidates();
     let sfu = SfuConfig {
         candidates: candidates.clone(),
+        tcp_candidates: config.tcp_candidates(),
         seed: rand::random(),
         server_version: parloir_signal::LIVEKIT_COMPAT_VERSION.to_string(),
         protocol: parloir_signal::PROTOCOL_VERSION,
@@ -201,7 +210,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .context("no API key to sign webhooks with")?;
         webhook::Webhooks::start(&config.webhook.urls, key, secret, metrics.clone())
     };
-    let media = media::spawn(endpoint, sfu, metrics.clone(), webhooks.clone())
+    let tcp = match (config.tcp_bind(), config.tcp_candidates().first()) {
+        (Some(bind), Some(&advertised)) => {
+            let listener = std::net::TcpListener::bind(bind)
+                .with_context(|| format!("cannot listen for ICE-TCP on {bind}"))?;
+            Some((listener, advertised))
+        }
+        _ => None,
+    };
+    let media = media::spawn(endpoint, sfu, metrics.clone(), webhooks.clone(), tcp)
         .context("cannot start the media worker")?;
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(http::AppState {

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token, Waker};
 use parloir_net::{MAX_DATAGRAM, UdpEndpoint};
 use parloir_sfu::{
-    Command, Output, ServiceCall, ServiceError, ServiceReply, SessionId, Sfu, SfuConfig,
+    Command, Output, ServiceCall, ServiceError, ServiceReply, SessionId, Sfu, SfuConfig, Transport,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
+use crate::ice_tcp::IceTcp;
 use crate::metrics::Metrics;
 use crate::webhook::Webhooks;
 
@@ -82,6 +83,7 @@ pub struct MediaGone;
 
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
+const TCP_LISTENER: Token = Token(2);
 /// The longest the worker sleeps without checking for commands or time.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
@@ -91,10 +93,21 @@ pub fn spawn(
     config: SfuConfig,
     metrics: Arc<Metrics>,
     webhooks: Webhooks,
+    tcp: Option<(std::net::TcpListener, SocketAddr)>,
 ) -> std::io::Result<MediaHandle> {
     let poll = Poll::new()?;
     poll.registry()
         .register(endpoint.source(), SOCKET, Interest::READABLE)?;
+    let tcp = match tcp {
+        Some((listener, local)) => {
+            listener.set_nonblocking(true)?;
+            let mut tcp = IceTcp::new(mio::net::TcpListener::from_std(listener), local);
+            poll.registry()
+                .register(tcp.listener(), TCP_LISTENER, Interest::READABLE)?;
+            Some(tcp)
+        }
+        None => None,
+    };
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = mpsc::channel();
     let sessions: Sessions = Arc::default();
@@ -122,6 +135,7 @@ pub fn spawn(
                 sessions,
                 calls,
                 webhooks,
+                tcp,
                 metrics,
                 destination,
                 send_errors: 0,
@@ -139,6 +153,8 @@ struct Worker {
     sessions: Sessions,
     calls: Calls,
     webhooks: Webhooks,
+    /// ICE-TCP, when configured.
+    tcp: Option<IceTcp>,
     metrics: Arc<Metrics>,
     /// The advertised candidate datagrams arrive at (the socket may be bound to 0.0.0.0).
     destination: SocketAddr,
@@ -190,6 +206,9 @@ impl Worker {
                     }
                 }
             }
+            if let Some(next) = self.tcp_events(&events) {
+                deadline = next;
+            }
             let now = Instant::now();
             if deadline <= now {
                 self.guarded(|sfu| sfu.handle_timeout(now));
@@ -197,7 +216,52 @@ impl Worker {
             }
             self.metrics
                 .publish_sfu(&self.sfu.stats(), self.send_errors);
+            if let Some(tcp) = &self.tcp {
+                use std::sync::atomic::Ordering::Relaxed;
+                self.metrics
+                    .ice_tcp_connections
+                    .store(tcp.accepted, Relaxed);
+                self.metrics
+                    .ice_tcp_packets_in
+                    .store(tcp.packets_in, Relaxed);
+                self.metrics.ice_tcp_dropped.store(tcp.dropped, Relaxed);
+            }
         }
+    }
+
+    /// Accepts, reads and writes ICE-TCP connections that `events` says are ready. Returns the
+    /// SFU's next deadline when packets were handled.
+    fn tcp_events(&mut self, events: &Events) -> Option<Instant> {
+        let tcp = self.tcp.as_mut()?;
+        let registry = self.poll.registry();
+        let mut packets: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+        for event in events.iter() {
+            let token = event.token();
+            if token == TCP_LISTENER {
+                tcp.accept(registry);
+            } else if tcp.owns(token) {
+                if event.is_writable() {
+                    tcp.flush(registry, token);
+                }
+                if event.is_readable() || event.is_read_closed() {
+                    tcp.readable(registry, token, |peer, packet| {
+                        packets.push((peer, packet.to_vec()))
+                    });
+                }
+            }
+        }
+        if packets.is_empty() {
+            return None;
+        }
+        let local = tcp.local;
+        let mut deadline = None;
+        for (peer, packet) in packets {
+            self.guarded(|sfu| {
+                sfu.handle_receive_on(Instant::now(), Transport::Tcp, peer, local, &packet)
+            });
+            deadline = Some(self.drain_output());
+        }
+        deadline
     }
 
     /// Runs one SFU call, surviving a panic inside it (str0m has a few `panic!`s on states it
@@ -217,6 +281,11 @@ impl Worker {
     fn drain_output(&mut self) -> Instant {
         loop {
             match self.sfu.poll_output() {
+                Output::Transmit(t) if t.transport == Transport::Tcp => {
+                    if let Some(tcp) = self.tcp.as_mut() {
+                        tcp.send(self.poll.registry(), t.destination, &t.contents);
+                    }
+                }
                 Output::Transmit(t) => match self.endpoint.send(t.destination, &t.contents) {
                     Ok(true) => {}
                     Ok(false) | Err(_) => self.send_errors += 1,

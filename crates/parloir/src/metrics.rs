@@ -31,6 +31,10 @@ pub struct Metrics {
     pub webhooks_sent: AtomicU64,
     pub webhooks_failed: AtomicU64,
     pub webhooks_dropped: AtomicU64,
+    /// ICE-TCP connections accepted, packets received over them, packets dropped.
+    pub ice_tcp_connections: AtomicU64,
+    pub ice_tcp_packets_in: AtomicU64,
+    pub ice_tcp_dropped: AtomicU64,
     pub signal_bad_messages: AtomicU64,
 }
 
@@ -53,7 +57,7 @@ impl Metrics {
 
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 19] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 22] = [
             ("parloir_rooms", "gauge", "Rooms open.", &self.rooms),
             (
                 "parloir_participants",
@@ -121,6 +125,24 @@ impl Metrics {
                 "counter",
                 "Data packets dropped (undecodable, not allowed, no channel).",
                 &self.data_dropped,
+            ),
+            (
+                "parloir_ice_tcp_connections_total",
+                "counter",
+                "ICE-TCP connections accepted.",
+                &self.ice_tcp_connections,
+            ),
+            (
+                "parloir_ice_tcp_packets_in_total",
+                "counter",
+                "Packets received over ICE-TCP.",
+                &self.ice_tcp_packets_in,
+            ),
+            (
+                "parloir_ice_tcp_dropped_total",
+                "counter",
+                "ICE-TCP packets dropped (no connection, full send buffer).",
+                &self.ice_tcp_dropped,
             ),
             (
                 "parloir_webhooks_sent_total",

@@ -48,7 +48,7 @@ fn start_with(extra: &[&str]) -> Server {
             "--http-addr",
             &format!("127.0.0.1:{http_port}"),
         ])
-        .args(["--udp-port", &udp_port.to_string()])
+        .args(["--udp-port", &udp_port.to_string(), "--tcp-port", "0"])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

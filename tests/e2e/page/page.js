@@ -7,6 +7,21 @@
   const { Room, RoomEvent, Track } = LK;
   LK.setLogLevel('info');
 
+  // opts.udpBlocked: the browser only learns the server's TCP candidates, as when UDP is
+  // blocked between them, so ICE has to go over ICE-TCP.
+  let udpBlocked = false;
+  const setRemote = RTCPeerConnection.prototype.setRemoteDescription;
+  RTCPeerConnection.prototype.setRemoteDescription = function (desc, ...rest) {
+    if (udpBlocked && desc && desc.sdp) {
+      const sdp = desc.sdp
+        .split('\r\n')
+        .filter((l) => !(l.startsWith('a=candidate:') && / udp /i.test(l)))
+        .join('\r\n');
+      desc = { type: desc.type, sdp };
+    }
+    return setRemote.call(this, desc, ...rest);
+  };
+
   let room = null;
   let chat = [];
   let data = [];
@@ -23,6 +38,7 @@
   // opts.publish (default true) publishes the fake camera and microphone after connecting.
   window.join = async (url, token, opts = {}) => {
     if (room) throw new Error('already joined');
+    udpBlocked = !!opts.udpBlocked;
     chat = [];
     data = [];
     events = [];
