@@ -588,12 +588,10 @@ impl Sfu {
             tracing::info!(%session, room = %join.room, "room is full");
             self.signal(
                 session,
-                proto::signal_response::Message::Leave(proto::LeaveRequest {
-                    can_reconnect: false,
-                    reason: proto::DisconnectReason::JoinFailure as i32,
-                    action: proto::leave_request::Action::Disconnect as i32,
-                    regions: None,
-                }),
+                leave_message(
+                    proto::DisconnectReason::JoinFailure,
+                    proto::leave_request::Action::Disconnect,
+                ),
             );
             self.out.push_back(Output::Close(session));
             return;
@@ -732,12 +730,10 @@ impl Sfu {
         if !known {
             self.signal(
                 session,
-                proto::signal_response::Message::Leave(proto::LeaveRequest {
-                    can_reconnect: true,
-                    reason: proto::DisconnectReason::StateMismatch as i32,
-                    action: proto::leave_request::Action::Reconnect as i32,
-                    regions: None,
-                }),
+                leave_message(
+                    proto::DisconnectReason::StateMismatch,
+                    proto::leave_request::Action::Reconnect,
+                ),
             );
             self.out.push_back(Output::Close(session));
             return;
@@ -805,12 +801,7 @@ impl Sfu {
         if let Some(reason) = reason {
             self.signal(
                 session,
-                proto::signal_response::Message::Leave(proto::LeaveRequest {
-                    can_reconnect: false,
-                    reason: reason as i32,
-                    action: proto::leave_request::Action::Disconnect as i32,
-                    regions: None,
-                }),
+                leave_message(reason, proto::leave_request::Action::Disconnect),
             );
             self.out.push_back(Output::Close(session));
         }
@@ -2147,6 +2138,20 @@ impl Sfu {
             self.signal(s, proto::signal_response::Message::RoomUpdate(update));
         }
     }
+}
+
+/// A LeaveRequest for the client: why, and what it should do (`Reconnect` and `Resume` tell it
+/// that it may come back).
+pub fn leave_message(
+    reason: proto::DisconnectReason,
+    action: proto::leave_request::Action,
+) -> proto::signal_response::Message {
+    proto::signal_response::Message::Leave(proto::LeaveRequest {
+        can_reconnect: action != proto::leave_request::Action::Disconnect,
+        reason: reason as i32,
+        action: action as i32,
+        regions: None,
+    })
 }
 
 fn is_hidden(info: &proto::ParticipantInfo) -> bool {

@@ -19,7 +19,7 @@ mod speakers;
 
 pub use engine::{
     Command, JoinCommand, Layout, Output, RESUME_WINDOW, ServiceCall, ServiceError, ServiceReply,
-    Sfu, SfuConfig, Stats, Transmit, Transport,
+    Sfu, SfuConfig, Stats, Transmit, Transport, leave_message,
 };
 pub use ids::SessionId;
 pub use livekit_protocol as proto;

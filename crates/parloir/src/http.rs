@@ -284,12 +284,10 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, pa
                 .map(|r| r.session);
             let Some(session) = known else {
                 // Nothing to resume: the client must join afresh.
-                let leave = proto::signal_response::Message::Leave(proto::LeaveRequest {
-                    can_reconnect: true,
-                    reason: proto::DisconnectReason::StateMismatch as i32,
-                    action: proto::leave_request::Action::Reconnect as i32,
-                    regions: None,
-                });
+                let leave = parloir_sfu::leave_message(
+                    proto::DisconnectReason::StateMismatch,
+                    proto::leave_request::Action::Reconnect,
+                );
                 let frame = parloir_signal::encode_response(leave);
                 let _ = sink.send(Message::Binary(frame.into())).await;
                 let _ = sink.close().await;
@@ -379,12 +377,10 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, pa
     let ending = loop {
         tokio::select! {
             Ok(()) = shutdown.changed() => {
-                let leave = proto::signal_response::Message::Leave(proto::LeaveRequest {
-                    can_reconnect: false,
-                    reason: proto::DisconnectReason::ServerShutdown as i32,
-                    action: proto::leave_request::Action::Disconnect as i32,
-                    regions: None,
-                });
+                let leave = parloir_sfu::leave_message(
+                    proto::DisconnectReason::ServerShutdown,
+                    proto::leave_request::Action::Disconnect,
+                );
                 let frame = parloir_signal::encode_response(leave);
                 let _ = sink.send(Message::Binary(frame.into())).await;
                 let _ = sink.close().await;
