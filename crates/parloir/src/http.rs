@@ -42,7 +42,12 @@ pub struct Resumable {
     session: SessionId,
     identity: String,
     room: String,
+    /// When its socket was lost; the entry is forgotten once the SFU's resume window is over.
+    lost_at: Option<Instant>,
 }
+
+/// How long after a lost socket its entry is kept: the SFU's window, and a margin.
+const RESUMABLE_FOR: Duration = Duration::from_secs(parloir_sfu::RESUME_WINDOW.as_secs() + 5);
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -275,13 +280,17 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, pa
     let resumed = match &params.reconnect {
         Some(sid) => {
             // Only the same identity in the same room may resume a session.
-            let known = state
-                .resumable
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(sid)
-                .filter(|r| r.identity == claims.sub && r.room == claims.video.room)
-                .map(|r| r.session);
+            let known = {
+                let mut resumable = state.resumable.lock().unwrap_or_else(|e| e.into_inner());
+                resumable.retain(|_, r| r.lost_at.is_none_or(|t| t.elapsed() < RESUMABLE_FOR));
+                let entry = resumable
+                    .get_mut(sid)
+                    .filter(|r| r.identity == claims.sub && r.room == claims.video.room);
+                entry.map(|r| {
+                    r.lost_at = None;
+                    r.session
+                })
+            };
             let Some(session) = known else {
                 // Nothing to resume: the client must join afresh.
                 let leave = parloir_sfu::leave_message(
@@ -395,12 +404,15 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, pa
                             session,
                             identity: me.identity.clone(),
                             room: claims.video.room.clone(),
+                            lost_at: None,
                         };
-                        state
-                            .resumable
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(me.sid.clone(), entry);
+                        let mut resumable =
+                            state.resumable.lock().unwrap_or_else(|e| e.into_inner());
+                        // Forget sessions whose resume window is over, then remember this one.
+                        resumable.retain(|_, r| {
+                            r.lost_at.is_none_or(|t| t.elapsed() < RESUMABLE_FOR)
+                        });
+                        resumable.insert(me.sid.clone(), entry);
                     }
                     let frame = parloir_signal::encode_response(*m);
                     if sink.send(Message::Binary(frame.into())).await.is_err() {
@@ -481,12 +493,16 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, pa
         }
         mine
     };
-    if current && matches!(ending, Ending::Left) {
-        state
-            .resumable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, r| r.session != session);
+    if current {
+        let mut resumable = state.resumable.lock().unwrap_or_else(|e| e.into_inner());
+        match ending {
+            Ending::Left => resumable.retain(|_, r| r.session != session),
+            Ending::Lost => {
+                for r in resumable.values_mut().filter(|r| r.session == session) {
+                    r.lost_at = Some(Instant::now());
+                }
+            }
+        }
     }
     if current {
         let command = match ending {
