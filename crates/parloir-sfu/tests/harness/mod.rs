@@ -1,0 +1,738 @@
+//! The simulation harness: in-process str0m clients, a seeded network, simulated time. Used by
+//! the simulation tests (`tests/sim.rs`) and the forwarding bench (`benches/forward.rs`).
+#![allow(dead_code, reason = "each user of the harness uses part of it")]
+//!
+//! Clients speak to the SFU the way livekit-client does over `/rtc` (two peer connections):
+//! join, answer the subscriber offer, AddTrack then offer on the publisher connection. Datagrams
+//! travel through a seeded network model (delay, jitter, loss); time jumps to the next deadline,
+//! so seconds of meeting run in milliseconds. The network's choices are seeded; str0m's own
+//! randomness (DTLS keys, SSRCs) is not, so packet counts can differ slightly between runs and
+//! assertions leave room for that rather than pinning exact figures.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use parloir_sfu::{
+    Command, JoinCommand, Layout, Output, ServiceError, ServiceReply, SessionId, Sfu, SfuConfig,
+    proto,
+};
+use prost::Message as _;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::ChannelId;
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Rtc};
+
+pub const SFU: &str = "10.0.0.1:7882";
+pub const AUDIO_EVERY: Duration = Duration::from_millis(20);
+
+/// Video frames span several packets so that loss hits inside frames.
+pub const VIDEO_FRAME_BYTES: usize = 3000;
+
+pub fn sfu_addr() -> SocketAddr {
+    SFU.parse().expect("constant address")
+}
+
+/// A datagram in flight.
+pub struct Packet {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+pub struct Net {
+    pub rng: StdRng,
+    pub delay: Duration,
+    pub loss: f64,
+    pub seq: u64,
+    pub queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    pub packets: HashMap<u64, Packet>,
+    pub sent: u64,
+    pub lost: u64,
+}
+
+impl Net {
+    pub fn send(&mut self, now: Instant, packet: Packet) {
+        self.sent += 1;
+        if self.loss > 0.0 && self.rng.random_bool(self.loss) {
+            self.lost += 1;
+            return;
+        }
+        let jitter = Duration::from_micros(self.rng.random_range(0..1000));
+        self.seq += 1;
+        self.queue
+            .push(Reverse((now + self.delay + jitter, self.seq)));
+        self.packets.insert(self.seq, packet);
+    }
+
+    pub fn next_due(&self) -> Option<Instant> {
+        self.queue.peek().map(|Reverse((t, _))| *t)
+    }
+
+    pub fn pop_due(&mut self, now: Instant) -> Option<Packet> {
+        let Reverse((t, seq)) = *self.queue.peek()?;
+        if t > now {
+            return None;
+        }
+        self.queue.pop();
+        self.packets.remove(&seq)
+    }
+}
+
+pub struct Client {
+    pub session: SessionId,
+    pub identity: String,
+    pub publisher: Rtc,
+    pub publisher_addr: SocketAddr,
+    pub publisher_deadline: Instant,
+    pub subscriber: Rtc,
+    pub subscriber_addr: SocketAddr,
+    pub subscriber_deadline: Instant,
+    pub pending: Option<SdpPendingOffer>,
+    pub audio_mid: Option<Mid>,
+    pub video_mid: Option<Mid>,
+    pub reliable: Option<ChannelId>,
+    pub joined: Option<proto::JoinResponse>,
+    pub published: HashMap<String, proto::TrackInfo>,
+    /// Latest ParticipantInfo seen per identity.
+    pub others: HashMap<String, proto::ParticipantInfo>,
+    /// Subscriber m-line → msid track id (the `TR_` sid), from the SFU's offers.
+    pub sub_tracks: HashMap<String, String>,
+    /// Frames received per track sid: the counters carried in their first bytes.
+    pub frames: HashMap<String, Vec<u32>>,
+    pub data: Vec<proto::DataPacket>,
+    pub offers: Vec<String>,
+    pub left: Option<proto::LeaveRequest>,
+    pub closed: bool,
+    /// The room as the latest RoomUpdate described it.
+    pub room: Option<proto::Room>,
+    pub audio_sent: u32,
+    pub video_sent: u32,
+    /// `/rtc/v1`: everything rides on `publisher`; offers are numbered; a
+    /// MediaSectionsRequirement that arrives while an offer is out waits here.
+    pub single: bool,
+    pub offer_id: u32,
+    pub deferred: Option<(u32, u32)>,
+}
+
+impl Client {
+    /// Adds receive-only m-lines (as livekit-client does for a MediaSectionsRequirement) and
+    /// offers them.
+    pub fn offer_receive_slots(&mut self, audios: u32, videos: u32) -> Option<Command> {
+        let mut api = self.publisher.sdp_api();
+        for _ in 0..audios {
+            api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        }
+        for _ in 0..videos {
+            api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        }
+        let (offer, pending) = api.apply()?;
+        self.pending = Some(pending);
+        self.offer_id += 1;
+        Some(Command::Offer {
+            session: self.session,
+            sdp: offer.to_sdp_string(),
+            id: self.offer_id,
+        })
+    }
+}
+
+pub struct Sim {
+    pub now: Instant,
+    pub sfu: Sfu,
+    pub sfu_deadline: Instant,
+    pub net: Net,
+    pub clients: Vec<Client>,
+    pub commands: Vec<Command>,
+    pub media_tick: Instant,
+    pub replies: Vec<(u64, Result<ServiceReply, ServiceError>)>,
+    /// Wall-clock time spent inside the SFU's own calls (for the forwarding bench).
+    pub sfu_time: Duration,
+    pub webhooks: Vec<proto::WebhookEvent>,
+}
+
+impl Sim {
+    pub fn new(seed: u64, loss: f64) -> Self {
+        let now = Instant::now();
+        let config = SfuConfig {
+            candidates: vec![sfu_addr()],
+            tcp_candidates: Vec::new(),
+            seed,
+            server_version: "1.13.5".into(),
+            protocol: 17,
+            node_id: "ND_sim".into(),
+            ping_interval_s: 5,
+            ping_timeout_s: 15,
+        };
+        Self {
+            now,
+            sfu: Sfu::new(config, now),
+            sfu_deadline: now,
+            net: Net {
+                rng: StdRng::seed_from_u64(seed),
+                delay: Duration::from_millis(10),
+                loss,
+                seq: 0,
+                queue: BinaryHeap::new(),
+                packets: HashMap::new(),
+                sent: 0,
+                lost: 0,
+            },
+            clients: Vec::new(),
+            commands: Vec::new(),
+            media_tick: now,
+            replies: Vec::new(),
+            sfu_time: Duration::ZERO,
+            webhooks: Vec::new(),
+        }
+    }
+
+    pub fn client(&self, identity: &str) -> &Client {
+        self.clients
+            .iter()
+            .find(|c| c.identity == identity)
+            .expect("a client of that identity")
+    }
+
+    pub fn join(&mut self, identity: &str) -> usize {
+        self.join_with(identity, false)
+    }
+
+    /// Joins over `/rtc` (two peer connections) or, with `single`, over `/rtc/v1`: the join
+    /// carries an offer with the data channels and three receive-only audio and video m-lines.
+    pub fn join_with(&mut self, identity: &str, single: bool) -> usize {
+        let n = self.clients.len() as u8 + 1;
+        let publisher_addr: SocketAddr = format!("10.0.1.{n}:5000").parse().expect("address");
+        let subscriber_addr: SocketAddr = format!("10.0.1.{n}:5001").parse().expect("address");
+        let mut publisher = Rtc::builder().build(self.now);
+        publisher.add_local_candidate(Candidate::host(publisher_addr, "udp").expect("host"));
+        let mut subscriber = Rtc::builder().build(self.now);
+        subscriber.add_local_candidate(Candidate::host(subscriber_addr, "udp").expect("host"));
+        let session = SessionId(self.clients.len() as u64 + 100);
+        let mut reliable = None;
+        let mut pending = None;
+        let mut offer = None;
+        if single {
+            let mut api = publisher.sdp_api();
+            reliable = Some(api.add_channel("_reliable".into()));
+            api.add_channel("_lossy".into());
+            for kind in [MediaKind::Audio, MediaKind::Video] {
+                for _ in 0..3 {
+                    api.add_media(kind, Direction::RecvOnly, None, None, None);
+                }
+            }
+            let (o, p) = api.apply().expect("an offer");
+            offer = Some((o.to_sdp_string(), 1));
+            pending = Some(p);
+        }
+        self.clients.push(Client {
+            session,
+            identity: identity.to_string(),
+            publisher,
+            publisher_addr,
+            publisher_deadline: self.now,
+            subscriber,
+            subscriber_addr,
+            subscriber_deadline: self.now,
+            pending,
+            audio_mid: None,
+            video_mid: None,
+            reliable,
+            joined: None,
+            published: HashMap::new(),
+            others: HashMap::new(),
+            sub_tracks: HashMap::new(),
+            frames: HashMap::new(),
+            data: Vec::new(),
+            offers: Vec::new(),
+            left: None,
+            closed: false,
+            room: None,
+            audio_sent: 0,
+            video_sent: 0,
+            single,
+            offer_id: u32::from(single),
+            deferred: None,
+        });
+        self.commands.push(Command::Join(Box::new(JoinCommand {
+            session,
+            room: "sim".into(),
+            identity: identity.to_string(),
+            name: identity.to_uppercase(),
+            metadata: String::new(),
+            attributes: HashMap::new(),
+            permission: proto::ParticipantPermission {
+                can_publish: true,
+                can_subscribe: true,
+                can_publish_data: true,
+                can_update_metadata: true,
+                ..Default::default()
+            },
+            kind: 0,
+            layout: if single {
+                Layout::SinglePeerConnection
+            } else {
+                Layout::TwoPeerConnections
+            },
+            auto_subscribe: true,
+            protocol: 17,
+            client_protocol: 1,
+            unix_ms: 1_700_000_000_000,
+            offer,
+        })));
+        self.pump();
+        self.clients.len() - 1
+    }
+
+    /// The client publishes a microphone and a camera, as livekit-client does: AddTrack for
+    /// each, then an offer whose msid track ids are the cids.
+    pub fn publish(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        let mut api = c.publisher.sdp_api();
+        let audio = api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some("stream".into()),
+            Some(format!("{}-mic", c.identity)),
+            None,
+        );
+        let video = api.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            Some("stream".into()),
+            Some(format!("{}-cam", c.identity)),
+            None,
+        );
+        if c.reliable.is_none() {
+            c.reliable = Some(api.add_channel("_reliable".into()));
+        }
+        let (offer, pending) = api.apply().expect("changes to offer");
+        c.audio_mid = Some(audio);
+        c.video_mid = Some(video);
+        c.pending = Some(pending);
+        c.offer_id += 1;
+        let offer_id = c.offer_id;
+        for (cid, kind, source) in [
+            (
+                format!("{}-mic", c.identity),
+                proto::TrackType::Audio,
+                proto::TrackSource::Microphone,
+            ),
+            (
+                format!("{}-cam", c.identity),
+                proto::TrackType::Video,
+                proto::TrackSource::Camera,
+            ),
+        ] {
+            self.commands.push(Command::AddTrack {
+                session: c.session,
+                request: proto::AddTrackRequest {
+                    cid,
+                    name: "track".into(),
+                    r#type: kind as i32,
+                    source: source as i32,
+                    width: 320,
+                    height: 240,
+                    ..Default::default()
+                },
+            });
+        }
+        self.commands.push(Command::Offer {
+            session: c.session,
+            sdp: offer.to_sdp_string(),
+            id: offer_id,
+        });
+        self.pump();
+    }
+
+    pub fn send_data(&mut self, i: usize, payload: &[u8], to: &[&str]) {
+        let c = &mut self.clients[i];
+        let packet = proto::DataPacket {
+            value: Some(proto::data_packet::Value::User(proto::UserPacket {
+                payload: payload.to_vec(),
+                ..Default::default()
+            })),
+            destination_identities: to.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let id = c.reliable.expect("published first");
+        let mut channel = c
+            .publisher
+            .channel(id)
+            .expect("the reliable channel is open");
+        assert!(channel.write(true, &packet.encode_to_vec()).expect("write"));
+        self.pump();
+    }
+
+    /// Delivers everything that is due now and drains every output, until nothing moves.
+    pub fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            for command in std::mem::take(&mut self.commands) {
+                let t = Instant::now();
+                self.sfu.handle_command(self.now, command);
+                self.sfu_time += t.elapsed();
+                moved = true;
+            }
+            while let Some(p) = self.net.pop_due(self.now) {
+                moved = true;
+                self.deliver(p);
+            }
+            moved |= self.drain_sfu();
+            for i in 0..self.clients.len() {
+                moved |= self.drain_client(i);
+            }
+            if !moved && self.commands.is_empty() {
+                return;
+            }
+        }
+    }
+
+    pub fn deliver(&mut self, p: Packet) {
+        if p.to == sfu_addr() {
+            let t = Instant::now();
+            self.sfu.handle_receive(self.now, p.from, p.to, &p.data);
+            self.sfu_time += t.elapsed();
+            return;
+        }
+        let now = self.now;
+        for c in &mut self.clients {
+            let rtc = if p.to == c.publisher_addr {
+                &mut c.publisher
+            } else if p.to == c.subscriber_addr {
+                &mut c.subscriber
+            } else {
+                continue;
+            };
+            let input = Input::Receive(
+                now,
+                Receive {
+                    proto: Protocol::Udp,
+                    source: p.from,
+                    destination: p.to,
+                    contents: p
+                        .data
+                        .as_slice()
+                        .try_into()
+                        .expect("a datagram str0m reads"),
+                },
+            );
+            if rtc.is_alive() {
+                rtc.handle_input(input).expect("client accepts input");
+            }
+            return;
+        }
+    }
+
+    pub fn drain_sfu(&mut self) -> bool {
+        let mut moved = false;
+        loop {
+            let t = Instant::now();
+            let output = self.sfu.poll_output();
+            self.sfu_time += t.elapsed();
+            match output {
+                Output::Transmit(t) => {
+                    moved = true;
+                    self.net.send(
+                        self.now,
+                        Packet {
+                            from: t.source,
+                            to: t.destination,
+                            data: t.contents,
+                        },
+                    );
+                }
+                Output::Signal(session, message) => {
+                    moved = true;
+                    self.on_signal(session, *message);
+                }
+                Output::Webhook(event) => {
+                    moved = true;
+                    self.webhooks.push(*event);
+                }
+                Output::ServiceReply { id, result } => {
+                    moved = true;
+                    self.replies.push((id, *result));
+                }
+                Output::Close(session) => {
+                    moved = true;
+                    if let Some(c) = self.clients.iter_mut().find(|c| c.session == session) {
+                        c.closed = true;
+                    }
+                }
+                Output::Timeout(t) => {
+                    self.sfu_deadline = t;
+                    return moved;
+                }
+            }
+        }
+    }
+
+    pub fn on_signal(&mut self, session: SessionId, message: proto::signal_response::Message) {
+        use proto::signal_response::Message as M;
+        let Some(c) = self.clients.iter_mut().find(|c| c.session == session) else {
+            return;
+        };
+        match message {
+            M::Join(j) => c.joined = Some(j),
+            M::Offer(sd) => {
+                c.sub_tracks.extend(msid_tracks(&sd.sdp));
+                c.offers.push(sd.sdp.clone());
+                let offer = SdpOffer::from_sdp_string(&sd.sdp).expect("the SFU's offer parses");
+                let answer = c
+                    .subscriber
+                    .sdp_api()
+                    .accept_offer(offer)
+                    .expect("the SFU's offer is acceptable");
+                self.commands.push(Command::Answer {
+                    session,
+                    sdp: answer.to_sdp_string(),
+                });
+            }
+            M::Answer(sd) => {
+                assert_eq!(sd.id, c.offer_id, "the answer echoes the offer id");
+                let answer = SdpAnswer::from_sdp_string(&sd.sdp).expect("the SFU's answer parses");
+                let pending = c.pending.take().expect("an offer was sent");
+                c.publisher
+                    .sdp_api()
+                    .accept_answer(pending, answer)
+                    .expect("the SFU's answer is acceptable");
+                if c.single {
+                    // The answer names the stream of each track the SFU sends.
+                    for (mid, track) in msid_tracks(&sd.sdp) {
+                        if track.starts_with("TR_") {
+                            assert_eq!(sd.mid_to_track_id.get(&mid), Some(&track));
+                        }
+                    }
+                    c.sub_tracks.extend(sd.mid_to_track_id);
+                    if let Some((a, v)) = c.deferred.take()
+                        && let Some(command) = c.offer_receive_slots(a, v)
+                    {
+                        self.commands.push(command);
+                    }
+                }
+            }
+            M::MediaSectionsRequirement(r) => {
+                assert!(
+                    c.single,
+                    "only single peer connection clients are asked for m-lines"
+                );
+                if c.pending.is_some() {
+                    let (a, v) = c.deferred.unwrap_or_default();
+                    c.deferred = Some((a + r.num_audios, v + r.num_videos));
+                } else if let Some(command) = c.offer_receive_slots(r.num_audios, r.num_videos) {
+                    self.commands.push(command);
+                }
+            }
+            M::TrackPublished(r) => {
+                let track = r.track.expect("TrackPublished carries the track");
+                assert!(track.sid.starts_with("TR_"));
+                c.published.insert(r.cid, track);
+            }
+            M::Update(u) => {
+                for p in u.participants {
+                    let newer = c
+                        .others
+                        .get(&p.identity)
+                        .is_none_or(|old| old.sid != p.sid || p.version > old.version);
+                    assert!(newer, "ParticipantUpdate versions rise");
+                    c.others.insert(p.identity.clone(), p);
+                }
+            }
+            M::Leave(l) => c.left = Some(l),
+            M::RoomUpdate(u) => c.room = u.room,
+            _ => {}
+        }
+    }
+
+    pub fn drain_client(&mut self, i: usize) -> bool {
+        let mut moved = false;
+        let now = self.now;
+        for publisher in [true, false] {
+            loop {
+                let c = &mut self.clients[i];
+                let rtc = if publisher {
+                    &mut c.publisher
+                } else {
+                    &mut c.subscriber
+                };
+                if !rtc.is_alive() {
+                    break;
+                }
+                match rtc.poll_output().expect("client output") {
+                    str0m::Output::Transmit(t) => {
+                        moved = true;
+                        self.net.send(
+                            now,
+                            Packet {
+                                from: t.source,
+                                to: t.destination,
+                                data: t.contents.into(),
+                            },
+                        );
+                    }
+                    str0m::Output::Timeout(t) => {
+                        if publisher {
+                            c.publisher_deadline = t;
+                        } else {
+                            c.subscriber_deadline = t;
+                        }
+                        break;
+                    }
+                    str0m::Output::Event(e) => {
+                        moved = true;
+                        match e {
+                            Event::MediaData(d) if !publisher || c.single => {
+                                let sid = c
+                                    .sub_tracks
+                                    .get(&d.mid.to_string())
+                                    .cloned()
+                                    .unwrap_or_else(|| format!("mid-{}", d.mid));
+                                let counter = u32::from_be_bytes(
+                                    d.data[1..5].try_into().expect("frames carry a counter"),
+                                );
+                                c.frames.entry(sid).or_default().push(counter);
+                            }
+                            Event::ChannelData(d) if !publisher || c.single => {
+                                c.data.push(
+                                    proto::DataPacket::decode(&d.data[..])
+                                        .expect("the SFU forwards DataPackets"),
+                                );
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        moved
+    }
+
+    /// Writes the media that is due: 20 ms Opus-sized frames and multi-packet video frames.
+    pub fn send_media(&mut self) {
+        let now = self.now;
+        for c in &mut self.clients {
+            if !c.publisher.is_alive() {
+                continue;
+            }
+            if let Some(mid) = c.audio_mid {
+                let n = c.audio_sent;
+                let pt = c.publisher.writer(mid).and_then(|w| {
+                    w.payload_params()
+                        .find(|p| p.spec().codec == Codec::Opus)
+                        .map(|p| p.pt())
+                });
+                if let Some(pt) = pt
+                    && let Some(w) = c.publisher.writer(mid)
+                {
+                    let mut frame = vec![0u8; 80];
+                    frame[1..5].copy_from_slice(&n.to_be_bytes());
+                    let time = MediaTime::new(n as u64 * 960, Frequency::FORTY_EIGHT_KHZ);
+                    if w.write(pt, now, time, frame).is_ok() {
+                        c.audio_sent += 1;
+                    }
+                }
+            }
+            if let Some(mid) = c.video_mid
+                && c.audio_sent % 5 == 0
+            {
+                let n = c.video_sent;
+                let pt = c.publisher.writer(mid).and_then(|w| {
+                    w.payload_params()
+                        .find(|p| p.spec().codec == Codec::Vp8)
+                        .map(|p| p.pt())
+                });
+                if let Some(pt) = pt
+                    && let Some(w) = c.publisher.writer(mid)
+                {
+                    let mut frame = vec![0x55u8; VIDEO_FRAME_BYTES];
+                    // VP8: bit 0 of the first byte clear marks a key frame.
+                    frame[0] = if n % 30 == 0 { 0x10 } else { 0x11 };
+                    frame[1..5].copy_from_slice(&n.to_be_bytes());
+                    let time = MediaTime::new(n as u64 * 4500, Frequency::NINETY_KHZ);
+                    if w.write(pt, now, time, frame).is_ok() {
+                        c.video_sent += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the meeting for `duration` of simulated time, sending media every 20 ms.
+    pub fn run_for(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        while self.now < end {
+            self.pump();
+            let mut next = self.media_tick.min(self.sfu_deadline).min(end);
+            if let Some(t) = self.net.next_due() {
+                next = next.min(t);
+            }
+            for c in &self.clients {
+                next = next.min(c.publisher_deadline).min(c.subscriber_deadline);
+            }
+            self.now = next.max(self.now);
+            if self.now >= self.media_tick {
+                self.send_media();
+                self.media_tick = self.now + AUDIO_EVERY;
+            }
+            if self.now >= self.sfu_deadline {
+                let t = Instant::now();
+                self.sfu.handle_timeout(self.now);
+                self.sfu_time += t.elapsed();
+            }
+            let now = self.now;
+            for c in &mut self.clients {
+                if now >= c.publisher_deadline && c.publisher.is_alive() {
+                    c.publisher
+                        .handle_input(Input::Timeout(now))
+                        .expect("timeout");
+                }
+                if now >= c.subscriber_deadline && c.subscriber.is_alive() {
+                    c.subscriber
+                        .handle_input(Input::Timeout(now))
+                        .expect("timeout");
+                }
+            }
+            // Guarantee progress when every deadline is in the past.
+            if next <= now && self.net.next_due().is_none_or(|t| t > now) {
+                self.now += Duration::from_micros(100);
+            }
+        }
+        self.pump();
+    }
+
+    pub fn track_sid(&self, publisher: &str, cid_suffix: &str) -> String {
+        let c = self.client(publisher);
+        c.published
+            .get(&format!("{publisher}-{cid_suffix}"))
+            .expect("the track was published")
+            .sid
+            .clone()
+    }
+}
+
+pub fn msid_tracks(sdp: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut mid = None;
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("a=mid:") {
+            mid = Some(m.trim().to_string());
+        } else if let Some(msid) = line.strip_prefix("a=msid:")
+            && let (Some(m), Some(track)) = (mid.clone(), msid.split_whitespace().nth(1))
+        {
+            out.insert(m, track.to_string());
+        }
+    }
+    out
+}
+
+/// Counters `first..last` missing from `got`.
+pub fn missing(got: &[u32], first: u32, last: u32) -> Vec<u32> {
+    let have: std::collections::HashSet<u32> = got.iter().copied().collect();
+    (first..last).filter(|n| !have.contains(n)).collect()
+}
