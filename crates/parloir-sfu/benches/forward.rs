@@ -19,7 +19,11 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let sizes = if sizes.is_empty() { vec![2, 5, 10, 25] } else { sizes };
+    let sizes = if sizes.is_empty() {
+        vec![2, 5, 10, 25]
+    } else {
+        sizes
+    };
     let mut table = String::from(
         "| participants | datagrams in | datagrams out | SFU CPU per datagram out (µs) | cost / cost at the smallest room |\n|---|---|---|---|---|\n",
     );
@@ -38,11 +42,20 @@ fn main() {
         sim.sfu_time = Duration::ZERO;
         sim.run_for(Duration::from_secs(3));
         let after = sim.sfu.stats();
-        let (in_, out) = (after.packets_in - before.packets_in, after.packets_out - before.packets_out);
+        let (in_, out) = (
+            after.packets_in - before.packets_in,
+            after.packets_out - before.packets_out,
+        );
         let per = sim.sfu_time.as_secs_f64() * 1e6 / out.max(1) as f64;
         let base = *first.get_or_insert(per);
-        let _ = writeln!(table, "| {n} | {in_} | {out} | {per:.2} | {:.2} |", per / base);
-        eprintln!("{n:>4} participants: {in_} in, {out} out, {per:.2} µs of SFU CPU per datagram out");
+        let _ = writeln!(
+            table,
+            "| {n} | {in_} | {out} | {per:.2} | {:.2} |",
+            per / base
+        );
+        eprintln!(
+            "{n:>4} participants: {in_} in, {out} out, {per:.2} µs of SFU CPU per datagram out"
+        );
     }
     println!("{table}");
     if let Ok(path) = std::env::var("PARLOIR_BENCH_OUT") {

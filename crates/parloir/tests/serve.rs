@@ -274,24 +274,35 @@ where
         .expect("with a message")
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn sigterm_tells_participants_and_exits() {
-    let mut server = start();
-    let t = token(&["--room", "r", "--identity", "alice"]);
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Joins room `r` on `/rtc` as `identity` and reads the JoinResponse.
+async fn join_as(server: &Server, identity: &str) -> Ws {
+    let t = token(&["--room", "r", "--identity", identity]);
     let url = format!("ws://{}/rtc?access_token={t}&protocol=17", server.http);
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("connects");
-    let _join = next_response(&mut ws).await;
+    let join = next_response(&mut ws).await;
+    assert!(matches!(join, proto::signal_response::Message::Join(_)));
+    ws
+}
 
+fn sigterm(server: &Server) {
     let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sigterm_tells_participants_and_exits() {
+    let mut server = start();
+    let mut ws = join_as(&server, "alice").await;
+    sigterm(&server);
     let leave = loop {
         match next_response(&mut ws).await {
             proto::signal_response::Message::Leave(l) => break l,
@@ -403,20 +414,8 @@ fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<String>) {
 async fn sigterm_closes_rooms_and_sends_their_webhooks() {
     let (url, events) = webhook_receiver();
     let mut server = start_with(&["--webhook-url", &url]);
-    let t = token(&["--room", "r", "--identity", "alice"]);
-    let ws_url = format!("ws://{}/rtc?access_token={t}&protocol=17", server.http);
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
-        .await
-        .expect("connects");
-    let _join = next_response(&mut ws).await;
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    let _ws = join_as(&server, "alice").await;
+    sigterm(&server);
     let deadline = Instant::now() + Duration::from_secs(10);
     while server.child.try_wait().expect("wait").is_none() {
         assert!(Instant::now() < deadline, "the server exits");
