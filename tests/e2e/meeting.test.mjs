@@ -11,17 +11,15 @@
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
-import dgram from 'node:dgram';
 import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
+
+import { ParloirServer } from './server.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
@@ -39,80 +37,12 @@ if (!fs.existsSync(CHROMIUM)) throw new Error(`Chromium not found at ${CHROMIUM}
 // ---------------------------------------------------------------------------------------------
 // The server.
 
-function freePort(kind) {
-  return new Promise((resolve, reject) => {
-    const s = kind === 'udp' ? dgram.createSocket('udp4') : net.createServer();
-    s.once('error', reject);
-    const done = () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    };
-    if (kind === 'udp') s.bind(0, '127.0.0.1', done);
-    else s.listen(0, '127.0.0.1', done);
-  });
-}
-
-const serverLog = [];
-let serverProc = null;
-let serverExit = null;
-let base = '';
-let wsUrl = '';
-
-async function startServer() {
-  const httpPort = await freePort('tcp');
-  const udpPort = await freePort('udp');
-  base = `http://127.0.0.1:${httpPort}`;
-  wsUrl = `ws://127.0.0.1:${httpPort}`;
-  const args = ['serve', '--dev', '--http-addr', `127.0.0.1:${httpPort}`, '--udp-port', String(udpPort),
-    '--tcp-port', '0',
-    '--web-dir', path.join(HERE, '..', '..', 'web')];
-  serverLog.push(`# ${PARLOIR_BIN} ${args.join(' ')}`);
-  serverProc = spawn(PARLOIR_BIN, args, {
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  for (const stream of ['stdout', 'stderr']) {
-    serverProc[stream].on('data', (chunk) => {
-      for (const line of chunk.toString().split('\n')) {
-        if (!line) continue;
-        serverLog.push(`${stream}: ${line}`);
-        if (VERBOSE) console.log(`[server] ${line}`);
-      }
-      if (serverLog.length > 20_000) serverLog.splice(0, serverLog.length - 20_000);
-    });
-  }
-  serverProc.on('exit', (code, signal) => { serverExit = { code, signal }; });
-  serverProc.on('error', (e) => { serverExit = { error: e.message }; });
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline && !serverExit) {
-    try {
-      if ((await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(1000) })).status === 200) return;
-    } catch {
-      // not listening yet
-    }
-    await sleep(100);
-  }
-  dumpServerLog();
-  throw new Error(`server did not come up: ${JSON.stringify(serverExit)}`);
-}
-
-async function stopServer() {
-  if (!serverProc || serverExit) return;
-  serverProc.kill('SIGTERM');
-  for (let i = 0; i < 30 && !serverExit; i++) await sleep(100);
-  if (!serverExit) serverProc.kill('SIGKILL');
-}
-
-function dumpServerLog(tail = 120) {
-  const file = path.join(os.tmpdir(), `parloir-meeting-server-${process.pid}.log`);
-  try {
-    fs.writeFileSync(file, `${serverLog.join('\n')}\n`);
-  } catch {
-    // best effort
-  }
-  console.log(`\n===== server log (last ${tail} of ${serverLog.length} lines; full log: ${file}) =====`);
-  console.log(serverLog.slice(-tail).join('\n'));
-}
+const server = new ParloirServer({
+  bin: PARLOIR_BIN,
+  name: 'meeting',
+  webDir: path.join(HERE, '..', '..', 'web'),
+  verbose: VERBOSE,
+});
 
 // ---------------------------------------------------------------------------------------------
 // Tokens: the claims of one the server hands out, and (PARLOIR_E2E_MINT_ADMIN=1) our own.
@@ -140,7 +70,7 @@ let adminSource = null;
 
 async function probeAdmin() {
   const q = new URLSearchParams({ room: 'probe', identity: 'probe', name: 'probe', admin: '1' });
-  const { token } = await (await fetch(`${base}/api/dev-token?${q}`)).json();
+  const { token } = await (await fetch(`${server.base}/api/dev-token?${q}`)).json();
   if (claims(token).video?.roomAdmin) return 'server';
   return MINT_ADMIN ? 'minted' : null;
 }
@@ -234,10 +164,10 @@ class Meeting {
         const q = new URL(route.request().url()).searchParams;
         if (q.get('admin') !== '1') return route.continue();
         const token = mintAdminToken(q.get('room'), q.get('identity'), q.get('name'));
-        return route.fulfill({ json: { token, url: wsUrl } });
+        return route.fulfill({ json: { token, url: server.wsUrl } });
       });
     }
-    await page.goto(`${base}/`);
+    await page.goto(`${server.base}/`);
     await p.$('join-room').fill(room);
     await p.$('join-name').fill(name);
     if (host) await p.$('join-host').check();
@@ -264,7 +194,7 @@ class Meeting {
       console.log(`----- ${p.name} (${p.identity}) -----\n${JSON.stringify(s, null, 1)}`);
       console.log(p.logs.slice(-80).map((l) => `[${p.name}] ${l}`).join('\n'));
     }
-    dumpServerLog();
+    server.dumpLog();
   }
 
   async close() {
@@ -285,7 +215,7 @@ async function waitFor(what, fn, timeoutMs = WAIT_MS) {
     } catch (e) {
       last = `error: ${e.message.split('\n')[0]}`;
     }
-    if (serverExit) throw new Error(`server exited (${JSON.stringify(serverExit)}) while waiting for ${what}`);
+    if (server.exit) throw new Error(`server exited (${JSON.stringify(server.exit)}) while waiting for ${what}`);
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
     await sleep(POLL_MS);
   }
@@ -311,14 +241,14 @@ function uniq() {
 }
 
 before(async () => {
-  await startServer();
+  await server.start({ tcp: false });
   adminSource = await probeAdmin();
   await launchBrowser();
 });
 
 after(async () => {
   await browser?.close().catch(() => {});
-  await stopServer();
+  await server.stop();
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -10,18 +10,16 @@
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
-import dgram from 'node:dgram';
 import fs from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
+
+import { ParloirServer } from './server.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const API_KEY = 'devkey';
@@ -96,107 +94,21 @@ export function mintToken({ identity, name = identity, room, ttlSecs = 3600 }) {
 // ---------------------------------------------------------------------------------------------
 // Ports, the server process, the static page server.
 
-async function freeTcpPort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function freeUdpPort() {
-  return new Promise((resolve, reject) => {
-    const s = dgram.createSocket('udp4');
-    s.once('error', reject);
-    s.bind(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-const serverLog = [];
-let serverProc = null;
-let serverExit = null;
+const server = new ParloirServer({
+  bin: PARLOIR_BIN,
+  name: 'e2e',
+  webDir: path.join(HERE, '..', '..', 'web'),
+  verbose: VERBOSE,
+});
+// The server's HTTP port, once started.
 let httpPort = 0;
-let udpPort = 0;
-let tcpPort = 0;
-
-function logServer(stream, chunk) {
-  for (const line of chunk.toString().split('\n')) {
-    if (!line) continue;
-    serverLog.push(`${stream}: ${line}`);
-    if (VERBOSE) console.log(`[server ${stream}] ${line}`);
-  }
-  if (serverLog.length > 20_000) serverLog.splice(0, serverLog.length - 20_000);
-}
 
 async function startServer() {
-  httpPort = Number(process.env.PARLOIR_E2E_HTTP_PORT) || (await freeTcpPort());
-  udpPort = Number(process.env.PARLOIR_E2E_UDP_PORT) || (await freeUdpPort());
-  tcpPort = await freeTcpPort();
-  const args = [
-    'serve', '--dev', '--http-addr', `127.0.0.1:${httpPort}`, '--udp-port', String(udpPort),
-    '--tcp-port', String(tcpPort),
-    '--web-dir', path.join(HERE, '..', '..', 'web'),
-  ];
-  serverLog.push(`# ${PARLOIR_BIN} ${args.join(' ')}`);
-  serverProc = spawn(PARLOIR_BIN, args, {
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
-    stdio: ['ignore', 'pipe', 'pipe'],
+  await server.start({
+    httpPort: Number(process.env.PARLOIR_E2E_HTTP_PORT) || 0,
+    udpPort: Number(process.env.PARLOIR_E2E_UDP_PORT) || 0,
   });
-  serverProc.stdout.on('data', (c) => logServer('stdout', c));
-  serverProc.stderr.on('data', (c) => logServer('stderr', c));
-  serverProc.on('exit', (code, signal) => {
-    serverExit = { code, signal };
-    serverLog.push(`# server exited code=${code} signal=${signal}`);
-  });
-  serverProc.on('error', (e) => {
-    serverExit = { error: e.message };
-    serverLog.push(`# spawn error: ${e.message}`);
-  });
-
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    if (serverExit) break;
-    try {
-      const res = await fetch(`http://127.0.0.1:${httpPort}/healthz`, {
-        signal: AbortSignal.timeout(1000),
-      });
-      if (res.status === 200) return;
-    } catch {
-      // not listening yet
-    }
-    await sleep(100);
-  }
-  dumpServerLog();
-  throw new Error(
-    serverExit
-      ? `server exited before /healthz answered: ${JSON.stringify(serverExit)}`
-      : `server did not answer 200 on http://127.0.0.1:${httpPort}/healthz within 30 s`,
-  );
-}
-
-async function stopServer() {
-  if (!serverProc || serverExit) return;
-  serverProc.kill('SIGTERM');
-  for (let i = 0; i < 30 && !serverExit; i++) await sleep(100);
-  if (!serverExit) serverProc.kill('SIGKILL');
-}
-
-function dumpServerLog(tail = 200) {
-  const file = path.join(os.tmpdir(), `parloir-e2e-server-${process.pid}.log`);
-  try {
-    fs.writeFileSync(file, serverLog.join('\n') + '\n');
-  } catch {
-    // best effort
-  }
-  console.log(`\n===== server log (last ${tail} of ${serverLog.length} lines; full log: ${file}) =====`);
-  console.log(serverLog.slice(-tail).join('\n'));
-  console.log('===== end of server log =====\n');
+  httpPort = server.httpPort;
 }
 
 const STATIC = {
@@ -362,7 +274,7 @@ class Session {
       console.log(`----- ${p.identity}: console (last 150 lines) -----`);
       console.log(p.logs.slice(-150).map((l) => `[${p.identity}] ${l}`).join('\n'));
     }
-    dumpServerLog();
+    server.dumpLog();
   }
 
   async close() {
@@ -389,7 +301,7 @@ async function waitFor(what, fn, timeoutMs = WAIT_MS) {
     } catch (e) {
       last = `error: ${e.message}`;
     }
-    if (serverExit) throw new Error(`server exited (${JSON.stringify(serverExit)}) while waiting for ${what}`);
+    if (server.exit) throw new Error(`server exited (${JSON.stringify(server.exit)}) while waiting for ${what}`);
     if (Date.now() > deadline) {
       throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
     }
@@ -483,7 +395,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close().catch(() => {});
-  await stopServer();
+  await server.stop();
   pageServer?.close();
 });
 

@@ -224,7 +224,8 @@ pub struct Sfu {
     dirty: Vec<PeerId>,
     events: VecDeque<(PeerId, Event)>,
     out: VecDeque<Output>,
-    next_speaker_tick: Option<Instant>,
+    /// The next periodic tick (speakers, room counts, expiries); `None` with no rooms.
+    next_tick: Option<Instant>,
     /// The latest instant given by the caller.
     now: Instant,
     stats: Stats,
@@ -366,7 +367,7 @@ impl Sfu {
             dirty: Vec::new(),
             events: VecDeque::new(),
             out: VecDeque::new(),
-            next_speaker_tick: None,
+            next_tick: None,
             now,
             stats: Stats::default(),
             nack_seen: HashMap::new(),
@@ -399,7 +400,7 @@ impl Sfu {
                 candidate_init,
                 target,
             } => self.trickle(session, &candidate_init, target),
-            Command::AddTrack { session, request } => self.add_track(now, session, request),
+            Command::AddTrack { session, request } => self.add_track(session, request),
             Command::Mute {
                 session,
                 track_sid,
@@ -531,8 +532,8 @@ impl Sfu {
                 self.mark(pid);
             }
         }
-        if self.next_speaker_tick.is_some_and(|t| t <= now) {
-            self.speaker_tick(now);
+        if self.next_tick.is_some_and(|t| t <= now) {
+            self.tick(now);
         }
         self.run(now);
     }
@@ -543,7 +544,7 @@ impl Sfu {
             return o;
         }
         let peer_deadline = self.deadlines.first().map(|&(t, _)| t);
-        let next = match (peer_deadline, self.next_speaker_tick) {
+        let next = match (peer_deadline, self.next_tick) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
             // Nothing scheduled: wake within a second anyway.
@@ -717,7 +718,7 @@ impl Sfu {
                 proto::signal_response::Message::SpeakersChanged(message),
             );
         }
-        self.ensure_speaker_tick(now);
+        self.ensure_tick(now);
     }
 
     /// Re-attaches a participant to a new signal connection: ReconnectResponse first, then the
@@ -1087,7 +1088,7 @@ impl Sfu {
         deprecated,
         reason = "livekit-client still reads simulcast, layers and stereo"
     )]
-    fn add_track(&mut self, now: Instant, session: SessionId, request: proto::AddTrackRequest) {
+    fn add_track(&mut self, session: SessionId, request: proto::AddTrackRequest) {
         let Some(p) = self.participants.get_mut(&session) else {
             return;
         };
@@ -1171,7 +1172,7 @@ impl Sfu {
         );
         // The offer may have come first.
         if let Some(pid) = publisher {
-            self.bind_pending(now, pid);
+            self.bind_pending(pid);
         }
     }
 
@@ -1278,7 +1279,7 @@ impl Sfu {
             }
             self.request_keyframe(now, &sid, KeyframeRequestKind::Pli);
         }
-        self.bind_pending(now, pid);
+        self.bind_pending(pid);
         if single {
             // Subscriptions still without an m-line ask for more.
             self.negotiate_subscriber(session);
@@ -1420,7 +1421,7 @@ impl Sfu {
     }
 
     /// Matches AddTrack requests to the m-lines of the publisher's offer by msid track id.
-    fn bind_pending(&mut self, _now: Instant, pid: PeerId) {
+    fn bind_pending(&mut self, pid: PeerId) {
         let Some(peer) = self.peers.get(&pid) else {
             return;
         };
@@ -2051,13 +2052,15 @@ impl Sfu {
             .push_back(Output::Signal(session, Box::new(message)));
     }
 
-    fn ensure_speaker_tick(&mut self, now: Instant) {
-        if self.next_speaker_tick.is_none() {
-            self.next_speaker_tick = Some(now + SPEAKER_TICK);
+    fn ensure_tick(&mut self, now: Instant) {
+        if self.next_tick.is_none() {
+            self.next_tick = Some(now + SPEAKER_TICK);
         }
     }
 
-    fn speaker_tick(&mut self, now: Instant) {
+    /// The periodic work, every [`SPEAKER_TICK`] while rooms exist: expired resumes leave,
+    /// empty rooms close, speaker changes and room counts go out.
+    fn tick(&mut self, now: Instant) {
         // Participants whose signal connection did not come back leave.
         let expired: Vec<SessionId> = self
             .participants
@@ -2092,7 +2095,7 @@ impl Sfu {
         for info in closed {
             self.webhook("room_finished", Some(info), None, None);
         }
-        self.next_speaker_tick = if self.rooms.is_empty() {
+        self.next_tick = if self.rooms.is_empty() {
             None
         } else {
             Some(now + SPEAKER_TICK)

@@ -89,7 +89,7 @@ impl Sfu {
                 if !self.rooms.contains_key(&r.name) {
                     let room = self.new_room(now, &r.name, unix_ms);
                     self.rooms.insert(r.name.clone(), room);
-                    self.ensure_speaker_tick(now);
+                    self.ensure_tick(now);
                 }
                 let room = self
                     .rooms
