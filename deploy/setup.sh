@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # Build: C toolchain and headers for str0m's crypto (aws-lc) and later ffmpeg-next.
 # Tests: Chromium for the browser end-to-end tests, Node.js for their runner, Python with venv
-# for the LiveKit Python SDK test.
-packages=(pkg-config clang cmake libssl-dev chromium nodejs npm ca-certificates python3 python3-venv)
+# for the LiveKit Python SDK test, Janus as the peer SFU the load generator compares with.
+packages=(pkg-config clang cmake libssl-dev chromium nodejs npm ca-certificates python3 python3-venv
+  janus)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,64 +1,119 @@
 //! CPU per forwarded packet against room size, on the simulation harness: N participants each
 //! publish Opus-sized audio (50 frames/s) and 3-packet video frames (10/s) and receive everyone
-//! else; the SFU's own calls are timed (the simulated clients' crypto is not), and the time is
-//! divided by the datagrams the SFU sent.
+//! else; only the SFU's own calls are timed (the simulated clients' crypto is not).
 //!
-//! `cargo bench -p parloir-sfu --bench forward [-- 2 10 25 50]`; prints a table and, with
-//! `PARLOIR_BENCH_OUT=FILE`, writes it as Markdown.
+//! A criterion bench: each iteration is 100 ms of simulated meeting, its time is the SFU's time in
+//! that meeting, and its throughput the datagrams the SFU sent, so criterion's "thrpt" is datagrams
+//! out per second of SFU CPU and it compares each run with the previous one. At the end a table
+//! of µs per datagram out, and the cost against the smallest room, is printed; with
+//! `PARLOIR_BENCH_OUT=FILE` it is also written as JSON.
+//!
+//! `cargo bench -p parloir-sfu --bench forward`; room sizes from `PARLOIR_BENCH_SIZES=2,10,25,50`.
 
 #[path = "../tests/harness/mod.rs"]
 mod harness;
 
-use std::fmt::Write as _;
+use std::cell::RefCell;
 use std::time::Duration;
 
+use criterion::{BenchmarkId, Criterion, Throughput};
 use harness::Sim;
 
-fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let sizes = if sizes.is_empty() {
-        vec![2, 5, 10, 25]
-    } else {
-        sizes
-    };
-    let mut table = String::from(
-        "| participants | datagrams in | datagrams out | SFU CPU per datagram out (µs) | cost / cost at the smallest room |\n|---|---|---|---|---|\n",
-    );
-    let mut first = None;
-    for n in sizes {
-        let mut sim = Sim::new(42, 0.0);
-        for i in 0..n {
-            sim.join(&format!("p{i}"));
-        }
-        for i in 0..n {
-            sim.publish(i);
-        }
-        // Warm up: ICE, DTLS, negotiation, first keyframes.
-        sim.run_for(Duration::from_secs(2));
-        let before = sim.sfu.stats();
-        sim.sfu_time = Duration::ZERO;
-        sim.run_for(Duration::from_secs(3));
-        let after = sim.sfu.stats();
-        let (in_, out) = (
-            after.packets_in - before.packets_in,
-            after.packets_out - before.packets_out,
-        );
-        let per = sim.sfu_time.as_secs_f64() * 1e6 / out.max(1) as f64;
-        let base = *first.get_or_insert(per);
-        let _ = writeln!(
-            table,
-            "| {n} | {in_} | {out} | {per:.2} | {:.2} |",
-            per / base
-        );
-        eprintln!(
-            "{n:>4} participants: {in_} in, {out} out, {per:.2} µs of SFU CPU per datagram out"
-        );
+/// Simulated meeting per iteration.
+const STEP: Duration = Duration::from_millis(100);
+
+struct Row {
+    participants: usize,
+    sfu_time: Duration,
+    datagrams_in: u64,
+    datagrams_out: u64,
+}
+
+fn room(n: usize) -> Sim {
+    let mut sim = Sim::new(42, 0.0);
+    for i in 0..n {
+        sim.join(&format!("p{i}"));
     }
-    println!("{table}");
+    for i in 0..n {
+        sim.publish(i);
+    }
+    // Warm up: ICE, DTLS, negotiation, first key frames.
+    sim.run_for(Duration::from_secs(2));
+    sim
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("PARLOIR_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![2, 10, 25, 50]);
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .configure_from_args();
+    let rows: RefCell<Vec<Row>> = RefCell::new(Vec::new());
+    let mut group = c.benchmark_group("forward");
+    for &n in &sizes {
+        let mut sim = room(n);
+        // Calibrate the throughput: datagrams out per step.
+        let before = sim.sfu.stats();
+        sim.run_for(Duration::from_secs(1));
+        let per_step =
+            (sim.sfu.stats().packets_out - before.packets_out) * STEP.as_millis() as u64 / 1000;
+        group.throughput(Throughput::Elements(per_step.max(1)));
+        let mut row = Row {
+            participants: n,
+            sfu_time: Duration::ZERO,
+            datagrams_in: 0,
+            datagrams_out: 0,
+        };
+        group.bench_function(BenchmarkId::new("room", n), |b| {
+            b.iter_custom(|iters| {
+                let before = sim.sfu.stats();
+                sim.sfu_time = Duration::ZERO;
+                for _ in 0..iters {
+                    sim.run_for(STEP);
+                }
+                let after = sim.sfu.stats();
+                row.sfu_time += sim.sfu_time;
+                row.datagrams_in += after.packets_in - before.packets_in;
+                row.datagrams_out += after.packets_out - before.packets_out;
+                sim.sfu_time
+            })
+        });
+        rows.borrow_mut().push(row);
+    }
+    group.finish();
+    c.final_summary();
+
+    let rows = rows.into_inner();
+    let per = |r: &Row| r.sfu_time.as_secs_f64() * 1e6 / r.datagrams_out.max(1) as f64;
+    let base = rows.first().map(per).unwrap_or(1.0);
+    println!(
+        "| participants | datagrams in | datagrams out | SFU CPU per datagram out (µs) | cost / cost at the smallest room |\n|---|---|---|---|---|"
+    );
+    let mut json = Vec::new();
+    for r in &rows {
+        let us = per(r);
+        println!(
+            "| {} | {} | {} | {us:.2} | {:.2} |",
+            r.participants,
+            r.datagrams_in,
+            r.datagrams_out,
+            us / base
+        );
+        json.push(serde_json::json!({
+            "participants": r.participants,
+            "datagrams_in": r.datagrams_in,
+            "datagrams_out": r.datagrams_out,
+            "sfu_cpu_us_per_datagram_out": us,
+            "ratio_to_smallest": us / base,
+        }));
+    }
     if let Ok(path) = std::env::var("PARLOIR_BENCH_OUT") {
-        std::fs::write(&path, &table).expect("the bench output file is writable");
+        let text = serde_json::to_string_pretty(&json).expect("plain values serialise");
+        std::fs::write(&path, text).expect("the bench output file is writable");
     }
 }

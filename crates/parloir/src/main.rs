@@ -1,4 +1,5 @@
-//! `parloir`: the appliance binary. `serve` runs the server, `token` prints an access token.
+//! `parloir`: the appliance binary. `serve` runs the server, `token` prints an access token,
+//! `loadtest` loads a server with simulated participants.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use parloir_signal::{Claims, KeyRing, VideoGrant};
 mod config;
 mod http;
 mod ice_tcp;
+mod loadtest;
 mod media;
 mod metrics;
 mod twirp;
@@ -57,6 +59,8 @@ enum Cmd {
         #[arg(long = "webhook-url")]
         webhook_urls: Vec<String>,
     },
+    /// Load a server with simulated participants (see perf/README.md).
+    Loadtest(loadtest::LoadtestArgs),
     /// Print a LiveKit access token.
     Token {
         #[arg(long)]
@@ -116,6 +120,7 @@ fn main() -> anyhow::Result<()> {
             config.validate()?;
             serve(config)
         }
+        Cmd::Loadtest(args) => loadtest::run(args),
         Cmd::Token {
             room,
             identity,

@@ -2,8 +2,8 @@
 //! datagrams are handled without harm to other sessions.
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -11,87 +11,8 @@ use livekit_protocol as proto;
 use prost::Message as _;
 use tokio_tungstenite::tungstenite::Message;
 
-struct Server {
-    child: Child,
-    http: SocketAddr,
-    udp: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    // Bind port 0 on both protocols and keep a port free on both.
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn start() -> Server {
-    start_with(&[])
-}
-
-fn start_with(extra: &[&str]) -> Server {
-    let (http_port, udp_port) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_parloir"))
-        .args([
-            "serve",
-            "--dev",
-            "--http-addr",
-            &format!("127.0.0.1:{http_port}"),
-        ])
-        .args(["--udp-port", &udp_port.to_string(), "--tcp-port", "0"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the parloir binary starts");
-    let server = Server {
-        child,
-        http: format!("127.0.0.1:{http_port}").parse().expect("address"),
-        udp: format!("127.0.0.1:{udp_port}").parse().expect("address"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if get(server.http, "/healthz").0 == 200 {
-            return server;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the server did not answer /healthz");
-}
-
-/// A plain HTTP/1.1 GET: (status, body). Status 0 when the connection fails.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
+mod common;
+use common::{Server, get, start, start_with};
 
 fn token(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_parloir"))

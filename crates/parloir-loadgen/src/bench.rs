@@ -1,0 +1,350 @@
+//! perf/report.md from a bench run: load test reports, the forwarding bench, the budgets and the
+//! previous run, with SVG plots.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::plot::{self, Series};
+use crate::report::{self, Report};
+
+/// Where a bench run's figures are.
+pub struct Inputs {
+    /// Directory of this run's JSON: load test reports and `forward.json`.
+    pub results: PathBuf,
+    /// The previous run's directory, if any.
+    pub previous: Option<PathBuf>,
+    pub budgets: PathBuf,
+    /// The Markdown report to write; plots go into `plots/` next to it.
+    pub out: PathBuf,
+    /// A line describing the machine and the commit.
+    pub context: String,
+}
+
+/// One row of the forwarding bench (`forward.json`).
+#[derive(Debug, Clone, serde::Deserialize)]
+struct ForwardRow {
+    participants: f64,
+    sfu_cpu_us_per_datagram_out: f64,
+    ratio_to_smallest: f64,
+}
+
+struct Run {
+    file: String,
+    report: Report,
+}
+
+fn load_runs(dir: &Path) -> anyhow::Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(runs);
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if !name.ends_with(".json") || name == "forward.json" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        match serde_json::from_str::<Report>(&text) {
+            Ok(report) => runs.push(Run { file: name, report }),
+            Err(e) => anyhow::bail!("{}: not a load test report: {e}", path.display()),
+        }
+    }
+    Ok(runs)
+}
+
+fn load_forward(dir: &Path) -> Vec<ForwardRow> {
+    std::fs::read_to_string(dir.join("forward.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// A budget and what the run measured against it.
+struct Check {
+    key: String,
+    budget: f64,
+    measured: Option<(f64, String)>,
+    /// Lower is better for every budget we hold.
+    note: &'static str,
+}
+
+fn budgets(path: &Path) -> anyhow::Result<BTreeMap<String, f64>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text)?;
+    let mut out = BTreeMap::new();
+    for (section, v) in table {
+        let Some(t) = v.as_table() else { continue };
+        for (k, v) in t {
+            let n = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
+            if let Some(n) = n {
+                out.insert(format!("{section}.{k}"), n);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The single-size run of `scenario` against `server` (the one without a `-p<N>` suffix), else
+/// the largest of a sweep.
+fn main_run<'a>(runs: &'a [Run], scenario: &str, server: &str) -> Option<&'a Report> {
+    let matching = runs
+        .iter()
+        .filter(|r| r.report.scenario == scenario && r.report.server == server);
+    let exact = format!("{scenario}-{server}.json");
+    matching
+        .clone()
+        .find(|r| r.file == exact)
+        .or_else(|| matching.max_by_key(|r| r.report.participants))
+        .map(|r| &r.report)
+}
+
+fn checks(budgets: &BTreeMap<String, f64>, runs: &[Run], forward: &[ForwardRow]) -> Vec<Check> {
+    let meeting = main_run(runs, "meeting-150", "parloir");
+    let measure = |key: &str| -> Option<(f64, String)> {
+        let m = meeting?;
+        let scale = format!("meeting-150 at {} participants", m.participants);
+        match key {
+            "forwarding.cpu_per_packet_us_150" => m
+                .server_process
+                .cpu_us_per_forwarded_packet
+                .map(|v| (v, format!("{scale}, server process CPU / packets forwarded"))),
+            "forwarding.added_latency_p50_ms" => Some((
+                m.video_latency_ms.p50,
+                format!("{scale}, end-to-end video latency (an upper bound: includes the generator)"),
+            )),
+            "forwarding.added_latency_p99_ms" => Some((
+                m.video_latency_ms.p99,
+                format!("{scale}, end-to-end video latency (an upper bound: includes the generator)"),
+            )),
+            "join.join_time_p99_ms" => Some((
+                m.joins.first_frame_ms.p99,
+                format!("{scale}, signal connect to first remote frame"),
+            )),
+            "memory.rss_150_participants_mb" => m
+                .server_process
+                .rss_mib
+                .map(|v| (v, format!("{scale} (not 150)"))),
+            "memory.rss_per_participant_mb" => m
+                .server_process
+                .rss_mib
+                .map(|v| (v / f64::from(m.participants.max(1)), scale.clone())),
+            _ => None,
+        }
+    };
+    budgets
+        .iter()
+        .map(|(key, budget)| {
+            let measured = if key == "forwarding.cost_ratio_150_vs_2" {
+                forward.last().filter(|_| forward.len() > 1).map(|r| {
+                    (
+                        r.ratio_to_smallest,
+                        format!(
+                            "forwarding bench, {} vs {} participants",
+                            r.participants, forward[0].participants
+                        ),
+                    )
+                })
+            } else {
+                measure(key)
+            };
+            let note = match key.split('.').next() {
+                Some("speech") => "the speech issue measures it",
+                Some("record") => "the recording issue measures it",
+                _ => "",
+            };
+            Check {
+                key: key.clone(),
+                budget: *budget,
+                measured,
+                note,
+            }
+        })
+        .collect()
+}
+
+fn scenarios(runs: &[Run]) -> Vec<String> {
+    let mut names: Vec<String> = runs.iter().map(|r| r.report.scenario.clone()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Writes the report and its plots.
+pub fn write(inputs: &Inputs) -> anyhow::Result<()> {
+    let runs = load_runs(&inputs.results)?;
+    anyhow::ensure!(
+        !runs.is_empty() || inputs.results.join("forward.json").is_file(),
+        "no results in {}",
+        inputs.results.display()
+    );
+    let previous = match &inputs.previous {
+        Some(p) => load_runs(p)?,
+        None => Vec::new(),
+    };
+    let forward = load_forward(&inputs.results);
+    let previous_forward = inputs
+        .previous
+        .as_deref()
+        .map(load_forward)
+        .unwrap_or_default();
+    let budgets = budgets(&inputs.budgets)?;
+    let out_dir = inputs.out.parent().unwrap_or(Path::new("."));
+    let plots = out_dir.join("plots");
+    std::fs::create_dir_all(&plots)?;
+
+    let mut md = String::new();
+    writeln!(md, "# Bench report\n")?;
+    writeln!(
+        md,
+        "Written by `make bench` ({}). Absolute figures depend on the machine and its neighbours; \
+         compare ratios, and rerun before trusting a change under 10 %.\n",
+        inputs.context
+    )?;
+
+    writeln!(md, "## Budgets (perf/budgets.toml)\n")?;
+    writeln!(md, "| budget | limit | measured | verdict | how |\n|---|---|---|---|---|")?;
+    for c in checks(&budgets, &runs, &forward) {
+        let (value, verdict, how) = match &c.measured {
+            Some((v, how)) => (
+                format!("{v:.2}"),
+                if *v <= c.budget { "within" } else { "**over**" },
+                how.clone(),
+            ),
+            None => (
+                "—".to_string(),
+                "not measured",
+                if c.note.is_empty() {
+                    "no run of this bench".to_string()
+                } else {
+                    c.note.to_string()
+                },
+            ),
+        };
+        writeln!(md, "| `{}` | {} | {value} | {verdict} | {how} |", c.key, c.budget)?;
+    }
+
+    if !forward.is_empty() {
+        writeln!(md, "\n## Forwarding bench (crates/parloir-sfu/benches/forward.rs)\n")?;
+        writeln!(
+            md,
+            "SFU CPU per datagram out on the simulation harness (only the SFU's calls are timed).\n"
+        )?;
+        writeln!(md, "| participants | µs per datagram out | cost / smallest room | previous run |\n|---|---|---|---|")?;
+        for r in &forward {
+            let prev = previous_forward
+                .iter()
+                .find(|p| p.participants == r.participants)
+                .map_or("—".to_string(), |p| {
+                    format!(
+                        "{:.2} ({:+.0} %)",
+                        p.sfu_cpu_us_per_datagram_out,
+                        (r.sfu_cpu_us_per_datagram_out / p.sfu_cpu_us_per_datagram_out - 1.0) * 100.0
+                    )
+                });
+            writeln!(
+                md,
+                "| {} | {:.2} | {:.2} | {prev} |",
+                r.participants, r.sfu_cpu_us_per_datagram_out, r.ratio_to_smallest
+            )?;
+        }
+    }
+
+    // CPU per forwarded packet against participants: the load test sweeps and the bench.
+    let mut cpu_series: Vec<Series> = Vec::new();
+    let mut servers: Vec<String> = runs.iter().map(|r| r.report.server.clone()).collect();
+    servers.sort();
+    servers.dedup();
+    for server in &servers {
+        let mut points: Vec<(f64, f64)> = runs
+            .iter()
+            .filter(|r| r.report.scenario == "meeting-150" && &r.report.server == server)
+            .filter_map(|r| {
+                r.report
+                    .server_process
+                    .cpu_us_per_forwarded_packet
+                    .map(|v| (f64::from(r.report.participants), v))
+            })
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        points.dedup_by(|a, b| a.0 == b.0);
+        if !points.is_empty() {
+            cpu_series.push(Series {
+                name: format!("{server}, meeting-150 load test (whole process)"),
+                points,
+            });
+        }
+    }
+    if !forward.is_empty() {
+        cpu_series.push(Series {
+            name: "parloir SFU core, forwarding bench".into(),
+            points: forward
+                .iter()
+                .map(|r| (r.participants, r.sfu_cpu_us_per_datagram_out))
+                .collect(),
+        });
+    }
+    if !cpu_series.is_empty() {
+        let svg = plots.join("cpu-per-packet.svg");
+        plot::cpu_per_packet(&svg, "CPU per forwarded packet against participants", &cpu_series)?;
+        writeln!(md, "\n## CPU per forwarded packet against participants\n")?;
+        writeln!(md, "![CPU per forwarded packet](plots/cpu-per-packet.svg)\n")?;
+        writeln!(md, "| series | participants: µs |\n|---|---|")?;
+        for s in &cpu_series {
+            let pts: Vec<String> = s.points.iter().map(|(x, y)| format!("{x:.0}: {y:.2}")).collect();
+            writeln!(md, "| {} | {} |", s.name, pts.join(", "))?;
+        }
+    }
+
+    for scenario in scenarios(&runs) {
+        let mains: Vec<Report> = servers
+            .iter()
+            .filter_map(|s| main_run(&runs, &scenario, s).cloned())
+            .collect();
+        if mains.is_empty() {
+            continue;
+        }
+        writeln!(md, "\n## Load test: {scenario}\n")?;
+        writeln!(md, "{}\n", mains[0].scaling)?;
+        writeln!(md, "{}", report::comparison(&mains))?;
+        for m in &mains {
+            if let Some(p) = main_run(&previous, &scenario, &m.server) {
+                let ratio = |now: Option<f64>, then: Option<f64>| match (now, then) {
+                    (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+                    _ => "—".into(),
+                };
+                writeln!(
+                    md,
+                    "Against the previous run, {}: CPU per forwarded packet {}, video latency p99 {}.\n",
+                    m.server,
+                    ratio(
+                        m.server_process.cpu_us_per_forwarded_packet,
+                        p.server_process.cpu_us_per_forwarded_packet
+                    ),
+                    ratio(Some(m.video_latency_ms.p99), Some(p.video_latency_ms.p99)),
+                )?;
+            }
+        }
+        let hist: Vec<(String, Vec<(f64, u64)>)> = mains
+            .iter()
+            .flat_map(|m| {
+                [
+                    (format!("{} video", m.server), m.latency_buckets.video.clone()),
+                    (format!("{} audio", m.server), m.latency_buckets.audio.clone()),
+                ]
+            })
+            .collect();
+        let name = format!("latency-{scenario}.svg");
+        plot::latency(
+            &plots.join(&name),
+            &format!("{scenario}: end-to-end latency"),
+            &hist,
+        )?;
+        writeln!(md, "\n![{scenario} latency](plots/{name})")?;
+    }
+    std::fs::write(&inputs.out, md)?;
+    Ok(())
+}

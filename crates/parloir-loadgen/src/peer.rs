@@ -1,0 +1,509 @@
+//! One WebRTC peer connection of a simulated participant: a str0m `Rtc` on its own UDP socket,
+//! the media it publishes, and the accounting of what it receives.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use str0m::format::Codec;
+use str0m::media::{Frequency, MediaTime, Mid, Pt, Rid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+
+use crate::media::{self, Marker};
+use crate::scenario::{Layer, Scenario};
+use crate::stats::{Counter, Latencies, Shared, StreamWatch};
+
+/// Largest datagram we accept.
+pub const MTU: usize = 2000;
+/// Least time between two key frames of one layer, however many PLIs arrive.
+const KEY_FRAME_MIN_INTERVAL: Duration = Duration::from_millis(300);
+
+/// A str0m peer connection bound to its own UDP socket.
+pub struct Peer {
+    pub rtc: Rtc,
+    pub socket: Arc<UdpSocket>,
+    pub local: SocketAddr,
+    pub deadline: Instant,
+    pub connected: bool,
+}
+
+impl Peer {
+    /// A peer on a fresh UDP port of `ip`, announcing it as its only (host) candidate.
+    pub async fn bind(ip: IpAddr, now: Instant) -> anyhow::Result<Self> {
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let local = socket.local_addr()?;
+        let mut rtc = Rtc::builder()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .build(now);
+        rtc.add_local_candidate(Candidate::host(local, "udp")?);
+        Ok(Self {
+            rtc,
+            socket: Arc::new(socket),
+            local,
+            deadline: now,
+            connected: false,
+        })
+    }
+
+    /// Feeds one datagram from the server; counts it when it is RTP.
+    pub fn input(&mut self, shared: &Shared, now: Instant, from: SocketAddr, data: &[u8]) {
+        if is_rtp(data) {
+            shared.add(Counter::RtpReceived, 1);
+            shared.add(Counter::BytesReceived, data.len() as u64);
+        }
+        let Ok(contents) = data.try_into() else {
+            return; // not STUN, DTLS, RTP or RTCP: ignore it
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source: from,
+                destination: self.local,
+                contents,
+            },
+        );
+        if self.rtc.accepts(&input) {
+            let _ = self.rtc.handle_input(input);
+        }
+    }
+
+    /// Lets time pass up to `now`.
+    pub fn tick(&mut self, now: Instant) {
+        if now >= self.deadline && self.rtc.is_alive() {
+            let _ = self.rtc.handle_input(Input::Timeout(now));
+        }
+    }
+
+    /// Sends what str0m has to send and hands its events to `on_event`, until it asks to be woken
+    /// later. Returns an error when the connection died.
+    pub fn drain(
+        &mut self,
+        shared: &Shared,
+        mut on_event: impl FnMut(Event),
+    ) -> anyhow::Result<()> {
+        loop {
+            if !self.rtc.is_alive() {
+                anyhow::bail!("peer connection closed");
+            }
+            match self.rtc.poll_output()? {
+                Output::Timeout(t) => {
+                    self.deadline = t;
+                    return Ok(());
+                }
+                Output::Transmit(t) => {
+                    if is_rtp(&t.contents) {
+                        shared.add(Counter::RtpSent, 1);
+                        shared.add(Counter::BytesSent, t.contents.len() as u64);
+                    }
+                    if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
+                        // A full socket buffer drops the datagram as a congested network would.
+                        if e.kind() == io::ErrorKind::WouldBlock {
+                            shared.add(Counter::SendDropped, 1);
+                        }
+                    }
+                }
+                Output::Event(e) => {
+                    if matches!(e, Event::Connected) {
+                        self.connected = true;
+                    }
+                    on_event(e);
+                }
+            }
+        }
+    }
+}
+
+/// RTP (not RTCP) by its first two bytes: version 2, and a payload type outside RTCP's 192-223.
+pub fn is_rtp(data: &[u8]) -> bool {
+    data.len() >= 12 && data[0] >> 6 == 2 && !(192..=223).contains(&data[1])
+}
+
+/// Who speaks when: the floor passes every `turn_s` to the next `speakers` publishers.
+pub fn speaking(scenario: &Scenario, publisher: u32, since_start: Duration) -> bool {
+    let n = scenario.audio_publishers.max(1);
+    let speakers = scenario.audio.speakers.min(n);
+    let turn = (since_start.as_secs_f64() / scenario.audio.turn_s.max(0.1)) as u64;
+    let first = (turn * u64::from(speakers)) % u64::from(n);
+    let offset = (u64::from(publisher) + u64::from(n) - first) % u64::from(n);
+    offset < u64::from(speakers)
+}
+
+struct LayerState {
+    layer: Layer,
+    rid: Option<Rid>,
+    average: usize,
+    next: Instant,
+    seq: u32,
+    key_due: bool,
+    last_key: Option<Instant>,
+    enabled: bool,
+}
+
+/// The media a participant publishes on one peer connection.
+pub struct Sender {
+    publisher: u32,
+    start: Instant,
+    audio: Option<(Mid, Instant, u32)>,
+    audio_kbps: u32,
+    video: Option<Mid>,
+    layers: Vec<LayerState>,
+    rng: StdRng,
+}
+
+impl Sender {
+    pub fn new(publisher: u32, start: Instant, scenario: &Scenario) -> Self {
+        Self {
+            publisher,
+            start,
+            audio: None,
+            audio_kbps: scenario.audio.kbps,
+            video: None,
+            layers: Vec::new(),
+            rng: StdRng::seed_from_u64(u64::from(publisher)),
+        }
+    }
+
+    pub fn set_audio(&mut self, mid: Mid, now: Instant) {
+        self.audio = Some((mid, now, 0));
+    }
+
+    pub fn set_video(&mut self, mid: Mid, layers: &[Layer], now: Instant) {
+        self.video = Some(mid);
+        let simulcast = layers.len() > 1;
+        self.layers = layers
+            .iter()
+            .map(|l| LayerState {
+                layer: l.clone(),
+                rid: simulcast.then(|| Rid::from(l.rid.as_str())),
+                average: media::average_frame_bytes(l.kbps, l.fps),
+                next: now,
+                seq: 0,
+                key_due: true,
+                last_key: None,
+                enabled: true,
+            })
+            .collect();
+    }
+
+    /// Pauses or resumes a simulcast layer (dynacast), by rid.
+    pub fn set_layer_enabled(&mut self, rid: &str, enabled: bool) {
+        for l in &mut self.layers {
+            if l.layer.rid == rid {
+                if enabled && !l.enabled {
+                    l.key_due = true;
+                }
+                l.enabled = enabled;
+            }
+        }
+    }
+
+    /// A PLI or FIR for `rid` (or the only layer).
+    pub fn key_frame_requested(&mut self, rid: Option<Rid>) {
+        for l in &mut self.layers {
+            if rid.is_none() || l.rid == rid {
+                l.key_due = true;
+            }
+        }
+    }
+
+    /// The next instant something is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        let audio = self.audio.map(|(_, next, _)| next);
+        let video = self.layers.iter().map(|l| l.next).min();
+        audio.into_iter().chain(video).min()
+    }
+
+    /// Writes every frame that is due at `now` into `peer`.
+    pub fn write_due(
+        &mut self,
+        peer: &mut Peer,
+        shared: &Shared,
+        scenario: &Scenario,
+        now: Instant,
+    ) {
+        if !peer.connected {
+            // A camera produces frames whether or not they can leave: skip the ones before
+            // the connection is up rather than bursting them later.
+            if let Some((_, next, _)) = &mut self.audio {
+                *next = now + media::OPUS_FRAME;
+            }
+            for l in &mut self.layers {
+                l.next = now + Duration::from_secs(1) / l.layer.fps;
+            }
+            return;
+        }
+        if let Some((mid, next, seq)) = &mut self.audio
+            && *next <= now
+        {
+            let due = *next;
+            let talking = speaking(scenario, self.publisher, due - self.start);
+            let time = MediaTime::new(
+                (due - self.start).as_micros() as u64 * 48 / 1000,
+                Frequency::FORTY_EIGHT_KHZ,
+            );
+            let frame = if talking {
+                media::opus_frame(
+                    Marker {
+                        publisher: self.publisher,
+                        stream: 0,
+                        seq: *seq,
+                        sent_us: shared.stamp(now),
+                    },
+                    (self.audio_kbps as usize * 20 / 8).max(media::MARKER_BYTES + 1),
+                )
+            } else {
+                media::dtx_frame()
+            };
+            let pt = opus_pt(&mut peer.rtc, *mid);
+            if let (Some(pt), Some(w)) = (pt, peer.rtc.writer(*mid)) {
+                let (level, voice) = if talking { (-30, true) } else { (-127, false) };
+                if w.audio_level(level, voice)
+                    .write(pt, now, time, frame)
+                    .is_ok()
+                {
+                    if talking {
+                        *seq += 1;
+                        shared.add(Counter::AudioFramesSent, 1);
+                    } else {
+                        shared.add(Counter::DtxFramesSent, 1);
+                    }
+                }
+            }
+            *next = due
+                + if talking {
+                    media::OPUS_FRAME
+                } else {
+                    media::DTX_INTERVAL
+                };
+            // When the task fell behind, drop the backlog instead of bursting it.
+            if *next + media::DTX_INTERVAL < now {
+                *next = now;
+            }
+        }
+        let Some(mid) = self.video else {
+            return;
+        };
+        let pt = vp8_pt(&mut peer.rtc, mid);
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            if l.next > now {
+                continue;
+            }
+            let due = l.next;
+            let interval = Duration::from_secs(1) / l.layer.fps;
+            l.next = if due + 4 * interval < now {
+                now + interval
+            } else {
+                due + interval
+            };
+            if !l.enabled {
+                continue;
+            }
+            let key = l.key_due
+                && l.last_key
+                    .is_none_or(|t| now.duration_since(t) >= KEY_FRAME_MIN_INTERVAL);
+            let frame = media::vp8_frame(
+                Marker {
+                    publisher: self.publisher,
+                    stream: i as u8 + 1,
+                    seq: l.seq,
+                    sent_us: shared.stamp(now),
+                },
+                key,
+                l.layer.width,
+                l.layer.height,
+                l.average,
+                &mut self.rng,
+            );
+            let time = MediaTime::new(
+                (due - self.start).as_micros() as u64 * 9 / 100,
+                Frequency::NINETY_KHZ,
+            );
+            let Some(pt) = pt else { continue };
+            let Some(mut w) = peer.rtc.writer(mid) else {
+                continue;
+            };
+            if let Some(rid) = l.rid {
+                w = w.rid(rid);
+            }
+            if w.write(pt, now, time, frame).is_ok() {
+                l.seq += 1;
+                shared.add(Counter::VideoFramesSent, 1);
+                if key {
+                    l.key_due = false;
+                    l.last_key = Some(now);
+                    shared.add(Counter::KeyFramesSent, 1);
+                }
+            }
+        }
+    }
+}
+
+fn opus_pt(rtc: &mut Rtc, mid: Mid) -> Option<Pt> {
+    rtc.writer(mid)?
+        .payload_params()
+        .find(|p| p.spec().codec == Codec::Opus)
+        .map(|p| p.pt())
+}
+
+fn vp8_pt(rtc: &mut Rtc, mid: Mid) -> Option<Pt> {
+    rtc.writer(mid)?
+        .payload_params()
+        .find(|p| p.spec().codec == Codec::Vp8)
+        .map(|p| p.pt())
+}
+
+/// The receiving side: turns frames into latency, loss and freeze figures.
+pub struct Receiver {
+    watches: HashMap<(Mid, Option<Rid>), StreamWatch>,
+    pub latencies: Latencies,
+    /// When the participant started joining, until its first remote frame arrived.
+    pub joining_since: Option<Instant>,
+    last_merge: Instant,
+    nacks_sent: HashMap<(Mid, Option<Rid>), u64>,
+}
+
+impl Receiver {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            watches: HashMap::new(),
+            latencies: Latencies::new(),
+            joining_since: None,
+            last_merge: now,
+            nacks_sent: HashMap::new(),
+        }
+    }
+
+    pub fn frame(
+        &mut self,
+        shared: &Shared,
+        now: Instant,
+        mid: Mid,
+        rid: Option<Rid>,
+        codec: Codec,
+        data: &[u8],
+    ) {
+        let audio = codec == Codec::Opus;
+        let marker = if audio {
+            Marker::from_opus(data)
+        } else {
+            Marker::from_vp8(data)
+        };
+        let Some(m) = marker else {
+            return; // DTX comfort noise, or someone else's media
+        };
+        if let Some(since) = self.joining_since.take() {
+            shared.record_first_frame(now.saturating_duration_since(since));
+        }
+        let sent = shared.epoch + Duration::from_micros(m.sent_us);
+        let latency = now.saturating_duration_since(sent).as_micros().max(1) as u64;
+        let measuring = shared.measuring();
+        if audio {
+            shared.add(Counter::AudioFramesReceived, 1);
+            if measuring {
+                let _ = self.latencies.audio.record(latency);
+            }
+        } else {
+            shared.add(Counter::VideoFramesReceived, 1);
+            match m.stream {
+                1 => shared.add(Counter::VideoFramesLayer1, 1),
+                2 => shared.add(Counter::VideoFramesLayer2, 1),
+                _ => shared.add(Counter::VideoFramesLayer3, 1),
+            }
+            if measuring {
+                let _ = self.latencies.video.record(latency);
+            }
+        }
+        let v = self
+            .watches
+            .entry((mid, rid))
+            .or_default()
+            .frame(now, m.stream, m.seq, !audio);
+        if v.lost > 0 {
+            shared.add(Counter::FramesLost, v.lost);
+        }
+        if let Some(frozen) = v.frozen {
+            shared.add(Counter::Freezes, 1);
+            shared.add(Counter::FrozenMs, frozen.as_millis() as u64);
+        }
+        if now.duration_since(self.last_merge) >= Duration::from_secs(1) {
+            self.last_merge = now;
+            shared.merge(&mut self.latencies);
+        }
+    }
+
+    /// Keeps the NACK count of a received stream (str0m reports running totals).
+    pub fn ingress_nacks(&mut self, shared: &Shared, mid: Mid, rid: Option<Rid>, total: u64) {
+        let last = self.nacks_sent.entry((mid, rid)).or_default();
+        if total > *last {
+            shared.add(Counter::NacksSent, total - *last);
+            *last = total;
+        }
+    }
+
+    pub fn finish(&mut self, shared: &Shared) {
+        shared.merge(&mut self.latencies);
+    }
+}
+
+/// Running totals of what publishers were told by the server.
+#[derive(Default)]
+pub struct EgressTotals {
+    nacks: HashMap<(Mid, Option<Rid>), (u64, u64)>,
+}
+
+impl EgressTotals {
+    pub fn update(&mut self, shared: &Shared, mid: Mid, rid: Option<Rid>, nacks: u64, plis: u64) {
+        let last = self.nacks.entry((mid, rid)).or_default();
+        if nacks > last.0 {
+            shared.add(Counter::NacksReceived, nacks - last.0);
+        }
+        if plis > last.1 {
+            shared.add(Counter::PlisReceived, plis - last.1);
+        }
+        *last = (last.0.max(nacks), last.1.max(plis));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_passes_in_turns() {
+        let s = Scenario::parse(
+            "name='m'\nparticipants=5\nduration_s=1\n[audio]\nspeakers=2\nturn_s=1\nkbps=32",
+        )
+        .unwrap();
+        let at = |secs: f64| -> Vec<u32> {
+            (0..5)
+                .filter(|p| speaking(&s, *p, Duration::from_secs_f64(secs)))
+                .collect()
+        };
+        assert_eq!(at(0.5), vec![0, 1]);
+        assert_eq!(at(1.5), vec![2, 3]);
+        assert_eq!(at(2.5), vec![0, 4]);
+    }
+
+    #[test]
+    fn rtp_is_told_from_rtcp() {
+        let mut p = [0u8; 12];
+        p[0] = 0x80;
+        p[1] = 96;
+        assert!(is_rtp(&p));
+        p[1] = 200; // sender report
+        assert!(!is_rtp(&p));
+        p[1] = 0x80 | 111; // marker bit set
+        assert!(is_rtp(&p));
+        assert!(!is_rtp(&[0x16, 0xfe, 0xfd])); // DTLS
+    }
+}

@@ -1,0 +1,89 @@
+//! A `parloir serve --dev` on free loopback ports, for the binary's integration tests.
+#![allow(dead_code, reason = "each test file uses part of it")]
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub udp: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    // Bind port 0 on both protocols and keep a port free on both.
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let port = tcp.local_addr().expect("addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub fn start() -> Server {
+    start_with(&[])
+}
+
+pub fn start_with(extra: &[&str]) -> Server {
+    let (http_port, udp_port) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_parloir"))
+        .args([
+            "serve",
+            "--dev",
+            "--http-addr",
+            &format!("127.0.0.1:{http_port}"),
+        ])
+        .args(["--udp-port", &udp_port.to_string(), "--tcp-port", "0"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the parloir binary starts");
+    let server = Server {
+        child,
+        http: format!("127.0.0.1:{http_port}").parse().expect("address"),
+        udp: format!("127.0.0.1:{udp_port}").parse().expect("address"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if get(server.http, "/healthz").0 == 200 {
+            return server;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the server did not answer /healthz");
+}
+
+/// A plain HTTP/1.1 GET: (status, body). Status 0 when the connection fails.
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

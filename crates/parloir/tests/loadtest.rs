@@ -1,0 +1,220 @@
+//! `parloir loadtest` end to end: simulated participants against a real server, and against
+//! servers that refuse or drop them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+mod common;
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../perf/scenarios")
+        .join(format!("{name}.toml"))
+}
+
+fn out_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "parloir-loadtest-test-{test}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn loadtest(args: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_parloir"))
+        .arg("loadtest")
+        .args(["--quiet", "--threads", "2"])
+        .args(args)
+        .output()
+        .expect("parloir loadtest runs");
+    (out, started.elapsed())
+}
+
+fn report(dir: &Path, name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join(name)).expect("the JSON report is written");
+    serde_json::from_str(&text).expect("the report is JSON")
+}
+
+fn f(v: &serde_json::Value, path: &str) -> f64 {
+    path.split('.')
+        .fold(v, |v, k| &v[k])
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path} is a number in {v}"))
+}
+
+#[test]
+fn a_small_meeting_is_forwarded_and_measured() {
+    let dir = out_dir("meeting");
+    let meeting = scenario("meeting-150");
+    let (out, _) = loadtest(&[
+        "--scenario",
+        meeting.to_str().expect("utf-8 path"),
+        "--participants",
+        "3",
+        "--duration",
+        "3",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("server process"), "{stdout}");
+    let r = report(&dir, "meeting-150-parloir.json");
+    assert_eq!(r["server"], "parloir");
+    assert_eq!(f(&r, "participants"), 3.0);
+    assert_eq!(f(&r, "joins.joined"), 3.0);
+    assert!(
+        r["joins"]["failed"]
+            .as_object()
+            .is_some_and(|m| m.is_empty())
+    );
+    assert!(
+        r["joins"]["dropped"]
+            .as_object()
+            .is_some_and(|m| m.is_empty())
+    );
+    // Three publishers with audio and simulcast video; each subscriber watches the other two.
+    assert!(f(&r, "traffic.packets_in") > 0.0);
+    assert!(f(&r, "traffic.packets_out") > f(&r, "traffic.packets_in") * 0.5);
+    assert!(f(&r, "traffic.video_frames_received") > 0.0);
+    assert!(f(&r, "traffic.audio_frames_received") > 0.0);
+    assert!(f(&r, "video_latency_ms.count") > 0.0);
+    assert!(f(&r, "video_latency_ms.p50") > 0.0);
+    assert!(f(&r, "video_latency_ms.p99") >= f(&r, "video_latency_ms.p50"));
+    assert!(f(&r, "joins.first_frame_ms.count") >= 3.0);
+    // The server was started by the tool, so its CPU time is known.
+    assert!(f(&r, "server_process.cpu_us_per_forwarded_packet") > 0.0);
+    assert!(f(&r, "measured_s") >= 2.5);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn parloir_and_janus_are_loaded_side_by_side() {
+    let dir = out_dir("janus");
+    let meeting = scenario("meeting-150");
+    let (out, _) = loadtest(&[
+        "--scenario",
+        meeting.to_str().expect("utf-8 path"),
+        "--target",
+        "parloir,janus",
+        "--participants",
+        "3",
+        "--duration",
+        "3",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| | parloir | janus |"), "{stdout}");
+    for server in ["parloir", "janus"] {
+        let r = report(&dir, &format!("meeting-150-{server}.json"));
+        assert_eq!(f(&r, "joins.joined"), 3.0, "{server}");
+        assert!(f(&r, "traffic.video_frames_received") > 0.0, "{server}");
+        assert!(f(&r, "traffic.audio_frames_received") > 0.0, "{server}");
+        assert!(f(&r, "video_latency_ms.count") > 0.0, "{server}");
+        assert!(
+            f(&r, "server_process.cpu_us_per_forwarded_packet") > 0.0,
+            "{server}"
+        );
+    }
+    // Janus honours the layer each tile asks for: the large tile gets the top layer and the
+    // grid tile the lowest one.
+    let janus = report(&dir, "meeting-150-janus.json");
+    let layers = &janus["traffic"]["video_frames_by_layer"];
+    assert!(layers[0].as_f64().is_some_and(|n| n > 0.0), "{layers}");
+    assert!(layers[2].as_f64().is_some_and(|n| n > 0.0), "{layers}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn refused_participants_are_reported_not_waited_on() {
+    let server = common::start();
+    let dir = out_dir("refused");
+    let url = format!("ws://{}", server.http);
+    let webinar = scenario("webinar");
+    let (out, took) = loadtest(&[
+        "--scenario",
+        webinar.to_str().expect("utf-8 path"),
+        "--target",
+        "livekit",
+        "--url",
+        &url,
+        "--api-secret",
+        "not-the-secret",
+        "--participants",
+        "3",
+        "--duration",
+        "30",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert!(!out.status.success(), "a refused run fails");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("failed to join"), "{stderr}");
+    // Nobody joined, so the run ends at the start of measurement instead of lasting 30 s.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let r = report(&dir, "webinar-livekit.json");
+    assert_eq!(f(&r, "joins.joined"), 0.0);
+    assert_eq!(r["joins"]["failed"]["refused: HTTP 401"], 3);
+    assert_eq!(r["stopped_early"], "no participant could join");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_server_that_goes_away_is_reported_as_dropping_participants() {
+    let mut server = common::start();
+    let dir = out_dir("dropped");
+    let url = format!("ws://{}", server.http);
+    let pid = server.child.id().to_string();
+    let audio = scenario("audio-only");
+    let dir_arg = dir.to_str().expect("utf-8 path").to_string();
+    let run = std::thread::spawn(move || {
+        loadtest(&[
+            "--scenario",
+            audio.to_str().expect("utf-8 path"),
+            "--target",
+            "livekit",
+            "--url",
+            &url,
+            "--server-pid",
+            &pid,
+            "--participants",
+            "3",
+            "--duration",
+            "8",
+            "--out",
+            &dir_arg,
+        ])
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let (out, took) = run.join().expect("the load test thread ends");
+    assert!(
+        !out.status.success(),
+        "a run with dropped participants fails"
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    let r = report(&dir, "audio-only-livekit.json");
+    assert_eq!(f(&r, "joins.joined"), 3.0);
+    let dropped: f64 = r["joins"]["dropped"]
+        .as_object()
+        .expect("drops by reason")
+        .values()
+        .filter_map(|v| v.as_f64())
+        .sum();
+    assert_eq!(dropped, 3.0, "{}", r["joins"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
