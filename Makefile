@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/parloir
 
-.PHONY: run test setup build unit e2e sdk fmt lint clean
+.PHONY: run test setup build unit e2e sdk fmt lint clean bench bench-tools profile callgrind
 
 run: setup build
 	$(BIN) serve --dev
@@ -25,6 +25,22 @@ e2e:
 sdk:
 	PARLOIR_BIN=$(BIN) tests/sdk/.venv/bin/python tests/sdk/test_room_service.py
 	PARLOIR_BIN=$(BIN) tests/sdk/.venv/bin/python tests/sdk/test_python_sdk.py
+
+# Performance: criterion benches, load scenarios against Parloir and Janus, perf/report.md.
+bench: setup build
+	bash perf/bench.sh
+
+# Profilers for perf/flamegraph.sh and perf/callgrind.sh: linux-perf, valgrind, inferno.
+bench-tools:
+	@command -v perf >/dev/null && command -v valgrind >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-perf valgrind)
+	@test -x perf/.tools/bin/inferno-flamegraph || $(CARGO) install --locked --root perf/.tools inferno
+
+profile: build bench-tools
+	bash perf/flamegraph.sh
+
+callgrind: bench-tools
+	bash perf/callgrind.sh
 
 fmt:
 	$(CARGO) fmt --all

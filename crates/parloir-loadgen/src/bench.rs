@@ -42,7 +42,11 @@ fn load_runs(dir: &Path) -> anyhow::Result<Vec<Run>> {
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for path in paths {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         if !name.ends_with(".json") || name == "forward.json" {
             continue;
         }
@@ -108,17 +112,25 @@ fn checks(budgets: &BTreeMap<String, f64>, runs: &[Run], forward: &[ForwardRow])
         let m = meeting?;
         let scale = format!("meeting-150 at {} participants", m.participants);
         match key {
-            "forwarding.cpu_per_packet_us_150" => m
-                .server_process
-                .cpu_us_per_forwarded_packet
-                .map(|v| (v, format!("{scale}, server process CPU / packets forwarded"))),
+            "forwarding.cpu_per_packet_us_150" => {
+                m.server_process.cpu_us_per_forwarded_packet.map(|v| {
+                    (
+                        v,
+                        format!("{scale}, server process CPU / packets forwarded"),
+                    )
+                })
+            }
             "forwarding.added_latency_p50_ms" => Some((
                 m.video_latency_ms.p50,
-                format!("{scale}, end-to-end video latency (an upper bound: includes the generator)"),
+                format!(
+                    "{scale}, end-to-end video latency (an upper bound: includes the generator)"
+                ),
             )),
             "forwarding.added_latency_p99_ms" => Some((
                 m.video_latency_ms.p99,
-                format!("{scale}, end-to-end video latency (an upper bound: includes the generator)"),
+                format!(
+                    "{scale}, end-to-end video latency (an upper bound: includes the generator)"
+                ),
             )),
             "join.join_time_p99_ms" => Some((
                 m.joins.first_frame_ms.p99,
@@ -206,7 +218,10 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<()> {
     )?;
 
     writeln!(md, "## Budgets (perf/budgets.toml)\n")?;
-    writeln!(md, "| budget | limit | measured | verdict | how |\n|---|---|---|---|---|")?;
+    writeln!(
+        md,
+        "| budget | limit | measured | verdict | how |\n|---|---|---|---|---|"
+    )?;
     for c in checks(&budgets, &runs, &forward) {
         let (value, verdict, how) = match &c.measured {
             Some((v, how)) => (
@@ -224,16 +239,26 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<()> {
                 },
             ),
         };
-        writeln!(md, "| `{}` | {} | {value} | {verdict} | {how} |", c.key, c.budget)?;
+        writeln!(
+            md,
+            "| `{}` | {} | {value} | {verdict} | {how} |",
+            c.key, c.budget
+        )?;
     }
 
     if !forward.is_empty() {
-        writeln!(md, "\n## Forwarding bench (crates/parloir-sfu/benches/forward.rs)\n")?;
+        writeln!(
+            md,
+            "\n## Forwarding bench (crates/parloir-sfu/benches/forward.rs)\n"
+        )?;
         writeln!(
             md,
             "SFU CPU per datagram out on the simulation harness (only the SFU's calls are timed).\n"
         )?;
-        writeln!(md, "| participants | µs per datagram out | cost / smallest room | previous run |\n|---|---|---|---|")?;
+        writeln!(
+            md,
+            "| participants | µs per datagram out | cost / smallest room | previous run |\n|---|---|---|---|"
+        )?;
         for r in &forward {
             let prev = previous_forward
                 .iter()
@@ -242,7 +267,8 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<()> {
                     format!(
                         "{:.2} ({:+.0} %)",
                         p.sfu_cpu_us_per_datagram_out,
-                        (r.sfu_cpu_us_per_datagram_out / p.sfu_cpu_us_per_datagram_out - 1.0) * 100.0
+                        (r.sfu_cpu_us_per_datagram_out / p.sfu_cpu_us_per_datagram_out - 1.0)
+                            * 100.0
                     )
                 });
             writeln!(
@@ -256,7 +282,8 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<()> {
     // CPU per forwarded packet against participants: the load test sweeps and the bench.
     let mut cpu_series: Vec<Series> = Vec::new();
     let mut servers: Vec<String> = runs.iter().map(|r| r.report.server.clone()).collect();
-    servers.sort();
+    // Parloir first, then the others by name.
+    servers.sort_by_key(|s| (s != "parloir", s.clone()));
     servers.dedup();
     for server in &servers {
         let mut points: Vec<(f64, f64)> = runs
@@ -289,12 +316,23 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<()> {
     }
     if !cpu_series.is_empty() {
         let svg = plots.join("cpu-per-packet.svg");
-        plot::cpu_per_packet(&svg, "CPU per forwarded packet against participants", &cpu_series)?;
+        plot::cpu_per_packet(
+            &svg,
+            "CPU per forwarded packet against participants",
+            &cpu_series,
+        )?;
         writeln!(md, "\n## CPU per forwarded packet against participants\n")?;
-        writeln!(md, "![CPU per forwarded packet](plots/cpu-per-packet.svg)\n")?;
+        writeln!(
+            md,
+            "![CPU per forwarded packet](plots/cpu-per-packet.svg)\n"
+        )?;
         writeln!(md, "| series | participants: µs |\n|---|---|")?;
         for s in &cpu_series {
-            let pts: Vec<String> = s.points.iter().map(|(x, y)| format!("{x:.0}: {y:.2}")).collect();
+            let pts: Vec<String> = s
+                .points
+                .iter()
+                .map(|(x, y)| format!("{x:.0}: {y:.2}"))
+                .collect();
             writeln!(md, "| {} | {} |", s.name, pts.join(", "))?;
         }
     }
@@ -332,8 +370,14 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<()> {
             .iter()
             .flat_map(|m| {
                 [
-                    (format!("{} video", m.server), m.latency_buckets.video.clone()),
-                    (format!("{} audio", m.server), m.latency_buckets.audio.clone()),
+                    (
+                        format!("{} video", m.server),
+                        m.latency_buckets.video.clone(),
+                    ),
+                    (
+                        format!("{} audio", m.server),
+                        m.latency_buckets.audio.clone(),
+                    ),
                 ]
             })
             .collect();

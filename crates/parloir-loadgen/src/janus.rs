@@ -341,9 +341,6 @@ impl<'a> Janus<'a> {
     /// Notes the streams of newly active publishers that this participant's screen shows.
     fn publishers(&mut self, list: &Value) {
         let n = self.ctx.scenario.participants.max(1);
-        let grid = self.ctx.scenario.subscribe.grid;
-        let large = self.ctx.scenario.subscribe.large;
-        let top = self.ctx.scenario.video.layers.len().saturating_sub(1) as u8;
         for p in list.as_array().into_iter().flatten() {
             let Some(feed) = p["id"].as_u64() else {
                 continue;
@@ -360,16 +357,10 @@ impl<'a> Janus<'a> {
                 };
                 let substream = match st["type"].as_str() {
                     Some("audio") => None,
-                    Some("video") => {
-                        let pos = (index + n - self.index - 1) % n;
-                        if pos < large {
-                            Some(top)
-                        } else if pos < large + grid {
-                            Some(0)
-                        } else {
-                            continue;
-                        }
-                    }
+                    Some("video") => match self.ctx.scenario.tile(self.index, index) {
+                        Some(layer) => Some(layer as u8),
+                        None => continue,
+                    },
                     _ => continue,
                 };
                 let key = (feed, mid.to_string());
@@ -502,6 +493,7 @@ impl<'a> Janus<'a> {
                 .sdp_api()
                 .accept_offer(offer)
                 .map_err(|e| format!("subscriber offer refused: {e}"))?;
+            self.subscriber.kick();
             let jsep = json!({"type": "answer", "sdp": answer.to_sdp_string(), "trickle": false});
             let handle = self.sub_handle.unwrap_or_default();
             let tx = self
@@ -797,6 +789,7 @@ impl Janus<'_> {
                 .sdp_api()
                 .accept_answer(pending, answer)
                 .map_err(|e| format!("publisher answer refused: {e}"))?;
+            self.publisher.kick();
         }
         Ok(())
     }

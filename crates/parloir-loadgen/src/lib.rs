@@ -10,6 +10,7 @@
 //! The run is bounded by the scenario's duration and an optional packet budget; a server that
 //! refuses or drops participants is counted and reported, never waited on.
 
+pub mod bench;
 pub mod janus;
 pub mod livekit;
 pub mod media;
@@ -237,7 +238,8 @@ fn progress_line(
         "[{:>4.0}s {}] joined {}/{} · in {:.1}k pkt/s · out {:.1}k pkt/s · video latency p50 {:.1} ms p99 {:.1} ms{cpu}",
         now.duration_since(ctx.start).as_secs_f64(),
         if measuring { "measuring" } else { "ramping" },
-        snap.get(Counter::Joined) - snap.get(Counter::Left),
+        snap.get(Counter::Joined)
+            .saturating_sub(snap.get(Counter::Left) + snap.get(Counter::Dropped)),
         ctx.scenario.participants,
         rate(Counter::RtpSent) / 1000.0,
         rate(Counter::RtpReceived) / 1000.0,

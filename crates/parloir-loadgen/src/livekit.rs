@@ -342,9 +342,6 @@ impl<'a> Participant<'a> {
 
     /// Subscribes to what this participant's screen shows and sets each tile's size.
     fn subscriptions(&mut self, out: &mut Vec<Req>) {
-        let n = self.ctx.scenario.participants.max(1);
-        let grid = self.ctx.scenario.subscribe.grid;
-        let large = self.ctx.scenario.subscribe.large;
         let layers = &self.ctx.scenario.video.layers;
         let mut subscribe: Vec<proto::ParticipantTracks> = Vec::new();
         let mut settings = Vec::new();
@@ -359,16 +356,10 @@ impl<'a> Participant<'a> {
                 }
                 let video = t.r#type == proto::TrackType::Video as i32;
                 let tile = if video {
-                    // Position of the publisher after me, in join order: the first `large`
-                    // fill the large tiles, the next `grid` the small ones.
                     let Some(p) = remote.index else { continue };
-                    let pos = (p + n - self.index - 1) % n;
-                    if pos < large {
-                        Some(layers.len() - 1)
-                    } else if pos < large + grid {
-                        Some(0)
-                    } else {
-                        continue;
+                    match self.ctx.scenario.tile(self.index, p) {
+                        Some(layer) => Some(layer),
+                        None => continue,
                     }
                 } else {
                     None
@@ -413,6 +404,7 @@ impl<'a> Participant<'a> {
     fn signal(&mut self, msg: Resp, out: &mut Vec<Req>) -> Result<(), String> {
         match msg {
             Resp::Offer(sd) => {
+                tracing::trace!(participant = self.index, sdp = %sd.sdp, "subscriber offer");
                 let offer = SdpOffer::from_sdp_string(&sd.sdp)
                     .map_err(|e| format!("bad subscriber offer: {e}"))?;
                 let answer = self
@@ -421,6 +413,7 @@ impl<'a> Participant<'a> {
                     .sdp_api()
                     .accept_offer(offer)
                     .map_err(|e| format!("subscriber offer refused: {e}"))?;
+                self.subscriber.kick();
                 out.push(Req::Answer(proto::SessionDescription {
                     r#type: "answer".into(),
                     sdp: answer.to_sdp_string(),
@@ -437,6 +430,7 @@ impl<'a> Participant<'a> {
                         .sdp_api()
                         .accept_answer(pending, answer)
                         .map_err(|e| format!("publisher answer refused: {e}"))?;
+                    self.publisher.kick();
                 }
             }
             Resp::Trickle(t) => {
@@ -446,11 +440,13 @@ impl<'a> Participant<'a> {
                     && !c.is_empty()
                     && let Ok(c) = Candidate::from_sdp_string(c)
                 {
-                    if t.target == proto::SignalTarget::Subscriber as i32 {
-                        self.subscriber.rtc.add_remote_candidate(c);
+                    let peer = if t.target == proto::SignalTarget::Subscriber as i32 {
+                        &mut self.subscriber
                     } else {
-                        self.publisher.rtc.add_remote_candidate(c);
-                    }
+                        &mut self.publisher
+                    };
+                    peer.rtc.add_remote_candidate(c);
+                    peer.kick();
                 }
             }
             Resp::TrackPublished(r) => {
@@ -510,7 +506,12 @@ impl<'a> Participant<'a> {
             _ => {}
         })?;
         let receiver = &mut self.receiver;
+        let index = self.index;
         self.subscriber.drain(shared, |e| match e {
+            Event::IceConnectionStateChange(state) => {
+                tracing::debug!(participant = index, ?state, "subscriber ICE");
+            }
+            Event::Connected => tracing::debug!(participant = index, "subscriber connected"),
             Event::MediaData(d) => {
                 receiver.frame(shared, now, d.mid, d.rid, d.params.spec().codec, &d.data)
             }

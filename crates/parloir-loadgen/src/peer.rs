@@ -31,6 +31,7 @@ pub struct Peer {
     pub local: SocketAddr,
     pub deadline: Instant,
     pub connected: bool,
+    kicked: bool,
 }
 
 impl Peer {
@@ -51,6 +52,7 @@ impl Peer {
             local,
             deadline: now,
             connected: false,
+            kicked: false,
         })
     }
 
@@ -77,9 +79,16 @@ impl Peer {
         }
     }
 
+    /// Asks for a timeout at once: after an SDP or a candidate was applied, str0m's ICE agent
+    /// starts checking only once it is given time, and its last timeout may be far away.
+    pub fn kick(&mut self) {
+        self.kicked = true;
+    }
+
     /// Lets time pass up to `now`.
     pub fn tick(&mut self, now: Instant) {
-        if now >= self.deadline && self.rtc.is_alive() {
+        if (self.kicked || now >= self.deadline) && self.rtc.is_alive() {
+            self.kicked = false;
             let _ = self.rtc.handle_input(Input::Timeout(now));
         }
     }

@@ -168,6 +168,26 @@ impl Scenario {
         10.0
     }
 
+    /// The simulcast layer `viewer` asks for from `publisher`'s camera, or `None` when its screen
+    /// does not show it. Camera publishers are ranked after the viewer in join order: the first
+    /// `large` fill the large tiles (top layer), the next `grid` the small ones (lowest layer).
+    /// A viewer who does not publish ranks them from the first, so a webinar's audience all
+    /// watch its speaker large.
+    pub fn tile(&self, viewer: u32, publisher: u32) -> Option<usize> {
+        let v = self.video_publishers;
+        if publisher >= v || publisher == viewer {
+            return None;
+        }
+        let pos = (publisher + v - (viewer % v) - 1) % v;
+        if pos < self.subscribe.large {
+            Some(self.video.layers.len() - 1)
+        } else if pos < self.subscribe.large + self.subscribe.grid {
+            Some(0)
+        } else {
+            None
+        }
+    }
+
     /// Reads and checks a scenario file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -299,6 +319,30 @@ mod tests {
         let sized = webinar.sized(None, 2);
         assert_eq!(sized.scenario.participants, 12);
         assert_eq!(sized.scenario.video_publishers, 1);
+    }
+
+    #[test]
+    fn tiles_are_the_next_publishers_and_a_webinar_speaker_is_large() {
+        let mut s = Scenario::parse(MEETING)
+            .unwrap()
+            .sized(Some(30), 2)
+            .scenario;
+        s.subscribe.grid = 2;
+        let shown: Vec<(u32, usize)> = (0..30)
+            .filter_map(|p| s.tile(5, p).map(|l| (p, l)))
+            .collect();
+        assert_eq!(shown, vec![(6, 2), (7, 0), (8, 0)]);
+        assert_eq!(s.tile(29, 0), Some(2), "the ranking wraps around");
+        assert_eq!(s.tile(5, 5), None, "nobody watches themselves");
+
+        let webinar = Scenario::parse(
+            "name='w'\nparticipants=10\naudio_publishers=1\nvideo_publishers=1\nduration_s=5\n[subscribe]\ngrid=0\nlarge=1",
+        )
+        .unwrap();
+        for viewer in 1..10 {
+            assert_eq!(webinar.tile(viewer, 0), Some(2));
+        }
+        assert_eq!(webinar.tile(0, 0), None);
     }
 
     #[test]

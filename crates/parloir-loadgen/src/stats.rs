@@ -16,6 +16,7 @@ pub enum Counter {
     JoinsStarted,
     Joined,
     Left,
+    Dropped,
     RtpSent,
     BytesSent,
     RtpReceived,
@@ -198,6 +199,7 @@ impl Shared {
 
     /// The server ended a participant's session that had joined.
     pub fn dropped(&self, reason: impl Into<String>) {
+        self.add(Counter::Dropped, 1);
         let mut f = self.drops.lock().unwrap_or_else(|e| e.into_inner());
         *f.entry(reason.into()).or_default() += 1;
     }

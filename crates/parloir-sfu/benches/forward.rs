@@ -9,6 +9,10 @@
 //! `PARLOIR_BENCH_OUT=FILE` it is also written as JSON.
 //!
 //! `cargo bench -p parloir-sfu --bench forward`; room sizes from `PARLOIR_BENCH_SIZES=2,10,25,50`.
+//!
+//! With `PARLOIR_BENCH_STEPS=N` it skips criterion and runs exactly N steps per room after the
+//! warm-up, printing the datagrams out: fixed work for instruction counts under callgrind
+//! (perf/callgrind.sh), which are repeatable where wall time is not.
 
 #[path = "../tests/harness/mod.rs"]
 mod harness;
@@ -48,6 +52,21 @@ fn main() {
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .filter(|v: &Vec<usize>| !v.is_empty())
         .unwrap_or_else(|| vec![2, 10, 25, 50]);
+    if let Some(steps) = std::env::var("PARLOIR_BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+    {
+        for &n in &sizes {
+            let mut sim = room(n);
+            let before = sim.sfu.stats();
+            for _ in 0..steps {
+                sim.run_for(STEP);
+            }
+            let out = sim.sfu.stats().packets_out - before.packets_out;
+            println!("participants {n} steps {steps} datagrams_out {out}");
+        }
+        return;
+    }
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))

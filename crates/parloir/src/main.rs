@@ -61,6 +61,23 @@ enum Cmd {
     },
     /// Load a server with simulated participants (see perf/README.md).
     Loadtest(loadtest::LoadtestArgs),
+    /// Write perf/report.md from a bench run's results (used by `make bench`).
+    BenchReport {
+        /// This run's results: load test JSON reports and forward.json.
+        #[arg(long, default_value = "perf/results/latest")]
+        results: PathBuf,
+        /// The previous run's results, to compare with.
+        #[arg(long)]
+        previous: Option<PathBuf>,
+        #[arg(long, default_value = "perf/budgets.toml")]
+        budgets: PathBuf,
+        /// The report; its plots go into plots/ beside it.
+        #[arg(long, default_value = "perf/report.md")]
+        out: PathBuf,
+        /// What the run was made on (machine, commit), printed at the top.
+        #[arg(long, default_value = "")]
+        context: String,
+    },
     /// Print a LiveKit access token.
     Token {
         #[arg(long)]
@@ -121,6 +138,23 @@ fn main() -> anyhow::Result<()> {
             serve(config)
         }
         Cmd::Loadtest(args) => loadtest::run(args),
+        Cmd::BenchReport {
+            results,
+            previous,
+            budgets,
+            out,
+            context,
+        } => {
+            parloir_loadgen::bench::write(&parloir_loadgen::bench::Inputs {
+                results,
+                previous: previous.filter(|p| p.is_dir()),
+                budgets,
+                out: out.clone(),
+                context,
+            })?;
+            eprintln!("bench-report: wrote {}", out.display());
+            Ok(())
+        }
         Cmd::Token {
             room,
             identity,

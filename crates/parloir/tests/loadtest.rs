@@ -92,6 +92,92 @@ fn a_small_meeting_is_forwarded_and_measured() {
     // The server was started by the tool, so its CPU time is known.
     assert!(f(&r, "server_process.cpu_us_per_forwarded_packet") > 0.0);
     assert!(f(&r, "measured_s") >= 2.5);
+
+    // The bench report reads the run, checks it against the budgets and draws the plots.
+    let md = dir.join("report.md");
+    let status = Command::new(env!("CARGO_BIN_EXE_parloir"))
+        .arg("bench-report")
+        .arg("--results")
+        .arg(&dir)
+        .arg("--budgets")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../perf/budgets.toml"))
+        .arg("--out")
+        .arg(&md)
+        .status()
+        .expect("parloir bench-report runs");
+    assert!(status.success());
+    let text = std::fs::read_to_string(&md).expect("the report is written");
+    assert!(
+        text.contains("| `forwarding.cpu_per_packet_us_150` | 2 |"),
+        "{text}"
+    );
+    assert!(text.contains("meeting-150 at 3 participants"), "{text}");
+    assert!(text.contains("not measured"), "{text}");
+    for plot in ["cpu-per-packet.svg", "latency-meeting-150.svg"] {
+        let svg = std::fs::read_to_string(dir.join("plots").join(plot)).expect("the plot is drawn");
+        assert!(svg.starts_with("<svg") && svg.contains("parloir"), "{plot}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_packet_budget_ends_the_measurement() {
+    let dir = out_dir("budget");
+    let meeting = scenario("meeting-150");
+    let (out, took) = loadtest(&[
+        "--scenario",
+        meeting.to_str().expect("utf-8 path"),
+        "--participants",
+        "2",
+        "--duration",
+        "120",
+        "--max-packets",
+        "300",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    let r = report(&dir, "meeting-150-parloir.json");
+    assert_eq!(r["stopped_early"], "packet budget of 300 reached");
+    assert!(f(&r, "traffic.packets_out") >= 300.0);
+    assert!(f(&r, "measured_s") < 60.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_lone_publisher_stays_connected() {
+    // Nobody to receive from: the subscriber connection carries nothing but must stay up past
+    // the server's 15 s ICE consent window.
+    let dir = out_dir("lone");
+    let audio = scenario("audio-only");
+    let (out, _) = loadtest(&[
+        "--scenario",
+        audio.to_str().expect("utf-8 path"),
+        "--participants",
+        "1",
+        "--duration",
+        "17",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    let r = report(&dir, "audio-only-parloir.json");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        r["joins"]
+    );
+    assert!(
+        r["joins"]["dropped"]
+            .as_object()
+            .is_some_and(|m| m.is_empty())
+    );
+    assert!(f(&r, "traffic.packets_in") > 0.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
