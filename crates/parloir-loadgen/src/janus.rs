@@ -333,7 +333,7 @@ impl<'a> Janus<'a> {
             self.sender.set_audio(mid, now);
         }
         if let Some(mid) = video {
-            self.sender.set_video(mid, layers, now);
+            self.sender.set_video(mid, &self.ctx.scenario.video, now);
         }
         Some((offer.to_sdp_string(), pending))
     }

@@ -308,7 +308,7 @@ impl<'a> Participant<'a> {
             self.sender.set_audio(mid, now);
         }
         if let Some(mid) = video {
-            self.sender.set_video(mid, layers, now);
+            self.sender.set_video(mid, &self.ctx.scenario.video, now);
         }
         self.pending = Some(pending);
         self.offered = true;

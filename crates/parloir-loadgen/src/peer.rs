@@ -15,8 +15,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 
-use crate::media::{self, Marker};
-use crate::scenario::{Layer, Scenario};
+use crate::media::{self, Clip, Marker};
+use crate::scenario::{Layer, Scenario, Video};
 use crate::stats::{Counter, Latencies, Shared, StreamWatch};
 
 /// Largest datagram we accept.
@@ -149,6 +149,8 @@ pub fn speaking(scenario: &Scenario, publisher: u32, since_start: Duration) -> b
 
 struct LayerState {
     layer: Layer,
+    /// Real frames to loop instead of synthetic ones, and the next one to send.
+    clip: Option<(Arc<Clip>, usize)>,
     rid: Option<Rid>,
     average: usize,
     next: Instant,
@@ -186,13 +188,16 @@ impl Sender {
         self.audio = Some((mid, now, 0));
     }
 
-    pub fn set_video(&mut self, mid: Mid, layers: &[Layer], now: Instant) {
+    pub fn set_video(&mut self, mid: Mid, video: &Video, now: Instant) {
         self.video = Some(mid);
+        let layers = &video.layers;
         let simulcast = layers.len() > 1;
         self.layers = layers
             .iter()
-            .map(|l| LayerState {
+            .enumerate()
+            .map(|(i, l)| LayerState {
                 layer: l.clone(),
+                clip: video.clips.get(i).cloned().flatten().map(|c| (c, 0)),
                 rid: simulcast.then(|| Rid::from(l.rid.as_str())),
                 average: media::average_frame_bytes(l.kbps, l.fps),
                 next: now,
@@ -317,22 +322,36 @@ impl Sender {
             if !l.enabled {
                 continue;
             }
-            let key = l.key_due
+            let mut key = l.key_due
                 && l.last_key
                     .is_none_or(|t| now.duration_since(t) >= KEY_FRAME_MIN_INTERVAL);
-            let frame = media::vp8_frame(
-                Marker {
-                    publisher: self.publisher,
-                    stream: i as u8 + 1,
-                    seq: l.seq,
-                    sent_us: shared.stamp(now),
-                },
-                key,
-                l.layer.width,
-                l.layer.height,
-                l.average,
-                &mut self.rng,
-            );
+            let marker = Marker {
+                publisher: self.publisher,
+                stream: i as u8 + 1,
+                seq: l.seq,
+                sent_us: shared.stamp(now),
+            };
+            let frame = match &mut l.clip {
+                Some((clip, pos)) => {
+                    // A clip has its key frame first: a PLI jumps back to it; the loop
+                    // comes back to it anyway.
+                    if key {
+                        *pos = 0;
+                    }
+                    key = *pos == 0;
+                    let f = media::with_marker(&clip.frames[*pos], marker);
+                    *pos = (*pos + 1) % clip.frames.len();
+                    f
+                }
+                None => media::vp8_frame(
+                    marker,
+                    key,
+                    l.layer.width,
+                    l.layer.height,
+                    l.average,
+                    &mut self.rng,
+                ),
+            };
             let time = MediaTime::new(
                 (due - self.start).as_micros() as u64 * 9 / 100,
                 Frequency::NINETY_KHZ,
@@ -402,12 +421,7 @@ impl Receiver {
         data: &[u8],
     ) {
         let audio = codec == Codec::Opus;
-        let marker = if audio {
-            Marker::from_opus(data)
-        } else {
-            Marker::from_vp8(data)
-        };
-        let Some(m) = marker else {
+        let Some(m) = Marker::from_frame(data) else {
             return; // DTX comfort noise, or someone else's media
         };
         if let Some(since) = self.joining_since.take() {

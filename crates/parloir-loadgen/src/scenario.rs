@@ -1,8 +1,11 @@
 //! Load scenarios: TOML files in perf/scenarios/, and how they are scaled to a machine.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::media::Clip;
 
 /// A load scenario as written in perf/scenarios/*.toml.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +69,9 @@ impl Default for Audio {
 pub struct Video {
     /// Simulcast layers from lowest to highest; one layer means no simulcast.
     pub layers: Vec<Layer>,
+    /// The layers' clips, once [`Scenario::load`] has read them.
+    #[serde(skip)]
+    pub clips: Vec<Option<Arc<Clip>>>,
 }
 
 impl Default for Video {
@@ -77,6 +83,7 @@ impl Default for Video {
                 Layer::new("h", 640, 360, 20, 450),
                 Layer::new("f", 1280, 720, 30, 1700),
             ],
+            clips: Vec::new(),
         }
     }
 }
@@ -89,6 +96,9 @@ pub struct Layer {
     pub height: u16,
     pub fps: u32,
     pub kbps: u32,
+    /// A VP8 clip (IVF) to publish instead of synthetic frames, relative to the scenario file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<String>,
 }
 
 impl Layer {
@@ -99,6 +109,7 @@ impl Layer {
             height,
             fps,
             kbps,
+            clip: None,
         }
     }
 }
@@ -188,11 +199,35 @@ impl Scenario {
         }
     }
 
-    /// Reads and checks a scenario file.
+    /// Reads and checks a scenario file, and the clips it names.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read scenario {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| anyhow::anyhow!("scenario {}: {e}", path.display()))
+        let mut s =
+            Self::parse(&text).map_err(|e| anyhow::anyhow!("scenario {}: {e}", path.display()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut clips = Vec::new();
+        for l in &s.video.layers {
+            let Some(name) = &l.clip else {
+                clips.push(None);
+                continue;
+            };
+            let clip = Clip::load(&dir.join(name))
+                .map_err(|e| anyhow::anyhow!("scenario {}: {e}", path.display()))?;
+            anyhow::ensure!(
+                (clip.width, clip.height) == (l.width, l.height),
+                "scenario {}: clip {name} is {}x{}, layer {} says {}x{}",
+                path.display(),
+                clip.width,
+                clip.height,
+                l.rid,
+                l.width,
+                l.height
+            );
+            clips.push(Some(Arc::new(clip)));
+        }
+        s.video.clips = clips;
+        Ok(s)
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Self> {
@@ -343,6 +378,34 @@ mod tests {
             assert_eq!(webinar.tile(viewer, 0), Some(2));
         }
         assert_eq!(webinar.tile(0, 0), None);
+    }
+
+    #[test]
+    fn the_shipped_scenarios_load_with_their_clips() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../perf/scenarios");
+        for name in ["meeting-150", "webinar", "audio-only", "churn"] {
+            let s = Scenario::load(&dir.join(format!("{name}.toml"))).unwrap();
+            assert_eq!(s.name, name);
+            assert_eq!(s.video.clips.len(), s.video.layers.len(), "{name}");
+        }
+        let meeting = Scenario::load(&dir.join("meeting-150.toml")).unwrap();
+        assert!(meeting.video.clips.iter().all(Option::is_some));
+        let f = meeting.video.clips[2].as_ref().unwrap();
+        assert_eq!((f.width, f.height, f.frames.len()), (1280, 720, 120));
+
+        let tmp = std::env::temp_dir().join(format!("parloir-scenario-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::copy(dir.join("../media/q.ivf"), tmp.join("q.ivf")).unwrap();
+        let wrong = "name='x'\nparticipants=2\nduration_s=1\n[[video.layers]]\nrid='q'\nwidth=640\nheight=360\nfps=15\nkbps=100\nclip='q.ivf'\n";
+        std::fs::write(tmp.join("wrong.toml"), wrong).unwrap();
+        let e = Scenario::load(&tmp.join("wrong.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("320x180"), "{e}");
+        let missing = wrong.replace("q.ivf", "nowhere.ivf");
+        std::fs::write(tmp.join("missing.toml"), missing).unwrap();
+        assert!(Scenario::load(&tmp.join("missing.toml")).is_err());
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 
     #[test]
