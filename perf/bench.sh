@@ -41,7 +41,10 @@ load "$duration" --scenario churn --target parloir
 # CPU per forwarded packet against participants, for the plot.
 load 10 --scenario meeting-150 --target "$targets" --participants 4,8,12
 
-commit=$(git describe --always --dirty 2>/dev/null || echo unknown)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# The bench's own outputs are tracked; only other changes make the tree dirty.
+git diff --quiet HEAD -- . ':!perf/results' ':!perf/report.md' ':!perf/plots' 2>/dev/null \
+  || commit="$commit with uncommitted changes"
 cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
 "$bin" bench-report --results "$results/latest" --previous "$results/previous" \
   --budgets perf/budgets.toml --out perf/report.md \
