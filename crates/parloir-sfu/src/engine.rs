@@ -19,6 +19,7 @@ pub use service::{ServiceCall, ServiceError, ServiceReply};
 
 mod service;
 use crate::sdp_scan;
+use crate::simulcast::{self, Decision, Layers, Switcher};
 use crate::speakers::{self, Loudness, SPEAKER_TICK};
 
 /// Static configuration of the SFU.
@@ -136,6 +137,13 @@ pub enum Command {
     Resume {
         session: SessionId,
         identity: String,
+    },
+    /// After a resume, the client's view of its subscriber connection (`SyncState`): the last
+    /// offer it applied and the answer it made, which may never have reached us.
+    SyncState {
+        session: SessionId,
+        offer: Option<String>,
+        answer: Option<String>,
     },
     /// The server is going away: everyone leaves (`SERVER_SHUTDOWN`) and every room closes.
     Shutdown,
@@ -289,6 +297,11 @@ struct Peer {
     to_stop: Vec<Mid>,
     /// The next subscriber offer restarts ICE (after a resume).
     ice_restart: bool,
+    /// The SDP of the offer in `pending_offer`.
+    pending_offer_sdp: Option<String>,
+    /// After a resume with an offer out: wait this long for the client's SyncState to say
+    /// whether it applied the offer, before offering again.
+    resync_until: Option<Instant>,
     /// Subscriber offers sent so far; numbers the next one.
     offers_sent: u32,
     /// Single peer connection: mids str0m has created (their msid is fixed from then on), and
@@ -305,6 +318,7 @@ impl Peer {
     fn remove_out(&mut self, sid: &str) {
         if let Some(Out {
             state: OutState::Open(mid) | OutState::Negotiating(mid),
+            ..
         }) = self.outs.remove(sid)
         {
             self.mids_out.remove(&mid);
@@ -325,6 +339,8 @@ enum OutState {
 
 struct Out {
     state: OutState,
+    /// Which simulcast layer this subscriber gets, and its timestamp continuity.
+    switcher: Switcher,
 }
 
 struct Track {
@@ -333,14 +349,17 @@ struct Track {
     peer: Option<PeerId>,
     mid: Option<Mid>,
     kind: MediaKind,
-    /// The simulcast layer forwarded (the first one seen); `None` without simulcast.
-    forward_rid: Option<Rid>,
+    /// Simulcast layers seen, and when each last sent a frame.
+    layers: Layers,
     /// Subscriber peers of this track; media goes to those whose m-line is open.
     subscribers: Vec<PeerId>,
-    last_keyframe_request: Option<Instant>,
+    /// Last key frame request, per layer (`None` without simulcast).
+    last_keyframe_request: HashMap<Option<Rid>, Instant>,
 }
 
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a resumed subscriber connection waits for the client's SyncState.
+const RESYNC_WAIT: Duration = Duration::from_secs(2);
 /// How long a participant whose WebSocket dropped may resume before it is removed.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(15);
 /// LiveKit's defaults: a room nobody joined closes after 5 minutes, a room everyone left after
@@ -434,7 +453,12 @@ impl Sfu {
                     p.signal_lost = Some(now);
                 }
             }
-            Command::Resume { session, identity } => self.resume(session, &identity),
+            Command::Resume { session, identity } => self.resume(now, session, &identity),
+            Command::SyncState {
+                session,
+                offer,
+                answer,
+            } => self.sync_state(now, session, offer, answer),
             Command::Shutdown => {
                 let sessions: Vec<SessionId> = self.participants.keys().copied().collect();
                 for session in sessions {
@@ -723,7 +747,7 @@ impl Sfu {
 
     /// Re-attaches a participant to a new signal connection: ReconnectResponse first, then the
     /// room as it is now, then (two peer connections) a subscriber offer that restarts ICE.
-    fn resume(&mut self, session: SessionId, identity: &str) {
+    fn resume(&mut self, now: Instant, session: SessionId, identity: &str) {
         let known = self
             .participants
             .get(&session)
@@ -768,21 +792,69 @@ impl Sfu {
             let update = proto::RoomUpdate { room: Some(info) };
             self.signal(session, proto::signal_response::Message::RoomUpdate(update));
         }
-        if let Some(peer) = subscriber.and_then(|pid| self.peers.get_mut(&pid))
+        if let Some(pid) = subscriber
+            && let Some(peer) = self.peers.get_mut(&pid)
             && peer.role == PeerRole::Subscriber
         {
-            // An offer that was out when the socket dropped is lost with it: offer again.
-            peer.pending_offer = None;
-            for out in peer.outs.values_mut() {
-                if let OutState::Negotiating(mid) = out.state {
-                    out.state = OutState::Wanted;
-                    peer.mids_out.remove(&mid);
-                }
-            }
             peer.ice_restart = true;
             peer.needs_offer = true;
-            self.negotiate_subscriber(session);
+            if peer.pending_offer.is_some() {
+                // An offer was out when the socket dropped. The client may have applied it and
+                // lost only its answer: its SyncState will tell. Offering again before knowing
+                // would put m-lines in an order the client refuses.
+                peer.resync_until = Some(now + RESYNC_WAIT);
+            } else {
+                self.negotiate_subscriber(session);
+            }
         }
+    }
+
+    /// The client's SyncState after a resume: apply the answer it made to our outstanding
+    /// offer, or, when it never saw that offer, forget it; then offer again (restarting ICE).
+    fn sync_state(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        offer: Option<String>,
+        answer: Option<String>,
+    ) {
+        let Some(pid) = self.participants.get(&session).and_then(|p| p.subscriber) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        if peer.resync_until.take().is_none() || peer.pending_offer.is_none() {
+            return;
+        }
+        let applied = match (&offer, &peer.pending_offer_sdp) {
+            (Some(theirs), Some(ours)) => sdp_scan::origin(theirs) == sdp_scan::origin(ours),
+            _ => false,
+        };
+        match answer {
+            Some(answer) if applied => self.subscriber_answer(now, session, &answer),
+            _ => {
+                self.forget_pending_offer(pid);
+                self.negotiate_subscriber(session);
+            }
+        }
+    }
+
+    /// Drops an offer the client never answered; its m-lines are offered again.
+    fn forget_pending_offer(&mut self, pid: PeerId) {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        peer.pending_offer = None;
+        peer.pending_offer_sdp = None;
+        peer.resync_until = None;
+        for out in peer.outs.values_mut() {
+            if let OutState::Negotiating(mid) = out.state {
+                out.state = OutState::Wanted;
+                peer.mids_out.remove(&mid);
+            }
+        }
+        peer.needs_offer = true;
     }
 
     fn server_info(&self) -> proto::ServerInfo {
@@ -914,6 +986,8 @@ impl Sfu {
                 add_channels: false,
                 to_stop: Vec::new(),
                 ice_restart: false,
+                pending_offer_sdp: None,
+                resync_until: None,
                 offers_sent: 0,
                 known_mids: HashSet::new(),
                 awaiting_offer: false,
@@ -1025,11 +1099,15 @@ impl Sfu {
         match event {
             Event::MediaData(data) => self.forward(now, pid, data),
             Event::KeyframeRequest(req) => {
-                let Some(sid) = self.peers.get(&pid).and_then(|p| p.mids_out.get(&req.mid)) else {
+                let Some(peer) = self.peers.get(&pid) else {
                     return;
                 };
+                let Some(sid) = peer.mids_out.get(&req.mid) else {
+                    return;
+                };
+                let rid = peer.outs.get(sid).and_then(|o| o.switcher.current());
                 let sid = sid.clone();
-                self.request_keyframe(now, &sid, req.kind);
+                self.request_keyframe(now, &sid, rid, req.kind);
             }
             Event::MediaAdded(added) => self.media_added(pid, added.mid, added.kind),
             Event::Connected => {
@@ -1158,9 +1236,9 @@ impl Sfu {
                 } else {
                     MediaKind::Audio
                 },
-                forward_rid: None,
+                layers: Layers::default(),
                 subscribers: Vec::new(),
-                last_keyframe_request: None,
+                last_keyframe_request: HashMap::new(),
             },
         );
         self.signal(
@@ -1275,9 +1353,9 @@ impl Sfu {
         self.unpublish_stopped(pid, sdp);
         for (sid, _) in assigned {
             if let Some(track) = self.tracks.get_mut(&sid) {
-                track.last_keyframe_request = None;
+                track.last_keyframe_request.clear();
             }
-            self.request_keyframe(now, &sid, KeyframeRequestKind::Pli);
+            self.request_keyframe(now, &sid, None, KeyframeRequestKind::Pli);
         }
         self.bind_pending(pid);
         if single {
@@ -1552,6 +1630,7 @@ impl Sfu {
             track_sid.to_string(),
             Out {
                 state: OutState::Wanted,
+                switcher: Switcher::default(),
             },
         );
         peer.needs_offer = true;
@@ -1678,11 +1757,13 @@ impl Sfu {
             self.by_ufrag.insert(creds.ufrag, pid);
         }
         let id = peer.offers_sent;
+        let sdp = offer.to_sdp_string();
+        peer.pending_offer_sdp = Some(sdp.clone());
         self.signal(
             session,
             proto::signal_response::Message::Offer(proto::SessionDescription {
                 r#type: "offer".into(),
-                sdp: offer.to_sdp_string(),
+                sdp,
                 id,
                 ..Default::default()
             }),
@@ -1708,6 +1789,8 @@ impl Sfu {
             tracing::info!(%session, "answer without an offer");
             return;
         };
+        peer.pending_offer_sdp = None;
+        peer.resync_until = None;
         if let Err(e) = peer.rtc.sdp_api().accept_answer(pending, answer) {
             tracing::info!(%session, "answer refused: {e}");
             return;
@@ -1723,9 +1806,9 @@ impl Sfu {
         for sid in opened {
             if let Some(track) = self.tracks.get_mut(&sid) {
                 // A new receiver needs a keyframe to start decoding.
-                track.last_keyframe_request = None;
+                track.last_keyframe_request.clear();
             }
-            self.request_keyframe(now, &sid, KeyframeRequestKind::Pli);
+            self.request_keyframe(now, &sid, None, KeyframeRequestKind::Pli);
         }
         // Changes that arrived while the offer was out.
         self.negotiate_subscriber(session);
@@ -1765,11 +1848,8 @@ impl Sfu {
         let Some(track) = self.tracks.get_mut(&sid) else {
             return;
         };
-        if track.forward_rid.is_none() {
-            track.forward_rid = data.rid;
-        }
-        if data.rid != track.forward_rid {
-            return;
+        if let Some(rid) = data.rid {
+            track.layers.frame(rid, now);
         }
         if track.kind == MediaKind::Audio
             && let Some(level) = data.ext_vals.audio_level
@@ -1784,31 +1864,70 @@ impl Sfu {
         // Taken out for the loop (which needs `self` mutably) and put back after it.
         let subscribers = std::mem::take(&mut track.subscribers);
         let contiguous = data.contiguous;
+        let key = data.is_keyframe();
+        let mut key_frames_wanted: Vec<Rid> = Vec::new();
         for &sub in &subscribers {
-            let Some(peer) = self.peers.get_mut(&sub) else {
-                continue;
+            let written = {
+                let Some(peer) = self.peers.get_mut(&sub) else {
+                    continue;
+                };
+                let Some(out) = peer.outs.get_mut(&sid) else {
+                    continue;
+                };
+                let OutState::Open(mid) = out.state else {
+                    continue;
+                };
+                let time = match (data.rid, self.tracks.get(&sid)) {
+                    (Some(rid), Some(track)) => {
+                        let settings = self
+                            .participants
+                            .get(&peer.session)
+                            .and_then(|p| p.settings.get(&sid));
+                        let published = track
+                            .info
+                            .codecs
+                            .first()
+                            .map(|c| c.layers.as_slice())
+                            .unwrap_or_default();
+                        let target = simulcast::wanted_quality(settings, published)
+                            .and_then(|q| track.layers.choose(q, now));
+                        match out.switcher.frame(rid, target, key, data.time, now) {
+                            Decision::Forward(time) => time,
+                            Decision::Drop => continue,
+                            Decision::NeedKeyFrame(rid) => {
+                                if !key_frames_wanted.contains(&rid) {
+                                    key_frames_wanted.push(rid);
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    _ => data.time,
+                };
+                let Some(writer) = peer.rtc.writer(mid) else {
+                    continue;
+                };
+                let Some(pt) = writer.match_params(data.params) else {
+                    continue;
+                };
+                match writer.write(pt, data.network_time, time, data.data.clone()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!("write to subscriber failed: {e}");
+                        false
+                    }
+                }
             };
-            let Some(Out {
-                state: OutState::Open(mid),
-            }) = peer.outs.get(&sid)
-            else {
-                continue;
-            };
-            let Some(writer) = peer.rtc.writer(*mid) else {
-                continue;
-            };
-            let Some(pt) = writer.match_params(data.params) else {
-                continue;
-            };
-            if let Err(e) = writer.write(pt, data.network_time, data.time, data.data.clone()) {
-                tracing::debug!("write to subscriber failed: {e}");
-                continue;
+            if written {
+                self.stats.frames_forwarded += 1;
+                self.mark(sub);
             }
-            self.stats.frames_forwarded += 1;
-            self.mark(sub);
         }
         if let Some(track) = self.tracks.get_mut(&sid) {
             track.subscribers = subscribers;
+        }
+        for rid in key_frames_wanted {
+            self.request_keyframe(now, &sid, Some(rid), KeyframeRequestKind::Pli);
         }
         if !contiguous
             && self
@@ -1816,11 +1935,17 @@ impl Sfu {
                 .get(&sid)
                 .is_some_and(|t| t.kind == MediaKind::Video)
         {
-            self.request_keyframe(now, &sid, KeyframeRequestKind::Fir);
+            self.request_keyframe(now, &sid, data.rid, KeyframeRequestKind::Fir);
         }
     }
 
-    fn request_keyframe(&mut self, now: Instant, sid: &str, kind: KeyframeRequestKind) {
+    fn request_keyframe(
+        &mut self,
+        now: Instant,
+        sid: &str,
+        rid: Option<Rid>,
+        kind: KeyframeRequestKind,
+    ) {
         let Some(track) = self.tracks.get_mut(sid) else {
             return;
         };
@@ -1829,15 +1954,15 @@ impl Sfu {
         }
         if track
             .last_keyframe_request
-            .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
+            .get(&rid)
+            .is_some_and(|t| now.saturating_duration_since(*t) < KEYFRAME_REQUEST_INTERVAL)
         {
             return;
         }
         let (Some(pid), Some(mid)) = (track.peer, track.mid) else {
             return;
         };
-        let rid = track.forward_rid;
-        track.last_keyframe_request = Some(now);
+        track.last_keyframe_request.insert(rid, now);
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
@@ -2061,6 +2186,17 @@ impl Sfu {
     /// The periodic work, every [`SPEAKER_TICK`] while rooms exist: expired resumes leave,
     /// empty rooms close, speaker changes and room counts go out.
     fn tick(&mut self, now: Instant) {
+        // Resumed clients that sent no SyncState in time: offer again.
+        let unsynced: Vec<(PeerId, SessionId)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.resync_until.is_some_and(|t| now >= t))
+            .map(|(pid, p)| (*pid, p.session))
+            .collect();
+        for (pid, session) in unsynced {
+            self.forget_pending_offer(pid);
+            self.negotiate_subscriber(session);
+        }
         // Participants whose signal connection did not come back leave.
         let expired: Vec<SessionId> = self
             .participants

@@ -15,6 +15,7 @@
 mod engine;
 pub mod ids;
 mod sdp_scan;
+mod simulcast;
 mod speakers;
 
 pub use engine::{

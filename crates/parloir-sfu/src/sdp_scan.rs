@@ -268,3 +268,24 @@ mod order_tests {
         assert_eq!(prefer_codecs(answer, &HashMap::new()), answer);
     }
 }
+
+/// The `o=` line's session id and version: equal in an offer and in the copy a client kept of it,
+/// even when the client re-serialised the rest.
+pub(crate) fn origin(sdp: &str) -> Option<(&str, &str)> {
+    let line = sdp.lines().find(|l| l.starts_with("o="))?;
+    let mut f = line[2..].split_whitespace();
+    let _user = f.next()?;
+    Some((f.next()?, f.next()?))
+}
+
+#[cfg(test)]
+mod origin_tests {
+    #[test]
+    fn origin_is_id_and_version() {
+        let a = "v=0\r\no=str0m-0.25.0 4281518769434356692 2 IN IP4 0.0.0.0\r\ns=-\r\n";
+        let b = "v=0\no=- 4281518769434356692 2 IN IP4 0.0.0.0\ns=-\n";
+        assert_eq!(super::origin(a), Some(("4281518769434356692", "2")));
+        assert_eq!(super::origin(a), super::origin(b));
+        assert_eq!(super::origin("v=0\n"), None);
+    }
+}

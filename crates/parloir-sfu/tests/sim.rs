@@ -485,3 +485,208 @@ fn a_lost_signal_connection_may_resume_within_the_window() {
         .collect();
     assert_eq!(left.len(), 2, "{left:?}");
 }
+
+/// The layers a subscriber received since `from` (an index into its received video frames).
+fn layers_since(sim: &Sim, who: &str, sid: &str, from: usize) -> Vec<u8> {
+    sim.client(who)
+        .video_rx
+        .get(sid)
+        .map(|v| v[from.min(v.len())..].iter().map(|(l, _)| *l).collect())
+        .unwrap_or_default()
+}
+
+fn received(sim: &Sim, who: &str, sid: &str) -> usize {
+    sim.client(who).video_rx.get(sid).map_or(0, Vec::len)
+}
+
+fn settings(sim: &mut Sim, who: &str, sid: &str, s: proto::UpdateTrackSettings) {
+    let session = sim.client(who).session;
+    sim.commands.push(Command::UpdateTrackSettings {
+        session,
+        settings: proto::UpdateTrackSettings {
+            track_sids: vec![sid.to_string()],
+            ..s
+        },
+    });
+}
+
+#[test]
+fn each_subscriber_gets_the_simulcast_layer_it_asks_for() {
+    let mut sim = Sim::new(7, 0.0);
+    for name in ["pub", "small", "large"] {
+        sim.join(name);
+    }
+    sim.clients[0].simulcast = true;
+    sim.publish(0);
+    sim.run_for(Duration::from_secs(2));
+    let cam = sim.track_sid("pub", "cam");
+    // Adaptive stream: a small tile asks for 320x180, a large one for 1280x720.
+    let size = |w, h| proto::UpdateTrackSettings {
+        width: w,
+        height: h,
+        ..Default::default()
+    };
+    settings(&mut sim, "small", &cam, size(320, 180));
+    settings(&mut sim, "large", &cam, size(1280, 720));
+    sim.run_for(Duration::from_secs(4));
+    let (s0, l0) = (received(&sim, "small", &cam), received(&sim, "large", &cam));
+    sim.run_for(Duration::from_secs(2));
+    let small = layers_since(&sim, "small", &cam, s0);
+    let large = layers_since(&sim, "large", &cam, l0);
+    assert!(
+        small.len() >= 15 && large.len() >= 15,
+        "{small:?} {large:?}"
+    );
+    assert!(
+        small.iter().all(|l| *l == 0),
+        "the small tile gets q: {small:?}"
+    );
+    assert!(
+        large.iter().all(|l| *l == 2),
+        "the large tile gets f: {large:?}"
+    );
+
+    // The small tile becomes the large one: it moves up to f at a key frame.
+    let before = received(&sim, "small", &cam);
+    settings(&mut sim, "small", &cam, size(1280, 720));
+    sim.run_for(Duration::from_secs(4));
+    let after = layers_since(&sim, "small", &cam, before);
+    let switched = after
+        .iter()
+        .position(|l| *l == 2)
+        .expect("it switched to f");
+    assert!(
+        after[..switched].iter().all(|l| *l == 0) && after[switched..].iter().all(|l| *l == 2),
+        "one switch, no flapping: {after:?}"
+    );
+    // One continuous stream for the receiver: RTP time only moves forward, by about the
+    // frame interval (4500 at 90 kHz for 20 fps), across the switch too, although each
+    // layer has its own timestamp base.
+    let times: Vec<u64> = sim.client("small").video_rx[&cam]
+        .iter()
+        .map(|(_, t)| *t)
+        .collect();
+    for w in times[before.saturating_sub(1)..].windows(2) {
+        let step = w[1].wrapping_sub(w[0]);
+        assert!(
+            (1..=4 * 4500).contains(&step),
+            "timestamps step by {step} at the switch: {:?}",
+            &times[before.saturating_sub(1)..]
+        );
+    }
+
+    // A tile scrolled out of view (disabled) gets nothing until it comes back.
+    let off = received(&sim, "large", &cam);
+    settings(
+        &mut sim,
+        "large",
+        &cam,
+        proto::UpdateTrackSettings {
+            disabled: true,
+            ..Default::default()
+        },
+    );
+    sim.run_for(Duration::from_secs(2));
+    assert!(
+        received(&sim, "large", &cam) <= off + 1,
+        "a disabled track is not forwarded"
+    );
+    settings(&mut sim, "large", &cam, size(320, 180));
+    sim.run_for(Duration::from_secs(4));
+    let back = layers_since(&sim, "large", &cam, off + 1);
+    assert!(
+        back.ends_with(&[0, 0, 0]),
+        "back on the small layer: {back:?} (all: {:?}, off at {off})",
+        sim.client("large").video_rx[&cam]
+    );
+}
+
+#[test]
+fn a_resume_applies_the_answer_the_client_made_before_its_socket_dropped() {
+    let mut sim = Sim::new(16, 0.0);
+    sim.join("alice");
+    sim.join("bob");
+    sim.run_for(Duration::from_secs(1));
+    // Bob publishes; the SFU offers his tracks to Alice, who applies the offer, but her answer
+    // is lost with her socket.
+    sim.clients[0].lose_answers = true;
+    sim.publish(1);
+    sim.run_for(Duration::from_millis(200));
+    let alice = sim.client("alice").session;
+    let offers = sim.client("alice").offers.len();
+    let applied = sim
+        .client("alice")
+        .offers
+        .last()
+        .cloned()
+        .expect("an offer");
+    let answer = sim.client("alice").last_answer.clone().expect("an answer");
+    assert!(applied.contains("m=audio") || applied.contains("m=video"));
+    sim.commands.push(Command::Disconnect { session: alice });
+    sim.run_for(Duration::from_millis(500));
+    sim.clients[0].lose_answers = false;
+    sim.commands.push(Command::Resume {
+        session: alice,
+        identity: "alice".into(),
+    });
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        sim.client("alice").offers.len(),
+        offers,
+        "no new offer before the client says what it applied"
+    );
+    // Her SyncState carries the offer she applied and her answer: the SFU takes the answer,
+    // then restarts ICE with an offer that keeps the m-lines where they were.
+    sim.commands.push(Command::SyncState {
+        session: alice,
+        offer: Some(applied.clone()),
+        answer: Some(answer),
+    });
+    sim.run_for(Duration::from_secs(3));
+    let restart = sim.client("alice").offers[offers..]
+        .first()
+        .cloned()
+        .expect("an ICE-restart offer follows");
+    let mids = |sdp: &str| -> Vec<String> {
+        sdp.lines()
+            .filter_map(|l| l.strip_prefix("a=mid:"))
+            .map(str::to_string)
+            .collect()
+    };
+    let (before, after) = (mids(&applied), mids(&restart));
+    assert!(
+        after.starts_with(&before),
+        "the m-lines she has keep their order (new ones follow): {before:?} → {after:?}"
+    );
+    let cam = sim.track_sid("bob", "cam");
+    let got = sim.client("alice").frames.get(&cam).map_or(0, Vec::len);
+    assert!(got > 10, "Bob's video reaches Alice: {got} frames");
+}
+
+#[test]
+fn a_resume_without_sync_state_offers_again_after_a_while() {
+    let mut sim = Sim::new(17, 0.0);
+    sim.join("alice");
+    sim.join("bob");
+    sim.run_for(Duration::from_secs(1));
+    // The offer of Bob's tracks is lost with Alice's socket; her client never sees it.
+    sim.clients[0].lose_offers = true;
+    sim.publish(1);
+    sim.run_for(Duration::from_millis(200));
+    let alice = sim.client("alice").session;
+    let offers = sim.client("alice").offers.len();
+    sim.commands.push(Command::Disconnect { session: alice });
+    sim.clients[0].lose_offers = false;
+    sim.commands.push(Command::Resume {
+        session: alice,
+        identity: "alice".into(),
+    });
+    sim.run_for(Duration::from_secs(4));
+    assert!(
+        sim.client("alice").offers.len() > offers,
+        "the SFU offers again once the wait for SyncState is over"
+    );
+    let cam = sim.track_sid("bob", "cam");
+    let got = sim.client("alice").frames.get(&cam).map_or(0, Vec::len);
+    assert!(got > 10, "Bob's video reaches Alice: {got} frames");
+}

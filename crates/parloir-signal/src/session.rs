@@ -53,6 +53,11 @@ pub fn translate(session: SessionId, request: Req, now_ms: i64) -> Action {
                 subscribe: s.subscribe,
             })
         }
+        Req::SyncState(sync) => Action::Command(Command::SyncState {
+            session,
+            offer: sync.offer.filter(|o| o.r#type == "offer").map(|o| o.sdp),
+            answer: sync.answer.filter(|a| a.r#type == "answer").map(|a| a.sdp),
+        }),
         Req::TrackSetting(settings) => {
             Action::Command(Command::UpdateTrackSettings { session, settings })
         }

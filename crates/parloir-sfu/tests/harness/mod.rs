@@ -24,11 +24,15 @@ use rand::{Rng, SeedableRng};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use str0m::media::{
+    Direction, Frequency, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer,
+};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Rtc};
 
 pub const SFU: &str = "10.0.0.1:7882";
+/// Simulcast layers, lowest first, as livekit-client names them.
+pub const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
 pub const AUDIO_EVERY: Duration = Duration::from_millis(20);
 
 /// Video frames span several packets so that loss hits inside frames.
@@ -113,6 +117,18 @@ pub struct Client {
     pub room: Option<proto::Room>,
     pub audio_sent: u32,
     pub video_sent: u32,
+    /// Publish the camera as three simulcast layers (`q`, `h`, `f`).
+    pub simulcast: bool,
+    /// Answers to the SFU's offers are made but lost (a socket dropping under them).
+    pub lose_answers: bool,
+    /// The SFU's offers are lost before the client sees them.
+    pub lose_offers: bool,
+    /// The last answer made to the SFU's offers, sent or lost.
+    pub last_answer: Option<String>,
+    /// Layers a PLI asked a key frame for (all of them when the request names none).
+    pub key_due: Vec<Option<Rid>>,
+    /// Video frames received per track sid: (layer byte, RTP time) in arrival order.
+    pub video_rx: HashMap<String, Vec<(u8, u64)>>,
     /// `/rtc/v1`: everything rides on `publisher`; offers are numbered; a
     /// MediaSectionsRequirement that arrives while an offer is out waits here.
     pub single: bool,
@@ -255,6 +271,12 @@ impl Sim {
             room: None,
             audio_sent: 0,
             video_sent: 0,
+            simulcast: false,
+            lose_answers: false,
+            lose_offers: false,
+            last_answer: None,
+            key_due: Vec::new(),
+            video_rx: HashMap::new(),
             single,
             offer_id: u32::from(single),
             deferred: None,
@@ -301,12 +323,19 @@ impl Sim {
             Some(format!("{}-mic", c.identity)),
             None,
         );
+        let simulcast = c.simulcast.then(|| {
+            let mut s = Simulcast::new();
+            for rid in SIMULCAST_RIDS {
+                s.add_send_layer(SimulcastLayer::new(rid));
+            }
+            s
+        });
         let video = api.add_media(
             MediaKind::Video,
             Direction::SendOnly,
             Some("stream".into()),
             Some(format!("{}-cam", c.identity)),
-            None,
+            simulcast,
         );
         if c.reliable.is_none() {
             c.reliable = Some(api.add_channel("_reliable".into()));
@@ -338,6 +367,21 @@ impl Sim {
                     source: source as i32,
                     width: 320,
                     height: 240,
+                    layers: if c.simulcast && kind == proto::TrackType::Video {
+                        SIMULCAST_RIDS
+                            .iter()
+                            .enumerate()
+                            .map(|(i, rid)| proto::VideoLayer {
+                                quality: i as i32,
+                                width: 320 << i,
+                                height: 180 << i,
+                                rid: rid.to_string(),
+                                ..Default::default()
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                     ..Default::default()
                 },
             });
@@ -480,6 +524,7 @@ impl Sim {
         };
         match message {
             M::Join(j) => c.joined = Some(j),
+            M::Offer(_) if c.lose_offers => {}
             M::Offer(sd) => {
                 c.sub_tracks.extend(msid_tracks(&sd.sdp));
                 c.offers.push(sd.sdp.clone());
@@ -489,10 +534,13 @@ impl Sim {
                     .sdp_api()
                     .accept_offer(offer)
                     .expect("the SFU's offer is acceptable");
-                self.commands.push(Command::Answer {
-                    session,
-                    sdp: answer.to_sdp_string(),
-                });
+                c.last_answer = Some(answer.to_sdp_string());
+                if !c.lose_answers {
+                    self.commands.push(Command::Answer {
+                        session,
+                        sdp: answer.to_sdp_string(),
+                    });
+                }
             }
             M::Answer(sd) => {
                 assert_eq!(sd.id, c.offer_id, "the answer echoes the offer id");
@@ -539,8 +587,9 @@ impl Sim {
                     let newer = c
                         .others
                         .get(&p.identity)
-                        .is_none_or(|old| old.sid != p.sid || p.version > old.version);
-                    assert!(newer, "ParticipantUpdate versions rise");
+                        .is_none_or(|old| old.sid != p.sid || p.version >= old.version);
+                    // A resume re-sends the current state; nothing goes back in time.
+                    assert!(newer, "ParticipantUpdate versions never go back");
                     c.others.insert(p.identity.clone(), p);
                 }
             }
@@ -596,7 +645,16 @@ impl Sim {
                                 let counter = u32::from_be_bytes(
                                     d.data[1..5].try_into().expect("frames carry a counter"),
                                 );
+                                if d.params.spec().codec == Codec::Vp8 {
+                                    c.video_rx
+                                        .entry(sid.clone())
+                                        .or_default()
+                                        .push((d.data[5], d.time.numer()));
+                                }
                                 c.frames.entry(sid).or_default().push(counter);
+                            }
+                            Event::KeyframeRequest(r) if publisher || c.single => {
+                                c.key_due.push(r.rid);
                             }
                             Event::ChannelData(d) if !publisher || c.single => {
                                 c.data.push(
@@ -647,17 +705,33 @@ impl Sim {
                         .find(|p| p.spec().codec == Codec::Vp8)
                         .map(|p| p.pt())
                 });
-                if let Some(pt) = pt
-                    && let Some(w) = c.publisher.writer(mid)
-                {
+                let layers: Vec<Option<Rid>> = if c.simulcast {
+                    SIMULCAST_RIDS.iter().map(|r| Some(Rid::from(*r))).collect()
+                } else {
+                    vec![None]
+                };
+                let mut sent = false;
+                for (layer, rid) in layers.into_iter().enumerate() {
+                    let (Some(pt), Some(mut w)) = (pt, c.publisher.writer(mid)) else {
+                        continue;
+                    };
+                    if let Some(rid) = rid {
+                        w = w.rid(rid);
+                    }
                     let mut frame = vec![0x55u8; VIDEO_FRAME_BYTES];
                     // VP8: bit 0 of the first byte clear marks a key frame.
-                    frame[0] = if n % 30 == 0 { 0x10 } else { 0x11 };
+                    let asked = c.key_due.iter().any(|k| k.is_none() || *k == rid);
+                    frame[0] = if n % 30 == 0 || asked { 0x10 } else { 0x11 };
                     frame[1..5].copy_from_slice(&n.to_be_bytes());
-                    let time = MediaTime::new(n as u64 * 4500, Frequency::NINETY_KHZ);
-                    if w.write(pt, now, time, frame).is_ok() {
-                        c.video_sent += 1;
-                    }
+                    frame[5] = layer as u8;
+                    // Each layer has its own timestamp base, as real encoders' streams do.
+                    let base = layer as u64 * 1_000_000_007;
+                    let time = MediaTime::new(base + n as u64 * 4500, Frequency::NINETY_KHZ);
+                    sent |= w.write(pt, now, time, frame).is_ok();
+                }
+                if sent {
+                    c.video_sent += 1;
+                    c.key_due.clear();
                 }
             }
         }

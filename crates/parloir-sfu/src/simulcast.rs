@@ -1,0 +1,292 @@
+//! Simulcast layer choice per subscriber, and seamless switching between layers.
+//!
+//! A publisher sends up to three encodings of its camera (rids `q`, `h`, `f` as livekit-client
+//! names them, or `l`, `m`, `h`). Each subscriber asks for a size or quality per track with
+//! `UpdateTrackSettings` (adaptive stream sends the size of the tile showing it); the SFU forwards
+//! one layer to it: the highest that is flowing and not above what it asked for.
+//!
+//! Forwarding is frame-level (str0m packetises each forwarded frame for the subscriber, with the
+//! subscriber stream's own SSRC, sequence numbers and VP8 picture ids), so a switch needs only two
+//! things to look like one continuous stream: it happens on a key frame of the new layer (the SFU
+//! asks the publisher for one), and RTP timestamps continue from the old layer's (each layer has
+//! its own random timestamp base).
+
+use std::time::{Duration, Instant};
+
+use livekit_protocol as proto;
+use str0m::media::{MediaTime, Rid};
+
+/// A layer counts as flowing while its last frame is younger than this.
+const ACTIVE_WINDOW: Duration = Duration::from_millis(1000);
+
+/// The layers of one simulcast track, as frames arrive.
+#[derive(Debug, Default)]
+pub(crate) struct Layers {
+    /// Each rid seen, with the arrival of its last frame.
+    seen: Vec<(Rid, Instant)>,
+}
+
+impl Layers {
+    pub(crate) fn frame(&mut self, rid: Rid, now: Instant) {
+        match self.seen.iter_mut().find(|(r, _)| *r == rid) {
+            Some((_, at)) => *at = now,
+            None => self.seen.push((rid, now)),
+        }
+    }
+
+    /// Spatial rank of `rid` (0 lowest, 2 highest) by the naming scheme the track uses:
+    /// livekit-client's `q`/`h`/`f`, or `l`/`m`/`h`, or `0`/`1`/`2`.
+    fn rank(&self, rid: &Rid) -> u8 {
+        let lmh = self.seen.iter().any(|(r, _)| matches!(&**r, "l" | "m"))
+            && !self.seen.iter().any(|(r, _)| matches!(&**r, "q" | "f"));
+        match &**rid {
+            "q" | "l" | "0" => 0,
+            "m" | "1" => 1,
+            "h" if lmh => 2,
+            "h" => 1,
+            _ => 2,
+        }
+    }
+
+    /// The layer to forward to a subscriber that wants `quality` (0 low, 1 medium, 2 high): the
+    /// highest flowing layer not above it, else the lowest flowing one.
+    pub(crate) fn choose(&self, quality: u8, now: Instant) -> Option<Rid> {
+        let flowing = || {
+            self.seen
+                .iter()
+                .filter(move |(_, at)| now.saturating_duration_since(*at) < ACTIVE_WINDOW)
+                .map(|(r, _)| (self.rank(r), *r))
+        };
+        flowing()
+            .filter(|(rank, _)| *rank <= quality)
+            .max_by_key(|(rank, _)| *rank)
+            .or_else(|| flowing().min_by_key(|(rank, _)| *rank))
+            .map(|(_, rid)| rid)
+    }
+}
+
+/// The quality a subscriber wants for a track: `None` when it turned the track off.
+///
+/// A size (adaptive stream) picks the smallest published layer at least that wide or high; a
+/// quality is taken as is; no settings at all mean the highest, as LiveKit does.
+pub(crate) fn wanted_quality(
+    settings: Option<&proto::UpdateTrackSettings>,
+    published: &[proto::VideoLayer],
+) -> Option<u8> {
+    let Some(s) = settings else {
+        return Some(2);
+    };
+    if s.disabled || s.quality == proto::VideoQuality::Off as i32 {
+        return None;
+    }
+    if s.width > 0 || s.height > 0 {
+        let mut layers: Vec<&proto::VideoLayer> =
+            published.iter().filter(|l| l.width > 0).collect();
+        layers.sort_by_key(|l| l.width);
+        if let Some(top) = layers.last() {
+            let fit = layers
+                .iter()
+                .find(|l| l.width >= s.width || l.height >= s.height)
+                .unwrap_or(top);
+            return Some(fit.quality.clamp(0, 2) as u8);
+        }
+    }
+    Some(s.quality.clamp(0, 2) as u8)
+}
+
+/// What to do with a frame for one subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Forward it with this RTP time.
+    Forward(MediaTime),
+    /// Drop it.
+    Drop,
+    /// Drop it, and ask the publisher for a key frame of this layer to switch to.
+    NeedKeyFrame(Rid),
+}
+
+/// One subscriber's view of one simulcast track.
+#[derive(Debug, Default)]
+pub(crate) struct Switcher {
+    current: Option<Rid>,
+    /// Added (wrapping) to the current layer's RTP time.
+    offset: u64,
+    /// RTP time and arrival of the last frame forwarded.
+    last: Option<(MediaTime, Instant)>,
+}
+
+impl Switcher {
+    /// The layer being forwarded.
+    pub(crate) fn current(&self) -> Option<Rid> {
+        self.current
+    }
+
+    /// Decides for a frame of layer `rid` when `target` is the layer this subscriber should get.
+    pub(crate) fn frame(
+        &mut self,
+        rid: Rid,
+        target: Option<Rid>,
+        key: bool,
+        time: MediaTime,
+        now: Instant,
+    ) -> Decision {
+        let Some(target) = target else {
+            return Decision::Drop;
+        };
+        if self.current == Some(rid) && rid == target {
+            return self.forward(time, now);
+        }
+        if rid == target {
+            if !key {
+                return Decision::NeedKeyFrame(target);
+            }
+            // Switch: the new layer's timestamps continue from the last frame sent, advanced by
+            // the time that passed.
+            self.offset = match self.last {
+                Some((last, at)) => {
+                    let hz = u64::from(time.denom());
+                    let elapsed =
+                        now.saturating_duration_since(at).as_micros() as u64 * hz / 1_000_000;
+                    let continued = last.numer().wrapping_add(elapsed.max(1));
+                    continued.wrapping_sub(time.numer())
+                }
+                None => 0,
+            };
+            self.current = Some(rid);
+            return self.forward(time, now);
+        }
+        if self.current == Some(rid) {
+            // Still on the old layer, waiting for the target's key frame.
+            return self.forward(time, now);
+        }
+        // A third layer. With nothing forwarded yet, get the target started.
+        if self.current.is_none() {
+            return Decision::NeedKeyFrame(target);
+        }
+        Decision::Drop
+    }
+
+    fn forward(&mut self, time: MediaTime, now: Instant) -> Decision {
+        let out = MediaTime::new(time.numer().wrapping_add(self.offset), time.frequency());
+        self.last = Some((out, now));
+        Decision::Forward(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use str0m::media::Frequency;
+
+    fn t(n: u64) -> MediaTime {
+        MediaTime::new(n, Frequency::NINETY_KHZ)
+    }
+
+    #[test]
+    fn chooses_the_highest_flowing_layer_not_above_the_wish() {
+        let now = Instant::now();
+        let mut l = Layers::default();
+        for rid in ["q", "h", "f"] {
+            l.frame(rid.into(), now);
+        }
+        assert_eq!(l.choose(0, now), Some("q".into()));
+        assert_eq!(l.choose(1, now), Some("h".into()));
+        assert_eq!(l.choose(2, now), Some("f".into()));
+        // f stops (the publisher's encoder dropped it): high falls back to h.
+        let later = now + Duration::from_secs(2);
+        l.frame("q".into(), later);
+        l.frame("h".into(), later);
+        assert_eq!(l.choose(2, later), Some("h".into()));
+        // Only f flows: even a low wish gets f rather than nothing.
+        let mut only_f = Layers::default();
+        only_f.frame("f".into(), now);
+        assert_eq!(only_f.choose(0, now), Some("f".into()));
+        // l/m/h naming: h is the top.
+        let mut lmh = Layers::default();
+        for rid in ["l", "m", "h"] {
+            lmh.frame(rid.into(), now);
+        }
+        assert_eq!(lmh.choose(2, now), Some("h".into()));
+        assert_eq!(lmh.choose(1, now), Some("m".into()));
+    }
+
+    #[test]
+    fn wishes_come_from_sizes_qualities_or_nothing() {
+        let layer = |q: proto::VideoQuality, w, h| proto::VideoLayer {
+            quality: q as i32,
+            width: w,
+            height: h,
+            ..Default::default()
+        };
+        let published = [
+            layer(proto::VideoQuality::Low, 320, 180),
+            layer(proto::VideoQuality::Medium, 640, 360),
+            layer(proto::VideoQuality::High, 1280, 720),
+        ];
+        let size = |w, h| proto::UpdateTrackSettings {
+            width: w,
+            height: h,
+            ..Default::default()
+        };
+        assert_eq!(wanted_quality(None, &published), Some(2));
+        assert_eq!(wanted_quality(Some(&size(320, 180)), &published), Some(0));
+        assert_eq!(wanted_quality(Some(&size(400, 225)), &published), Some(1));
+        assert_eq!(wanted_quality(Some(&size(1920, 1080)), &published), Some(2));
+        let off = proto::UpdateTrackSettings {
+            disabled: true,
+            ..Default::default()
+        };
+        assert_eq!(wanted_quality(Some(&off), &published), None);
+        let medium = proto::UpdateTrackSettings {
+            quality: proto::VideoQuality::Medium as i32,
+            ..Default::default()
+        };
+        assert_eq!(wanted_quality(Some(&medium), &[]), Some(1));
+    }
+
+    #[test]
+    fn switches_on_a_key_frame_with_continuous_timestamps() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let (q, f): (Rid, Rid) = ("q".into(), "f".into());
+        let mut s = Switcher::default();
+        // Start on q: a delta frame asks for a key frame, the key frame starts the stream.
+        assert_eq!(
+            s.frame(q, Some(q), false, t(1000), ms(0)),
+            Decision::NeedKeyFrame(q)
+        );
+        assert_eq!(
+            s.frame(q, Some(q), true, t(4000), ms(33)),
+            Decision::Forward(t(4000))
+        );
+        assert_eq!(
+            s.frame(q, Some(q), false, t(7000), ms(66)),
+            Decision::Forward(t(7000))
+        );
+        // The wish goes up to f: q keeps flowing until f's key frame; f's deltas ask for one.
+        assert_eq!(
+            s.frame(f, Some(f), false, t(900_000), ms(70)),
+            Decision::NeedKeyFrame(f)
+        );
+        assert_eq!(
+            s.frame(q, Some(f), false, t(10_000), ms(100)),
+            Decision::Forward(t(10_000))
+        );
+        // f's key frame 33 ms later: its timestamps (another base) continue from q's.
+        let Decision::Forward(out) = s.frame(f, Some(f), true, t(903_000), ms(133)) else {
+            panic!("the key frame switches");
+        };
+        assert_eq!(out.numer(), 10_000 + 33 * 90);
+        assert_eq!(s.current(), Some(f));
+        assert_eq!(
+            s.frame(q, Some(f), false, t(13_000), ms(166)),
+            Decision::Drop
+        );
+        let Decision::Forward(next) = s.frame(f, Some(f), false, t(906_000), ms(166)) else {
+            panic!("f flows");
+        };
+        assert_eq!(next.numer() - out.numer(), 3000);
+        // Turned off: nothing.
+        assert_eq!(s.frame(f, None, true, t(909_000), ms(200)), Decision::Drop);
+    }
+}
