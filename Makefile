@@ -2,19 +2,23 @@
 CARGO ?= cargo
 BIN := target/release/parloir
 
-.PHONY: run test setup build unit e2e sdk fmt lint clean bench bench-tools profile callgrind
+.PHONY: run test setup build build-tests unit e2e sdk fmt lint clean bench bench-tools profile callgrind
 
 run: setup build
 	$(BIN) serve --dev
 
-test: setup build unit e2e sdk
+test: setup build-tests unit e2e sdk
 
 setup:
 	@bash deploy/setup.sh
 
-# One release build serves `make run`, the unit tests and the end-to-end tests.
 build:
 	$(CARGO) build --release --locked
+
+# One release build serves the unit and the end-to-end tests: built with the tests' features
+# (dev-dependencies take part in feature resolution), so `cargo test` compiles nothing again.
+build-tests:
+	$(CARGO) build --release --locked --workspace --bins --lib --tests
 
 unit:
 	$(CARGO) test --release --locked --workspace
