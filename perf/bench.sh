@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: the criterion benches, the load scenarios sized for this machine against Parloir
 # and Janus, then perf/report.md with plots, checked against perf/budgets.toml and the previous
-# run. About 6 minutes on 2 cores after the build.
+# run. About 7 minutes on 2 cores after the build.
 #
 # Results: perf/results/latest/*.json (this run), perf/results/previous/ (the run before),
 # perf/report.md and perf/plots/*.svg. Set BENCH_DURATION (seconds per scenario, default 20) to
