@@ -355,6 +355,8 @@ struct Track {
     subscribers: Vec<PeerId>,
     /// Last key frame request, per layer (`None` without simulcast).
     last_keyframe_request: HashMap<Option<Rid>, Instant>,
+    /// Dynacast: the highest quality any subscriber wants, as last told to the publisher.
+    told_quality: Option<Option<u8>>,
 }
 
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
@@ -1239,6 +1241,7 @@ impl Sfu {
                 layers: Layers::default(),
                 subscribers: Vec::new(),
                 last_keyframe_request: HashMap::new(),
+                told_quality: None,
             },
         );
         self.signal(
@@ -2185,7 +2188,73 @@ impl Sfu {
 
     /// The periodic work, every [`SPEAKER_TICK`] while rooms exist: expired resumes leave,
     /// empty rooms close, speaker changes and room counts go out.
+    /// Dynacast: tells each simulcast publisher which layers its subscribers need
+    /// (SubscribedQualityUpdate), so livekit-client pauses the encodings above the highest
+    /// quality anyone wants and resumes them when someone does. The lowest layer stays on, so a
+    /// new subscriber starts at once. Sent when the answer changes, at most once a tick.
+    fn dynacast(&mut self) {
+        let mut updates = Vec::new();
+        for (sid, track) in &mut self.tracks {
+            let Some(codec) = track.info.codecs.first() else {
+                continue;
+            };
+            if track.kind != MediaKind::Video || codec.layers.len() < 2 {
+                continue;
+            }
+            let wanted = track
+                .subscribers
+                .iter()
+                .filter_map(|pid| self.peers.get(pid))
+                .filter_map(|peer| {
+                    let settings = self
+                        .participants
+                        .get(&peer.session)
+                        .and_then(|p| p.settings.get(sid));
+                    simulcast::wanted_quality(settings, &codec.layers)
+                })
+                .max();
+            if track.told_quality == Some(wanted) {
+                continue;
+            }
+            track.told_quality = Some(wanted);
+            let qualities: Vec<proto::SubscribedQuality> = [
+                proto::VideoQuality::Low,
+                proto::VideoQuality::Medium,
+                proto::VideoQuality::High,
+            ]
+            .into_iter()
+            .map(|q| proto::SubscribedQuality {
+                quality: q as i32,
+                enabled: q == proto::VideoQuality::Low || wanted.is_some_and(|w| q as u8 <= w),
+            })
+            .collect();
+            let name = codec
+                .mime_type
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_lowercase();
+            #[allow(deprecated, reason = "older clients read only subscribed_qualities")]
+            let update = proto::SubscribedQualityUpdate {
+                track_sid: sid.clone(),
+                subscribed_qualities: qualities.clone(),
+                subscribed_codecs: vec![proto::SubscribedCodec {
+                    codec: name,
+                    qualities,
+                }],
+            };
+            updates.push((track.publisher, update));
+        }
+        for (publisher, update) in updates {
+            self.signal(
+                publisher,
+                proto::signal_response::Message::SubscribedQualityUpdate(update),
+            );
+        }
+    }
+
     fn tick(&mut self, now: Instant) {
+        self.dynacast();
         // Resumed clients that sent no SyncState in time: offer again.
         let unsynced: Vec<(PeerId, SessionId)> = self
             .peers

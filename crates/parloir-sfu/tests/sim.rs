@@ -690,3 +690,67 @@ fn a_resume_without_sync_state_offers_again_after_a_while() {
     let got = sim.client("alice").frames.get(&cam).map_or(0, Vec::len);
     assert!(got > 10, "Bob's video reaches Alice: {got} frames");
 }
+
+/// The qualities (low, medium, high) the latest dynacast update for `sid` enables.
+fn enabled(sim: &Sim, publisher: &str, sid: &str) -> Vec<bool> {
+    let update = sim
+        .client(publisher)
+        .quality_updates
+        .iter()
+        .rev()
+        .find(|u| u.track_sid == sid)
+        .expect("a SubscribedQualityUpdate for the camera");
+    let codec = update.subscribed_codecs.first().expect("per codec");
+    assert_eq!(codec.codec, "vp8");
+    let mut q: Vec<(i32, bool)> = codec
+        .qualities
+        .iter()
+        .map(|q| (q.quality, q.enabled))
+        .collect();
+    q.sort();
+    q.into_iter().map(|(_, e)| e).collect()
+}
+
+#[test]
+fn publishers_are_told_which_layers_their_subscribers_need() {
+    let mut sim = Sim::new(9, 0.0);
+    for name in ["pub", "a", "b"] {
+        sim.join(name);
+    }
+    sim.clients[0].simulcast = true;
+    sim.publish(0);
+    sim.run_for(Duration::from_secs(2));
+    let cam = sim.track_sid("pub", "cam");
+    // Nobody said anything yet: everything may be needed.
+    assert_eq!(enabled(&sim, "pub", &cam), [true, true, true]);
+    let size = |w, h| proto::UpdateTrackSettings {
+        width: w,
+        height: h,
+        ..Default::default()
+    };
+    // Both show it small: only the lowest layer is needed.
+    settings(&mut sim, "a", &cam, size(320, 180));
+    settings(&mut sim, "b", &cam, size(320, 180));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(enabled(&sim, "pub", &cam), [true, false, false]);
+    let updates = sim.client("pub").quality_updates.len();
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(
+        sim.client("pub").quality_updates.len(),
+        updates,
+        "nothing changed, nothing is sent"
+    );
+    // One shows it at 640x360: the middle layer comes back.
+    settings(&mut sim, "b", &cam, size(640, 360));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(enabled(&sim, "pub", &cam), [true, true, false]);
+    // Turned off by both: the lowest layer stays, for the next subscriber to start at once.
+    let off = proto::UpdateTrackSettings {
+        disabled: true,
+        ..Default::default()
+    };
+    settings(&mut sim, "a", &cam, off.clone());
+    settings(&mut sim, "b", &cam, off);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(enabled(&sim, "pub", &cam), [true, false, false]);
+}

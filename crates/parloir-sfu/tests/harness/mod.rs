@@ -119,6 +119,8 @@ pub struct Client {
     pub video_sent: u32,
     /// Publish the camera as three simulcast layers (`q`, `h`, `f`).
     pub simulcast: bool,
+    /// SubscribedQualityUpdates received (dynacast), oldest first.
+    pub quality_updates: Vec<proto::SubscribedQualityUpdate>,
     /// Answers to the SFU's offers are made but lost (a socket dropping under them).
     pub lose_answers: bool,
     /// The SFU's offers are lost before the client sees them.
@@ -272,6 +274,7 @@ impl Sim {
             audio_sent: 0,
             video_sent: 0,
             simulcast: false,
+            quality_updates: Vec::new(),
             lose_answers: false,
             lose_offers: false,
             last_answer: None,
@@ -594,6 +597,7 @@ impl Sim {
                 }
             }
             M::Leave(l) => c.left = Some(l),
+            M::SubscribedQualityUpdate(u) => c.quality_updates.push(u),
             M::RoomUpdate(u) => c.room = u.room,
             _ => {}
         }
