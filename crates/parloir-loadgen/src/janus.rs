@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use str0m::Event;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Simulcast, SimulcastLayer};
 use tokio::net::TcpStream;
@@ -23,7 +22,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::peer::{EgressTotals, MTU, Peer, Receiver, Sender};
+use crate::peer::{MTU, Media};
 use crate::stats::Counter;
 use crate::{Ctx, End, JanusTarget};
 
@@ -217,11 +216,7 @@ struct Janus<'a> {
     pending: HashMap<String, Purpose>,
     /// Messages that arrived while a join step waited for its own answer.
     backlog: VecDeque<Value>,
-    publisher: Peer,
-    subscriber: Peer,
-    sender: Sender,
-    receiver: Receiver,
-    egress: EgressTotals,
+    media: Media,
     /// Streams wanted but not yet asked for; asked in batches, one renegotiation at a time.
     wanted: Vec<Want>,
     asked: HashSet<(u64, String)>,
@@ -301,7 +296,7 @@ impl<'a> Janus<'a> {
         if !with_audio && !with_video {
             return None;
         }
-        let mut api = self.publisher.rtc.sdp_api();
+        let mut api = self.media.publisher.rtc.sdp_api();
         let audio = with_audio.then(|| {
             api.add_media(
                 MediaKind::Audio,
@@ -330,10 +325,12 @@ impl<'a> Janus<'a> {
         });
         let (offer, pending) = api.apply()?;
         if let Some(mid) = audio {
-            self.sender.set_audio(mid, now);
+            self.media.sender.set_audio(mid, now);
         }
         if let Some(mid) = video {
-            self.sender.set_video(mid, &self.ctx.scenario.video, now);
+            self.media
+                .sender
+                .set_video(mid, &self.ctx.scenario.video, now);
         }
         Some((offer.to_sdp_string(), pending))
     }
@@ -488,12 +485,13 @@ impl<'a> Janus<'a> {
             let offer = SdpOffer::from_sdp_string(m["jsep"]["sdp"].as_str().unwrap_or_default())
                 .map_err(|e| format!("bad subscriber offer: {e}"))?;
             let answer = self
+                .media
                 .subscriber
                 .rtc
                 .sdp_api()
                 .accept_offer(offer)
                 .map_err(|e| format!("subscriber offer refused: {e}"))?;
-            self.subscriber.kick();
+            self.media.subscriber.kick();
             let jsep = json!({"type": "answer", "sdp": answer.to_sdp_string(), "trickle": false});
             let handle = self.sub_handle.unwrap_or_default();
             let tx = self
@@ -516,33 +514,10 @@ impl<'a> Janus<'a> {
         Ok(())
     }
 
-    fn drain(&mut self) -> anyhow::Result<()> {
-        let shared = &*self.ctx.shared;
-        let now = Instant::now();
-        self.sender
-            .write_due(&mut self.publisher, shared, &self.ctx.scenario, now);
-        let sender = &mut self.sender;
-        let egress = &mut self.egress;
-        self.publisher.drain(shared, |e| match e {
-            Event::KeyframeRequest(r) => sender.key_frame_requested(r.rid),
-            Event::MediaEgressStats(s) => egress.update(shared, s.mid, s.rid, s.nacks, s.plis),
-            _ => {}
-        })?;
-        let receiver = &mut self.receiver;
-        self.subscriber.drain(shared, |e| match e {
-            Event::MediaData(d) => {
-                receiver.frame(shared, now, d.mid, d.rid, d.params.spec().codec, &d.data)
-            }
-            Event::MediaIngressStats(s) => receiver.ingress_nacks(shared, s.mid, s.rid, s.nacks),
-            _ => {}
-        })?;
-        Ok(())
-    }
-
     async fn run(&mut self, ws: &mut Ws, leave_at: Instant) -> End {
         let shared = &*self.ctx.shared;
-        let pub_sock = self.publisher.socket.clone();
-        let sub_sock = self.subscriber.socket.clone();
+        let pub_sock = self.media.publisher.socket.clone();
+        let sub_sock = self.media.subscriber.socket.clone();
         let mut pbuf = vec![0u8; MTU];
         let mut sbuf = vec![0u8; MTU];
         enum Wake {
@@ -562,7 +537,7 @@ impl<'a> Janus<'a> {
                 shared.dropped(reason);
                 return End::Dropped;
             }
-            if let Err(e) = self.drain() {
+            if let Err(e) = self.media.drain(shared, &self.ctx.scenario, self.index) {
                 if shared.stopping() {
                     return End::Stopped;
                 }
@@ -589,9 +564,7 @@ impl<'a> Janus<'a> {
                 }
             }
             let wake_at = [
-                Some(self.publisher.deadline),
-                Some(self.subscriber.deadline),
-                self.sender.next_due(),
+                Some(self.media.next_due()),
                 Some(self.next_keepalive),
                 self.retry_at,
                 Some(leave_at),
@@ -624,28 +597,19 @@ impl<'a> Janus<'a> {
                     self.backlog.push_back(m);
                 }
                 Wake::Ws(Some(Ok(_))) => {}
-                Wake::Pub(Ok((n, from))) => {
-                    self.publisher.input(shared, now, from, &pbuf[..n]);
-                    for _ in 0..64 {
-                        let Ok((n, from)) = pub_sock.try_recv_from(&mut pbuf) else {
-                            break;
-                        };
-                        self.publisher.input(shared, now, from, &pbuf[..n]);
-                    }
+                Wake::Pub(Ok(first)) => {
+                    self.media
+                        .publisher
+                        .input_batch(shared, now, first, &mut pbuf);
                 }
-                Wake::Sub(Ok((n, from))) => {
-                    self.subscriber.input(shared, now, from, &sbuf[..n]);
-                    for _ in 0..64 {
-                        let Ok((n, from)) = sub_sock.try_recv_from(&mut sbuf) else {
-                            break;
-                        };
-                        self.subscriber.input(shared, now, from, &sbuf[..n]);
-                    }
+                Wake::Sub(Ok(first)) => {
+                    self.media
+                        .subscriber
+                        .input_batch(shared, now, first, &mut sbuf);
                 }
                 Wake::Pub(Err(_)) | Wake::Sub(Err(_)) | Wake::Timer => {}
             }
-            self.publisher.tick(now);
-            self.subscriber.tick(now);
+            self.media.tick(now);
         }
     }
 }
@@ -693,18 +657,13 @@ pub async fn session(ctx: &Ctx, target: &JanusTarget, index: u32, leave_at: Inst
         }
     };
     let now = Instant::now();
-    let (publisher, subscriber) = match (
-        Peer::bind(ctx.bind_ip, now).await,
-        Peer::bind(ctx.bind_ip, now).await,
-    ) {
-        (Ok(p), Ok(s)) => (p, s),
-        (Err(e), _) | (_, Err(e)) => {
+    let media = match Media::bind(ctx.bind_ip, index, ctx.start, &ctx.scenario, started).await {
+        Ok(m) => m,
+        Err(e) => {
             shared.fail(format!("local setup failed: {e}"));
             return End::Failed;
         }
     };
-    let mut receiver = Receiver::new(now);
-    receiver.joining_since = Some(started);
     let mut j = Janus {
         ctx,
         index,
@@ -714,11 +673,7 @@ pub async fn session(ctx: &Ctx, target: &JanusTarget, index: u32, leave_at: Inst
         next_tx: 0,
         pending: HashMap::new(),
         backlog: VecDeque::new(),
-        publisher,
-        subscriber,
-        sender: Sender::new(index, ctx.start, &ctx.scenario),
-        receiver,
-        egress: EgressTotals::default(),
+        media,
         wanted: Vec::new(),
         asked: HashSet::new(),
         renegotiating: false,
@@ -731,7 +686,7 @@ pub async fn session(ctx: &Ctx, target: &JanusTarget, index: u32, leave_at: Inst
         return End::Failed;
     }
     let end = j.run(&mut ws, leave_at).await;
-    j.receiver.finish(shared);
+    j.media.receiver.finish(shared);
     if end != End::Dropped {
         // Destroying the session hangs up both peer connections and tells the room.
         let _ = j.send(&mut ws, json!({"janus": "destroy"})).await;
@@ -784,12 +739,13 @@ impl Janus<'_> {
                 .await?;
             let answer = SdpAnswer::from_sdp_string(m["jsep"]["sdp"].as_str().unwrap_or_default())
                 .map_err(|e| format!("bad publisher answer: {e}"))?;
-            self.publisher
+            self.media
+                .publisher
                 .rtc
                 .sdp_api()
                 .accept_answer(pending, answer)
                 .map_err(|e| format!("publisher answer refused: {e}"))?;
-            self.publisher.kick();
+            self.media.publisher.kick();
         }
         Ok(())
     }

@@ -15,7 +15,6 @@ use livekit_protocol as proto;
 use prost::Message as _;
 use proto::signal_request::Message as Req;
 use proto::signal_response::Message as Resp;
-use str0m::Event;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind};
 use str0m::{Candidate, media::Simulcast, media::SimulcastLayer};
@@ -23,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::peer::{EgressTotals, MTU, Peer, Receiver, Sender};
+use crate::peer::{MTU, Media};
 use crate::stats::Counter;
 use crate::{Ctx, End, LiveKitTarget};
 
@@ -145,7 +144,7 @@ pub async fn session(ctx: &Ctx, target: &LiveKitTarget, index: u32, leave_at: In
     p.publish(&mut outbox);
     p.subscriptions(&mut outbox);
     let end = p.run(&mut ws, outbox, leave_at).await;
-    p.receiver.finish(shared);
+    p.media.receiver.finish(shared);
     if end != End::Dropped {
         let _ = ws
             .send(encode(Req::Leave(proto::LeaveRequest {
@@ -169,11 +168,7 @@ struct Remote {
 struct Participant<'a> {
     ctx: &'a Ctx,
     index: u32,
-    publisher: Peer,
-    subscriber: Peer,
-    sender: Sender,
-    receiver: Receiver,
-    egress: EgressTotals,
+    media: Media,
     pending: Option<SdpPendingOffer>,
     /// AddTrack cids not yet confirmed by TrackPublished.
     unpublished: HashSet<String>,
@@ -194,16 +189,10 @@ impl<'a> Participant<'a> {
     ) -> anyhow::Result<Self> {
         let now = Instant::now();
         let ping_every = Duration::from_secs(u64::from(join.ping_interval.clamp(1, 30) as u32));
-        let mut receiver = Receiver::new(now);
-        receiver.joining_since = Some(started);
         Ok(Self {
             ctx,
             index,
-            publisher: Peer::bind(ctx.bind_ip, now).await?,
-            subscriber: Peer::bind(ctx.bind_ip, now).await?,
-            sender: Sender::new(index, ctx.start, &ctx.scenario),
-            receiver,
-            egress: EgressTotals::default(),
+            media: Media::bind(ctx.bind_ip, index, ctx.start, &ctx.scenario, started).await?,
             pending: None,
             unpublished: HashSet::new(),
             offered: false,
@@ -274,7 +263,7 @@ impl<'a> Participant<'a> {
     fn offer(&mut self, out: &mut Vec<Req>) -> anyhow::Result<()> {
         let now = Instant::now();
         let (with_audio, with_video) = (self.publishes_audio(), self.publishes_video());
-        let mut api = self.publisher.rtc.sdp_api();
+        let mut api = self.media.publisher.rtc.sdp_api();
         let audio = with_audio.then(|| {
             api.add_media(
                 MediaKind::Audio,
@@ -305,10 +294,12 @@ impl<'a> Participant<'a> {
             return Ok(());
         };
         if let Some(mid) = audio {
-            self.sender.set_audio(mid, now);
+            self.media.sender.set_audio(mid, now);
         }
         if let Some(mid) = video {
-            self.sender.set_video(mid, &self.ctx.scenario.video, now);
+            self.media
+                .sender
+                .set_video(mid, &self.ctx.scenario.video, now);
         }
         self.pending = Some(pending);
         self.offered = true;
@@ -408,12 +399,13 @@ impl<'a> Participant<'a> {
                 let offer = SdpOffer::from_sdp_string(&sd.sdp)
                     .map_err(|e| format!("bad subscriber offer: {e}"))?;
                 let answer = self
+                    .media
                     .subscriber
                     .rtc
                     .sdp_api()
                     .accept_offer(offer)
                     .map_err(|e| format!("subscriber offer refused: {e}"))?;
-                self.subscriber.kick();
+                self.media.subscriber.kick();
                 out.push(Req::Answer(proto::SessionDescription {
                     r#type: "answer".into(),
                     sdp: answer.to_sdp_string(),
@@ -425,12 +417,13 @@ impl<'a> Participant<'a> {
                 if let Some(pending) = self.pending.take() {
                     let answer = SdpAnswer::from_sdp_string(&sd.sdp)
                         .map_err(|e| format!("bad publisher answer: {e}"))?;
-                    self.publisher
+                    self.media
+                        .publisher
                         .rtc
                         .sdp_api()
                         .accept_answer(pending, answer)
                         .map_err(|e| format!("publisher answer refused: {e}"))?;
-                    self.publisher.kick();
+                    self.media.publisher.kick();
                 }
             }
             Resp::Trickle(t) => {
@@ -441,9 +434,9 @@ impl<'a> Participant<'a> {
                     && let Ok(c) = Candidate::from_sdp_string(c)
                 {
                     let peer = if t.target == proto::SignalTarget::Subscriber as i32 {
-                        &mut self.subscriber
+                        &mut self.media.subscriber
                     } else {
-                        &mut self.publisher
+                        &mut self.media.publisher
                     };
                     peer.rtc.add_remote_candidate(c);
                     peer.kick();
@@ -480,7 +473,7 @@ impl<'a> Participant<'a> {
                 for sq in qualities {
                     for (i, l) in layers.iter().enumerate() {
                         if quality_of(i, layers.len()) as i32 == sq.quality {
-                            self.sender.set_layer_enabled(&l.rid, sq.enabled);
+                            self.media.sender.set_layer_enabled(&l.rid, sq.enabled);
                         }
                     }
                 }
@@ -493,38 +486,10 @@ impl<'a> Participant<'a> {
         Ok(())
     }
 
-    fn drain(&mut self) -> anyhow::Result<()> {
-        let shared = &*self.ctx.shared;
-        let now = Instant::now();
-        self.sender
-            .write_due(&mut self.publisher, shared, &self.ctx.scenario, now);
-        let sender = &mut self.sender;
-        let egress = &mut self.egress;
-        self.publisher.drain(shared, |e| match e {
-            Event::KeyframeRequest(r) => sender.key_frame_requested(r.rid),
-            Event::MediaEgressStats(s) => egress.update(shared, s.mid, s.rid, s.nacks, s.plis),
-            _ => {}
-        })?;
-        let receiver = &mut self.receiver;
-        let index = self.index;
-        self.subscriber.drain(shared, |e| match e {
-            Event::IceConnectionStateChange(state) => {
-                tracing::debug!(participant = index, ?state, "subscriber ICE");
-            }
-            Event::Connected => tracing::debug!(participant = index, "subscriber connected"),
-            Event::MediaData(d) => {
-                receiver.frame(shared, now, d.mid, d.rid, d.params.spec().codec, &d.data)
-            }
-            Event::MediaIngressStats(s) => receiver.ingress_nacks(shared, s.mid, s.rid, s.nacks),
-            _ => {}
-        })?;
-        Ok(())
-    }
-
     async fn run(&mut self, ws: &mut Ws, mut outbox: Vec<Req>, leave_at: Instant) -> End {
         let shared = &*self.ctx.shared;
-        let pub_sock = self.publisher.socket.clone();
-        let sub_sock = self.subscriber.socket.clone();
+        let pub_sock = self.media.publisher.socket.clone();
+        let sub_sock = self.media.subscriber.socket.clone();
         let mut pbuf = vec![0u8; MTU];
         let mut sbuf = vec![0u8; MTU];
         enum Wake {
@@ -540,7 +505,7 @@ impl<'a> Participant<'a> {
                     return End::Dropped;
                 }
             }
-            if let Err(e) = self.drain() {
+            if let Err(e) = self.media.drain(shared, &self.ctx.scenario, self.index) {
                 if shared.stopping() {
                     return End::Stopped;
                 }
@@ -560,9 +525,7 @@ impl<'a> Participant<'a> {
                 continue;
             }
             let wake_at = [
-                Some(self.publisher.deadline),
-                Some(self.subscriber.deadline),
-                self.sender.next_due(),
+                Some(self.media.next_due()),
                 Some(self.next_ping),
                 Some(leave_at),
                 Some(now + Duration::from_millis(100)),
@@ -606,26 +569,19 @@ impl<'a> Participant<'a> {
                     return End::Dropped;
                 }
                 Wake::Ws(Some(Ok(_))) => {}
-                Wake::Pub(Ok((n, from))) => {
-                    self.publisher.input(shared, now, from, &pbuf[..n]);
-                    while let Ok((n, from)) = pub_sock.try_recv_from(&mut pbuf) {
-                        self.publisher.input(shared, now, from, &pbuf[..n]);
-                    }
+                Wake::Pub(Ok(first)) => {
+                    self.media
+                        .publisher
+                        .input_batch(shared, now, first, &mut pbuf);
                 }
-                Wake::Sub(Ok((n, from))) => {
-                    self.subscriber.input(shared, now, from, &sbuf[..n]);
-                    // Take what else is queued before polling: fewer wake-ups under load.
-                    for _ in 0..64 {
-                        let Ok((n, from)) = sub_sock.try_recv_from(&mut sbuf) else {
-                            break;
-                        };
-                        self.subscriber.input(shared, now, from, &sbuf[..n]);
-                    }
+                Wake::Sub(Ok(first)) => {
+                    self.media
+                        .subscriber
+                        .input_batch(shared, now, first, &mut sbuf);
                 }
                 Wake::Pub(Err(_)) | Wake::Sub(Err(_)) | Wake::Timer => {}
             }
-            self.publisher.tick(now);
-            self.subscriber.tick(now);
+            self.media.tick(now);
         }
     }
 }

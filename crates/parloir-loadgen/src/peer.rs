@@ -85,6 +85,26 @@ impl Peer {
         self.kicked = true;
     }
 
+    /// Feeds the datagram already in `buf` (`first`) and up to 64 more that are queued, so a
+    /// busy socket costs fewer wake-ups.
+    pub fn input_batch(
+        &mut self,
+        shared: &Shared,
+        now: Instant,
+        first: (usize, SocketAddr),
+        buf: &mut [u8],
+    ) {
+        let socket = self.socket.clone();
+        let (mut n, mut from) = first;
+        for _ in 0..=64 {
+            self.input(shared, now, from, &buf[..n]);
+            match socket.try_recv_from(buf) {
+                Ok(next) => (n, from) = next,
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Lets time pass up to `now`.
     pub fn tick(&mut self, now: Instant) {
         if (self.kicked || now >= self.deadline) && self.rtc.is_alive() {
@@ -475,6 +495,82 @@ impl Receiver {
 
     pub fn finish(&mut self, shared: &Shared) {
         shared.merge(&mut self.latencies);
+    }
+}
+
+/// A participant's two peer connections and what flows through them: the media it publishes
+/// and the accounting of what it receives. The LiveKit and Janus participants share it.
+pub struct Media {
+    pub publisher: Peer,
+    pub subscriber: Peer,
+    pub sender: Sender,
+    pub receiver: Receiver,
+    pub egress: EgressTotals,
+}
+
+impl Media {
+    /// Binds both connections; counts the join time from `started` to the first remote frame.
+    pub async fn bind(
+        ip: IpAddr,
+        index: u32,
+        start: Instant,
+        scenario: &Scenario,
+        started: Instant,
+    ) -> anyhow::Result<Self> {
+        let now = Instant::now();
+        let mut receiver = Receiver::new(now);
+        receiver.joining_since = Some(started);
+        Ok(Self {
+            publisher: Peer::bind(ip, now).await?,
+            subscriber: Peer::bind(ip, now).await?,
+            sender: Sender::new(index, start, scenario),
+            receiver,
+            egress: EgressTotals::default(),
+        })
+    }
+
+    /// Writes the media that is due, sends what both connections have to send, and turns
+    /// their events into figures.
+    pub fn drain(
+        &mut self,
+        shared: &Shared,
+        scenario: &Scenario,
+        index: u32,
+    ) -> anyhow::Result<()> {
+        let now = Instant::now();
+        self.sender
+            .write_due(&mut self.publisher, shared, scenario, now);
+        let sender = &mut self.sender;
+        let egress = &mut self.egress;
+        self.publisher.drain(shared, |e| match e {
+            Event::KeyframeRequest(r) => sender.key_frame_requested(r.rid),
+            Event::MediaEgressStats(s) => egress.update(shared, s.mid, s.rid, s.nacks, s.plis),
+            _ => {}
+        })?;
+        let receiver = &mut self.receiver;
+        self.subscriber.drain(shared, |e| match e {
+            Event::IceConnectionStateChange(state) => {
+                tracing::debug!(participant = index, ?state, "subscriber ICE");
+            }
+            Event::Connected => tracing::debug!(participant = index, "subscriber connected"),
+            Event::MediaData(d) => {
+                receiver.frame(shared, now, d.mid, d.rid, d.params.spec().codec, &d.data)
+            }
+            Event::MediaIngressStats(s) => receiver.ingress_nacks(shared, s.mid, s.rid, s.nacks),
+            _ => {}
+        })
+    }
+
+    /// The earliest instant either connection or the sender needs attention.
+    pub fn next_due(&self) -> Instant {
+        let peers = self.publisher.deadline.min(self.subscriber.deadline);
+        self.sender.next_due().map_or(peers, |t| t.min(peers))
+    }
+
+    /// Lets time pass on both connections.
+    pub fn tick(&mut self, now: Instant) {
+        self.publisher.tick(now);
+        self.subscriber.tick(now);
     }
 }
 
