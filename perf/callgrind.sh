@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Instruction counts of the SFU's forwarding, per datagram out, under valgrind's callgrind.
-# Instruction counts repeat from run to run where wall time on a shared machine does not, so
-# this is the figure to compare before and after a change to the forwarding path.
+# Instruction counts do not depend on the machine's neighbours as wall time does. They still vary
+# with str0m's unseeded randomness (DTLS, SSRCs): within 5 % at 10 participants, up to 30 % at 2,
+# where the measured window holds few datagrams. Compare rooms of 10 or more.
 #
 #   perf/callgrind.sh [SIZES]        e.g. perf/callgrind.sh "2 10 25"
 #
