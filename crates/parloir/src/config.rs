@@ -42,6 +42,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The meeting page: index.html, app.js and node_modules/livekit-client.
     pub web_dir: PathBuf,
+    /// The hardware profile (hardware/*.toml): "auto" detects it.
+    pub hardware_profile: String,
+    /// Pin the media worker and the control threads to the cores of the profile's core plan.
+    pub pin_cores: bool,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +54,8 @@ impl Default for ServerConfig {
             http_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7880),
             data_dir: PathBuf::from("data"),
             web_dir: PathBuf::from("web"),
+            hardware_profile: "auto".into(),
+            pin_cores: true,
         }
     }
 }
@@ -66,6 +72,13 @@ pub struct RtcConfig {
     /// The addresses clients reach the server on, advertised as ICE host candidates. Empty:
     /// the bind address (which must then not be unspecified).
     pub advertise_ips: Vec<IpAddr>,
+    /// The UDP I/O backend: "auto", "io_uring", "mmsg" or "basic".
+    pub io: String,
+    /// Group equal-size datagrams for one client into one GSO send.
+    pub gso: bool,
+    /// Let the kernel coalesce received trains (UDP_GRO). Browsers do not send trains, so it
+    /// only costs larger receive buffers; off by default.
+    pub gro: bool,
 }
 
 impl Default for RtcConfig {
@@ -75,6 +88,9 @@ impl Default for RtcConfig {
             tcp_port: 7881,
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             advertise_ips: Vec::new(),
+            io: "auto".into(),
+            gso: true,
+            gro: false,
         }
     }
 }
@@ -144,6 +160,9 @@ impl Config {
                 self.webhook.api_key
             )));
         }
+        if let Err(e) = self.rtc.io.parse::<parloir_net::IoMode>() {
+            return Err(ConfigError::Invalid(format!("rtc.io: {e}")));
+        }
         if self.candidates().is_empty() {
             return Err(ConfigError::Invalid(
                 "rtc.bind_ip is unspecified: list the addresses clients use in rtc.advertise_ips"
@@ -151,6 +170,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// How the UDP backend is chosen (validated by `validate`).
+    pub fn io_mode(&self) -> parloir_net::IoMode {
+        self.rtc.io.parse().unwrap_or_default()
     }
 
     /// The UDP socket address to bind.
@@ -221,5 +245,14 @@ mod tests {
         let c: Config =
             toml::from_str("[keys]\na = \"secret1\"\n[webhook]\napi_key = \"b\"\n").unwrap();
         assert!(c.validate().is_err(), "the webhook key must exist");
+        let c: Config = toml::from_str("[keys]\na = \"secret1\"\n[rtc]\nio = \"epoll\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("rtc.io") && e.contains("epoll"), "{e}");
+        let c: Config =
+            toml::from_str("[keys]\na = \"secret1\"\n[rtc]\nio = \"io_uring\"\n").unwrap();
+        assert_eq!(
+            c.io_mode(),
+            parloir_net::IoMode::Fixed(parloir_net::Backend::IoUring)
+        );
     }
 }

@@ -54,6 +54,10 @@ pub struct LoadtestArgs {
     /// Worker threads of the load generator (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// UDP backends of the Parloir started here (`parloir serve --io`); a list runs each, as
+    /// servers named `parloir-<backend>`.
+    #[arg(long, value_delimiter = ',')]
+    io: Vec<parloir_net::IoMode>,
 }
 
 /// A server process started for the run; stopped when dropped.
@@ -114,7 +118,7 @@ fn log_file(name: &str) -> anyhow::Result<(PathBuf, std::fs::File)> {
     Ok((path, file))
 }
 
-fn spawn_parloir() -> anyhow::Result<Spawned> {
+fn spawn_parloir(io: Option<parloir_net::IoMode>) -> anyhow::Result<Spawned> {
     let exe = std::env::current_exe().context("finding the parloir binary")?;
     let http = free_tcp_port()?;
     let udp = free_udp_port()?;
@@ -130,6 +134,7 @@ fn spawn_parloir() -> anyhow::Result<Spawned> {
             "--tcp-port",
             "0",
         ])
+        .args(io.map(|io| format!("--io={io}")))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -235,17 +240,34 @@ fn run_targets(
     suffix: &str,
 ) -> anyhow::Result<Vec<Report>> {
     let mut reports = Vec::new();
-    for target in &args.target {
+    // Each backend asked for is a Parloir of its own.
+    let targets: Vec<(&str, Option<parloir_net::IoMode>)> = args
+        .target
+        .iter()
+        .flat_map(|t| {
+            if t == "parloir" && args.url.is_none() && !args.io.is_empty() {
+                args.io.iter().map(|io| (t.as_str(), Some(*io))).collect()
+            } else {
+                vec![(t.as_str(), None)]
+            }
+        })
+        .collect();
+    for (target, io) in targets {
         let mut bind = args.bind.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let (spawned, target, name) = match target.as_str() {
+        let named;
+        let (spawned, target, name) = match target {
             "parloir" if args.url.is_none() => {
-                let s = spawn_parloir()?;
+                let s = spawn_parloir(io)?;
                 let t = Target::LiveKit(LiveKitTarget {
                     ws_url: s.ws_url.clone(),
                     api_key: "devkey".into(),
                     api_secret: "secret".into(),
                 });
-                (Some(s), t, "parloir")
+                named = match io {
+                    Some(io) => format!("parloir-{io}"),
+                    None => "parloir".to_string(),
+                };
+                (Some(s), t, named.as_str())
             }
             "parloir" | "livekit" => {
                 let url = args.url.clone().context("--target livekit needs --url")?;
@@ -254,7 +276,7 @@ fn run_targets(
                     api_key: args.api_key.clone(),
                     api_secret: args.api_secret.clone(),
                 });
-                (None, t, target.as_str())
+                (None, t, target)
             }
             "janus" => {
                 let ip = match args.bind {

@@ -1,5 +1,5 @@
 //! `parloir`: the appliance binary. `serve` runs the server, `token` prints an access token,
-//! `loadtest` loads a server with simulated participants.
+//! `loadtest` loads a server with simulated participants, `doctor` examines the machine.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +12,8 @@ use parloir_sfu::SfuConfig;
 use parloir_signal::{Claims, KeyRing, VideoGrant};
 
 mod config;
+mod doctor;
+mod hardware;
 mod http;
 mod ice_tcp;
 mod loadtest;
@@ -58,6 +60,22 @@ enum Cmd {
         /// Send webhooks to this URL (repeatable; adds to the configuration's).
         #[arg(long = "webhook-url")]
         webhook_urls: Vec<String>,
+        /// Override the UDP backend: auto, io_uring, mmsg or basic.
+        #[arg(long)]
+        io: Option<parloir_net::IoMode>,
+        /// Override the hardware profile (auto or a name from hardware/).
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// Examine this machine: cores and NUMA, UDP backends, GSO/GRO, NICs, GPUs, the hardware
+    /// profile and core plan the server would use, and tuning advice (never applied).
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Read the io backend and profile from this configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Load a server with simulated participants (see perf/README.md).
     Loadtest(loadtest::LoadtestArgs),
@@ -115,6 +133,8 @@ fn main() -> anyhow::Result<()> {
             tcp_port,
             web_dir,
             webhook_urls,
+            io,
+            profile,
         } => {
             let mut config = match (dev, config) {
                 (_, Some(path)) => Config::load(&path)?,
@@ -134,8 +154,27 @@ fn main() -> anyhow::Result<()> {
                 config.server.web_dir = w;
             }
             config.webhook.urls.extend(webhook_urls);
+            if let Some(io) = io {
+                config.rtc.io = io.to_string();
+            }
+            if let Some(p) = profile {
+                config.server.hardware_profile = p;
+            }
             config.validate()?;
             serve(config)
+        }
+        Cmd::Doctor { json, config } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::dev(),
+            };
+            let findings = doctor::examine(config.io_mode(), &config.server.hardware_profile);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&findings.to_json())?);
+            } else {
+                print!("{}", findings.to_text());
+            }
+            Ok(())
         }
         Cmd::Loadtest(args) => loadtest::run(args),
         Cmd::BenchReport {
@@ -216,7 +255,46 @@ pub(crate) fn token_claims(
 
 fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
-    let endpoint = parloir_net::UdpEndpoint::bind(config.udp_bind())?;
+    // The packet path: probe the backends, take the configured one (or the best that works).
+    let probe = parloir_net::probe();
+    let (backend, why) = probe
+        .choose(config.io_mode())
+        .map_err(|e| anyhow::anyhow!("rtc.io = {:?}: {e}", config.rtc.io))?;
+    let endpoint = parloir_net::UdpEndpoint::open(
+        config.udp_bind(),
+        parloir_net::EndpointConfig::new(backend)
+            .gso(config.rtc.gso)
+            .gro(config.rtc.gro),
+    )?;
+    // The hardware profile and its core plan: media-0 on the first media core, the control
+    // plane on the control cores.
+    let pci = parloir_gpu::pci_gpus();
+    let cuda = parloir_gpu::cuda_devices().unwrap_or_default();
+    let machine = hardware::Machine::detect(&pci, &cuda);
+    let (profile, profile_why) =
+        hardware::choose(&config.server.hardware_profile, &machine).map_err(anyhow::Error::msg)?;
+    let plan = hardware::CorePlan::new(&profile, &machine);
+    let (media_cpus, control_cpus) = if config.server.pin_cores {
+        (vec![plan.media[0]], plan.control.clone())
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    tracing::info!(
+        udp = %why,
+        gso = endpoint.gso(),
+        gro = endpoint.gro(),
+        profile = %profile.name,
+        profile_reason = %profile_why,
+        media_cpus = ?media_cpus,
+        control_cpus = ?control_cpus,
+        "packet path"
+    );
+    let _ = metrics.udp.set(metrics::UdpInfo {
+        backend: endpoint.backend().name(),
+        gso: endpoint.gso(),
+        gro: endpoint.gro(),
+        media_cpus: media_cpus.clone(),
+    });
     let candidates = config.candidates();
     let sfu = SfuConfig {
         candidates: candidates.clone(),
@@ -231,6 +309,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("control")
+        .on_thread_start(move || {
+            if !control_cpus.is_empty()
+                && let Err(e) = parloir_net::topology::pin_current_thread(&control_cpus)
+            {
+                tracing::warn!("cannot pin a control thread to {control_cpus:?}: {e}");
+            }
+        })
         .enable_all()
         .build()?;
     // Webhook senders are tokio tasks; the media worker only queues events for them.
@@ -257,8 +342,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let media = media::spawn(endpoint, sfu, metrics.clone(), webhooks.clone(), tcp)
-        .context("cannot start the media worker")?;
+    let media = media::spawn(
+        endpoint,
+        sfu,
+        metrics.clone(),
+        webhooks.clone(),
+        tcp,
+        media_cpus,
+    )
+    .context("cannot start the media worker")?;
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(http::AppState {
         keys: KeyRing::new(config.keys.clone()),

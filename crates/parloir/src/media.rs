@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
-use parloir_net::{MAX_DATAGRAM, UdpEndpoint};
+use parloir_net::{SendBatch, UdpEndpoint};
 use parloir_sfu::{
     Command, Output, ServiceCall, ServiceError, ServiceReply, SessionId, Sfu, SfuConfig, Transport,
 };
@@ -86,18 +87,24 @@ const WAKER: Token = Token(1);
 const TCP_LISTENER: Token = Token(2);
 /// The longest the worker sleeps without checking for commands or time.
 const MAX_WAIT: Duration = Duration::from_millis(100);
+/// Datagrams taken from the socket per receive call.
+const RECV_BATCH: usize = 32;
+/// Datagrams queued before a send call. Outputs are flushed when this fills, after each
+/// receive batch, and before the worker sleeps: a datagram waits at most for the fan-out of
+/// the few inputs that precede it in the batch.
+const SEND_BATCH: usize = 64;
 
-/// Starts the media worker thread on `endpoint`.
+/// Starts the media worker thread on `endpoint`, pinned to `cpus` when not empty.
 pub fn spawn(
-    mut endpoint: UdpEndpoint,
+    endpoint: UdpEndpoint,
     config: SfuConfig,
     metrics: Arc<Metrics>,
     webhooks: Webhooks,
     tcp: Option<(std::net::TcpListener, SocketAddr)>,
+    cpus: Vec<usize>,
 ) -> std::io::Result<MediaHandle> {
     let poll = Poll::new()?;
-    poll.registry()
-        .register(endpoint.source(), SOCKET, Interest::READABLE)?;
+    endpoint.register(poll.registry(), SOCKET)?;
     let tcp = match tcp {
         Some((listener, local)) => {
             listener.set_nonblocking(true)?;
@@ -124,9 +131,17 @@ pub fn spawn(
         .first()
         .copied()
         .unwrap_or_else(|| endpoint.local_addr());
+    let candidates = config.candidates.clone();
+    let tx = endpoint.send_batch(SEND_BATCH);
     thread::Builder::new()
         .name("media-0".into())
         .spawn(move || {
+            // A pinned thread pins itself before anything else.
+            if !cpus.is_empty()
+                && let Err(e) = parloir_net::topology::pin_current_thread(&cpus)
+            {
+                tracing::warn!("cannot pin media-0 to CPUs {cpus:?}: {e}");
+            }
             let mut worker = Worker {
                 sfu: Sfu::new(config, Instant::now()),
                 endpoint,
@@ -138,6 +153,8 @@ pub fn spawn(
                 tcp,
                 metrics,
                 destination,
+                candidates,
+                tx,
                 send_errors: 0,
             };
             worker.run();
@@ -158,13 +175,17 @@ struct Worker {
     metrics: Arc<Metrics>,
     /// The advertised candidate datagrams arrive at (the socket may be bound to 0.0.0.0).
     destination: SocketAddr,
+    /// Every advertised candidate: a datagram's destination address (IP_PKTINFO) picks one.
+    candidates: Vec<SocketAddr>,
+    /// Datagrams waiting for the next send call.
+    tx: SendBatch,
     send_errors: u64,
 }
 
 impl Worker {
     fn run(&mut self) {
         let mut events = Events::with_capacity(64);
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut rx = self.endpoint.recv_batch(RECV_BATCH);
         let mut deadline = self.drain_output();
         loop {
             let now = Instant::now();
@@ -189,16 +210,22 @@ impl Worker {
                 }
             }
             loop {
-                match self.endpoint.recv(&mut buf) {
-                    Ok(Some(meta)) => {
-                        let (source, destination) = (meta.source, self.destination);
-                        let contents = &buf[..meta.len.min(buf.len())];
-                        self.guarded(|sfu| {
-                            sfu.handle_receive(Instant::now(), source, destination, contents)
-                        });
-                        deadline = self.drain_output();
+                let received = self.endpoint.recv(&mut rx);
+                self.metrics.udp_recv_calls.fetch_add(1, Relaxed);
+                match received {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        let now = Instant::now();
+                        for (meta, contents) in rx.datagrams() {
+                            let source = meta.source;
+                            let destination = self.local_destination(meta.destination);
+                            self.guarded(|sfu| {
+                                sfu.handle_receive(now, source, destination, contents)
+                            });
+                            deadline = self.drain_output();
+                        }
+                        self.flush();
                     }
-                    Ok(None) => break,
                     Err(e) => {
                         // ICMP errors from earlier sends surface here; they are not fatal.
                         tracing::debug!("UDP receive error: {e}");
@@ -214,8 +241,12 @@ impl Worker {
                 self.guarded(|sfu| sfu.handle_timeout(now));
                 deadline = self.drain_output();
             }
+            self.flush();
             self.metrics
                 .publish_sfu(&self.sfu.stats(), self.send_errors);
+            self.metrics
+                .udp_ring_exhausted
+                .store(self.endpoint.ring_exhausted(), Relaxed);
             if let Some(tcp) = &self.tcp {
                 use std::sync::atomic::Ordering::Relaxed;
                 self.metrics
@@ -286,10 +317,15 @@ impl Worker {
                         tcp.send(self.poll.registry(), t.destination, &t.contents);
                     }
                 }
-                Output::Transmit(t) => match self.endpoint.send(t.destination, &t.contents) {
-                    Ok(true) => {}
-                    Ok(false) | Err(_) => self.send_errors += 1,
-                },
+                Output::Transmit(t) => {
+                    if !self.tx.push(t.destination, &t.contents) {
+                        self.flush();
+                        if !self.tx.push(t.destination, &t.contents) {
+                            // Larger than any datagram we send: str0m never makes one.
+                            self.send_errors += 1;
+                        }
+                    }
+                }
                 Output::Signal(session, message) => {
                     self.deliver(session, ToSession::Signal(message))
                 }
@@ -308,6 +344,26 @@ impl Worker {
                 Output::Timeout(t) => return t,
             }
         }
+    }
+
+    /// Sends the queued datagrams.
+    fn flush(&mut self) {
+        if self.tx.is_empty() {
+            return;
+        }
+        let out = self.endpoint.send(&mut self.tx);
+        self.send_errors += out.dropped as u64;
+        self.metrics
+            .udp_send_calls
+            .fetch_add(out.calls as u64, Relaxed);
+    }
+
+    /// The advertised candidate a datagram was sent to: the one with the address the kernel
+    /// reported, else the first.
+    fn local_destination(&self, ip: Option<std::net::IpAddr>) -> SocketAddr {
+        ip.and_then(|ip| self.candidates.iter().find(|c| c.ip() == ip))
+            .copied()
+            .unwrap_or(self.destination)
     }
 
     fn deliver(&self, session: SessionId, message: ToSession) {

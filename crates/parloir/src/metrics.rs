@@ -36,6 +36,23 @@ pub struct Metrics {
     pub ice_tcp_packets_in: AtomicU64,
     pub ice_tcp_dropped: AtomicU64,
     pub signal_bad_messages: AtomicU64,
+    /// The UDP backend the media worker runs on, set once at start-up.
+    pub udp: std::sync::OnceLock<UdpInfo>,
+    /// System calls (or io_uring submissions) made to receive and to send datagrams.
+    pub udp_recv_calls: AtomicU64,
+    pub udp_send_calls: AtomicU64,
+    /// io_uring: times the provided-buffer ring ran dry.
+    pub udp_ring_exhausted: AtomicU64,
+}
+
+/// What `/metrics` says of the packet path.
+#[derive(Debug, Clone)]
+pub struct UdpInfo {
+    pub backend: &'static str,
+    pub gso: bool,
+    pub gro: bool,
+    /// The CPUs the media worker is pinned to (empty: not pinned).
+    pub media_cpus: Vec<usize>,
 }
 
 impl Metrics {
@@ -57,7 +74,25 @@ impl Metrics {
 
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 22] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 25] = [
+            (
+                "parloir_udp_recv_calls_total",
+                "counter",
+                "System calls (io_uring: completions reaped per call) made to receive datagrams.",
+                &self.udp_recv_calls,
+            ),
+            (
+                "parloir_udp_send_calls_total",
+                "counter",
+                "System calls or io_uring submissions made to send datagrams.",
+                &self.udp_send_calls,
+            ),
+            (
+                "parloir_udp_ring_exhausted_total",
+                "counter",
+                "Times the io_uring provided-buffer ring ran dry (nothing is lost; the receive is re-armed).",
+                &self.udp_ring_exhausted,
+            ),
             ("parloir_rooms", "gauge", "Rooms open.", &self.rooms),
             (
                 "parloir_participants",
@@ -195,6 +230,17 @@ impl Metrics {
             self.signal_connections_v0.load(Relaxed),
             self.signal_connections_v1.load(Relaxed)
         );
+        if let Some(udp) = self.udp.get() {
+            let cpus: Vec<String> = udp.media_cpus.iter().map(|c| c.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "# HELP parloir_udp_backend_info The UDP I/O backend in use.\n# TYPE parloir_udp_backend_info gauge\nparloir_udp_backend_info{{backend=\"{}\",gso=\"{}\",gro=\"{}\",media_cpus=\"{}\"}} 1",
+                udp.backend,
+                udp.gso,
+                udp.gro,
+                cpus.join(",")
+            );
+        }
         out
     }
 }
@@ -214,11 +260,25 @@ mod tests {
             },
             0,
         );
+        m.udp
+            .set(UdpInfo {
+                backend: "mmsg",
+                gso: true,
+                gro: false,
+                media_cpus: vec![1, 2],
+            })
+            .unwrap();
         let text = m.render();
+        assert!(text.contains(
+            "parloir_udp_backend_info{backend=\"mmsg\",gso=\"true\",gro=\"false\",media_cpus=\"1,2\"} 1\n"
+        ));
         assert!(text.contains("# TYPE parloir_rooms gauge\nparloir_rooms 2\n"));
         assert!(text.contains("parloir_packets_in_total 10\n"));
         assert!(text.contains("parloir_signal_connections_total{path=\"/rtc/v1\"} 0\n"));
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.contains('{'))
+        {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(name.starts_with("parloir_"));
             value.parse::<u64>().unwrap();
