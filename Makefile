@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/parloir
 
-.PHONY: run test setup build build-tests unit e2e sdk fmt lint clean bench bench-tools profile callgrind
+.PHONY: run test setup build build-tests unit e2e sdk fmt lint clean bench bench-udp bench-tools profile callgrind
 
 run: setup build
 	$(BIN) serve --dev
@@ -23,8 +23,9 @@ build-tests:
 unit:
 	$(CARGO) test --release --locked --workspace
 
+# The browser suite runs once per UDP backend that works here (io_uring, mmsg, basic).
 e2e:
-	PARLOIR_BIN=$(BIN) node --test --test-concurrency=1 tests/e2e/
+	PARLOIR_BIN=$(BIN) bash tests/e2e/each-backend.sh
 
 sdk:
 	PARLOIR_BIN=$(BIN) tests/sdk/.venv/bin/python tests/sdk/test_room_service.py
@@ -33,6 +34,10 @@ sdk:
 # Performance: criterion benches, load scenarios against Parloir and Janus, perf/report.md.
 bench: setup build
 	bash perf/bench.sh
+
+# The packet path: each UDP backend's throughput and the SFU on each (perf/results/udp/).
+bench-udp: setup build
+	bash perf/udp-throughput.sh
 
 # Profilers for perf/flamegraph.sh and perf/callgrind.sh: linux-perf, valgrind, inferno.
 bench-tools:

@@ -53,6 +53,8 @@ export class ParloirServer {
       'serve', '--dev', '--http-addr', `127.0.0.1:${this.httpPort}`, '--udp-port', String(this.udpPort),
       '--tcp-port', String(this.tcpPort), '--web-dir', this.webDir,
     ];
+    // `make e2e-backends` runs the whole suite once per UDP backend.
+    if (process.env.PARLOIR_IO) args.push('--io', process.env.PARLOIR_IO);
     this.log.push(`# ${this.bin} ${args.join(' ')}`);
     this.proc = spawn(this.bin, args, {
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },

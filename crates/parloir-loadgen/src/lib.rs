@@ -78,6 +78,8 @@ pub struct Options {
     pub max_packets: Option<u64>,
     /// Print a progress line every second on stderr.
     pub progress: bool,
+    /// The room to meet in (LiveKit targets); a fresh `loadtest-<scenario>-<time>` when `None`.
+    pub room: Option<String>,
 }
 
 /// What every participant task shares.
@@ -118,7 +120,10 @@ pub async fn run(options: Options) -> Report {
     let ctx = Arc::new(Ctx {
         shared: shared.clone(),
         scenario: scenario.clone(),
-        room: format!("loadtest-{}-{run_id}", scenario.name),
+        room: options
+            .room
+            .clone()
+            .unwrap_or_else(|| format!("loadtest-{}-{run_id}", scenario.name)),
         bind_ip: options.bind_ip,
         start,
     });

@@ -23,6 +23,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant, SystemTime};
 
 pub mod tcp;
+pub mod throughput;
 pub mod topology;
 
 mod basic;

@@ -138,6 +138,23 @@ pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
     }
 }
 
+/// CPU time the calling thread has used (CLOCK_THREAD_CPUTIME_ID).
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live timespec the call writes into.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
 /// Parses a kernel CPU list such as `0-3,8,10-11`. Malformed parts are skipped.
 pub fn parse_cpu_list(text: &str) -> Vec<usize> {
     let mut cpus = Vec::new();

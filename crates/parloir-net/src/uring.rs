@@ -134,9 +134,24 @@ impl Uring {
         // SAFETY: the entry points at `self.recv_msg` (boxed, alive as long as the ring) and
         // names the buffer group registered in `new`.
         unsafe { self.push(&entry)? };
-        self.ring.submit()?;
         self.armed = true;
-        Ok(())
+        self.submit()
+    }
+
+    /// Submits what is queued, retrying when a signal interrupts the call.
+    fn submit(&mut self) -> io::Result<()> {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // The completion queue is full: the entries stay queued and go with
+                    // the next submission, after `recv` reaps.
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Pushes one entry, submitting first when the submission queue is full.
@@ -144,13 +159,17 @@ impl Uring {
     /// # Safety
     /// Whatever `entry` points at must stay valid until its completion is reaped.
     unsafe fn push(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
-        loop {
+        for _ in 0..2 {
             // SAFETY: forwarded to the caller.
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
-            self.ring.submit()?;
+            self.submit()?;
         }
+        Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "the io_uring submission queue stays full",
+        ))
     }
 
     fn drain_eventfd(&self) {

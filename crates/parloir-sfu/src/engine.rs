@@ -155,6 +155,28 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The session the command concerns; `None` for `Shutdown` and RoomService calls.
+    pub fn session(&self) -> Option<SessionId> {
+        match self {
+            Command::Join(j) => Some(j.session),
+            Command::Offer { session, .. }
+            | Command::Answer { session, .. }
+            | Command::Trickle { session, .. }
+            | Command::AddTrack { session, .. }
+            | Command::Mute { session, .. }
+            | Command::UpdateSubscription { session, .. }
+            | Command::UpdateTrackSettings { session, .. }
+            | Command::UpdateMetadata { session, .. }
+            | Command::Leave { session }
+            | Command::Disconnect { session }
+            | Command::Resume { session, .. }
+            | Command::SyncState { session, .. } => Some(*session),
+            Command::Shutdown | Command::Service { .. } => None,
+        }
+    }
+}
+
 /// How a packet travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {

@@ -79,6 +79,9 @@ pub struct RtcConfig {
     /// Let the kernel coalesce received trains (UDP_GRO). Browsers do not send trains, so it
     /// only costs larger receive buffers; off by default.
     pub gro: bool,
+    /// Media workers: 0 runs one per media core of the hardware profile's core plan. Worker
+    /// `i` uses UDP port `udp_port + i` (and ICE-TCP `tcp_port + i`); a room lives on one.
+    pub media_workers: usize,
 }
 
 impl Default for RtcConfig {
@@ -91,6 +94,7 @@ impl Default for RtcConfig {
             io: "auto".into(),
             gso: true,
             gro: false,
+            media_workers: 0,
         }
     }
 }

@@ -306,7 +306,7 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, pa
         }
         None => None,
     };
-    let session = resumed.unwrap_or(SessionId(generation));
+    let session = resumed.unwrap_or_else(|| state.media.session_id(&claims.video.room, generation));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let previous = state
         .media

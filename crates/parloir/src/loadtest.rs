@@ -58,6 +58,9 @@ pub struct LoadtestArgs {
     /// servers named `parloir-<backend>`.
     #[arg(long, value_delimiter = ',')]
     io: Vec<parloir_net::IoMode>,
+    /// Meet in this room (LiveKit-protocol targets) instead of a fresh one.
+    #[arg(long)]
+    room: Option<String>,
 }
 
 /// A server process started for the run; stopped when dropped.
@@ -309,6 +312,7 @@ fn run_targets(
             bind_ip: bind,
             max_packets: args.max_packets,
             progress: !args.quiet,
+            room: args.room.clone(),
         }));
         drop(spawned);
         println!("{report}");

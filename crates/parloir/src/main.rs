@@ -1,6 +1,7 @@
 //! `parloir`: the appliance binary. `serve` runs the server, `token` prints an access token,
 //! `loadtest` loads a server with simulated participants, `doctor` examines the machine.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -66,6 +67,10 @@ enum Cmd {
         /// Override the hardware profile (auto or a name from hardware/).
         #[arg(long)]
         profile: Option<String>,
+        /// Media workers (0: one per media core of the core plan); each has its own UDP port
+        /// counting up from --udp-port.
+        #[arg(long)]
+        media_workers: Option<usize>,
     },
     /// Examine this machine: cores and NUMA, UDP backends, GSO/GRO, NICs, GPUs, the hardware
     /// profile and core plan the server would use, and tuning advice (never applied).
@@ -95,6 +100,28 @@ enum Cmd {
         /// What the run was made on (machine, commit), printed at the top.
         #[arg(long, default_value = "")]
         context: String,
+    },
+    /// Loopback UDP throughput of each backend: CPU per datagram and datagrams per second per
+    /// core, sending and receiving (perf/udp-throughput.sh runs the whole matrix).
+    NetBench {
+        /// Backends to measure.
+        #[arg(long, value_delimiter = ',', default_value = "basic,mmsg,io_uring")]
+        backend: Vec<parloir_net::Backend>,
+        /// Datagrams per call.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+        batch: Vec<usize>,
+        /// GSO settings to measure.
+        #[arg(long, value_delimiter = ',', default_value = "false,true")]
+        gso: Vec<bool>,
+        /// Datagram size in bytes.
+        #[arg(long, default_value_t = 1200)]
+        size: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Print a LiveKit access token.
     Token {
@@ -135,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             webhook_urls,
             io,
             profile,
+            media_workers,
         } => {
             let mut config = match (dev, config) {
                 (_, Some(path)) => Config::load(&path)?,
@@ -160,9 +188,20 @@ fn main() -> anyhow::Result<()> {
             if let Some(p) = profile {
                 config.server.hardware_profile = p;
             }
+            if let Some(n) = media_workers {
+                config.rtc.media_workers = n;
+            }
             config.validate()?;
             serve(config)
         }
+        Cmd::NetBench {
+            backend,
+            batch,
+            gso,
+            size,
+            seconds,
+            json,
+        } => net_bench(&backend, &batch, &gso, size, seconds, json),
         Cmd::Doctor { json, config } => {
             let config = match config {
                 Some(path) => Config::load(&path)?,
@@ -217,6 +256,65 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Runs `parloir net-bench`: every backend × batch × GSO setting, printed as a table.
+fn net_bench(
+    backends: &[parloir_net::Backend],
+    batches: &[usize],
+    gsos: &[bool],
+    size: usize,
+    seconds: f64,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use parloir_net::throughput::{Settings, measure};
+    if !(size > 0 && size <= parloir_net::MAX_DATAGRAM) {
+        anyhow::bail!("--size must be 1 to {}", parloir_net::MAX_DATAGRAM);
+    }
+    let probe = parloir_net::probe();
+    let mut rows = Vec::new();
+    println!(
+        "| backend | batch | GSO | send ns/datagram | send datagrams/s per core | send calls | recv ns/datagram | recv datagrams/s per core | received % |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &backend in backends {
+        if !probe.works(backend) {
+            eprintln!("net-bench: {backend} does not work here; skipped");
+            continue;
+        }
+        for &batch in batches {
+            for &gso in gsos {
+                let t = measure(Settings {
+                    backend,
+                    batch,
+                    gso,
+                    size,
+                    duration: Duration::from_secs_f64(seconds),
+                })?;
+                println!(
+                    "| {backend} | {batch} | {} | {:.0} | {:.0}k | {} | {:.0} | {:.0}k | {:.1} |",
+                    if gso { "on" } else { "off" },
+                    t.send_ns(),
+                    t.send_per_core() / 1e3,
+                    t.send_calls,
+                    t.recv_ns(),
+                    t.recv_per_core() / 1e3,
+                    100.0 * t.received as f64 / t.sent.max(1) as f64
+                );
+                rows.push(serde_json::json!({
+                    "backend": backend.name(), "batch": batch, "gso": gso, "size": size,
+                    "sent": t.sent, "received": t.received, "send_calls": t.send_calls,
+                    "send_cpu_s": t.send_cpu.as_secs_f64(), "recv_cpu_s": t.recv_cpu.as_secs_f64(),
+                    "wall_s": t.wall.as_secs_f64(), "send_ns": t.send_ns(), "recv_ns": t.recv_ns(),
+                }));
+            }
+        }
+    }
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// The claims of a participant token (and, with `admin`, the room administration grants).
 pub(crate) fn token_claims(
     key: &str,
@@ -260,52 +358,102 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let (backend, why) = probe
         .choose(config.io_mode())
         .map_err(|e| anyhow::anyhow!("rtc.io = {:?}: {e}", config.rtc.io))?;
-    let endpoint = parloir_net::UdpEndpoint::open(
-        config.udp_bind(),
-        parloir_net::EndpointConfig::new(backend)
-            .gso(config.rtc.gso)
-            .gro(config.rtc.gro),
-    )?;
-    // The hardware profile and its core plan: media-0 on the first media core, the control
-    // plane on the control cores.
+    // The hardware profile and its core plan: one media worker per media core (unless
+    // configured), each pinned to its core; the control plane on the control cores.
     let pci = parloir_gpu::pci_gpus();
     let cuda = parloir_gpu::cuda_devices().unwrap_or_default();
     let machine = hardware::Machine::detect(&pci, &cuda);
     let (profile, profile_why) =
         hardware::choose(&config.server.hardware_profile, &machine).map_err(anyhow::Error::msg)?;
     let plan = hardware::CorePlan::new(&profile, &machine);
-    let (media_cpus, control_cpus) = if config.server.pin_cores {
-        (vec![plan.media[0]], plan.control.clone())
+    let workers = match config.rtc.media_workers {
+        0 => plan.media.len(),
+        n => n,
+    };
+    let control_cpus = if config.server.pin_cores {
+        plan.control.clone()
     } else {
-        (Vec::new(), Vec::new())
+        Vec::new()
     };
-    tracing::info!(
-        udp = %why,
-        gso = endpoint.gso(),
-        gro = endpoint.gro(),
-        profile = %profile.name,
-        profile_reason = %profile_why,
-        media_cpus = ?media_cpus,
-        control_cpus = ?control_cpus,
-        "packet path"
-    );
-    let _ = metrics.udp.set(metrics::UdpInfo {
-        backend: endpoint.backend().name(),
-        gso: endpoint.gso(),
-        gro: endpoint.gro(),
-        media_cpus: media_cpus.clone(),
-    });
+    let mut setups = Vec::new();
+    let mut media_cpus = Vec::new();
+    let mut udp_info = None;
+    for index in 0..workers {
+        // Each worker has its own UDP (and ICE-TCP) port: udp_port, udp_port + 1, …
+        let offset = u16::try_from(index).ok().filter(|o| {
+            config.rtc.udp_port.checked_add(*o).is_some()
+                && config.rtc.tcp_port.checked_add(*o).is_some()
+        });
+        let offset = offset.context("too many media workers for the configured ports")?;
+        let shift = |a: SocketAddr| SocketAddr::new(a.ip(), a.port() + offset);
+        let endpoint = parloir_net::UdpEndpoint::open(
+            shift(config.udp_bind()),
+            parloir_net::EndpointConfig::new(backend)
+                .gso(config.rtc.gso)
+                .gro(config.rtc.gro),
+        )?;
+        let sfu = SfuConfig {
+            candidates: config.candidates().into_iter().map(shift).collect(),
+            tcp_candidates: config.tcp_candidates().into_iter().map(shift).collect(),
+            seed: rand::random(),
+            server_version: parloir_signal::LIVEKIT_COMPAT_VERSION.to_string(),
+            protocol: parloir_signal::PROTOCOL_VERSION,
+            node_id: format!("ND_parloir_{}", std::process::id()),
+            ping_interval_s: 5,
+            ping_timeout_s: 15,
+        };
+        let tcp = match (config.tcp_bind(), config.tcp_candidates().first()) {
+            (Some(bind), Some(&advertised)) => {
+                let bind = shift(bind);
+                let listener = std::net::TcpListener::bind(bind)
+                    .with_context(|| format!("cannot listen for ICE-TCP on {bind}"))?;
+                Some((listener, shift(advertised)))
+            }
+            _ => None,
+        };
+        let cpus = if config.server.pin_cores {
+            vec![plan.media[index % plan.media.len()]]
+        } else {
+            Vec::new()
+        };
+        media_cpus.extend(cpus.iter().copied());
+        if index == 0 {
+            tracing::info!(
+                udp = %why,
+                gso = endpoint.gso(),
+                gro = endpoint.gro(),
+                workers,
+                profile = %profile.name,
+                profile_reason = %profile_why,
+                control_cpus = ?control_cpus,
+                "packet path"
+            );
+            udp_info = Some(metrics::UdpInfo {
+                backend: endpoint.backend().name(),
+                gso: endpoint.gso(),
+                gro: endpoint.gro(),
+                workers,
+                media_cpus: Vec::new(),
+            });
+        }
+        tracing::info!(
+            worker = index,
+            udp = %endpoint.local_addr(),
+            cpus = ?cpus,
+            "media worker"
+        );
+        setups.push(media::WorkerSetup {
+            endpoint,
+            config: sfu,
+            tcp,
+            cpus,
+        });
+    }
+    if let Some(mut info) = udp_info {
+        info.media_cpus = media_cpus;
+        let _ = metrics.udp.set(info);
+    }
     let candidates = config.candidates();
-    let sfu = SfuConfig {
-        candidates: candidates.clone(),
-        tcp_candidates: config.tcp_candidates(),
-        seed: rand::random(),
-        server_version: parloir_signal::LIVEKIT_COMPAT_VERSION.to_string(),
-        protocol: parloir_signal::PROTOCOL_VERSION,
-        node_id: format!("ND_parloir_{}", std::process::id()),
-        ping_interval_s: 5,
-        ping_timeout_s: 15,
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("control")
@@ -334,23 +482,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .context("no API key to sign webhooks with")?;
         webhook::Webhooks::start(&config.webhook.urls, key, secret, metrics.clone())
     };
-    let tcp = match (config.tcp_bind(), config.tcp_candidates().first()) {
-        (Some(bind), Some(&advertised)) => {
-            let listener = std::net::TcpListener::bind(bind)
-                .with_context(|| format!("cannot listen for ICE-TCP on {bind}"))?;
-            Some((listener, advertised))
-        }
-        _ => None,
-    };
-    let media = media::spawn(
-        endpoint,
-        sfu,
-        metrics.clone(),
-        webhooks.clone(),
-        tcp,
-        media_cpus,
-    )
-    .context("cannot start the media worker")?;
+    let media = media::spawn(setups, metrics.clone(), webhooks.clone())
+        .context("cannot start the media workers")?;
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(http::AppState {
         keys: KeyRing::new(config.keys.clone()),

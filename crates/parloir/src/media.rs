@@ -18,7 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
 use crate::ice_tcp::IceTcp;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WorkerFigures};
 use crate::webhook::Webhooks;
 
 /// What a signal session receives from the SFU.
@@ -42,25 +42,97 @@ type ServiceResult = Result<ServiceReply, ServiceError>;
 /// Who waits for the answer to each RoomService call.
 type Calls = Arc<Mutex<HashMap<u64, oneshot::Sender<ServiceResult>>>>;
 
-/// The control plane's handle on the media worker.
-#[derive(Clone)]
-pub struct MediaHandle {
+/// One media worker's inbox.
+struct Link {
     commands: mpsc::Sender<Command>,
     waker: Arc<Waker>,
+}
+
+/// The control plane's handle on the media workers. Each room lives on one worker, chosen by
+/// a hash of its name; a session's id carries its worker's index in its top 16 bits, so every
+/// command finds its worker without a lookup.
+#[derive(Clone)]
+pub struct MediaHandle {
+    links: Arc<Vec<Link>>,
     pub sessions: Sessions,
     calls: Calls,
     next_call: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Bits of a session id below the worker index.
+const SESSION_SERIAL_BITS: u32 = 48;
+
 impl MediaHandle {
-    /// Queues a command and wakes the worker. Fails only when the worker has stopped.
-    pub fn send(&self, command: Command) -> Result<(), MediaGone> {
-        self.commands.send(command).map_err(|_| MediaGone)?;
-        self.waker.wake().map_err(|_| MediaGone)
+    /// The worker `room` lives on.
+    pub fn worker_for_room(&self, room: &str) -> usize {
+        // FNV-1a: stable across runs and processes, unlike the std hasher.
+        let hash = room.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (hash % self.links.len() as u64) as usize
     }
 
-    /// Makes a RoomService call and waits for its answer.
+    /// The id of a new session (`serial`, unique per process) joining `room`.
+    pub fn session_id(&self, room: &str, serial: u64) -> SessionId {
+        let worker = self.worker_for_room(room) as u64;
+        SessionId((worker << SESSION_SERIAL_BITS) | (serial & ((1 << SESSION_SERIAL_BITS) - 1)))
+    }
+
+    fn worker_of(&self, session: SessionId) -> usize {
+        ((session.0 >> SESSION_SERIAL_BITS) as usize) % self.links.len()
+    }
+
+    /// Queues a command for the worker it concerns (every worker for `Shutdown`) and wakes
+    /// it. Fails only when that worker has stopped.
+    pub fn send(&self, command: Command) -> Result<(), MediaGone> {
+        let worker = match (&command, command.session()) {
+            (_, Some(session)) => self.worker_of(session),
+            (Command::Service { call, .. }, None) => {
+                call.room().map_or(0, |room| self.worker_for_room(room))
+            }
+            (Command::Shutdown, None) => {
+                for w in 0..self.links.len() {
+                    self.send_to(w, Command::Shutdown)?;
+                }
+                return Ok(());
+            }
+            (_, None) => 0,
+        };
+        self.send_to(worker, command)
+    }
+
+    fn send_to(&self, worker: usize, command: Command) -> Result<(), MediaGone> {
+        let link = self.links.get(worker).ok_or(MediaGone)?;
+        link.commands.send(command).map_err(|_| MediaGone)?;
+        link.waker.wake().map_err(|_| MediaGone)
+    }
+
+    /// Makes a RoomService call and waits for its answer: on the room's worker, or, for
+    /// ListRooms, on every worker, merged.
     pub async fn call(&self, call: ServiceCall, unix_ms: i64) -> Result<ServiceResult, MediaGone> {
+        if call.room().is_some() || self.links.len() == 1 {
+            let worker = call.room().map_or(0, |r| self.worker_for_room(r));
+            return self.call_on(worker, call, unix_ms).await;
+        }
+        let mut rooms = Vec::new();
+        for worker in 0..self.links.len() {
+            match self.call_on(worker, call.clone(), unix_ms).await? {
+                Ok(ServiceReply::Rooms(r)) => rooms.extend(r.rooms),
+                other => return Ok(other),
+            }
+        }
+        rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Ok(ServiceReply::Rooms(
+            parloir_sfu::proto::ListRoomsResponse { rooms },
+        )))
+    }
+
+    async fn call_on(
+        &self,
+        worker: usize,
+        call: ServiceCall,
+        unix_ms: i64,
+    ) -> Result<ServiceResult, MediaGone> {
         let id = self
             .next_call
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -69,11 +141,14 @@ impl MediaHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
-        self.send(Command::Service {
-            id,
-            call: Box::new(call),
-            unix_ms,
-        })?;
+        self.send_to(
+            worker,
+            Command::Service {
+                id,
+                call: Box::new(call),
+                unix_ms,
+            },
+        )?;
         rx.await.map_err(|_| MediaGone)
     }
 }
@@ -94,15 +169,61 @@ const RECV_BATCH: usize = 32;
 /// the few inputs that precede it in the batch.
 const SEND_BATCH: usize = 64;
 
-/// Starts the media worker thread on `endpoint`, pinned to `cpus` when not empty.
+/// What one media worker starts with.
+pub struct WorkerSetup {
+    pub endpoint: UdpEndpoint,
+    pub config: SfuConfig,
+    /// ICE-TCP: the listener and the address it is advertised as.
+    pub tcp: Option<(std::net::TcpListener, SocketAddr)>,
+    /// The CPUs it pins itself to (empty: not pinned).
+    pub cpus: Vec<usize>,
+}
+
+/// Starts one media worker thread (`media-<i>`) per setup. They share nothing but the
+/// session and call tables the control plane reads.
 pub fn spawn(
-    endpoint: UdpEndpoint,
-    config: SfuConfig,
+    setups: Vec<WorkerSetup>,
     metrics: Arc<Metrics>,
     webhooks: Webhooks,
-    tcp: Option<(std::net::TcpListener, SocketAddr)>,
-    cpus: Vec<usize>,
 ) -> std::io::Result<MediaHandle> {
+    let sessions: Sessions = Arc::default();
+    let calls: Calls = Arc::default();
+    let mut links = Vec::new();
+    for (index, setup) in setups.into_iter().enumerate() {
+        links.push(spawn_one(
+            index,
+            setup,
+            metrics.clone(),
+            webhooks.clone(),
+            sessions.clone(),
+            calls.clone(),
+        )?);
+    }
+    if links.is_empty() {
+        return Err(std::io::Error::other("no media worker to start"));
+    }
+    Ok(MediaHandle {
+        links: Arc::new(links),
+        sessions,
+        calls,
+        next_call: Arc::default(),
+    })
+}
+
+fn spawn_one(
+    index: usize,
+    setup: WorkerSetup,
+    metrics: Arc<Metrics>,
+    webhooks: Webhooks,
+    sessions: Sessions,
+    calls: Calls,
+) -> std::io::Result<Link> {
+    let WorkerSetup {
+        endpoint,
+        config,
+        tcp,
+        cpus,
+    } = setup;
     let poll = Poll::new()?;
     endpoint.register(poll.registry(), SOCKET)?;
     let tcp = match tcp {
@@ -117,32 +238,24 @@ pub fn spawn(
     };
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = mpsc::channel();
-    let sessions: Sessions = Arc::default();
-    let calls: Calls = Arc::default();
-    let handle = MediaHandle {
-        commands: tx,
-        waker,
-        sessions: sessions.clone(),
-        calls: calls.clone(),
-        next_call: Arc::default(),
-    };
     let destination = config
         .candidates
         .first()
         .copied()
         .unwrap_or_else(|| endpoint.local_addr());
     let candidates = config.candidates.clone();
-    let tx = endpoint.send_batch(SEND_BATCH);
+    let send_batch = endpoint.send_batch(SEND_BATCH);
     thread::Builder::new()
-        .name("media-0".into())
+        .name(format!("media-{index}"))
         .spawn(move || {
             // A pinned thread pins itself before anything else.
             if !cpus.is_empty()
                 && let Err(e) = parloir_net::topology::pin_current_thread(&cpus)
             {
-                tracing::warn!("cannot pin media-0 to CPUs {cpus:?}: {e}");
+                tracing::warn!("cannot pin media-{index} to CPUs {cpus:?}: {e}");
             }
             let mut worker = Worker {
+                index,
                 sfu: Sfu::new(config, Instant::now()),
                 endpoint,
                 poll,
@@ -154,15 +267,19 @@ pub fn spawn(
                 metrics,
                 destination,
                 candidates,
-                tx,
+                tx: send_batch,
                 send_errors: 0,
             };
             worker.run();
         })?;
-    Ok(handle)
+    Ok(Link {
+        commands: tx,
+        waker,
+    })
 }
 
 struct Worker {
+    index: usize,
     sfu: Sfu,
     endpoint: UdpEndpoint,
     poll: Poll,
@@ -242,21 +359,21 @@ impl Worker {
                 deadline = self.drain_output();
             }
             self.flush();
-            self.metrics
-                .publish_sfu(&self.sfu.stats(), self.send_errors);
-            self.metrics
-                .udp_ring_exhausted
-                .store(self.endpoint.ring_exhausted(), Relaxed);
-            if let Some(tcp) = &self.tcp {
-                use std::sync::atomic::Ordering::Relaxed;
-                self.metrics
-                    .ice_tcp_connections
-                    .store(tcp.accepted, Relaxed);
-                self.metrics
-                    .ice_tcp_packets_in
-                    .store(tcp.packets_in, Relaxed);
-                self.metrics.ice_tcp_dropped.store(tcp.dropped, Relaxed);
-            }
+            let tcp = self
+                .tcp
+                .as_ref()
+                .map_or((0, 0, 0), |t| (t.accepted, t.packets_in, t.dropped));
+            self.metrics.publish_worker(
+                self.index,
+                WorkerFigures {
+                    sfu: self.sfu.stats(),
+                    send_errors: self.send_errors,
+                    ring_exhausted: self.endpoint.ring_exhausted(),
+                    tcp_accepted: tcp.0,
+                    tcp_packets_in: tcp.1,
+                    tcp_dropped: tcp.2,
+                },
+            );
         }
     }
 

@@ -43,6 +43,19 @@ pub struct Metrics {
     pub udp_send_calls: AtomicU64,
     /// io_uring: times the provided-buffer ring ran dry.
     pub udp_ring_exhausted: AtomicU64,
+    /// Each media worker's latest figures, summed into the counters above.
+    workers: std::sync::Mutex<Vec<WorkerFigures>>,
+}
+
+/// One media worker's cumulative figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerFigures {
+    pub sfu: Stats,
+    pub send_errors: u64,
+    pub ring_exhausted: u64,
+    pub tcp_accepted: u64,
+    pub tcp_packets_in: u64,
+    pub tcp_dropped: u64,
 }
 
 /// What `/metrics` says of the packet path.
@@ -51,12 +64,43 @@ pub struct UdpInfo {
     pub backend: &'static str,
     pub gso: bool,
     pub gro: bool,
-    /// The CPUs the media worker is pinned to (empty: not pinned).
+    /// Media workers, each on its own UDP port.
+    pub workers: usize,
+    /// The CPUs the media workers are pinned to (empty: not pinned).
     pub media_cpus: Vec<usize>,
 }
 
 impl Metrics {
-    pub fn publish_sfu(&self, s: &Stats, send_errors: u64) {
+    /// Records media worker `index`'s figures and updates the totals over all workers.
+    pub fn publish_worker(&self, index: usize, figures: WorkerFigures) {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        if workers.len() <= index {
+            workers.resize(index + 1, WorkerFigures::default());
+        }
+        workers[index] = figures;
+        let mut t = WorkerFigures::default();
+        for w in workers.iter() {
+            let (a, b) = (&mut t.sfu, &w.sfu);
+            a.rooms += b.rooms;
+            a.participants += b.participants;
+            a.tracks += b.tracks;
+            a.packets_in += b.packets_in;
+            a.bytes_in += b.bytes_in;
+            a.packets_out += b.packets_out;
+            a.bytes_out += b.bytes_out;
+            a.dropped_datagrams += b.dropped_datagrams;
+            a.nacks += b.nacks;
+            a.keyframe_requests += b.keyframe_requests;
+            a.data_packets += b.data_packets;
+            a.data_dropped += b.data_dropped;
+            t.send_errors += w.send_errors;
+            t.ring_exhausted += w.ring_exhausted;
+            t.tcp_accepted += w.tcp_accepted;
+            t.tcp_packets_in += w.tcp_packets_in;
+            t.tcp_dropped += w.tcp_dropped;
+        }
+        drop(workers);
+        let s = &t.sfu;
         self.rooms.store(s.rooms, Relaxed);
         self.participants.store(s.participants, Relaxed);
         self.tracks.store(s.tracks, Relaxed);
@@ -65,11 +109,15 @@ impl Metrics {
         self.packets_out.store(s.packets_out, Relaxed);
         self.bytes_out.store(s.bytes_out, Relaxed);
         self.dropped_datagrams.store(s.dropped_datagrams, Relaxed);
-        self.send_errors.store(send_errors, Relaxed);
+        self.send_errors.store(t.send_errors, Relaxed);
         self.nacks.store(s.nacks, Relaxed);
         self.keyframe_requests.store(s.keyframe_requests, Relaxed);
         self.data_packets.store(s.data_packets, Relaxed);
         self.data_dropped.store(s.data_dropped, Relaxed);
+        self.udp_ring_exhausted.store(t.ring_exhausted, Relaxed);
+        self.ice_tcp_connections.store(t.tcp_accepted, Relaxed);
+        self.ice_tcp_packets_in.store(t.tcp_packets_in, Relaxed);
+        self.ice_tcp_dropped.store(t.tcp_dropped, Relaxed);
     }
 
     /// The Prometheus text exposition format.
@@ -234,10 +282,11 @@ impl Metrics {
             let cpus: Vec<String> = udp.media_cpus.iter().map(|c| c.to_string()).collect();
             let _ = writeln!(
                 out,
-                "# HELP parloir_udp_backend_info The UDP I/O backend in use.\n# TYPE parloir_udp_backend_info gauge\nparloir_udp_backend_info{{backend=\"{}\",gso=\"{}\",gro=\"{}\",media_cpus=\"{}\"}} 1",
+                "# HELP parloir_udp_backend_info The UDP I/O backend in use.\n# TYPE parloir_udp_backend_info gauge\nparloir_udp_backend_info{{backend=\"{}\",gso=\"{}\",gro=\"{}\",media_workers=\"{}\",media_cpus=\"{}\"}} 1",
                 udp.backend,
                 udp.gso,
                 udp.gro,
+                udp.workers,
                 cpus.join(",")
             );
         }
@@ -252,25 +301,31 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::default();
-        m.publish_sfu(
-            &Stats {
-                rooms: 2,
-                packets_in: 10,
-                ..Default::default()
-            },
-            0,
-        );
+        for worker in 0..2 {
+            m.publish_worker(
+                worker,
+                WorkerFigures {
+                    sfu: Stats {
+                        rooms: 1,
+                        packets_in: 5,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            );
+        }
         m.udp
             .set(UdpInfo {
                 backend: "mmsg",
                 gso: true,
                 gro: false,
+                workers: 2,
                 media_cpus: vec![1, 2],
             })
             .unwrap();
         let text = m.render();
         assert!(text.contains(
-            "parloir_udp_backend_info{backend=\"mmsg\",gso=\"true\",gro=\"false\",media_cpus=\"1,2\"} 1\n"
+            "parloir_udp_backend_info{backend=\"mmsg\",gso=\"true\",gro=\"false\",media_workers=\"2\",media_cpus=\"1,2\"} 1\n"
         ));
         assert!(text.contains("# TYPE parloir_rooms gauge\nparloir_rooms 2\n"));
         assert!(text.contains("parloir_packets_in_total 10\n"));

@@ -304,3 +304,113 @@ fn a_server_that_goes_away_is_reported_as_dropping_participants() {
     assert_eq!(dropped, 3.0, "{}", r["joins"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn media_flows_on_every_udp_backend() {
+    // The server probes the backends the same way; skip those this kernel refuses.
+    let doctor = Command::new(env!("CARGO_BIN_EXE_parloir"))
+        .args(["doctor", "--json"])
+        .output()
+        .expect("parloir doctor runs");
+    assert!(doctor.status.success());
+    let doctor: serde_json::Value =
+        serde_json::from_slice(&doctor.stdout).expect("doctor --json prints JSON");
+    let working: Vec<String> = doctor["udp"]["backends"]
+        .as_array()
+        .expect("a list of backends")
+        .iter()
+        .filter(|b| b["works"] == true)
+        .map(|b| b["backend"].as_str().expect("a name").to_string())
+        .collect();
+    assert!(working.iter().any(|b| b == "basic"), "{doctor}");
+    for b in doctor["udp"]["backends"].as_array().into_iter().flatten() {
+        if b["works"] != true {
+            eprintln!("skipping {}: {}", b["backend"], b["error"]);
+        }
+    }
+    let dir = out_dir("backends");
+    let meeting = scenario("meeting-150");
+    let (out, _) = loadtest(&[
+        "--scenario",
+        meeting.to_str().expect("utf-8 path"),
+        "--participants",
+        "3",
+        "--duration",
+        "3",
+        "--io",
+        &working.join(","),
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for backend in &working {
+        let r = report(&dir, &format!("meeting-150-parloir-{backend}.json"));
+        assert_eq!(f(&r, "joins.joined"), 3.0, "{backend}");
+        assert!(
+            f(&r, "traffic.packets_out") > 100.0,
+            "{backend}: media flowed"
+        );
+        assert!(
+            f(&r, "video_latency_ms.count") > 0.0 && f(&r, "audio_latency_ms.count") > 0.0,
+            "{backend}: audio and video frames arrived"
+        );
+    }
+}
+
+/// The worker a room lives on with `workers` media workers (FNV-1a of the name, as the server
+/// places rooms).
+fn worker_of(room: &str, workers: u64) -> u64 {
+    room.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) % workers
+}
+
+#[test]
+fn each_media_worker_carries_its_rooms_media() {
+    let server = common::start_workers(2, &[]);
+    let meeting = scenario("meeting-150");
+    let url = format!("ws://{}", server.http);
+    let pid = server.child.id().to_string();
+    for worker in 0..2 {
+        let room = (0..)
+            .map(|i| format!("w{worker}-{i}"))
+            .find(|r| worker_of(r, 2) == worker)
+            .expect("some name lands on each worker");
+        let dir = out_dir(&format!("worker{worker}"));
+        let (out, _) = loadtest(&[
+            "--scenario",
+            meeting.to_str().expect("utf-8 path"),
+            "--target",
+            "livekit",
+            "--url",
+            &url,
+            "--server-pid",
+            &pid,
+            "--room",
+            &room,
+            "--participants",
+            "3",
+            "--duration",
+            "3",
+            "--out",
+            dir.to_str().expect("utf-8 path"),
+        ]);
+        assert!(
+            out.status.success(),
+            "worker {worker}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = report(&dir, "meeting-150-livekit.json");
+        assert_eq!(f(&r, "joins.joined"), 3.0, "worker {worker}");
+        assert!(
+            f(&r, "video_latency_ms.count") > 0.0 && f(&r, "audio_latency_ms.count") > 0.0,
+            "worker {worker}: audio and video frames arrived"
+        );
+    }
+}

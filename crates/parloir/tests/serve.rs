@@ -12,7 +12,7 @@ use prost::Message as _;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{Server, get, start, start_with};
+use common::{Server, get, post_json, start, start_with, start_workers};
 
 fn token(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_parloir"))
@@ -353,4 +353,103 @@ async fn sigterm_closes_rooms_and_sends_their_webhooks() {
         ],
         "every webhook is out before the process exits"
     );
+}
+
+/// The UDP port of the host candidate in an SDP.
+fn candidate_port(sdp: &str) -> u16 {
+    sdp.lines()
+        .filter(|l| {
+            l.starts_with("a=candidate:")
+                && l.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|t| t.eq_ignore_ascii_case("udp"))
+        })
+        .find_map(|l| l.split_whitespace().nth(5)?.parse().ok())
+        .unwrap_or_else(|| panic!("a UDP host candidate in {sdp}"))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn rooms_spread_over_media_workers_on_their_own_ports() {
+    let server = start_workers(2, &[]);
+    let base = server.udp.port();
+    let mut ports = std::collections::BTreeMap::new();
+    let mut sockets = Vec::new();
+    for i in 0..8 {
+        let room = format!("room-{i}");
+        let t = token(&["--room", &room, "--identity", "alice"]);
+        let url = format!("ws://{}/rtc?access_token={t}&protocol=17", server.http);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connects");
+        // On /rtc the server offers the subscriber connection right after the JoinResponse;
+        // its candidate is the port of the worker the room lives on.
+        let port = loop {
+            if let proto::signal_response::Message::Offer(offer) = next_response(&mut ws).await {
+                break candidate_port(&offer.sdp);
+            }
+        };
+        ports.insert(room, port);
+        sockets.push(ws);
+    }
+    let used: std::collections::BTreeSet<u16> = ports.values().copied().collect();
+    assert_eq!(
+        used,
+        std::collections::BTreeSet::from([base, base + 1]),
+        "both workers host rooms, each on its own port: {ports:?}"
+    );
+    // The same room always lands on the same worker.
+    let t = token(&["--room", "room-0", "--identity", "bob"]);
+    let url = format!("ws://{}/rtc?access_token={t}&protocol=17", server.http);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connects");
+    let port = loop {
+        if let proto::signal_response::Message::Offer(offer) = next_response(&mut ws).await {
+            break candidate_port(&offer.sdp);
+        }
+    };
+    assert_eq!(port, ports["room-0"]);
+    // ListRooms asks every worker; calls about one room go to its worker.
+    let admin = token(&["--room", "room-0", "--identity", "admin", "--admin"]);
+    let (status, body) = post_json(
+        server.http,
+        "/twirp/livekit.RoomService/ListRooms",
+        &admin,
+        "{}",
+    );
+    assert_eq!(status, 200, "{body}");
+    let rooms: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let names: Vec<&str> = rooms["rooms"]
+        .as_array()
+        .expect("rooms")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        (0..8).map(|i| format!("room-{i}")).collect::<Vec<_>>()
+    );
+    // One room on each worker.
+    for port in used {
+        let room = ports
+            .iter()
+            .find(|(_, p)| **p == port)
+            .map(|(r, _)| r.clone());
+        let room = room.expect("a room on this port");
+        let admin = token(&["--room", &room, "--identity", "admin", "--admin"]);
+        let (status, body) = post_json(
+            server.http,
+            "/twirp/livekit.RoomService/ListParticipants",
+            &admin,
+            &format!("{{\"room\": \"{room}\"}}"),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("alice"), "{room}: {body}");
+    }
+    assert_eq!(
+        metric(server.http, "parloir_rooms"),
+        8,
+        "rooms summed over workers"
+    );
+    drop(sockets);
 }

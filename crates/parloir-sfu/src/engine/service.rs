@@ -30,6 +30,25 @@ pub enum ServiceCall {
     UpdateRoomMetadata(proto::UpdateRoomMetadataRequest),
 }
 
+impl ServiceCall {
+    /// The room the call is about; `None` for ListRooms, which is about all of them.
+    pub fn room(&self) -> Option<&str> {
+        Some(match self {
+            ServiceCall::CreateRoom(r) => &r.name,
+            ServiceCall::ListRooms(_) => return None,
+            ServiceCall::DeleteRoom(r) => &r.room,
+            ServiceCall::ListParticipants(r) => &r.room,
+            ServiceCall::GetParticipant(r) => &r.room,
+            ServiceCall::RemoveParticipant(r) => &r.room,
+            ServiceCall::MutePublishedTrack(r) => &r.room,
+            ServiceCall::UpdateParticipant(r) => &r.room,
+            ServiceCall::UpdateSubscriptions(r) => &r.room,
+            ServiceCall::SendData(r) => &r.room,
+            ServiceCall::UpdateRoomMetadata(r) => &r.room,
+        })
+    }
+}
+
 /// The answer to a [`ServiceCall`], ready to encode.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

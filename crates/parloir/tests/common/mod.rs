@@ -30,6 +30,45 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A UDP port `p` with `p + 1 .. p + n` also free (media workers use consecutive ports).
+pub fn free_ports(n: u16) -> u16 {
+    loop {
+        let p = free_port();
+        if (1..n).all(|k| {
+            p.checked_add(k)
+                .is_some_and(|q| UdpSocket::bind(("127.0.0.1", q)).is_ok())
+        }) {
+            return p;
+        }
+    }
+}
+
+/// `parloir serve --dev` with `workers` media workers on consecutive UDP ports from
+/// `Server::udp` (ICE-TCP off).
+pub fn start_workers(workers: u16, extra: &[&str]) -> Server {
+    let (http_port, udp_port) = (free_port(), free_ports(workers));
+    let child = Command::new(env!("CARGO_BIN_EXE_parloir"))
+        .args([
+            "serve",
+            "--dev",
+            "--http-addr",
+            &format!("127.0.0.1:{http_port}"),
+        ])
+        .args(["--udp-port", &udp_port.to_string(), "--tcp-port", "0"])
+        .args(["--media-workers", &workers.to_string()])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the parloir binary starts");
+    wait_healthy(Server {
+        child,
+        http: format!("127.0.0.1:{http_port}").parse().expect("address"),
+        udp: format!("127.0.0.1:{udp_port}").parse().expect("address"),
+    })
+}
+
 pub fn start() -> Server {
     start_with(&[])
 }
@@ -55,6 +94,10 @@ pub fn start_with(extra: &[&str]) -> Server {
         http: format!("127.0.0.1:{http_port}").parse().expect("address"),
         udp: format!("127.0.0.1:{udp_port}").parse().expect("address"),
     };
+    wait_healthy(server)
+}
+
+fn wait_healthy(server: Server) -> Server {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if get(server.http, "/healthz").0 == 200 {
@@ -63,6 +106,32 @@ pub fn start_with(extra: &[&str]) -> Server {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("the server did not answer /healthz");
+}
+
+/// A plain HTTP/1.1 POST with a JSON body and a bearer token: (status, body).
+pub fn post_json(addr: SocketAddr, path: &str, token: &str, body: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// A plain HTTP/1.1 GET: (status, body). Status 0 when the connection fails.

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The browser suite once per UDP backend this machine runs (`parloir doctor --json` probes
+# them as the server does): io_uring, mmsg and basic must each carry a real meeting.
+set -euo pipefail
+bin=${PARLOIR_BIN:?set PARLOIR_BIN}
+backends=$("$bin" doctor --json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+for b in d["udp"]["backends"]:
+    if b["works"]:
+        print(b["backend"])
+    else:
+        print(f"e2e: skipping {b[\"backend\"]}: {b[\"error\"]}", file=sys.stderr)
+')
+for io in $backends; do
+  echo "e2e: the browser suite on the $io backend"
+  PARLOIR_IO=$io node --test --test-concurrency=1 tests/e2e/
+done
