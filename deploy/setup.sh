@@ -43,6 +43,16 @@ done
 
 # Python dependencies of the LiveKit SDK test (tests/sdk), pinned in requirements.txt, installed
 # into tests/sdk/.venv only when that file changed.
+# ONNX Runtime for the speech plane: the wheel's shared library, no Python dependencies.
+venv=models/.venv
+stamp="$venv/.parloir-requirements"
+if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || ! cmp -s models/requirements.txt "$stamp"; then
+  echo "setup: pip install in $venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r models/requirements.txt
+  cp models/requirements.txt "$stamp"
+fi
+
 venv=tests/sdk/.venv
 stamp="$venv/.parloir-requirements"
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || ! cmp -s tests/sdk/requirements.txt "$stamp"; then

@@ -10,7 +10,7 @@ for b in d["udp"]["backends"]:
     if b["works"]:
         print(b["backend"])
     else:
-        print(f"e2e: skipping {b[\"backend\"]}: {b[\"error\"]}", file=sys.stderr)
+        print("e2e: skipping", b["backend"] + ":", b["error"], file=sys.stderr)
 ')
 for io in $backends; do
   echo "e2e: the browser suite on the $io backend"

@@ -18,7 +18,7 @@ pub struct Findings {
     pci: Vec<parloir_gpu::PciGpu>,
     cuda: Result<Vec<parloir_gpu::CudaDevice>, String>,
     render_nodes: Vec<parloir_gpu::RenderNode>,
-    onnxruntime: Option<String>,
+    onnxruntime: Result<parloir_speech::Runtime, String>,
     profile: Result<(hardware::Profile, String), String>,
     plan: Option<CorePlan>,
     sysctls: Vec<(&'static str, Option<u64>)>,
@@ -65,7 +65,7 @@ pub fn examine(io_mode: IoMode, profile: &str) -> Findings {
         pci,
         cuda,
         render_nodes: parloir_gpu::render_nodes(),
-        onnxruntime: find_onnxruntime(),
+        onnxruntime: parloir_speech::load(None).map_err(|e| e.to_string()),
         profile,
         plan,
         sysctls,
@@ -74,21 +74,6 @@ pub fn examine(io_mode: IoMode, profile: &str) -> Findings {
     };
     f.advice = advise(&f);
     f
-}
-
-/// Where libonnxruntime is, if installed (`ORT_DYLIB_PATH`, then the setup's location).
-fn find_onnxruntime() -> Option<String> {
-    let mut candidates: Vec<String> = std::env::var("ORT_DYLIB_PATH").into_iter().collect();
-    candidates.extend(
-        [
-            "/usr/local/lib/parloir/libonnxruntime.so",
-            "/usr/lib/libonnxruntime.so",
-        ]
-        .map(str::to_string),
-    );
-    candidates
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
 }
 
 fn advise(f: &Findings) -> Vec<String> {
@@ -147,6 +132,25 @@ fn advise(f: &Findings) -> Vec<String> {
                 "few cores: {}. Fine for development; a server wants 8 or more",
                 plan.notes.join("; ")
             ));
+        }
+    }
+    if let (Ok(runtime), Ok((profile, _))) = (&f.onnxruntime, &f.profile) {
+        for want in &profile.speech.providers {
+            let name = match want.as_str() {
+                "cuda" => "CUDAExecutionProvider",
+                "tensorrt" => "TensorrtExecutionProvider",
+                "openvino" => "OpenVINOExecutionProvider",
+                _ => continue,
+            };
+            if !runtime.providers.iter().any(|p| p == name) {
+                advice.push(format!(
+                    "the {} profile prefers {name} for speech, but this ONNX Runtime ({}) \
+                     lacks it: speech runs on the CPU provider (the onnxruntime-gpu wheel \
+                     has the CUDA and TensorRT providers)",
+                    profile.name,
+                    runtime.library.display()
+                ));
+            }
         }
     }
     if f.pci
@@ -213,10 +217,10 @@ impl Findings {
                 "device": n.path, "driver": n.driver, "vaapi_driver": n.vaapi_driver,
                 "pci_address": n.pci_address,
             })).collect::<Vec<_>>(),
-            "onnxruntime": {
-                "library": self.onnxruntime,
-                "providers": Value::Null,
-                "note": "the speech plane is not built into this version; providers are listed once it is",
+            "onnxruntime": match &self.onnxruntime {
+                Ok(r) => json!({"available": true, "library": r.library, "version": r.version,
+                    "providers": r.providers}),
+                Err(e) => json!({"available": false, "error": e}),
             },
             "profile": match &self.profile {
                 Ok((p, why)) => json!({"name": p.name, "reason": why, "description": p.description,
@@ -341,13 +345,16 @@ impl Findings {
                 n.vaapi_driver.unwrap_or("no VA-API driver")
             );
         }
-        let _ = writeln!(
-            o,
-            "  ONNX Runtime   {} (the speech plane is not built into this version yet)",
-            self.onnxruntime
-                .as_deref()
-                .unwrap_or("library not installed")
-        );
+        let _ = match &self.onnxruntime {
+            Ok(r) => writeln!(
+                o,
+                "  ONNX Runtime   {} ({})\n                 providers: {}",
+                r.version.as_deref().unwrap_or("version unknown"),
+                r.library.display(),
+                r.providers.join(", ")
+            ),
+            Err(e) => writeln!(o, "  ONNX Runtime   unavailable: {e}"),
+        };
         let _ = writeln!(o, "\nprofile");
         match &self.profile {
             Ok((p, why)) => {
@@ -361,7 +368,7 @@ impl Findings {
             let _ = writeln!(o, "  control cores  {:?}", p.control);
             let _ = writeln!(
                 o,
-                "  media cores    {:?} (media-0 is pinned to the first)",
+                "  media cores    {:?} (one media worker per core, pinned)",
                 p.media
             );
             let _ = writeln!(o, "  speech cores   {:?}", p.speech);

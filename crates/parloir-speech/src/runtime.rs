@@ -1,0 +1,154 @@
+//! ONNX Runtime, loaded once per process from a shared library found at run time.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, c_char, c_int};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The loaded runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    pub library: PathBuf,
+    /// From the library's file name (`libonnxruntime.so.1.31.1`), when it says.
+    pub version: Option<String>,
+    /// Execution providers this build of the library has (`CPUExecutionProvider`,
+    /// `CUDAExecutionProvider`, …), as ONNX Runtime names them.
+    pub providers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    #[error("libonnxruntime is not installed (deploy/setup.sh installs it under models/.venv)")]
+    NotFound,
+    #[error("cannot load {path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("ONNX Runtime: {0}")]
+    Api(String),
+}
+
+/// Where libonnxruntime is: `ORT_DYLIB_PATH`, the wheel the setup installs under
+/// `models/.venv` (relative to the working directory), or `/usr/local/lib/parloir`.
+pub fn find_library() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from)
+        && p.exists()
+    {
+        return Some(p);
+    }
+    let lib = Path::new("models/.venv/lib");
+    let from_wheel = std::fs::read_dir(lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+        .map(|e| e.path().join("site-packages/onnxruntime/capi"))
+        .flat_map(|capi| std::fs::read_dir(capi).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so."))
+        });
+    if let Some(p) = from_wheel {
+        return std::fs::canonicalize(&p).ok().or(Some(p));
+    }
+    let system = PathBuf::from("/usr/local/lib/parloir/libonnxruntime.so");
+    system.exists().then_some(system)
+}
+
+/// Loads ONNX Runtime from `path` (or [`find_library`]'s answer). The library is loaded once
+/// per process; later calls return the first result.
+pub fn load(path: Option<&Path>) -> Result<Runtime, RuntimeError> {
+    static LOADED: OnceLock<Result<Runtime, RuntimeError>> = OnceLock::new();
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => find_library().ok_or(RuntimeError::NotFound)?,
+    };
+    LOADED.get_or_init(|| load_once(&path)).clone()
+}
+
+fn load_once(path: &Path) -> Result<Runtime, RuntimeError> {
+    let load_err = |message: String| RuntimeError::Load {
+        path: path.to_path_buf(),
+        message,
+    };
+    let builder = ort::init_from(path).map_err(|e| load_err(e.to_string()))?;
+    builder
+        .with_name("parloir")
+        .build()
+        .map_err(|e| RuntimeError::Api(e.to_string()))?;
+    let providers = providers()?;
+    let version = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("libonnxruntime.so."))
+        .map(str::to_string);
+    Ok(Runtime {
+        library: path.to_path_buf(),
+        version,
+        providers,
+    })
+}
+
+fn providers() -> Result<Vec<String>, RuntimeError> {
+    let api = ort::api();
+    let mut list: *mut *mut c_char = std::ptr::null_mut();
+    let mut len: c_int = 0;
+    // SAFETY: the API table comes from the loaded library; both out-pointers are live locals.
+    let status = unsafe { (api.GetAvailableProviders)(&mut list, &mut len) };
+    check(status)?;
+    if list.is_null() {
+        return Ok(Vec::new());
+    }
+    let names = (0..usize::try_from(len).unwrap_or(0))
+        .map(|i| {
+            // SAFETY: ONNX Runtime returned `len` valid NUL-terminated strings at `list`.
+            unsafe { CStr::from_ptr(*list.add(i)) }
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    // SAFETY: releases exactly what GetAvailableProviders returned.
+    let status = unsafe { (api.ReleaseAvailableProviders)(list, len) };
+    check(status)?;
+    Ok(names)
+}
+
+/// Turns an `OrtStatus` into a result, releasing it.
+fn check(status: ort::sys::OrtStatusPtr) -> Result<(), RuntimeError> {
+    let ptr = status.0;
+    if ptr.is_null() {
+        return Ok(());
+    }
+    let api = ort::api();
+    // SAFETY: a non-null status from the API carries a message; it is released after reading.
+    let message = unsafe { CStr::from_ptr((api.GetErrorMessage)(ptr)) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: as above; the status is not used afterwards.
+    unsafe { (api.ReleaseStatus)(ptr) };
+    Err(RuntimeError::Api(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_installed_runtime_loads_and_has_the_cpu_provider() {
+        // The crate's tests run from its directory; the setup installs under the repository's.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        std::env::set_current_dir(&root).expect("the repository root");
+        let path = find_library()
+            .expect("libonnxruntime is installed by deploy/setup.sh (make test runs it first)");
+        let runtime = load(Some(&path)).expect("ONNX Runtime loads");
+        assert!(
+            runtime
+                .providers
+                .iter()
+                .any(|p| p == "CPUExecutionProvider"),
+            "{runtime:?}"
+        );
+        assert!(runtime.version.is_some(), "{runtime:?}");
+    }
+}
