@@ -67,6 +67,9 @@ enum Cmd {
         /// Override the hardware profile (auto or a name from hardware/).
         #[arg(long)]
         profile: Option<String>,
+        /// Override `rtc.gso`: group equal-size datagrams for one client into GSO sends.
+        #[arg(long)]
+        gso: Option<bool>,
         /// Media workers (0: one per media core of the core plan); each has its own UDP port
         /// counting up from --udp-port.
         #[arg(long)]
@@ -162,6 +165,7 @@ fn main() -> anyhow::Result<()> {
             webhook_urls,
             io,
             profile,
+            gso,
             media_workers,
         } => {
             let mut config = match (dev, config) {
@@ -187,6 +191,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(p) = profile {
                 config.server.hardware_profile = p;
+            }
+            if let Some(g) = gso {
+                config.rtc.gso = g;
             }
             if let Some(n) = media_workers {
                 config.rtc.media_workers = n;

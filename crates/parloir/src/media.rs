@@ -164,10 +164,14 @@ const TCP_LISTENER: Token = Token(2);
 const MAX_WAIT: Duration = Duration::from_millis(100);
 /// Datagrams taken from the socket per receive call.
 const RECV_BATCH: usize = 32;
-/// Datagrams queued before a send call. Outputs are flushed when this fills, after each
-/// receive batch, and before the worker sleeps: a datagram waits at most for the fan-out of
-/// the few inputs that precede it in the batch.
+/// Datagrams per send call (a GSO group counts as its datagrams).
 const SEND_BATCH: usize = 64;
+/// With GSO, transmits are held until the next flush (at most this many) and sent grouped by
+/// destination.
+const MAX_PENDING: usize = 1024;
+/// Sends are flushed after every this many received datagrams, and at the end of each receive
+/// batch: a datagram waits for the fan-out of at most this many inputs.
+const FLUSH_EVERY: usize = 8;
 
 /// What one media worker starts with.
 pub struct WorkerSetup {
@@ -268,6 +272,7 @@ fn spawn_one(
                 destination,
                 candidates,
                 tx: send_batch,
+                pending: Vec::with_capacity(MAX_PENDING),
                 send_errors: 0,
             };
             worker.run();
@@ -296,6 +301,8 @@ struct Worker {
     candidates: Vec<SocketAddr>,
     /// Datagrams waiting for the next send call.
     tx: SendBatch,
+    /// With GSO: the SFU's transmits since the last flush, grouped by destination at the flush.
+    pending: Vec<parloir_sfu::Transmit>,
     send_errors: u64,
 }
 
@@ -333,13 +340,16 @@ impl Worker {
                     Ok(0) => break,
                     Ok(_) => {
                         let now = Instant::now();
-                        for (meta, contents) in rx.datagrams() {
+                        for (i, (meta, contents)) in rx.datagrams().enumerate() {
                             let source = meta.source;
                             let destination = self.local_destination(meta.destination);
                             self.guarded(|sfu| {
                                 sfu.handle_receive(now, source, destination, contents)
                             });
                             deadline = self.drain_output();
+                            if i % FLUSH_EVERY == FLUSH_EVERY - 1 {
+                                self.flush();
+                            }
                         }
                         self.flush();
                     }
@@ -434,15 +444,13 @@ impl Worker {
                         tcp.send(self.poll.registry(), t.destination, &t.contents);
                     }
                 }
-                Output::Transmit(t) => {
-                    if !self.tx.push(t.destination, &t.contents) {
+                Output::Transmit(t) if self.endpoint.gso() => {
+                    self.pending.push(t);
+                    if self.pending.len() >= MAX_PENDING {
                         self.flush();
-                        if !self.tx.push(t.destination, &t.contents) {
-                            // Larger than any datagram we send: str0m never makes one.
-                            self.send_errors += 1;
-                        }
                     }
                 }
+                Output::Transmit(t) => self.queue(&t),
                 Output::Signal(session, message) => {
                     self.deliver(session, ToSession::Signal(message))
                 }
@@ -465,10 +473,37 @@ impl Worker {
 
     /// Sends the queued datagrams.
     fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            // Each client's datagrams side by side, in their order (a stable sort), so that
+            // runs of equal size (the packets of one video frame) become one GSO send.
+            self.pending.sort_by_key(|t| t.destination);
+            let mut pending = std::mem::take(&mut self.pending);
+            for t in pending.drain(..) {
+                self.queue(&t);
+            }
+            self.pending = pending;
+        }
+        self.send_queued();
+    }
+
+    /// Adds a datagram to the send batch, sending the batch first when it is full.
+    fn queue(&mut self, t: &parloir_sfu::Transmit) {
+        if !self.tx.push(t.destination, &t.contents) {
+            self.send_queued();
+            if !self.tx.push(t.destination, &t.contents) {
+                // Larger than any datagram we send: str0m never makes one.
+                self.send_errors += 1;
+            }
+        }
+    }
+
+    fn send_queued(&mut self) {
         if self.tx.is_empty() {
             return;
         }
+        let messages = self.tx.sends() as u64;
         let out = self.endpoint.send(&mut self.tx);
+        self.metrics.udp_send_messages.fetch_add(messages, Relaxed);
         self.send_errors += out.dropped as u64;
         self.metrics
             .udp_send_calls

@@ -41,6 +41,8 @@ pub struct Metrics {
     /// System calls (or io_uring submissions) made to receive and to send datagrams.
     pub udp_recv_calls: AtomicU64,
     pub udp_send_calls: AtomicU64,
+    /// Messages handed to the kernel: datagrams, a GSO group counting once.
+    pub udp_send_messages: AtomicU64,
     /// io_uring: times the provided-buffer ring ran dry.
     pub udp_ring_exhausted: AtomicU64,
     /// Each media worker's latest figures, summed into the counters above.
@@ -122,7 +124,13 @@ impl Metrics {
 
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 25] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 26] = [
+            (
+                "parloir_udp_send_messages_total",
+                "counter",
+                "Messages handed to the kernel to send: datagrams, each GSO group counting once.",
+                &self.udp_send_messages,
+            ),
             (
                 "parloir_udp_recv_calls_total",
                 "counter",
