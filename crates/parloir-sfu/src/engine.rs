@@ -42,6 +42,11 @@ pub struct SfuConfig {
     /// Seconds between client pings, and without any message before a client gives up.
     pub ping_interval_s: i32,
     pub ping_timeout_s: i32,
+    /// Audio is forwarded for the room's N loudest participants plus anyone speaking now, as
+    /// large-meeting SFUs do: a silent participant's frames (DTX comfort noise) go nowhere
+    /// unless it is among the N. 0 forwards everyone's audio. Audio without the RFC 6464
+    /// level extension is always forwarded.
+    pub loudest_audio: usize,
 }
 
 /// How a participant's media is carried.
@@ -236,6 +241,8 @@ pub struct Stats {
     /// Data packets routed, and data packets dropped (undecodable or not allowed).
     pub data_packets: u64,
     pub data_dropped: u64,
+    /// Audio frames not forwarded: their publisher was silent and not among the loudest.
+    pub audio_gated: u64,
 }
 
 /// The selective forwarding unit. See the crate documentation for how to drive it.
@@ -267,6 +274,9 @@ struct Room {
     info: proto::Room,
     members: Vec<SessionId>,
     loudness: HashMap<String, Loudness>,
+    /// The participants (sids) whose audio is forwarded even while silent: the loudest
+    /// `SfuConfig::loudest_audio`, as of the last speaker tick.
+    loudest: HashSet<String>,
     /// Participant or publisher counts changed since the last RoomUpdate.
     counts_changed: bool,
     /// Since when nobody is in the room, and whether anyone ever was: an empty room closes
@@ -929,6 +939,7 @@ impl Sfu {
             room.members.retain(|s| *s != session);
             room.counts_changed = true;
             room.loudness.remove(&participant.info.sid);
+            room.loudest.remove(&participant.info.sid);
             if room.members.is_empty() {
                 room.empty_since = Some(self.now);
             }
@@ -1881,10 +1892,16 @@ impl Sfu {
             && let Some(p) = self.participants.get(&track.publisher)
             && let Some(room) = self.rooms.get_mut(&p.room)
         {
-            room.loudness
-                .entry(p.info.sid.clone())
-                .or_default()
-                .observe(level, now);
+            let loudness = room.loudness.entry(p.info.sid.clone()).or_default();
+            loudness.observe(level, now);
+            // Loudest-N: O(1) per frame, the set is recomputed on the speaker tick.
+            if self.config.loudest_audio > 0
+                && !loudness.active(now)
+                && !room.loudest.contains(&p.info.sid)
+            {
+                self.stats.audio_gated += 1;
+                return;
+            }
         }
         // Taken out for the loop (which needs `self` mutably) and put back after it.
         let subscribers = std::mem::take(&mut track.subscribers);
@@ -2172,6 +2189,7 @@ impl Sfu {
             },
             members: Vec::new(),
             loudness: HashMap::new(),
+            loudest: HashSet::new(),
             counts_changed: false,
             empty_since: Some(now),
             ever_joined: false,
@@ -2344,6 +2362,9 @@ impl Sfu {
                 for s in &room.members {
                     updates.push((*s, room.info.clone()));
                 }
+            }
+            if self.config.loudest_audio > 0 {
+                room.loudest = speakers::loudest(&room.loudness, self.config.loudest_audio);
             }
             let changes = speakers::changes(&mut room.loudness, now);
             if changes.is_empty() {

@@ -4,7 +4,7 @@
 //! smoothed level is above a threshold, and only changes are reported (LiveKit's
 //! `SpeakersChanged` is a delta: `active = false` means a speaker stopped).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// How often speakers are re-evaluated and changes sent.
@@ -33,7 +33,8 @@ impl Loudness {
         }
     }
 
-    fn active(&self, now: Instant) -> bool {
+    /// Speaking now: a loud packet within the hangover.
+    pub(crate) fn active(&self, now: Instant) -> bool {
         self.last_loud
             .is_some_and(|t| now.saturating_duration_since(t) < HANGOVER)
     }
@@ -49,6 +50,14 @@ pub(crate) fn active(levels: &HashMap<String, Loudness>) -> Vec<SpeakerChange> {
         .collect();
     out.sort_by(|a, b| b.1.total_cmp(&a.1));
     out
+}
+
+/// The `n` participants with the highest smoothed level (ties broken by sid, so the choice is
+/// stable between ticks).
+pub(crate) fn loudest(levels: &HashMap<String, Loudness>, n: usize) -> HashSet<String> {
+    let mut ranked: Vec<(&String, f32)> = levels.iter().map(|(s, l)| (s, l.level)).collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    ranked.into_iter().take(n).map(|(s, _)| s.clone()).collect()
 }
 
 /// One change to report: (participant sid, level, active).

@@ -754,3 +754,91 @@ fn publishers_are_told_which_layers_their_subscribers_need() {
     sim.run_for(Duration::from_secs(1));
     assert_eq!(enabled(&sim, "pub", &cam), [true, false, false]);
 }
+
+/// Audio frames received from `publisher`'s microphone so far.
+fn audio_received(sim: &Sim, who: &str, publisher: &str) -> usize {
+    let mic = sim.track_sid(publisher, "mic");
+    sim.client(who).frames.get(&mic).map_or(0, Vec::len)
+}
+
+#[test]
+fn only_the_loudest_and_the_speaking_are_heard() {
+    // One loudest participant plus anyone speaking.
+    let mut sim = Sim::with_loudest_audio(11, 0.0, 1);
+    for name in ["alice", "bob", "carol", "dave", "erin"] {
+        sim.join(name);
+    }
+    for i in 0..4 {
+        sim.publish(i);
+    }
+    // Alice speaks loudly, Bob softly; Carol and Dave are silent (DTX-level frames).
+    for (i, level) in [(0, -10), (1, -40), (2, -127), (3, -127)] {
+        sim.clients[i].audio_level = Some(level);
+    }
+    sim.run_for(Duration::from_secs(3));
+    let before: Vec<usize> = ["alice", "bob", "carol", "dave"]
+        .iter()
+        .map(|p| audio_received(&sim, "erin", p))
+        .collect();
+    sim.run_for(Duration::from_secs(2));
+    let during: Vec<usize> = ["alice", "bob", "carol", "dave"]
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| audio_received(&sim, "erin", p) - b)
+        .collect();
+    // 2 s of 20 ms frames: 100 each from the two speakers, none from the silent two.
+    assert!(
+        during[0] >= 95 && during[1] >= 95,
+        "speakers are heard: {during:?}"
+    );
+    assert_eq!(
+        (during[2], during[3]),
+        (0, 0),
+        "the silent are not forwarded: {during:?}"
+    );
+
+    // Bob stops speaking: after the hangover he is silent and not the loudest: not forwarded.
+    sim.clients[1].audio_level = Some(-127);
+    sim.run_for(Duration::from_secs(2));
+    let b = audio_received(&sim, "erin", "bob");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(audio_received(&sim, "erin", "bob"), b, "bob went quiet");
+
+    // Carol starts speaking: heard from her first loud frame on, with no gap.
+    let c0 = audio_received(&sim, "erin", "carol");
+    sim.clients[2].audio_level = Some(-20);
+    sim.run_for(Duration::from_secs(2));
+    let carol = audio_received(&sim, "erin", "carol") - c0;
+    assert!(carol >= 95, "carol is heard at once: {carol}");
+    // Publishers hear the others too (not themselves), and no audio was lost on the way.
+    assert!(audio_received(&sim, "alice", "carol") > 0);
+    let stats = sim.sfu.stats();
+    assert!(stats.audio_gated > 0);
+}
+
+#[test]
+fn small_rooms_and_audio_without_levels_are_all_heard() {
+    // Three publishers with loudest-3: everyone is among the loudest, silent or not.
+    let mut sim = Sim::with_loudest_audio(12, 0.0, 3);
+    for name in ["a", "b", "c", "d"] {
+        sim.join(name);
+    }
+    for i in 0..3 {
+        sim.publish(i);
+        sim.clients[i].audio_level = Some(-127);
+    }
+    // The fourth publishes without the level extension: always forwarded.
+    sim.publish(3);
+    sim.run_for(Duration::from_secs(3));
+    let before: Vec<usize> = ["a", "b", "c"]
+        .iter()
+        .map(|p| audio_received(&sim, "d", p))
+        .collect();
+    let no_level = audio_received(&sim, "a", "d");
+    sim.run_for(Duration::from_secs(2));
+    for (p, b) in ["a", "b", "c"].iter().zip(before) {
+        let got = audio_received(&sim, "d", p) - b;
+        assert!(got >= 95, "{p} is among the 3 loudest: {got}");
+    }
+    assert!(audio_received(&sim, "a", "d") - no_level >= 95);
+}

@@ -82,6 +82,9 @@ pub struct RtcConfig {
     /// Media workers: 0 runs one per media core of the hardware profile's core plan. Worker
     /// `i` uses UDP port `udp_port + i` (and ICE-TCP `tcp_port + i`); a room lives on one.
     pub media_workers: usize,
+    /// Audio is forwarded for the room's N loudest participants plus anyone speaking; 0
+    /// forwards everyone's audio.
+    pub loudest_audio: usize,
 }
 
 impl Default for RtcConfig {
@@ -95,6 +98,7 @@ impl Default for RtcConfig {
             gso: true,
             gro: false,
             media_workers: 0,
+            loudest_audio: 3,
         }
     }
 }

@@ -70,6 +70,10 @@ enum Cmd {
         /// Override `rtc.gso`: group equal-size datagrams for one client into GSO sends.
         #[arg(long)]
         gso: Option<bool>,
+        /// Override `rtc.loudest_audio`: forward audio of the N loudest plus anyone speaking
+        /// (0: everyone's).
+        #[arg(long)]
+        loudest_audio: Option<usize>,
         /// Media workers (0: one per media core of the core plan); each has its own UDP port
         /// counting up from --udp-port.
         #[arg(long)]
@@ -166,6 +170,7 @@ fn main() -> anyhow::Result<()> {
             io,
             profile,
             gso,
+            loudest_audio,
             media_workers,
         } => {
             let mut config = match (dev, config) {
@@ -194,6 +199,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(g) = gso {
                 config.rtc.gso = g;
+            }
+            if let Some(n) = loudest_audio {
+                config.rtc.loudest_audio = n;
             }
             if let Some(n) = media_workers {
                 config.rtc.media_workers = n;
@@ -408,6 +416,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             node_id: format!("ND_parloir_{}", std::process::id()),
             ping_interval_s: 5,
             ping_timeout_s: 15,
+            loudest_audio: config.rtc.loudest_audio,
         };
         let tcp = match (config.tcp_bind(), config.tcp_candidates().first()) {
             (Some(bind), Some(&advertised)) => {

@@ -21,6 +21,7 @@ pub struct Metrics {
     keyframe_requests: AtomicU64,
     data_packets: AtomicU64,
     data_dropped: AtomicU64,
+    audio_gated: AtomicU64,
     /// Signal WebSockets accepted on `/rtc` and on `/rtc/v1`.
     pub signal_connections_v0: AtomicU64,
     pub signal_connections_v1: AtomicU64,
@@ -95,6 +96,7 @@ impl Metrics {
             a.keyframe_requests += b.keyframe_requests;
             a.data_packets += b.data_packets;
             a.data_dropped += b.data_dropped;
+            a.audio_gated += b.audio_gated;
             t.send_errors += w.send_errors;
             t.ring_exhausted += w.ring_exhausted;
             t.tcp_accepted += w.tcp_accepted;
@@ -116,6 +118,7 @@ impl Metrics {
         self.keyframe_requests.store(s.keyframe_requests, Relaxed);
         self.data_packets.store(s.data_packets, Relaxed);
         self.data_dropped.store(s.data_dropped, Relaxed);
+        self.audio_gated.store(s.audio_gated, Relaxed);
         self.udp_ring_exhausted.store(t.ring_exhausted, Relaxed);
         self.ice_tcp_connections.store(t.tcp_accepted, Relaxed);
         self.ice_tcp_packets_in.store(t.tcp_packets_in, Relaxed);
@@ -124,7 +127,13 @@ impl Metrics {
 
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 26] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 27] = [
+            (
+                "parloir_audio_gated_total",
+                "counter",
+                "Audio frames not forwarded: their publisher was silent and not among the loudest.",
+                &self.audio_gated,
+            ),
             (
                 "parloir_udp_send_messages_total",
                 "counter",

@@ -116,6 +116,9 @@ pub struct Client {
     /// The room as the latest RoomUpdate described it.
     pub room: Option<proto::Room>,
     pub audio_sent: u32,
+    /// The RFC 6464 level each audio frame carries (-dBov: 0 loudest, -127 silence); none
+    /// when `None`.
+    pub audio_level: Option<i8>,
     pub video_sent: u32,
     /// Publish the camera as three simulcast layers (`q`, `h`, `f`).
     pub simulcast: bool,
@@ -176,6 +179,12 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(seed: u64, loss: f64) -> Self {
+        Self::with_loudest_audio(seed, loss, 3)
+    }
+
+    /// A simulation whose SFU forwards the audio of the `n` loudest participants plus anyone
+    /// speaking (0: everyone's).
+    pub fn with_loudest_audio(seed: u64, loss: f64, n: usize) -> Self {
         let now = Instant::now();
         let config = SfuConfig {
             candidates: vec![sfu_addr()],
@@ -186,6 +195,7 @@ impl Sim {
             node_id: "ND_sim".into(),
             ping_interval_s: 5,
             ping_timeout_s: 15,
+            loudest_audio: n,
         };
         Self {
             now,
@@ -272,6 +282,7 @@ impl Sim {
             closed: false,
             room: None,
             audio_sent: 0,
+            audio_level: None,
             video_sent: 0,
             simulcast: false,
             quality_updates: Vec::new(),
@@ -690,8 +701,11 @@ impl Sim {
                         .map(|p| p.pt())
                 });
                 if let Some(pt) = pt
-                    && let Some(w) = c.publisher.writer(mid)
+                    && let Some(mut w) = c.publisher.writer(mid)
                 {
+                    if let Some(level) = c.audio_level {
+                        w = w.audio_level(level, level > -55);
+                    }
                     let mut frame = vec![0u8; 80];
                     frame[1..5].copy_from_slice(&n.to_be_bytes());
                     let time = MediaTime::new(n as u64 * 960, Frequency::FORTY_EIGHT_KHZ);
