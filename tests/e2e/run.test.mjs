@@ -622,6 +622,36 @@ for (const singlePeerConnection of [false, true]) {
 
 // The meeting page the server itself serves on / (what `make run` opens): two tabs join one room
 // through its form and each shows the other's video tile playing.
+describe('simulcast', () => {
+  // livekit-client publishes the fake 1280x720 camera as three layers (320x180, 640x360,
+  // 1280x720); a subscriber with adaptiveStream asks for the size its video element shows,
+  // and the server forwards the layer that fits (getStats frameWidth shows which).
+  scenario('a small tile gets the low layer, a large tile the high layer, and back', async (s) => {
+    const room = `e2e-simulcast-${uniq()}`;
+    await s.join('alice', room, { singlePeerConnection: true });
+    const bob = await s.join('bob', room, { singlePeerConnection: true, publish: false, adaptiveStream: true });
+    const video = async () => (await bob.stats()).find((t) => t.participant === 'alice' && t.kind === 'video');
+    // The page's video elements are 160x120.
+    const small = await waitFor("bob decodes alice's low layer in a small tile", async () => {
+      const v = await video();
+      return v && v.framesDecoded > 30 && v.frameWidth > 0 && v.frameWidth <= 320 ? v : false;
+    });
+    await bob.page.evaluate(() => window.resizeVideos(1280, 720));
+    // Under CPU pressure Chromium may scale every layer down, so "higher" is asked relative
+    // to what the small tile got: at least twice as wide.
+    const large = await waitFor("bob decodes a higher layer in a large tile", async () => {
+      const v = await video();
+      return v && v.frameWidth >= 2 * small.frameWidth ? v : false;
+    });
+    await bob.page.evaluate(() => window.resizeVideos(160, 90));
+    const back = await waitFor("bob is back on the low layer", async () => {
+      const v = await video();
+      return v && v.frameWidth <= small.frameWidth && v.framesDecoded > large.framesDecoded ? v : false;
+    });
+    console.log(`simulcast frame widths: small ${small.frameWidth}, large ${large.frameWidth}, small again ${back.frameWidth}`);
+  });
+});
+
 describe('meeting page', () => {
   scenario('two tabs meet through the page on /', async (s) => {
     const room = `page-${uniq()}`;

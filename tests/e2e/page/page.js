@@ -45,6 +45,8 @@
     speakersSeen = new Set();
     room = new Room({
       singlePeerConnection: !!opts.singlePeerConnection,
+      // opts.adaptiveStream: subscribed video asks for the size its element shows.
+      adaptiveStream: !!opts.adaptiveStream,
       // Chromium's fake microphone beeps; noise suppression would eat the beeps that make a
       // participant an active speaker.
       audioCaptureDefaults: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
@@ -149,6 +151,7 @@
         let framesDecoded = 0;
         let bytesReceived = 0;
         let packetsReceived = 0;
+        let frameWidth = 0;
         let codec = null;
         report?.forEach((s) => {
           if (s.type === 'codec' && s.mimeType) codec = s.mimeType;
@@ -156,6 +159,7 @@
           framesDecoded += s.framesDecoded ?? 0;
           bytesReceived += s.bytesReceived ?? 0;
           packetsReceived += s.packetsReceived ?? 0;
+          frameWidth = Math.max(frameWidth, s.frameWidth ?? 0);
         });
         out.push({
           participant: p.identity,
@@ -164,11 +168,20 @@
           framesDecoded,
           bytesReceived,
           packetsReceived,
+          frameWidth,
           codec,
         });
       }
     }
     return out;
+  };
+
+  // Resizes every video element (what adaptiveStream watches).
+  window.resizeVideos = (width, height) => {
+    for (const el of mediaEl().querySelectorAll('video')) {
+      el.style.width = `${width}px`;
+      el.style.height = `${height}px`;
+    }
   };
 
   // Subscribes to or unsubscribes from a remote participant's tracks of one kind.
