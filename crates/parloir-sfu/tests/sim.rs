@@ -842,3 +842,76 @@ fn small_rooms_and_audio_without_levels_are_all_heard() {
     }
     assert!(audio_received(&sim, "a", "d") - no_level >= 95);
 }
+
+#[test]
+fn a_150_person_room_costs_each_client_o_n_signal_messages() {
+    let mut sim = Sim::new(13, 0.0);
+    const N: usize = 150;
+    let mut per_join_max = 0;
+    for i in 0..N {
+        let before: Vec<u64> = sim.clients.iter().map(|c| c.signals).collect();
+        sim.join(&format!("p{i}"));
+        sim.run_for(Duration::from_millis(50));
+        // Each participant already in the room hears of the newcomer in a bounded number of
+        // messages, whatever the room's size.
+        let most = sim.clients[..i]
+            .iter()
+            .zip(&before)
+            .map(|(c, b)| c.signals - b)
+            .max()
+            .unwrap_or(0);
+        per_join_max = per_join_max.max(most);
+    }
+    // RoomUpdates go out on the 300 ms tick, not per join.
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        per_join_max <= 3,
+        "messages per join per client: {per_join_max}"
+    );
+    assert!(
+        sim.clients.iter().all(|c| c.joined.is_some()),
+        "everyone joined"
+    );
+    // And everyone knows everyone: the JoinResponse lists those before, updates those after.
+    for c in &sim.clients {
+        let known = c.joined.as_ref().map_or(0, |j| j.other_participants.len()) + c.others.len();
+        assert!(known >= N - 1, "{} knows {known} others", c.identity);
+    }
+    let first = sim.clients[0].signals;
+    assert!(
+        first <= 3 * N as u64,
+        "the first to join got {first} messages for {N} joins: O(N)"
+    );
+    // Everyone leaves: again a bounded number of messages per event for those still there.
+    let mut per_leave_max = 0;
+    for i in 0..N - 1 {
+        let before: Vec<u64> = sim.clients.iter().map(|c| c.signals).collect();
+        let session = sim.clients[i].session;
+        sim.commands.push(Command::Leave { session });
+        sim.run_for(Duration::from_millis(50));
+        let most = sim.clients[i + 1..]
+            .iter()
+            .zip(&before[i + 1..])
+            .map(|(c, b)| c.signals - b)
+            .max()
+            .unwrap_or(0);
+        per_leave_max = per_leave_max.max(most);
+    }
+    assert!(
+        per_leave_max <= 3,
+        "messages per leave per client: {per_leave_max}"
+    );
+    // The last one was told of every departure.
+    let gone = sim.clients[N - 1]
+        .others
+        .values()
+        .filter(|p| p.state == proto::participant_info::State::Disconnected as i32)
+        .count();
+    assert_eq!(gone, N - 1, "every leave reached the last participant");
+    let last = &sim.clients[N - 1];
+    assert!(
+        last.signals <= 4 * N as u64,
+        "the last one saw {N} leaves in {} messages",
+        last.signals
+    );
+}

@@ -115,6 +115,8 @@ pub struct Client {
     pub closed: bool,
     /// The room as the latest RoomUpdate described it.
     pub room: Option<proto::Room>,
+    /// Signal messages received.
+    pub signals: u64,
     pub audio_sent: u32,
     /// The RFC 6464 level each audio frame carries (-dBov: 0 loudest, -127 silence); none
     /// when `None`.
@@ -282,6 +284,7 @@ impl Sim {
             closed: false,
             room: None,
             audio_sent: 0,
+            signals: 0,
             audio_level: None,
             video_sent: 0,
             simulcast: false,
@@ -536,6 +539,7 @@ impl Sim {
         let Some(c) = self.clients.iter_mut().find(|c| c.session == session) else {
             return;
         };
+        c.signals += 1;
         match message {
             M::Join(j) => c.joined = Some(j),
             M::Offer(_) if c.lose_offers => {}
