@@ -7,14 +7,32 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// The loaded runtime.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Runtime {
+    env: ort::environment::Environment,
     pub library: PathBuf,
     /// From the library's file name (`libonnxruntime.so.1.31.1`), when it says.
     pub version: Option<String>,
     /// Execution providers this build of the library has (`CPUExecutionProvider`,
     /// `CUDAExecutionProvider`, …), as ONNX Runtime names them.
     pub providers: Vec<String>,
+}
+
+impl Runtime {
+    /// The ONNX Runtime environment sessions are built in.
+    pub fn environment(&self) -> &ort::environment::Environment {
+        &self.env
+    }
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("library", &self.library)
+            .field("version", &self.version)
+            .field("providers", &self.providers)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,7 +91,7 @@ fn load_once(path: &Path) -> Result<Runtime, RuntimeError> {
         message,
     };
     let builder = ort::init_from(path).map_err(|e| load_err(e.to_string()))?;
-    builder
+    let env = builder
         .with_name("parloir")
         .build()
         .map_err(|e| RuntimeError::Api(e.to_string()))?;
@@ -84,6 +102,7 @@ fn load_once(path: &Path) -> Result<Runtime, RuntimeError> {
         .and_then(|n| n.strip_prefix("libonnxruntime.so."))
         .map(str::to_string);
     Ok(Runtime {
+        env,
         library: path.to_path_buf(),
         version,
         providers,
