@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # Tests: Chromium for the browser end-to-end tests, Node.js for their runner, Python with venv
 # for the LiveKit Python SDK test, Janus as the peer SFU the load generator compares with.
 packages=(pkg-config clang cmake libssl-dev chromium nodejs npm ca-certificates python3 python3-venv
-  janus espeak-ng)
+  janus espeak-ng libopus-dev)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -245,8 +245,31 @@ pub struct Stats {
     pub audio_gated: u64,
 }
 
+/// One published audio frame, as the speech plane takes it (before loudest-N gating: a
+/// participant's speech is transcribed whether or not others hear it forwarded).
+#[derive(Debug, Clone)]
+pub struct AudioFrame {
+    pub room: String,
+    pub participant_sid: String,
+    pub identity: String,
+    pub name: String,
+    pub track_sid: String,
+    /// The frame's RTP time in 48 kHz units.
+    pub rtp_time: u64,
+    /// The Opus payload (shared with the forwarded frame, not copied).
+    pub data: std::sync::Arc<[u8]>,
+}
+
+/// Where published audio goes when the speech plane is on. `frame` is called on the media
+/// worker for every published Opus frame: it must never block (a bounded queue with
+/// `try_send`, dropping and counting on overflow).
+pub trait AudioTap: Send {
+    fn frame(&mut self, frame: AudioFrame);
+}
+
 /// The selective forwarding unit. See the crate documentation for how to drive it.
 pub struct Sfu {
+    audio_tap: Option<Box<dyn AudioTap>>,
     config: SfuConfig,
     ids: IdGen,
     rooms: HashMap<String, Room>,
@@ -420,6 +443,7 @@ impl Sfu {
             dirty: Vec::new(),
             events: VecDeque::new(),
             out: VecDeque::new(),
+            audio_tap: None,
             next_tick: None,
             now,
             stats: Stats::default(),
@@ -594,6 +618,11 @@ impl Sfu {
             self.tick(now);
         }
         self.run(now);
+    }
+
+    /// Sends every published Opus frame to `tap` from now on (the speech plane).
+    pub fn set_audio_tap(&mut self, tap: Box<dyn AudioTap>) {
+        self.audio_tap = Some(tap);
     }
 
     /// The next output. Call until it returns [`Output::Timeout`], then again after any input.
@@ -1886,6 +1915,24 @@ impl Sfu {
         };
         if let Some(rid) = data.rid {
             track.layers.frame(rid, now);
+        }
+        if track.kind == MediaKind::Audio
+            && let Some(tap) = self.audio_tap.as_mut()
+            && data.params.spec().codec == str0m::format::Codec::Opus
+            && let Some(p) = self.participants.get(&track.publisher)
+        {
+            tap.frame(AudioFrame {
+                room: p.room.clone(),
+                participant_sid: p.info.sid.clone(),
+                identity: p.info.identity.clone(),
+                name: p.info.name.clone(),
+                track_sid: sid.clone(),
+                rtp_time: data
+                    .time
+                    .rebase(str0m::media::Frequency::FORTY_EIGHT_KHZ)
+                    .numer(),
+                data: data.data.clone(),
+            });
         }
         if track.kind == MediaKind::Audio
             && let Some(level) = data.ext_vals.audio_level

@@ -19,8 +19,8 @@ mod simulcast;
 mod speakers;
 
 pub use engine::{
-    Command, JoinCommand, Layout, Output, RESUME_WINDOW, ServiceCall, ServiceError, ServiceReply,
-    Sfu, SfuConfig, Stats, Transmit, Transport, leave_message,
+    AudioFrame, AudioTap, Command, JoinCommand, Layout, Output, RESUME_WINDOW, ServiceCall,
+    ServiceError, ServiceReply, Sfu, SfuConfig, Stats, Transmit, Transport, leave_message,
 };
 pub use ids::SessionId;
 pub use livekit_protocol as proto;

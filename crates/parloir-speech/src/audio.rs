@@ -120,6 +120,60 @@ pub fn resample(pcm: &Pcm, rate: u32) -> Pcm {
     Pcm { rate, samples }
 }
 
+/// A streaming 48 kHz → 16 kHz decimator: a 48-tap Hann-windowed sinc low-pass at 7.2 kHz,
+/// then every third sample. Keeps the samples it still needs between calls.
+#[derive(Debug, Clone)]
+pub struct Decimator3 {
+    taps: Vec<f32>,
+    buf: Vec<f32>,
+}
+
+impl Default for Decimator3 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decimator3 {
+    pub fn new() -> Self {
+        const N: usize = 48;
+        const CUTOFF: f64 = 7_200.0 / 48_000.0; // of the sample rate
+        let mid = (N - 1) as f64 / 2.0;
+        let mut taps: Vec<f64> = (0..N)
+            .map(|i| {
+                let d = i as f64 - mid;
+                let sinc = if d == 0.0 {
+                    2.0 * CUTOFF
+                } else {
+                    (2.0 * std::f64::consts::PI * CUTOFF * d).sin() / (std::f64::consts::PI * d)
+                };
+                let window =
+                    0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (N - 1) as f64).cos();
+                sinc * window
+            })
+            .collect();
+        let sum: f64 = taps.iter().sum();
+        taps.iter_mut().for_each(|t| *t /= sum);
+        Self {
+            taps: taps.into_iter().map(|t| t as f32).collect(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Appends the 16 kHz samples `input` (48 kHz) completes to `out`.
+    pub fn push(&mut self, input: &[f32], out: &mut Vec<f32>) {
+        self.buf.extend_from_slice(input);
+        let n = self.taps.len();
+        let mut at = 0;
+        while at + n <= self.buf.len() {
+            let window = &self.buf[at..at + n];
+            out.push(self.taps.iter().zip(window).map(|(t, x)| t * x).sum());
+            at += 3;
+        }
+        self.buf.drain(..at);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +212,25 @@ mod tests {
         // 22.05 kHz (espeak-ng's rate) to 16 kHz.
         let out = resample(&tone(22_050, 1000.0, 1.0), SPEECH_RATE);
         assert!((amplitude(&out.samples[1000..15000], SPEECH_RATE, 1000.0) - 0.5).abs() < 0.02);
+    }
+
+    #[test]
+    fn the_streaming_decimator_matches_in_any_chunking() {
+        let input = tone(48_000, 440.0, 1.0);
+        let mut whole = Vec::new();
+        Decimator3::new().push(&input.samples, &mut whole);
+        let mut pieces = Vec::new();
+        let mut d = Decimator3::new();
+        for chunk in input.samples.chunks(960) {
+            d.push(chunk, &mut pieces);
+        }
+        assert_eq!(whole, pieces, "20 ms packets give what one buffer gives");
+        assert!((whole.len() as i64 - 16_000).abs() <= 16);
+        let a = amplitude(&whole[1000..15000], SPEECH_RATE, 440.0);
+        assert!((a - 0.5).abs() < 0.02, "440 Hz kept: {a}");
+        let mut alias = Vec::new();
+        Decimator3::new().push(&tone(48_000, 12_000.0, 1.0).samples, &mut alias);
+        assert!(amplitude(&alias[1000..15000], SPEECH_RATE, 4_000.0) < 0.03);
     }
 
     #[test]

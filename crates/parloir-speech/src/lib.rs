@@ -7,12 +7,14 @@
 
 pub mod audio;
 mod models;
+mod opus_decode;
 mod runtime;
 mod vad;
 
 pub use models::{ModelEntry, Models};
+pub use opus_decode::OpusDecoder;
 pub use runtime::{Runtime, RuntimeError, find_library, load};
-pub use vad::{Vad, VadSegment, speech_segments};
+pub use vad::{Segmenter, Vad, VadSegment, VadStream, speech_segments};
 
 /// What can go wrong in the speech plane.
 #[derive(Debug, Clone, thiserror::Error)]

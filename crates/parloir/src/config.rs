@@ -21,6 +21,27 @@ pub struct Config {
     pub development: bool,
     #[serde(default)]
     pub webhook: WebhookConfig,
+    #[serde(default)]
+    pub speech: SpeechConfig,
+}
+
+/// The speech plane.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeechConfig {
+    /// Take every published microphone into the speech plane (voice activity today).
+    pub enabled: bool,
+    /// models/: manifest.toml and the .venv the setup installs the model packages into.
+    pub models_dir: PathBuf,
+}
+
+impl Default for SpeechConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            models_dir: PathBuf::from("models"),
+        }
+    }
 }
 
 /// Where LiveKit-style webhooks go.
@@ -130,6 +151,7 @@ impl Config {
             keys: HashMap::from([("devkey".to_string(), "secret".to_string())]),
             development: true,
             webhook: WebhookConfig::default(),
+            speech: SpeechConfig::default(),
         }
     }
 

@@ -20,6 +20,7 @@ mod ice_tcp;
 mod loadtest;
 mod media;
 mod metrics;
+mod speech;
 mod twirp;
 mod webhook;
 
@@ -67,6 +68,9 @@ enum Cmd {
         /// Override the hardware profile (auto or a name from hardware/).
         #[arg(long)]
         profile: Option<String>,
+        /// Turn the speech plane on (`speech.enabled`): voice activity on every microphone.
+        #[arg(long)]
+        speech: bool,
         /// Override `rtc.gso`: group equal-size datagrams for one client into GSO sends.
         #[arg(long)]
         gso: Option<bool>,
@@ -172,6 +176,7 @@ fn main() -> anyhow::Result<()> {
             gso,
             loudest_audio,
             media_workers,
+            speech,
         } => {
             let mut config = match (dev, config) {
                 (_, Some(path)) => Config::load(&path)?,
@@ -200,6 +205,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(g) = gso {
                 config.rtc.gso = g;
             }
+            config.speech.enabled |= speech;
             if let Some(n) = loudest_audio {
                 config.rtc.loudest_audio = n;
             }
@@ -390,6 +396,21 @@ fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    // The speech plane, when on: one thread on the speech cores, fed by every media worker.
+    let speech_tap = if config.speech.enabled {
+        let cpus = if config.server.pin_cores {
+            plan.speech.clone()
+        } else {
+            Vec::new()
+        };
+        Some(speech::start(
+            &config.speech.models_dir,
+            metrics.clone(),
+            cpus,
+        )?)
+    } else {
+        None
+    };
     let mut setups = Vec::new();
     let mut media_cpus = Vec::new();
     let mut udp_info = None;
@@ -459,6 +480,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
             "media worker"
         );
         setups.push(media::WorkerSetup {
+            audio_tap: speech_tap
+                .clone()
+                .map(|t| Box::new(t) as Box<dyn parloir_sfu::AudioTap>),
             endpoint,
             config: sfu,
             tcp,

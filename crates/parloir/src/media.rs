@@ -181,6 +181,8 @@ pub struct WorkerSetup {
     pub tcp: Option<(std::net::TcpListener, SocketAddr)>,
     /// The CPUs it pins itself to (empty: not pinned).
     pub cpus: Vec<usize>,
+    /// Where published audio goes when the speech plane is on.
+    pub audio_tap: Option<Box<dyn parloir_sfu::AudioTap>>,
 }
 
 /// Starts one media worker thread (`media-<i>`) per setup. They share nothing but the
@@ -227,6 +229,7 @@ fn spawn_one(
         config,
         tcp,
         cpus,
+        audio_tap,
     } = setup;
     let poll = Poll::new()?;
     endpoint.register(poll.registry(), SOCKET)?;
@@ -258,9 +261,13 @@ fn spawn_one(
             {
                 tracing::warn!("cannot pin media-{index} to CPUs {cpus:?}: {e}");
             }
+            let mut sfu = Sfu::new(config, Instant::now());
+            if let Some(tap) = audio_tap {
+                sfu.set_audio_tap(tap);
+            }
             let mut worker = Worker {
                 index,
-                sfu: Sfu::new(config, Instant::now()),
+                sfu,
                 endpoint,
                 poll,
                 commands: rx,

@@ -46,6 +46,12 @@ pub struct Metrics {
     pub udp_send_messages: AtomicU64,
     /// io_uring: times the provided-buffer ring ran dry.
     pub udp_ring_exhausted: AtomicU64,
+    /// The speech plane: frames queued to it, dropped on a full queue, that failed to decode,
+    /// and speech segments found.
+    pub speech_frames: AtomicU64,
+    pub speech_dropped: AtomicU64,
+    pub speech_decode_errors: AtomicU64,
+    pub speech_segments: AtomicU64,
     /// Each media worker's latest figures, summed into the counters above.
     workers: std::sync::Mutex<Vec<WorkerFigures>>,
 }
@@ -127,7 +133,31 @@ impl Metrics {
 
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 27] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 31] = [
+            (
+                "parloir_speech_frames_total",
+                "counter",
+                "Published audio frames the speech plane took.",
+                &self.speech_frames,
+            ),
+            (
+                "parloir_speech_dropped_total",
+                "counter",
+                "Audio frames dropped because the speech plane's queue was full.",
+                &self.speech_dropped,
+            ),
+            (
+                "parloir_speech_decode_errors_total",
+                "counter",
+                "Audio frames the speech plane could not decode or analyse.",
+                &self.speech_decode_errors,
+            ),
+            (
+                "parloir_speech_segments_total",
+                "counter",
+                "Speech segments found by voice activity detection.",
+                &self.speech_segments,
+            ),
             (
                 "parloir_audio_gated_total",
                 "counter",
