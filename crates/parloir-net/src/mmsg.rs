@@ -9,8 +9,8 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::Socket;
 
-use crate::sys::{self, Control, RECV_CONTROL, SEND_CONTROL};
-use crate::{Io, RecvBatch, SendBatch, SendOutcome, Unit, units};
+use crate::sys::{self, Control, RECV_CONTROL, SendScratch};
+use crate::{Io, RecvBatch, SendBatch, SendOutcome, units};
 
 /// Messages per system call.
 const BATCH: usize = 64;
@@ -20,11 +20,9 @@ pub(crate) struct Mmsg {
     // Scratch arrays, reused by every call; their pointers are rebuilt each time.
     names: Vec<libc::sockaddr_storage>,
     recv_controls: Vec<Control<RECV_CONTROL>>,
-    send_controls: Vec<Control<SEND_CONTROL>>,
     iovs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
-    /// Datagrams in each prepared send message.
-    counts: Vec<(usize, bool)>,
+    send: SendScratch,
 }
 
 // SAFETY: the raw pointers in the scratch arrays only point into this struct or into the
@@ -38,10 +36,9 @@ impl Mmsg {
             socket,
             names: vec![sys::sockaddr_storage(); BATCH],
             recv_controls: vec![Control::default(); BATCH],
-            send_controls: vec![Control::default(); BATCH],
             iovs: Vec::with_capacity(BATCH),
             headers: Vec::with_capacity(BATCH),
-            counts: Vec::with_capacity(BATCH),
+            send: SendScratch::new(BATCH),
         })
     }
 
@@ -53,12 +50,12 @@ impl Mmsg {
             let n = self.headers.len() - at;
             out.calls += 1;
             // SAFETY: `headers[at..]` are `n` initialised mmsghdrs whose names, iovecs and
-            // controls point into `self.names`, `self.iovs`, `self.send_controls` and the
-            // caller's send batch, all alive and unmoved for the call.
+            // controls point into `self.send` and the caller's send batch, all alive and
+            // unmoved for the call.
             let rc = unsafe { libc::sendmmsg(fd, self.headers[at..].as_mut_ptr(), n as u32, 0) };
             if rc > 0 {
                 let sent = rc as usize;
-                out.sent += self.counts[at..at + sent]
+                out.sent += self.send.counts[at..at + sent]
                     .iter()
                     .map(|c| c.0)
                     .sum::<usize>();
@@ -74,52 +71,22 @@ impl Mmsg {
                 continue;
             }
             if e.kind() == io::ErrorKind::WouldBlock {
-                let rest = self.counts[at..].iter().map(|c| c.0).sum();
-                out.drop(rest, &e, false);
+                out.drop(self.send.datagrams_from(at), &e, false);
                 break;
             }
             // The first message failed (an unreachable destination, EIO from GSO): drop
             // it and go on with the next.
-            let (count, segmented) = self.counts[at];
+            let (count, segmented) = self.send.counts[at];
             out.drop(count, &e, segmented);
             at += 1;
         }
         self.headers.clear();
-        self.iovs.clear();
-        self.counts.clear();
-    }
-
-    fn prepare(&mut self, unit: &Unit<'_>) {
-        let k = self.headers.len();
-        let name_len = sys::write_sockaddr(unit.destination, &mut self.names[k]);
-        // The kernel only reads send buffers; iovec has no const variant.
-        self.iovs.push(libc::iovec {
-            iov_base: unit.contents.as_ptr() as *mut libc::c_void,
-            iov_len: unit.contents.len(),
-        });
-        let control_len = match unit.segment {
-            Some(segment) => sys::write_segment(&mut self.send_controls[k], segment),
-            None => 0,
-        };
-        let msg = sys::msghdr(
-            &mut self.names[k],
-            name_len,
-            // Patched below, once `iovs` stops growing for this call.
-            std::ptr::null_mut(),
-            self.send_controls[k].0.as_mut_ptr(),
-            control_len,
-        );
-        self.headers.push(libc::mmsghdr {
-            msg_hdr: msg,
-            msg_len: 0,
-        });
-        self.counts.push((unit.datagrams, unit.segment.is_some()));
+        self.send.clear();
     }
 
     fn patch_iovs(&mut self) {
-        for (h, iov) in self.headers.iter_mut().zip(self.iovs.iter_mut()) {
-            h.msg_hdr.msg_iov = iov;
-        }
+        self.send
+            .patch(self.headers.iter_mut().map(|h| &mut h.msg_hdr));
     }
 }
 
@@ -199,7 +166,11 @@ impl Io for Mmsg {
 
     fn send(&mut self, batch: &SendBatch, gso: bool, out: &mut SendOutcome) {
         for unit in units(batch, gso) {
-            self.prepare(&unit);
+            let msg_hdr = self.send.prepare(&unit);
+            self.headers.push(libc::mmsghdr {
+                msg_hdr,
+                msg_len: 0,
+            });
             if self.headers.len() == BATCH {
                 self.patch_iovs();
                 self.flush(out);

@@ -304,6 +304,71 @@ pub(crate) fn msghdr(
     msg
 }
 
+/// What the batched backends keep to build a batch of send messages: each message's address,
+/// control data (UDP_SEGMENT), iovec, and (datagrams, whether a GSO group). Allocated once;
+/// the pointers are rebuilt for every batch.
+pub(crate) struct SendScratch {
+    names: Vec<libc::sockaddr_storage>,
+    controls: Vec<Control<SEND_CONTROL>>,
+    iovs: Vec<libc::iovec>,
+    pub counts: Vec<(usize, bool)>,
+}
+
+impl SendScratch {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            names: vec![sockaddr_storage(); capacity],
+            controls: vec![Control::default(); capacity],
+            iovs: Vec::with_capacity(capacity),
+            counts: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Adds `unit` and returns its message header, whose iovec is set by [`Self::patch`]
+    /// once the batch stops growing.
+    pub(crate) fn prepare(&mut self, unit: &crate::Unit<'_>) -> libc::msghdr {
+        let k = self.counts.len();
+        let name_len = write_sockaddr(unit.destination, &mut self.names[k]);
+        // The kernel only reads send buffers; iovec has no const variant.
+        self.iovs.push(libc::iovec {
+            iov_base: unit.contents.as_ptr() as *mut libc::c_void,
+            iov_len: unit.contents.len(),
+        });
+        let control_len = match unit.segment {
+            Some(segment) => write_segment(&mut self.controls[k], segment),
+            None => 0,
+        };
+        self.counts.push((unit.datagrams, unit.segment.is_some()));
+        msghdr(
+            &mut self.names[k],
+            name_len,
+            std::ptr::null_mut(),
+            self.controls[k].0.as_mut_ptr(),
+            control_len,
+        )
+    }
+
+    /// Points each header at its iovec (in the order they were prepared).
+    pub(crate) fn patch<'a>(&mut self, headers: impl Iterator<Item = &'a mut libc::msghdr>) {
+        for (h, iov) in headers.zip(self.iovs.iter_mut()) {
+            h.msg_iov = iov;
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.iovs.clear();
+        self.counts.clear();
+    }
+
+    /// Datagrams in messages `from..`.
+    pub(crate) fn datagrams_from(&self, from: usize) -> usize {
+        self.counts[from.min(self.counts.len())..]
+            .iter()
+            .map(|c| c.0)
+            .sum()
+    }
+}
+
 /// An all-zero `sockaddr_storage`.
 pub(crate) fn sockaddr_storage() -> libc::sockaddr_storage {
     // SAFETY: an all-zero sockaddr_storage is valid (family AF_UNSPEC).

@@ -21,8 +21,8 @@ use io_uring::types::{BufRingEntry, CancelBuilder, Fd, RecvMsgOut, Timespec};
 use io_uring::{IoUring, cqueue, opcode};
 use socket2::Socket;
 
-use crate::sys::{self, Control, RECV_CONTROL, SEND_CONTROL};
-use crate::{GRO_SLOT, Io, MAX_DATAGRAM, RecvBatch, SendBatch, SendOutcome, Unit, units};
+use crate::sys::{self, RECV_CONTROL, SendScratch};
+use crate::{GRO_SLOT, Io, MAX_DATAGRAM, RecvBatch, SendBatch, SendOutcome, units};
 
 /// The buffer group of the receive ring.
 const BGID: u16 = 0;
@@ -49,11 +49,8 @@ pub(crate) struct Uring {
     pending: VecDeque<(i32, u32)>,
     /// Times the buffer ring ran dry (ENOBUFS) and the receive was re-armed.
     exhausted: u64,
-    names: Vec<libc::sockaddr_storage>,
-    controls: Vec<Control<SEND_CONTROL>>,
-    iovs: Vec<libc::iovec>,
     msgs: Vec<libc::msghdr>,
-    counts: Vec<(usize, bool)>,
+    send: SendScratch,
 }
 
 // SAFETY: the raw pointers (buffer ring, msghdr templates and send scratch) point only into
@@ -117,11 +114,8 @@ impl Uring {
             armed: false,
             pending: VecDeque::with_capacity(usize::from(entries) + 2 * BATCH),
             exhausted: 0,
-            names: vec![sys::sockaddr_storage(); BATCH],
-            controls: vec![Control::default(); BATCH],
-            iovs: Vec::with_capacity(BATCH),
             msgs: Vec::with_capacity(BATCH),
-            counts: Vec::with_capacity(BATCH),
+            send: SendScratch::new(BATCH),
         })
     }
 
@@ -229,9 +223,7 @@ impl Uring {
         if n == 0 {
             return;
         }
-        for (msg, iov) in self.msgs.iter_mut().zip(self.iovs.iter_mut()) {
-            msg.msg_iov = iov;
-        }
+        self.send.patch(self.msgs.iter_mut());
         let fd = Fd(self.socket.as_raw_fd());
         for k in 0..n {
             let entry = opcode::SendMsg::new(fd, &self.msgs[k])
@@ -241,7 +233,7 @@ impl Uring {
             // SAFETY: `msgs[k]` and the name, iovec, control and batch bytes it points at stay
             // alive and unmoved until this function has reaped all `n` completions below.
             if let Err(e) = unsafe { self.push(&entry) } {
-                out.drop(self.counts[k..].iter().map(|c| c.0).sum(), &e, false);
+                out.drop(self.send.datagrams_from(k), &e, false);
                 self.reap_sends(k, out);
                 return;
             }
@@ -271,7 +263,7 @@ impl Uring {
                         CancelBuilder::any().all(),
                     );
                     self.armed = false;
-                    let total: usize = self.counts[..n].iter().map(|c| c.0).sum();
+                    let total = self.send.datagrams_from(0);
                     out.drop(total.saturating_sub(accounted), &e, false);
                     break;
                 }
@@ -282,7 +274,7 @@ impl Uring {
                     continue;
                 }
                 let k = cqe.user_data() as usize;
-                let Some(&(count, segmented)) = self.counts.get(k) else {
+                let Some(&(count, segmented)) = self.send.counts.get(k) else {
                     continue;
                 };
                 reaped += 1;
@@ -295,29 +287,7 @@ impl Uring {
             }
         }
         self.msgs.clear();
-        self.iovs.clear();
-        self.counts.clear();
-    }
-
-    fn prepare(&mut self, unit: &Unit<'_>) {
-        let k = self.msgs.len();
-        let name_len = sys::write_sockaddr(unit.destination, &mut self.names[k]);
-        self.iovs.push(libc::iovec {
-            iov_base: unit.contents.as_ptr() as *mut libc::c_void,
-            iov_len: unit.contents.len(),
-        });
-        let control_len = match unit.segment {
-            Some(segment) => sys::write_segment(&mut self.controls[k], segment),
-            None => 0,
-        };
-        self.msgs.push(sys::msghdr(
-            &mut self.names[k],
-            name_len,
-            std::ptr::null_mut(),
-            self.controls[k].0.as_mut_ptr(),
-            control_len,
-        ));
-        self.counts.push((unit.datagrams, unit.segment.is_some()));
+        self.send.clear();
     }
 }
 
@@ -349,7 +319,8 @@ impl Io for Uring {
     fn send(&mut self, batch: &SendBatch, gso: bool, out: &mut SendOutcome) {
         debug_assert!(!batch.data_ptr().is_null());
         for unit in units(batch, gso) {
-            self.prepare(&unit);
+            let msg = self.send.prepare(&unit);
+            self.msgs.push(msg);
             if self.msgs.len() == BATCH {
                 self.flush(out);
             }

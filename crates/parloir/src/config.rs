@@ -143,11 +143,15 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// LiveKit's development defaults: key `devkey`, secret `secret`, loopback only.
+    /// LiveKit's development defaults: key `devkey`, secret `secret`, loopback only, one media
+    /// worker (one UDP port, whatever the machine).
     pub fn dev() -> Self {
         Self {
             server: ServerConfig::default(),
-            rtc: RtcConfig::default(),
+            rtc: RtcConfig {
+                media_workers: 1,
+                ..RtcConfig::default()
+            },
             keys: HashMap::from([("devkey".to_string(), "secret".to_string())]),
             development: true,
             webhook: WebhookConfig::default(),

@@ -368,6 +368,22 @@ fn candidate_port(sdp: &str) -> u16 {
         .unwrap_or_else(|| panic!("a UDP host candidate in {sdp}"))
 }
 
+/// Joins `room` on `/rtc` as `identity`; returns the socket and the UDP port of the server's
+/// candidate in its subscriber offer (which comes right after the JoinResponse): the port of
+/// the media worker the room lives on.
+async fn join_for_port(server: &Server, room: &str, identity: &str) -> (Ws, u16) {
+    let t = token(&["--room", room, "--identity", identity]);
+    let url = format!("ws://{}/rtc?access_token={t}&protocol=17", server.http);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connects");
+    loop {
+        if let proto::signal_response::Message::Offer(offer) = next_response(&mut ws).await {
+            return (ws, candidate_port(&offer.sdp));
+        }
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn rooms_spread_over_media_workers_on_their_own_ports() {
     let server = start_workers(2, &[]);
@@ -376,18 +392,7 @@ async fn rooms_spread_over_media_workers_on_their_own_ports() {
     let mut sockets = Vec::new();
     for i in 0..8 {
         let room = format!("room-{i}");
-        let t = token(&["--room", &room, "--identity", "alice"]);
-        let url = format!("ws://{}/rtc?access_token={t}&protocol=17", server.http);
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("connects");
-        // On /rtc the server offers the subscriber connection right after the JoinResponse;
-        // its candidate is the port of the worker the room lives on.
-        let port = loop {
-            if let proto::signal_response::Message::Offer(offer) = next_response(&mut ws).await {
-                break candidate_port(&offer.sdp);
-            }
-        };
+        let (ws, port) = join_for_port(&server, &room, "alice").await;
         ports.insert(room, port);
         sockets.push(ws);
     }
@@ -398,16 +403,7 @@ async fn rooms_spread_over_media_workers_on_their_own_ports() {
         "both workers host rooms, each on its own port: {ports:?}"
     );
     // The same room always lands on the same worker.
-    let t = token(&["--room", "room-0", "--identity", "bob"]);
-    let url = format!("ws://{}/rtc?access_token={t}&protocol=17", server.http);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("connects");
-    let port = loop {
-        if let proto::signal_response::Message::Offer(offer) = next_response(&mut ws).await {
-            break candidate_port(&offer.sdp);
-        }
-    };
+    let (_bob, port) = join_for_port(&server, "room-0", "bob").await;
     assert_eq!(port, ports["room-0"]);
     // ListRooms asks every worker; calls about one room go to its worker.
     let admin = token(&["--room", "room-0", "--identity", "admin", "--admin"]);

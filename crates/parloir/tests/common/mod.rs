@@ -74,27 +74,7 @@ pub fn start() -> Server {
 }
 
 pub fn start_with(extra: &[&str]) -> Server {
-    let (http_port, udp_port) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_parloir"))
-        .args([
-            "serve",
-            "--dev",
-            "--http-addr",
-            &format!("127.0.0.1:{http_port}"),
-        ])
-        .args(["--udp-port", &udp_port.to_string(), "--tcp-port", "0"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the parloir binary starts");
-    let server = Server {
-        child,
-        http: format!("127.0.0.1:{http_port}").parse().expect("address"),
-        udp: format!("127.0.0.1:{udp_port}").parse().expect("address"),
-    };
-    wait_healthy(server)
+    start_workers(1, extra)
 }
 
 fn wait_healthy(server: Server) -> Server {
@@ -110,36 +90,29 @@ fn wait_healthy(server: Server) -> Server {
 
 /// A plain HTTP/1.1 POST with a JSON body and a bearer token: (status, body).
 pub fn post_json(addr: SocketAddr, path: &str, token: &str, body: &str) -> (u16, String) {
-    let Ok(mut stream) = TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    exchange(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
 }
 
 /// A plain HTTP/1.1 GET: (status, body). Status 0 when the connection fails.
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    exchange(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Sends one request and reads the response to the end: (status, body), status 0 when the
+/// connection fails.
+fn exchange(addr: SocketAddr, request: &str) -> (u16, String) {
     let Ok(mut stream) = TcpStream::connect(addr) else {
         return (0, String::new());
     };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
         return (0, String::new());
     }
