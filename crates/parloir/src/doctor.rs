@@ -19,6 +19,8 @@ pub struct Findings {
     cuda: Result<Vec<parloir_gpu::CudaDevice>, String>,
     render_nodes: Vec<parloir_gpu::RenderNode>,
     onnxruntime: Result<parloir_speech::Runtime, String>,
+    /// Each model of the manifest: its name and where it is, or why it cannot be used.
+    models: Result<Vec<ModelCheck>, String>,
     profile: Result<(hardware::Profile, String), String>,
     plan: Option<CorePlan>,
     sysctls: Vec<(&'static str, Option<u64>)>,
@@ -26,8 +28,27 @@ pub struct Findings {
     advice: Vec<String>,
 }
 
-/// Examines the machine for a server configured with `io_mode` and `profile`.
-pub fn examine(io_mode: IoMode, profile: &str) -> Findings {
+/// A model's name, and its checked path or why it cannot be used.
+type ModelCheck = (String, Result<std::path::PathBuf, String>);
+
+/// The manifest's models, each found and checksum-verified, or why not.
+fn models(dir: &std::path::Path) -> Result<Vec<ModelCheck>, String> {
+    let models = parloir_speech::Models::open(dir).map_err(|e| e.to_string())?;
+    Ok(models
+        .entries()
+        .iter()
+        .map(|e| {
+            (
+                e.name.clone(),
+                models.path(&e.name).map_err(|e| e.to_string()),
+            )
+        })
+        .collect())
+}
+
+/// Examines the machine for a server configured with `io_mode` and `profile`, with the
+/// speech models under `models_dir`.
+pub fn examine(io_mode: IoMode, profile: &str, models_dir: &std::path::Path) -> Findings {
     let probe = parloir_net::probe();
     let io_choice = probe.choose(io_mode);
     let pci = parloir_gpu::pci_gpus();
@@ -66,6 +87,7 @@ pub fn examine(io_mode: IoMode, profile: &str) -> Findings {
         cuda,
         render_nodes: parloir_gpu::render_nodes(),
         onnxruntime: parloir_speech::load(None).map_err(|e| e.to_string()),
+        models: models(models_dir),
         profile,
         plan,
         sysctls,
@@ -153,6 +175,15 @@ fn advise(f: &Findings) -> Vec<String> {
             }
         }
     }
+    if let Ok(list) = &f.models {
+        for (name, r) in list {
+            if let Err(e) = r {
+                advice.push(format!(
+                    "speech model {name} cannot be used ({e}): run deploy/setup.sh"
+                ));
+            }
+        }
+    }
     if f.pci
         .iter()
         .any(|g| g.vendor == parloir_gpu::Vendor::Nvidia)
@@ -221,6 +252,13 @@ impl Findings {
                 Ok(r) => json!({"available": true, "library": r.library, "version": r.version,
                     "providers": r.providers}),
                 Err(e) => json!({"available": false, "error": e}),
+            },
+            "models": match &self.models {
+                Ok(list) => json!(list.iter().map(|(name, r)| match r {
+                    Ok(path) => json!({"name": name, "ok": true, "path": path}),
+                    Err(e) => json!({"name": name, "ok": false, "error": e}),
+                }).collect::<Vec<_>>()),
+                Err(e) => json!({"error": e}),
             },
             "profile": match &self.profile {
                 Ok((p, why)) => json!({"name": p.name, "reason": why, "description": p.description,
@@ -355,6 +393,23 @@ impl Findings {
             ),
             Err(e) => writeln!(o, "  ONNX Runtime   unavailable: {e}"),
         };
+        match &self.models {
+            Ok(list) => {
+                for (name, r) in list {
+                    let _ = match r {
+                        Ok(path) => writeln!(
+                            o,
+                            "  model          {name}: checksum ok ({})",
+                            path.display()
+                        ),
+                        Err(e) => writeln!(o, "  model          {name}: UNUSABLE: {e}"),
+                    };
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(o, "  models         {e}");
+            }
+        }
         let _ = writeln!(o, "\nprofile");
         match &self.profile {
             Ok((p, why)) => {

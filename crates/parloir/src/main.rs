@@ -228,7 +228,11 @@ fn main() -> anyhow::Result<()> {
                 Some(path) => Config::load(&path)?,
                 None => Config::dev(),
             };
-            let findings = doctor::examine(config.io_mode(), &config.server.hardware_profile);
+            let findings = doctor::examine(
+                config.io_mode(),
+                &config.server.hardware_profile,
+                &config.speech.models_dir,
+            );
             if json {
                 println!("{}", serde_json::to_string_pretty(&findings.to_json())?);
             } else {

@@ -449,3 +449,61 @@ async fn rooms_spread_over_media_workers_on_their_own_ports() {
     );
     drop(sockets);
 }
+
+#[test]
+fn doctor_checks_the_speech_models() {
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_parloir"))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .args(["doctor", "--json"])
+            .args(args)
+            .output()
+            .expect("parloir doctor runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    // As installed by the setup: every model found, its checksum right.
+    let ok = run(&[]);
+    let models = ok["models"].as_array().expect("a list of models");
+    assert!(
+        !models.is_empty() && models.iter().all(|m| m["ok"] == true),
+        "{models:?}"
+    );
+    // A manifest whose checksum does not match what is installed: reported, with advice.
+    let dir = std::env::temp_dir().join(format!("parloir-doctor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let manifest = std::fs::read_to_string(root.join("models/manifest.toml")).expect("manifest");
+    std::fs::write(
+        dir.join("manifest.toml"),
+        manifest.replace("sha256 = \"7671", "sha256 = \"0000"),
+    )
+    .expect("write");
+    let _ = std::fs::remove_file(dir.join(".venv"));
+    std::os::unix::fs::symlink(root.join("models/.venv"), dir.join(".venv")).expect("link");
+    let config = dir.join("parloir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[keys]\nk = \"secret-long-enough\"\n[speech]\nmodels_dir = \"{}\"\n",
+            dir.display()
+        ),
+    )
+    .expect("write");
+    let bad = run(&["--config", config.to_str().expect("utf-8")]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(bad["models"][0]["ok"], false, "{}", bad["models"]);
+    assert!(
+        bad["advice"]
+            .as_array()
+            .expect("advice")
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| a.contains("silero-vad"))),
+        "{}",
+        bad["advice"]
+    );
+}
