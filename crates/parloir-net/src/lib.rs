@@ -419,11 +419,6 @@ impl SendBatch {
     pub(crate) fn contents(&self, t: &Transmit) -> &[u8] {
         &self.data[t.start..t.start + t.len]
     }
-
-    /// The buffer behind the queued contents, for iovecs the kernel only reads.
-    pub(crate) fn data_ptr(&self) -> *const u8 {
-        self.data.as_ptr()
-    }
 }
 
 /// What a send call did. Datagrams that could not go (a full socket buffer, an unreachable

@@ -209,6 +209,7 @@ impl Uring {
                 slot_len,
             ) {
                 meta.truncated |= out.is_payload_truncated();
+                // What was copied: the ring's buffer may hold less than a larger slot.
                 meta.len = len;
                 batch.push(meta);
                 pushed = true;
@@ -317,7 +318,6 @@ impl Io for Uring {
     }
 
     fn send(&mut self, batch: &SendBatch, gso: bool, out: &mut SendOutcome) {
-        debug_assert!(!batch.data_ptr().is_null());
         for unit in units(batch, gso) {
             let msg = self.send.prepare(&unit);
             self.msgs.push(msg);

@@ -52,7 +52,7 @@ pub struct Metrics {
     pub speech_dropped: AtomicU64,
     pub speech_decode_errors: AtomicU64,
     pub speech_segments: AtomicU64,
-    /// Each media worker's latest figures, summed into the counters above.
+    /// Each media worker's latest figures, summed into the counters above when rendering.
     workers: std::sync::Mutex<Vec<WorkerFigures>>,
 }
 
@@ -80,13 +80,19 @@ pub struct UdpInfo {
 }
 
 impl Metrics {
-    /// Records media worker `index`'s figures and updates the totals over all workers.
+    /// Records media worker `index`'s figures (each worker calls this on every wake-up; the
+    /// totals are summed when `/metrics` is read).
     pub fn publish_worker(&self, index: usize, figures: WorkerFigures) {
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         if workers.len() <= index {
             workers.resize(index + 1, WorkerFigures::default());
         }
         workers[index] = figures;
+    }
+
+    /// Sums the workers' figures into the counters `render` reads.
+    fn fold_workers(&self) {
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         let mut t = WorkerFigures::default();
         for w in workers.iter() {
             let (a, b) = (&mut t.sfu, &w.sfu);
@@ -133,6 +139,7 @@ impl Metrics {
 
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
+        self.fold_workers();
         let rows: [(&str, &str, &str, &AtomicU64); 31] = [
             (
                 "parloir_speech_frames_total",
