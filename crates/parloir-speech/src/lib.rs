@@ -2,11 +2,13 @@
 //! `load-dynamic`, the library from the onnxruntime wheel `deploy/setup.sh` installs under
 //! models/) and its execution providers; the model manifest with checksums; WAV reading and
 //! resampling to 16 kHz; Opus decoding; Silero VAD; Whisper (log-mel front end, encoder and
-//! cached greedy decoder, batched) and whole-file transcription.
+//! cached greedy decoder, batched); live transcription per track (LocalAgreement) and whole-file
+//! transcription.
 
 #![deny(unsafe_code)]
 
 pub mod audio;
+pub mod live;
 pub mod mel;
 mod models;
 mod opus_decode;
@@ -15,6 +17,7 @@ pub mod transcribe;
 mod vad;
 pub mod whisper;
 
+pub use live::{LiveConfig, LiveText, LiveTrack};
 pub use models::{ModelEntry, Models};
 pub use opus_decode::OpusDecoder;
 pub use runtime::{Runtime, RuntimeError, find_library, find_library_in, load};

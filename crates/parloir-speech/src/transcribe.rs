@@ -42,6 +42,7 @@ pub fn transcribe(
         let decoded = whisper.transcribe(Request {
             audio: &audio[start..end],
             languages,
+            prefix: &[],
         })?;
         // The last utterance reports the whole file done.
         let done = if i + 1 == ranges.len() {

@@ -166,6 +166,16 @@ impl Segmenter {
     pub fn speaking(&self) -> bool {
         self.current.is_some()
     }
+
+    /// Where the speech in progress started (in samples since the stream started).
+    pub fn speech_start(&self) -> Option<usize> {
+        self.current
+    }
+
+    /// Samples the VAD has looked at so far.
+    pub fn position(&self) -> usize {
+        self.seen
+    }
 }
 
 /// A stretch of speech, in samples of the 16 kHz input.

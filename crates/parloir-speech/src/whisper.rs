@@ -56,6 +56,9 @@ pub struct Request<'a> {
     /// Language codes ("en", "fr"): one fixes the language; several, or none (any of Whisper's
     /// 99), are chosen among by detection.
     pub languages: &'a [String],
+    /// Text tokens the transcript must start with (what a live stream has already committed):
+    /// fed to the decoder as if it had chosen them.
+    pub prefix: &'a [u32],
 }
 
 /// What Whisper heard.
@@ -178,6 +181,14 @@ impl Whisper {
         self.languages.iter().any(|(c, _)| c == code)
     }
 
+    /// Whether `token` begins a new word (its text starts with a space).
+    pub fn starts_word(&self, token: u32) -> bool {
+        self.tokens
+            .get(token as usize)
+            .and_then(|b| b.first())
+            .is_some_and(|&c| c == b' ')
+    }
+
     /// The text of `tokens` (special tokens left out).
     pub fn text(&self, tokens: &[u32]) -> String {
         let bytes: Vec<u8> = tokens
@@ -280,7 +291,10 @@ impl Whisper {
         (cache_k, cache_v) = (k, v);
 
         let seconds = longest as f32 / RATE as f32;
-        let budget = ((seconds * 12.0) as usize + 16).min(MAX_TOKENS);
+        let forced = requests.iter().map(|r| r.prefix.len()).max().unwrap_or(0);
+        let budget = ((seconds * 12.0) as usize + 16)
+            .max(forced + 8)
+            .min(MAX_TOKENS);
         let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); b];
         let mut logprob = vec![0f32; b];
         let mut done = vec![false; b];
@@ -289,6 +303,11 @@ impl Whisper {
             for (i, row) in logits.chunks_exact_mut(vocab).enumerate() {
                 if done[i] {
                     next.push(EOT as i64);
+                    continue;
+                }
+                if let Some(&t) = requests[i].prefix.get(step) {
+                    tokens[i].push(t);
+                    next.push(i64::from(t));
                     continue;
                 }
                 for &t in &self.suppress {
@@ -332,7 +351,8 @@ impl Whisper {
                     .find(|&&(_, id)| id == language[i])
                     .map(|(c, _)| c.clone())
                     .unwrap_or_default();
-                let n = tokens[i].len().max(1) as f32;
+                let chosen = tokens[i].len().saturating_sub(requests[i].prefix.len());
+                let n = chosen.max(1) as f32;
                 Decoded {
                     text: self.text(&tokens[i]),
                     avg_logprob: logprob[i] / n,
