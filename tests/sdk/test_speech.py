@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""End-to-end test of the speech plane's input: a LiveKit Python SDK participant publishes two
-sentences spoken by espeak-ng (real Opus, encoded by the SDK's WebRTC stack) to a `parloir serve
---speech`; the server decodes them, resamples to 16 kHz and finds the speech with Silero VAD.
+"""End-to-end test of the speech plane: a LiveKit Python SDK participant ("Alice Martin")
+publishes a French then an English passage spoken by espeak-ng (real Opus, encoded by the SDK's
+WebRTC stack) to `parloir serve --speech`; the server decodes, finds the utterances with Silero
+VAD and transcribes them with Whisper. A second participant receives the subtitles both ways
+livekit clients read them (text streams on `lk.transcription`, and Transcription packets), and
+the room's transcript file holds the final segments with Alice's real name.
 
 Run:  PARLOIR_BIN=target/release/parloir tests/sdk/.venv/bin/python tests/sdk/test_speech.py
 """
@@ -9,7 +12,9 @@ Run:  PARLOIR_BIN=target/release/parloir tests/sdk/.venv/bin/python tests/sdk/te
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -38,6 +43,32 @@ def spoken(text: str, voice: str) -> np.ndarray:
     return np.interp(t_out, np.arange(len(pcm)) / rate, pcm).astype(np.int16)
 
 
+FRENCH = ("Bonjour à tous, la réunion commence maintenant. Nous allons parler du budget. "
+          "Le rapport est prêt. Merci et à demain.")
+ENGLISH = ("Good morning everyone, the meeting starts now. We will review the budget for next year. "
+           "Paul will send the report on Friday.")
+# Word error rate bounds, as in crates/parloir/tests/transcribe.rs (espeak-ng's French is hard
+# for Whisper-base; measured there 0.10-0.20 for French, 0 for English).
+FR_MAX_WER = 0.30
+EN_MAX_WER = 0.10
+
+
+def words(text: str) -> list[str]:
+    return [w for w in re.split(r"[^\w']+", text.lower()) if w]
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    r, h = words(reference), words(hypothesis)
+    row = list(range(len(h) + 1))
+    for i, rw in enumerate(r):
+        prev, row[0] = row[0], i + 1
+        for j, hw in enumerate(h):
+            sub = prev + (rw != hw)
+            prev = row[j + 1]
+            row[j + 1] = min(sub, row[j] + 1, row[j + 1] + 1)
+    return row[len(h)] / max(1, len(r))
+
+
 def metrics(server: Server) -> dict[str, int]:
     with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=5) as r:
         text = r.read().decode()
@@ -49,23 +80,36 @@ def metrics(server: Server) -> dict[str, int]:
     return out
 
 
-async def scenario(server: Server) -> None:
+async def scenario(server: Server, transcripts: str) -> None:
     room_name = f"speech-{uuid.uuid4().hex[:8]}"
-    # 1 s of silence, a sentence, 1.5 s of silence, a sentence, 2 s of silence.
+    # 1 s of silence, French, 1.5 s of silence, English, 2 s of silence.
     silence = lambda s: np.zeros(int(s * SAMPLE_RATE), dtype=np.int16)  # noqa: E731
     speech = np.concatenate([
-        silence(1.0),
-        spoken("Bonjour à tous, la réunion commence maintenant.", "fr"),
-        silence(1.5),
-        spoken("Good morning everyone, the meeting starts now.", "en"),
-        silence(2.0),
+        silence(1.0), spoken(FRENCH, "fr"), silence(1.5), spoken(ENGLISH, "en"), silence(2.0),
     ])
-    alice = rtc.Room()
+    alice, bob = rtc.Room(), rtc.Room()
     source = rtc.AudioSource(SAMPLE_RATE, 1)
+    streams: list[tuple[float, str, dict, str]] = []  # (arrival, sender, attributes, text)
+    legacy: list[tuple[str, str, bool, str]] = []  # (participant, segment id, final, text)
+    tasks = []
+
+    def on_stream(reader, identity: str) -> None:
+        async def read() -> None:
+            text = await reader.read_all()
+            streams.append((time.monotonic(), identity, dict(reader.info.attributes), text))
+        tasks.append(asyncio.ensure_future(read()))
+
+    def on_transcription(segments, participant, publication) -> None:
+        for seg in segments:
+            legacy.append((participant.identity if participant else "", seg.id, seg.final, seg.text))
+
+    bob.register_text_stream_handler("lk.transcription", on_stream)
+    bob.on("transcription_received", on_transcription)
     try:
         await bounded(alice.connect(server.url, token("alice", "Alice Martin", room_name)), "alice to connect")
+        await bounded(bob.connect(server.url, token("bob", "Bob", room_name)), "bob to connect")
         track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-        await bounded(alice.local_participant.publish_track(
+        pub = await bounded(alice.local_participant.publish_track(
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)), "publish")
         before = metrics(server)
         t0 = time.monotonic()
@@ -73,13 +117,14 @@ async def scenario(server: Server) -> None:
             chunk = speech[i:i + FRAME]
             await source.capture_frame(rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, FRAME))
         log(f"published {len(speech) / SAMPLE_RATE:.1f} s of audio in {time.monotonic() - t0:.1f} s")
-        # The last segment ends after 400 ms of silence; give the plane a moment.
-        deadline = time.monotonic() + 10
+        # The last utterance ends after 400 ms of silence, then its final decode.
+        deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            after = metrics(server)
-            if after["parloir_speech_segments_total"] - before["parloir_speech_segments_total"] >= 2:
+            finals = [s for s in streams if s[2].get("lk.transcription_final") == "true"]
+            if len(finals) >= 2 and sum(1 for l in legacy if l[2]) >= 2:
                 break
             await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
         after = metrics(server)
         frames = after["parloir_speech_frames_total"] - before["parloir_speech_frames_total"]
         segments = after["parloir_speech_segments_total"] - before["parloir_speech_segments_total"]
@@ -88,14 +133,56 @@ async def scenario(server: Server) -> None:
                 f"{after['parloir_speech_decode_errors_total']} errors")
         R.check("nothing dropped", after["parloir_speech_dropped_total"] == 0,
                 f"{after['parloir_speech_dropped_total']} dropped")
-        R.check("two sentences, two speech segments", segments == 2, f"{segments} segments")
+        R.check("two passages, two final segments", segments == 2, f"{segments} segments")
+
+        for at, who, attrs, text in streams:
+            log(f"  +{at - t0:5.2f} s {who} {attrs.get('lk.segment_id')} "
+                f"final={attrs.get('lk.transcription_final')} {text!r}")
+        R.check("bob got the subtitles as alice's text streams",
+                bool(streams) and all(s[1] == "alice" for s in streams), f"{len(streams)} streams")
+        R.check("each names alice's microphone track",
+                all(s[2].get("lk.transcribed_track_id") == pub.sid for s in streams), pub.sid)
+        finals = [s for s in streams if s[2].get("lk.transcription_final") == "true"]
+        R.check("one final per passage", len(finals) == 2, f"{len(finals)} finals")
+        if len(finals) == 2:
+            fr, en = finals[0][3], finals[1][3]
+            R.check(f"French final within WER {FR_MAX_WER}", wer(FRENCH, fr) <= FR_MAX_WER,
+                    f"{wer(FRENCH, fr):.2f}: {fr!r}")
+            R.check(f"English final within WER {EN_MAX_WER}", wer(ENGLISH, en) <= EN_MAX_WER,
+                    f"{wer(ENGLISH, en):.2f}: {en!r}")
+            first_final = streams.index(finals[0])
+            interims = [s for s in streams[:first_final]
+                        if s[2].get("lk.segment_id") == finals[0][2].get("lk.segment_id")]
+            R.check("interim subtitles came while alice spoke, before her final",
+                    len(interims) >= 2, f"{len(interims)} interims")
+        legacy_finals = [l for l in legacy if l[2]]
+        R.check("and as Transcription packets, from alice, with the same segments",
+                len(legacy_finals) == 2 and all(l[0] == "alice" for l in legacy)
+                and [l[1] for l in legacy_finals] == [f[2].get("lk.segment_id") for f in finals],
+                f"{len(legacy)} packets, {len(legacy_finals)} final")
+
+        path = os.path.join(transcripts, f"{room_name}.jsonl")
+        lines = []
+        if os.path.exists(path):
+            with open(path) as f:
+                lines = [json.loads(l) for l in f]
+        R.check("the transcript holds both segments, in order, with alice's real name",
+                len(lines) == 2 and all(l["name"] == "Alice Martin" and l["identity"] == "alice"
+                                        for l in lines)
+                and [l["language"] for l in lines] == ["fr", "en"]
+                and lines[0]["end_ms"] <= lines[1]["start_ms"],
+                json.dumps(lines, ensure_ascii=False)[:400])
         with open(server.log_path, errors="replace") as f:
-            found = [l for l in f if "speech segment" in l and "Alice Martin" in l]
-        R.check("segments carry the speaker's name", len(found) >= 2, "".join(found[-2:]).strip())
+            found = [l for l in f if "transcript" in l and "Alice Martin" in l]
+        R.check("the server logs each final with the speaker's name", len(found) >= 2,
+                "".join(found[-2:]).strip())
     finally:
+        for t in tasks:
+            t.cancel()
         await source.aclose()
-        if alice.isconnected():
-            await asyncio.wait_for(alice.disconnect(), 10)
+        for room in (alice, bob):
+            if room.isconnected():
+                await asyncio.wait_for(room.disconnect(), 10)
 
 
 def main() -> int:
@@ -105,10 +192,11 @@ def main() -> int:
         print("0 passed, 1 failed")
         return 1
     server = Server(os.path.abspath(binary))
-    server.extra_args = ["--speech"]
+    transcripts = tempfile.mkdtemp(prefix="parloir-transcripts-")
+    server.extra_args = ["--speech", "--speech-languages", "fr,en", "--transcripts-dir", transcripts]
     try:
         server.start()
-        asyncio.run(scenario(server))
+        asyncio.run(scenario(server, transcripts))
     except Exception as e:  # reported as a failure, with the server log below
         R.check("scenario ran to the end", False, f"{type(e).__name__}: {e}")
     finally:

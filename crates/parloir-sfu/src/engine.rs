@@ -15,7 +15,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Rtc};
 
 use crate::ids::{IdGen, PeerId, SessionId};
-pub use service::{ServiceCall, ServiceError, ServiceReply};
+pub use service::{ServiceCall, ServiceError, ServiceReply, Subtitle, TRANSCRIPTION_TOPIC};
 
 mod service;
 use crate::sdp_scan;
@@ -291,6 +291,8 @@ pub struct Sfu {
     stats: Stats,
     /// Cumulative NACK counts per (peer, mid, rid) from egress stats, to count deltas.
     nack_seen: HashMap<(PeerId, Mid, Option<Rid>), u64>,
+    /// Subtitle updates sent, for unique text stream ids.
+    subtitle_serial: u64,
 }
 
 struct Room {
@@ -448,6 +450,7 @@ impl Sfu {
             now,
             stats: Stats::default(),
             nack_seen: HashMap::new(),
+            subtitle_serial: 0,
         }
     }
 

@@ -20,7 +20,8 @@ mod speakers;
 
 pub use engine::{
     AudioFrame, AudioTap, Command, JoinCommand, Layout, Output, RESUME_WINDOW, ServiceCall,
-    ServiceError, ServiceReply, Sfu, SfuConfig, Stats, Transmit, Transport, leave_message,
+    ServiceError, ServiceReply, Sfu, SfuConfig, Stats, Subtitle, TRANSCRIPTION_TOPIC, Transmit,
+    Transport, leave_message,
 };
 pub use ids::SessionId;
 pub use livekit_protocol as proto;

@@ -915,3 +915,122 @@ fn a_150_person_room_costs_each_client_o_n_signal_messages() {
         last.signals
     );
 }
+
+#[test]
+fn subtitles_reach_everyone_as_text_streams_and_transcription_packets() {
+    let mut sim = Sim::new(21, 0.0);
+    for name in ["alice", "bob", "carol"] {
+        sim.join(name);
+    }
+    for i in 0..3 {
+        sim.publish(i);
+    }
+    sim.run_for(Duration::from_secs(2));
+    let track = sim.track_sid("alice", "mic");
+    let subtitle = |text: &str, is_final: bool| parloir_sfu::Subtitle {
+        room: "sim".into(),
+        identity: "alice".into(),
+        track_sid: track.clone(),
+        segment_id: "SG_alice_1".into(),
+        text: text.into(),
+        is_final,
+        language: "fr".into(),
+        start_ms: 700,
+        end_ms: 2500,
+    };
+    for (id, (text, fin)) in [("Bonjour à", false), ("Bonjour à tous.", true)]
+        .into_iter()
+        .enumerate()
+    {
+        sim.commands.push(Command::Service {
+            id: 100 + id as u64,
+            call: Box::new(ServiceCall::Subtitle(subtitle(text, fin))),
+            unix_ms: 1_700_000_000_000,
+        });
+    }
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        sim.replies
+            .iter()
+            .any(|(id, r)| *id == 101 && r == &Ok(ServiceReply::Empty))
+    );
+    let alice_sid = sim
+        .client("alice")
+        .joined
+        .clone()
+        .unwrap()
+        .participant
+        .unwrap()
+        .sid;
+    // Everyone, the speaker included, gets both updates both ways.
+    for me in ["alice", "bob", "carol"] {
+        let data = &sim.client(me).data;
+        let legacy: Vec<&proto::Transcription> = data
+            .iter()
+            .filter_map(|p| match &p.value {
+                Some(proto::data_packet::Value::Transcription(t)) => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(legacy.len(), 2, "{me}: two Transcription packets");
+        assert_eq!(legacy[1].transcribed_participant_identity, "alice");
+        assert_eq!(legacy[1].track_id, track);
+        let seg = &legacy[1].segments[0];
+        assert!(seg.r#final && seg.text == "Bonjour à tous." && seg.language == "fr");
+        assert_eq!(
+            (seg.start_time, seg.end_time, seg.id.as_str()),
+            (700, 2500, "SG_alice_1")
+        );
+
+        let headers: Vec<(&proto::DataPacket, &proto::data_stream::Header)> = data
+            .iter()
+            .filter_map(|p| match &p.value {
+                Some(proto::data_packet::Value::StreamHeader(h)) => Some((p, h)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(headers.len(), 2, "{me}: one text stream per update");
+        for (p, h) in &headers {
+            // Sent as the speaker, sequence 0 (no duplicate check), on the reliable channel.
+            assert_eq!(p.participant_identity, "alice");
+            assert_eq!(p.participant_sid, alice_sid);
+            assert_eq!(p.sequence, 0);
+            assert_eq!(h.topic, "lk.transcription");
+            assert_eq!(h.attributes["lk.transcribed_track_id"], track);
+            assert_eq!(h.attributes["lk.segment_id"], "SG_alice_1");
+        }
+        assert_ne!(headers[0].1.stream_id, headers[1].1.stream_id);
+        assert_eq!(headers[0].1.attributes["lk.transcription_final"], "false");
+        assert_eq!(headers[1].1.attributes["lk.transcription_final"], "true");
+        // Each stream: its whole text in chunk 0, then the trailer.
+        let id = &headers[1].1.stream_id;
+        let chunk = data.iter().find_map(|p| match &p.value {
+            Some(proto::data_packet::Value::StreamChunk(c)) if &c.stream_id == id => Some(c),
+            _ => None,
+        });
+        assert_eq!(
+            chunk.map(|c| (c.chunk_index, &c.content[..])),
+            Some((0, "Bonjour à tous.".as_bytes()))
+        );
+        assert_eq!(
+            headers[1].1.total_length,
+            Some("Bonjour à tous.".len() as u64)
+        );
+        assert!(data.iter().any(|p| matches!(&p.value,
+            Some(proto::data_packet::Value::StreamTrailer(t)) if &t.stream_id == id)));
+    }
+    // A subtitle for a room that is not there is an error, not a panic.
+    sim.commands.push(Command::Service {
+        id: 200,
+        call: Box::new(ServiceCall::Subtitle(parloir_sfu::Subtitle {
+            room: "gone".into(),
+            ..subtitle("x", true)
+        })),
+        unix_ms: 0,
+    });
+    sim.pump();
+    assert!(matches!(
+        sim.replies.last(),
+        Some((200, Err(ServiceError::NotFound(_))))
+    ));
+}

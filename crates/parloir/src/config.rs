@@ -29,10 +29,20 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpeechConfig {
-    /// Take every published microphone into the speech plane (voice activity today).
+    /// Transcribe every published microphone: live subtitles to the room, transcripts on disk.
     pub enabled: bool,
     /// models/: manifest.toml and the .venv the setup installs the model packages into.
     pub models_dir: PathBuf,
+    /// Languages spoken in meetings ("en", "fr", …): one fixes it, several are detected among
+    /// per utterance, none means any language Whisper knows.
+    pub languages: Vec<String>,
+    /// Inference threads (0: one per speech core of the core plan, at least 2).
+    pub threads: usize,
+    /// New audio between two interim decodes of an utterance, in milliseconds.
+    pub interval_ms: u32,
+    /// Where each room's transcript is appended, one JSON line per final segment
+    /// (`<room>.jsonl`).
+    pub transcripts_dir: PathBuf,
 }
 
 impl Default for SpeechConfig {
@@ -40,6 +50,10 @@ impl Default for SpeechConfig {
         Self {
             enabled: false,
             models_dir: PathBuf::from("models"),
+            languages: Vec::new(),
+            threads: 0,
+            interval_ms: 1000,
+            transcripts_dir: PathBuf::from("transcripts"),
         }
     }
 }

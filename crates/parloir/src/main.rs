@@ -69,9 +69,16 @@ enum Cmd {
         /// Override the hardware profile (auto or a name from hardware/).
         #[arg(long)]
         profile: Option<String>,
-        /// Turn the speech plane on (`speech.enabled`): voice activity on every microphone.
+        /// Turn the speech plane on (`speech.enabled`): live subtitles and transcripts of every
+        /// microphone.
         #[arg(long)]
         speech: bool,
+        /// Override `speech.languages` (comma-separated codes, e.g. fr,en).
+        #[arg(long, value_delimiter = ',')]
+        speech_languages: Option<Vec<String>>,
+        /// Override `speech.transcripts_dir`.
+        #[arg(long)]
+        transcripts_dir: Option<PathBuf>,
         /// Override `rtc.gso`: group equal-size datagrams for one client into GSO sends.
         #[arg(long)]
         gso: Option<bool>,
@@ -181,6 +188,8 @@ fn main() -> anyhow::Result<()> {
             loudest_audio,
             media_workers,
             speech,
+            speech_languages,
+            transcripts_dir,
         } => {
             let mut config = match (dev, config) {
                 (_, Some(path)) => Config::load(&path)?,
@@ -210,6 +219,12 @@ fn main() -> anyhow::Result<()> {
                 config.rtc.gso = g;
             }
             config.speech.enabled |= speech;
+            if let Some(l) = speech_languages {
+                config.speech.languages = l;
+            }
+            if let Some(d) = transcripts_dir {
+                config.speech.transcripts_dir = d;
+            }
             if let Some(n) = loudest_audio {
                 config.rtc.loudest_audio = n;
             }
@@ -406,20 +421,26 @@ fn serve(config: Config) -> anyhow::Result<()> {
         Vec::new()
     };
     // The speech plane, when on: one thread on the speech cores, fed by every media worker.
-    let speech_tap = if config.speech.enabled {
+    // Without its runtime or models the server says why and serves meetings without it.
+    let speech_plane = if config.speech.enabled {
         let cpus = if config.server.pin_cores {
             plan.speech.clone()
         } else {
             Vec::new()
         };
-        Some(speech::start(
-            &config.speech.models_dir,
-            metrics.clone(),
-            cpus,
-        )?)
+        match speech::start(&config.speech, metrics.clone(), cpus) {
+            Ok(plane) => Some(plane),
+            Err(e) => {
+                tracing::error!(
+                    "speech plane off, meetings go on without subtitles or transcripts: {e:#}"
+                );
+                None
+            }
+        }
     } else {
         None
     };
+    let speech_tap = speech_plane.as_ref().map(|p| p.tap.clone());
     let mut setups = Vec::new();
     let mut media_cpus = Vec::new();
     let mut udp_info = None;
@@ -533,6 +554,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
     };
     let media = media::spawn(setups, metrics.clone(), webhooks.clone())
         .context("cannot start the media workers")?;
+    if let Some(plane) = &speech_plane {
+        plane.attach(media.clone());
+    }
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(http::AppState {
         keys: KeyRing::new(config.keys.clone()),

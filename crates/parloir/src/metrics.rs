@@ -46,12 +46,18 @@ pub struct Metrics {
     pub udp_send_messages: AtomicU64,
     /// io_uring: times the provided-buffer ring ran dry.
     pub udp_ring_exhausted: AtomicU64,
-    /// The speech plane: frames queued to it, dropped on a full queue, that failed to decode,
-    /// and speech segments found.
+    /// The speech plane: frames queued to it, dropped on a full queue, that failed to decode;
+    /// final and interim texts; Whisper calls, their time and the audio they covered;
+    /// transcript lines that could not be written.
     pub speech_frames: AtomicU64,
     pub speech_dropped: AtomicU64,
     pub speech_decode_errors: AtomicU64,
     pub speech_segments: AtomicU64,
+    pub speech_interims: AtomicU64,
+    pub speech_asr_calls: AtomicU64,
+    pub speech_asr_busy_us: AtomicU64,
+    pub speech_asr_audio_ms: AtomicU64,
+    pub speech_transcript_errors: AtomicU64,
     /// Each media worker's latest figures, summed into the counters above when rendering.
     workers: std::sync::Mutex<Vec<WorkerFigures>>,
 }
@@ -140,7 +146,7 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         self.fold_workers();
-        let rows: [(&str, &str, &str, &AtomicU64); 31] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 36] = [
             (
                 "parloir_speech_frames_total",
                 "counter",
@@ -162,8 +168,38 @@ impl Metrics {
             (
                 "parloir_speech_segments_total",
                 "counter",
-                "Speech segments found by voice activity detection.",
+                "Utterances transcribed to a final text segment.",
                 &self.speech_segments,
+            ),
+            (
+                "parloir_speech_interims_total",
+                "counter",
+                "Interim subtitles sent while someone was speaking.",
+                &self.speech_interims,
+            ),
+            (
+                "parloir_speech_asr_calls_total",
+                "counter",
+                "Whisper calls (each may batch several speakers).",
+                &self.speech_asr_calls,
+            ),
+            (
+                "parloir_speech_asr_busy_microseconds_total",
+                "counter",
+                "Time spent in Whisper calls.",
+                &self.speech_asr_busy_us,
+            ),
+            (
+                "parloir_speech_asr_audio_milliseconds_total",
+                "counter",
+                "Audio decoded by Whisper calls (re-decoded audio counts again).",
+                &self.speech_asr_audio_ms,
+            ),
+            (
+                "parloir_speech_transcript_errors_total",
+                "counter",
+                "Final segments that could not be written to the transcript.",
+                &self.speech_transcript_errors,
             ),
             (
                 "parloir_audio_gated_total",

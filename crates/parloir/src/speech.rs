@@ -1,27 +1,45 @@
-//! The speech plane's thread: published Opus frames come from the media workers through a
-//! bounded queue (a full queue drops and counts; the media plane never waits), are decoded and
-//! resampled to 16 kHz per track, and cut into speech segments by Silero VAD. Each segment is
-//! logged with the room and the speaker's real name; the transcripts come with ASR.
+//! The speech plane's thread. Published Opus frames come from the media workers through a
+//! bounded queue (a full queue drops and counts; the media plane never waits). Per track they
+//! are decoded to 16 kHz, with gaps in the RTP timeline filled with silence, and fed to a
+//! [`LiveTrack`]: VAD opens and closes utterances and Whisper transcribes them, the jobs of
+//! several speakers batched into one call. The text goes back to the room as subtitles
+//! (`lk.transcription` text streams and Transcription packets, sent by the room's media worker
+//! as the speaker) and each final segment is appended to the room's transcript with the
+//! speaker's identity and real name.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use parloir_sfu::{AudioFrame, AudioTap};
-use parloir_speech::{Models, OpusDecoder, Segmenter, Vad};
+use parloir_sfu::{AudioFrame, AudioTap, Command, ServiceCall, Subtitle};
+use parloir_speech::live::Job;
+use parloir_speech::{
+    LiveConfig, LiveText, LiveTrack, Models, OpusDecoder, Vad, Whisper, WhisperFiles,
+};
 
+use crate::config::SpeechConfig;
+use crate::media::MediaHandle;
 use crate::metrics::Metrics;
 
 /// Frames the queue holds: 2 s of 50 speakers at 20 ms.
 const QUEUE: usize = 5_000;
-/// Silence that ends a segment.
-const MIN_SILENCE_MS: u32 = 400;
-/// A track with no frame for this long is forgotten (its open segment ends).
+/// A track with no frame for this long has its open utterance closed (a muted microphone
+/// sends nothing).
+const QUIET: Duration = Duration::from_millis(1_000);
+/// A track with no frame for this long is forgotten.
 const IDLE: Duration = Duration::from_secs(30);
+/// Utterances decoded together in one Whisper call, at most.
+const BATCH: usize = 4;
+/// A gap in the RTP timeline longer than this is not filled with silence (the open utterance
+/// closes instead).
+const MAX_GAP_48K: u64 = 5 * 48_000;
+/// The reply id of subtitle calls: nobody waits for their answer.
+const NO_REPLY: u64 = u64::MAX;
 
 /// The media workers' end of the queue.
 #[derive(Clone)]
@@ -41,22 +59,77 @@ impl AudioTap for SpeechTap {
     }
 }
 
-/// Loads the runtime and the VAD model (failing now rather than on the first frame) and
-/// starts the thread `speech-0`, pinned to `cpus` when not empty.
-pub fn start(models: &Path, metrics: Arc<Metrics>, cpus: Vec<usize>) -> anyhow::Result<SpeechTap> {
-    let runtime = parloir_speech::load(None).context("the speech plane needs ONNX Runtime")?;
-    let path = Models::open(models)
-        .and_then(|m| m.path("silero-vad"))
+/// The running speech plane: its tap for the media workers, and where its subtitles go once
+/// the media workers exist.
+pub struct SpeechPlane {
+    pub tap: SpeechTap,
+    media: Arc<OnceLock<MediaHandle>>,
+}
+
+impl SpeechPlane {
+    /// Subtitles go to the rooms through `media` from now on.
+    pub fn attach(&self, media: MediaHandle) {
+        let _ = self.media.set(media);
+    }
+}
+
+/// Loads the runtime and the models (failing now, with the reason, rather than on the first
+/// frame) and starts the thread `speech-0`, pinned to `cpus` when not empty.
+pub fn start(
+    config: &SpeechConfig,
+    metrics: Arc<Metrics>,
+    cpus: Vec<usize>,
+) -> anyhow::Result<SpeechPlane> {
+    let runtime =
+        parloir_speech::load(parloir_speech::find_library_in(&config.models_dir).as_deref())
+            .context("the speech plane needs ONNX Runtime")?;
+    let models = Models::open(&config.models_dir)?;
+    let vad_path = models
+        .path("silero-vad")
         .context("the speech plane needs the VAD model")?;
-    let vad = Vad::new(&runtime, &path).context("loading the VAD model")?;
+    let vad = Vad::new(&runtime, &vad_path).context("loading the VAD model")?;
+    let files = WhisperFiles::base(&models).context("the speech plane needs Whisper")?;
+    let threads = match config.threads {
+        0 => cpus.len().max(2),
+        n => n,
+    };
+    let whisper = Whisper::new(&runtime, &files, threads).context("loading Whisper")?;
+    for code in &config.languages {
+        anyhow::ensure!(
+            whisper.knows_language(code),
+            "speech.languages: Whisper has no language {code:?}"
+        );
+    }
+    std::fs::create_dir_all(&config.transcripts_dir).with_context(|| {
+        format!(
+            "cannot create speech.transcripts_dir {}",
+            config.transcripts_dir.display()
+        )
+    })?;
     tracing::info!(
         runtime = %runtime.library.display(),
         providers = ?runtime.providers,
-        model = %path.display(),
+        whisper = %files.encoder.parent().unwrap_or(Path::new("")).display(),
+        threads,
+        languages = ?config.languages,
+        transcripts = %config.transcripts_dir.display(),
         "speech plane"
     );
     let (tx, rx) = sync_channel(QUEUE);
-    let thread_metrics = metrics.clone();
+    let media = Arc::new(OnceLock::new());
+    let mut plane = Plane {
+        vad,
+        whisper,
+        tracks: HashMap::new(),
+        metrics: metrics.clone(),
+        media: media.clone(),
+        live: LiveConfig {
+            interval: (config.interval_ms as usize * 16).max(1_600),
+            languages: config.languages.clone(),
+            ..LiveConfig::default()
+        },
+        transcripts: config.transcripts_dir.clone(),
+    };
     std::thread::Builder::new()
         .name("speech-0".into())
         .spawn(move || {
@@ -65,9 +138,12 @@ pub fn start(models: &Path, metrics: Arc<Metrics>, cpus: Vec<usize>) -> anyhow::
             {
                 tracing::warn!("cannot pin speech-0 to CPUs {cpus:?}: {e}");
             }
-            run(rx, vad, &thread_metrics);
+            plane.run(rx);
         })?;
-    Ok(SpeechTap { tx, metrics })
+    Ok(SpeechPlane {
+        tap: SpeechTap { tx, metrics },
+        media,
+    })
 }
 
 /// One published microphone, as the speech plane follows it.
@@ -76,95 +152,321 @@ struct TrackState {
     identity: String,
     name: String,
     decoder: OpusDecoder,
-    segmenter: Segmenter,
+    live: LiveTrack,
     last: Instant,
-    /// 16 kHz samples decoded so far (the segmenter's clock).
+    /// The RTP time (48 kHz) where the next frame should start.
+    next_rtp: Option<u64>,
+    /// Unix milliseconds of the track's sample 0.
+    origin_ms: u64,
     pcm: Vec<f32>,
 }
 
-fn run(rx: Receiver<AudioFrame>, mut vad: Vad, metrics: &Metrics) {
-    let mut tracks: HashMap<String, TrackState> = HashMap::new();
-    let mut last_sweep = Instant::now();
-    loop {
-        let frame = match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(f) => Some(f),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-        };
-        let now = Instant::now();
-        if let Some(frame) = frame {
-            metrics.speech_frames.fetch_add(1, Relaxed);
-            handle(&mut tracks, &mut vad, frame, now, metrics);
-        }
-        if now.duration_since(last_sweep) > Duration::from_secs(5) {
-            last_sweep = now;
-            tracks.retain(|sid, t| {
-                let keep = now.duration_since(t.last) < IDLE;
-                if !keep && let Some(seg) = t.segmenter.finish() {
-                    report(sid, t, seg, metrics);
-                }
-                keep
-            });
-        }
-    }
+struct Plane {
+    vad: Vad,
+    whisper: Whisper,
+    tracks: HashMap<String, TrackState>,
+    metrics: Arc<Metrics>,
+    media: Arc<OnceLock<MediaHandle>>,
+    live: LiveConfig,
+    transcripts: PathBuf,
 }
 
-fn handle(
-    tracks: &mut HashMap<String, TrackState>,
-    vad: &mut Vad,
-    frame: AudioFrame,
-    now: Instant,
-    metrics: &Metrics,
-) {
-    let track = match tracks.entry(frame.track_sid.clone()) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(e) => match OpusDecoder::new() {
-            Ok(decoder) => e.insert(TrackState {
-                room: frame.room.clone(),
-                identity: frame.identity.clone(),
-                name: frame.name.clone(),
-                decoder,
-                segmenter: Segmenter::new(MIN_SILENCE_MS),
-                last: now,
-                pcm: Vec::with_capacity(1024),
-            }),
-            Err(e) => {
-                tracing::warn!("speech: {e}");
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Plane {
+    fn run(&mut self, rx: Receiver<AudioFrame>) {
+        let mut last_sweep = Instant::now();
+        loop {
+            // Wait briefly for audio, then take everything queued before decoding.
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(frame) => self.frame(frame),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            for _ in 0..QUEUE {
+                match rx.try_recv() {
+                    Ok(frame) => self.frame(frame),
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            if now.duration_since(last_sweep) >= Duration::from_millis(250) {
+                last_sweep = now;
+                self.sweep(now);
+            }
+            self.decode_batch();
+        }
+    }
+
+    fn frame(&mut self, frame: AudioFrame) {
+        self.metrics.speech_frames.fetch_add(1, Relaxed);
+        let now = Instant::now();
+        let track = match self.tracks.entry(frame.track_sid.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => match OpusDecoder::new() {
+                Ok(decoder) => e.insert(TrackState {
+                    room: frame.room.clone(),
+                    identity: frame.identity.clone(),
+                    name: frame.name.clone(),
+                    decoder,
+                    live: LiveTrack::new(self.live.clone()),
+                    last: now,
+                    next_rtp: None,
+                    origin_ms: unix_ms(),
+                    pcm: Vec::with_capacity(1024),
+                }),
+                Err(e) => {
+                    tracing::warn!("speech: {e}");
+                    return;
+                }
+            },
+        };
+        track.last = now;
+        if track.name != frame.name {
+            track.name.clone_from(&frame.name);
+        }
+        // Silence for the frames that never came (DTX, loss), so the timeline stays true and
+        // the VAD sees the pauses.
+        if let Some(expected) = track.next_rtp {
+            if frame.rtp_time < expected {
+                // Late or repeated: its place was taken.
                 return;
             }
-        },
-    };
-    track.last = now;
-    track.name.clone_from(&frame.name);
-    track.pcm.clear();
-    if let Err(e) = track.decoder.decode(&frame.data, &mut track.pcm) {
-        metrics.speech_decode_errors.fetch_add(1, Relaxed);
-        tracing::debug!(track = %frame.track_sid, "speech: {e}");
-        return;
-    }
-    match track.segmenter.push(vad, &track.pcm) {
-        Ok(segments) => {
-            for seg in segments {
-                report(&frame.track_sid, track, seg, metrics);
+            let gap = frame.rtp_time - expected;
+            if gap > MAX_GAP_48K {
+                track.live.flush();
+                track.origin_ms += gap / 48;
+            } else if gap >= 48 {
+                let zeros = vec![0.0f32; (gap / 3) as usize];
+                if let Err(e) = track.live.push(&mut self.vad, &zeros) {
+                    tracing::warn!("speech: VAD failed: {e}");
+                }
             }
         }
-        Err(e) => {
-            metrics.speech_decode_errors.fetch_add(1, Relaxed);
+        track.pcm.clear();
+        if let Err(e) = track.decoder.decode(&frame.data, &mut track.pcm) {
+            self.metrics.speech_decode_errors.fetch_add(1, Relaxed);
+            tracing::debug!(track = %frame.track_sid, "speech: {e}");
+            return;
+        }
+        track.next_rtp = Some(frame.rtp_time + track.pcm.len() as u64 * 3);
+        if let Err(e) = track.live.push(&mut self.vad, &track.pcm) {
+            self.metrics.speech_decode_errors.fetch_add(1, Relaxed);
             tracing::warn!("speech: VAD failed: {e}");
         }
     }
+
+    /// Closes the utterances of tracks that went quiet; forgets tracks gone for long.
+    fn sweep(&mut self, now: Instant) {
+        self.tracks.retain(|_, t| {
+            let idle = now.duration_since(t.last);
+            if idle >= QUIET && t.live.busy() {
+                t.live.flush();
+            }
+            idle < IDLE || t.live.busy()
+        });
+    }
+
+    /// Runs one Whisper call over the next job of up to [`BATCH`] tracks.
+    fn decode_batch(&mut self) {
+        let mut jobs: Vec<(String, Job)> = Vec::new();
+        // Finals first: they end someone's subtitle.
+        for finals in [true, false] {
+            for (sid, t) in &self.tracks {
+                if jobs.len() < BATCH
+                    && let Some(job) = t.live.next_job()
+                    && job.is_final == finals
+                {
+                    jobs.push((sid.clone(), job));
+                }
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        let requests: Vec<_> = jobs
+            .iter()
+            .map(|(sid, job)| self.tracks[sid].live.request(job))
+            .collect();
+        let audio_ms: u64 = requests.iter().map(|r| r.audio.len() as u64 / 16).sum();
+        let started = Instant::now();
+        let decoded = self.whisper.transcribe_batch(&requests);
+        drop(requests);
+        self.metrics
+            .speech_asr_busy_us
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        self.metrics
+            .speech_asr_audio_ms
+            .fetch_add(audio_ms, Relaxed);
+        self.metrics.speech_asr_calls.fetch_add(1, Relaxed);
+        let decoded = match decoded {
+            Ok(d) => d,
+            Err(e) => {
+                // The utterances stay queued only if the failure is passing; drop them rather
+                // than retry forever, and say so.
+                tracing::error!("speech: Whisper failed on {} utterances: {e}", jobs.len());
+                self.metrics.speech_decode_errors.fetch_add(1, Relaxed);
+                for (sid, job) in &jobs {
+                    if let Some(t) = self.tracks.get_mut(sid) {
+                        t.live.complete(&self.whisper, job, empty_decoded());
+                    }
+                }
+                return;
+            }
+        };
+        for ((sid, job), d) in jobs.into_iter().zip(decoded) {
+            let Some(t) = self.tracks.get_mut(&sid) else {
+                continue;
+            };
+            if let Some(text) = t.live.complete(&self.whisper, &job, d) {
+                publish(
+                    &self.metrics,
+                    &self.media,
+                    &self.transcripts,
+                    &sid,
+                    t,
+                    &text,
+                );
+            }
+        }
+    }
 }
 
-fn report(track_sid: &str, t: &TrackState, seg: parloir_speech::VadSegment, metrics: &Metrics) {
-    metrics.speech_segments.fetch_add(1, Relaxed);
-    let secs = |s: usize| s as f64 / 16_000.0;
-    tracing::info!(
-        room = %t.room,
-        identity = %t.identity,
-        name = %t.name,
-        track = %track_sid,
-        start_s = secs(seg.start),
-        end_s = secs(seg.end),
-        "speech segment"
-    );
+fn empty_decoded() -> parloir_speech::Decoded {
+    parloir_speech::Decoded {
+        text: String::new(),
+        tokens: Vec::new(),
+        language: String::new(),
+        avg_logprob: 0.0,
+        no_speech_prob: 1.0,
+    }
+}
+
+/// Sends `text` to the room and, when final, appends it to the transcript.
+fn publish(
+    metrics: &Metrics,
+    media: &OnceLock<MediaHandle>,
+    transcripts: &Path,
+    track_sid: &str,
+    t: &TrackState,
+    text: &LiveText,
+) {
+    let ms = |samples: usize| samples as u64 / 16;
+    let segment_id = format!("SG_{track_sid}_{}", text.segment);
+    if text.is_final {
+        metrics.speech_segments.fetch_add(1, Relaxed);
+        tracing::info!(
+            room = %t.room,
+            identity = %t.identity,
+            name = %t.name,
+            track = %track_sid,
+            start_s = text.start as f64 / 16_000.0,
+            end_s = text.end as f64 / 16_000.0,
+            language = %text.language,
+            text = %text.text,
+            "transcript"
+        );
+        if !text.text.is_empty() {
+            let line = TranscriptLine {
+                room: &t.room,
+                identity: &t.identity,
+                name: &t.name,
+                track: track_sid,
+                segment: &segment_id,
+                start_ms: t.origin_ms + ms(text.start),
+                end_ms: t.origin_ms + ms(text.end),
+                language: &text.language,
+                text: &text.text,
+            };
+            if let Err(e) = line.append(transcripts) {
+                metrics.speech_transcript_errors.fetch_add(1, Relaxed);
+                tracing::error!(room = %t.room, "speech: cannot write the transcript: {e}");
+            }
+        }
+    } else {
+        metrics.speech_interims.fetch_add(1, Relaxed);
+    }
+    let Some(media) = media.get() else {
+        return;
+    };
+    let call = ServiceCall::Subtitle(Subtitle {
+        room: t.room.clone(),
+        identity: t.identity.clone(),
+        track_sid: track_sid.to_string(),
+        segment_id,
+        text: text.text.clone(),
+        is_final: text.is_final,
+        language: text.language.clone(),
+        start_ms: ms(text.start),
+        end_ms: ms(text.end),
+    });
+    let _ = media.send(Command::Service {
+        id: NO_REPLY,
+        call: Box::new(call),
+        unix_ms: unix_ms() as i64,
+    });
+}
+
+/// One final segment of a room's transcript.
+#[derive(serde::Serialize)]
+pub struct TranscriptLine<'a> {
+    pub room: &'a str,
+    pub identity: &'a str,
+    pub name: &'a str,
+    pub track: &'a str,
+    pub segment: &'a str,
+    /// Unix milliseconds.
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub language: &'a str,
+    pub text: &'a str,
+}
+
+impl TranscriptLine<'_> {
+    fn append(&self, dir: &Path) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let path = dir.join(transcript_file(self.room));
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        // One write per line: a crash leaves whole lines.
+        f.write_all(&line)
+    }
+}
+
+/// The transcript file of `room`: its name with anything but letters, digits, `-`, `_` and
+/// `.` percent-encoded, so no room name can leave the directory.
+pub fn transcript_file(room: &str) -> String {
+    let mut name = String::with_capacity(room.len() + 6);
+    for b in room.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && !name.is_empty()) {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    name.push_str(".jsonl");
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transcript_file;
+
+    #[test]
+    fn room_names_stay_in_the_directory() {
+        assert_eq!(transcript_file("team-weekly_2"), "team-weekly_2.jsonl");
+        assert_eq!(
+            transcript_file("../etc/passwd"),
+            "%2E.%2Fetc%2Fpasswd.jsonl"
+        );
+        assert_eq!(transcript_file("réunion"), "r%C3%A9union.jsonl");
+        assert_eq!(transcript_file(""), ".jsonl");
+    }
 }

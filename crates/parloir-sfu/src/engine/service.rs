@@ -28,7 +28,34 @@ pub enum ServiceCall {
     UpdateSubscriptions(proto::UpdateSubscriptionsRequest),
     SendData(proto::SendDataRequest),
     UpdateRoomMetadata(proto::UpdateRoomMetadataRequest),
+    /// Not a RoomService method: text from the speech plane, delivered as LiveKit agents
+    /// deliver transcriptions.
+    Subtitle(Subtitle),
 }
+
+/// Text of one utterance of a published microphone (interim, replaced by later ones with the
+/// same `segment_id`, then final). The room gets it both ways livekit-client reads
+/// transcriptions: a text stream on topic `lk.transcription` (attributes
+/// `lk.transcribed_track_id`, `lk.segment_id`, `lk.transcription_final`), sent as the speaker
+/// (as agents send a participant's transcription), and the legacy `Transcription` packet that
+/// raises `RoomEvent.TranscriptionReceived`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Subtitle {
+    pub room: String,
+    /// The speaker.
+    pub identity: String,
+    pub track_sid: String,
+    pub segment_id: String,
+    pub text: String,
+    pub is_final: bool,
+    pub language: String,
+    /// The utterance, in milliseconds since the track's audio started.
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+/// The topic of transcription text streams.
+pub const TRANSCRIPTION_TOPIC: &str = "lk.transcription";
 
 impl ServiceCall {
     /// The room the call is about; `None` for ListRooms, which is about all of them.
@@ -45,6 +72,7 @@ impl ServiceCall {
             ServiceCall::UpdateSubscriptions(r) => &r.room,
             ServiceCall::SendData(r) => &r.room,
             ServiceCall::UpdateRoomMetadata(r) => &r.room,
+            ServiceCall::Subtitle(r) => &r.room,
         })
     }
 }
@@ -275,6 +303,24 @@ impl Sfu {
                 self.deliver_data(&recipients, kind, &packet.encode_to_vec());
                 Ok(ServiceReply::Empty)
             }
+            ServiceCall::Subtitle(sub) => {
+                let room = self
+                    .rooms
+                    .get(&sub.room)
+                    .ok_or_else(|| not_found(&sub.room))?;
+                let members = room.members.clone();
+                let speaker_sid = self
+                    .find(&sub.room, &sub.identity)
+                    .ok()
+                    .and_then(|s| self.participants.get(&s))
+                    .map(|p| p.info.sid.clone())
+                    .unwrap_or_default();
+                self.subtitle_serial += 1;
+                for packet in subtitle_packets(&sub, &speaker_sid, unix_ms, self.subtitle_serial) {
+                    self.deliver_data(&members, proto::data_packet::Kind::Reliable, &packet);
+                }
+                Ok(ServiceReply::Empty)
+            }
             ServiceCall::UpdateRoomMetadata(r) => {
                 let room = self
                     .rooms
@@ -313,4 +359,71 @@ impl Sfu {
 
 fn not_found(what: &str) -> ServiceError {
     ServiceError::NotFound(format!("{what:?} does not exist"))
+}
+
+/// The encoded packets of a [`Subtitle`]: the legacy Transcription packet, then a text stream
+/// (header, one chunk, trailer). Sequence 0: clients apply no duplicate check to it.
+#[allow(deprecated, reason = "clients before protocol 10 read kind")]
+fn subtitle_packets(sub: &Subtitle, speaker_sid: &str, unix_ms: i64, serial: u64) -> Vec<Vec<u8>> {
+    use proto::data_packet::Value;
+    use proto::data_stream;
+    let packet = |value: Value| proto::DataPacket {
+        kind: proto::data_packet::Kind::Reliable as i32,
+        participant_identity: sub.identity.clone(),
+        participant_sid: speaker_sid.to_string(),
+        value: Some(value),
+        ..Default::default()
+    };
+    let legacy = packet(Value::Transcription(proto::Transcription {
+        transcribed_participant_identity: sub.identity.clone(),
+        track_id: sub.track_sid.clone(),
+        segments: vec![proto::TranscriptionSegment {
+            id: sub.segment_id.clone(),
+            text: sub.text.clone(),
+            start_time: sub.start_ms,
+            end_time: sub.end_ms,
+            r#final: sub.is_final,
+            language: sub.language.clone(),
+        }],
+    }));
+    // One stream per update, each carrying the whole text so far, as agents send a
+    // participant's transcription; readers replace by lk.segment_id.
+    let stream_id = format!("TS_{}_{serial}", sub.segment_id);
+    let attributes = [
+        ("lk.transcribed_track_id", sub.track_sid.clone()),
+        ("lk.segment_id", sub.segment_id.clone()),
+        ("lk.transcription_final", sub.is_final.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let header = packet(Value::StreamHeader(data_stream::Header {
+        stream_id: stream_id.clone(),
+        timestamp: unix_ms,
+        topic: TRANSCRIPTION_TOPIC.to_string(),
+        mime_type: "text/plain".to_string(),
+        total_length: Some(sub.text.len() as u64),
+        attributes,
+        content_header: Some(data_stream::header::ContentHeader::TextHeader(
+            data_stream::TextHeader {
+                operation_type: data_stream::OperationType::Create as i32,
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }));
+    let chunk = packet(Value::StreamChunk(data_stream::Chunk {
+        stream_id: stream_id.clone(),
+        chunk_index: 0,
+        content: sub.text.as_bytes().to_vec(),
+        ..Default::default()
+    }));
+    let trailer = packet(Value::StreamTrailer(data_stream::Trailer {
+        stream_id,
+        ..Default::default()
+    }));
+    [legacy, header, chunk, trailer]
+        .iter()
+        .map(|p| p.encode_to_vec())
+        .collect()
 }
