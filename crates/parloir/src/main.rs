@@ -79,6 +79,9 @@ enum Cmd {
         /// Override `speech.transcripts_dir`.
         #[arg(long)]
         transcripts_dir: Option<PathBuf>,
+        /// Override `speech.models_dir`.
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
         /// Override `rtc.gso`: group equal-size datagrams for one client into GSO sends.
         #[arg(long)]
         gso: Option<bool>,
@@ -190,6 +193,7 @@ fn main() -> anyhow::Result<()> {
             speech,
             speech_languages,
             transcripts_dir,
+            models_dir,
         } => {
             let mut config = match (dev, config) {
                 (_, Some(path)) => Config::load(&path)?,
@@ -224,6 +228,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(d) = transcripts_dir {
                 config.speech.transcripts_dir = d;
+            }
+            if let Some(d) = models_dir {
+                config.speech.models_dir = d;
             }
             if let Some(n) = loudest_audio {
                 config.rtc.loudest_audio = n;

@@ -507,3 +507,76 @@ fn doctor_checks_the_speech_models() {
         bad["advice"]
     );
 }
+
+#[test]
+fn a_broken_speech_model_turns_speech_off_and_meetings_go_on() {
+    // A models directory whose manifest disagrees with the converted Whisper decoder.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = std::env::temp_dir().join(format!("parloir-broken-models-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for link in [".venv", "whisper-base"] {
+        std::os::unix::fs::symlink(root.join("models").join(link), dir.join(link)).expect("link");
+    }
+    let manifest = std::fs::read_to_string(root.join("models/manifest.toml")).expect("manifest");
+    let decoder = "912b1f3ca8209a6cd8c7331fe044b0f0e992e0caf9e90aeec91cd23189287568";
+    assert!(manifest.contains(decoder));
+    std::fs::write(
+        dir.join("manifest.toml"),
+        manifest.replace(decoder, &"1".repeat(64)),
+    )
+    .expect("write");
+    let log = dir.join("server.log");
+    let (http_port, udp_port) = (common::free_port(), common::free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parloir"))
+        .args(["serve", "--dev", "--speech", "--tcp-port", "0"])
+        .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+        .args(["--udp-port", &udp_port.to_string()])
+        .arg("--models-dir")
+        .arg(&dir)
+        .arg("--transcripts-dir")
+        .arg(dir.join("transcripts"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("parloir starts");
+    let http: SocketAddr = format!("127.0.0.1:{http_port}").parse().expect("address");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::get(http, "/healthz").0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not come up: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the server exited"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Meetings are served: a room can be created and listed.
+    let t = token(&["--room", "still-here", "--identity", "ops", "--admin"]);
+    let (code, body) = common::post_json(
+        http,
+        "/twirp/livekit.RoomService/CreateRoom",
+        &t,
+        r#"{"name":"still-here"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = common::post_json(http, "/twirp/livekit.RoomService/ListRooms", &t, "{}");
+    assert!(code == 200 && body.contains("still-here"), "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).expect("log");
+    let _ = std::fs::remove_dir_all(&dir);
+    let line = text
+        .lines()
+        .find(|l| l.contains("speech plane off"))
+        .unwrap_or_else(|| panic!("no clear error in the log:\n{text}"));
+    assert!(
+        line.contains("whisper-base-decoder") && line.contains("SHA-256"),
+        "{line}"
+    );
+}
