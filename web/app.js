@@ -3,7 +3,9 @@
 // Join form → /api/dev-token (with admin=1 for a host) → Room. The grid has one tile per camera
 // (or initial) and a larger tile per screen share; chat rides lk.chat text streams, reactions
 // reliable data packets on topic "reactions", raised hands the participant attribute
-// "handRaisedAt". A host (token with roomAdmin) drives RoomService over Twirp with its own token.
+// "handRaisedAt". Subtitles from the speech plane arrive as lk.transcription text streams sent as
+// the speaker; each viewer switches them on or off. A host (token with roomAdmin) drives
+// RoomService over Twirp with its own token.
 // Tests find things by their data-testid attributes (tests/e2e/meeting.test.mjs).
 'use strict';
 
@@ -14,6 +16,9 @@
   const REACTION_MS = 3000;
   const REACTION_TOPIC = 'reactions';
   const CHAT_TOPIC = 'lk.chat';
+  const SUBTITLE_TOPIC = 'lk.transcription';
+  const SUBTITLE_LINES = 3;
+  const SUBTITLE_KEEP_MS = 8000;
   const HAND = 'handRaisedAt';
 
   const STRINGS = {
@@ -22,6 +27,7 @@
       leave: 'Leave', micOn: 'Mute', micOff: 'Unmute', camOn: 'Stop camera', camOff: 'Start camera',
       screenOn: 'Stop sharing', screenOff: 'Share screen', handUp: 'Lower hand', handDown: 'Raise hand',
       chat: 'Chat', participants: 'Participants', message: 'Message', send: 'Send', dismiss: 'Dismiss',
+      subtitles: 'Subtitles',
       enableAudio: 'Enable audio', you: 'you', controls: 'Meeting controls', reactions: 'Reactions',
       react: (e) => `React with ${e}`, screenOf: (n) => `${n}'s screen`,
       micState: { on: 'microphone on', muted: 'microphone muted', none: 'no microphone' },
@@ -42,6 +48,7 @@
       camOn: 'Couper la caméra', camOff: 'Activer la caméra', screenOn: 'Arrêter le partage',
       screenOff: 'Partager l’écran', handUp: 'Baisser la main', handDown: 'Lever la main',
       chat: 'Discussion', participants: 'Participants', message: 'Message', send: 'Envoyer',
+      subtitles: 'Sous-titres',
       dismiss: 'Fermer', enableAudio: 'Activer le son', you: 'vous', controls: 'Commandes de la réunion',
       reactions: 'Réactions', react: (e) => `Réagir avec ${e}`, screenOf: (n) => `Écran de ${n}`,
       micState: { on: 'micro activé', muted: 'micro coupé', none: 'pas de micro' },
@@ -83,12 +90,17 @@
   const peopleToggle = $('#people-toggle');
   const peopleList = $('#people');
   const hostTools = $('#host-tools');
+  const subtitlesEl = $('#subtitles');
+  const ccBtn = $('#cc');
 
   let room = null;
   let token = '';
   let isHost = false;
   let unread = 0;
   let speaking = new Set();
+  // Subtitle lines on screen, by segment id.
+  const subtitleLines = new Map();
+  let subtitlesOn = localStorage.getItem('parloir.subtitles') === '1';
 
   document.documentElement.lang = lang;
   document.querySelectorAll('[data-i18n]').forEach((el) => { el.textContent = t(el.dataset.i18n); });
@@ -176,6 +188,10 @@
       const text = await reader.readAll();
       addChat(identity, text, false);
     });
+    room.registerTextStreamHandler(SUBTITLE_TOPIC, async (reader, { identity }) => {
+      const text = await reader.readAll();
+      showSubtitle(identity, reader.info.attributes || {}, text);
+    });
     room
       .on(RoomEvent.ParticipantConnected, scheduleRender)
       .on(RoomEvent.ParticipantDisconnected, scheduleRender)
@@ -219,6 +235,8 @@
 
   function showLobby() {
     grid.replaceChildren();
+    subtitlesEl.replaceChildren();
+    subtitleLines.clear();
     peopleList.replaceChildren();
     $('#audio-sink').replaceChildren();
     $('#meeting').hidden = true;
@@ -586,6 +604,63 @@
     if (!chatPanel.hidden) setUnread(0);
   });
   peopleToggle.addEventListener('click', () => togglePanel(peoplePanel, peopleToggle, null));
+
+  // ---- subtitles: one line per utterance, replaced as its interim text grows, kept a few
+  // seconds once final; the newest SUBTITLE_LINES are shown.
+  function showSubtitle(identity, attrs, text) {
+    const id = attrs['lk.segment_id'] || `${identity}-${Date.now()}`;
+    const final = attrs['lk.transcription_final'] === 'true';
+    let line = subtitleLines.get(id);
+    if (!text.trim()) {
+      if (line) removeSubtitle(id);
+      return;
+    }
+    if (!line) {
+      const el = document.createElement('p');
+      el.className = 'subtitle';
+      el.dataset.testid = 'subtitle';
+      const who = document.createElement('span');
+      who.className = 'who';
+      who.dataset.testid = 'subtitle-from';
+      const body = document.createElement('span');
+      body.className = 'text';
+      body.dataset.testid = 'subtitle-text';
+      el.append(who, body);
+      subtitlesEl.appendChild(el);
+      line = { el, timer: null };
+      subtitleLines.set(id, line);
+    }
+    const p = room && room.getParticipantByIdentity(identity);
+    line.el.dataset.identity = identity;
+    line.el.dataset.final = String(final);
+    line.el.querySelector('.who').textContent = p ? displayName(p) : identity;
+    line.el.querySelector('.text').textContent = text;
+    if (final) {
+      clearTimeout(line.timer);
+      line.timer = setTimeout(() => removeSubtitle(id), SUBTITLE_KEEP_MS);
+    }
+    while (subtitleLines.size > SUBTITLE_LINES) removeSubtitle(subtitleLines.keys().next().value);
+  }
+
+  function removeSubtitle(id) {
+    const line = subtitleLines.get(id);
+    if (!line) return;
+    clearTimeout(line.timer);
+    line.el.remove();
+    subtitleLines.delete(id);
+  }
+
+  function updateSubtitlesButton() {
+    subtitlesEl.hidden = !subtitlesOn;
+    ccBtn.setAttribute('aria-pressed', String(subtitlesOn));
+    ccBtn.dataset.state = subtitlesOn ? 'on' : 'off';
+  }
+  updateSubtitlesButton();
+  ccBtn.addEventListener('click', () => {
+    subtitlesOn = !subtitlesOn;
+    localStorage.setItem('parloir.subtitles', subtitlesOn ? '1' : '0');
+    updateSubtitlesButton();
+  });
 
   // ---- reactions
   async function sendReaction(emoji) {

@@ -22,7 +22,7 @@ export function freePort(kind) {
 }
 
 export class ParloirServer {
-  // bin: the parloir binary; name: for the log file; extraArgs: more `serve` arguments.
+  // bin: the parloir binary; name: for the log file. start({ extraArgs }): more `serve` arguments.
   constructor({ bin, name, webDir, verbose = false }) {
     this.bin = bin;
     this.name = name;
@@ -45,7 +45,7 @@ export class ParloirServer {
   }
 
   // Starts the server (ICE-TCP on a free port when `tcp`, else off) and waits for /healthz.
-  async start({ tcp = true, httpPort = 0, udpPort = 0 } = {}) {
+  async start({ tcp = true, httpPort = 0, udpPort = 0, extraArgs = [] } = {}) {
     this.httpPort = httpPort || (await freePort('tcp'));
     this.udpPort = udpPort || (await freePort('udp'));
     this.tcpPort = tcp ? await freePort('tcp') : 0;
@@ -55,6 +55,7 @@ export class ParloirServer {
     ];
     // `make e2e-backends` runs the whole suite once per UDP backend.
     if (process.env.PARLOIR_IO) args.push('--io', process.env.PARLOIR_IO);
+    args.push(...extraArgs);
     this.log.push(`# ${this.bin} ${args.join(' ')}`);
     this.proc = spawn(this.bin, args, {
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },

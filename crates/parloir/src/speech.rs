@@ -232,11 +232,15 @@ impl Plane {
         // Silence for the frames that never came (DTX, loss), so the timeline stays true and
         // the VAD sees the pauses.
         if let Some(expected) = track.next_rtp {
-            if frame.rtp_time < expected {
+            let behind = expected.saturating_sub(frame.rtp_time);
+            if behind > MAX_GAP_48K {
+                // Far behind: the timestamps wrapped or restarted. Follow them.
+                tracing::debug!(track = %frame.track_sid, rtp = frame.rtp_time, expected, "speech: RTP time jumped back");
+            } else if behind > 0 {
                 // Late or repeated: its place was taken.
                 return;
             }
-            let gap = frame.rtp_time - expected;
+            let gap = frame.rtp_time.saturating_sub(expected);
             if gap > MAX_GAP_48K {
                 track.live.flush();
                 track.origin_ms += gap / 48;
