@@ -176,8 +176,10 @@ test('subtitles name each speaker at a third browser, and the transcript keeps t
     assert.equal(await pages.carol.locator('[data-testid=subtitles]').isVisible(), false);
 
     // The transcript: the final segments with real names, Alice's before Bob's.
-    const file = path.join(transcripts, `${room}.jsonl`);
-    const lines = fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    // The meeting's transcript is <room sid>.jsonl.
+    const lines = fs.readdirSync(transcripts).filter((f) => f.endsWith('.jsonl'))
+      .map((f) => fs.readFileSync(path.join(transcripts, f), 'utf8').trim().split('\n').map((l) => JSON.parse(l)))
+      .find((ls) => ls[0]?.room === room) || [];
     const firstAlice = lines.findIndex((l) => l.name === 'Alice Martin');
     const firstBob = lines.findIndex((l) => l.name === 'Bernard Dupont');
     assert.ok(firstAlice >= 0 && firstBob > firstAlice, JSON.stringify(lines));

@@ -19,14 +19,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 import wave
 
 import numpy as np
-from livekit import rtc
+from livekit import api, rtc
 
-from test_python_sdk import R, Server, bounded, log, token
+from test_python_sdk import API_KEY, API_SECRET, R, Server, bounded, log, token
+from test_room_service import WebhookSink
 
 SAMPLE_RATE = 48000
 FRAME = SAMPLE_RATE // 100  # 10 ms
@@ -69,6 +71,21 @@ def wer(reference: str, hypothesis: str) -> float:
     return row[len(h)] / max(1, len(r))
 
 
+def admin_token(room: str) -> str:
+    return (api.AccessToken(API_KEY, API_SECRET).with_identity("ops")
+            .with_grants(api.VideoGrants(room_admin=True, room=room)).to_jwt())
+
+
+def get(server: Server, path: str, bearer: str | None) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def metrics(server: Server) -> dict[str, int]:
     with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=5) as r:
         text = r.read().decode()
@@ -80,7 +97,7 @@ def metrics(server: Server) -> dict[str, int]:
     return out
 
 
-async def scenario(server: Server, transcripts: str) -> None:
+async def scenario(server: Server, transcripts: str, sink: WebhookSink) -> None:
     room_name = f"speech-{uuid.uuid4().hex[:8]}"
     # 1 s of silence, French, 1.5 s of silence, English, 2 s of silence.
     silence = lambda s: np.zeros(int(s * SAMPLE_RATE), dtype=np.int16)  # noqa: E731
@@ -161,11 +178,14 @@ async def scenario(server: Server, transcripts: str) -> None:
                 and [l[1] for l in legacy_finals] == [f[2].get("lk.segment_id") for f in finals],
                 f"{len(legacy)} packets, {len(legacy_finals)} final")
 
-        path = os.path.join(transcripts, f"{room_name}.jsonl")
+        # The meeting's transcript is <room sid>.jsonl.
         lines = []
-        if os.path.exists(path):
-            with open(path) as f:
-                lines = [json.loads(l) for l in f]
+        for name in sorted(os.listdir(transcripts)):
+            if name.endswith(".jsonl"):
+                with open(os.path.join(transcripts, name)) as f:
+                    these = [json.loads(l) for l in f]
+                if these and these[0]["room"] == room_name:
+                    lines = these
         R.check("the transcript holds both segments, in order, with alice's real name",
                 len(lines) == 2 and all(l["name"] == "Alice Martin" and l["identity"] == "alice"
                                         for l in lines)
@@ -176,6 +196,39 @@ async def scenario(server: Server, transcripts: str) -> None:
             found = [l for l in f if "transcript" in l and "Alice Martin" in l]
         R.check("the server logs each final with the speaker's name", len(found) >= 2,
                 "".join(found[-2:]).strip())
+
+        # The room closes: its summary is written and announced, and both are served to the
+        # room's administrators.
+        lk = api.LiveKitAPI(f"http://127.0.0.1:{server.http_port}", API_KEY, API_SECRET)
+        try:
+            await lk.room.delete_room(api.DeleteRoomRequest(room=room_name))
+        finally:
+            await lk.aclose()
+        deadline = time.monotonic() + 15
+        ready = []
+        while time.monotonic() < deadline and not ready:
+            ready = [e for e in sink.events() if e.event == "transcript_ready" and e.room.name == room_name]
+            await asyncio.sleep(0.2)
+        R.check("transcript_ready is announced by webhook when the room closes", len(ready) == 1,
+                f"{[e.event for e in sink.events()]}")
+        sid = ready[0].room.sid if ready else ""
+        admin = admin_token(room_name)
+        status, listing = get(server, f"/api/transcripts?room={room_name}", admin)
+        meetings = json.loads(listing).get("meetings", []) if status == 200 else []
+        R.check("GET /api/transcripts lists the meeting with its summary",
+                status == 200 and [m["sid"] for m in meetings] == [sid] and meetings[0]["summary"]
+                and meetings[0]["segments"] == 2, f"{status} {listing[:300]}")
+        status, md = get(server, f"/api/transcripts/{sid}/summary.md", admin)
+        R.check("the summary gives talk time and the action item, with names",
+                status == 200 and "Alice Martin" in md and "## Action items" in md
+                and "Paul will send the report on Friday" in md, md[:600])
+        status, vtt = get(server, f"/api/transcripts/{sid}/transcript.vtt", admin)
+        R.check("the transcript as WebVTT, each cue in its speaker's voice",
+                status == 200 and vtt.startswith("WEBVTT") and vtt.count("<v Alice Martin>") == 2, vtt[:300])
+        status, _ = get(server, f"/api/transcripts/{sid}/transcript.md", None)
+        R.check("no token: 401", status == 401, str(status))
+        status, _ = get(server, f"/api/transcripts/{sid}/transcript.md", admin_token("another-room"))
+        R.check("an administrator of another room: 403", status == 403, str(status))
     finally:
         for t in tasks:
             t.cancel()
@@ -193,10 +246,13 @@ def main() -> int:
         return 1
     server = Server(os.path.abspath(binary))
     transcripts = tempfile.mkdtemp(prefix="parloir-transcripts-")
-    server.extra_args = ["--speech", "--speech-languages", "fr,en", "--transcripts-dir", transcripts]
+    sink = WebhookSink()
+    sink.refuse_first = 0
+    server.extra_args = ["--speech", "--speech-languages", "fr,en", "--transcripts-dir", transcripts,
+                         "--webhook-url", sink.url]
     try:
         server.start()
-        asyncio.run(scenario(server, transcripts))
+        asyncio.run(scenario(server, transcripts, sink))
     except Exception as e:  # reported as a failure, with the server log below
         R.check("scenario ran to the end", False, f"{type(e).__name__}: {e}")
     finally:

@@ -250,6 +250,8 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 pub struct AudioFrame {
     pub room: String,
+    /// The room's sid: one meeting, where a room name may be used again later.
+    pub room_sid: String,
     pub participant_sid: String,
     pub identity: String,
     pub name: String,
@@ -1926,6 +1928,11 @@ impl Sfu {
         {
             tap.frame(AudioFrame {
                 room: p.room.clone(),
+                room_sid: self
+                    .rooms
+                    .get(&p.room)
+                    .map(|r| r.info.sid.clone())
+                    .unwrap_or_default(),
                 participant_sid: p.info.sid.clone(),
                 identity: p.info.identity.clone(),
                 name: p.info.name.clone(),

@@ -13,6 +13,7 @@ pub mod mel;
 mod models;
 mod opus_decode;
 mod runtime;
+pub mod summary;
 pub mod transcribe;
 mod vad;
 pub mod whisper;

@@ -40,9 +40,16 @@ pub struct SpeechConfig {
     pub threads: usize,
     /// New audio between two interim decodes of an utterance, in milliseconds.
     pub interval_ms: u32,
-    /// Where each room's transcript is appended, one JSON line per final segment
-    /// (`<room>.jsonl`).
+    /// Where each meeting's transcript is appended, one JSON line per final segment
+    /// (`<room sid>.jsonl`), and its summary written when the room closes.
     pub transcripts_dir: PathBuf,
+    /// An OpenAI-compatible chat completions endpoint (`http://host:port/v1/chat/completions`,
+    /// e.g. an on-premises LLM server) that writes meeting summaries; empty: the extractive
+    /// summary only. When it fails or times out the extractive summary stands in.
+    pub summary_llm_url: String,
+    pub summary_llm_model: String,
+    pub summary_llm_api_key: String,
+    pub summary_llm_timeout_s: u64,
 }
 
 impl Default for SpeechConfig {
@@ -54,6 +61,10 @@ impl Default for SpeechConfig {
             threads: 0,
             interval_ms: 1000,
             transcripts_dir: PathBuf::from("transcripts"),
+            summary_llm_url: String::new(),
+            summary_llm_model: String::new(),
+            summary_llm_api_key: String::new(),
+            summary_llm_timeout_s: 60,
         }
     }
 }
@@ -206,6 +217,14 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "webhook.api_key {:?} is not one of [keys]",
                 self.webhook.api_key
+            )));
+        }
+        if !self.speech.summary_llm_url.is_empty()
+            && !self.speech.summary_llm_url.starts_with("http://")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "speech.summary_llm_url {:?}: only http:// endpoints are supported",
+                self.speech.summary_llm_url
             )));
         }
         if let Err(e) = self.rtc.io.parse::<parloir_net::IoMode>() {

@@ -28,6 +28,8 @@ pub struct AppState {
     pub media: MediaHandle,
     pub metrics: Arc<Metrics>,
     pub web_dir: PathBuf,
+    /// Where the speech plane keeps transcripts; `None` when it is off.
+    pub transcripts_dir: Option<PathBuf>,
     pub development: bool,
     pub ping_timeout: Duration,
     pub next_session: AtomicU64,
@@ -62,6 +64,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/api/dev-token", get(dev_token))
+        .route("/api/transcripts", get(crate::transcripts::list))
+        .route(
+            "/api/transcripts/{sid}/{file}",
+            get(crate::transcripts::file),
+        )
         .route("/", get(index))
         .route("/app.js", get(app_js))
         .route("/livekit-client.umd.js", get(livekit_client))

@@ -22,6 +22,7 @@ mod media;
 mod metrics;
 mod speech;
 mod transcribe;
+mod transcripts;
 mod twirp;
 mod webhook;
 
@@ -557,12 +558,16 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 .map(|s| (config.webhook.api_key.clone(), s.clone()))
         }
         .context("no API key to sign webhooks with")?;
-        webhook::Webhooks::start(&config.webhook.urls, key, secret, metrics.clone())
+        let hooks = webhook::Webhooks::start(&config.webhook.urls, key, secret, metrics.clone());
+        match &speech_plane {
+            Some(plane) => hooks.with_observer(plane.observer()),
+            None => hooks,
+        }
     };
     let media = media::spawn(setups, metrics.clone(), webhooks.clone())
         .context("cannot start the media workers")?;
     if let Some(plane) = &speech_plane {
-        plane.attach(media.clone());
+        plane.attach(media.clone(), webhooks.clone());
     }
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(http::AppState {
@@ -570,6 +575,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         media,
         metrics,
         web_dir: config.server.web_dir.clone(),
+        transcripts_dir: speech_plane
+            .as_ref()
+            .map(|_| config.speech.transcripts_dir.clone()),
         development: config.development,
         ping_timeout: Duration::from_secs(15),
         next_session: AtomicU64::new(1),

@@ -4,8 +4,10 @@
 //! [`LiveTrack`]: VAD opens and closes utterances and Whisper transcribes them, the jobs of
 //! several speakers batched into one call. The text goes back to the room as subtitles
 //! (`lk.transcription` text streams and Transcription packets, sent by the room's media worker
-//! as the speaker) and each final segment is appended to the room's transcript with the
-//! speaker's identity and real name.
+//! as the speaker) and each final segment is appended to the meeting's transcript with the
+//! speaker's identity and real name. When a room closes (its `room_finished` event) its open
+//! utterances are finished, and a summary is written beside the transcript on a thread of its
+//! own, then announced by the `transcript_ready` webhook (crate::transcripts).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -16,8 +18,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use parloir_sfu::{AudioFrame, AudioTap, Command, ServiceCall, Subtitle};
+use parloir_sfu::{AudioFrame, AudioTap, Command, ServiceCall, Subtitle, proto};
 use parloir_speech::live::Job;
+use parloir_speech::summary::Segment;
 use parloir_speech::{
     LiveConfig, LiveText, LiveTrack, Models, OpusDecoder, Vad, Whisper, WhisperFiles,
 };
@@ -25,6 +28,8 @@ use parloir_speech::{
 use crate::config::SpeechConfig;
 use crate::media::MediaHandle;
 use crate::metrics::Metrics;
+use crate::transcripts::{self, Llm};
+use crate::webhook::Webhooks;
 
 /// Frames the queue holds: 2 s of 50 speakers at 20 ms.
 const QUEUE: usize = 5_000;
@@ -59,17 +64,49 @@ impl AudioTap for SpeechTap {
     }
 }
 
-/// The running speech plane: its tap for the media workers, and where its subtitles go once
-/// the media workers exist.
+/// The running speech plane: its tap for the media workers, and where its subtitles and
+/// announcements go once the media workers and webhooks exist.
 pub struct SpeechPlane {
     pub tap: SpeechTap,
-    media: Arc<OnceLock<MediaHandle>>,
+    outputs: Arc<Outputs>,
+    closed: std::sync::mpsc::Sender<ClosedRoom>,
+}
+
+#[derive(Default)]
+struct Outputs {
+    media: OnceLock<MediaHandle>,
+    webhooks: OnceLock<Webhooks>,
+}
+
+/// A room that closed: its name and sid.
+struct ClosedRoom {
+    name: String,
+    sid: String,
 }
 
 impl SpeechPlane {
-    /// Subtitles go to the rooms through `media` from now on.
-    pub fn attach(&self, media: MediaHandle) {
-        let _ = self.media.set(media);
+    /// Subtitles go to the rooms through `media`, announcements through `webhooks`, from now on.
+    pub fn attach(&self, media: MediaHandle, webhooks: Webhooks) {
+        let _ = self.outputs.media.set(media);
+        let _ = self.outputs.webhooks.set(webhooks);
+    }
+
+    /// What the webhooks tell the speech plane: rooms closing.
+    pub fn observer(&self) -> crate::webhook::Observer {
+        let closed = std::sync::Mutex::new(self.closed.clone());
+        Arc::new(move |event: &proto::WebhookEvent| {
+            if event.event == "room_finished"
+                && let Some(room) = &event.room
+            {
+                let _ = closed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .send(ClosedRoom {
+                        name: room.name.clone(),
+                        sid: room.sid.clone(),
+                    });
+            }
+        })
     }
 }
 
@@ -116,13 +153,21 @@ pub fn start(
         "speech plane"
     );
     let (tx, rx) = sync_channel(QUEUE);
-    let media = Arc::new(OnceLock::new());
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    let outputs = Arc::new(Outputs::default());
+    let llm = (!config.summary_llm_url.is_empty()).then(|| Llm {
+        url: config.summary_llm_url.clone(),
+        model: config.summary_llm_model.clone(),
+        api_key: config.summary_llm_api_key.clone(),
+        timeout: Duration::from_secs(config.summary_llm_timeout_s.max(1)),
+    });
     let mut plane = Plane {
         vad,
         whisper,
         tracks: HashMap::new(),
         metrics: metrics.clone(),
-        media: media.clone(),
+        outputs: outputs.clone(),
+        llm,
         live: LiveConfig {
             interval: (config.interval_ms as usize * 16).max(1_600),
             languages: config.languages.clone(),
@@ -138,17 +183,19 @@ pub fn start(
             {
                 tracing::warn!("cannot pin speech-0 to CPUs {cpus:?}: {e}");
             }
-            plane.run(rx);
+            plane.run(rx, closed_rx);
         })?;
     Ok(SpeechPlane {
         tap: SpeechTap { tx, metrics },
-        media,
+        outputs,
+        closed: closed_tx,
     })
 }
 
 /// One published microphone, as the speech plane follows it.
 struct TrackState {
     room: String,
+    room_sid: String,
     identity: String,
     name: String,
     decoder: OpusDecoder,
@@ -166,7 +213,8 @@ struct Plane {
     whisper: Whisper,
     tracks: HashMap<String, TrackState>,
     metrics: Arc<Metrics>,
-    media: Arc<OnceLock<MediaHandle>>,
+    outputs: Arc<Outputs>,
+    llm: Option<Llm>,
     live: LiveConfig,
     transcripts: PathBuf,
 }
@@ -178,9 +226,12 @@ fn unix_ms() -> u64 {
 }
 
 impl Plane {
-    fn run(&mut self, rx: Receiver<AudioFrame>) {
+    fn run(&mut self, rx: Receiver<AudioFrame>, closed: Receiver<ClosedRoom>) {
         let mut last_sweep = Instant::now();
         loop {
+            while let Ok(room) = closed.try_recv() {
+                self.room_closed(room);
+            }
             // Wait briefly for audio, then take everything queued before decoding.
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(frame) => self.frame(frame),
@@ -210,6 +261,7 @@ impl Plane {
             std::collections::hash_map::Entry::Vacant(e) => match OpusDecoder::new() {
                 Ok(decoder) => e.insert(TrackState {
                     room: frame.room.clone(),
+                    room_sid: frame.room_sid.clone(),
                     identity: frame.identity.clone(),
                     name: frame.name.clone(),
                     decoder,
@@ -261,6 +313,56 @@ impl Plane {
         if let Err(e) = track.live.push(&mut self.vad, &track.pcm) {
             self.metrics.speech_decode_errors.fetch_add(1, Relaxed);
             tracing::warn!("speech: VAD failed: {e}");
+        }
+    }
+
+    /// The room closed: its utterances are finished and transcribed now, then its summary is
+    /// written and announced on a thread of its own (a chat model may take a while).
+    fn room_closed(&mut self, room: ClosedRoom) {
+        let mine = |t: &TrackState| t.room_sid == room.sid;
+        for t in self.tracks.values_mut().filter(|t| mine(t)) {
+            t.live.flush();
+        }
+        // Every job of this room's tracks; others' run too, so this ends. Bounded anyway.
+        for _ in 0..256 {
+            if !self
+                .tracks
+                .values()
+                .any(|t| mine(t) && t.live.next_job().is_some())
+            {
+                break;
+            }
+            self.decode_batch();
+        }
+        self.tracks.retain(|_, t| !mine(t));
+        if !transcripts::valid_sid(&room.sid) {
+            return;
+        }
+        let dir = self.transcripts.clone();
+        let llm = self.llm.clone();
+        let outputs = self.outputs.clone();
+        let spawned = std::thread::Builder::new()
+            .name("summary".into())
+            .spawn(move || match transcripts::write_summary(&dir, &room.sid, llm.as_ref()) {
+                Ok(Some(summary)) => {
+                    tracing::info!(room = %room.name, sid = %room.sid, source = %summary.source, "meeting summary written");
+                    if let Some(webhooks) = outputs.webhooks.get() {
+                        webhooks.send(proto::WebhookEvent {
+                            event: "transcript_ready".into(),
+                            room: Some(proto::Room {
+                                name: room.name.clone(),
+                                sid: room.sid.clone(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        });
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(room = %room.name, sid = %room.sid, "cannot write the meeting summary: {e:#}"),
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the summary thread: {e}");
         }
     }
 
@@ -329,7 +431,7 @@ impl Plane {
             if let Some(text) = t.live.complete(&self.whisper, &job, d) {
                 publish(
                     &self.metrics,
-                    &self.media,
+                    &self.outputs,
                     &self.transcripts,
                     &sid,
                     t,
@@ -353,7 +455,7 @@ fn empty_decoded() -> parloir_speech::Decoded {
 /// Sends `text` to the room and, when final, appends it to the transcript.
 fn publish(
     metrics: &Metrics,
-    media: &OnceLock<MediaHandle>,
+    outputs: &Outputs,
     transcripts: &Path,
     track_sid: &str,
     t: &TrackState,
@@ -375,18 +477,19 @@ fn publish(
             "transcript"
         );
         if !text.text.is_empty() {
-            let line = TranscriptLine {
-                room: &t.room,
-                identity: &t.identity,
-                name: &t.name,
-                track: track_sid,
-                segment: &segment_id,
+            let line = Segment {
+                room: t.room.clone(),
+                room_sid: t.room_sid.clone(),
+                identity: t.identity.clone(),
+                name: t.name.clone(),
+                track: track_sid.to_string(),
+                segment: segment_id.clone(),
                 start_ms: t.origin_ms + ms(text.start),
                 end_ms: t.origin_ms + ms(text.end),
-                language: &text.language,
-                text: &text.text,
+                language: text.language.clone(),
+                text: text.text.clone(),
             };
-            if let Err(e) = line.append(transcripts) {
+            if let Err(e) = append(transcripts, &line) {
                 metrics.speech_transcript_errors.fetch_add(1, Relaxed);
                 tracing::error!(room = %t.room, "speech: cannot write the transcript: {e}");
             }
@@ -394,7 +497,7 @@ fn publish(
     } else {
         metrics.speech_interims.fetch_add(1, Relaxed);
     }
-    let Some(media) = media.get() else {
+    let Some(media) = outputs.media.get() else {
         return;
     };
     let call = ServiceCall::Subtitle(Subtitle {
@@ -415,37 +518,26 @@ fn publish(
     });
 }
 
-/// One final segment of a room's transcript.
-#[derive(serde::Serialize)]
-pub struct TranscriptLine<'a> {
-    pub room: &'a str,
-    pub identity: &'a str,
-    pub name: &'a str,
-    pub track: &'a str,
-    pub segment: &'a str,
-    /// Unix milliseconds.
-    pub start_ms: u64,
-    pub end_ms: u64,
-    pub language: &'a str,
-    pub text: &'a str,
+/// Appends one line to the meeting's transcript, `<room sid>.jsonl` (a room without a usable
+/// sid, which the SFU never makes, goes by its percent-encoded name).
+fn append(dir: &Path, line: &Segment) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    let path = if transcripts::valid_sid(&line.room_sid) {
+        transcripts::transcript_path(dir, &line.room_sid)
+    } else {
+        dir.join(transcript_file(&line.room))
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    // One write per line: a crash leaves whole lines.
+    f.write_all(&bytes)
 }
 
-impl TranscriptLine<'_> {
-    fn append(&self, dir: &Path) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        let path = dir.join(transcript_file(self.room));
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        // One write per line: a crash leaves whole lines.
-        f.write_all(&line)
-    }
-}
-
-/// The transcript file of `room`: its name with anything but letters, digits, `-`, `_` and
-/// `.` percent-encoded, so no room name can leave the directory.
+/// A file name for `room`: anything but letters, digits, `-`, `_` and `.` percent-encoded, so
+/// no room name can leave the directory.
 pub fn transcript_file(room: &str) -> String {
     let mut name = String::with_capacity(room.len() + 6);
     for b in room.bytes() {

@@ -29,6 +29,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the JWT of a delivery is valid (LiveKit: 5 minutes).
 const TOKEN_VALIDITY_S: i64 = 300;
 
+/// Sees every event before it is queued; must not block.
+pub type Observer = Arc<dyn Fn(&proto::WebhookEvent) + Send + Sync>;
+
 /// Hands events to the per-URL senders without ever waiting.
 #[derive(Clone)]
 pub struct Webhooks {
@@ -37,6 +40,8 @@ pub struct Webhooks {
     next_id: Arc<AtomicU64>,
     /// Deliveries queued or in progress, over all URLs.
     pending: Arc<AtomicU64>,
+    /// Told of every event first (the speech plane learns that rooms closed); never blocks.
+    observer: Option<Observer>,
 }
 
 impl Webhooks {
@@ -66,7 +71,14 @@ impl Webhooks {
             metrics,
             next_id: Arc::new(AtomicU64::new(1)),
             pending,
+            observer: None,
         }
+    }
+
+    /// Calls `f` with every event, before it is queued (and even with no URL configured).
+    pub fn with_observer(mut self, f: Observer) -> Self {
+        self.observer = Some(f);
+        self
     }
 
     /// Waits until every queued event has been delivered or given up, at most `limit`.
@@ -79,6 +91,9 @@ impl Webhooks {
 
     /// Queues an event for every URL; a full queue drops it for that URL.
     pub fn send(&self, mut event: proto::WebhookEvent) {
+        if let Some(observe) = &self.observer {
+            observe(&event);
+        }
         if self.queues.is_empty() {
             return;
         }
