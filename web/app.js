@@ -4,7 +4,8 @@
 // (or initial) and a larger tile per screen share; chat rides lk.chat text streams, reactions
 // reliable data packets on topic "reactions", raised hands the participant attribute
 // "handRaisedAt". Subtitles from the speech plane arrive as lk.transcription text streams sent as
-// the speaker; each viewer switches them on or off. A host (token with roomAdmin) drives
+// the speaker; each viewer switches them on or off, a host for the whole meeting (room metadata
+// "parloir.subtitles"). A host (token with roomAdmin) drives
 // RoomService over Twirp with its own token.
 // Tests find things by their data-testid attributes (tests/e2e/meeting.test.mjs).
 'use strict';
@@ -27,7 +28,8 @@
       leave: 'Leave', micOn: 'Mute', micOff: 'Unmute', camOn: 'Stop camera', camOff: 'Start camera',
       screenOn: 'Stop sharing', screenOff: 'Share screen', handUp: 'Lower hand', handDown: 'Raise hand',
       chat: 'Chat', participants: 'Participants', message: 'Message', send: 'Send', dismiss: 'Dismiss',
-      subtitles: 'Subtitles',
+      subtitles: 'Subtitles', subtitlesOn: 'Subtitles on for everyone',
+      subtitlesOff: 'Subtitles off for everyone',
       enableAudio: 'Enable audio', you: 'you', controls: 'Meeting controls', reactions: 'Reactions',
       react: (e) => `React with ${e}`, screenOf: (n) => `${n}'s screen`,
       micState: { on: 'microphone on', muted: 'microphone muted', none: 'no microphone' },
@@ -48,7 +50,8 @@
       camOn: 'Couper la caméra', camOff: 'Activer la caméra', screenOn: 'Arrêter le partage',
       screenOff: 'Partager l’écran', handUp: 'Baisser la main', handDown: 'Lever la main',
       chat: 'Discussion', participants: 'Participants', message: 'Message', send: 'Envoyer',
-      subtitles: 'Sous-titres',
+      subtitles: 'Sous-titres', subtitlesOn: 'Sous-titres pour tous',
+      subtitlesOff: 'Pas de sous-titres pour tous',
       dismiss: 'Fermer', enableAudio: 'Activer le son', you: 'vous', controls: 'Commandes de la réunion',
       reactions: 'Réactions', react: (e) => `Réagir avec ${e}`, screenOf: (n) => `Écran de ${n}`,
       micState: { on: 'micro activé', muted: 'micro coupé', none: 'pas de micro' },
@@ -545,6 +548,22 @@
     allOrReport(people()
       .filter((p) => handOf(p) !== null)
       .map((p) => () => twirp('UpdateParticipant', { identity: p.identity, attributes: { [HAND]: '' } })))));
+
+  // Subtitles for the whole meeting: the room metadata key the server reads
+  // (speech.rooms), merged into whatever JSON object the metadata already holds.
+  function setRoomSubtitles(on) {
+    let meta = {};
+    try {
+      const parsed = JSON.parse(room.metadata || '{}');
+      if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) meta = parsed;
+    } catch {
+      // not JSON: replaced
+    }
+    meta['parloir.subtitles'] = on;
+    return twirp('UpdateRoomMetadata', { metadata: JSON.stringify(meta) });
+  }
+  $('#subtitles-on').addEventListener('click', (ev) => hostAction(ev.currentTarget, () => setRoomSubtitles(true)));
+  $('#subtitles-off').addEventListener('click', (ev) => hostAction(ev.currentTarget, () => setRoomSubtitles(false)));
 
   function showError(msg) {
     meetingErrorEl.querySelector('span').textContent = msg;

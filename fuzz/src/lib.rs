@@ -39,6 +39,8 @@ pub fn new_sfu(now: Instant) -> Sfu {
         node_id: "ND_fuzz".into(),
         ping_interval_s: 5,
         ping_timeout_s: 15,
+        loudest_audio: 3,
+        speech_all_rooms: true,
     };
     Sfu::new(config, now)
 }

@@ -384,7 +384,7 @@ describe('meeting page: host controls', () => {
 
   after(() => m.close());
 
-  step(m, 'the host mutes one, mutes everyone, lowers all hands and removes one', async (t) => {
+  step(m, 'the host mutes one, mutes everyone, lowers all hands, turns subtitles off and on and removes one', async (t) => {
     if (!adminSource) {
       t.skip('/api/dev-token?admin=1 does not give a roomAdmin token on this server yet (set PARLOIR_E2E_MINT_ADMIN=1 to test the page with tokens minted by the test)');
       return;
@@ -438,6 +438,23 @@ describe('meeting page: host controls', () => {
       }
       return (await attr(ana.$('toggle-hand'), 'data-state')) === 'down';
     });
+
+    // Subtitles off, then on, for the whole meeting: the room metadata the server reads.
+    const roomMetadata = async () => {
+      const res = await fetch(`${server.base}/twirp/livekit.RoomService/ListRooms`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${mintAdminToken(room, 'probe', 'probe')}` },
+        body: JSON.stringify({ names: [room] }),
+      });
+      const { rooms } = await res.json();
+      return JSON.parse(rooms?.[0]?.metadata || '{}');
+    };
+    await host.$('host-subtitles-off').click();
+    await waitFor('the room metadata says no subtitles', async () =>
+      (await roomMetadata())['parloir.subtitles'] === false);
+    await host.$('host-subtitles-on').click();
+    await waitFor('the room metadata says subtitles', async () =>
+      (await roomMetadata())['parloir.subtitles'] === true);
 
     // A Twirp error is shown on the page.
     await host.page.route('**/twirp/livekit.RoomService/RemoveParticipant', (route) =>

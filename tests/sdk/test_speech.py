@@ -4,7 +4,8 @@ publishes a French then an English passage spoken by espeak-ng (real Opus, encod
 WebRTC stack) to `parloir serve --speech`; the server decodes, finds the utterances with Silero
 VAD and transcribes them with Whisper. A second participant receives the subtitles both ways
 livekit clients read them (text streams on `lk.transcription`, and Transcription packets), and
-the room's transcript file holds the final segments with Alice's real name.
+the room's transcript file holds the final segments with Alice's real name. Then a room's shared
+microphone, where a man and a woman take turns: the transcript numbers their voices.
 
 Run:  PARLOIR_BIN=target/release/parloir tests/sdk/.venv/bin/python tests/sdk/test_speech.py
 """
@@ -238,6 +239,52 @@ async def scenario(server: Server, transcripts: str, sink: WebhookSink) -> None:
                 await asyncio.wait_for(room.disconnect(), 10)
 
 
+async def shared_microphone(server: Server, transcripts: str) -> None:
+    """A meeting room's microphone: a man and a woman take turns at it. The transcript numbers
+    their voices, and the exports name them "Room 3, voice N"."""
+    room_name = f"shared-{uuid.uuid4().hex[:8]}"
+    silence = lambda s: np.zeros(int(s * SAMPLE_RATE), dtype=np.int16)  # noqa: E731
+    turns = [("en", "Good morning everyone, the meeting starts now."),
+             ("en+f2", "Thank you. I have read the report and I agree with it."),
+             ("en", "Then we will send it to the board on Friday.")]
+    parts = [silence(1.0)]
+    for voice, text in turns:
+        parts += [spoken(text, voice), silence(1.2)]
+    speech = np.concatenate(parts + [silence(1.0)])
+    room = rtc.Room()
+    source = rtc.AudioSource(SAMPLE_RATE, 1)
+    try:
+        await bounded(room.connect(server.url, token("room-3", "Room 3", room_name)), "room 3 to connect")
+        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+        await bounded(room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)), "publish")
+        for i in range(0, len(speech) - FRAME + 1, FRAME):
+            await source.capture_frame(rtc.AudioFrame(speech[i:i + FRAME].tobytes(), SAMPLE_RATE, 1, FRAME))
+        lines = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and len(lines) < 3:
+            await asyncio.sleep(0.3)
+            for name in os.listdir(transcripts):
+                if name.endswith(".jsonl"):
+                    with open(os.path.join(transcripts, name)) as f:
+                        these = [json.loads(l) for l in f]
+                    if these and these[0]["room"] == room_name:
+                        lines = these
+        R.check("a shared microphone: the woman's turn is voice 2, the man's voice 1",
+                [l.get("voice") for l in lines] == [1, 2, 1],
+                json.dumps([(l.get("voice"), l["text"]) for l in lines]))
+        if lines:
+            sid = lines[0]["room_sid"]
+            status, vtt = get(server, f"/api/transcripts/{sid}/transcript.vtt", admin_token(room_name))
+            R.check("the WebVTT export names them Room 3, voice 1 and voice 2",
+                    status == 200 and "<v Room 3, voice 2>Thank you" in vtt
+                    and vtt.count("<v Room 3, voice 1>") == 2, vtt[:400])
+    finally:
+        await source.aclose()
+        if room.isconnected():
+            await asyncio.wait_for(room.disconnect(), 10)
+
+
 def main() -> int:
     binary = os.environ.get("PARLOIR_BIN")
     if not binary:
@@ -253,6 +300,7 @@ def main() -> int:
     try:
         server.start()
         asyncio.run(scenario(server, transcripts, sink))
+        asyncio.run(shared_microphone(server, transcripts))
     except Exception as e:  # reported as a failure, with the server log below
         R.check("scenario ran to the end", False, f"{type(e).__name__}: {e}")
     finally:

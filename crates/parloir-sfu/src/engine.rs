@@ -47,6 +47,22 @@ pub struct SfuConfig {
     /// unless it is among the N. 0 forwards everyone's audio. Audio without the RFC 6464
     /// level extension is always forwarded.
     pub loudest_audio: usize,
+    /// Whether rooms give their microphones to the speech plane (when there is an
+    /// [`AudioTap`]) unless their metadata says otherwise: a room whose metadata is a JSON
+    /// object with [`SUBTITLES_KEY`] true or false decides for itself (set at CreateRoom or by
+    /// UpdateRoomMetadata, e.g. by a room administrator from the meeting page).
+    pub speech_all_rooms: bool,
+}
+
+/// The room metadata key (a JSON boolean) that turns the speech plane on or off for a room.
+pub const SUBTITLES_KEY: &str = "parloir.subtitles";
+
+/// Whether a room with `metadata` gives its audio to the speech plane.
+pub(crate) fn speech_wanted(metadata: &str, default: bool) -> bool {
+    serde_json::from_str::<serde_json::Value>(metadata)
+        .ok()
+        .and_then(|v| v.get(SUBTITLES_KEY)?.as_bool())
+        .unwrap_or(default)
 }
 
 /// How a participant's media is carried.
@@ -310,6 +326,8 @@ struct Room {
     /// after `departure_timeout` (someone left) or `empty_timeout` (nobody came).
     empty_since: Option<Instant>,
     ever_joined: bool,
+    /// Whether its microphones go to the speech plane (see [`SfuConfig::speech_all_rooms`]).
+    speech: bool,
 }
 
 struct Participant {
@@ -1925,14 +1943,11 @@ impl Sfu {
             && let Some(tap) = self.audio_tap.as_mut()
             && data.params.spec().codec == str0m::format::Codec::Opus
             && let Some(p) = self.participants.get(&track.publisher)
+            && let Some(room) = self.rooms.get(&p.room).filter(|r| r.speech)
         {
             tap.frame(AudioFrame {
                 room: p.room.clone(),
-                room_sid: self
-                    .rooms
-                    .get(&p.room)
-                    .map(|r| r.info.sid.clone())
-                    .unwrap_or_default(),
+                room_sid: room.info.sid.clone(),
                 participant_sid: p.info.sid.clone(),
                 identity: p.info.identity.clone(),
                 name: p.info.name.clone(),
@@ -2250,6 +2265,7 @@ impl Sfu {
             counts_changed: false,
             empty_since: Some(now),
             ever_joined: false,
+            speech: self.config.speech_all_rooms,
         };
         self.webhook("room_started", Some(room.info.clone()), None, None);
         room

@@ -1034,3 +1034,55 @@ fn subtitles_reach_everyone_as_text_streams_and_transcription_packets() {
         Some((200, Err(ServiceError::NotFound(_))))
     ));
 }
+
+/// Counts the frames the speech plane would get, per room.
+#[derive(Clone, Default)]
+struct CountingTap(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+impl parloir_sfu::AudioTap for CountingTap {
+    fn frame(&mut self, frame: parloir_sfu::AudioFrame) {
+        assert!(frame.room_sid.starts_with("RM_"));
+        *self.0.lock().unwrap().entry(frame.room).or_default() += 1;
+    }
+}
+
+#[test]
+fn room_metadata_turns_the_speech_plane_off_and_on() {
+    let mut sim = Sim::new(22, 0.0);
+    let tap = CountingTap::default();
+    sim.sfu.set_audio_tap(Box::new(tap.clone()));
+    let count = || tap.0.lock().unwrap().get("sim").copied().unwrap_or(0);
+    sim.join("alice");
+    sim.publish(0);
+    sim.run_for(Duration::from_secs(2));
+    let on = count();
+    assert!(on > 20, "rooms give their audio by default: {on} frames");
+
+    let metadata = |id: u64, value: &str| Command::Service {
+        id,
+        call: Box::new(ServiceCall::UpdateRoomMetadata(
+            proto::UpdateRoomMetadataRequest {
+                room: "sim".into(),
+                metadata: value.into(),
+            },
+        )),
+        unix_ms: 0,
+    };
+    sim.commands
+        .push(metadata(1, r#"{"theme":"dark","parloir.subtitles":false}"#));
+    sim.run_for(Duration::from_millis(100));
+    let at_off = count();
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(count(), at_off, "no audio once the metadata says false");
+    // Metadata that is not JSON, or without the key, leaves the server's default.
+    sim.commands.push(metadata(2, "plain text"));
+    sim.run_for(Duration::from_secs(1));
+    assert!(count() > at_off + 20, "back to the default");
+    sim.commands
+        .push(metadata(3, r#"{"parloir.subtitles":true}"#));
+    sim.run_for(Duration::from_millis(100));
+    let before = count();
+    sim.run_for(Duration::from_secs(1));
+    assert!(count() > before + 20);
+    assert!(sim.replies.iter().all(|(_, r)| r.is_ok()));
+}

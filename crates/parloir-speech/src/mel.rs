@@ -120,19 +120,26 @@ fn mel_to_hz(m: f64) -> f64 {
 /// Triangular filters with Slaney area normalisation (librosa `mel(sr=16000, n_fft=400,
 /// n_mels=80)`, which Whisper's filter bank is).
 fn slaney_filters() -> Vec<f32> {
+    slaney(N_MELS, N_FFT)
+}
+
+/// librosa's default mel filter bank at 16 kHz (Slaney scale and area normalisation):
+/// `n_mels` rows of `n_fft / 2 + 1` weights.
+pub(crate) fn slaney(n_mels: usize, n_fft: usize) -> Vec<f32> {
+    let bins = n_fft / 2 + 1;
     let top = hz_to_mel(RATE / 2.0);
-    let edges: Vec<f64> = (0..N_MELS + 2)
-        .map(|i| mel_to_hz(top * i as f64 / (N_MELS + 1) as f64))
+    let edges: Vec<f64> = (0..n_mels + 2)
+        .map(|i| mel_to_hz(top * i as f64 / (n_mels + 1) as f64))
         .collect();
-    let mut out = vec![0f32; N_MELS * BINS];
-    for m in 0..N_MELS {
+    let mut out = vec![0f32; n_mels * bins];
+    for m in 0..n_mels {
         let (lo, mid, hi) = (edges[m], edges[m + 1], edges[m + 2]);
         let norm = 2.0 / (hi - lo);
-        for k in 0..BINS {
-            let f = RATE / 2.0 * k as f64 / (BINS - 1) as f64;
+        for k in 0..bins {
+            let f = RATE / 2.0 * k as f64 / (bins - 1) as f64;
             let up = (f - lo) / (mid - lo);
             let down = (hi - f) / (hi - mid);
-            out[m * BINS + k] = (up.min(down).max(0.0) * norm) as f32;
+            out[m * bins + k] = (up.min(down).max(0.0) * norm) as f32;
         }
     }
     out

@@ -23,6 +23,33 @@ pub struct Segment {
     pub end_ms: u64,
     pub language: String,
     pub text: String,
+    /// Which voice of the track said it (from 1), when voices were told apart; 0 when not.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub voice: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// Each segment's speaker as the exports name them: the display name, and, on a track where
+/// several voices were heard (a shared room microphone), "name, voice N".
+pub fn speaker_labels(segments: &[Segment]) -> Vec<String> {
+    let shared: std::collections::HashSet<&str> = segments
+        .iter()
+        .filter(|s| s.voice > 1)
+        .map(|s| s.track.as_str())
+        .collect();
+    segments
+        .iter()
+        .map(|s| {
+            if s.voice > 0 && shared.contains(s.track.as_str()) {
+                format!("{}, voice {}", s.speaker(), s.voice)
+            } else {
+                s.speaker().to_string()
+            }
+        })
+        .collect()
 }
 
 impl Segment {
@@ -70,6 +97,7 @@ fn escape_vtt(text: &str) -> String {
 /// WebVTT, times from the first segment's start, each cue with its speaker as a voice span.
 pub fn to_webvtt(segments: &[Segment]) -> String {
     let origin = segments.iter().map(|s| s.start_ms).min().unwrap_or(0);
+    let labels = speaker_labels(segments);
     let mut out = String::from("WEBVTT\n");
     for (i, s) in segments.iter().enumerate() {
         let end = s.end_ms.max(s.start_ms + 1);
@@ -78,7 +106,7 @@ pub fn to_webvtt(segments: &[Segment]) -> String {
             i + 1,
             clock(s.start_ms - origin),
             clock(end - origin),
-            escape_vtt(s.speaker()),
+            escape_vtt(&labels[i]),
             escape_vtt(s.text.trim())
         ));
     }
@@ -109,9 +137,10 @@ pub fn to_markdown(segments: &[Segment]) -> String {
         if fr { "Transcription" } else { "Transcript" },
         room
     );
+    let labels = speaker_labels(segments);
     let mut last: Option<&str> = None;
-    for s in segments {
-        let who = s.speaker();
+    for (s, who) in segments.iter().zip(&labels) {
+        let who = who.as_str();
         if last != Some(who) {
             out.push_str(&format!(
                 "**{}** ({})\n",
@@ -298,10 +327,12 @@ fn content_words(sentence: &str) -> Vec<String> {
 
 /// The extractive summary of a transcript.
 pub fn extractive(segments: &[Segment]) -> Summary {
+    let labels = speaker_labels(segments);
     let mut talk: HashMap<(&str, &str), u64> = HashMap::new();
-    for s in segments {
-        *talk.entry((s.speaker(), s.identity.as_str())).or_default() +=
-            s.end_ms.saturating_sub(s.start_ms);
+    for (s, label) in segments.iter().zip(&labels) {
+        *talk
+            .entry((label.as_str(), s.identity.as_str()))
+            .or_default() += s.end_ms.saturating_sub(s.start_ms);
     }
     let total: u64 = talk.values().sum();
     let mut talk_time: Vec<TalkTime> = talk
@@ -321,9 +352,10 @@ pub fn extractive(segments: &[Segment]) -> Summary {
 
     let all: Vec<Point> = segments
         .iter()
-        .flat_map(|s| {
+        .zip(&labels)
+        .flat_map(|(s, label)| {
             sentences(&s.text).into_iter().map(|text| Point {
-                name: s.speaker().to_string(),
+                name: label.clone(),
                 at_ms: s.start_ms,
                 text,
             })
@@ -441,8 +473,8 @@ impl Summary {
 pub fn llm_messages(segments: &[Segment]) -> serde_json::Value {
     let fr = french(segments);
     let mut transcript = String::new();
-    for s in segments {
-        transcript.push_str(&format!("{}: {}\n", s.speaker(), s.text.trim()));
+    for (s, label) in segments.iter().zip(speaker_labels(segments)) {
+        transcript.push_str(&format!("{label}: {}\n", s.text.trim()));
     }
     let instruction = if fr {
         "Tu rédiges le compte rendu d'une réunion à partir de sa transcription. Écris en français, \
@@ -475,6 +507,7 @@ mod tests {
             end_ms: 1_000_000 + end_s * 1000,
             language: lang.into(),
             text: text.into(),
+            voice: 0,
         }
     }
 
@@ -548,6 +581,34 @@ mod tests {
         );
         // Cue words match at word starts only: "must" is not in "mustard".
         assert!(!has_cue("Pass the mustard.", ACTION_CUES));
+    }
+
+    #[test]
+    fn voices_of_a_shared_microphone_are_named() {
+        let mut segs = meeting();
+        for s in &mut segs {
+            s.name = "Room 3".into();
+            s.identity = "room-3".into();
+        }
+        // One voice only: just the name.
+        segs[0].voice = 1;
+        assert_eq!(speaker_labels(&segs)[0], "Room 3");
+        segs[1].voice = 2;
+        segs[2].voice = 1;
+        assert_eq!(
+            speaker_labels(&segs),
+            ["Room 3, voice 1", "Room 3, voice 2", "Room 3, voice 1"]
+        );
+        assert!(to_webvtt(&segs).contains("<v Room 3, voice 2>The budget"));
+        let s = extractive(&segs);
+        assert_eq!(s.talk_time.len(), 2);
+        assert_eq!(s.talk_time[0].name, "Room 3, voice 1");
+        // Written without the field when no voices were told apart, read back with it.
+        let line = serde_json::to_string(&meeting()[0]).unwrap();
+        assert!(!line.contains("voice"));
+        let back: Segment =
+            serde_json::from_str(&serde_json::to_string(&segs[1]).unwrap()).unwrap();
+        assert_eq!(back.voice, 2);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 
 use crate::mel::{HOP, LogMel, N_MELS};
-use crate::{Models, Runtime, SpeechError};
+use crate::{Models, Provider, Runtime, SpeechError};
 
 /// Longest audio one call decodes (the encoder's 1500 positions are 30 s; one is kept for the
 /// padding).
@@ -126,10 +126,18 @@ impl Whisper {
         files: &WhisperFiles,
         threads: usize,
     ) -> Result<Self, SpeechError> {
+        Self::with_providers(runtime, files, threads, &[Provider::Cpu])
+    }
+
+    /// Loads the graphs on `providers` (from [`crate::provider::choose`]), in order.
+    pub fn with_providers(
+        runtime: &Runtime,
+        files: &WhisperFiles,
+        threads: usize,
+        providers: &[Provider],
+    ) -> Result<Self, SpeechError> {
         let session = |path: &Path| -> Result<Session, SpeechError> {
-            Session::builder(runtime.environment())?
-                .with_intra_threads(threads.max(1))
-                .map_err(|e| model_err(path, e))?
+            crate::provider::builder(runtime, threads, providers)?
                 .commit_from_file(path)
                 .map_err(|e| model_err(path, e))
         };

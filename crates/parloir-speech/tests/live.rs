@@ -22,7 +22,10 @@ fn models() -> (Vad, Whisper) {
 }
 
 fn spoken(voice: &str, text: &str) -> Vec<f32> {
-    let wav = std::env::temp_dir().join(format!("parloir-live-{voice}-{}.wav", std::process::id()));
+    // Tests run in parallel: one file per call.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let wav = std::env::temp_dir().join(format!("parloir-live-{}-{n}.wav", std::process::id()));
     let status = Command::new("espeak-ng")
         .args(["-v", voice, "-w"])
         .arg(&wav)
@@ -199,4 +202,37 @@ fn a_long_monologue_is_cut_into_utterances_whisper_takes() {
     ] {
         assert!(all.contains(key), "{key:?} is missing from {all:?}");
     }
+}
+
+#[test]
+fn the_profile_providers_this_runtime_lacks_are_left_out_for_the_cpu() {
+    use parloir_speech::Provider;
+    let root = root();
+    let runtime = load(parloir_speech::find_library_in(&root.join("models")).as_deref()).unwrap();
+    let wanted = [Provider::TensorRt, Provider::Cuda, Provider::Cpu];
+    let (chosen, skipped) = parloir_speech::provider::choose(&runtime, &wanted);
+    assert_eq!(chosen.last(), Some(&Provider::Cpu), "the CPU stands behind");
+    for p in [Provider::TensorRt, Provider::Cuda] {
+        let has = runtime.providers.iter().any(|n| n == p.ort_name());
+        assert_eq!(chosen.contains(&p), has, "{p}: {:?}", runtime.providers);
+        assert_eq!(
+            skipped.iter().any(|w| w.starts_with(&format!("{p}:"))),
+            !has,
+            "{skipped:?}"
+        );
+    }
+    // Whisper on what was chosen transcribes.
+    let models = Models::open(&root.join("models")).unwrap();
+    let files = WhisperFiles::base(&models).unwrap();
+    let mut whisper = Whisper::with_providers(&runtime, &files, 2, &chosen).unwrap();
+    let en = vec!["en".to_string()];
+    let audio = spoken("en", "Good morning everyone.");
+    let d = whisper
+        .transcribe(parloir_speech::whisper::Request {
+            audio: &audio,
+            languages: &en,
+            prefix: &[],
+        })
+        .unwrap();
+    assert_eq!(d.text, "Good morning everyone.");
 }

@@ -29,8 +29,12 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpeechConfig {
-    /// Transcribe every published microphone: live subtitles to the room, transcripts on disk.
+    /// Transcribe published microphones: live subtitles to the room, transcripts on disk.
     pub enabled: bool,
+    /// "all": every room, unless its metadata (a JSON object) has `"parloir.subtitles": false`;
+    /// "opt-in": only rooms whose metadata has `"parloir.subtitles": true` (set by the back
+    /// end at CreateRoom, or by a room administrator with UpdateRoomMetadata or from the page).
+    pub rooms: String,
     /// models/: manifest.toml and the .venv the setup installs the model packages into.
     pub models_dir: PathBuf,
     /// Languages spoken in meetings ("en", "fr", …): one fixes it, several are detected among
@@ -56,6 +60,7 @@ impl Default for SpeechConfig {
     fn default() -> Self {
         Self {
             enabled: false,
+            rooms: "all".to_string(),
             models_dir: PathBuf::from("models"),
             languages: Vec::new(),
             threads: 0,
@@ -217,6 +222,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "webhook.api_key {:?} is not one of [keys]",
                 self.webhook.api_key
+            )));
+        }
+        if self.speech.rooms != "all" && self.speech.rooms != "opt-in" {
+            return Err(ConfigError::Invalid(format!(
+                "speech.rooms {:?}: \"all\" or \"opt-in\"",
+                self.speech.rooms
             )));
         }
         if !self.speech.summary_llm_url.is_empty()

@@ -436,7 +436,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
         } else {
             Vec::new()
         };
-        match speech::start(&config.speech, metrics.clone(), cpus) {
+        match speech::start(
+            &config.speech,
+            metrics.clone(),
+            cpus,
+            &profile.speech.providers,
+        ) {
             Ok(plane) => Some(plane),
             Err(e) => {
                 tracing::error!(
@@ -476,6 +481,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             ping_interval_s: 5,
             ping_timeout_s: 15,
             loudest_audio: config.rtc.loudest_audio,
+            speech_all_rooms: config.speech.rooms == "all",
         };
         let tcp = match (config.tcp_bind(), config.tcp_candidates().first()) {
             (Some(bind), Some(&advertised)) => {

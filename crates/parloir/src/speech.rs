@@ -20,9 +20,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use parloir_sfu::{AudioFrame, AudioTap, Command, ServiceCall, Subtitle, proto};
 use parloir_speech::live::Job;
+use parloir_speech::speaker::{SpeakerEmbedder, Voices};
 use parloir_speech::summary::Segment;
 use parloir_speech::{
-    LiveConfig, LiveText, LiveTrack, Models, OpusDecoder, Vad, Whisper, WhisperFiles,
+    LiveConfig, LiveText, LiveTrack, Models, OpusDecoder, Provider, Vad, Whisper, WhisperFiles,
 };
 
 use crate::config::SpeechConfig;
@@ -116,6 +117,7 @@ pub fn start(
     config: &SpeechConfig,
     metrics: Arc<Metrics>,
     cpus: Vec<usize>,
+    providers: &[String],
 ) -> anyhow::Result<SpeechPlane> {
     let runtime =
         parloir_speech::load(parloir_speech::find_library_in(&config.models_dir).as_deref())
@@ -126,11 +128,41 @@ pub fn start(
         .context("the speech plane needs the VAD model")?;
     let vad = Vad::new(&runtime, &vad_path).context("loading the VAD model")?;
     let files = WhisperFiles::base(&models).context("the speech plane needs Whisper")?;
+    // Without the embedder, voices on one microphone are not told apart; the rest works.
+    let embedder = match models
+        .path("speaker-embedding")
+        .and_then(|p| SpeakerEmbedder::new(&runtime, &p))
+    {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!("speech: voices on one microphone will not be told apart: {e}");
+            None
+        }
+    };
     let threads = match config.threads {
         0 => cpus.len().max(2),
         n => n,
     };
-    let whisper = Whisper::new(&runtime, &files, threads).context("loading Whisper")?;
+    // Whisper on the hardware profile's providers that this runtime has; the VAD (tiny,
+    // 32 ms steps) stays on the CPU.
+    let wanted: Vec<Provider> = providers
+        .iter()
+        .filter_map(|name| {
+            let p = Provider::parse(name);
+            if p.is_none() {
+                tracing::warn!(
+                    "speech: unknown execution provider {name:?} in the hardware profile"
+                );
+            }
+            p
+        })
+        .collect();
+    let (chosen, skipped) = parloir_speech::provider::choose(&runtime, &wanted);
+    for why in &skipped {
+        tracing::info!("speech: {why}");
+    }
+    let whisper =
+        Whisper::with_providers(&runtime, &files, threads, &chosen).context("loading Whisper")?;
     for code in &config.languages {
         anyhow::ensure!(
             whisper.knows_language(code),
@@ -145,7 +177,8 @@ pub fn start(
     })?;
     tracing::info!(
         runtime = %runtime.library.display(),
-        providers = ?runtime.providers,
+        available = ?runtime.providers,
+        providers = ?chosen.iter().map(ToString::to_string).collect::<Vec<_>>(),
         whisper = %files.encoder.parent().unwrap_or(Path::new("")).display(),
         threads,
         languages = ?config.languages,
@@ -164,6 +197,7 @@ pub fn start(
     let mut plane = Plane {
         vad,
         whisper,
+        embedder,
         tracks: HashMap::new(),
         metrics: metrics.clone(),
         outputs: outputs.clone(),
@@ -206,11 +240,15 @@ struct TrackState {
     /// Unix milliseconds of the track's sample 0.
     origin_ms: u64,
     pcm: Vec<f32>,
+    /// The voices heard on this microphone (a shared room microphone has several).
+    voices: Voices,
 }
 
 struct Plane {
     vad: Vad,
     whisper: Whisper,
+    /// Speaker embeddings, to number the voices of one microphone; `None` without the model.
+    embedder: Option<SpeakerEmbedder>,
     tracks: HashMap<String, TrackState>,
     metrics: Arc<Metrics>,
     outputs: Arc<Outputs>,
@@ -270,6 +308,7 @@ impl Plane {
                     next_rtp: None,
                     origin_ms: unix_ms(),
                     pcm: Vec::with_capacity(1024),
+                    voices: Voices::default(),
                 }),
                 Err(e) => {
                     tracing::warn!("speech: {e}");
@@ -428,6 +467,19 @@ impl Plane {
             let Some(t) = self.tracks.get_mut(&sid) else {
                 continue;
             };
+            // Which voice of the microphone said a final: its embedding, before the track
+            // lets go of the audio.
+            let mut voice = 0;
+            if job.is_final
+                && !d.is_silence()
+                && let Some(embedder) = self.embedder.as_mut()
+            {
+                let audio = t.live.request(&job).audio;
+                match embedder.embed(audio) {
+                    Ok(e) => voice = t.voices.assign(&e, audio.len()),
+                    Err(e) => tracing::warn!("speech: speaker embedding failed: {e}"),
+                }
+            }
             if let Some(text) = t.live.complete(&self.whisper, &job, d) {
                 publish(
                     &self.metrics,
@@ -436,6 +488,7 @@ impl Plane {
                     &sid,
                     t,
                     &text,
+                    voice,
                 );
             }
         }
@@ -460,6 +513,7 @@ fn publish(
     track_sid: &str,
     t: &TrackState,
     text: &LiveText,
+    voice: u32,
 ) {
     let ms = |samples: usize| samples as u64 / 16;
     let segment_id = format!("SG_{track_sid}_{}", text.segment);
@@ -473,6 +527,7 @@ fn publish(
             start_s = text.start as f64 / 16_000.0,
             end_s = text.end as f64 / 16_000.0,
             language = %text.language,
+            voice,
             text = %text.text,
             "transcript"
         );
@@ -488,6 +543,7 @@ fn publish(
                 end_ms: t.origin_ms + ms(text.end),
                 language: text.language.clone(),
                 text: text.text.clone(),
+                voice,
             };
             if let Err(e) = append(transcripts, &line) {
                 metrics.speech_transcript_errors.fetch_add(1, Relaxed);

@@ -387,6 +387,7 @@ mod tests {
             end_ms: 4000,
             language: "en".into(),
             text: "We decided to ship on Monday. Paul will send the notes.".into(),
+            voice: 0,
         }]
     }
 

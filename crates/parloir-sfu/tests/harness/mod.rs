@@ -198,6 +198,7 @@ impl Sim {
             ping_interval_s: 5,
             ping_timeout_s: 15,
             loudest_audio: n,
+            speech_all_rooms: true,
         };
         Self {
             now,
