@@ -1,6 +1,7 @@
-//! Whisper-base's real-time factor on CPU (time to transcribe over the audio's duration): one
-//! utterance of about 3, 6 and 12 s on 1 and 2 threads, and a batch of four 6 s utterances (four
-//! people speaking at once, one call). Also the log-mel front end alone.
+//! The speech models' real-time factor on CPU (time to transcribe over the audio's duration):
+//! Whisper-base on one utterance of about 3, 5 and 9 s on 1 and 2 threads, and a batch of four
+//! (four people speaking at once, one call); Moonshine base, the English fallback, on the same
+//! utterances; the log-mel front end alone; a speaker embedding of one utterance.
 //!
 //! `cargo bench -p parloir-speech --bench whisper` (needs deploy/setup.sh's models/ and
 //! espeak-ng). Criterion reports the time per transcription; the RTF is that time over the
@@ -83,5 +84,41 @@ fn main() {
         });
         group.finish();
     }
+    // Moonshine base (English), the fallback: one utterance at a time.
+    let files =
+        parloir_speech::MoonshineFiles::base_en(&models).expect("Moonshine (deploy/setup.sh)");
+    for threads in [1, 2] {
+        let mut moonshine = parloir_speech::Moonshine::new(
+            &runtime,
+            &files,
+            threads,
+            &[parloir_speech::Provider::Cpu],
+        )
+        .expect("Moonshine loads");
+        let mut group = c.benchmark_group(format!("moonshine-base-en/{threads}-threads"));
+        for clip in &clips {
+            group.bench_function(format!("{:.1}s", secs(clip)), |b| {
+                b.iter(|| {
+                    moonshine
+                        .transcribe(Request {
+                            audio: clip,
+                            languages: &en,
+                            prefix: &[],
+                        })
+                        .expect("inference")
+                })
+            });
+        }
+        group.finish();
+    }
+    // Speaker embedding of one utterance (for each final on a shared microphone).
+    let path = models
+        .path("speaker-embedding")
+        .expect("the speaker embedder");
+    let mut embedder =
+        parloir_speech::speaker::SpeakerEmbedder::new(&runtime, &path).expect("loads");
+    c.bench_function(&format!("speaker-embedding/{:.1}s", secs(&clips[1])), |b| {
+        b.iter(|| embedder.embed(&clips[1]).expect("inference"))
+    });
     c.final_summary();
 }

@@ -2,15 +2,17 @@
 //! `load-dynamic`, the library from the onnxruntime wheel `deploy/setup.sh` installs under
 //! models/) and its execution providers; the model manifest with checksums; WAV reading and
 //! resampling to 16 kHz; Opus decoding; Silero VAD; Whisper (log-mel front end, encoder and
-//! cached greedy decoder, batched); live transcription per track (LocalAgreement) and whole-file
+//! cached greedy decoder, batched), Moonshine base (English) as the fallback; live transcription per track (LocalAgreement) and whole-file
 //! transcription.
 
 #![deny(unsafe_code)]
 
+pub mod asr;
 pub mod audio;
 pub mod live;
 pub mod mel;
 mod models;
+pub mod moonshine;
 mod opus_decode;
 pub mod provider;
 mod runtime;
@@ -20,8 +22,10 @@ pub mod transcribe;
 mod vad;
 pub mod whisper;
 
+pub use asr::{Asr, Tokens};
 pub use live::{LiveConfig, LiveText, LiveTrack};
 pub use models::{ModelEntry, Models};
+pub use moonshine::{Moonshine, MoonshineFiles};
 pub use opus_decode::OpusDecoder;
 pub use provider::Provider;
 pub use runtime::{Runtime, RuntimeError, find_library, find_library_in, load};

@@ -10,8 +10,9 @@
 
 use std::collections::VecDeque;
 
+use crate::asr::Tokens;
 use crate::vad::Segmenter;
-use crate::whisper::{Decoded, Request, Whisper};
+use crate::whisper::{Decoded, Request};
 use crate::{SpeechError, Vad};
 
 const RATE: usize = 16_000;
@@ -183,7 +184,7 @@ impl LiveTrack {
             })
     }
 
-    /// The Whisper request for `job` (from [`Self::next_job`], before any other push).
+    /// The recogniser's request for `job` (from [`Self::next_job`], before any other push).
     pub fn request(&self, job: &Job) -> Request<'_> {
         let u = self.utterance(job.segment);
         let languages = match u.and_then(|u| u.language.as_ref()) {
@@ -199,8 +200,14 @@ impl LiveTrack {
         }
     }
 
-    /// Takes Whisper's answer to `job`: the text to show, if any.
-    pub fn complete(&mut self, whisper: &Whisper, job: &Job, decoded: Decoded) -> Option<LiveText> {
+    /// Takes the recogniser's answer to `job` (`tokens`: that recogniser's vocabulary): the
+    /// text to show, if any.
+    pub fn complete(
+        &mut self,
+        tokens: &dyn Tokens,
+        job: &Job,
+        decoded: Decoded,
+    ) -> Option<LiveText> {
         if job.is_final {
             let (u, end) = self
                 .closing
@@ -235,7 +242,7 @@ impl LiveTrack {
             .count();
         while agreed > open.committed.len()
             && agreed < hyp.len()
-            && !whisper.starts_word(hyp[agreed])
+            && !tokens.starts_word(hyp[agreed])
         {
             agreed -= 1;
         }

@@ -1,8 +1,9 @@
 //! Whole-file transcription: VAD cuts the audio into utterances, Whisper transcribes each. The
 //! same models and decoding as the live path; `parloir transcribe` is its command.
 
+use crate::Asr;
 use crate::vad::speech_segments;
-use crate::whisper::{MAX_SECONDS, Request, Whisper};
+use crate::whisper::{MAX_SECONDS, Request};
 use crate::{SpeechError, Vad};
 
 const RATE: usize = 16_000;
@@ -29,7 +30,7 @@ pub struct Segment {
 /// told the seconds done after each utterance.
 pub fn transcribe(
     vad: &mut Vad,
-    whisper: &mut Whisper,
+    asr: &mut Asr,
     audio: &[f32],
     languages: &[String],
     mut progress: impl FnMut(f64),
@@ -39,7 +40,7 @@ pub fn transcribe(
     let mut out = Vec::new();
     let ranges = utterances(&found, audio.len());
     for (i, &(start, end)) in ranges.iter().enumerate() {
-        let decoded = whisper.transcribe(Request {
+        let decoded = asr.transcribe(Request {
             audio: &audio[start..end],
             languages,
             prefix: &[],

@@ -236,3 +236,52 @@ fn the_profile_providers_this_runtime_lacks_are_left_out_for_the_cpu() {
         .unwrap();
     assert_eq!(d.text, "Good morning everyone.");
 }
+
+#[test]
+fn moonshine_carries_a_live_track_too() {
+    let root = root();
+    let runtime = load(parloir_speech::find_library_in(&root.join("models")).as_deref()).unwrap();
+    let models = Models::open(&root.join("models")).unwrap();
+    let mut vad = Vad::new(&runtime, &models.path("silero-vad").unwrap()).unwrap();
+    let (mut asr, fallback) = parloir_speech::asr::load(
+        &runtime,
+        &models,
+        "moonshine",
+        &["en".to_string()],
+        2,
+        &[parloir_speech::Provider::Cpu],
+    )
+    .unwrap();
+    assert!(fallback.is_none());
+    let mut signal = vec![0.0f32; 16_000];
+    signal.extend(spoken(
+        "en",
+        "Good morning everyone, the meeting starts now.",
+    ));
+    signal.extend(vec![0.0f32; 24_000]);
+    let mut track = LiveTrack::new(LiveConfig::default());
+    let mut texts = Vec::new();
+    for frame in signal.chunks(320) {
+        track.push(&mut vad, frame).unwrap();
+        while let Some(job) = track.next_job() {
+            let decoded = asr.transcribe(track.request(&job)).unwrap();
+            if let Some(t) = track.complete(&asr, &job, decoded) {
+                texts.push(t);
+            }
+        }
+    }
+    let finals: Vec<&LiveText> = texts.iter().filter(|t| t.is_final).collect();
+    assert_eq!(finals.len(), 1, "{texts:?}");
+    let words = |s: &str| -> Vec<String> {
+        s.to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        words(&finals[0].text),
+        words("Good morning everyone, the meeting starts now.")
+    );
+    assert!(texts.iter().any(|t| !t.is_final), "interim text first");
+}

@@ -37,6 +37,9 @@ pub struct SpeechConfig {
     pub rooms: String,
     /// models/: manifest.toml and the .venv the setup installs the model packages into.
     pub models_dir: PathBuf,
+    /// The recogniser: "whisper" (Whisper-base, many languages; Moonshine stands in for English
+    /// when Whisper's files are unusable) or "moonshine" (Moonshine base, English only).
+    pub asr: String,
     /// Languages spoken in meetings ("en", "fr", …): one fixes it, several are detected among
     /// per utterance, none means any language Whisper knows.
     pub languages: Vec<String>,
@@ -62,6 +65,7 @@ impl Default for SpeechConfig {
             enabled: false,
             rooms: "all".to_string(),
             models_dir: PathBuf::from("models"),
+            asr: "whisper".to_string(),
             languages: Vec::new(),
             threads: 0,
             interval_ms: 1000,
@@ -228,6 +232,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "speech.rooms {:?}: \"all\" or \"opt-in\"",
                 self.speech.rooms
+            )));
+        }
+        if self.speech.asr != "whisper" && self.speech.asr != "moonshine" {
+            return Err(ConfigError::Invalid(format!(
+                "speech.asr {:?}: \"whisper\" or \"moonshine\"",
+                self.speech.asr
             )));
         }
         if !self.speech.summary_llm_url.is_empty()

@@ -22,9 +22,7 @@ use parloir_sfu::{AudioFrame, AudioTap, Command, ServiceCall, Subtitle, proto};
 use parloir_speech::live::Job;
 use parloir_speech::speaker::{SpeakerEmbedder, Voices};
 use parloir_speech::summary::Segment;
-use parloir_speech::{
-    LiveConfig, LiveText, LiveTrack, Models, OpusDecoder, Provider, Vad, Whisper, WhisperFiles,
-};
+use parloir_speech::{Asr, LiveConfig, LiveText, LiveTrack, Models, OpusDecoder, Provider, Vad};
 
 use crate::config::SpeechConfig;
 use crate::media::MediaHandle;
@@ -127,7 +125,6 @@ pub fn start(
         .path("silero-vad")
         .context("the speech plane needs the VAD model")?;
     let vad = Vad::new(&runtime, &vad_path).context("loading the VAD model")?;
-    let files = WhisperFiles::base(&models).context("the speech plane needs Whisper")?;
     // Without the embedder, voices on one microphone are not told apart; the rest works.
     let embedder = match models
         .path("speaker-embedding")
@@ -161,12 +158,23 @@ pub fn start(
     for why in &skipped {
         tracing::info!("speech: {why}");
     }
-    let whisper =
-        Whisper::with_providers(&runtime, &files, threads, &chosen).context("loading Whisper")?;
+    let (asr, fallback) = parloir_speech::asr::load(
+        &runtime,
+        &models,
+        &config.asr,
+        &config.languages,
+        threads,
+        &chosen,
+    )
+    .context("the speech plane needs a recogniser")?;
+    if let Some(why) = fallback {
+        tracing::warn!("speech: {why}");
+    }
     for code in &config.languages {
         anyhow::ensure!(
-            whisper.knows_language(code),
-            "speech.languages: Whisper has no language {code:?}"
+            asr.knows_language(code),
+            "speech.languages: {} has no language {code:?}",
+            asr.name()
         );
     }
     std::fs::create_dir_all(&config.transcripts_dir).with_context(|| {
@@ -179,7 +187,7 @@ pub fn start(
         runtime = %runtime.library.display(),
         available = ?runtime.providers,
         providers = ?chosen.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        whisper = %files.encoder.parent().unwrap_or(Path::new("")).display(),
+        asr = asr.name(),
         threads,
         languages = ?config.languages,
         transcripts = %config.transcripts_dir.display(),
@@ -196,7 +204,7 @@ pub fn start(
     });
     let mut plane = Plane {
         vad,
-        whisper,
+        asr,
         embedder,
         tracks: HashMap::new(),
         metrics: metrics.clone(),
@@ -246,7 +254,7 @@ struct TrackState {
 
 struct Plane {
     vad: Vad,
-    whisper: Whisper,
+    asr: Asr,
     /// Speaker embeddings, to number the voices of one microphone; `None` without the model.
     embedder: Option<SpeakerEmbedder>,
     tracks: HashMap<String, TrackState>,
@@ -439,7 +447,7 @@ impl Plane {
             .collect();
         let audio_ms: u64 = requests.iter().map(|r| r.audio.len() as u64 / 16).sum();
         let started = Instant::now();
-        let decoded = self.whisper.transcribe_batch(&requests);
+        let decoded = self.asr.transcribe_batch(&requests);
         drop(requests);
         self.metrics
             .speech_asr_busy_us
@@ -457,7 +465,7 @@ impl Plane {
                 self.metrics.speech_decode_errors.fetch_add(1, Relaxed);
                 for (sid, job) in &jobs {
                     if let Some(t) = self.tracks.get_mut(sid) {
-                        t.live.complete(&self.whisper, job, empty_decoded());
+                        t.live.complete(&self.asr, job, empty_decoded());
                     }
                 }
                 return;
@@ -480,7 +488,7 @@ impl Plane {
                     Err(e) => tracing::warn!("speech: speaker embedding failed: {e}"),
                 }
             }
-            if let Some(text) = t.live.complete(&self.whisper, &job, d) {
+            if let Some(text) = t.live.complete(&self.asr, &job, d) {
                 publish(
                     &self.metrics,
                     &self.outputs,

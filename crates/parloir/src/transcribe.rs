@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use parloir_speech::audio::{self, SPEECH_RATE};
-use parloir_speech::{Models, Vad, Whisper, WhisperFiles};
+use parloir_speech::{Models, Vad};
 
 #[derive(clap::Args)]
 pub struct TranscribeArgs {
@@ -24,6 +24,10 @@ pub struct TranscribeArgs {
     /// The models directory (manifest.toml and the packages the setup installed).
     #[arg(long, default_value = "models")]
     models: PathBuf,
+    /// The recogniser: whisper (Whisper-base, many languages), or moonshine (Moonshine base,
+    /// English only). Whisper falls back to Moonshine for English when its files are unusable.
+    #[arg(long, default_value = "whisper")]
+    model: String,
     /// Inference threads (0: every core this process may use).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -45,27 +49,38 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<()> {
     };
     let mut vad =
         Vad::new(&runtime, &models.path("silero-vad")?).context("loading the VAD model")?;
-    let files = WhisperFiles::base(&models)?;
-    let mut whisper = Whisper::new(&runtime, &files, threads).context("loading Whisper")?;
     let mut languages: Vec<String> = Vec::new();
     if args.language != "auto" {
-        for code in args.language.split(',').map(str::trim) {
-            if !whisper.knows_language(code) {
-                bail!(
-                    "unknown language {code:?}: en, fr, another Whisper language code, a list of them, or auto"
-                );
-            }
-            languages.push(code.to_string());
+        languages = args
+            .language
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .collect();
+    }
+    let (mut asr, fallback) = parloir_speech::asr::load(
+        &runtime,
+        &models,
+        &args.model,
+        &languages,
+        threads,
+        &[parloir_speech::Provider::Cpu],
+    )
+    .context("loading the recogniser")?;
+    if let Some(why) = fallback {
+        eprintln!("transcribe: {why}");
+    }
+    for code in &languages {
+        if !asr.knows_language(code) {
+            bail!(
+                "unknown language {code:?} for {}: en, fr, another Whisper language code, a list of them, or auto",
+                asr.name()
+            );
         }
     }
     let loaded = started.elapsed();
     let mut stderr = std::io::stderr();
-    let segments = parloir_speech::transcribe::transcribe(
-        &mut vad,
-        &mut whisper,
-        &samples,
-        &languages,
-        |done| {
+    let segments =
+        parloir_speech::transcribe::transcribe(&mut vad, &mut asr, &samples, &languages, |done| {
             if !args.quiet {
                 let _ = writeln!(
                     stderr,
@@ -73,13 +88,13 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<()> {
                     100.0 * done / duration.max(1e-9)
                 );
             }
-        },
-    )?;
+        })?;
     let took = started.elapsed() - loaded;
     if !args.quiet {
         eprintln!(
-            "transcribe: {duration:.1} s of audio in {:.1} s ({} segments, real-time factor {:.3}, {threads} threads; models loaded in {:.1} s)",
+            "transcribe: {duration:.1} s of audio in {:.1} s with {} ({} segments, real-time factor {:.3}, {threads} threads; models loaded in {:.1} s)",
             took.as_secs_f64(),
+            asr.name(),
             segments.len(),
             took.as_secs_f64() / duration.max(1e-9),
             loaded.as_secs_f64()

@@ -508,24 +508,19 @@ fn doctor_checks_the_speech_models() {
     );
 }
 
-#[test]
-fn a_broken_speech_model_turns_speech_off_and_meetings_go_on() {
-    // A models directory whose manifest disagrees with the converted Whisper decoder.
+/// `parloir serve --dev --speech` on a models directory whose manifest has `from` replaced by
+/// `to` (a checksum that no longer matches); returns the log once a room was created and listed.
+fn serve_with_broken_model(name: &str, from: &str, to: &str) -> String {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = std::env::temp_dir().join(format!("parloir-broken-models-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("parloir-broken-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     for link in [".venv", "whisper-base"] {
         std::os::unix::fs::symlink(root.join("models").join(link), dir.join(link)).expect("link");
     }
     let manifest = std::fs::read_to_string(root.join("models/manifest.toml")).expect("manifest");
-    let decoder = "912b1f3ca8209a6cd8c7331fe044b0f0e992e0caf9e90aeec91cd23189287568";
-    assert!(manifest.contains(decoder));
-    std::fs::write(
-        dir.join("manifest.toml"),
-        manifest.replace(decoder, &"1".repeat(64)),
-    )
-    .expect("write");
+    assert!(manifest.contains(from));
+    std::fs::write(dir.join("manifest.toml"), manifest.replace(from, to)).expect("write");
     let log = dir.join("server.log");
     let (http_port, udp_port) = (common::free_port(), common::free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_parloir"))
@@ -571,12 +566,40 @@ fn a_broken_speech_model_turns_speech_off_and_meetings_go_on() {
     let _ = child.wait();
     let text = std::fs::read_to_string(&log).expect("log");
     let _ = std::fs::remove_dir_all(&dir);
+    text
+}
+
+#[test]
+fn a_broken_speech_model_turns_speech_off_and_meetings_go_on() {
+    // The VAD failing its checksum: no speech plane, the reason in the log, meetings served.
+    let vad = "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28";
+    let text = serve_with_broken_model("vad", vad, &"1".repeat(64));
     let line = text
         .lines()
         .find(|l| l.contains("speech plane off"))
         .unwrap_or_else(|| panic!("no clear error in the log:\n{text}"));
     assert!(
+        line.contains("silero-vad") && line.contains("SHA-256"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_broken_whisper_falls_back_to_moonshine_for_english() {
+    let decoder = "912b1f3ca8209a6cd8c7331fe044b0f0e992e0caf9e90aeec91cd23189287568";
+    let text = serve_with_broken_model("whisper", decoder, &"1".repeat(64));
+    let line = text
+        .lines()
+        .find(|l| l.contains("on Moonshine"))
+        .unwrap_or_else(|| panic!("no fallback in the log:\n{text}"));
+    assert!(
         line.contains("whisper-base-decoder") && line.contains("SHA-256"),
         "{line}"
     );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("speech plane") && l.contains("moonshine-base-en")),
+        "{text}"
+    );
+    assert!(!text.contains("speech plane off"), "{text}");
 }

@@ -274,10 +274,14 @@ fn bad_input_and_broken_models_get_clear_errors() {
         manifest.replace(good, &"0".repeat(64)),
     )
     .unwrap();
+    // French: no fallback (Moonshine is English only), so a clear error.
+    let models_arg = models.to_str().unwrap();
     let out = parloir(&[
         "transcribe",
+        "--language",
+        "fr",
         "--models",
-        models.to_str().unwrap(),
+        models_arg,
         fr.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
@@ -286,19 +290,78 @@ fn bad_input_and_broken_models_get_clear_errors() {
         err.contains("whisper-base-encoder") && err.contains("SHA-256"),
         "{err}"
     );
+    // English: Moonshine stands in, and says why.
+    let en = spoken(&dir, "en", "en", &["Good morning everyone."], 0.5);
+    let out = parloir(&[
+        "transcribe",
+        "--json",
+        "--language",
+        "en",
+        "--models",
+        models_arg,
+        en.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("on Moonshine") && err.contains("whisper-base-encoder"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = v["segments"][0]["text"].as_str().unwrap_or_default();
+    assert_eq!(wer("Good morning everyone.", text), 0.0, "{text}");
 
     // The converted graphs missing: the error says how to build them.
     std::fs::remove_file(models.join("whisper-base")).unwrap();
     std::fs::write(models.join("manifest.toml"), &manifest).unwrap();
     let out = parloir(&[
         "transcribe",
+        "--language",
+        "fr",
         "--models",
-        models.to_str().unwrap(),
+        models_arg,
         fr.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("deploy/setup.sh builds it"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn moonshine_transcribes_english_and_refuses_french() {
+    let dir = tempdir("moonshine");
+    let en = spoken(&dir, "en", "en", &[ENGLISH], 1.0);
+    let out = parloir(&[
+        "transcribe",
+        "--json",
+        "--model",
+        "moonshine",
+        en.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("with moonshine-base-en"), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text: Vec<&str> = v["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["text"].as_str().unwrap())
+        .collect();
+    let w = wer(ENGLISH, &text.join(" "));
+    eprintln!("Moonshine English WER {w:.3}: {text:?}");
+    assert!(w <= EN_MAX_WER, "WER {w:.3}: {text:?}");
+    let out = parloir(&[
+        "transcribe",
+        "--model",
+        "moonshine",
+        "--language",
+        "fr",
+        en.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("English only"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
