@@ -285,6 +285,47 @@ async def shared_microphone(server: Server, transcripts: str) -> None:
             await asyncio.wait_for(room.disconnect(), 10)
 
 
+async def room_languages(server: Server, transcripts: str) -> None:
+    """A room whose metadata names its language: its speech is transcribed in it, not in the
+    server's languages (here fr,en, detected)."""
+    room_name = f"lang-{uuid.uuid4().hex[:8]}"
+    lk = api.LiveKitAPI(f"http://127.0.0.1:{server.http_port}", API_KEY, API_SECRET)
+    try:
+        await lk.room.create_room(api.CreateRoomRequest(
+            name=room_name, metadata=json.dumps({"theme": "x", "parloir.languages": ["en"]})))
+    finally:
+        await lk.aclose()
+    silence = lambda s: np.zeros(int(s * SAMPLE_RATE), dtype=np.int16)  # noqa: E731
+    speech = np.concatenate([silence(1.0), spoken("Bonjour à tous, la réunion commence maintenant.", "fr"),
+                             silence(1.5)])
+    room = rtc.Room()
+    source = rtc.AudioSource(SAMPLE_RATE, 1)
+    try:
+        await bounded(room.connect(server.url, token("zoe", "Zoé", room_name)), "zoe to connect")
+        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+        await bounded(room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)), "publish")
+        for i in range(0, len(speech) - FRAME + 1, FRAME):
+            await source.capture_frame(rtc.AudioFrame(speech[i:i + FRAME].tobytes(), SAMPLE_RATE, 1, FRAME))
+        lines = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not lines:
+            await asyncio.sleep(0.3)
+            for name in os.listdir(transcripts):
+                if name.endswith(".jsonl"):
+                    with open(os.path.join(transcripts, name)) as f:
+                        these = [json.loads(l) for l in f]
+                    if these and these[0]["room"] == room_name:
+                        lines = these
+        R.check("the room's metadata language applies (French speech, an English-only room)",
+                len(lines) == 1 and lines[0]["language"] == "en",
+                json.dumps([(l["language"], l["text"]) for l in lines], ensure_ascii=False))
+    finally:
+        await source.aclose()
+        if room.isconnected():
+            await asyncio.wait_for(room.disconnect(), 10)
+
+
 def main() -> int:
     binary = os.environ.get("PARLOIR_BIN")
     if not binary:
@@ -301,6 +342,7 @@ def main() -> int:
         server.start()
         asyncio.run(scenario(server, transcripts, sink))
         asyncio.run(shared_microphone(server, transcripts))
+        asyncio.run(room_languages(server, transcripts))
     except Exception as e:  # reported as a failure, with the server log below
         R.check("scenario ran to the end", False, f"{type(e).__name__}: {e}")
     finally:

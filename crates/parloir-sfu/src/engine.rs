@@ -56,6 +56,9 @@ pub struct SfuConfig {
 
 /// The room metadata key (a JSON boolean) that turns the speech plane on or off for a room.
 pub const SUBTITLES_KEY: &str = "parloir.subtitles";
+/// The room metadata key with the languages spoken in the room: a code ("fr"), a
+/// comma-separated list ("fr,en") or a JSON array of codes.
+pub const LANGUAGES_KEY: &str = "parloir.languages";
 
 /// Whether a room with `metadata` gives its audio to the speech plane.
 pub(crate) fn speech_wanted(metadata: &str, default: bool) -> bool {
@@ -63,6 +66,27 @@ pub(crate) fn speech_wanted(metadata: &str, default: bool) -> bool {
         .ok()
         .and_then(|v| v.get(SUBTITLES_KEY)?.as_bool())
         .unwrap_or(default)
+}
+
+/// The languages a room's metadata names, if it names any.
+pub(crate) fn room_languages(metadata: &str) -> Option<std::sync::Arc<[String]>> {
+    let v = serde_json::from_str::<serde_json::Value>(metadata).ok()?;
+    let codes: Vec<String> = match v.get(LANGUAGES_KEY)? {
+        serde_json::Value::String(s) => s.split(',').map(|c| c.trim().to_string()).collect(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|c| c.as_str())
+            .map(|c| c.trim().to_string())
+            .collect(),
+        _ => return None,
+    };
+    let codes: Vec<String> = codes
+        .into_iter()
+        .filter(|c| {
+            !c.is_empty() && c.len() <= 8 && c.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-')
+        })
+        .collect();
+    (!codes.is_empty()).then(|| codes.into())
 }
 
 /// How a participant's media is carried.
@@ -268,6 +292,8 @@ pub struct AudioFrame {
     pub room: String,
     /// The room's sid: one meeting, where a room name may be used again later.
     pub room_sid: String,
+    /// The languages the room's metadata names, if any (shared, not copied per frame).
+    pub languages: Option<std::sync::Arc<[String]>>,
     pub participant_sid: String,
     pub identity: String,
     pub name: String,
@@ -328,6 +354,8 @@ struct Room {
     ever_joined: bool,
     /// Whether its microphones go to the speech plane (see [`SfuConfig::speech_all_rooms`]).
     speech: bool,
+    /// The languages its metadata names for the speech plane ([`LANGUAGES_KEY`]).
+    languages: Option<std::sync::Arc<[String]>>,
 }
 
 struct Participant {
@@ -1948,6 +1976,7 @@ impl Sfu {
             tap.frame(AudioFrame {
                 room: p.room.clone(),
                 room_sid: room.info.sid.clone(),
+                languages: room.languages.clone(),
                 participant_sid: p.info.sid.clone(),
                 identity: p.info.identity.clone(),
                 name: p.info.name.clone(),
@@ -2266,6 +2295,7 @@ impl Sfu {
             empty_since: Some(now),
             ever_joined: false,
             speech: self.config.speech_all_rooms,
+            languages: None,
         };
         self.webhook("room_started", Some(room.info.clone()), None, None);
         room

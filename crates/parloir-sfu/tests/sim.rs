@@ -1086,3 +1086,61 @@ fn room_metadata_turns_the_speech_plane_off_and_on() {
     assert!(count() > before + 20);
     assert!(sim.replies.iter().all(|(_, r)| r.is_ok()));
 }
+
+/// Keeps the languages of the frames the speech plane would get.
+#[derive(Clone, Default)]
+struct LanguageTap(std::sync::Arc<std::sync::Mutex<Vec<Option<Vec<String>>>>>);
+
+impl parloir_sfu::AudioTap for LanguageTap {
+    fn frame(&mut self, frame: parloir_sfu::AudioFrame) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(frame.languages.map(|l| l.to_vec()));
+    }
+}
+
+#[test]
+fn room_metadata_names_the_languages_spoken() {
+    let mut sim = Sim::new(23, 0.0);
+    let tap = LanguageTap::default();
+    sim.sfu.set_audio_tap(Box::new(tap.clone()));
+    sim.join("alice");
+    sim.publish(0);
+    sim.run_for(Duration::from_secs(1));
+    let last = || tap.0.lock().unwrap().last().cloned().flatten();
+    assert_eq!(
+        last(),
+        None,
+        "no languages named: the server's configuration applies"
+    );
+    for (id, metadata, expected) in [
+        (1, r#"{"parloir.languages":"fr"}"#, Some(vec!["fr"])),
+        (
+            2,
+            r#"{"parloir.languages":"fr, en"}"#,
+            Some(vec!["fr", "en"]),
+        ),
+        (
+            3,
+            r#"{"parloir.languages":["de","en"]}"#,
+            Some(vec!["de", "en"]),
+        ),
+        (4, r#"{"parloir.languages":["../x", ""]}"#, None),
+        (5, "not json", None),
+    ] {
+        sim.commands.push(Command::Service {
+            id,
+            call: Box::new(ServiceCall::UpdateRoomMetadata(
+                proto::UpdateRoomMetadataRequest {
+                    room: "sim".into(),
+                    metadata: metadata.into(),
+                },
+            )),
+            unix_ms: 0,
+        });
+        sim.run_for(Duration::from_millis(300));
+        let want = expected.map(|v| v.into_iter().map(String::from).collect::<Vec<_>>());
+        assert_eq!(last(), want, "{metadata}");
+    }
+}

@@ -119,6 +119,13 @@ impl LiveTrack {
         self.base + self.audio.len()
     }
 
+    /// The languages to detect among from the next utterance on (the room's changed).
+    pub fn set_languages(&mut self, languages: &[String]) {
+        if self.languages != languages {
+            self.languages = languages.to_vec();
+        }
+    }
+
     /// Whether an utterance is open or waiting for its final decode.
     pub fn busy(&self) -> bool {
         self.open.is_some() || !self.closing.is_empty()

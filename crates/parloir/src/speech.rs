@@ -250,6 +250,8 @@ struct TrackState {
     pcm: Vec<f32>,
     /// The voices heard on this microphone (a shared room microphone has several).
     voices: Voices,
+    /// The room's languages as last seen (its metadata's), to notice changes cheaply.
+    room_languages: Option<Arc<[String]>>,
 }
 
 struct Plane {
@@ -317,6 +319,7 @@ impl Plane {
                     origin_ms: unix_ms(),
                     pcm: Vec::with_capacity(1024),
                     voices: Voices::default(),
+                    room_languages: None,
                 }),
                 Err(e) => {
                     tracing::warn!("speech: {e}");
@@ -327,6 +330,28 @@ impl Plane {
         track.last = now;
         if track.name != frame.name {
             track.name.clone_from(&frame.name);
+        }
+        // The room's languages (its metadata) when it names ones the recogniser knows, else
+        // the configuration's; looked at again only when the room's list changes.
+        let same = match (&track.room_languages, &frame.languages) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            let known: Vec<String> = frame
+                .languages
+                .iter()
+                .flat_map(|l| l.iter())
+                .filter(|c| self.asr.knows_language(c))
+                .cloned()
+                .collect();
+            if known.is_empty() {
+                track.live.set_languages(&self.live.languages);
+            } else {
+                track.live.set_languages(&known);
+            }
+            track.room_languages = frame.languages.clone();
         }
         // Silence for the frames that never came (DTX, loss), so the timeline stays true and
         // the VAD sees the pauses.

@@ -153,6 +153,7 @@ impl Sfu {
                     room.info.metadata = r.metadata;
                     room.speech =
                         super::speech_wanted(&room.info.metadata, self.config.speech_all_rooms);
+                    room.languages = super::room_languages(&room.info.metadata);
                 }
                 Ok(ServiceReply::Room(room.info.clone()))
             }
@@ -331,6 +332,7 @@ impl Sfu {
                 room.info.metadata = r.metadata;
                 room.speech =
                     super::speech_wanted(&room.info.metadata, self.config.speech_all_rooms);
+                room.languages = super::room_languages(&room.info.metadata);
                 let info = room.info.clone();
                 let members = room.members.clone();
                 for s in members {
