@@ -117,6 +117,58 @@ pub fn start(
     cpus: Vec<usize>,
     providers: &[String],
 ) -> anyhow::Result<SpeechPlane> {
+    let (tx, rx) = sync_channel(QUEUE);
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    let outputs = Arc::new(Outputs::default());
+    // The models load on the pinned thread itself: ONNX Runtime's inference threads are made
+    // with the sessions and inherit the affinity of the thread that makes them, so they run on
+    // the speech cores too. The caller waits for the outcome.
+    let (ready_tx, ready_rx) = sync_channel::<anyhow::Result<()>>(1);
+    let (config, thread_metrics, thread_outputs) =
+        (config.clone(), metrics.clone(), outputs.clone());
+    let providers = providers.to_vec();
+    std::thread::Builder::new()
+        .name("speech-0".into())
+        .spawn(move || {
+            if !cpus.is_empty()
+                && let Err(e) = parloir_net::topology::pin_current_thread(&cpus)
+            {
+                tracing::warn!("cannot pin speech-0 to CPUs {cpus:?}: {e}");
+            }
+            match load(
+                &config,
+                thread_metrics,
+                thread_outputs,
+                cpus.len(),
+                &providers,
+            ) {
+                Ok(mut plane) => {
+                    let _ = ready_tx.send(Ok(()));
+                    plane.run(rx, closed_rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })?;
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the speech thread stopped while loading"))??;
+    Ok(SpeechPlane {
+        tap: SpeechTap { tx, metrics },
+        outputs,
+        closed: closed_tx,
+    })
+}
+
+/// The runtime, the models and the plane's state, from the configuration.
+fn load(
+    config: &SpeechConfig,
+    metrics: Arc<Metrics>,
+    outputs: Arc<Outputs>,
+    cores: usize,
+    providers: &[String],
+) -> anyhow::Result<Plane> {
     let runtime =
         parloir_speech::load(parloir_speech::find_library_in(&config.models_dir).as_deref())
             .context("the speech plane needs ONNX Runtime")?;
@@ -137,7 +189,7 @@ pub fn start(
         }
     };
     let threads = match config.threads {
-        0 => cpus.len().max(2),
+        0 => cores.max(2),
         n => n,
     };
     // Whisper on the hardware profile's providers that this runtime has; the VAD (tiny,
@@ -193,22 +245,19 @@ pub fn start(
         transcripts = %config.transcripts_dir.display(),
         "speech plane"
     );
-    let (tx, rx) = sync_channel(QUEUE);
-    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
-    let outputs = Arc::new(Outputs::default());
     let llm = (!config.summary_llm_url.is_empty()).then(|| Llm {
         url: config.summary_llm_url.clone(),
         model: config.summary_llm_model.clone(),
         api_key: config.summary_llm_api_key.clone(),
         timeout: Duration::from_secs(config.summary_llm_timeout_s.max(1)),
     });
-    let mut plane = Plane {
+    Ok(Plane {
         vad,
         asr,
         embedder,
         tracks: HashMap::new(),
-        metrics: metrics.clone(),
-        outputs: outputs.clone(),
+        metrics,
+        outputs,
         llm,
         live: LiveConfig {
             interval: (config.interval_ms as usize * 16).max(1_600),
@@ -216,21 +265,6 @@ pub fn start(
             ..LiveConfig::default()
         },
         transcripts: config.transcripts_dir.clone(),
-    };
-    std::thread::Builder::new()
-        .name("speech-0".into())
-        .spawn(move || {
-            if !cpus.is_empty()
-                && let Err(e) = parloir_net::topology::pin_current_thread(&cpus)
-            {
-                tracing::warn!("cannot pin speech-0 to CPUs {cpus:?}: {e}");
-            }
-            plane.run(rx, closed_rx);
-        })?;
-    Ok(SpeechPlane {
-        tap: SpeechTap { tx, metrics },
-        outputs,
-        closed: closed_tx,
     })
 }
 

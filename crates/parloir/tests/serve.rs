@@ -509,13 +509,14 @@ fn doctor_checks_the_speech_models() {
 }
 
 /// `parloir serve --dev --speech` on a models directory whose manifest has `from` replaced by
-/// `to` (a checksum that no longer matches); returns the log once a room was created and listed.
-fn serve_with_broken_model(name: &str, from: &str, to: &str) -> String {
+/// `to` (a checksum that no longer matches) and which has `links` of the real one; returns the
+/// log once a room was created and listed.
+fn serve_with_broken_model(name: &str, from: &str, to: &str, links: &[&str]) -> String {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = std::env::temp_dir().join(format!("parloir-broken-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    for link in [".venv", "whisper-base"] {
+    for link in links {
         std::os::unix::fs::symlink(root.join("models").join(link), dir.join(link)).expect("link");
     }
     let manifest = std::fs::read_to_string(root.join("models/manifest.toml")).expect("manifest");
@@ -533,6 +534,7 @@ fn serve_with_broken_model(name: &str, from: &str, to: &str) -> String {
         .arg(dir.join("transcripts"))
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
+        .env_remove("ORT_DYLIB_PATH")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
@@ -573,7 +575,7 @@ fn serve_with_broken_model(name: &str, from: &str, to: &str) -> String {
 fn a_broken_speech_model_turns_speech_off_and_meetings_go_on() {
     // The VAD failing its checksum: no speech plane, the reason in the log, meetings served.
     let vad = "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28";
-    let text = serve_with_broken_model("vad", vad, &"1".repeat(64));
+    let text = serve_with_broken_model("vad", vad, &"1".repeat(64), &[".venv", "whisper-base"]);
     let line = text
         .lines()
         .find(|l| l.contains("speech plane off"))
@@ -585,9 +587,28 @@ fn a_broken_speech_model_turns_speech_off_and_meetings_go_on() {
 }
 
 #[test]
+fn no_onnx_runtime_turns_speech_off_and_meetings_go_on() {
+    // No models/.venv at all: no libonnxruntime to load.
+    let text = serve_with_broken_model("runtime", "silero-vad", "silero-vad", &[]);
+    let line = text
+        .lines()
+        .find(|l| l.contains("speech plane off"))
+        .unwrap_or_else(|| panic!("no clear error in the log:\n{text}"));
+    assert!(
+        line.contains("ONNX Runtime") && line.contains("libonnxruntime"),
+        "{line}"
+    );
+}
+
+#[test]
 fn a_broken_whisper_falls_back_to_moonshine_for_english() {
     let decoder = "912b1f3ca8209a6cd8c7331fe044b0f0e992e0caf9e90aeec91cd23189287568";
-    let text = serve_with_broken_model("whisper", decoder, &"1".repeat(64));
+    let text = serve_with_broken_model(
+        "whisper",
+        decoder,
+        &"1".repeat(64),
+        &[".venv", "whisper-base"],
+    );
     let line = text
         .lines()
         .find(|l| l.contains("on Moonshine"))
