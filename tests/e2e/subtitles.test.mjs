@@ -44,6 +44,8 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'parloir-subtitles-'));
 const transcripts = path.join(tmp, 'transcripts');
 const server = new ParloirServer({ bin: PARLOIR_BIN, name: 'subtitles', webDir: path.join(HERE, '..', '..', 'web') });
 const browsers = [];
+// Every page opened, by name, so that a failure shows each one's console, even mid-join.
+const opened = {};
 
 // A 48 kHz mono WAV of `text` spoken by espeak-ng `voice`, starting at `at` seconds of CYCLE_S.
 function speechWav(name, voice, text, at) {
@@ -80,6 +82,7 @@ async function launch(wav) {
 async function join(browser, room, name) {
   const context = await browser.newContext({ permissions: ['camera', 'microphone'], locale: 'en-US' });
   const page = await context.newPage();
+  opened[name] = page;
   page.logs = [];
   page.on('console', (m) => page.logs.push(`console.${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => page.logs.push(`pageerror: ${e.stack || e}`));
@@ -188,7 +191,7 @@ test('subtitles name each speaker at a third browser, and the transcript keeps t
     assert.ok(lines[firstAlice].end_ms <= lines[firstBob].start_ms, 'in time order');
     assert.ok(lines.every((l) => l.room === room && l.identity && l.track && l.text));
   } catch (e) {
-    for (const [who, page] of Object.entries(pages)) {
+    for (const [who, page] of Object.entries(opened)) {
       console.log(`----- ${who} -----\n${page.logs.slice(-40).join('\n')}`);
     }
     server.dumpLog(120);

@@ -101,7 +101,6 @@ def metrics(server: Server) -> dict[str, int]:
 async def scenario(server: Server, transcripts: str, sink: WebhookSink) -> None:
     room_name = f"speech-{uuid.uuid4().hex[:8]}"
     # 1 s of silence, French, 1.5 s of silence, English, 2 s of silence.
-    silence = lambda s: np.zeros(int(s * SAMPLE_RATE), dtype=np.int16)  # noqa: E731
     speech = np.concatenate([
         silence(1.0), spoken(FRENCH, "fr"), silence(1.5), spoken(ENGLISH, "en"), silence(2.0),
     ])
@@ -179,14 +178,7 @@ async def scenario(server: Server, transcripts: str, sink: WebhookSink) -> None:
                 and [l[1] for l in legacy_finals] == [f[2].get("lk.segment_id") for f in finals],
                 f"{len(legacy)} packets, {len(legacy_finals)} final")
 
-        # The meeting's transcript is <room sid>.jsonl.
-        lines = []
-        for name in sorted(os.listdir(transcripts)):
-            if name.endswith(".jsonl"):
-                with open(os.path.join(transcripts, name)) as f:
-                    these = [json.loads(l) for l in f]
-                if these and these[0]["room"] == room_name:
-                    lines = these
+        lines = transcript_lines(transcripts, room_name)
         R.check("the transcript holds both segments, in order, with alice's real name",
                 len(lines) == 2 and all(l["name"] == "Alice Martin" and l["identity"] == "alice"
                                         for l in lines)
@@ -239,11 +231,48 @@ async def scenario(server: Server, transcripts: str, sink: WebhookSink) -> None:
                 await asyncio.wait_for(room.disconnect(), 10)
 
 
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.int16)
+
+
+def transcript_lines(transcripts: str, room_name: str) -> list[dict]:
+    """The lines of the room's meeting transcript (`<room sid>.jsonl`), [] before there is one."""
+    for name in sorted(os.listdir(transcripts)):
+        if name.endswith(".jsonl"):
+            with open(os.path.join(transcripts, name)) as f:
+                lines = [json.loads(l) for l in f]
+            if lines and lines[0]["room"] == room_name:
+                return lines
+    return []
+
+
+async def speak_alone(server: Server, transcripts: str, room_name: str, who: tuple[str, str],
+                      speech: np.ndarray, segments: int) -> list[dict]:
+    """`who` (identity, name) joins `room_name`, publishes `speech` as a microphone and leaves;
+    returns the transcript once it has `segments` lines (or after 15 s)."""
+    room = rtc.Room()
+    source = rtc.AudioSource(SAMPLE_RATE, 1)
+    try:
+        await bounded(room.connect(server.url, token(who[0], who[1], room_name)), f"{who[0]} to connect")
+        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+        await bounded(room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)), "publish")
+        for i in range(0, len(speech) - FRAME + 1, FRAME):
+            await source.capture_frame(rtc.AudioFrame(speech[i:i + FRAME].tobytes(), SAMPLE_RATE, 1, FRAME))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and len(transcript_lines(transcripts, room_name)) < segments:
+            await asyncio.sleep(0.3)
+        return transcript_lines(transcripts, room_name)
+    finally:
+        await source.aclose()
+        if room.isconnected():
+            await asyncio.wait_for(room.disconnect(), 10)
+
+
 async def shared_microphone(server: Server, transcripts: str) -> None:
     """A meeting room's microphone: a man and a woman take turns at it. The transcript numbers
     their voices, and the exports name them "Room 3, voice N"."""
     room_name = f"shared-{uuid.uuid4().hex[:8]}"
-    silence = lambda s: np.zeros(int(s * SAMPLE_RATE), dtype=np.int16)  # noqa: E731
     turns = [("en", "Good morning everyone, the meeting starts now."),
              ("en+f2", "Thank you. I have read the report and I agree with it."),
              ("en", "Then we will send it to the board on Friday.")]
@@ -251,38 +280,16 @@ async def shared_microphone(server: Server, transcripts: str) -> None:
     for voice, text in turns:
         parts += [spoken(text, voice), silence(1.2)]
     speech = np.concatenate(parts + [silence(1.0)])
-    room = rtc.Room()
-    source = rtc.AudioSource(SAMPLE_RATE, 1)
-    try:
-        await bounded(room.connect(server.url, token("room-3", "Room 3", room_name)), "room 3 to connect")
-        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-        await bounded(room.local_participant.publish_track(
-            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)), "publish")
-        for i in range(0, len(speech) - FRAME + 1, FRAME):
-            await source.capture_frame(rtc.AudioFrame(speech[i:i + FRAME].tobytes(), SAMPLE_RATE, 1, FRAME))
-        lines = []
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and len(lines) < 3:
-            await asyncio.sleep(0.3)
-            for name in os.listdir(transcripts):
-                if name.endswith(".jsonl"):
-                    with open(os.path.join(transcripts, name)) as f:
-                        these = [json.loads(l) for l in f]
-                    if these and these[0]["room"] == room_name:
-                        lines = these
-        R.check("a shared microphone: the woman's turn is voice 2, the man's voice 1",
-                [l.get("voice") for l in lines] == [1, 2, 1],
-                json.dumps([(l.get("voice"), l["text"]) for l in lines]))
-        if lines:
-            sid = lines[0]["room_sid"]
-            status, vtt = get(server, f"/api/transcripts/{sid}/transcript.vtt", admin_token(room_name))
-            R.check("the WebVTT export names them Room 3, voice 1 and voice 2",
-                    status == 200 and "<v Room 3, voice 2>Thank you" in vtt
-                    and vtt.count("<v Room 3, voice 1>") == 2, vtt[:400])
-    finally:
-        await source.aclose()
-        if room.isconnected():
-            await asyncio.wait_for(room.disconnect(), 10)
+    lines = await speak_alone(server, transcripts, room_name, ("room-3", "Room 3"), speech, 3)
+    R.check("a shared microphone: the woman's turn is voice 2, the man's voice 1",
+            [l.get("voice") for l in lines] == [1, 2, 1],
+            json.dumps([(l.get("voice"), l["text"]) for l in lines]))
+    if lines:
+        sid = lines[0]["room_sid"]
+        status, vtt = get(server, f"/api/transcripts/{sid}/transcript.vtt", admin_token(room_name))
+        R.check("the WebVTT export names them Room 3, voice 1 and voice 2",
+                status == 200 and "<v Room 3, voice 2>Thank you" in vtt
+                and vtt.count("<v Room 3, voice 1>") == 2, vtt[:400])
 
 
 async def room_languages(server: Server, transcripts: str) -> None:
@@ -295,35 +302,12 @@ async def room_languages(server: Server, transcripts: str) -> None:
             name=room_name, metadata=json.dumps({"theme": "x", "parloir.languages": ["en"]})))
     finally:
         await lk.aclose()
-    silence = lambda s: np.zeros(int(s * SAMPLE_RATE), dtype=np.int16)  # noqa: E731
     speech = np.concatenate([silence(1.0), spoken("Bonjour à tous, la réunion commence maintenant.", "fr"),
                              silence(1.5)])
-    room = rtc.Room()
-    source = rtc.AudioSource(SAMPLE_RATE, 1)
-    try:
-        await bounded(room.connect(server.url, token("zoe", "Zoé", room_name)), "zoe to connect")
-        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-        await bounded(room.local_participant.publish_track(
-            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)), "publish")
-        for i in range(0, len(speech) - FRAME + 1, FRAME):
-            await source.capture_frame(rtc.AudioFrame(speech[i:i + FRAME].tobytes(), SAMPLE_RATE, 1, FRAME))
-        lines = []
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not lines:
-            await asyncio.sleep(0.3)
-            for name in os.listdir(transcripts):
-                if name.endswith(".jsonl"):
-                    with open(os.path.join(transcripts, name)) as f:
-                        these = [json.loads(l) for l in f]
-                    if these and these[0]["room"] == room_name:
-                        lines = these
-        R.check("the room's metadata language applies (French speech, an English-only room)",
-                len(lines) == 1 and lines[0]["language"] == "en",
-                json.dumps([(l["language"], l["text"]) for l in lines], ensure_ascii=False))
-    finally:
-        await source.aclose()
-        if room.isconnected():
-            await asyncio.wait_for(room.disconnect(), 10)
+    lines = await speak_alone(server, transcripts, room_name, ("zoe", "Zoé"), speech, 1)
+    R.check("the room's metadata language applies (French speech, an English-only room)",
+            len(lines) == 1 and lines[0]["language"] == "en",
+            json.dumps([(l["language"], l["text"]) for l in lines], ensure_ascii=False))
 
 
 def main() -> int:

@@ -1197,7 +1197,7 @@ impl Sfu {
                 }
                 Ok(str0m::Output::Event(e)) => self.events.push_back((pid, e)),
                 Err(e) => {
-                    tracing::debug!("peer failed: {e}");
+                    tracing::warn!(session = %peer.session, "peer failed: {e}");
                     peer.rtc.disconnect();
                     break;
                 }

@@ -5,6 +5,26 @@ use crate::SpeechError;
 use crate::moonshine::Moonshine;
 use crate::whisper::{Decoded, Request, Whisper};
 
+/// A model's token strings as bytes, by token id.
+pub(crate) fn starts_word(tokens: &[Vec<u8>], token: u32) -> bool {
+    tokens
+        .get(token as usize)
+        .and_then(|b| b.first())
+        .is_some_and(|&c| c == b' ')
+}
+
+/// The text of the `tokens` that `keep` keeps, with `table`'s strings.
+pub(crate) fn text(table: &[Vec<u8>], tokens: &[u32], keep: impl Fn(u32) -> bool) -> String {
+    let bytes: Vec<u8> = tokens
+        .iter()
+        .filter(|&&t| keep(t))
+        .filter_map(|&t| table.get(t as usize))
+        .flatten()
+        .copied()
+        .collect();
+    String::from_utf8_lossy(&bytes).trim().to_string()
+}
+
 /// What live transcription needs of a model's vocabulary.
 pub trait Tokens {
     /// Whether `token` begins a new word (LocalAgreement commits whole words).

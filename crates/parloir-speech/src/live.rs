@@ -22,6 +22,8 @@ const PREROLL: usize = RATE * 3 / 10;
 const MARGIN: usize = RATE / 5;
 /// An open utterance is only decoded once it holds this much.
 const MIN_INTERIM: usize = RATE / 2;
+/// Audio an utterance needs before its detected language is kept for its later decodes.
+const LANGUAGE_AFTER: usize = 2 * RATE;
 
 /// How a live track is cut and decoded.
 #[derive(Debug, Clone)]
@@ -80,7 +82,9 @@ struct Utterance {
     previous: Vec<u32>,
     /// Where the last interim decode ended.
     decoded_to: usize,
+    /// The utterance's language once settled, and the last one detected before that.
     language: Option<String>,
+    detected: Option<String>,
     /// Whether interim text went out (then a final always follows, even an empty one).
     shown: bool,
 }
@@ -257,7 +261,16 @@ impl LiveTrack {
             open.committed = hyp[..agreed].to_vec();
         }
         open.previous.clone_from(hyp);
-        open.language = Some(decoded.language.clone());
+        // The language is settled once two decodes of at least LANGUAGE_AFTER agree: the first
+        // second or so of speech is too little to tell languages apart reliably.
+        if open.language.is_none() {
+            if job.end - job.start >= LANGUAGE_AFTER
+                && open.detected.as_deref() == Some(decoded.language.as_str())
+            {
+                open.language = Some(decoded.language.clone());
+            }
+            open.detected = Some(decoded.language.clone());
+        }
         open.shown = true;
         Some(LiveText {
             segment: open.segment,
@@ -286,6 +299,7 @@ impl LiveTrack {
             previous: Vec::new(),
             decoded_to: start,
             language: None,
+            detected: None,
             shown: false,
         });
         self.next_segment += 1;
@@ -346,6 +360,7 @@ mod tests {
             previous: Vec::new(),
             decoded_to: start,
             language: None,
+            detected: None,
             shown: false,
         }
     }
@@ -376,6 +391,50 @@ mod tests {
         let r = t.request(&job);
         assert_eq!(r.audio.len(), RATE);
         assert!(r.prefix.is_empty());
+    }
+
+    struct Spaces;
+    impl Tokens for Spaces {
+        fn starts_word(&self, _: u32) -> bool {
+            true
+        }
+    }
+
+    fn decoded(language: &str, tokens: &[u32]) -> Decoded {
+        Decoded {
+            text: format!("{tokens:?}"),
+            tokens: tokens.to_vec(),
+            language: language.into(),
+            avg_logprob: -0.1,
+            no_speech_prob: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_language_settles_when_two_long_enough_decodes_agree() {
+        let mut t = LiveTrack::new(LiveConfig {
+            languages: vec!["en".into(), "fr".into()],
+            ..LiveConfig::default()
+        });
+        t.audio = vec![0.0; 5 * RATE];
+        t.open = Some(utt(1, 0));
+        let job = |end: usize| Job {
+            segment: 1,
+            is_final: false,
+            start: 0,
+            end,
+        };
+        let langs = |t: &LiveTrack| t.request(&job(RATE)).languages.to_vec();
+        // A short start detected as French: not kept.
+        t.complete(&Spaces, &job(RATE * 3 / 4), decoded("fr", &[1]));
+        assert_eq!(langs(&t), ["en", "fr"]);
+        // Then English twice, long enough: English from then on.
+        t.complete(&Spaces, &job(2 * RATE), decoded("en", &[1, 2]));
+        assert_eq!(langs(&t), ["en", "fr"], "one English decode is not enough");
+        t.complete(&Spaces, &job(3 * RATE), decoded("en", &[1, 2, 3]));
+        assert_eq!(langs(&t), ["en"]);
+        // And the agreed words are committed: the next decode continues from them.
+        assert_eq!(t.request(&job(4 * RATE)).prefix, [1, 2]);
     }
 
     #[test]

@@ -10,12 +10,12 @@
 //! the self-attention one grows. Greedy, from BOS 1 to EOS 2, at most 6.5 tokens per second of
 //! audio (Moonshine's own bound).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 
-use crate::whisper::{Decoded, Request};
+use crate::whisper::{Decoded, Request, model_err};
 use crate::{Models, Provider, Runtime, SpeechError};
 
 const BOS: i64 = 1;
@@ -61,13 +61,6 @@ impl std::fmt::Debug for Moonshine {
     }
 }
 
-fn model_err(path: &Path, reason: impl std::fmt::Display) -> SpeechError {
-    SpeechError::Model {
-        name: path.display().to_string(),
-        reason: reason.to_string(),
-    }
-}
-
 /// tokenizer.bin: entries of a length byte then that many bytes; "▁" (U+2581) is a space.
 fn read_tokenizer(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     let mut tokens = Vec::with_capacity(32_000);
@@ -96,13 +89,8 @@ impl Moonshine {
         threads: usize,
         providers: &[Provider],
     ) -> Result<Self, SpeechError> {
-        let session = |path: &Path| -> Result<Session, SpeechError> {
-            crate::provider::builder(runtime, threads, providers)?
-                .commit_from_file(path)
-                .map_err(|e| model_err(path, e))
-        };
-        let encoder = session(&files.encoder)?;
-        let decoder = session(&files.decoder)?;
+        let encoder = crate::provider::session(runtime, threads, providers, &files.encoder)?;
+        let decoder = crate::provider::session(runtime, threads, providers, &files.decoder)?;
         let layers = decoder
             .inputs()
             .iter()
@@ -125,22 +113,12 @@ impl Moonshine {
 
     /// Whether `token` begins a new word.
     pub fn starts_word(&self, token: u32) -> bool {
-        self.tokens
-            .get(token as usize)
-            .and_then(|b| b.first())
-            .is_some_and(|&c| c == b' ')
+        crate::asr::starts_word(&self.tokens, token)
     }
 
-    /// The text of `tokens`.
+    /// The text of `tokens` (BOS, EOS and unknown left out).
     pub fn text(&self, tokens: &[u32]) -> String {
-        let bytes: Vec<u8> = tokens
-            .iter()
-            .filter(|&&t| t as usize > EOS)
-            .filter_map(|&t| self.tokens.get(t as usize))
-            .flatten()
-            .copied()
-            .collect();
-        String::from_utf8_lossy(&bytes).trim().to_string()
+        crate::asr::text(&self.tokens, tokens, |t| t as usize > EOS)
     }
 
     /// Transcribes utterances one after the other (the graphs take no padding mask, so they
@@ -220,7 +198,7 @@ impl Moonshine {
             let (best, lp) = if let Some(&forced) = request.prefix.get(step) {
                 (forced as usize, 0.0)
             } else {
-                argmax_logprob(&row[..vocab.min(self.tokens.len())])
+                crate::whisper::argmax_logprob(&row[..vocab.min(self.tokens.len())])
             };
             let mut new_self = Vec::with_capacity(self.layers);
             let mut new_cross = Vec::with_capacity(self.layers);
@@ -267,16 +245,6 @@ impl Moonshine {
 
 fn missing(name: &str) -> SpeechError {
     SpeechError::Inference(format!("the Moonshine graph has no output {name}"))
-}
-
-fn argmax_logprob(row: &[f32]) -> (usize, f32) {
-    let (best, &max) = row
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .unwrap_or((EOS, &0.0));
-    let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
-    (best, -sum.ln())
 }
 
 #[cfg(test)]

@@ -86,6 +86,22 @@ pub fn choose(runtime: &Runtime, wanted: &[Provider]) -> (Vec<Provider>, Vec<Str
     (chosen, skipped)
 }
 
+/// A session of the model at `path` on `providers` (from [`choose`]) with `threads` intra-op
+/// threads; errors name the file.
+pub(crate) fn session(
+    runtime: &Runtime,
+    threads: usize,
+    providers: &[Provider],
+    path: &std::path::Path,
+) -> Result<Session, SpeechError> {
+    builder(runtime, threads, providers)?
+        .commit_from_file(path)
+        .map_err(|e| SpeechError::Model {
+            name: path.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
 /// A session builder on `runtime` with `threads` intra-op threads and `providers` (from
 /// [`choose`]) registered in order. A provider that fails to register (no device, a missing
 /// CUDA library) is left out with a warning: the CPU stands behind.

@@ -77,7 +77,8 @@ pub fn read_jsonl(path: &Path) -> std::io::Result<(Vec<Segment>, usize)> {
     Ok((segments, bad))
 }
 
-fn clock(ms: u64) -> String {
+/// `HH:MM:SS.mmm` of a duration in milliseconds.
+pub fn clock(ms: u64) -> String {
     format!(
         "{:02}:{:02}:{:02}.{:03}",
         ms / 3_600_000,

@@ -112,7 +112,7 @@ impl std::fmt::Debug for Whisper {
     }
 }
 
-fn model_err(path: &Path, reason: impl std::fmt::Display) -> SpeechError {
+pub(crate) fn model_err(path: &Path, reason: impl std::fmt::Display) -> SpeechError {
     SpeechError::Model {
         name: path.display().to_string(),
         reason: reason.to_string(),
@@ -136,13 +136,8 @@ impl Whisper {
         threads: usize,
         providers: &[Provider],
     ) -> Result<Self, SpeechError> {
-        let session = |path: &Path| -> Result<Session, SpeechError> {
-            crate::provider::builder(runtime, threads, providers)?
-                .commit_from_file(path)
-                .map_err(|e| model_err(path, e))
-        };
-        let encoder = session(&files.encoder)?;
-        let decoder = session(&files.decoder)?;
+        let encoder = crate::provider::session(runtime, threads, providers, &files.encoder)?;
+        let decoder = crate::provider::session(runtime, threads, providers, &files.decoder)?;
         let vocabulary = std::fs::read_to_string(&files.vocabulary)
             .map_err(|e| model_err(&files.vocabulary, e))?;
         let tokens: Vec<Vec<u8>> = vocabulary.lines().map(token_bytes).collect();
@@ -191,22 +186,12 @@ impl Whisper {
 
     /// Whether `token` begins a new word (its text starts with a space).
     pub fn starts_word(&self, token: u32) -> bool {
-        self.tokens
-            .get(token as usize)
-            .and_then(|b| b.first())
-            .is_some_and(|&c| c == b' ')
+        crate::asr::starts_word(&self.tokens, token)
     }
 
     /// The text of `tokens` (special tokens left out).
     pub fn text(&self, tokens: &[u32]) -> String {
-        let bytes: Vec<u8> = tokens
-            .iter()
-            .filter(|&&t| t < EOT)
-            .filter_map(|&t| self.tokens.get(t as usize))
-            .flatten()
-            .copied()
-            .collect();
-        String::from_utf8_lossy(&bytes).trim().to_string()
+        crate::asr::text(&self.tokens, tokens, |t| t < EOT)
     }
 
     /// Transcribes one utterance.
@@ -432,7 +417,7 @@ fn softmax_at(row: &[f32], i: usize) -> f32 {
 }
 
 /// The best index and its log-probability.
-fn argmax_logprob(row: &[f32]) -> (usize, f32) {
+pub(crate) fn argmax_logprob(row: &[f32]) -> (usize, f32) {
     let (best, &max) = row
         .iter()
         .enumerate()

@@ -127,14 +127,7 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<()> {
 }
 
 fn clock(seconds: f64) -> String {
-    let ms = (seconds * 1000.0).round() as u64;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        ms / 3_600_000,
-        ms / 60_000 % 60,
-        ms / 1000 % 60,
-        ms % 1000
-    )
+    parloir_speech::summary::clock((seconds * 1000.0).round() as u64)
 }
 
 /// 16 kHz mono samples of `path`.

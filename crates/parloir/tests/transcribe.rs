@@ -276,16 +276,19 @@ fn bad_input_and_broken_models_get_clear_errors() {
     .unwrap();
     // French: no fallback (Moonshine is English only), so a clear error.
     let models_arg = models.to_str().unwrap();
-    let out = parloir(&[
-        "transcribe",
-        "--language",
-        "fr",
-        "--models",
-        models_arg,
-        fr.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let french_fails = || -> String {
+        let out = parloir(&[
+            "transcribe",
+            "--language",
+            "fr",
+            "--models",
+            models_arg,
+            fr.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = french_fails();
     assert!(
         err.contains("whisper-base-encoder") && err.contains("SHA-256"),
         "{err}"
@@ -314,16 +317,7 @@ fn bad_input_and_broken_models_get_clear_errors() {
     // The converted graphs missing: the error says how to build them.
     std::fs::remove_file(models.join("whisper-base")).unwrap();
     std::fs::write(models.join("manifest.toml"), &manifest).unwrap();
-    let out = parloir(&[
-        "transcribe",
-        "--language",
-        "fr",
-        "--models",
-        models_arg,
-        fr.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = french_fails();
     assert!(err.contains("deploy/setup.sh builds it"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
