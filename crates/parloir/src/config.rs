@@ -43,7 +43,7 @@ pub struct SpeechConfig {
     /// Languages spoken in meetings ("en", "fr", …): one fixes it, several are detected among
     /// per utterance, none means any language Whisper knows.
     pub languages: Vec<String>,
-    /// Inference threads (0: one per speech core of the core plan, at least 2).
+    /// Inference threads (0: one per speech core of the core plan when pinned there, else 2).
     pub threads: usize,
     /// New audio between two interim decodes of an utterance, in milliseconds.
     pub interval_ms: u32,

@@ -431,9 +431,23 @@ fn serve(config: Config) -> anyhow::Result<()> {
     // The speech plane, when on: one thread on the speech cores, fed by every media worker.
     // Without its runtime or models the server says why and serves meetings without it.
     let speech_plane = if config.speech.enabled {
-        let cpus = if config.server.pin_cores {
+        // Pinned to the speech cores when the plan gives speech cores of its own. On a small
+        // machine whose plan shares them with the control (or media) cores, pinning the
+        // inference threads there would only make them queue behind each other and the
+        // control plane: they float instead (measured in perf/README.md).
+        let own = plan
+            .speech
+            .iter()
+            .all(|c| !plan.control.contains(c) && !plan.media.contains(c));
+        let cpus = if config.server.pin_cores && own {
             plan.speech.clone()
         } else {
+            if config.server.pin_cores {
+                tracing::info!(
+                    speech = ?plan.speech,
+                    "speech plane not pinned: its cores are shared with the control or media plane"
+                );
+            }
             Vec::new()
         };
         match speech::start(

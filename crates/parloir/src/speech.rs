@@ -188,9 +188,11 @@ fn load(
             None
         }
     };
-    let threads = match config.threads {
-        0 => cores.max(2),
-        n => n,
+    // One inference thread per speech core it is pinned to; unpinned, two.
+    let threads = match (config.threads, cores) {
+        (0, 0) => 2,
+        (0, n) => n,
+        (n, _) => n,
     };
     // Whisper on the hardware profile's providers that this runtime has; the VAD (tiny,
     // 32 ms steps) stays on the CPU.
