@@ -60,17 +60,21 @@ pub const SUBTITLES_KEY: &str = "parloir.subtitles";
 /// comma-separated list ("fr,en") or a JSON array of codes.
 pub const LANGUAGES_KEY: &str = "parloir.languages";
 
-/// Whether a room with `metadata` gives its audio to the speech plane.
-pub(crate) fn speech_wanted(metadata: &str, default: bool) -> bool {
-    serde_json::from_str::<serde_json::Value>(metadata)
-        .ok()
-        .and_then(|v| v.get(SUBTITLES_KEY)?.as_bool())
-        .unwrap_or(default)
+impl Room {
+    /// Reads the speech plane's settings from the room's metadata (parsed once): whether its
+    /// audio goes to the speech plane, and the languages it names.
+    fn apply_speech_metadata(&mut self, default: bool) {
+        let v = serde_json::from_str::<serde_json::Value>(&self.info.metadata).ok();
+        self.speech = v
+            .as_ref()
+            .and_then(|v| v.get(SUBTITLES_KEY)?.as_bool())
+            .unwrap_or(default);
+        self.languages = v.as_ref().and_then(room_languages);
+    }
 }
 
 /// The languages a room's metadata names, if it names any.
-pub(crate) fn room_languages(metadata: &str) -> Option<std::sync::Arc<[String]>> {
-    let v = serde_json::from_str::<serde_json::Value>(metadata).ok()?;
+fn room_languages(v: &serde_json::Value) -> Option<std::sync::Arc<[String]>> {
     let codes: Vec<String> = match v.get(LANGUAGES_KEY)? {
         serde_json::Value::String(s) => s.split(',').map(|c| c.trim().to_string()).collect(),
         serde_json::Value::Array(a) => a

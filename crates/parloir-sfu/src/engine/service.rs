@@ -151,9 +151,7 @@ impl Sfu {
                 room.info.max_participants = r.max_participants;
                 if !r.metadata.is_empty() {
                     room.info.metadata = r.metadata;
-                    room.speech =
-                        super::speech_wanted(&room.info.metadata, self.config.speech_all_rooms);
-                    room.languages = super::room_languages(&room.info.metadata);
+                    room.apply_speech_metadata(self.config.speech_all_rooms);
                 }
                 Ok(ServiceReply::Room(room.info.clone()))
             }
@@ -330,9 +328,7 @@ impl Sfu {
                     .get_mut(&r.room)
                     .ok_or_else(|| not_found(&r.room))?;
                 room.info.metadata = r.metadata;
-                room.speech =
-                    super::speech_wanted(&room.info.metadata, self.config.speech_all_rooms);
-                room.languages = super::room_languages(&room.info.metadata);
+                room.apply_speech_metadata(self.config.speech_all_rooms);
                 let info = room.info.clone();
                 let members = room.members.clone();
                 for s in members {
