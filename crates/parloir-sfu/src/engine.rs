@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use livekit_protocol as proto;
 use prost::Message as _;
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::ice::StunMessage;
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Rtc};
+
+use crate::allocation::{self, Meter, Want};
 
 use crate::ids::{IdGen, PeerId, SessionId};
 pub use service::{ServiceCall, ServiceError, ServiceReply, Subtitle, TRANSCRIPTION_TOPIC};
@@ -52,6 +55,11 @@ pub struct SfuConfig {
     /// object with [`SUBTITLES_KEY`] true or false decides for itself (set at CreateRoom or by
     /// UpdateRoomMetadata, e.g. by a room administrator from the meeting page).
     pub speech_all_rooms: bool,
+    /// Send-side bandwidth estimation on subscriber connections (TWCC feedback, str0m's GCC),
+    /// starting from this estimate in kbit/s; 0 turns it off, and every subscriber then gets
+    /// the layers its tiles ask for whatever its link. With it on, each subscriber's video is
+    /// fitted to its estimate by priority (the `allocation` module).
+    pub bwe_initial_kbps: u32,
 }
 
 /// The room metadata key (a JSON boolean) that turns the speech plane on or off for a room.
@@ -287,6 +295,9 @@ pub struct Stats {
     pub data_dropped: u64,
     /// Audio frames not forwarded: their publisher was silent and not among the loudest.
     pub audio_gated: u64,
+    /// Video tracks paused for a subscriber whose link could not carry them (each pause
+    /// counted once, until the track resumes).
+    pub video_paused: u64,
 }
 
 /// One published audio frame, as the speech plane takes it (before loudest-N gating: a
@@ -420,6 +431,67 @@ struct Peer {
     /// Data channels by label (`_reliable`, `_lossy`).
     channels: HashMap<String, ChannelId>,
     channel_labels: HashMap<ChannelId, String>,
+    /// Subscriber side: the send-side bandwidth estimate (bits/s), the estimate the last
+    /// allocation used, and the (minimum, desired) rates last given to str0m's estimator.
+    estimate: Option<u64>,
+    allocated_for: Option<u64>,
+    bwe_rates: (u64, u64),
+    /// When the estimate last fell: the next probe waits `probe_hold` after it, and after the
+    /// last probe. The hold doubles each time a probe made the estimate fall (up to
+    /// [`MAX_PROBE_HOLD`]), and is back at [`PROBE_HOLD`] after an upgrade.
+    last_fall: Option<Instant>,
+    probe_hold: Duration,
+    /// The highest estimate of the last [`PEAK_WINDOW`], and when it was seen.
+    peak: (u64, Instant),
+    /// Whether the current streak of falls began just after a probe.
+    probe_fall: bool,
+    /// What the last allocation sends it, audio included (bits/s).
+    sending: u64,
+    /// When a track last went up a layer for it (one step per [`UPGRADE_INTERVAL`]).
+    last_upgrade: Option<Instant>,
+    /// When the last probe was asked for.
+    probed_at: Option<Instant>,
+    /// Round-trip time from the receiver reports, latest and lowest: the difference is the
+    /// queue standing at the bottleneck, which the delay-based estimator does not see once it
+    /// stops growing.
+    rtt: Option<Duration>,
+    rtt_min: Option<Duration>,
+    /// When a growing standing queue was last seen (not just after a probe).
+    delayed_at: Option<Instant>,
+}
+
+impl Peer {
+    /// Whether the estimate is falling now: it fell within [`FALLING_WINDOW`], and it is
+    /// more than [`FALLING_DEPTH`] below its peak of the last [`PEAK_WINDOW`] or below what is
+    /// being sent; unless the streak began just after a probe (the probe, not the media,
+    /// overran the link). The estimator backs off in steps of 10 to 15 %, each after its
+    /// feedback came back through a growing queue, so while it falls the link is worth much
+    /// less than the estimate says. Also falling: a queue that grows on the path (the round
+    /// trip of acknowledged packets rising above the path's lowest), which shows a link that
+    /// dropped sooner than the estimator, whose overuse threshold adapts to noise, reacts.
+    fn falling(&self, now: Instant) -> bool {
+        let recent = self
+            .last_fall
+            .is_some_and(|t| now.saturating_duration_since(t) < FALLING_WINDOW);
+        let below = self
+            .estimate
+            .is_some_and(|e| (e as f64 * allocation::BUDGET_SHARE) < self.sending as f64);
+        let deep = self
+            .estimate
+            .is_some_and(|e| (e as f64) < self.peak.0 as f64 * (1.0 - FALLING_DEPTH));
+        let delayed = self
+            .delayed_at
+            .is_some_and(|t| now.saturating_duration_since(t) < DELAY_WINDOW);
+        (recent && !self.probe_fall && (deep || below)) || delayed
+    }
+
+    /// Whether a queue stands on the path to this subscriber.
+    fn queued(&self) -> bool {
+        match (self.rtt, self.rtt_min) {
+            (Some(rtt), Some(min)) => rtt > min + STANDING_QUEUE,
+            _ => false,
+        }
+    }
 }
 
 impl Peer {
@@ -450,6 +522,28 @@ struct Out {
     state: OutState,
     /// Which simulcast layer this subscriber gets, and its timestamp continuity.
     switcher: Switcher,
+    /// The highest quality this subscriber's bandwidth allows for the track, or `None`: paused
+    /// for lack of bandwidth (the client was told with a StreamStateUpdate).
+    cap: Option<u8>,
+    /// A track without simulcast that was paused waits for a key frame to resume.
+    key_wait: bool,
+    /// Since when not even its lowest layer fits the budget.
+    short_since: Option<Instant>,
+    /// The wallclock of the last frame written.
+    wallclock: Option<Instant>,
+}
+
+impl Out {
+    fn new() -> Self {
+        Self {
+            state: OutState::Wanted,
+            switcher: Switcher::default(),
+            cap: Some(2),
+            key_wait: false,
+            short_since: None,
+            wallclock: None,
+        }
+    }
 }
 
 struct Track {
@@ -466,9 +560,120 @@ struct Track {
     last_keyframe_request: HashMap<Option<Rid>, Instant>,
     /// Dynacast: the highest quality any subscriber wants, as last told to the publisher.
     told_quality: Option<Option<u8>>,
+    /// The rate of each layer (`None` without simulcast), as received.
+    meters: Vec<(Option<Rid>, Meter)>,
+}
+
+impl Track {
+    /// The simulcast layers its publisher announced (none without simulcast).
+    fn published_layers(&self) -> &[proto::VideoLayer] {
+        self.info
+            .codecs
+            .first()
+            .map(|c| c.layers.as_slice())
+            .unwrap_or_default()
+    }
+
+    fn meter(&mut self, rid: Option<Rid>) -> &mut Meter {
+        let i = match self.meters.iter().position(|(r, _)| *r == rid) {
+            Some(i) => i,
+            None => {
+                self.meters.push((rid, Meter::default()));
+                self.meters.len() - 1
+            }
+        };
+        &mut self.meters[i].1
+    }
+
+    /// The measured rate of a layer, or what its publisher announced, or a preset's.
+    fn rate(&self, rid: Option<Rid>, rank: u8, now: Instant) -> u64 {
+        let measured = self
+            .meters
+            .iter()
+            .find(|(r, _)| *r == rid)
+            .map_or(0, |(_, m)| m.rate(now));
+        if measured > 0 {
+            return measured;
+        }
+        let announced = self
+            .info
+            .codecs
+            .first()
+            .and_then(|c| c.layers.iter().find(|l| l.quality == i32::from(rank)))
+            .map_or(0, |l| u64::from(l.bitrate));
+        if announced > 0 {
+            return announced;
+        }
+        if self.kind == MediaKind::Audio {
+            return 40_000;
+        }
+        allocation::default_rate(rank)
+    }
+
+    /// The rate of the layer of `quality`, flowing or not.
+    fn wanted_rate(&self, quality: u8, now: Instant) -> u64 {
+        if self.layers.is_empty() {
+            return self.rate(None, quality, now);
+        }
+        let rid = self
+            .layers
+            .flowing(now)
+            .into_iter()
+            .find(|(rank, _)| *rank == quality)
+            .map(|(_, rid)| rid);
+        match rid {
+            Some(rid) => self.rate(Some(rid), quality, now),
+            None => self
+                .rate(None, quality, now)
+                .max(allocation::default_rate(quality)),
+        }
+    }
+
+    /// The layers a subscriber that wants `quality` may get, lowest first, with their rates.
+    fn offer(&self, quality: u8, now: Instant) -> Vec<(u8, u64)> {
+        if self.layers.is_empty() {
+            return vec![(quality, self.rate(None, quality, now))];
+        }
+        let flowing = self.layers.flowing(now);
+        let mut fit: Vec<(u8, Rid)> = flowing
+            .iter()
+            .copied()
+            .filter(|(rank, _)| *rank <= quality)
+            .collect();
+        if fit.is_empty() {
+            fit.extend(flowing.first().copied());
+        }
+        fit.into_iter()
+            .map(|(rank, rid)| (rank, self.rate(Some(rid), rank, now)))
+            .collect()
+    }
 }
 
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+/// Falls of the estimate closer together than this make one falling streak.
+const FALLING_WINDOW: Duration = Duration::from_millis(500);
+/// A fall deeper than this share of the recent peak estimate is congestion, not noise.
+const FALLING_DEPTH: f64 = 0.15;
+const PEAK_WINDOW: Duration = Duration::from_secs(2);
+/// A growing queue keeps a subscriber falling this long.
+const DELAY_WINDOW: Duration = Duration::from_secs(1);
+/// How often subscriber connections report their statistics (the round trip among them).
+const SUBSCRIBER_STATS_INTERVAL: Duration = Duration::from_millis(500);
+/// Round-trip time above the path's lowest that means a queue stands at the bottleneck.
+const STANDING_QUEUE: Duration = Duration::from_millis(100);
+/// How long after its estimate last fell, or after its last probe, a subscriber is probed
+/// again (at first).
+const PROBE_HOLD: Duration = Duration::from_secs(3);
+/// A fall this soon after a probe is the probe's doing.
+const PROBE_BLAME: Duration = Duration::from_secs(1);
+const MAX_PROBE_HOLD: Duration = Duration::from_secs(8);
+/// A subscriber's tracks go up one layer at a time, this far apart.
+const UPGRADE_INTERVAL: Duration = Duration::from_secs(1);
+/// No track goes up a layer until the estimate has not fallen for this long.
+const CALM_AFTER_FALL: Duration = Duration::from_secs(2);
+/// How long a subscriber's budget must lack room for a track's lowest layer before the track
+/// pauses for it.
+const PAUSE_AFTER: Duration = Duration::from_secs(3);
 /// How long a resumed subscriber connection waits for the client's SyncState.
 const RESYNC_WAIT: Duration = Duration::from_secs(2);
 /// How long a participant whose WebSocket dropped may resume before it is removed.
@@ -553,10 +758,16 @@ impl Sfu {
                 self.negotiate_subscriber(session);
             }
             Command::UpdateTrackSettings { session, settings } => {
+                let mut subscriber = None;
                 if let Some(p) = self.participants.get_mut(&session) {
                     for sid in &settings.track_sids {
                         p.settings.insert(sid.clone(), settings.clone());
                     }
+                    subscriber = p.subscriber;
+                }
+                // A bigger tile may get more at once, within the budget.
+                if let Some(pid) = subscriber {
+                    self.allocate(now, pid);
                 }
             }
             Command::UpdateMetadata { session, request } => self.update_metadata(session, request),
@@ -1055,9 +1266,16 @@ impl Sfu {
     fn new_peer(&mut self, now: Instant, session: SessionId, role: PeerRole) -> PeerId {
         let ufrag = self.ids.text(8);
         let pass = self.ids.text(24);
+        let bwe = (role != PeerRole::Publisher && self.config.bwe_initial_kbps > 0)
+            .then(|| Bitrate::kbps(u64::from(self.config.bwe_initial_kbps)));
         let mut rtc = Rtc::builder()
+            .enable_bwe(bwe)
             .set_ice_lite(true)
-            .set_stats_interval(Some(Duration::from_secs(1)))
+            .set_stats_interval(Some(if role == PeerRole::Publisher {
+                Duration::from_secs(1)
+            } else {
+                SUBSCRIBER_STATS_INTERVAL
+            }))
             .set_local_ice_credentials(IceCreds {
                 ufrag: ufrag.clone(),
                 pass,
@@ -1112,6 +1330,19 @@ impl Sfu {
                 awaiting_offer: false,
                 channels: HashMap::new(),
                 channel_labels: HashMap::new(),
+                estimate: None,
+                allocated_for: None,
+                bwe_rates: (0, 0),
+                last_fall: None,
+                probe_hold: PROBE_HOLD,
+                peak: (0, now),
+                probe_fall: false,
+                sending: 0,
+                last_upgrade: None,
+                probed_at: None,
+                rtt: None,
+                rtt_min: None,
+                delayed_at: None,
             },
         );
         self.mark(pid);
@@ -1269,11 +1500,68 @@ impl Sfu {
                     self.mark(pid);
                 }
             }
+            Event::EgressBitrateEstimate(BweKind::Twcc {
+                estimate,
+                can_probe,
+            }) => {
+                let Some(peer) = self.peers.get_mut(&pid) else {
+                    return;
+                };
+                let estimate = estimate.as_u64();
+                tracing::trace!(session = %peer.session, estimate, can_probe, "bandwidth estimate");
+                let fell = peer.estimate.is_some_and(|old| estimate < old);
+                peer.estimate = Some(estimate);
+                if estimate >= peer.peak.0
+                    || now.saturating_duration_since(peer.peak.1) > PEAK_WINDOW
+                {
+                    peer.peak = (estimate, now);
+                }
+                if fell {
+                    let streak = peer
+                        .last_fall
+                        .is_some_and(|t| now.saturating_duration_since(t) < FALLING_WINDOW);
+                    if !streak {
+                        peer.probe_fall = peer
+                            .probed_at
+                            .is_some_and(|t| now.saturating_duration_since(t) < PROBE_BLAME);
+                        if peer.probe_fall {
+                            peer.probe_hold = (peer.probe_hold * 2).min(MAX_PROBE_HOLD);
+                        }
+                    }
+                    peer.last_fall = Some(now);
+                }
+                // A big move, or the start of a fall, is acted on at once; small moves wait
+                // for the tick.
+                let moved = peer
+                    .allocated_for
+                    .is_none_or(|a| estimate < a / 100 * 85 || estimate > a / 100 * 115);
+                if moved || (fell && peer.falling(now)) {
+                    self.allocate(now, pid);
+                }
+            }
             Event::MediaEgressStats(s) => {
                 let key = (pid, s.mid, s.rid);
                 let total = s.nacks;
                 let seen = self.nack_seen.insert(key, total).unwrap_or(0);
                 self.stats.nacks += total.saturating_sub(seen);
+            }
+            Event::PeerStats(s) => {
+                // The round trip of packets the transport-wide feedback acknowledged.
+                let (Some(rtt), Some(peer)) = (s.rtt, self.peers.get_mut(&pid)) else {
+                    return;
+                };
+                let grew = peer.rtt.is_some_and(|old| rtt > old);
+                peer.rtt = Some(rtt);
+                peer.rtt_min = Some(peer.rtt_min.map_or(rtt, |m| m.min(rtt)));
+                let probed = peer
+                    .probed_at
+                    .is_some_and(|t| now.saturating_duration_since(t) < PROBE_BLAME);
+                if grew && peer.queued() && !probed && peer.estimate.is_some() {
+                    tracing::trace!(session = %peer.session, ?rtt, "queue growing");
+                    peer.delayed_at = Some(now);
+                    peer.last_fall = Some(now);
+                    self.allocate(now, pid);
+                }
             }
             _ => {}
         }
@@ -1359,6 +1647,7 @@ impl Sfu {
                 subscribers: Vec::new(),
                 last_keyframe_request: HashMap::new(),
                 told_quality: None,
+                meters: Vec::new(),
             },
         );
         self.signal(
@@ -1746,13 +2035,7 @@ impl Sfu {
         if peer.outs.contains_key(track_sid) {
             return;
         }
-        peer.outs.insert(
-            track_sid.to_string(),
-            Out {
-                state: OutState::Wanted,
-                switcher: Switcher::default(),
-            },
-        );
+        peer.outs.insert(track_sid.to_string(), Out::new());
         peer.needs_offer = true;
         if let Some(track) = self.tracks.get_mut(track_sid) {
             track.subscribers.push(pid);
@@ -1971,6 +2254,8 @@ impl Sfu {
         if let Some(rid) = data.rid {
             track.layers.frame(rid, now);
         }
+        track.meter(data.rid).frame(data.data.len(), now);
+        let video = track.kind == MediaKind::Video;
         if track.kind == MediaKind::Audio
             && let Some(tap) = self.audio_tap.as_mut()
             && data.params.spec().codec == str0m::format::Codec::Opus
@@ -2012,7 +2297,7 @@ impl Sfu {
         let subscribers = std::mem::take(&mut track.subscribers);
         let contiguous = data.contiguous;
         let key = data.is_keyframe();
-        let mut key_frames_wanted: Vec<Rid> = Vec::new();
+        let mut key_frames_wanted: Vec<Option<Rid>> = Vec::new();
         for &sub in &subscribers {
             let written = {
                 let Some(peer) = self.peers.get_mut(&sub) else {
@@ -2026,38 +2311,59 @@ impl Sfu {
                 };
                 let time = match (data.rid, self.tracks.get(&sid)) {
                     (Some(rid), Some(track)) => {
+                        let cap = out.cap;
                         let settings = self
                             .participants
                             .get(&peer.session)
                             .and_then(|p| p.settings.get(&sid));
-                        let published = track
-                            .info
-                            .codecs
-                            .first()
-                            .map(|c| c.layers.as_slice())
-                            .unwrap_or_default();
+                        let published = track.published_layers();
                         let target = simulcast::wanted_quality(settings, published)
+                            .and_then(|q| cap.map(|c| q.min(c)))
                             .and_then(|q| track.layers.choose(q, now));
                         match out.switcher.frame(rid, target, key, data.time, now) {
                             Decision::Forward(time) => time,
                             Decision::Drop => continue,
                             Decision::NeedKeyFrame(rid) => {
-                                if !key_frames_wanted.contains(&rid) {
-                                    key_frames_wanted.push(rid);
+                                if !key_frames_wanted.contains(&Some(rid)) {
+                                    key_frames_wanted.push(Some(rid));
                                 }
                                 continue;
                             }
                         }
                     }
+                    _ if video => {
+                        // Without simulcast: paused, or resuming at a key frame.
+                        if out.cap.is_none() {
+                            continue;
+                        }
+                        if out.key_wait {
+                            if !key {
+                                if !key_frames_wanted.contains(&None) {
+                                    key_frames_wanted.push(None);
+                                }
+                                continue;
+                            }
+                            out.key_wait = false;
+                        }
+                        data.time
+                    }
                     _ => data.time,
                 };
+                // str0m sends pending frames in wallclock order, and a frame's network time is
+                // when its first packet came: at a layer switch the new layer's key frame may
+                // have started arriving before the old layer's last frame, and must not overtake
+                // it. The wallclock written only moves forward.
+                let wallclock = data
+                    .network_time
+                    .max(out.wallclock.unwrap_or(data.network_time));
+                out.wallclock = Some(wallclock);
                 let Some(writer) = peer.rtc.writer(mid) else {
                     continue;
                 };
                 let Some(pt) = writer.match_params(data.params) else {
                     continue;
                 };
-                match writer.write(pt, data.network_time, time, data.data.clone()) {
+                match writer.write(pt, wallclock, time, data.data.clone()) {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::debug!("write to subscriber failed: {e}");
@@ -2074,7 +2380,7 @@ impl Sfu {
             track.subscribers = subscribers;
         }
         for rid in key_frames_wanted {
-            self.request_keyframe(now, &sid, Some(rid), KeyframeRequestKind::Pli);
+            self.request_keyframe(now, &sid, rid, KeyframeRequestKind::Pli);
         }
         if !contiguous
             && self
@@ -2333,6 +2639,232 @@ impl Sfu {
         }
     }
 
+    /// Fits a subscriber's video to its bandwidth estimate (see [`crate::allocation`]): caps
+    /// each track's layer, pauses what does not fit (and tells the client), and tells str0m's
+    /// estimator what to probe for. Nothing happens before the first estimate.
+    fn allocate(&mut self, now: Instant, pid: PeerId) {
+        let Some(peer) = self.peers.get(&pid) else {
+            return;
+        };
+        let Some(estimate) = peer.estimate else {
+            return;
+        };
+        let settings = self.participants.get(&peer.session).map(|p| &p.settings);
+        let mut audio = 0u64;
+        // (priority key, track sid, publisher sid, want)
+        type Key = (u8, std::cmp::Reverse<Option<Instant>>);
+        let mut items: Vec<(Key, String, String, Want)> = Vec::new();
+        for (sid, out) in &peer.outs {
+            if !matches!(out.state, OutState::Open(_)) {
+                continue;
+            }
+            let Some(track) = self.tracks.get(sid) else {
+                continue;
+            };
+            if track.kind == MediaKind::Audio {
+                audio += track.rate(None, 0, now);
+                continue;
+            }
+            let published = track.published_layers();
+            let wanted = simulcast::wanted_quality(settings.and_then(|s| s.get(sid)), published);
+            let layers = wanted.map_or_else(Vec::new, |q| track.offer(q, now));
+            let top = if layers.is_empty() {
+                0
+            } else {
+                wanted.map_or(0, |q| track.wanted_rate(q, now))
+            };
+            // The layer it gets now; while a switch waits for its key frame, the layer it
+            // goes to. None: paused, or not started.
+            let current = if track.layers.is_empty() {
+                out.cap.and(wanted)
+            } else {
+                match out.switcher.current() {
+                    Some(r) => Some(track.layers.rank(&r)),
+                    None if out.switcher.started() => out.cap.zip(wanted).map(|(c, w)| c.min(w)),
+                    None => None,
+                }
+            };
+            let publisher = self.participants.get(&track.publisher);
+            let loudness = publisher.and_then(|p| {
+                self.rooms
+                    .get(&p.room)
+                    .and_then(|r| r.loudness.get(&p.info.sid))
+            });
+            // Screen share, then whoever speaks now, then the others by recency of speech.
+            let class = if track.info.source == proto::TrackSource::ScreenShare as i32 {
+                0
+            } else if loudness.is_some_and(|l| l.active(now)) {
+                1
+            } else {
+                2
+            };
+            let key = (
+                class,
+                std::cmp::Reverse(loudness.and_then(|l| l.last_loud())),
+            );
+            let publisher_sid = publisher.map(|p| p.info.sid.clone()).unwrap_or_default();
+            items.push((
+                key,
+                sid.clone(),
+                publisher_sid,
+                Want {
+                    layers,
+                    current,
+                    top,
+                },
+            ));
+        }
+        items.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        // A standing queue drains only if less than the link's rate is sent.
+        let share = if peer.queued() {
+            allocation::DRAIN_SHARE
+        } else {
+            allocation::BUDGET_SHARE
+        };
+        let mut budget = ((estimate as f64 * share) as u64).saturating_sub(audio);
+        let wants: Vec<Want> = items.iter().map(|(_, _, _, w)| w.clone()).collect();
+        // Down fast: while the estimate falls, only the lowest layers are sent (and no more
+        // is paused than the whole budget would pause).
+        if peer.falling(now) {
+            let lowest: u64 = wants
+                .iter()
+                .filter_map(|w| w.layers.first())
+                .map(|l| l.1)
+                .sum();
+            budget = lowest.min(budget);
+        }
+        // Up slowly: one track at a time (as far as it fits), and only once no track went up
+        // for UPGRADE_INTERVAL and the estimate has not fallen for CALM_AFTER_FALL.
+        let calm = |t: Option<Instant>, d| t.is_none_or(|t| now.saturating_duration_since(t) >= d);
+        let steps = usize::from(
+            calm(peer.last_upgrade, UPGRADE_INTERVAL) && calm(peer.last_fall, CALM_AFTER_FALL),
+        );
+        let result = allocation::allocate(budget, &wants, steps);
+        tracing::trace!(session = %peer.session, budget, audio, ?wants, ?result, "allocation");
+        let session = peer.session;
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return;
+        };
+        peer.allocated_for = Some(estimate);
+        peer.sending = result.used + audio;
+        let mut states = Vec::new();
+        let mut resumed = Vec::new();
+        let mut upgraded = false;
+        for (((_, sid, publisher_sid, want), cap), tight) in
+            items.into_iter().zip(result.caps).zip(result.tight)
+        {
+            let Some(out) = peer.outs.get_mut(&sid) else {
+                continue;
+            };
+            // A track that wants nothing (turned off, or not flowing yet) is not paused here.
+            let mut cap = if want.layers.is_empty() { Some(2) } else { cap };
+            // An estimate just after congestion undershoots the link: a track keeps its lowest
+            // layer until it has been short of room for PAUSE_AFTER. Being short ends only
+            // when the lowest layer fits with headroom, so an estimate hovering at the edge
+            // still pauses it.
+            if cap.is_none() || (tight && out.short_since.is_some()) {
+                let since = *out.short_since.get_or_insert(now);
+                if cap.is_none()
+                    && out.cap.is_some()
+                    && now.saturating_duration_since(since) < PAUSE_AFTER
+                {
+                    cap = want.layers.first().map(|(rank, _)| *rank);
+                }
+            } else {
+                out.short_since = None;
+            }
+            upgraded |= match (cap, want.current) {
+                (Some(c), Some(current)) => c > current,
+                (Some(_), None) => out.cap.is_none(),
+                _ => false,
+            };
+            // Going down for lack of bandwidth, the layer above stops at once: the receiver
+            // waits for the lower layer's key frame rather than the link for the queue.
+            let dropped = match (cap, want.current) {
+                (Some(c), Some(current)) => current > c,
+                (None, _) => out.cap.is_some(),
+                _ => false,
+            };
+            if dropped {
+                out.switcher.pause();
+            }
+            let was_paused = out.cap.is_none();
+            out.cap = cap;
+            if cap.is_none() == was_paused {
+                continue;
+            }
+            if cap.is_none() {
+                // Resuming must start at a key frame.
+                out.switcher.pause();
+                out.key_wait = true;
+                self.stats.video_paused += 1;
+            } else if self.tracks.get(&sid).is_some_and(|t| t.layers.is_empty()) {
+                // Without simulcast the key frame is asked for here; a simulcast switcher
+                // asks for its target layer's.
+                resumed.push(sid.clone());
+            }
+            let state = if cap.is_none() {
+                proto::StreamState::Paused
+            } else {
+                proto::StreamState::Active
+            };
+            tracing::debug!(%session, track = %sid, ?state, estimate, "stream state");
+            states.push(proto::StreamStateInfo {
+                participant_sid: publisher_sid,
+                track_sid: sid,
+                state: state as i32,
+            });
+        }
+        // Probing. The estimator learns about room above what is sent only by trying it:
+        // once the estimate has been calm for the probe hold and an upgrade waits for room,
+        // the desired rate is raised to what that upgrade needs, which makes str0m send a
+        // short probe cluster at (and above) that rate and raise its estimate if the link
+        // carries it. Between probes the desired rate is what is sent, so no padding keeps a
+        // deep bottleneck queue full. A probe that makes the estimate fall doubles the hold.
+        let used = result.used + audio;
+        if upgraded {
+            peer.probe_hold = PROBE_HOLD;
+            peer.last_upgrade = Some(now);
+        }
+        let hold = peer.probe_hold;
+        let quiet = |t: Option<Instant>| t.is_none_or(|t| now.saturating_duration_since(t) >= hold);
+        let mut desired = used;
+        if !peer.queued()
+            && quiet(peer.last_fall)
+            && quiet(peer.probed_at)
+            && let Some(step) = result.next_step
+        {
+            let need = (used as f64 + step as f64 * allocation::UPGRADE_HEADROOM)
+                / allocation::BUDGET_SHARE;
+            if need as u64 > estimate {
+                desired = need as u64;
+                peer.probed_at = Some(now);
+                tracing::trace!(%session, estimate, desired, "probing");
+            }
+        }
+        let minimum = used;
+        let (old_min, old_desired) = peer.bwe_rates;
+        let differs = |a: u64, b: u64| a.abs_diff(b) > b / 10;
+        if differs(minimum, old_min) || differs(desired, old_desired) {
+            peer.bwe_rates = (minimum, desired);
+            peer.rtc
+                .bwe()
+                .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired));
+            self.mark(pid);
+        }
+        for sid in resumed {
+            self.request_keyframe(now, &sid, None, KeyframeRequestKind::Pli);
+        }
+        if !states.is_empty() {
+            self.signal(
+                session,
+                proto::signal_response::Message::StreamStateUpdate(proto::StreamStateUpdate {
+                    stream_states: states,
+                }),
+            );
+        }
+    }
+
     /// The periodic work, every [`SPEAKER_TICK`] while rooms exist: expired resumes leave,
     /// empty rooms close, speaker changes and room counts go out.
     /// Dynacast: tells each simulcast publisher which layers its subscribers need
@@ -2402,6 +2934,15 @@ impl Sfu {
 
     fn tick(&mut self, now: Instant) {
         self.dynacast();
+        let estimated: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.estimate.is_some())
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in estimated {
+            self.allocate(now, pid);
+        }
         // Resumed clients that sent no SyncState in time: offer again.
         let unsynced: Vec<(PeerId, SessionId)> = self
             .peers

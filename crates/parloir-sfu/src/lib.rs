@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub(crate) mod allocation;
 mod engine;
 pub mod ids;
 mod sdp_scan;

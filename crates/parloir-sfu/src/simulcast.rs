@@ -36,7 +36,7 @@ impl Layers {
 
     /// Spatial rank of `rid` (0 lowest, 2 highest) by the naming scheme the track uses:
     /// livekit-client's `q`/`h`/`f`, or `l`/`m`/`h`, or `0`/`1`/`2`.
-    fn rank(&self, rid: &Rid) -> u8 {
+    pub(crate) fn rank(&self, rid: &Rid) -> u8 {
         let lmh = self.seen.iter().any(|(r, _)| matches!(&**r, "l" | "m"))
             && !self.seen.iter().any(|(r, _)| matches!(&**r, "q" | "f"));
         match &**rid {
@@ -46,6 +46,23 @@ impl Layers {
             "h" => 1,
             _ => 2,
         }
+    }
+
+    /// Whether the track has simulcast layers (any frame with a rid came).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// The flowing layers, lowest first, with their ranks.
+    pub(crate) fn flowing(&self, now: Instant) -> Vec<(u8, Rid)> {
+        let mut out: Vec<(u8, Rid)> = self
+            .seen
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(*at) < ACTIVE_WINDOW)
+            .map(|(r, _)| (self.rank(r), *r))
+            .collect();
+        out.sort_by_key(|(rank, _)| *rank);
+        out
     }
 
     /// The layer to forward to a subscriber that wants `quality` (0 low, 1 medium, 2 high): the
@@ -119,6 +136,17 @@ impl Switcher {
     /// The layer being forwarded.
     pub(crate) fn current(&self) -> Option<Rid> {
         self.current
+    }
+
+    /// Whether it has forwarded anything yet.
+    pub(crate) fn started(&self) -> bool {
+        self.last.is_some()
+    }
+
+    /// Stops forwarding: the next frame forwarded will be a key frame (of whatever layer is
+    /// the target then), its timestamps continuing from the last one sent.
+    pub(crate) fn pause(&mut self) {
+        self.current = None;
     }
 
     /// Decides for a frame of layer `rid` when `target` is the layer this subscriber should get.

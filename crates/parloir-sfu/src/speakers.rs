@@ -33,6 +33,11 @@ impl Loudness {
         }
     }
 
+    /// When it last spoke (its last loud packet).
+    pub(crate) fn last_loud(&self) -> Option<Instant> {
+        self.last_loud
+    }
+
     /// Speaking now: a loud packet within the hangover.
     pub(crate) fn active(&self, now: Instant) -> bool {
         self.last_loud

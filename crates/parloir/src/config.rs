@@ -140,6 +140,9 @@ pub struct RtcConfig {
     /// Audio is forwarded for the room's N loudest participants plus anyone speaking; 0
     /// forwards everyone's audio.
     pub loudest_audio: usize,
+    /// Send-side bandwidth estimation per subscriber (TWCC), starting from this many kbit/s:
+    /// each subscriber's video is fitted to its link by priority. 0 turns it off.
+    pub bwe_initial_kbps: u32,
 }
 
 impl Default for RtcConfig {
@@ -154,6 +157,7 @@ impl Default for RtcConfig {
             gro: false,
             media_workers: 0,
             loudest_audio: 3,
+            bwe_initial_kbps: 1000,
         }
     }
 }

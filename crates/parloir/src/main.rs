@@ -496,6 +496,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             ping_timeout_s: 15,
             loudest_audio: config.rtc.loudest_audio,
             speech_all_rooms: config.speech.rooms == "all",
+            bwe_initial_kbps: config.rtc.bwe_initial_kbps,
         };
         let tcp = match (config.tcp_bind(), config.tcp_candidates().first()) {
             (Some(bind), Some(&advertised)) => {

@@ -22,6 +22,7 @@ pub struct Metrics {
     data_packets: AtomicU64,
     data_dropped: AtomicU64,
     audio_gated: AtomicU64,
+    video_paused: AtomicU64,
     /// Signal WebSockets accepted on `/rtc` and on `/rtc/v1`.
     pub signal_connections_v0: AtomicU64,
     pub signal_connections_v1: AtomicU64,
@@ -115,6 +116,7 @@ impl Metrics {
             a.data_packets += b.data_packets;
             a.data_dropped += b.data_dropped;
             a.audio_gated += b.audio_gated;
+            a.video_paused += b.video_paused;
             t.send_errors += w.send_errors;
             t.ring_exhausted += w.ring_exhausted;
             t.tcp_accepted += w.tcp_accepted;
@@ -137,6 +139,7 @@ impl Metrics {
         self.data_packets.store(s.data_packets, Relaxed);
         self.data_dropped.store(s.data_dropped, Relaxed);
         self.audio_gated.store(s.audio_gated, Relaxed);
+        self.video_paused.store(s.video_paused, Relaxed);
         self.udp_ring_exhausted.store(t.ring_exhausted, Relaxed);
         self.ice_tcp_connections.store(t.tcp_accepted, Relaxed);
         self.ice_tcp_packets_in.store(t.tcp_packets_in, Relaxed);
@@ -146,7 +149,7 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         self.fold_workers();
-        let rows: [(&str, &str, &str, &AtomicU64); 36] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 37] = [
             (
                 "parloir_speech_frames_total",
                 "counter",
@@ -206,6 +209,12 @@ impl Metrics {
                 "counter",
                 "Audio frames not forwarded: their publisher was silent and not among the loudest.",
                 &self.audio_gated,
+            ),
+            (
+                "parloir_video_paused_total",
+                "counter",
+                "Video tracks paused for a subscriber whose estimated bandwidth could not carry them.",
+                &self.video_paused,
             ),
             (
                 "parloir_udp_send_messages_total",

@@ -4,7 +4,8 @@
 //!
 //! Clients speak to the SFU the way livekit-client does over `/rtc` (two peer connections):
 //! join, answer the subscriber offer, AddTrack then offer on the publisher connection. Datagrams
-//! travel through a seeded network model (delay, jitter, loss); time jumps to the next deadline,
+//! travel through a seeded network model (delay, jitter, loss, and bottleneck links with a rate
+//! and a drop-tail queue); time jumps to the next deadline,
 //! so seconds of meeting run in milliseconds. The network's choices are seeded; str0m's own
 //! randomness (DTLS keys, SSRCs) is not, so packet counts can differ slightly between runs and
 //! assertions leave room for that rather than pinning exact figures.
@@ -49,6 +50,23 @@ pub struct Packet {
     pub data: Vec<u8>,
 }
 
+/// A bottleneck in front of one address: datagrams leave it at `rate` bits per second (with
+/// 28 bytes of IP and UDP headers each) after waiting their turn; one that would not fit in
+/// `buffer` bytes of queue is dropped, as a drop-tail router queue does.
+pub struct Link {
+    pub rate: u64,
+    pub buffer: usize,
+    /// When the link has sent everything queued so far.
+    pub free_at: Instant,
+    /// What is queued: when each datagram leaves, and its size.
+    pub queue: std::collections::VecDeque<(Instant, usize)>,
+    pub queued: usize,
+    pub dropped: u64,
+    /// Datagrams and bytes that went through.
+    pub passed: u64,
+    pub passed_bytes: u64,
+}
+
 pub struct Net {
     pub rng: StdRng,
     pub delay: Duration,
@@ -58,6 +76,8 @@ pub struct Net {
     pub packets: HashMap<u64, Packet>,
     pub sent: u64,
     pub lost: u64,
+    /// Bottlenecks by destination address.
+    pub links: HashMap<SocketAddr, Link>,
 }
 
 impl Net {
@@ -67,11 +87,51 @@ impl Net {
             self.lost += 1;
             return;
         }
+        let mut leaves = now;
+        if let Some(link) = self.links.get_mut(&packet.to) {
+            while let Some(&(leaves, size)) = link.queue.front()
+                && leaves <= now
+            {
+                link.queue.pop_front();
+                link.queued -= size;
+            }
+            let size = packet.data.len() + 28;
+            if link.queued + size > link.buffer {
+                link.dropped += 1;
+                return;
+            }
+            let start = link.free_at.max(now);
+            link.passed += 1;
+            link.passed_bytes += packet.data.len() as u64;
+            let bits = (packet.data.len() as u64 + 28) * 8;
+            link.free_at = start + Duration::from_nanos(bits * 1_000_000_000 / link.rate);
+            leaves = link.free_at;
+            link.queue.push_back((leaves, size));
+            link.queued += size;
+        }
         let jitter = Duration::from_micros(self.rng.random_range(0..1000));
         self.seq += 1;
         self.queue
-            .push(Reverse((now + self.delay + jitter, self.seq)));
+            .push(Reverse((leaves + self.delay + jitter, self.seq)));
         self.packets.insert(self.seq, packet);
+    }
+
+    /// Puts a bottleneck of `rate` bits per second with a queue of `buffer` bytes in front of
+    /// `to`, or changes the rate of the one there.
+    pub fn limit(&mut self, now: Instant, to: SocketAddr, rate: u64, buffer: usize) {
+        let link = self.links.entry(to).or_insert(Link {
+            rate,
+            buffer,
+            free_at: now,
+            queue: Default::default(),
+            queued: 0,
+            dropped: 0,
+            passed: 0,
+            passed_bytes: 0,
+        });
+        // What is queued keeps its place (first in, first out); the new rate applies after it.
+        link.rate = rate;
+        link.buffer = buffer;
     }
 
     pub fn next_due(&self) -> Option<Instant> {
@@ -86,6 +146,21 @@ impl Net {
         self.queue.pop();
         self.packets.remove(&seq)
     }
+}
+
+/// A video frame as a subscriber received it.
+#[derive(Debug, Clone, Copy)]
+pub struct VideoFrame {
+    /// The simulcast layer it came from (0 lowest), carried in its payload.
+    pub layer: u8,
+    /// RTP time as received.
+    pub time: u64,
+    pub key: bool,
+    /// The publisher's frame counter, carried in its payload.
+    pub counter: u32,
+    /// When its publisher sent it, carried in its payload.
+    pub sent: Instant,
+    pub at: Instant,
 }
 
 pub struct Client {
@@ -124,6 +199,9 @@ pub struct Client {
     pub video_sent: u32,
     /// Publish the camera as three simulcast layers (`q`, `h`, `f`).
     pub simulcast: bool,
+    /// StreamStateUpdates received (tracks paused or resumed for this subscriber), oldest
+    /// first.
+    pub stream_states: Vec<proto::StreamStateInfo>,
     /// SubscribedQualityUpdates received (dynacast), oldest first.
     pub quality_updates: Vec<proto::SubscribedQualityUpdate>,
     /// Answers to the SFU's offers are made but lost (a socket dropping under them).
@@ -134,8 +212,8 @@ pub struct Client {
     pub last_answer: Option<String>,
     /// Layers a PLI asked a key frame for (all of them when the request names none).
     pub key_due: Vec<Option<Rid>>,
-    /// Video frames received per track sid: (layer byte, RTP time) in arrival order.
-    pub video_rx: HashMap<String, Vec<(u8, u64)>>,
+    /// Video frames received per track sid, in arrival order.
+    pub video_rx: HashMap<String, Vec<VideoFrame>>,
     /// `/rtc/v1`: everything rides on `publisher`; offers are numbered; a
     /// MediaSectionsRequirement that arrives while an offer is out waits here.
     pub single: bool,
@@ -177,6 +255,13 @@ pub struct Sim {
     /// Wall-clock time spent inside the SFU's own calls (for the forwarding bench).
     pub sfu_time: Duration,
     pub webhooks: Vec<proto::WebhookEvent>,
+    /// Payload bytes of each simulcast layer's video frames, lowest first; a camera without
+    /// simulcast sends the last.
+    pub layer_bytes: [usize; 3],
+    /// A video frame every this many 20 ms audio frames (5: 10 frames a second).
+    pub video_every: u32,
+    /// The simulation's start: video frames carry their send time from it.
+    pub epoch: Instant,
 }
 
 impl Sim {
@@ -199,6 +284,7 @@ impl Sim {
             ping_timeout_s: 15,
             loudest_audio: n,
             speech_all_rooms: true,
+            bwe_initial_kbps: 1000,
         };
         Self {
             now,
@@ -213,6 +299,7 @@ impl Sim {
                 packets: HashMap::new(),
                 sent: 0,
                 lost: 0,
+                links: HashMap::new(),
             },
             clients: Vec::new(),
             commands: Vec::new(),
@@ -220,6 +307,9 @@ impl Sim {
             replies: Vec::new(),
             sfu_time: Duration::ZERO,
             webhooks: Vec::new(),
+            layer_bytes: [VIDEO_FRAME_BYTES; 3],
+            video_every: 5,
+            epoch: now,
         }
     }
 
@@ -290,6 +380,7 @@ impl Sim {
             video_sent: 0,
             simulcast: false,
             quality_updates: Vec::new(),
+            stream_states: Vec::new(),
             lose_answers: false,
             lose_offers: false,
             last_answer: None,
@@ -614,6 +705,7 @@ impl Sim {
             }
             M::Leave(l) => c.left = Some(l),
             M::SubscribedQualityUpdate(u) => c.quality_updates.push(u),
+            M::StreamStateUpdate(u) => c.stream_states.extend(u.stream_states),
             M::RoomUpdate(u) => c.room = u.room,
             _ => {}
         }
@@ -622,6 +714,7 @@ impl Sim {
     pub fn drain_client(&mut self, i: usize) -> bool {
         let mut moved = false;
         let now = self.now;
+        let epoch = self.epoch;
         for publisher in [true, false] {
             loop {
                 let c = &mut self.clients[i];
@@ -666,10 +759,17 @@ impl Sim {
                                     d.data[1..5].try_into().expect("frames carry a counter"),
                                 );
                                 if d.params.spec().codec == Codec::Vp8 {
-                                    c.video_rx
-                                        .entry(sid.clone())
-                                        .or_default()
-                                        .push((d.data[5], d.time.numer()));
+                                    c.video_rx.entry(sid.clone()).or_default().push(VideoFrame {
+                                        layer: d.data[5],
+                                        time: d.time.numer(),
+                                        key: d.data[0] & 1 == 0,
+                                        counter,
+                                        sent: epoch
+                                            + Duration::from_micros(u64::from_be_bytes(
+                                                d.data[6..14].try_into().expect("a send time"),
+                                            )),
+                                        at: now,
+                                    });
                                 }
                                 c.frames.entry(sid).or_default().push(counter);
                             }
@@ -694,6 +794,9 @@ impl Sim {
     /// Writes the media that is due: 20 ms Opus-sized frames and multi-packet video frames.
     pub fn send_media(&mut self) {
         let now = self.now;
+        let layer_bytes = self.layer_bytes;
+        let video_every = self.video_every;
+        let since_epoch = (now - self.epoch).as_micros() as u64;
         for c in &mut self.clients {
             if !c.publisher.is_alive() {
                 continue;
@@ -720,7 +823,7 @@ impl Sim {
                 }
             }
             if let Some(mid) = c.video_mid
-                && c.audio_sent % 5 == 0
+                && c.audio_sent % video_every == 0
             {
                 let n = c.video_sent;
                 let pt = c.publisher.writer(mid).and_then(|w| {
@@ -741,15 +844,22 @@ impl Sim {
                     if let Some(rid) = rid {
                         w = w.rid(rid);
                     }
-                    let mut frame = vec![0x55u8; VIDEO_FRAME_BYTES];
+                    let bytes = if c.simulcast {
+                        layer_bytes[layer]
+                    } else {
+                        layer_bytes[2]
+                    };
+                    let mut frame = vec![0x55u8; bytes];
                     // VP8: bit 0 of the first byte clear marks a key frame.
                     let asked = c.key_due.iter().any(|k| k.is_none() || *k == rid);
                     frame[0] = if n % 30 == 0 || asked { 0x10 } else { 0x11 };
                     frame[1..5].copy_from_slice(&n.to_be_bytes());
                     frame[5] = layer as u8;
+                    frame[6..14].copy_from_slice(&since_epoch.to_be_bytes());
                     // Each layer has its own timestamp base, as real encoders' streams do.
                     let base = layer as u64 * 1_000_000_007;
-                    let time = MediaTime::new(base + n as u64 * 4500, Frequency::NINETY_KHZ);
+                    let step = 1800 * u64::from(video_every);
+                    let time = MediaTime::new(base + n as u64 * step, Frequency::NINETY_KHZ);
                     sent |= w.write(pt, now, time, frame).is_ok();
                 }
                 if sent {
