@@ -8,7 +8,9 @@
 //! of µs per datagram out, and the cost against the smallest room, is printed; with
 //! `PARLOIR_BENCH_OUT=FILE` it is also written as JSON.
 //!
-//! `cargo bench -p parloir-sfu --bench forward`; room sizes from `PARLOIR_BENCH_SIZES=2,10,25,50`.
+//! `cargo bench -p parloir-sfu --bench forward`; room sizes from `PARLOIR_BENCH_SIZES=2,10,25,50`;
+//! `PARLOIR_BENCH_BWE=0` runs without subscriber bandwidth estimation (its starting estimate in
+//! kbit/s otherwise, 1000 by default).
 //!
 //! With `PARLOIR_BENCH_STEPS=N` it skips criterion and runs exactly N steps per room after the
 //! warm-up, printing the datagrams out: fixed work for instruction counts under callgrind
@@ -34,7 +36,12 @@ struct Row {
 }
 
 fn room(n: usize) -> Sim {
-    let mut sim = Sim::new(42, 0.0);
+    // PARLOIR_BENCH_BWE=0 turns subscriber bandwidth estimation off, to measure its cost.
+    let bwe = std::env::var("PARLOIR_BENCH_BWE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut sim = Sim::with_options(42, 0.0, 3, bwe);
     for i in 0..n {
         sim.join(&format!("p{i}"));
     }
@@ -62,8 +69,10 @@ fn main() {
             for _ in 0..steps {
                 sim.run_for(STEP);
             }
-            let out = sim.sfu.stats().packets_out - before.packets_out;
-            println!("participants {n} steps {steps} datagrams_out {out}");
+            let after = sim.sfu.stats();
+            let out = after.packets_out - before.packets_out;
+            let timeouts = after.rtc_timeouts - before.rtc_timeouts;
+            println!("participants {n} steps {steps} datagrams_out {out} rtc_timeouts {timeouts}");
         }
         return;
     }

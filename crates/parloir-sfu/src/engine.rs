@@ -295,6 +295,8 @@ pub struct Stats {
     pub data_dropped: u64,
     /// Audio frames not forwarded: their publisher was silent and not among the loudest.
     pub audio_gated: u64,
+    /// Timeouts handed to peer connections (str0m's timers: pacing, RTCP, retransmissions).
+    pub rtc_timeouts: u64,
     /// Video tracks paused for a subscriber whose link could not carry them (each pause
     /// counted once, until the track resumes).
     pub video_paused: u64,
@@ -873,6 +875,7 @@ impl Sfu {
             self.deadlines.pop_first();
             if let Some(peer) = self.peers.get_mut(&pid) {
                 peer.deadline = None;
+                self.stats.rtc_timeouts += 1;
                 if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
                     tracing::debug!("peer timeout failed: {e}");
                     peer.rtc.disconnect();

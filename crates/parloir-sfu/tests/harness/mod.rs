@@ -272,6 +272,12 @@ impl Sim {
     /// A simulation whose SFU forwards the audio of the `n` loudest participants plus anyone
     /// speaking (0: everyone's).
     pub fn with_loudest_audio(seed: u64, loss: f64, n: usize) -> Self {
+        Self::with_options(seed, loss, n, 1000)
+    }
+
+    /// A simulation whose SFU starts subscriber bandwidth estimates at `bwe_kbps` (0: no
+    /// bandwidth estimation).
+    pub fn with_options(seed: u64, loss: f64, n: usize, bwe_kbps: u32) -> Self {
         let now = Instant::now();
         let config = SfuConfig {
             candidates: vec![sfu_addr()],
@@ -284,7 +290,7 @@ impl Sim {
             ping_timeout_s: 15,
             loudest_audio: n,
             speech_all_rooms: true,
-            bwe_initial_kbps: 1000,
+            bwe_initial_kbps: bwe_kbps,
         };
         Self {
             now,
