@@ -57,7 +57,8 @@ pub struct SfuConfig {
     pub speech_all_rooms: bool,
     /// Send-side bandwidth estimation on subscriber connections (TWCC feedback, str0m's GCC),
     /// starting from this estimate in kbit/s; 0 turns it off, and every subscriber then gets
-    /// the layers its tiles ask for whatever its link. With it on, each subscriber's video is
+    /// the layers its tiles ask for whatever its link. On, str0m's pacer costs a timeout per
+    /// packet sent, each walking all the connection's streams. With it on, each subscriber's video is
     /// fitted to its estimate by priority (the `allocation` module).
     pub bwe_initial_kbps: u32,
 }

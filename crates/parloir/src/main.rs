@@ -90,6 +90,10 @@ enum Cmd {
         /// (0: everyone's).
         #[arg(long)]
         loudest_audio: Option<usize>,
+        /// Override `rtc.bwe_initial_kbps`: subscriber bandwidth estimation starting from this
+        /// many kbit/s (0: off).
+        #[arg(long)]
+        bwe_kbps: Option<u32>,
         /// Media workers (0: one per media core of the core plan); each has its own UDP port
         /// counting up from --udp-port.
         #[arg(long)]
@@ -190,6 +194,7 @@ fn main() -> anyhow::Result<()> {
             profile,
             gso,
             loudest_audio,
+            bwe_kbps,
             media_workers,
             speech,
             speech_languages,
@@ -232,6 +237,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(d) = models_dir {
                 config.speech.models_dir = d;
+            }
+            if let Some(kbps) = bwe_kbps {
+                config.rtc.bwe_initial_kbps = kbps;
             }
             if let Some(n) = loudest_audio {
                 config.rtc.loudest_audio = n;
