@@ -56,10 +56,10 @@ pub struct SfuConfig {
     /// UpdateRoomMetadata, e.g. by a room administrator from the meeting page).
     pub speech_all_rooms: bool,
     /// Send-side bandwidth estimation on subscriber connections (TWCC feedback, str0m's GCC),
-    /// starting from this estimate in kbit/s; 0 turns it off, and every subscriber then gets
-    /// the layers its tiles ask for whatever its link. On, str0m's pacer costs a timeout per
-    /// packet sent, each walking all the connection's streams. With it on, each subscriber's video is
-    /// fitted to its estimate by priority (the `allocation` module).
+    /// starting from this estimate in kbit/s: each subscriber's video is then fitted to its
+    /// estimate by priority (the `allocation` module). 0 turns it off, and every subscriber
+    /// gets the layers its tiles ask for whatever its link. Its cost: str0m's pacer asks for a
+    /// timeout after each packet sent, and each timeout walks all the connection's streams.
     pub bwe_initial_kbps: u32,
 }
 
@@ -454,9 +454,9 @@ struct Peer {
     last_upgrade: Option<Instant>,
     /// When the last probe was asked for.
     probed_at: Option<Instant>,
-    /// Round-trip time from the receiver reports, latest and lowest: the difference is the
-    /// queue standing at the bottleneck, which the delay-based estimator does not see once it
-    /// stops growing.
+    /// Round trip of the packets the transport-wide feedback acknowledged (str0m's peer
+    /// statistics), latest and lowest: the difference is the queue standing at the bottleneck,
+    /// which the delay-based estimator does not see once it stops growing.
     rtt: Option<Duration>,
     rtt_min: Option<Duration>,
     /// When a growing standing queue was last seen (not just after a probe).
