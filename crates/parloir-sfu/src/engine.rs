@@ -2666,7 +2666,19 @@ impl Sfu {
                 continue;
             };
             if track.kind == MediaKind::Audio {
-                audio += track.rate(None, 0, now);
+                // Only audio that is forwarded counts: with loudest-N, a silent participant's
+                // frames go nowhere, and in a large room reserving them would leave no video.
+                let forwarded = self.config.loudest_audio == 0
+                    || self.participants.get(&track.publisher).is_none_or(|p| {
+                        self.rooms.get(&p.room).is_none_or(|room| {
+                            room.loudness
+                                .get(&p.info.sid)
+                                .is_none_or(|l| l.active(now) || room.loudest.contains(&p.info.sid))
+                        })
+                    });
+                if forwarded {
+                    audio += track.rate(None, 0, now);
+                }
                 continue;
             }
             let published = track.published_layers();

@@ -21,12 +21,15 @@ const BUFFER: usize = 256 * 1024;
 const MBIT: u64 = 1_000_000;
 
 fn meeting(seed: u64, publishers: &[&str]) -> Sim {
+    meeting_with(Sim::new(seed, 0.0), publishers)
+}
+
+fn meeting_with(mut sim: Sim, publishers: &[&str]) -> Sim {
     // RUST_LOG=parloir_sfu=debug shows each estimate and stream state.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let mut sim = Sim::new(seed, 0.0);
     sim.layer_bytes = [320, 2000, 7600];
     sim.video_every = 2;
     for name in publishers {
@@ -334,6 +337,47 @@ fn the_active_speaker_gets_the_better_layer_on_a_narrow_link() {
     assert_eq!(share(&la, 0), 1.0, "the previous one the low layer: {la:?}");
     assert!(bad_switches(&frames(&sim, "sub", &a)).is_empty());
     assert!(bad_switches(&frames(&sim, "sub", &b)).is_empty());
+    assert!(sim.client("sub").stream_states.is_empty());
+}
+
+#[test]
+fn audio_that_is_not_forwarded_takes_no_room_from_video() {
+    // Six cameras, one speaker, audio forwarded for the loudest one only (plus anyone
+    // speaking). The speaker's middle layer needs 6 x 76 kbit/s of low layers plus 425 (with
+    // headroom): about 870 kbit/s, which a 1.3 Mbit/s link's budget holds beside one
+    // microphone (57), not beside all six (340).
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let mut sim = meeting_with(Sim::with_options(25, 0.0, 1, 1000), &names);
+    sim.clients[0].audio_level = Some(-20);
+    for c in &mut sim.clients[1..names.len()] {
+        c.audio_level = Some(-127);
+    }
+    limit(&mut sim, "sub", 1_300_000);
+    sim.run_for(Duration::from_secs(15));
+    let until = sim.now;
+    sim.run_for(Duration::from_secs(2));
+    let speaker = sent_layers(
+        &sim,
+        &sim.track_sid("a", "cam"),
+        until,
+        Duration::from_secs(8),
+    );
+    assert!(
+        share(&speaker, 1) >= 0.6,
+        "the speaker gets the middle layer most of the time: {speaker:?}"
+    );
+    for name in &names[1..] {
+        let layers = sent_layers(
+            &sim,
+            &sim.track_sid(name, "cam"),
+            until,
+            Duration::from_secs(8),
+        );
+        assert!(
+            !layers.is_empty() && layers.iter().all(|l| *l == 0),
+            "{name}: {layers:?}"
+        );
+    }
     assert!(sim.client("sub").stream_states.is_empty());
 }
 
