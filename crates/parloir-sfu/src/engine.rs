@@ -588,27 +588,27 @@ impl Track {
         &mut self.meters[i].1
     }
 
-    /// The measured rate of a layer, or what its publisher announced, or a preset's.
-    fn rate(&self, rid: Option<Rid>, rank: u8, now: Instant) -> u64 {
-        let measured = self
-            .meters
+    /// The measured rate of a layer (zero when nothing comes).
+    fn measured(&self, rid: Option<Rid>, now: Instant) -> u64 {
+        self.meters
             .iter()
             .find(|(r, _)| *r == rid)
-            .map_or(0, |(_, m)| m.rate(now));
+            .map_or(0, |(_, m)| m.rate(now))
+    }
+
+    /// The measured rate of a layer, or what its publisher announced, or a preset's.
+    fn rate(&self, rid: Option<Rid>, rank: u8, now: Instant) -> u64 {
+        let measured = self.measured(rid, now);
         if measured > 0 {
             return measured;
         }
         let announced = self
-            .info
-            .codecs
-            .first()
-            .and_then(|c| c.layers.iter().find(|l| l.quality == i32::from(rank)))
+            .published_layers()
+            .iter()
+            .find(|l| l.quality == i32::from(rank))
             .map_or(0, |l| u64::from(l.bitrate));
         if announced > 0 {
             return announced;
-        }
-        if self.kind == MediaKind::Audio {
-            return 40_000;
         }
         allocation::default_rate(rank)
     }
@@ -660,7 +660,8 @@ const FALLING_DEPTH: f64 = 0.15;
 const PEAK_WINDOW: Duration = Duration::from_secs(2);
 /// A growing queue keeps a subscriber falling this long.
 const DELAY_WINDOW: Duration = Duration::from_secs(1);
-/// How often subscriber connections report their statistics (the round trip among them).
+/// How often subscriber connections with bandwidth estimation report their statistics (the
+/// round trip among them).
 const SUBSCRIBER_STATS_INTERVAL: Duration = Duration::from_millis(500);
 /// Round-trip time above the path's lowest that means a queue stands at the bottleneck.
 const STANDING_QUEUE: Duration = Duration::from_millis(100);
@@ -670,7 +671,7 @@ const PROBE_HOLD: Duration = Duration::from_secs(3);
 /// A fall this soon after a probe is the probe's doing.
 const PROBE_BLAME: Duration = Duration::from_secs(1);
 const MAX_PROBE_HOLD: Duration = Duration::from_secs(8);
-/// A subscriber's tracks go up one layer at a time, this far apart.
+/// A subscriber's tracks go up one track at a time, this far apart.
 const UPGRADE_INTERVAL: Duration = Duration::from_secs(1);
 /// No track goes up a layer until the estimate has not fallen for this long.
 const CALM_AFTER_FALL: Duration = Duration::from_secs(2);
@@ -1275,10 +1276,10 @@ impl Sfu {
         let mut rtc = Rtc::builder()
             .enable_bwe(bwe)
             .set_ice_lite(true)
-            .set_stats_interval(Some(if role == PeerRole::Publisher {
-                Duration::from_secs(1)
-            } else {
+            .set_stats_interval(Some(if bwe.is_some() {
                 SUBSCRIBER_STATS_INTERVAL
+            } else {
+                Duration::from_secs(1)
             }))
             .set_local_ice_credentials(IceCreds {
                 ufrag: ufrag.clone(),
@@ -2258,7 +2259,10 @@ impl Sfu {
         if let Some(rid) = data.rid {
             track.layers.frame(rid, now);
         }
-        track.meter(data.rid).frame(data.data.len(), now);
+        // Layer rates feed only the receive budget.
+        if self.config.bwe_initial_kbps > 0 {
+            track.meter(data.rid).frame(data.data.len(), now);
+        }
         let video = track.kind == MediaKind::Video;
         if track.kind == MediaKind::Audio
             && let Some(tap) = self.audio_tap.as_mut()
@@ -2677,7 +2681,7 @@ impl Sfu {
                         })
                     });
                 if forwarded {
-                    audio += track.rate(None, 0, now);
+                    audio += track.measured(None, now);
                 }
                 continue;
             }

@@ -5,7 +5,8 @@ use crate::SpeechError;
 use crate::moonshine::Moonshine;
 use crate::whisper::{Decoded, Request, Whisper};
 
-/// A model's token strings as bytes, by token id.
+/// Whether `token` begins a word: its string in `tokens` (a model's token strings as bytes,
+/// by token id) starts with a space.
 pub(crate) fn starts_word(tokens: &[Vec<u8>], token: u32) -> bool {
     tokens
         .get(token as usize)

@@ -96,10 +96,7 @@ pub(crate) fn session(
 ) -> Result<Session, SpeechError> {
     builder(runtime, threads, providers)?
         .commit_from_file(path)
-        .map_err(|e| SpeechError::Model {
-            name: path.display().to_string(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| crate::whisper::model_err(path, e))
 }
 
 /// A session builder on `runtime` with `threads` intra-op threads and `providers` (from

@@ -62,9 +62,6 @@ pub struct Link {
     pub queue: std::collections::VecDeque<(Instant, usize)>,
     pub queued: usize,
     pub dropped: u64,
-    /// Datagrams and bytes that went through.
-    pub passed: u64,
-    pub passed_bytes: u64,
 }
 
 pub struct Net {
@@ -101,8 +98,6 @@ impl Net {
                 return;
             }
             let start = link.free_at.max(now);
-            link.passed += 1;
-            link.passed_bytes += packet.data.len() as u64;
             let bits = (packet.data.len() as u64 + 28) * 8;
             link.free_at = start + Duration::from_nanos(bits * 1_000_000_000 / link.rate);
             leaves = link.free_at;
@@ -126,8 +121,6 @@ impl Net {
             queue: Default::default(),
             queued: 0,
             dropped: 0,
-            passed: 0,
-            passed_bytes: 0,
         });
         // What is queued keeps its place (first in, first out); the new rate applies after it.
         link.rate = rate;
@@ -199,6 +192,8 @@ pub struct Client {
     pub video_sent: u32,
     /// Publish the camera as three simulcast layers (`q`, `h`, `f`).
     pub simulcast: bool,
+    /// Publish a camera at all (else the microphone only).
+    pub camera: bool,
     /// StreamStateUpdates received (tracks paused or resumed for this subscriber), oldest
     /// first.
     pub stream_states: Vec<proto::StreamStateInfo>,
@@ -385,6 +380,7 @@ impl Sim {
             audio_level: None,
             video_sent: 0,
             simulcast: false,
+            camera: true,
             quality_updates: Vec::new(),
             stream_states: Vec::new(),
             lose_answers: false,
@@ -445,23 +441,25 @@ impl Sim {
             }
             s
         });
-        let video = api.add_media(
-            MediaKind::Video,
-            Direction::SendOnly,
-            Some("stream".into()),
-            Some(format!("{}-cam", c.identity)),
-            simulcast,
-        );
+        let video = c.camera.then(|| {
+            api.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                Some("stream".into()),
+                Some(format!("{}-cam", c.identity)),
+                simulcast,
+            )
+        });
         if c.reliable.is_none() {
             c.reliable = Some(api.add_channel("_reliable".into()));
         }
         let (offer, pending) = api.apply().expect("changes to offer");
         c.audio_mid = Some(audio);
-        c.video_mid = Some(video);
+        c.video_mid = video;
         c.pending = Some(pending);
         c.offer_id += 1;
         let offer_id = c.offer_id;
-        for (cid, kind, source) in [
+        let tracks = [
             (
                 format!("{}-mic", c.identity),
                 proto::TrackType::Audio,
@@ -472,7 +470,9 @@ impl Sim {
                 proto::TrackType::Video,
                 proto::TrackSource::Camera,
             ),
-        ] {
+        ];
+        let count = if c.camera { 2 } else { 1 };
+        for (cid, kind, source) in tracks.into_iter().take(count) {
             self.commands.push(Command::AddTrack {
                 session: c.session,
                 request: proto::AddTrackRequest {
