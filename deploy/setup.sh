@@ -4,11 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Build: C toolchain and headers for str0m's crypto (aws-lc) and later ffmpeg-next.
+# Build: C toolchain and headers for str0m's crypto (aws-lc), FFmpeg's headers for ffmpeg-next
+# (recording: its libavcodec has libx264, libvpx, libopus, and NVENC/VA-API for when there is
+# hardware), libopus. Run time: a TrueType font for names on recorded tiles.
 # Tests: Chromium for the browser end-to-end tests, Node.js for their runner, Python with venv
-# for the LiveKit Python SDK test, Janus as the peer SFU the load generator compares with.
+# for the LiveKit Python SDK test, Janus as the peer SFU the load generator compares with,
+# espeak-ng for test speech, the ffmpeg tools to check recordings.
 packages=(pkg-config clang cmake libssl-dev chromium nodejs npm ca-certificates python3 python3-venv
-  janus espeak-ng libopus-dev)
+  janus espeak-ng libopus-dev libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
+  libswresample-dev libavfilter-dev libavdevice-dev ffmpeg fonts-dejavu-core)
 
 missing=()
 for p in "${packages[@]}"; do

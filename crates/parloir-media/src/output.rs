@@ -1,0 +1,441 @@
+//! Encoding and muxing through FFmpeg: the composite's pictures to H.264 (an NVENC or VA-API
+//! encoder when the hardware profile names one and it opens, libx264 otherwise) and its mixed
+//! audio to AAC, into fragmented MP4; or audio alone to Opus in Ogg. Fragments are cut at
+//! every key frame (every two seconds) and written through at once, so a crash leaves a
+//! playable file up to the last fragment.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ffmpeg::codec::{self, Id};
+use ffmpeg::format::{Pixel, Sample, sample};
+use ffmpeg::{ChannelLayout, Dictionary, Packet, Rational, encoder, frame};
+use ffmpeg_next as ffmpeg;
+
+use crate::mix::SAMPLE_RATE;
+use crate::picture::Picture;
+use crate::{MediaError, init};
+
+/// Container formats of a file output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    /// Fragmented MP4: H.264 and AAC.
+    Mp4,
+    /// Ogg with Opus: audio only.
+    Ogg,
+}
+
+/// What to write.
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    pub container: Container,
+    /// Video size and rate; `None` for audio only.
+    pub video: Option<VideoSpec>,
+    /// Whether there is an audio stream.
+    pub audio: bool,
+    pub audio_bitrate: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct VideoSpec {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    /// Target bitrate in bit/s.
+    pub bitrate: u32,
+    /// Seconds between key frames (and so between fragments).
+    pub key_interval: u32,
+    /// H.264 encoders to try in order (FFmpeg names: `h264_nvenc`, `h264_vaapi`,
+    /// `libx264`); the first that opens is used, libx264 always last.
+    pub encoders: Vec<String>,
+}
+
+/// Bytes of a fragmented MP4 whose data is forced to the disk at most this often.
+const SYNC_EVERY: Duration = Duration::from_secs(2);
+
+struct VideoOut {
+    encoder: encoder::Video,
+    stream: usize,
+    time_base: Rational,
+    frame: frame::Video,
+    name: String,
+}
+
+struct AudioOut {
+    encoder: encoder::Audio,
+    stream: usize,
+    frame_size: usize,
+    /// Interleaved stereo samples waiting for a whole encoder frame.
+    pending: Vec<f32>,
+    /// Samples sent to the encoder so far (the next frame's pts).
+    sent: i64,
+}
+
+/// An open output file.
+pub struct Writer {
+    path: PathBuf,
+    octx: ffmpeg::format::context::Output,
+    video: Option<VideoOut>,
+    audio: Option<AudioOut>,
+    sync: Option<File>,
+    synced_at: Instant,
+    /// Bytes of encoded media written.
+    pub bytes: u64,
+}
+
+impl Writer {
+    /// Creates the file and writes its header.
+    pub fn create(path: &Path, spec: &OutputSpec) -> Result<Writer, MediaError> {
+        init()?;
+        let format = match spec.container {
+            Container::Mp4 => "mp4",
+            Container::Ogg => "ogg",
+        };
+        let mut octx = ffmpeg::format::output_as(path, format).map_err(|e| MediaError::Io {
+            path: path.to_owned(),
+            error: e.to_string(),
+        })?;
+        let global_header = octx
+            .format()
+            .flags()
+            .contains(ffmpeg::format::Flags::GLOBAL_HEADER);
+        let video = match (&spec.video, spec.container) {
+            (Some(v), Container::Mp4) => Some(open_video(&mut octx, v, global_header)?),
+            (Some(_), Container::Ogg) => {
+                return Err(MediaError::Unsupported("video in Ogg".into()));
+            }
+            (None, _) => None,
+        };
+        let audio = if spec.audio {
+            Some(open_audio(&mut octx, spec, global_header)?)
+        } else {
+            None
+        };
+        if video.is_none() && audio.is_none() {
+            return Err(MediaError::Unsupported(
+                "an output with neither audio nor video".into(),
+            ));
+        }
+        let mut options = Dictionary::new();
+        if spec.container == Container::Mp4 {
+            options.set("movflags", "frag_keyframe+empty_moov+default_base_moof");
+            // Audio-only MP4 has no key frames to cut at: cut by time.
+            options.set("frag_duration", "2000000");
+        }
+        options.set("flush_packets", "1");
+        octx.write_header_with(options)
+            .map_err(|e| MediaError::Io {
+                path: path.to_owned(),
+                error: e.to_string(),
+            })?;
+        Ok(Writer {
+            path: path.to_owned(),
+            octx,
+            video,
+            audio,
+            sync: File::open(path).ok(),
+            synced_at: Instant::now(),
+            bytes: 0,
+        })
+    }
+
+    /// The H.264 encoder in use, if there is video.
+    pub fn video_encoder(&self) -> Option<&str> {
+        self.video.as_ref().map(|v| v.name.as_str())
+    }
+
+    /// Encodes the picture for output frame number `index` (its time is index / fps).
+    pub fn video(&mut self, picture: &Picture, index: i64) -> Result<(), MediaError> {
+        let Some(v) = self.video.as_mut() else {
+            return Ok(());
+        };
+        fill_frame(&mut v.frame, picture);
+        v.frame.set_pts(Some(index));
+        v.encoder
+            .send_frame(&v.frame)
+            .map_err(|e| MediaError::Codec("H264", e))?;
+        self.drain_video()
+    }
+
+    /// Queues interleaved stereo samples at 48 kHz; they are encoded a frame at a time.
+    pub fn audio(&mut self, samples: &[f32]) -> Result<(), MediaError> {
+        let Some(a) = self.audio.as_mut() else {
+            return Ok(());
+        };
+        a.pending.extend_from_slice(samples);
+        loop {
+            let Some(a) = self.audio.as_mut() else {
+                return Ok(());
+            };
+            if a.pending.len() < 2 * a.frame_size {
+                return Ok(());
+            }
+            let mut frame =
+                frame::Audio::new(a.encoder.format(), a.frame_size, ChannelLayout::STEREO);
+            frame.set_rate(SAMPLE_RATE);
+            deinterleave(&mut frame, &a.pending[..2 * a.frame_size]);
+            a.pending.drain(..2 * a.frame_size);
+            frame.set_pts(Some(a.sent));
+            a.sent += a.frame_size as i64;
+            a.encoder
+                .send_frame(&frame)
+                .map_err(|e| MediaError::Codec("audio", e))?;
+            self.drain_audio()?;
+        }
+    }
+
+    /// Flushes the encoders, writes the trailer and syncs the file to disk.
+    pub fn finish(mut self) -> Result<PathBuf, MediaError> {
+        if let Some(v) = self.video.as_mut() {
+            v.encoder
+                .send_eof()
+                .map_err(|e| MediaError::Codec("H264", e))?;
+        }
+        self.drain_video()?;
+        if let Some(a) = self.audio.as_mut() {
+            // The tail shorter than a frame, padded with silence.
+            if !a.pending.is_empty() {
+                let pad = 2 * a.frame_size - a.pending.len();
+                a.pending.extend(std::iter::repeat_n(0.0, pad));
+            }
+        }
+        self.audio(&[])?;
+        if let Some(a) = self.audio.as_mut() {
+            a.encoder
+                .send_eof()
+                .map_err(|e| MediaError::Codec("audio", e))?;
+        }
+        self.drain_audio()?;
+        self.octx.write_trailer().map_err(|e| MediaError::Io {
+            path: self.path.clone(),
+            error: e.to_string(),
+        })?;
+        if let Some(f) = &self.sync {
+            let _ = f.sync_data();
+        }
+        Ok(self.path.clone())
+    }
+
+    fn drain_video(&mut self) -> Result<(), MediaError> {
+        let Some(v) = self.video.as_mut() else {
+            return Ok(());
+        };
+        let mut packet = Packet::empty();
+        while v.encoder.receive_packet(&mut packet).is_ok() {
+            packet.set_stream(v.stream);
+            // Each picture lasts one frame (libx264 leaves it unset, and the muxer would
+            // guess the last one's).
+            packet.set_duration(1);
+            let to = self.octx.stream(v.stream).map(|s| s.time_base());
+            if let Some(to) = to {
+                packet.rescale_ts(v.time_base, to);
+            }
+            self.bytes += packet.size() as u64;
+            packet
+                .write_interleaved(&mut self.octx)
+                .map_err(|e| MediaError::Io {
+                    path: self.path.clone(),
+                    error: e.to_string(),
+                })?;
+        }
+        self.maybe_sync();
+        Ok(())
+    }
+
+    fn drain_audio(&mut self) -> Result<(), MediaError> {
+        let Some(a) = self.audio.as_mut() else {
+            return Ok(());
+        };
+        let mut packet = Packet::empty();
+        while a.encoder.receive_packet(&mut packet).is_ok() {
+            packet.set_stream(a.stream);
+            let to = self.octx.stream(a.stream).map(|s| s.time_base());
+            if let Some(to) = to {
+                packet.rescale_ts(Rational(1, SAMPLE_RATE as i32), to);
+            }
+            self.bytes += packet.size() as u64;
+            packet
+                .write_interleaved(&mut self.octx)
+                .map_err(|e| MediaError::Io {
+                    path: self.path.clone(),
+                    error: e.to_string(),
+                })?;
+        }
+        self.maybe_sync();
+        Ok(())
+    }
+
+    /// Forces written fragments to the disk every [`SYNC_EVERY`], so a power cut loses at
+    /// most the last seconds.
+    fn maybe_sync(&mut self) {
+        if self.synced_at.elapsed() >= SYNC_EVERY {
+            self.synced_at = Instant::now();
+            if let Some(f) = &self.sync {
+                let _ = f.sync_data();
+            }
+        }
+    }
+}
+
+fn open_video(
+    octx: &mut ffmpeg::format::context::Output,
+    spec: &VideoSpec,
+    global_header: bool,
+) -> Result<VideoOut, MediaError> {
+    let mut names: Vec<&str> = spec.encoders.iter().map(String::as_str).collect();
+    if !names.contains(&"libx264") {
+        names.push("libx264");
+    }
+    let mut last = None;
+    for name in names {
+        let Some(codec) = ffmpeg::encoder::find_by_name(name) else {
+            continue;
+        };
+        let time_base = Rational(1, spec.fps as i32);
+        let mut context = codec::Context::new_with_codec(codec);
+        if name == "libx264" {
+            // Slices across frames would cost a frame of latency per thread; frame threads
+            // are fine for a recording.
+            context.set_threading(codec::threading::Config::count(0));
+        }
+        let mut enc = context
+            .encoder()
+            .video()
+            .map_err(|e| MediaError::Codec("H264", e))?;
+        enc.set_width(spec.width);
+        enc.set_height(spec.height);
+        enc.set_format(Pixel::YUV420P);
+        enc.set_time_base(time_base);
+        enc.set_frame_rate(Some(Rational(spec.fps as i32, 1)));
+        enc.set_gop(spec.fps * spec.key_interval.max(1));
+        enc.set_bit_rate(spec.bitrate as usize);
+        enc.set_max_b_frames(0);
+        if global_header {
+            enc.set_flags(codec::Flags::GLOBAL_HEADER);
+        }
+        let mut options = Dictionary::new();
+        if name == "libx264" {
+            options.set("preset", "veryfast");
+            // Key frames exactly every gop, so fragments are regular.
+            options.set("sc_threshold", "0");
+            options.set("forced-idr", "1");
+        }
+        match enc.open_as_with(codec, options) {
+            Ok(opened) => {
+                let mut stream = octx
+                    .add_stream(codec)
+                    .map_err(|e| MediaError::Codec("H264", e))?;
+                stream.set_parameters(&opened);
+                stream.set_time_base(time_base);
+                stream.set_avg_frame_rate(Rational(spec.fps as i32, 1));
+                stream.set_rate(Rational(spec.fps as i32, 1));
+                let index = stream.index();
+                return Ok(VideoOut {
+                    encoder: opened,
+                    stream: index,
+                    time_base,
+                    frame: frame::Video::new(Pixel::YUV420P, spec.width, spec.height),
+                    name: name.to_string(),
+                });
+            }
+            Err(e) => {
+                tracing::info!(encoder = name, error = %e, "H.264 encoder did not open; trying the next");
+                last = Some(e);
+            }
+        }
+    }
+    Err(match last {
+        Some(e) => MediaError::Codec("H264", e),
+        None => MediaError::NoCodec("H264"),
+    })
+}
+
+fn open_audio(
+    octx: &mut ffmpeg::format::context::Output,
+    spec: &OutputSpec,
+    global_header: bool,
+) -> Result<AudioOut, MediaError> {
+    let (codec, name, format) = match spec.container {
+        Container::Mp4 => (
+            ffmpeg::encoder::find(Id::AAC),
+            "AAC",
+            Sample::F32(sample::Type::Planar),
+        ),
+        Container::Ogg => (
+            ffmpeg::encoder::find_by_name("libopus"),
+            "Opus",
+            Sample::F32(sample::Type::Packed),
+        ),
+    };
+    let codec = codec.ok_or(MediaError::NoCodec(name))?;
+    let mut enc = codec::Context::new_with_codec(codec)
+        .encoder()
+        .audio()
+        .map_err(|e| MediaError::Codec(name, e))?;
+    enc.set_rate(SAMPLE_RATE as i32);
+    enc.set_format(format);
+    enc.set_channel_layout(ChannelLayout::STEREO);
+    enc.set_channels(2);
+    enc.set_bit_rate(spec.audio_bitrate as usize);
+    enc.set_time_base(Rational(1, SAMPLE_RATE as i32));
+    if global_header {
+        enc.set_flags(codec::Flags::GLOBAL_HEADER);
+    }
+    let opened = enc
+        .open_as_with(codec, Dictionary::new())
+        .map_err(|e| MediaError::Codec(name, e))?;
+    let frame_size = match opened.frame_size() {
+        0 => 960,
+        n => n as usize,
+    };
+    let mut stream = octx
+        .add_stream(codec)
+        .map_err(|e| MediaError::Codec(name, e))?;
+    stream.set_parameters(&opened);
+    stream.set_time_base(Rational(1, SAMPLE_RATE as i32));
+    Ok(AudioOut {
+        stream: stream.index(),
+        encoder: opened,
+        frame_size,
+        pending: Vec::new(),
+        sent: 0,
+    })
+}
+
+/// Copies a packed picture into an encoder frame (whose rows may be padded).
+fn fill_frame(frame: &mut frame::Video, p: &Picture) {
+    let planes: [(&[u8], usize); 3] = [
+        (&p.y, p.width() as usize),
+        (&p.u, p.chroma_width() as usize),
+        (&p.v, p.chroma_width() as usize),
+    ];
+    for (i, (src, width)) in planes.into_iter().enumerate() {
+        let stride = frame.stride(i);
+        let dst = frame.data_mut(i);
+        for (row, line) in src.chunks_exact(width).enumerate() {
+            let at = row * stride;
+            if at + width > dst.len() {
+                break;
+            }
+            dst[at..at + width].copy_from_slice(line);
+        }
+    }
+}
+
+/// Writes interleaved stereo into a planar or packed float frame.
+fn deinterleave(frame: &mut frame::Audio, samples: &[f32]) {
+    if frame.is_planar() {
+        for ch in 0..2 {
+            let plane = frame.plane_mut::<f32>(ch);
+            for (i, s) in plane.iter_mut().enumerate() {
+                *s = samples[2 * i + ch];
+            }
+        }
+    } else {
+        let data = frame.data_mut(0);
+        for (chunk, s) in data.chunks_exact_mut(4).zip(samples) {
+            chunk.copy_from_slice(&s.to_ne_bytes());
+        }
+    }
+}
