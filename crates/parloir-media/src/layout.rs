@@ -127,7 +127,8 @@ fn grid(area: Rect, n: usize, gap: u32) -> Vec<Rect> {
         let ch = u64::from(area.height / rows);
         let w = cw.min(ch * 16 / 9);
         let h = w * 9 / 16;
-        if w * h > best.0 {
+        // Ties go to more columns: side by side on a landscape canvas.
+        if w * h >= best.0 {
             best = (w * h, cols);
         }
     }

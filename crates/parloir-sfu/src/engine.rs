@@ -329,9 +329,46 @@ pub trait AudioTap: Send {
     fn frame(&mut self, frame: AudioFrame);
 }
 
+/// One published media frame of a room being recorded, as the record plane takes it: every
+/// layer of every track (the recorder keeps the ones its tiles need).
+#[derive(Debug, Clone)]
+pub struct RecordFrame {
+    pub room: String,
+    pub participant_sid: String,
+    pub identity: String,
+    pub name: String,
+    pub track_sid: String,
+    pub video: bool,
+    pub screen_share: bool,
+    /// The codec's name as in its MIME type (`VP8`, `VP9`, `H264`, `AV1`, `opus`).
+    pub codec: &'static str,
+    /// The simulcast layer's rank (0 lowest, 2 highest); `None` without simulcast.
+    pub layer: Option<u8>,
+    pub keyframe: bool,
+    /// False when frames were lost just before this one (a decoder needs a key frame).
+    pub contiguous: bool,
+    /// RTP time (extended, no wrap) at the codec's clock rate.
+    pub rtp_time: u64,
+    pub clock_rate: u32,
+    /// When the frame's last packet arrived.
+    pub arrival: Instant,
+    /// The publisher's last sender report for this stream: its wallclock and the RTP time
+    /// (extended, at `clock_rate`) that goes with it.
+    pub sender_report: Option<(std::time::SystemTime, u64)>,
+    /// The encoded frame (shared with the forwarded one, not copied).
+    pub data: std::sync::Arc<[u8]>,
+}
+
+/// Where the media of recorded rooms goes. Called on the media worker for every frame: it
+/// must never block (a bounded queue with `try_send`, dropping and counting on overflow).
+pub trait RecordTap: Send {
+    fn frame(&mut self, frame: RecordFrame);
+}
+
 /// The selective forwarding unit. See the crate documentation for how to drive it.
 pub struct Sfu {
     audio_tap: Option<Box<dyn AudioTap>>,
+    record_tap: Option<Box<dyn RecordTap>>,
     config: SfuConfig,
     ids: IdGen,
     rooms: HashMap<String, Room>,
@@ -374,6 +411,8 @@ struct Room {
     speech: bool,
     /// The languages its metadata names for the speech plane ([`LANGUAGES_KEY`]).
     languages: Option<std::sync::Arc<[String]>>,
+    /// Recordings of the room under way: while any, its media goes to the record tap.
+    recorders: u32,
 }
 
 struct Participant {
@@ -563,6 +602,8 @@ struct Track {
     last_keyframe_request: HashMap<Option<Rid>, Instant>,
     /// Dynacast: the highest quality any subscriber wants, as last told to the publisher.
     told_quality: Option<Option<u8>>,
+    /// The quality the record plane wants of it (its tile's size), while recorded.
+    record_quality: Option<u8>,
     /// The rate of each layer (`None` without simulcast), as received.
     meters: Vec<(Option<Rid>, Meter)>,
 }
@@ -707,6 +748,7 @@ impl Sfu {
             events: VecDeque::new(),
             out: VecDeque::new(),
             audio_tap: None,
+            record_tap: None,
             next_tick: None,
             now,
             stats: Stats::default(),
@@ -889,6 +931,12 @@ impl Sfu {
             self.tick(now);
         }
         self.run(now);
+    }
+
+    /// Sends every frame published in a room being recorded to `tap` from now on (the
+    /// record plane). Rooms are recorded through [`ServiceCall::Record`].
+    pub fn set_record_tap(&mut self, tap: Box<dyn RecordTap>) {
+        self.record_tap = Some(tap);
     }
 
     /// Sends every published Opus frame to `tap` from now on (the speech plane).
@@ -1652,6 +1700,7 @@ impl Sfu {
                 subscribers: Vec::new(),
                 last_keyframe_request: HashMap::new(),
                 told_quality: None,
+                record_quality: None,
                 meters: Vec::new(),
             },
         );
@@ -2264,6 +2313,40 @@ impl Sfu {
             track.meter(data.rid).frame(data.data.len(), now);
         }
         let video = track.kind == MediaKind::Video;
+        if let Some(tap) = self.record_tap.as_mut()
+            && let Some(p) = self.participants.get(&track.publisher)
+            && self.rooms.get(&p.room).is_some_and(|r| r.recorders > 0)
+        {
+            let clock = data.params.spec().clock_rate;
+            let codec = match data.params.spec().codec {
+                str0m::format::Codec::Opus => "opus",
+                str0m::format::Codec::Vp8 => "VP8",
+                str0m::format::Codec::Vp9 => "VP9",
+                str0m::format::Codec::H264 => "H264",
+                str0m::format::Codec::Av1 => "AV1",
+                _ => "",
+            };
+            tap.frame(RecordFrame {
+                room: p.room.clone(),
+                participant_sid: p.info.sid.clone(),
+                identity: p.info.identity.clone(),
+                name: p.info.name.clone(),
+                track_sid: sid.clone(),
+                video,
+                screen_share: track.info.source == proto::TrackSource::ScreenShare as i32,
+                codec,
+                layer: data.rid.map(|r| track.layers.rank(&r)),
+                keyframe: data.is_keyframe(),
+                contiguous: data.contiguous,
+                rtp_time: data.time.rebase(clock).numer(),
+                clock_rate: clock.get(),
+                arrival: data.network_time,
+                sender_report: data
+                    .last_sender_info
+                    .map(|i| (i.ntp_time, i.rtp_time.rebase(clock).numer())),
+                data: data.data.clone(),
+            });
+        }
         if track.kind == MediaKind::Audio
             && let Some(tap) = self.audio_tap.as_mut()
             && data.params.spec().codec == str0m::format::Codec::Opus
@@ -2614,6 +2697,7 @@ impl Sfu {
             ever_joined: false,
             speech: self.config.speech_all_rooms,
             languages: None,
+            recorders: 0,
         };
         self.webhook("room_started", Some(room.info.clone()), None, None);
         room
@@ -2911,7 +2995,8 @@ impl Sfu {
                         .and_then(|p| p.settings.get(sid));
                     simulcast::wanted_quality(settings, &codec.layers)
                 })
-                .max();
+                .max()
+                .max(track.record_quality);
             if track.told_quality == Some(wanted) {
                 continue;
             }

@@ -21,8 +21,8 @@ mod speakers;
 
 pub use engine::{
     AudioFrame, AudioTap, Command, JoinCommand, LANGUAGES_KEY, Layout, Output, RESUME_WINDOW,
-    SUBTITLES_KEY, ServiceCall, ServiceError, ServiceReply, Sfu, SfuConfig, Stats, Subtitle,
-    TRANSCRIPTION_TOPIC, Transmit, Transport, leave_message,
+    RecordFrame, RecordTap, SUBTITLES_KEY, ServiceCall, ServiceError, ServiceReply, Sfu, SfuConfig,
+    Stats, Subtitle, TRANSCRIPTION_TOPIC, Transmit, Transport, leave_message,
 };
 pub use ids::SessionId;
 pub use livekit_protocol as proto;

@@ -6,6 +6,8 @@ use std::time::Instant;
 use livekit_protocol as proto;
 use prost::Message as _;
 
+use str0m::media::KeyframeRequestKind;
+
 use super::{Output, Sfu};
 use crate::ids::SessionId;
 
@@ -31,6 +33,21 @@ pub enum ServiceCall {
     /// Not a RoomService method: text from the speech plane, delivered as LiveKit agents
     /// deliver transcriptions.
     Subtitle(Subtitle),
+    /// Not a RoomService method: a recording of `room` starts (`on`) or ends. While any runs,
+    /// the room's media goes to the record tap and its `active_recording` is set (clients
+    /// show that the meeting is recorded). Answered with the room, or NotFound.
+    Record {
+        room: String,
+        on: bool,
+    },
+    /// Not a RoomService method: the quality a recording wants of a video track (the layer
+    /// that fits its tile; dynacast keeps it on), and whether it needs a key frame now.
+    RecordLayer {
+        room: String,
+        track_sid: String,
+        quality: Option<u8>,
+        keyframe: bool,
+    },
 }
 
 /// Text of one utterance of a published microphone (interim, replaced by later ones with the
@@ -73,6 +90,7 @@ impl ServiceCall {
             ServiceCall::SendData(r) => &r.room,
             ServiceCall::UpdateRoomMetadata(r) => &r.room,
             ServiceCall::Subtitle(r) => &r.room,
+            ServiceCall::Record { room, .. } | ServiceCall::RecordLayer { room, .. } => room,
         })
     }
 }
@@ -319,6 +337,57 @@ impl Sfu {
                 self.subtitle_serial += 1;
                 for packet in subtitle_packets(&sub, &speaker_sid, unix_ms, self.subtitle_serial) {
                     self.deliver_data(&members, proto::data_packet::Kind::Reliable, &packet);
+                }
+                Ok(ServiceReply::Empty)
+            }
+            ServiceCall::Record { room, on } => {
+                let r = self.rooms.get_mut(&room).ok_or_else(|| not_found(&room))?;
+                r.recorders = if on {
+                    r.recorders + 1
+                } else {
+                    r.recorders.saturating_sub(1)
+                };
+                let recording = r.recorders > 0;
+                if r.info.active_recording == recording {
+                    return Ok(ServiceReply::Room(r.info.clone()));
+                }
+                r.info.active_recording = recording;
+                let info = r.info.clone();
+                let members = r.members.clone();
+                if !recording {
+                    for track in self.tracks.values_mut() {
+                        if members.contains(&track.publisher) {
+                            track.record_quality = None;
+                        }
+                    }
+                }
+                for s in members {
+                    let update = proto::RoomUpdate {
+                        room: Some(info.clone()),
+                    };
+                    self.signal(s, proto::signal_response::Message::RoomUpdate(update));
+                }
+                Ok(ServiceReply::Room(info))
+            }
+            ServiceCall::RecordLayer {
+                room,
+                track_sid,
+                quality,
+                keyframe,
+            } => {
+                let track = self
+                    .tracks
+                    .get_mut(&track_sid)
+                    .filter(|t| {
+                        self.participants
+                            .get(&t.publisher)
+                            .is_some_and(|p| p.room == room)
+                    })
+                    .ok_or_else(|| not_found(&track_sid))?;
+                track.record_quality = quality;
+                if keyframe {
+                    let rid = quality.and_then(|q| track.layers.choose(q, now));
+                    self.request_keyframe(now, &track_sid, rid, KeyframeRequestKind::Pli);
                 }
                 Ok(ServiceReply::Empty)
             }

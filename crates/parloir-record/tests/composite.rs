@@ -1,0 +1,272 @@
+//! A room composite from frames as the SFU hands them over: real VP8 (libvpx) and Opus
+//! (libopus) frames with RTP times, arrival jitter and sender reports; the recording read back
+//! with ffprobe and ffmpeg.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ffmpeg_next as ffmpeg;
+use parloir_media::{Container, Layout, Picture, Rect, VideoSpec, Yuv};
+use parloir_record::{Composite, CompositeConfig, Request};
+use parloir_sfu::RecordFrame;
+
+struct Vp8 {
+    enc: ffmpeg::encoder::Video,
+    frame: ffmpeg::frame::Video,
+}
+
+impl Vp8 {
+    fn new(colour: Yuv, width: u32, height: u32) -> Vp8 {
+        parloir_media::init().unwrap();
+        let codec = ffmpeg::encoder::find_by_name("libvpx").unwrap();
+        let mut enc = ffmpeg::codec::Context::new_with_codec(codec)
+            .encoder()
+            .video()
+            .unwrap();
+        enc.set_width(width);
+        enc.set_height(height);
+        enc.set_format(ffmpeg::format::Pixel::YUV420P);
+        enc.set_time_base(ffmpeg::Rational(1, 30));
+        enc.set_bit_rate(200_000);
+        enc.set_gop(30);
+        let mut opts = ffmpeg::Dictionary::new();
+        opts.set("deadline", "realtime");
+        opts.set("lag-in-frames", "0");
+        let enc = enc.open_as_with(codec, opts).unwrap();
+        let p = Picture::new(width, height, colour);
+        let mut frame = ffmpeg::frame::Video::new(ffmpeg::format::Pixel::YUV420P, width, height);
+        for (plane, data, w) in [
+            (0, &p.y, width as usize),
+            (1, &p.u, p.chroma_width() as usize),
+            (2, &p.v, p.chroma_width() as usize),
+        ] {
+            let stride = frame.stride(plane);
+            for (row, line) in data.chunks_exact(w).enumerate() {
+                frame.data_mut(plane)[row * stride..row * stride + w].copy_from_slice(line);
+            }
+        }
+        Vp8 { enc, frame }
+    }
+
+    /// The next encoded frame and whether it is a key frame.
+    fn next(&mut self, i: i64) -> (Vec<u8>, bool) {
+        self.frame.set_pts(Some(i));
+        self.enc.send_frame(&self.frame).unwrap();
+        let mut packet = ffmpeg::Packet::empty();
+        self.enc.receive_packet(&mut packet).unwrap();
+        (packet.data().unwrap().to_vec(), packet.is_key())
+    }
+}
+
+fn frame(
+    participant: &str,
+    track: &str,
+    video: bool,
+    rtp: u64,
+    arrival: Instant,
+    data: Vec<u8>,
+    keyframe: bool,
+) -> RecordFrame {
+    RecordFrame {
+        room: "r".into(),
+        participant_sid: participant.into(),
+        identity: participant.into(),
+        name: format!("Name {participant}"),
+        track_sid: track.into(),
+        video,
+        screen_share: false,
+        codec: if video { "VP8" } else { "opus" },
+        layer: None,
+        keyframe,
+        contiguous: true,
+        rtp_time: rtp,
+        clock_rate: if video { 90_000 } else { 48_000 },
+        arrival,
+        sender_report: None,
+        data: Arc::from(data),
+    }
+}
+
+fn tone(freq: f32, offset: usize, n: usize) -> Vec<f32> {
+    (offset..offset + n)
+        .flat_map(|i| {
+            let s = 0.3 * (2.0 * std::f32::consts::PI * freq * i as f32 / 48_000.0).sin();
+            [s, s]
+        })
+        .collect()
+}
+
+fn frame_at(path: &std::path::Path, seconds: f64, width: u32, height: u32) -> Picture {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-ss", &format!("{seconds}"), "-i"])
+        .arg(path)
+        .args([
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            "-",
+        ])
+        .output()
+        .expect("ffmpeg");
+    let luma = (width * height) as usize;
+    assert_eq!(out.stdout.len(), luma * 3 / 2);
+    let mut p = Picture::new(width, height, Yuv::BLACK);
+    p.y.copy_from_slice(&out.stdout[..luma]);
+    p.u.copy_from_slice(&out.stdout[luma..luma * 5 / 4]);
+    p.v.copy_from_slice(&out.stdout[luma * 5 / 4..]);
+    p
+}
+
+/// Mean level of the recording's audio between two times, in dBFS, by ffmpeg's astats.
+fn audio_level(path: &std::path::Path, from: f64, to: f64) -> f64 {
+    let out = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "info",
+            "-ss",
+            &format!("{from}"),
+            "-to",
+            &format!("{to}"),
+            "-i",
+        ])
+        .arg(path)
+        .args([
+            "-vn",
+            "-af",
+            "astats=measure_overall=RMS_level:measure_perchannel=none",
+        ])
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg");
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines()
+        .filter_map(|l| l.split("RMS level dB: ").nth(1))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .next_back()
+        .unwrap_or(-200.0)
+}
+
+#[test]
+fn a_room_becomes_a_grid_recording_with_its_audio() {
+    let dir = std::env::temp_dir().join(format!("parloir-record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("room.mp4");
+    let t0 = Instant::now();
+    let config = CompositeConfig {
+        layout: Layout::parse("grid").unwrap(),
+        video: Some(VideoSpec {
+            width: 640,
+            height: 360,
+            fps: 30,
+            bitrate: 800_000,
+            key_interval: 2,
+            encoders: vec![],
+        }),
+        audio: true,
+        container: Container::Mp4,
+        audio_bitrate: 96_000,
+        latency: Duration::from_millis(500),
+    };
+    let mut composite = Composite::start(&path, config, t0).unwrap();
+    let red = Yuv::from_rgb(220, 40, 40);
+    let blue = Yuv::from_rgb(40, 40, 220);
+    let mut cams = [Vp8::new(red, 320, 180), Vp8::new(blue, 320, 180)];
+    let mut opus =
+        opus::Encoder::new(48_000, opus::Channels::Stereo, opus::Application::Audio).unwrap();
+    // 4 s: two cameras at 30 fps from 0.1 s; the first participant's tone from 1 s to 3 s
+    // (20 ms frames), the audio arriving with up to 30 ms of jitter.
+    let mut requests = Vec::new();
+    for ms in (0..4000u64).step_by(10) {
+        let now = t0 + Duration::from_millis(ms);
+        if ms >= 100 && (ms * 3) % 100 < 3 {
+            let i = (ms * 30 / 1000) as i64;
+            for (k, cam) in cams.iter_mut().enumerate() {
+                let (data, key) = cam.next(i);
+                let rtp = 1_000 + (k as u64) * 777 + ms * 90;
+                composite.frame(frame(
+                    ["PA", "PB"][k],
+                    ["TVA", "TVB"][k],
+                    true,
+                    rtp,
+                    now + Duration::from_millis(5),
+                    data,
+                    key,
+                ));
+            }
+        }
+        if ms % 20 == 0 && (1000..3000).contains(&ms) {
+            let pcm = tone(440.0, (ms * 48) as usize, 960);
+            let packet = opus.encode_vec_float(&pcm, 1500).unwrap();
+            let jitter = (ms * 7919) % 30;
+            composite.frame(frame(
+                "PA",
+                "TAA",
+                false,
+                50_000 + ms * 48,
+                now + Duration::from_millis(jitter),
+                packet,
+                false,
+            ));
+        }
+        composite.advance(now).unwrap();
+        requests.extend(composite.take_requests());
+    }
+    let done = composite.finish(t0 + Duration::from_millis(4000)).unwrap();
+    assert!((done.duration - 3.5).abs() < 0.05, "{}", done.duration);
+    assert!(done.bytes > 10_000);
+    // Two tiles side by side, 356 pixels high: the middle layer of each camera.
+    for track in ["TVA", "TVB"] {
+        let asked: Vec<&Request> = requests
+            .iter()
+            .filter(|r| matches!(r, Request::Layer { track_sid, .. } if track_sid == track))
+            .collect();
+        assert_eq!(
+            asked,
+            vec![&Request::Layer {
+                track_sid: track.into(),
+                quality: Some(1),
+                keyframe: false,
+            }]
+        );
+    }
+    let p = frame_at(&path, 2.0, 640, 360);
+    let left = p.mean(Rect::new(100, 160, 40, 40));
+    let right = p.mean(Rect::new(500, 160, 40, 40));
+    let near = |a: Yuv, b: Yuv| {
+        (i32::from(a.y) - i32::from(b.y)).abs() < 12
+            && (i32::from(a.u) - i32::from(b.u)).abs() < 12
+            && (i32::from(a.v) - i32::from(b.v)).abs() < 12
+    };
+    assert!(near(left, red), "{left:?}");
+    assert!(near(right, blue), "{right:?}");
+    // The tone is in the mix where it was spoken (plus the latency's shift: none, since the
+    // timeline follows the media's own times) and silence around it.
+    let speech = audio_level(&path, 1.2, 2.8);
+    let before = audio_level(&path, 0.2, 0.8);
+    assert!(speech > -16.0, "{speech}");
+    assert!(before < -60.0, "{before}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unwritable_path_fails_at_start() {
+    let config = CompositeConfig {
+        layout: Layout::default(),
+        video: None,
+        audio: true,
+        container: Container::Ogg,
+        audio_bitrate: 64_000,
+        latency: Duration::from_millis(500),
+    };
+    let err = Composite::start(
+        std::path::Path::new("/proc/no/such/dir/x.ogg"),
+        config,
+        Instant::now(),
+    );
+    assert!(err.is_err());
+    let _ = SystemTime::now();
+}
