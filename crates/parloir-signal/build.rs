@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use prost::Message as _;
 
 fn main() {
-    let files = ["livekit_room.proto", "livekit_webhook.proto"];
+    let files = [
+        "livekit_room.proto",
+        "livekit_webhook.proto",
+        "livekit_egress.proto",
+    ];
     for f in std::fs::read_dir("proto")
         .expect("the proto directory")
         .flatten()

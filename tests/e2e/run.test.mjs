@@ -12,7 +12,9 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
 import http from 'node:http';
+import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -102,11 +104,14 @@ const server = new ParloirServer({
 });
 // The server's HTTP port, once started.
 let httpPort = 0;
+// Its data directory (recordings/).
+const DATA_DIR = fs.mkdtempSync(path.join(os.tmpdir(), 'parloir-e2e-'));
 
 async function startServer() {
   await server.start({
     httpPort: Number(process.env.PARLOIR_E2E_HTTP_PORT) || 0,
     udpPort: Number(process.env.PARLOIR_E2E_UDP_PORT) || 0,
+    extraArgs: ['--data-dir', DATA_DIR],
   });
   httpPort = server.httpPort;
 }
@@ -397,6 +402,7 @@ after(async () => {
   await browser?.close().catch(() => {});
   await server.stop();
   pageServer?.close();
+  fs.rmSync(DATA_DIR, { recursive: true, force: true });
 });
 
 // One counter of /metrics.
@@ -680,5 +686,148 @@ describe('meeting page', () => {
         }, other),
       );
     }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Recording through the Egress API, as LiveKit's server SDKs call it (Twirp, JSON).
+
+function recorderToken() {
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { iss: API_KEY, nbf: now - 10, exp: now + 600, video: { roomRecord: true } };
+  const body = `${b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }))}.${b64url(JSON.stringify(claims))}`;
+  return `${body}.${b64url(crypto.createHmac('sha256', API_SECRET).update(body).digest())}`;
+}
+
+async function egress(method, body) {
+  const res = await fetch(`http://127.0.0.1:${httpPort}/twirp/livekit.Egress/${method}`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${recorderToken()}` },
+    body: JSON.stringify(body),
+  });
+  return { status: res.status, body: await res.json() };
+}
+
+// ffprobe's view of a file: streams and duration.
+function probe(file) {
+  const out = execFileSync('ffprobe', ['-v', 'error', '-show_entries',
+    'stream=codec_type,codec_name,width,height,r_frame_rate:format=duration', '-of', 'json', file]);
+  return JSON.parse(out.toString());
+}
+
+// The mean RGB of a square of the frame at `seconds` (decoded by ffmpeg).
+function rgbAt(file, seconds, width, height, cx, cy, half = 20) {
+  const raw = execFileSync('ffmpeg', ['-v', 'error', '-ss', String(seconds), '-i', file, '-frames:v', '1',
+    '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-'], { maxBuffer: 64 * 1024 * 1024 });
+  assert.equal(raw.length, width * height * 3, 'one RGB frame');
+  const sum = [0, 0, 0];
+  let n = 0;
+  for (let y = cy - half; y < cy + half; y++) {
+    for (let x = cx - half; x < cx + half; x++) {
+      const i = (y * width + x) * 3;
+      sum[0] += raw[i]; sum[1] += raw[i + 1]; sum[2] += raw[i + 2];
+      n++;
+    }
+  }
+  return sum.map((v) => Math.round(v / n));
+}
+
+// RMS level (dBFS) of the recording's audio between two times, band-passed around `hz`.
+function toneLevel(file, from, to, hz) {
+  const res = spawnSync('ffmpeg', ['-v', 'info', '-ss', String(from), '-to', String(to), '-i', file, '-vn',
+    '-af', `bandpass=f=${hz}:width_type=h:w=60,astats=measure_perchannel=none:measure_overall=RMS_level`,
+    '-f', 'null', '-']);
+  const m = [...res.stderr.toString().matchAll(/RMS level dB: (-?[\d.]+|-inf)/g)].pop();
+  return m && m[1] !== '-inf' ? Number(m[1]) : -200;
+}
+
+describe('recording', () => {
+  scenario('a room composite records each camera in its tile and the mixed audio', async (s) => {
+    const room = `rec-${uniq()}`;
+    // Red with a 440 Hz tone joins first (left tile of the grid), blue with 1000 Hz second.
+    const red = await s.join('red', room, { publish: false });
+    await red.page.evaluate(() => window.publishPattern({ colour: '#e02020', toneHz: 440 }));
+    const blue = await s.join('blue', room, { publish: false });
+    await blue.page.evaluate(() => window.publishPattern({ colour: '#2040e0', toneHz: 1000 }));
+    await waitFor('each sees the other\'s video', async () => {
+      const [a, b] = [await red.state(), await blue.state()];
+      return [a, b].every((st) => st.remotes.some((r) => r.tracks.some((t) => t.kind === 'video' && t.subscribed)));
+    });
+
+    // Bad requests get Twirp errors and leave the meeting as it was.
+    const file = (name) => ({ file_outputs: [{ filepath: name }] });
+    const bad = [
+      [{ room_name: `nobody-${uniq()}`, layout: 'grid', ...file('x.mp4') }, 404, 'not_found'],
+      [{ room_name: room, layout: 'mosaic', ...file('x.mp4') }, 400, 'invalid_argument'],
+      [{ room_name: room, layout: 'grid', ...file('../outside.mp4') }, 400, 'invalid_argument'],
+      [{ room_name: room, layout: 'grid', ...file('x.mp4'), advanced: { video_codec: 'VP8' } }, 400, 'invalid_argument'],
+      [{ room_name: room, layout: 'grid', ...file('x.mp4'), segment_outputs: [{ filename_prefix: 'x' }] }, 400, 'invalid_argument'],
+    ];
+    for (const [body, status, code] of bad) {
+      const r = await egress('StartRoomCompositeEgress', body);
+      assert.equal(r.status, status, JSON.stringify([body, r.body]));
+      assert.equal(r.body.code, code);
+    }
+    assert.equal((await red.state()).isRecording, false);
+
+    const started = await egress('StartRoomCompositeEgress', {
+      room_name: room,
+      layout: 'grid',
+      file_outputs: [{ filepath: `{room_name}/composite.mp4` }],
+      advanced: { width: 640, height: 360, framerate: 15 },
+    });
+    assert.equal(started.status, 200, JSON.stringify(started.body));
+    const t0 = Date.now();
+    const id = started.body.egress_id;
+    assert.match(id, /^EG_/);
+    assert.equal(started.body.status, 'EGRESS_ACTIVE');
+    // Everyone in the room is shown that the meeting is being recorded.
+    await waitFor('the clients show the recording', async () =>
+      (await red.state()).isRecording && (await blue.state()).isRecording);
+    const listed = await egress('ListEgress', { room_name: room, active: true });
+    assert.deepEqual(listed.body.items.map((i) => i.egress_id), [id]);
+
+    await sleep(10_000);
+    const stopping = await egress('StopEgress', { egress_id: id });
+    const recorded = (Date.now() - t0) / 1000;
+    assert.equal(stopping.status, 200, JSON.stringify(stopping.body));
+    const done = await waitFor('the egress completes', async () => {
+      const r = await egress('ListEgress', { egress_id: id });
+      const info = r.body.items?.[0];
+      return info && ['EGRESS_COMPLETE', 'EGRESS_FAILED'].includes(info.status) ? info : null;
+    });
+    assert.equal(done.status, 'EGRESS_COMPLETE', JSON.stringify(done));
+    await waitFor('the clients no longer show the recording', async () => !(await red.state()).isRecording);
+    const path_ = done.file_results[0].filename;
+    assert.ok(path_.startsWith(DATA_DIR), path_);
+
+    const info = probe(path_);
+    const v = info.streams.find((x) => x.codec_type === 'video');
+    const a = info.streams.find((x) => x.codec_type === 'audio');
+    assert.equal(v.codec_name, 'h264');
+    assert.equal(a.codec_name, 'aac');
+    assert.equal(`${v.width}x${v.height}`, '640x360');
+    assert.equal(v.r_frame_rate, '15/1');
+    const duration = Number(info.format.duration);
+    assert.ok(Math.abs(duration - recorded) < 0.5, `duration ${duration} s for ${recorded} s recorded`);
+
+    // Two tiles side by side: red on the left, blue on the right.
+    const left = rgbAt(path_, duration - 3, 640, 360, 160, 150);
+    const right = rgbAt(path_, duration - 3, 640, 360, 480, 150);
+    const near = (c, want) => c.every((x, i) => Math.abs(x - want[i]) < 40);
+    assert.ok(near(left, [0xe0, 0x20, 0x20]), `left tile ${left}`);
+    assert.ok(near(right, [0x20, 0x40, 0xe0]), `right tile ${right}`);
+    // Both tones are in the mix.
+    const at440 = toneLevel(path_, duration - 5, duration - 1, 440);
+    const at1000 = toneLevel(path_, duration - 5, duration - 1, 1000);
+    const at3000 = toneLevel(path_, duration - 5, duration - 1, 3000);
+    assert.ok(at440 > -35 && at1000 > -35, `440 Hz ${at440} dB, 1000 Hz ${at1000} dB`);
+    assert.ok(at3000 < at440 - 20, `3000 Hz ${at3000} dB against 440 Hz ${at440} dB`);
+
+    console.log(`# recording: ${duration.toFixed(2)} s for ${recorded.toFixed(2)} s; tiles ${left} / ${right}; `
+      + `440 Hz ${at440.toFixed(1)} dB, 1000 Hz ${at1000.toFixed(1)} dB, 3000 Hz ${at3000.toFixed(1)} dB`);
+    if (process.env.PARLOIR_E2E_KEEP) fs.copyFileSync(path_, process.env.PARLOIR_E2E_KEEP);
+    // The meeting went on throughout.
+    for (const p of [red, blue]) assert.equal((await p.state()).connectionState, 'connected');
   });
 });

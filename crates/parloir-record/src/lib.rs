@@ -81,8 +81,8 @@ const REVIEW_EVERY: f64 = 1.0;
 struct Member {
     sid: String,
     name: String,
-    /// First seen: the order of the grid.
-    order: u64,
+    /// When it joined, then first seen: the order of the grid.
+    order: (i64, u64),
     /// The participant's NTP clock on the timeline.
     ntp: Offset,
     speaking_since: Option<f64>,
@@ -195,7 +195,7 @@ impl Composite {
                 self.members.push(Member {
                     sid: f.participant_sid.clone(),
                     name: String::new(),
-                    order: self.next_order,
+                    order: (f.joined_at_ms, self.next_order),
                     ntp: Offset::default(),
                     speaking_since: None,
                     last_spoke: f64::NEG_INFINITY,

@@ -73,6 +73,7 @@ fn frame(
         participant_sid: participant.into(),
         identity: participant.into(),
         name: format!("Name {participant}"),
+        joined_at_ms: 0,
         track_sid: track.into(),
         video,
         screen_share: false,

@@ -337,6 +337,8 @@ pub struct RecordFrame {
     pub participant_sid: String,
     pub identity: String,
     pub name: String,
+    /// When the participant joined (Unix ms): the order of a grid.
+    pub joined_at_ms: i64,
     pub track_sid: String,
     pub video: bool,
     pub screen_share: bool,
@@ -2331,6 +2333,7 @@ impl Sfu {
                 participant_sid: p.info.sid.clone(),
                 identity: p.info.identity.clone(),
                 name: p.info.name.clone(),
+                joined_at_ms: p.info.joined_at_ms,
                 track_sid: sid.clone(),
                 video,
                 screen_share: track.info.source == proto::TrackSource::ScreenShare as i32,

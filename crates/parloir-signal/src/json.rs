@@ -65,14 +65,16 @@ pub fn to_json<M: prost::Message>(
     message: &M,
     names: Names,
 ) -> Result<Vec<u8>, JsonError> {
+    protobuf_to_json(type_name, &message.encode_to_vec(), names)
+}
+
+/// Writes the protobuf encoding of a `type_name` message as JSON.
+pub fn protobuf_to_json(type_name: &str, bytes: &[u8], names: Names) -> Result<Vec<u8>, JsonError> {
     let desc = descriptor(type_name)?;
-    let dynamic =
-        DynamicMessage::decode(desc, message.encode_to_vec().as_slice()).map_err(|e| {
-            JsonError::Invalid {
-                type_name: type_name.to_string(),
-                reason: e.to_string(),
-            }
-        })?;
+    let dynamic = DynamicMessage::decode(desc, bytes).map_err(|e| JsonError::Invalid {
+        type_name: type_name.to_string(),
+        reason: e.to_string(),
+    })?;
     let options = SerializeOptions::new()
         .use_proto_field_name(names == Names::Proto)
         .skip_default_fields(true);

@@ -28,6 +28,8 @@ pub struct AppState {
     pub media: MediaHandle,
     pub metrics: Arc<Metrics>,
     pub web_dir: PathBuf,
+    /// The record plane (Egress API); `None` when recording is off.
+    pub egress: Option<crate::egress::Egress>,
     /// Where the speech plane keeps transcripts; `None` when it is off.
     pub transcripts_dir: Option<PathBuf>,
     pub development: bool,
@@ -60,6 +62,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/twirp/livekit.RoomService/{method}",
             axum::routing::post(crate::twirp::room_service),
+        )
+        .route(
+            "/twirp/livekit.Egress/{method}",
+            axum::routing::post(crate::twirp::egress_service),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))

@@ -14,6 +14,7 @@ use parloir_signal::{Claims, KeyRing, VideoGrant};
 
 mod config;
 mod doctor;
+mod egress;
 mod hardware;
 mod http;
 mod ice_tcp;
@@ -61,6 +62,9 @@ enum Cmd {
         /// Override the meeting page directory.
         #[arg(long)]
         web_dir: Option<PathBuf>,
+        /// Override `server.data_dir` (recordings go to its recordings/).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
         /// Send webhooks to this URL (repeatable; adds to the configuration's).
         #[arg(long = "webhook-url")]
         webhook_urls: Vec<String>,
@@ -189,6 +193,7 @@ fn main() -> anyhow::Result<()> {
             udp_port,
             tcp_port,
             web_dir,
+            data_dir,
             webhook_urls,
             io,
             profile,
@@ -217,6 +222,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(w) = web_dir {
                 config.server.web_dir = w;
+            }
+            if let Some(d) = data_dir {
+                config.server.data_dir = d;
             }
             config.webhook.urls.extend(webhook_urls);
             if let Some(io) = io {
@@ -476,6 +484,20 @@ fn serve(config: Config) -> anyhow::Result<()> {
         None
     };
     let speech_tap = speech_plane.as_ref().map(|p| p.tap.clone());
+    // The record plane: the Egress API's recordings, on the record cores.
+    let recordings = config.server.data_dir.join("recordings");
+    let (egress, record_tap) = egress::Egress::start(
+        recordings.clone(),
+        egress::encoders(&profile.video.encode),
+        if config.server.pin_cores {
+            plan.record.clone()
+        } else {
+            Vec::new()
+        },
+        metrics.clone(),
+    )
+    .context("cannot start the record plane")?;
+    tracing::info!(dir = %recordings.display(), cpus = ?plan.record, "record plane");
     let mut setups = Vec::new();
     let mut media_cpus = Vec::new();
     let mut udp_info = None;
@@ -550,6 +572,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             audio_tap: speech_tap
                 .clone()
                 .map(|t| Box::new(t) as Box<dyn parloir_sfu::AudioTap>),
+            record_tap: Some(Box::new(record_tap.clone())),
             endpoint,
             config: sfu,
             tcp,
@@ -588,6 +611,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         .context("no API key to sign webhooks with")?;
         let hooks = webhook::Webhooks::start(&config.webhook.urls, key, secret, metrics.clone());
+        let recorder = egress.clone();
+        let hooks = hooks.with_observer(Arc::new(move |e| recorder.observe(e)));
         match &speech_plane {
             Some(plane) => hooks.with_observer(plane.observer()),
             None => hooks,
@@ -598,11 +623,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(plane) = &speech_plane {
         plane.attach(media.clone(), webhooks.clone());
     }
+    egress.attach(media.clone(), webhooks.clone());
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(http::AppState {
         keys: KeyRing::new(config.keys.clone()),
         media,
         metrics,
+        egress: Some(egress.clone()),
         web_dir: config.server.web_dir.clone(),
         transcripts_dir: speech_plane
             .as_ref()
@@ -643,6 +670,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
             // Commands run in order: once this answers, the shutdown's events are queued.
             let barrier = parloir_sfu::ServiceCall::ListRooms(Default::default());
             let _ = media.call(barrier, 0).await;
+            // Closed rooms end their recordings: wait for the files to be complete.
+            let recorder = egress.clone();
+            let _ = tokio::task::spawn_blocking(move || recorder.shutdown(Duration::from_secs(10)))
+                .await;
             webhooks.flush(Duration::from_secs(5)).await;
         }
         anyhow::Ok(())

@@ -183,6 +183,8 @@ pub struct WorkerSetup {
     pub cpus: Vec<usize>,
     /// Where published audio goes when the speech plane is on.
     pub audio_tap: Option<Box<dyn parloir_sfu::AudioTap>>,
+    /// Where the media of recorded rooms goes when recording is on.
+    pub record_tap: Option<Box<dyn parloir_sfu::RecordTap>>,
 }
 
 /// Starts one media worker thread (`media-<i>`) per setup. They share nothing but the
@@ -230,6 +232,7 @@ fn spawn_one(
         tcp,
         cpus,
         audio_tap,
+        record_tap,
     } = setup;
     let poll = Poll::new()?;
     endpoint.register(poll.registry(), SOCKET)?;
@@ -264,6 +267,9 @@ fn spawn_one(
             let mut sfu = Sfu::new(config, Instant::now());
             if let Some(tap) = audio_tap {
                 sfu.set_audio_tap(tap);
+            }
+            if let Some(tap) = record_tap {
+                sfu.set_record_tap(tap);
             }
             let mut worker = Worker {
                 index,

@@ -52,6 +52,10 @@ pub struct Metrics {
     /// transcript lines that could not be written.
     pub speech_frames: AtomicU64,
     pub speech_dropped: AtomicU64,
+    /// The record plane: frames dropped on a full queue; recordings started and failed.
+    pub record_dropped: AtomicU64,
+    pub egress_started: AtomicU64,
+    pub egress_failed: AtomicU64,
     pub speech_decode_errors: AtomicU64,
     pub speech_segments: AtomicU64,
     pub speech_interims: AtomicU64,
@@ -149,7 +153,25 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         self.fold_workers();
-        let rows: [(&str, &str, &str, &AtomicU64); 37] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 40] = [
+            (
+                "parloir_record_dropped_total",
+                "counter",
+                "Media frames dropped because a recording's queue was full.",
+                &self.record_dropped,
+            ),
+            (
+                "parloir_egress_started_total",
+                "counter",
+                "Recordings (egresses) started.",
+                &self.egress_started,
+            ),
+            (
+                "parloir_egress_failed_total",
+                "counter",
+                "Recordings that ended with an error (the meeting went on).",
+                &self.egress_failed,
+            ),
             (
                 "parloir_speech_frames_total",
                 "counter",

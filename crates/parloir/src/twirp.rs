@@ -60,23 +60,7 @@ pub async fn room_service(
     body: Bytes,
 ) -> Result<Response, TwirpError> {
     let claims = authenticate(&state, &headers)?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let format = if content_type.starts_with("application/protobuf")
-        || content_type.starts_with("application/x-protobuf")
-    {
-        Format::Protobuf
-    } else if content_type.starts_with("application/json") {
-        Format::Json
-    } else {
-        return Err(TwirpError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            format!("content type {content_type:?}: send application/protobuf or application/json"),
-        ));
-    };
+    let format = body_format(&headers)?;
     let (call, grant) = decode(&method, &body, format)?;
     let allowed = match &grant {
         Grant::Create => claims.video.room_create,
@@ -128,6 +112,89 @@ pub async fn room_service(
             "invalid_argument",
             e.to_string(),
         )),
+    }
+}
+
+/// LiveKit's Egress service: `POST /twirp/livekit.Egress/<Method>`, with the `roomRecord`
+/// grant, protobuf or JSON like the RoomService.
+pub async fn egress_service(
+    State(state): State<Arc<AppState>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, TwirpError> {
+    let claims = authenticate(&state, &headers)?;
+    let format = body_format(&headers)?;
+    if !claims.video.room_record {
+        return Err(TwirpError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            format!("{method} needs the roomRecord grant"),
+        ));
+    }
+    let (request_type, response_type) = match method.as_str() {
+        "StartRoomCompositeEgress" => ("livekit.RoomCompositeEgressRequest", "livekit.EgressInfo"),
+        "StartParticipantEgress" => ("livekit.ParticipantEgressRequest", "livekit.EgressInfo"),
+        "StartTrackEgress" => ("livekit.TrackEgressRequest", "livekit.EgressInfo"),
+        "UpdateLayout" => ("livekit.UpdateLayoutRequest", "livekit.EgressInfo"),
+        "StopEgress" => ("livekit.StopEgressRequest", "livekit.EgressInfo"),
+        "ListEgress" => ("livekit.ListEgressRequest", "livekit.ListEgressResponse"),
+        _ => ("", ""),
+    };
+    let bytes = match format {
+        Format::Json if !request_type.is_empty() => json::json_to_protobuf(request_type, &body)
+            .map_err(|e| TwirpError::new(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?,
+        _ => body.to_vec(),
+    };
+    let Some(egress) = state.egress.as_ref() else {
+        return Err(TwirpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "recording is off on this server",
+        ));
+    };
+    let reply = egress.call(&method, &bytes).await.map_err(|e| {
+        let status = match e.code {
+            "not_found" | "bad_route" => StatusCode::NOT_FOUND,
+            "unimplemented" => StatusCode::NOT_IMPLEMENTED,
+            "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            "failed_precondition" => StatusCode::PRECONDITION_FAILED,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        TwirpError::new(status, e.code, e.msg)
+    })?;
+    match format {
+        Format::Protobuf => {
+            Ok(([(header::CONTENT_TYPE, "application/protobuf")], reply).into_response())
+        }
+        Format::Json => {
+            let body =
+                json::protobuf_to_json(response_type, &reply, Names::Proto).map_err(|e| {
+                    TwirpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })?;
+            Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+    }
+}
+
+/// The body's format, from its content type.
+fn body_format(headers: &HeaderMap) -> Result<Format, TwirpError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("application/protobuf")
+        || content_type.starts_with("application/x-protobuf")
+    {
+        Ok(Format::Protobuf)
+    } else if content_type.starts_with("application/json") {
+        Ok(Format::Json)
+    } else {
+        Err(TwirpError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("content type {content_type:?}: send application/protobuf or application/json"),
+        ))
     }
 }
 

@@ -40,8 +40,9 @@ pub struct Webhooks {
     next_id: Arc<AtomicU64>,
     /// Deliveries queued or in progress, over all URLs.
     pending: Arc<AtomicU64>,
-    /// Told of every event first (the speech plane learns that rooms closed); never blocks.
-    observer: Option<Observer>,
+    /// Told of every event first (the speech and record planes learn that rooms closed);
+    /// never block.
+    observers: Vec<Observer>,
 }
 
 impl Webhooks {
@@ -71,13 +72,13 @@ impl Webhooks {
             metrics,
             next_id: Arc::new(AtomicU64::new(1)),
             pending,
-            observer: None,
+            observers: Vec::new(),
         }
     }
 
     /// Calls `f` with every event, before it is queued (and even with no URL configured).
     pub fn with_observer(mut self, f: Observer) -> Self {
-        self.observer = Some(f);
+        self.observers.push(f);
         self
     }
 
@@ -91,7 +92,7 @@ impl Webhooks {
 
     /// Queues an event for every URL; a full queue drops it for that URL.
     pub fn send(&self, mut event: proto::WebhookEvent) {
-        if let Some(observe) = &self.observer {
+        for observe in &self.observers {
             observe(&event);
         }
         if self.queues.is_empty() {

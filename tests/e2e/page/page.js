@@ -135,8 +135,46 @@
       chat,
       data,
       speakersSeen: [...speakersSeen],
+      isRecording: room.isRecording,
       events,
     };
+  };
+
+  // Publishes a camera track that is a canvas of one colour (with a moving bar so the encoder
+  // keeps sending frames) and a microphone track that is a sine tone: what the recording tests
+  // look for in the composite.
+  window.publishPattern = async ({ colour, toneHz, width = 640, height = 360 }) => {
+    const canvas = document.createElement('canvas');
+    canvas.width = width;
+    canvas.height = height;
+    const ctx = canvas.getContext('2d');
+    let x = 0;
+    const draw = () => {
+      ctx.fillStyle = colour;
+      ctx.fillRect(0, 0, width, height);
+      ctx.fillStyle = '#808080';
+      ctx.fillRect(x, height - 8, 16, 8);
+      x = (x + 8) % width;
+    };
+    draw();
+    setInterval(draw, 40);
+    const video = canvas.captureStream(25).getVideoTracks()[0];
+    await room.localParticipant.publishTrack(video, { source: Track.Source.Camera, simulcast: true });
+    if (toneHz) {
+      const audio = new AudioContext();
+      const osc = audio.createOscillator();
+      osc.frequency.value = toneHz;
+      const gain = audio.createGain();
+      gain.gain.value = 0.3;
+      const dest = audio.createMediaStreamDestination();
+      osc.connect(gain).connect(dest);
+      osc.start();
+      await room.localParticipant.publishTrack(dest.stream.getAudioTracks()[0], {
+        source: Track.Source.Microphone,
+        dtx: false,
+      });
+    }
+    return window.state();
   };
 
   // Per subscribed remote track, the summed inbound-rtp counters of its RTCRtpReceiver.
