@@ -31,6 +31,7 @@ sdk:
 	PARLOIR_BIN=$(BIN) tests/sdk/.venv/bin/python tests/sdk/test_room_service.py
 	PARLOIR_BIN=$(BIN) tests/sdk/.venv/bin/python tests/sdk/test_python_sdk.py
 	PARLOIR_BIN=$(BIN) tests/sdk/.venv/bin/python tests/sdk/test_speech.py
+	PARLOIR_BIN=$(BIN) tests/sdk/.venv/bin/python tests/sdk/test_egress.py
 
 # Performance: criterion benches, load scenarios against Parloir and Janus, perf/report.md.
 bench: setup build

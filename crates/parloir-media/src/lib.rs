@@ -11,6 +11,7 @@ pub mod layout;
 pub mod mix;
 pub mod output;
 pub mod picture;
+pub mod source;
 pub mod text;
 
 pub use composite::{Compositor, TileView};

@@ -5,53 +5,15 @@
 use std::path::Path;
 use std::process::Command;
 
-use ffmpeg_next as ffmpeg;
 use parloir_media::{
     Compositor, Container, Layout, Mixer, OutputSpec, Picture, TileView, VideoCodec, VideoDecoder,
     VideoSpec, Writer, Yuv,
 };
 
-/// VP8 frames of a plain colour, from libvpx through FFmpeg.
+/// VP8 frames of a plain colour (with a small moving block), from libvpx through FFmpeg.
 fn vp8_frames(colour: Yuv, width: u32, height: u32, count: usize) -> Vec<Vec<u8>> {
-    parloir_media::init().unwrap();
-    let codec = ffmpeg::encoder::find_by_name("libvpx").expect("libvpx in FFmpeg");
-    let mut enc = ffmpeg::codec::Context::new_with_codec(codec)
-        .encoder()
-        .video()
-        .unwrap();
-    enc.set_width(width);
-    enc.set_height(height);
-    enc.set_format(ffmpeg::format::Pixel::YUV420P);
-    enc.set_time_base(ffmpeg::Rational(1, 30));
-    enc.set_bit_rate(300_000);
-    let mut enc = enc.open_as(codec).unwrap();
-    let source = Picture::new(width, height, colour);
-    let mut frame = ffmpeg::frame::Video::new(ffmpeg::format::Pixel::YUV420P, width, height);
-    let mut out = Vec::new();
-    for i in 0..count {
-        for (plane, data, w) in [
-            (0, &source.y, width as usize),
-            (1, &source.u, source.chroma_width() as usize),
-            (2, &source.v, source.chroma_width() as usize),
-        ] {
-            let stride = frame.stride(plane);
-            for (row, line) in data.chunks_exact(w).enumerate() {
-                frame.data_mut(plane)[row * stride..row * stride + w].copy_from_slice(line);
-            }
-        }
-        frame.set_pts(Some(i as i64));
-        enc.send_frame(&frame).unwrap();
-        let mut packet = ffmpeg::Packet::empty();
-        while enc.receive_packet(&mut packet).is_ok() {
-            out.push(packet.data().unwrap().to_vec());
-        }
-    }
-    enc.send_eof().unwrap();
-    let mut packet = ffmpeg::Packet::empty();
-    while enc.receive_packet(&mut packet).is_ok() {
-        out.push(packet.data().unwrap().to_vec());
-    }
-    out
+    let mut source = parloir_media::source::Vp8Source::new(colour, width, height, 30).unwrap();
+    (0..count).map(|_| source.next_frame().unwrap().0).collect()
 }
 
 fn tone(offset: usize, n: usize) -> Vec<f32> {

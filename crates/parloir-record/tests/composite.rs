@@ -6,58 +6,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ffmpeg_next as ffmpeg;
+use parloir_media::source::Vp8Source;
 use parloir_media::{Container, Layout, Picture, Rect, VideoSpec, Yuv};
 use parloir_record::{Composite, CompositeConfig, Request};
 use parloir_sfu::RecordFrame;
-
-struct Vp8 {
-    enc: ffmpeg::encoder::Video,
-    frame: ffmpeg::frame::Video,
-}
-
-impl Vp8 {
-    fn new(colour: Yuv, width: u32, height: u32) -> Vp8 {
-        parloir_media::init().unwrap();
-        let codec = ffmpeg::encoder::find_by_name("libvpx").unwrap();
-        let mut enc = ffmpeg::codec::Context::new_with_codec(codec)
-            .encoder()
-            .video()
-            .unwrap();
-        enc.set_width(width);
-        enc.set_height(height);
-        enc.set_format(ffmpeg::format::Pixel::YUV420P);
-        enc.set_time_base(ffmpeg::Rational(1, 30));
-        enc.set_bit_rate(200_000);
-        enc.set_gop(30);
-        let mut opts = ffmpeg::Dictionary::new();
-        opts.set("deadline", "realtime");
-        opts.set("lag-in-frames", "0");
-        let enc = enc.open_as_with(codec, opts).unwrap();
-        let p = Picture::new(width, height, colour);
-        let mut frame = ffmpeg::frame::Video::new(ffmpeg::format::Pixel::YUV420P, width, height);
-        for (plane, data, w) in [
-            (0, &p.y, width as usize),
-            (1, &p.u, p.chroma_width() as usize),
-            (2, &p.v, p.chroma_width() as usize),
-        ] {
-            let stride = frame.stride(plane);
-            for (row, line) in data.chunks_exact(w).enumerate() {
-                frame.data_mut(plane)[row * stride..row * stride + w].copy_from_slice(line);
-            }
-        }
-        Vp8 { enc, frame }
-    }
-
-    /// The next encoded frame and whether it is a key frame.
-    fn next(&mut self, i: i64) -> (Vec<u8>, bool) {
-        self.frame.set_pts(Some(i));
-        self.enc.send_frame(&self.frame).unwrap();
-        let mut packet = ffmpeg::Packet::empty();
-        self.enc.receive_packet(&mut packet).unwrap();
-        (packet.data().unwrap().to_vec(), packet.is_key())
-    }
-}
 
 fn frame(
     participant: &str,
@@ -175,7 +127,10 @@ fn a_room_becomes_a_grid_recording_with_its_audio() {
     let mut composite = Composite::start(&path, config, t0).unwrap();
     let red = Yuv::from_rgb(220, 40, 40);
     let blue = Yuv::from_rgb(40, 40, 220);
-    let mut cams = [Vp8::new(red, 320, 180), Vp8::new(blue, 320, 180)];
+    let mut cams = [
+        Vp8Source::new(red, 320, 180, 30).unwrap(),
+        Vp8Source::new(blue, 320, 180, 30).unwrap(),
+    ];
     let mut opus =
         opus::Encoder::new(48_000, opus::Channels::Stereo, opus::Application::Audio).unwrap();
     // 4 s: two cameras at 30 fps from 0.1 s; the first participant's tone from 1 s to 3 s
@@ -184,9 +139,8 @@ fn a_room_becomes_a_grid_recording_with_its_audio() {
     for ms in (0..4000u64).step_by(10) {
         let now = t0 + Duration::from_millis(ms);
         if ms >= 100 && (ms * 3) % 100 < 3 {
-            let i = (ms * 30 / 1000) as i64;
             for (k, cam) in cams.iter_mut().enumerate() {
-                let (data, key) = cam.next(i);
+                let (data, key) = cam.next_frame().unwrap();
                 let rtp = 1_000 + (k as u64) * 777 + ms * 90;
                 composite.frame(frame(
                     ["PA", "PB"][k],

@@ -1,0 +1,81 @@
+//! Synthetic encoded video for tests, benches and load generation: VP8 frames (libvpx through
+//! FFmpeg, real-time settings) of a solid colour with a small moving block, so every frame
+//! carries data as a camera's would.
+
+use ffmpeg_next as ffmpeg;
+
+use crate::picture::{Picture, Rect, Yuv};
+use crate::{MediaError, init};
+
+/// A VP8 encoder fed with one picture, a key frame every `fps` frames.
+pub struct Vp8Source {
+    encoder: ffmpeg::encoder::Video,
+    frame: ffmpeg::frame::Video,
+    picture: Picture,
+    colour: Yuv,
+    next: i64,
+}
+
+impl Vp8Source {
+    pub fn new(colour: Yuv, width: u32, height: u32, fps: u32) -> Result<Vp8Source, MediaError> {
+        init()?;
+        let codec = ffmpeg::encoder::find_by_name("libvpx").ok_or(MediaError::NoCodec("VP8"))?;
+        let mut enc = ffmpeg::codec::Context::new_with_codec(codec)
+            .encoder()
+            .video()
+            .map_err(|e| MediaError::Codec("VP8", e))?;
+        enc.set_width(width);
+        enc.set_height(height);
+        enc.set_format(ffmpeg::format::Pixel::YUV420P);
+        enc.set_time_base(ffmpeg::Rational(1, fps as i32));
+        enc.set_bit_rate((width * height * fps / 8) as usize);
+        enc.set_gop(fps);
+        let mut options = ffmpeg::Dictionary::new();
+        options.set("deadline", "realtime");
+        options.set("lag-in-frames", "0");
+        options.set("cpu-used", "8");
+        let encoder = enc
+            .open_as_with(codec, options)
+            .map_err(|e| MediaError::Codec("VP8", e))?;
+        Ok(Vp8Source {
+            encoder,
+            frame: ffmpeg::frame::Video::new(ffmpeg::format::Pixel::YUV420P, width, height),
+            picture: Picture::new(width, height, colour),
+            colour,
+            next: 0,
+        })
+    }
+
+    /// The next frame: its bytes and whether it is a key frame.
+    pub fn next_frame(&mut self) -> Result<(Vec<u8>, bool), MediaError> {
+        let (w, h) = (self.picture.width(), self.picture.height());
+        // A block that moves one step per frame.
+        let step = (self.next as u32 * 4) % w.max(1);
+        self.picture.fill(Rect::new(0, 0, w, h), self.colour);
+        self.picture.fill(
+            Rect::new(step, h - h / 8, w / 16, h / 8),
+            Yuv::from_rgb(128, 128, 128),
+        );
+        for (plane, data, width) in [
+            (0, &self.picture.y, w as usize),
+            (1, &self.picture.u, self.picture.chroma_width() as usize),
+            (2, &self.picture.v, self.picture.chroma_width() as usize),
+        ] {
+            let stride = self.frame.stride(plane);
+            for (row, line) in data.chunks_exact(width).enumerate() {
+                self.frame.data_mut(plane)[row * stride..row * stride + width]
+                    .copy_from_slice(line);
+            }
+        }
+        self.frame.set_pts(Some(self.next));
+        self.next += 1;
+        self.encoder
+            .send_frame(&self.frame)
+            .map_err(|e| MediaError::Codec("VP8", e))?;
+        let mut packet = ffmpeg::Packet::empty();
+        self.encoder
+            .receive_packet(&mut packet)
+            .map_err(|e| MediaError::Codec("VP8", e))?;
+        Ok((packet.data().unwrap_or_default().to_vec(), packet.is_key()))
+    }
+}

@@ -1,0 +1,226 @@
+//! The record plane's costs on the CPU path.
+//!
+//! 1. The compositor alone (criterion): one frame of 4, 25 and 150 tiles on a 720p and a 1080p
+//!    canvas, each tile fed the picture size its layer choice gives (320x180 for small tiles,
+//!    640x360 for middle ones, 1280x720 for large ones).
+//! 2. One room composite end to end: N participants each sending VP8 (the layer their tile
+//!    needs) and Opus, through the whole pipeline (decode, composite, mix, H.264 + AAC encode,
+//!    fragmented MP4), as fast as it goes; CPU seconds over media seconds is the number of
+//!    cores the recording needs in real time.
+//!
+//! `cargo bench -p parloir-record --bench composite`; with `PARLOIR_BENCH_OUT=FILE` the figures
+//! are also written as JSON.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use parloir_media::source::Vp8Source;
+use parloir_media::{Compositor, Container, Layout, Picture, Tile, TileView, VideoSpec, Yuv};
+use parloir_record::{Composite, CompositeConfig};
+use parloir_sfu::RecordFrame;
+
+/// CPU seconds of this process so far (all threads), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn source_size(tile_height: u32) -> (u32, u32) {
+    match tile_height {
+        h if h <= 216 => (320, 180),
+        h if h <= 432 => (640, 360),
+        _ => (1280, 720),
+    }
+}
+
+fn colour(i: usize) -> Yuv {
+    Yuv::from_rgb(
+        (i * 53 % 200) as u8 + 30,
+        (i * 97 % 200) as u8 + 30,
+        (i * 151 % 200) as u8 + 30,
+    )
+}
+
+fn compositor(c: &mut Criterion, out: &mut Vec<String>) {
+    let mut group = c.benchmark_group("compositor");
+    group.throughput(Throughput::Elements(1));
+    for (width, height, label) in [(1280u32, 720u32, "720p"), (1920, 1080, "1080p")] {
+        for tiles in [4usize, 25, 150] {
+            let mut comp = Compositor::new(width, height, Layout::parse("grid").expect("grid"));
+            let rects = comp.placement(&vec![Tile::default(); tiles]);
+            let pictures: Vec<Picture> = rects
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let (w, h) = source_size(r.map_or(180, |r| r.height));
+                    Picture::new(w, h, colour(i))
+                })
+                .collect();
+            let names: Vec<String> = (0..tiles).map(|i| format!("Participant {i}")).collect();
+            let views: Vec<TileView<'_>> = pictures
+                .iter()
+                .zip(&names)
+                .enumerate()
+                .map(|(i, (p, n))| TileView {
+                    picture: Some(p),
+                    name: n,
+                    speaking: i == 0,
+                    screen_share: false,
+                })
+                .collect();
+            let id = format!("{label}/{tiles}-tiles");
+            group.bench_function(&id, |b| b.iter(|| comp.compose(&views).width()));
+            // One more timed run of our own for the JSON: frames per second on one core.
+            let start = Instant::now();
+            let mut n = 0u32;
+            while start.elapsed() < Duration::from_secs(1) {
+                comp.compose(&views);
+                n += 1;
+            }
+            let fps = f64::from(n) / start.elapsed().as_secs_f64();
+            out.push(format!(
+                "{{\"what\":\"compositor\",\"canvas\":\"{label}\",\"tiles\":{tiles},\"frames_per_s\":{fps:.1}}}"
+            ));
+            println!("compositor {label} {tiles} tiles: {fps:.1} frames/s on one core");
+        }
+    }
+    group.finish();
+}
+
+/// One composite of `participants` cameras and microphones for `seconds` of media: the CPU
+/// cores it needs in real time, and how many times faster than real time it ran here.
+fn end_to_end(participants: usize, width: u32, height: u32, fps: u32, seconds: u32) -> (f64, f64) {
+    let layout = Layout::parse("grid").expect("grid");
+    let comp = Compositor::new(width, height, layout);
+    let rects = comp.placement(&vec![Tile::default(); participants]);
+    // Two seconds of each camera at the size its tile asks for, and of a voice.
+    let clips: Vec<Vec<(Arc<[u8]>, bool)>> = rects
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (w, h) = source_size(r.map_or(180, |r| r.height));
+            let mut s = Vp8Source::new(colour(i), w, h, fps).expect("libvpx");
+            (0..2 * fps)
+                .map(|_| {
+                    let (d, k) = s.next_frame().expect("a frame");
+                    (Arc::from(d), k)
+                })
+                .collect()
+        })
+        .collect();
+    let mut opus =
+        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).expect("libopus");
+    let voice: Vec<Arc<[u8]>> = (0..100)
+        .map(|k| {
+            let pcm: Vec<f32> = (0..960)
+                .map(|i| 0.1 * (((k * 960 + i) as f32) * 0.05).sin())
+                .collect();
+            Arc::from(opus.encode_vec_float(&pcm, 400).expect("opus"))
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("parloir-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = CompositeConfig {
+        layout,
+        video: Some(VideoSpec {
+            width,
+            height,
+            fps,
+            bitrate: 3_000_000,
+            key_interval: 2,
+            encoders: Vec::new(),
+        }),
+        audio: true,
+        container: Container::Mp4,
+        audio_bitrate: 128_000,
+        latency: Duration::from_millis(500),
+    };
+    let t0 = Instant::now();
+    let mut composite =
+        Composite::start(&dir.join("bench.mp4"), config, t0).expect("the output opens");
+    let frame =
+        |p: usize, video: bool, rtp: u64, at: Instant, data: Arc<[u8]>, key: bool| RecordFrame {
+            room: "bench".into(),
+            participant_sid: format!("PA_{p}"),
+            identity: format!("p{p}"),
+            name: format!("Participant {p}"),
+            joined_at_ms: p as i64,
+            track_sid: format!("T{}_{p}", if video { "V" } else { "A" }),
+            video,
+            screen_share: false,
+            codec: if video { "VP8" } else { "opus" },
+            layer: None,
+            keyframe: key,
+            contiguous: true,
+            rtp_time: rtp,
+            clock_rate: if video { 90_000 } else { 48_000 },
+            arrival: at,
+            sender_report: None,
+            data,
+        };
+    let cpu0 = cpu_seconds();
+    let wall0 = Instant::now();
+    let frame_ms = 1000 / u64::from(fps);
+    for ms in (0..u64::from(seconds) * 1000).step_by(10) {
+        let at = t0 + Duration::from_millis(ms);
+        if ms % frame_ms < 10 {
+            let i = (ms / frame_ms) as usize;
+            for (p, clip) in clips.iter().enumerate() {
+                let (data, key) = &clip[i % clip.len()];
+                composite.frame(frame(p, true, ms * 90, at, data.clone(), *key));
+            }
+        }
+        if ms % 20 == 0 {
+            let k = (ms / 20) as usize;
+            for p in 0..participants {
+                let data = voice[k % voice.len()].clone();
+                composite.frame(frame(p, false, ms * 48, at, data, false));
+            }
+        }
+        composite.advance(at).expect("the composite writes");
+    }
+    let done = composite
+        .finish(t0 + Duration::from_millis(u64::from(seconds) * 1000))
+        .expect("the file closes");
+    let cpu = cpu_seconds() - cpu0;
+    let wall = wall0.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    (cpu / done.duration, done.duration / wall)
+}
+
+fn main() {
+    let mut out = Vec::new();
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    compositor(&mut c, &mut out);
+    c.final_summary();
+    for (participants, width, height) in
+        [(4usize, 1280u32, 720u32), (25, 1280, 720), (25, 1920, 1080)]
+    {
+        let (cores, speed) = end_to_end(participants, width, height, 30, 10);
+        println!(
+            "room composite {participants} participants {width}x{height}@30: {cores:.2} cores in real time ({speed:.2}x real time here)"
+        );
+        out.push(format!(
+            "{{\"what\":\"room composite\",\"participants\":{participants},\"canvas\":\"{width}x{height}@30\",\"cpu_cores\":{cores:.3},\"speed\":{speed:.3}}}"
+        ));
+    }
+    if let Ok(path) = std::env::var("PARLOIR_BENCH_OUT") {
+        let json = format!("[\n{}\n]\n", out.join(",\n"));
+        if let Err(e) = std::fs::write(&path, json) {
+            eprintln!("cannot write {path}: {e}");
+        }
+    }
+}

@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""End-to-end test of recording through LiveKit's Egress API with LiveKit's Python SDKs: the
+server SDK (`livekit-api`, protobuf Twirp) drives the egress, the realtime SDK (`livekit`)
+publishes a solid-colour camera and a tone.
+
+Run:  PARLOIR_BIN=target/release/parloir tests/sdk/.venv/bin/python tests/sdk/test_egress.py
+
+Checks: a participant egress and an audio track egress through the SDK, ListEgress and
+StopEgress, the egress_started / egress_ended webhooks, the files (ffprobe, decoded colour),
+and that killing the server in the middle of a room composite leaves a playable file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from livekit import api, rtc
+
+from test_python_sdk import (API_KEY, API_SECRET, COLOUR, R, Server, bounded, log, push_audio,
+                             push_video, token, HEIGHT, WIDTH)
+from test_room_service import WebhookSink, until
+
+
+def probe(path: str) -> dict:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries",
+         "stream=codec_type,codec_name,width,height:format=duration", "-of", "json", path],
+        capture_output=True, check=False)
+    return json.loads(out.stdout or b"{}")
+
+
+def mean_rgb(path: str, seconds: float, width: int, height: int) -> tuple[int, int, int]:
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-ss", str(seconds), "-i", path, "-frames:v", "1", "-f", "rawvideo",
+         "-pix_fmt", "rgb24", "-"], capture_output=True, check=False).stdout
+    if len(raw) != width * height * 3:
+        return (-1, -1, -1)
+    # The centre quarter of the frame.
+    sums = [0, 0, 0]
+    n = 0
+    for y in range(height // 4, 3 * height // 4, 4):
+        row = y * width * 3
+        for x in range(width // 4, 3 * width // 4, 4):
+            for c in range(3):
+                sums[c] += raw[row + 3 * x + c]
+            n += 1
+    return tuple(round(s / n) for s in sums)
+
+
+def recorder_api(server: Server) -> api.LiveKitAPI:
+    return api.LiveKitAPI(f"http://127.0.0.1:{server.http_port}", API_KEY, API_SECRET)
+
+
+async def publish(server: Server, room_name: str, identity: str, stop: asyncio.Event) -> tuple[rtc.Room, list]:
+    room = rtc.Room()
+    await bounded(room.connect(server.url, token(identity, identity, room_name)), f"{identity} joins")
+    audio = rtc.AudioSource(48000, 1)
+    video = rtc.VideoSource(WIDTH, HEIGHT)
+    mic = rtc.LocalAudioTrack.create_audio_track("mic", audio)
+    cam = rtc.LocalVideoTrack.create_video_track("cam", video)
+    pubs = [
+        await room.local_participant.publish_track(mic, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)),
+        await room.local_participant.publish_track(cam, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA)),
+    ]
+    tasks = [asyncio.create_task(push_audio(audio, stop)), asyncio.create_task(push_video(video, stop))]
+    return room, pubs + tasks
+
+
+async def wait_done(lk: api.LiveKitAPI, egress_id: str, timeout: float = 30) -> api.EgressInfo | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items = (await lk.egress.list_egress(api.ListEgressRequest(egress_id=egress_id))).items
+        if items and items[0].status in (api.EgressStatus.EGRESS_COMPLETE, api.EgressStatus.EGRESS_FAILED):
+            return items[0]
+        await asyncio.sleep(0.2)
+    return None
+
+
+async def sdk_egresses(server: Server, sink: WebhookSink) -> None:
+    room_name = "egress-sdk"
+    stop = asyncio.Event()
+    room, held = await publish(server, room_name, "alice", stop)
+    lk = recorder_api(server)
+    try:
+        await asyncio.sleep(1.0)
+        mic_sid = held[0].sid
+        participant = await lk.egress.start_participant_egress(api.ParticipantEgressRequest(
+            room_name=room_name, identity="alice",
+            file_outputs=[api.EncodedFileOutput(filepath="sdk/{publisher_identity}.mp4")],
+            advanced=api.EncodingOptions(width=320, height=240, framerate=15)))
+        R.check("StartParticipantEgress answers an active egress",
+                participant.status == api.EgressStatus.EGRESS_ACTIVE and participant.egress_id.startswith("EG_"),
+                f"status {participant.status}")
+        track = await lk.egress.start_track_egress(api.TrackEgressRequest(
+            room_name=room_name, track_id=mic_sid, file=api.DirectFileOutput(filepath="sdk/mic")))
+        active = (await lk.egress.list_egress(api.ListEgressRequest(room_name=room_name, active=True))).items
+        R.check("ListEgress lists both", {e.egress_id for e in active} == {participant.egress_id, track.egress_id},
+                f"{[e.egress_id for e in active]}")
+        await asyncio.sleep(5.0)
+        for e in (participant, track):
+            await lk.egress.stop_egress(api.StopEgressRequest(egress_id=e.egress_id))
+        done_p = await wait_done(lk, participant.egress_id)
+        done_t = await wait_done(lk, track.egress_id)
+        ok = done_p is not None and done_p.status == api.EgressStatus.EGRESS_COMPLETE
+        R.check("the participant egress completes", ok, str(done_p and done_p.error))
+        if ok:
+            f = done_p.file_results[0]
+            info = probe(f.filename)
+            kinds = sorted(s["codec_name"] for s in info.get("streams", []))
+            R.check("its file is H.264 + AAC at 320x240", kinds == ["aac", "h264"] and any(
+                s.get("width") == 320 and s.get("height") == 240 for s in info["streams"]), f"{info}")
+            duration = float(info.get("format", {}).get("duration", 0))
+            R.check("its duration is what was recorded", abs(duration - f.duration / 1e9) < 0.2 and 4.5 < duration < 7,
+                    f"{duration:.2f} s, reported {f.duration / 1e9:.2f} s")
+            rgb = mean_rgb(f.filename, duration - 1.5, 320, 240)
+            R.check("it shows alice's colour", all(abs(a - b) < 30 for a, b in zip(rgb, COLOUR)),
+                    f"{rgb} vs {COLOUR}")
+        ok = done_t is not None and done_t.status == api.EgressStatus.EGRESS_COMPLETE
+        R.check("the audio track egress completes", ok, str(done_t and done_t.error))
+        if ok:
+            info = probe(done_t.file_results[0].filename)
+            R.check("its file is Ogg/Opus", [s["codec_name"] for s in info.get("streams", [])] == ["opus"]
+                    and done_t.file_results[0].filename.endswith(".ogg"), f"{info}")
+        # Bad requests through the SDK.
+        try:
+            await lk.egress.start_room_composite_egress(api.RoomCompositeEgressRequest(
+                room_name="no-such-room", layout="grid", file_outputs=[api.EncodedFileOutput(filepath="x.mp4")]))
+            R.check("an unknown room is refused", False, "it was accepted")
+        except api.TwirpError as e:
+            R.check("an unknown room is refused", e.code == "not_found", f"{e.code}: {e.message}")
+        try:
+            await lk.egress.stop_egress(api.StopEgressRequest(egress_id=participant.egress_id))
+            R.check("stopping an ended egress is refused", False, "it was accepted")
+        except api.TwirpError as e:
+            R.check("stopping an ended egress is refused", e.code == "failed_precondition", e.code)
+        ok = await until(lambda: {"egress_started", "egress_ended"} <= {ev.event for ev in sink.events()},
+                         "egress webhooks", 10)
+        ended = [ev for ev in sink.events() if ev.event == "egress_ended"]
+        R.check("egress_started and egress_ended webhooks arrive, signed", ok and any(
+            ev.egress_info.egress_id == participant.egress_id and ev.egress_info.status == api.EgressStatus.EGRESS_COMPLETE
+            for ev in ended), f"{[ev.event for ev in sink.events()]}")
+    finally:
+        stop.set()
+        await lk.aclose()
+        await room.disconnect()
+
+
+async def killed_mid_recording(server: Server, data_dir: str) -> None:
+    room_name = "egress-kill"
+    stop = asyncio.Event()
+    room, _ = await publish(server, room_name, "bob", stop)
+    lk = recorder_api(server)
+    try:
+        await asyncio.sleep(1.0)
+        info = await lk.egress.start_room_composite_egress(api.RoomCompositeEgressRequest(
+            room_name=room_name, layout="speaker",
+            file_outputs=[api.EncodedFileOutput(filepath="kill/composite.mp4")],
+            advanced=api.EncodingOptions(width=640, height=360, framerate=15)))
+        await asyncio.sleep(7.0)
+        path = info.file_results[0].filename
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(timeout=10)
+        copy = path + ".copy.mp4"
+        shutil.copy(path, copy)
+        p = probe(copy)
+        duration = float(p.get("format", {}).get("duration", 0))
+        R.check("a server killed mid-recording leaves a playable file",
+                any(s.get("codec_name") == "h264" for s in p.get("streams", [])) and duration >= 3.0,
+                f"{duration:.2f} s of about 6.3 s written: {p}")
+        frames = subprocess.run(["ffmpeg", "-v", "error", "-i", copy, "-f", "null", "-"],
+                                capture_output=True, check=False)
+        R.check("and it decodes without errors", frames.returncode == 0 and not frames.stderr.strip(),
+                frames.stderr.decode(errors="replace")[-300:])
+    finally:
+        stop.set()
+        await lk.aclose()
+        await room.disconnect()
+
+
+def main() -> int:
+    binary = os.environ.get("PARLOIR_BIN")
+    if not binary:
+        print("PARLOIR_BIN is not set", file=sys.stderr)
+        print("0 passed, 1 failed")
+        return 1
+    data_dir = tempfile.mkdtemp(prefix="parloir-egress-")
+    sink = WebhookSink()
+    sink.refuse_first = 0
+    server = Server(os.path.abspath(binary))
+    server.extra_args = ["--data-dir", data_dir, "--webhook-url", sink.url]
+    try:
+        server.start()
+        asyncio.run(sdk_egresses(server, sink))
+        asyncio.run(killed_mid_recording(server, data_dir))
+    except Exception as e:  # reported as a failure, with the server log below
+        R.check("scenario ran to the end", False, f"{type(e).__name__}: {e}")
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    print(f"{R.passed} passed, {R.failed} failed")
+    if R.failed:
+        print(server.tail(60))
+    return 1 if R.failed else 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
