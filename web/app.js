@@ -43,6 +43,7 @@
       duplicate: 'You joined this meeting from somewhere else, so this page left it.',
       roomDeleted: 'The meeting was ended.', shutdown: 'The server is restarting. Join again in a moment.',
       unread: (n) => `${n} unread`,
+      recording: 'Recording', recordStart: 'Record the meeting', recordStop: 'Stop recording',
     },
     fr: {
       room: 'Salle', name: 'Votre nom', host: 'Rejoindre en tant qu’organisateur', join: 'Rejoindre',
@@ -65,6 +66,7 @@
       duplicate: 'Vous avez rejoint cette réunion ailleurs : cette page l’a quittée.',
       roomDeleted: 'La réunion est terminée.', shutdown: 'Le serveur redémarre. Rejoignez dans un instant.',
       unread: (n) => `${n} non lus`,
+      recording: 'Enregistrement', recordStart: 'Enregistrer la réunion', recordStop: 'Arrêter l’enregistrement',
     },
   };
   const lang = (navigator.language || 'en').toLowerCase().startsWith('fr') ? 'fr' : 'en';
@@ -210,6 +212,7 @@
       .on(RoomEvent.ParticipantAttributesChanged, scheduleRender)
       .on(RoomEvent.ActiveSpeakersChanged, markSpeakers)
       .on(RoomEvent.DataReceived, onData)
+      .on(RoomEvent.RecordingStatusChanged, showRecording)
       .on(RoomEvent.AudioPlaybackStatusChanged, () => { audioBtn.hidden = !room || room.canPlaybackAudio; })
       .on(RoomEvent.Disconnected, onDisconnected);
 
@@ -218,6 +221,7 @@
     $('#lobby').hidden = true;
     $('#meeting').hidden = false;
     hostTools.hidden = !isHost;
+    showRecording(room.isRecording);
     chatLog.replaceChildren();
     setUnread(0);
     render();
@@ -562,6 +566,37 @@
     meta['parloir.subtitles'] = on;
     return twirp('UpdateRoomMetadata', { metadata: JSON.stringify(meta) });
   }
+  // Recording: everyone sees that the meeting is recorded (the room's active_recording, which
+  // livekit-client reports as isRecording); a host starts and stops a room composite through the
+  // Egress API with its own token (roomRecord).
+  function showRecording(on) {
+    $('#recording').hidden = !on;
+    $('#record-start').hidden = !!on;
+    $('#record-stop').hidden = !on;
+  }
+
+  async function egress(method, body) {
+    const res = await fetch(`/twirp/livekit.Egress/${method}`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
+      body: JSON.stringify(body),
+    });
+    const json = await res.json().catch(() => ({}));
+    if (!res.ok) throw new Error(`${method}: ${json.msg || json.code || `HTTP ${res.status}`}`);
+    return json;
+  }
+
+  $('#record-start').addEventListener('click', (ev) => hostAction(ev.currentTarget, () =>
+    egress('StartRoomCompositeEgress', {
+      room_name: room.name,
+      layout: 'speaker',
+      file_outputs: [{ filepath: '{room_name}-{time}.mp4' }],
+    })));
+  $('#record-stop').addEventListener('click', (ev) => hostAction(ev.currentTarget, async () => {
+    const { items = [] } = await egress('ListEgress', { room_name: room.name, active: true });
+    await allOrReport(items.map((i) => () => egress('StopEgress', { egress_id: i.egress_id })));
+  }));
+
   $('#subtitles-on').addEventListener('click', (ev) => hostAction(ev.currentTarget, () => setRoomSubtitles(true)));
   $('#subtitles-off').addEventListener('click', (ev) => hostAction(ev.currentTarget, () => setRoomSubtitles(false)));
 

@@ -13,6 +13,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -240,13 +241,17 @@ function uniq() {
   return crypto.randomBytes(3).toString('hex');
 }
 
+// The server's data directory (the host's recordings go to its recordings/).
+const DATA_DIR = fs.mkdtempSync(path.join(os.tmpdir(), 'parloir-meeting-'));
+
 before(async () => {
-  await server.start({ tcp: false });
+  await server.start({ tcp: false, extraArgs: ['--data-dir', DATA_DIR] });
   adminSource = await probeAdmin();
   await launchBrowser();
 });
 
 after(async () => {
+  fs.rmSync(DATA_DIR, { recursive: true, force: true });
   await browser?.close().catch(() => {});
   await server.stop();
 });
@@ -455,6 +460,24 @@ describe('meeting page: host controls', () => {
     await host.$('host-subtitles-on').click();
     await waitFor('the room metadata says subtitles', async () =>
       (await roomMetadata())['parloir.subtitles'] === true);
+
+    // The host records the meeting: everyone's page says so, until the host stops.
+    assert.ok(await ana.$('recording-indicator').isHidden(), 'a recording shown before any');
+    await host.$('host-record-start').click();
+    await waitFor('every page shows that the meeting is recorded', async () => {
+      for (const p of [host, ana, bruno]) if (!(await p.$('recording-indicator').isVisible())) return false;
+      return host.$('host-record-stop').isVisible();
+    });
+    await sleep(2000);
+    await host.$('host-record-stop').click();
+    await waitFor('no page shows a recording any more', async () => {
+      for (const p of [host, ana, bruno]) if (await p.$('recording-indicator').isVisible()) return false;
+      return host.$('host-record-start').isVisible();
+    });
+    const recordings = path.join(DATA_DIR, 'recordings');
+    const files = fs.readdirSync(recordings).filter((f) => f.startsWith(room) && f.endsWith('.mp4'));
+    assert.equal(files.length, 1, `recordings: ${fs.readdirSync(recordings)}`);
+    assert.ok(fs.statSync(path.join(recordings, files[0])).size > 1000, 'the recording has media');
 
     // A Twirp error is shown on the page.
     await host.page.route('**/twirp/livekit.RoomService/RemoveParticipant', (route) =>
