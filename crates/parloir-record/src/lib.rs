@@ -20,7 +20,7 @@ use parloir_media::{
 };
 use parloir_sfu::RecordFrame;
 
-use timing::{Offset, TrackClock};
+use timing::Timeline;
 
 /// How a composite is made.
 #[derive(Debug, Clone)]
@@ -83,8 +83,6 @@ struct Member {
     name: String,
     /// When it joined, then first seen: the order of the grid.
     order: (i64, u64),
-    /// The participant's NTP clock on the timeline.
-    ntp: Offset,
     speaking_since: Option<f64>,
     last_spoke: f64,
 }
@@ -110,7 +108,6 @@ struct TrackState {
     participant: String,
     video: Option<VideoState>,
     screen_share: bool,
-    clock: TrackClock,
 }
 
 /// One room composite being recorded.
@@ -123,6 +120,7 @@ pub struct Composite {
     members: Vec<Member>,
     next_order: u64,
     tracks: HashMap<String, TrackState>,
+    timeline: Timeline,
     frames_out: i64,
     reviewed: f64,
     requests: Vec<Request>,
@@ -152,6 +150,7 @@ impl Composite {
             members: Vec::new(),
             next_order: 0,
             tracks: HashMap::new(),
+            timeline: Timeline::default(),
             frames_out: 0,
             reviewed: f64::NEG_INFINITY,
             requests: Vec::new(),
@@ -196,7 +195,6 @@ impl Composite {
                     sid: f.participant_sid.clone(),
                     name: String::new(),
                     order: (f.joined_at_ms, self.next_order),
-                    ntp: Offset::default(),
                     speaking_since: None,
                     last_spoke: f64::NEG_INFINITY,
                 });
@@ -232,14 +230,17 @@ impl Composite {
                     key_asked: f64::NEG_INFINITY,
                 }),
                 screen_share: f.screen_share,
-                clock: TrackClock::new(f.clock_rate, f.rtp_time),
             });
         // Its time: through the participant's NTP clock once a sender report came.
-        track.clock.report(f.sender_report);
-        let at = match track.clock.ntp(f.rtp_time) {
-            Some(ntp) => ntp + self.members[member].ntp.observe(ntp, arrival),
-            None => track.clock.own(f.rtp_time, arrival),
-        };
+        let at = self.timeline.place(
+            &f.participant_sid,
+            &f.track_sid,
+            f.layer,
+            f.clock_rate,
+            f.rtp_time,
+            f.sender_report,
+            arrival,
+        );
         let Some(video) = track.video.as_mut() else {
             if f.codec != "opus" {
                 return;
@@ -316,6 +317,7 @@ impl Composite {
     /// A participant left: its tiles and audio go.
     pub fn participant_left(&mut self, participant_sid: &str) {
         self.members.retain(|m| m.sid != participant_sid);
+        self.timeline.forget_participant(participant_sid);
         let gone: Vec<String> = self
             .tracks
             .iter()
@@ -330,6 +332,7 @@ impl Composite {
     /// A track ended.
     pub fn track_unpublished(&mut self, track_sid: &str) {
         self.tracks.remove(track_sid);
+        self.timeline.forget_track(track_sid);
         self.mixer.remove(track_sid);
     }
 
