@@ -6,8 +6,10 @@ publishes a solid-colour camera and a tone.
 Run:  PARLOIR_BIN=target/release/parloir tests/sdk/.venv/bin/python tests/sdk/test_egress.py
 
 Checks: a participant egress and an audio track egress through the SDK, ListEgress and
-StopEgress, the egress_started / egress_ended webhooks, the files (ffprobe, decoded colour),
-and that killing the server in the middle of a room composite leaves a playable file.
+StopEgress, the egress_started / egress_ended webhooks, the files (ffprobe, decoded colour);
+that a recording which runs out of disk (a file-size limit, as a full disk or a quota) fails
+alone, with its error in ListEgress and the webhook, while the meeting goes on; and that
+killing the server in the middle of a room composite leaves a playable file.
 """
 
 from __future__ import annotations
@@ -185,6 +187,38 @@ async def killed_mid_recording(server: Server, data_dir: str) -> None:
         await room.disconnect()
 
 
+async def disk_full(server: Server, sink: WebhookSink) -> None:
+    room_name = "egress-full"
+    stop = asyncio.Event()
+    room, _ = await publish(server, room_name, "carol", stop)
+    lk = recorder_api(server)
+    try:
+        await asyncio.sleep(1.0)
+        info = await lk.egress.start_room_composite_egress(api.RoomCompositeEgressRequest(
+            room_name=room_name, layout="grid",
+            file_outputs=[api.EncodedFileOutput(filepath="full/composite.mp4")],
+            advanced=api.EncodingOptions(width=1280, height=720, framerate=30, video_bitrate=4000)))
+        done = await wait_done(lk, info.egress_id, timeout=60)
+        R.check("a recording that runs out of disk fails with its error in ListEgress",
+                done is not None and done.status == api.EgressStatus.EGRESS_FAILED and done.error != "",
+                f"{done and done.status}: {done and done.error}")
+        ok = await until(lambda: any(ev.event == "egress_ended" and ev.egress_info.egress_id == info.egress_id
+                                     and ev.egress_info.status == api.EgressStatus.EGRESS_FAILED
+                                     for ev in sink.events()), "egress_ended", 10)
+        R.check("and in the egress_ended webhook", ok, f"{[ev.event for ev in sink.events()]}")
+        p = probe(info.file_results[0].filename)
+        R.check("what it wrote before plays", any(s.get("codec_name") == "h264" for s in p.get("streams", [])),
+                f"{p}")
+        # The meeting went on: the publisher is still in the room and the room still answers.
+        rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=[room_name]))
+        R.check("the meeting goes on", room.connection_state == rtc.ConnectionState.CONN_CONNECTED
+                and len(rooms.rooms) == 1 and rooms.rooms[0].num_participants == 1, f"{rooms}")
+    finally:
+        stop.set()
+        await lk.aclose()
+        await room.disconnect()
+
+
 def main() -> int:
     binary = os.environ.get("PARLOIR_BIN")
     if not binary:
@@ -200,6 +234,12 @@ def main() -> int:
         server.start()
         asyncio.run(sdk_egresses(server, sink))
         asyncio.run(killed_mid_recording(server, data_dir))
+        # A server whose files may not grow past 250 kB: a full disk for its recordings.
+        server = Server(os.path.abspath(binary))
+        server.prefix = ["prlimit", "--fsize=250000", "--"]
+        server.extra_args = ["--data-dir", data_dir, "--webhook-url", sink.url]
+        server.start()
+        asyncio.run(disk_full(server, sink))
     except Exception as e:  # reported as a failure, with the server log below
         R.check("scenario ran to the end", False, f"{type(e).__name__}: {e}")
     finally:

@@ -94,6 +94,7 @@ class Server:
         self.log_path = os.path.join(tempfile.gettempdir(), f"parloir-sdk-server-{os.getpid()}.log")
         self.proc: subprocess.Popen | None = None
         self.extra_args: list[str] = []
+        self.prefix: list[str] = []  # a command the server runs under (e.g. prlimit)
 
     @property
     def url(self) -> str:
@@ -105,7 +106,7 @@ class Server:
         env.setdefault("NO_COLOR", "1")  # plain text in the log file
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [self.binary, "serve", "--dev",
+            [*self.prefix, self.binary, "serve", "--dev",
              "--http-addr", f"127.0.0.1:{self.http_port}",
              "--udp-port", str(self.udp_port), "--tcp-port", "0", *self.extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,

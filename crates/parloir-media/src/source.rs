@@ -1,14 +1,16 @@
-//! Synthetic encoded video for tests, benches and load generation: VP8 frames (libvpx through
-//! FFmpeg, real-time settings) of a solid colour with a small moving block, so every frame
-//! carries data as a camera's would.
+//! Synthetic encoded video for tests, benches and load generation: VP8, VP9 or H.264 frames
+//! (libvpx, libvpx-vp9, libx264 through FFmpeg, real-time settings) of a solid colour with a
+//! small moving block, so every frame carries data as a camera's would.
 
 use ffmpeg_next as ffmpeg;
 
+use crate::decode::VideoCodec;
 use crate::picture::{Picture, Rect, Yuv};
 use crate::{MediaError, init};
 
-/// A VP8 encoder fed with one picture, a key frame every `fps` frames.
-pub struct Vp8Source {
+/// An encoder fed with one picture, a key frame every `fps` frames.
+pub struct CameraSource {
+    codec: VideoCodec,
     encoder: ffmpeg::encoder::Video,
     frame: ffmpeg::frame::Video,
     picture: Picture,
@@ -16,28 +18,56 @@ pub struct Vp8Source {
     next: i64,
 }
 
-impl Vp8Source {
-    pub fn new(colour: Yuv, width: u32, height: u32, fps: u32) -> Result<Vp8Source, MediaError> {
+impl CameraSource {
+    /// A VP8 camera.
+    pub fn vp8(colour: Yuv, width: u32, height: u32, fps: u32) -> Result<CameraSource, MediaError> {
+        CameraSource::new(VideoCodec::Vp8, colour, width, height, fps)
+    }
+
+    /// A camera in `codec` (VP8, VP9 or H.264; AV1 is refused: its encoders are too slow for
+    /// tests).
+    pub fn new(
+        codec: VideoCodec,
+        colour: Yuv,
+        width: u32,
+        height: u32,
+        fps: u32,
+    ) -> Result<CameraSource, MediaError> {
         init()?;
-        let codec = ffmpeg::encoder::find_by_name("libvpx").ok_or(MediaError::NoCodec("VP8"))?;
-        let mut enc = ffmpeg::codec::Context::new_with_codec(codec)
+        let name = codec.name();
+        let encoder = match codec {
+            VideoCodec::Vp8 => "libvpx",
+            VideoCodec::Vp9 => "libvpx-vp9",
+            VideoCodec::H264 => "libx264",
+            VideoCodec::Av1 => return Err(MediaError::Unsupported("AV1 test sources".into())),
+        };
+        let found = ffmpeg::encoder::find_by_name(encoder).ok_or(MediaError::NoCodec(name))?;
+        let mut enc = ffmpeg::codec::Context::new_with_codec(found)
             .encoder()
             .video()
-            .map_err(|e| MediaError::Codec("VP8", e))?;
+            .map_err(|e| MediaError::Codec(name, e))?;
         enc.set_width(width);
         enc.set_height(height);
         enc.set_format(ffmpeg::format::Pixel::YUV420P);
         enc.set_time_base(ffmpeg::Rational(1, fps as i32));
         enc.set_bit_rate((width * height * fps / 8) as usize);
         enc.set_gop(fps);
+        enc.set_max_b_frames(0);
         let mut options = ffmpeg::Dictionary::new();
-        options.set("deadline", "realtime");
-        options.set("lag-in-frames", "0");
-        options.set("cpu-used", "8");
+        if codec == VideoCodec::H264 {
+            // What WebRTC sends: no B-frames, no lookahead, SPS/PPS with every key frame.
+            options.set("preset", "ultrafast");
+            options.set("tune", "zerolatency");
+        } else {
+            options.set("deadline", "realtime");
+            options.set("lag-in-frames", "0");
+            options.set("cpu-used", "8");
+        }
         let encoder = enc
-            .open_as_with(codec, options)
-            .map_err(|e| MediaError::Codec("VP8", e))?;
-        Ok(Vp8Source {
+            .open_as_with(found, options)
+            .map_err(|e| MediaError::Codec(name, e))?;
+        Ok(CameraSource {
+            codec,
             encoder,
             frame: ffmpeg::frame::Video::new(ffmpeg::format::Pixel::YUV420P, width, height),
             picture: Picture::new(width, height, colour),
@@ -69,13 +99,14 @@ impl Vp8Source {
         }
         self.frame.set_pts(Some(self.next));
         self.next += 1;
+        let name = self.codec.name();
         self.encoder
             .send_frame(&self.frame)
-            .map_err(|e| MediaError::Codec("VP8", e))?;
+            .map_err(|e| MediaError::Codec(name, e))?;
         let mut packet = ffmpeg::Packet::empty();
         self.encoder
             .receive_packet(&mut packet)
-            .map_err(|e| MediaError::Codec("VP8", e))?;
+            .map_err(|e| MediaError::Codec(name, e))?;
         Ok((packet.data().unwrap_or_default().to_vec(), packet.is_key()))
     }
 }

@@ -12,7 +12,7 @@ use parloir_media::{
 
 /// VP8 frames of a plain colour (with a small moving block), from libvpx through FFmpeg.
 fn vp8_frames(colour: Yuv, width: u32, height: u32, count: usize) -> Vec<Vec<u8>> {
-    let mut source = parloir_media::source::Vp8Source::new(colour, width, height, 30).unwrap();
+    let mut source = parloir_media::source::CameraSource::vp8(colour, width, height, 30).unwrap();
     (0..count).map(|_| source.next_frame().unwrap().0).collect()
 }
 
@@ -262,4 +262,27 @@ fn bad_input_is_an_error_not_a_panic() {
     // An unwritable path.
     let err = Writer::create(Path::new("/proc/parloir/x.mp4"), &spec(320, 180)).err();
     assert!(err.is_some());
+}
+
+#[test]
+fn vp9_and_h264_decode_to_their_colours() {
+    use parloir_media::source::CameraSource;
+    let colour = Yuv::from_rgb(30, 160, 200);
+    for codec in [VideoCodec::Vp9, VideoCodec::H264, VideoCodec::Vp8] {
+        let mut source = CameraSource::new(codec, colour, 320, 180, 30).unwrap();
+        let mut decoder = VideoDecoder::new(codec).unwrap();
+        let mut last = None;
+        for i in 0..45 {
+            let (frame, key) = source.next_frame().unwrap();
+            assert_eq!(key, i % 30 == 0, "{codec:?} frame {i}");
+            if let Some(p) = decoder.decode(&frame).unwrap() {
+                last = Some(p);
+            }
+        }
+        let p = last.unwrap_or_else(|| panic!("{codec:?}: no picture"));
+        assert_eq!((p.width(), p.height()), (320, 180));
+        let got = p.mean(parloir_media::Rect::new(100, 40, 80, 80));
+        assert!(close(got, colour, 6), "{codec:?}: {got:?} vs {colour:?}");
+        assert_eq!(decoder.pictures_out, 45, "{codec:?}: one picture per frame");
+    }
 }

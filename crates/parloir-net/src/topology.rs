@@ -138,6 +138,14 @@ pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
     }
 }
 
+/// Makes a file-size limit (RLIMIT_FSIZE) an error on the write that crosses it (EFBIG)
+/// instead of a SIGXFSZ that kills the process: a recording that hits a quota fails alone and
+/// the meetings go on.
+pub fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+}
+
 /// CPU time the calling thread has used (CLOCK_THREAD_CPUTIME_ID).
 pub fn thread_cpu_time() -> std::time::Duration {
     let mut ts = libc::timespec {

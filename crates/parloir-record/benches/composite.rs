@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use parloir_media::source::Vp8Source;
+use parloir_media::source::CameraSource;
 use parloir_media::{Compositor, Container, Layout, Picture, Tile, TileView, VideoSpec, Yuv};
 use parloir_record::{Composite, CompositeConfig};
 use parloir_sfu::RecordFrame;
@@ -109,7 +109,7 @@ fn end_to_end(participants: usize, width: u32, height: u32, fps: u32, seconds: u
         .enumerate()
         .map(|(i, r)| {
             let (w, h) = source_size(r.map_or(180, |r| r.height));
-            let mut s = Vp8Source::new(colour(i), w, h, fps).expect("libvpx");
+            let mut s = CameraSource::vp8(colour(i), w, h, fps).expect("libvpx");
             (0..2 * fps)
                 .map(|_| {
                     let (d, k) = s.next_frame().expect("a frame");

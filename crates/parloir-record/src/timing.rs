@@ -228,7 +228,7 @@ mod drift {
             let a = timeline.place("P", "TA", None, 48_000, audio_rtp, sr(audio_rtp), arrival);
             worst_lead = worst_lead.max(a - arrival);
             let a_minus_capture = a - t * rate;
-            if (t * 1000.0).round() as u64 % 40 == 0 {
+            if ((t * 1000.0).round() as u64).is_multiple_of(40) {
                 let video_rtp = video_base + (t * 90_000.0).round() as u64;
                 let arrival = t * rate + 0.03 + 0.06 * jitter.next();
                 let v = timeline.place(

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use parloir_media::source::Vp8Source;
+use parloir_media::source::CameraSource;
 use parloir_media::{Container, Layout, Picture, Rect, VideoSpec, Yuv};
 use parloir_record::{Composite, CompositeConfig, Request};
 use parloir_sfu::RecordFrame;
@@ -128,8 +128,8 @@ fn a_room_becomes_a_grid_recording_with_its_audio() {
     let red = Yuv::from_rgb(220, 40, 40);
     let blue = Yuv::from_rgb(40, 40, 220);
     let mut cams = [
-        Vp8Source::new(red, 320, 180, 30).unwrap(),
-        Vp8Source::new(blue, 320, 180, 30).unwrap(),
+        CameraSource::vp8(red, 320, 180, 30).unwrap(),
+        CameraSource::vp8(blue, 320, 180, 30).unwrap(),
     ];
     let mut opus =
         opus::Encoder::new(48_000, opus::Channels::Stereo, opus::Application::Audio).unwrap();

@@ -484,7 +484,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         None
     };
     let speech_tap = speech_plane.as_ref().map(|p| p.tap.clone());
-    // The record plane: the Egress API's recordings, on the record cores.
+    // The record plane: the Egress API's recordings, on the record cores. A file-size limit
+    // fails the recording that reaches it, not the server.
+    parloir_net::topology::ignore_file_size_signal();
     let recordings = config.server.data_dir.join("recordings");
     let (egress, record_tap) = egress::Egress::start(
         recordings.clone(),
