@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,12 @@ from livekit import api, rtc
 
 from test_python_sdk import (API_KEY, API_SECRET, COLOUR, R, Server, bounded, log, push_audio,
                              push_video, token, HEIGHT, WIDTH)
+from test_python_sdk import free_port as _free_port
 from test_room_service import WebhookSink, until
+
+
+def free_port() -> int:
+    return _free_port(socket.SOCK_STREAM)
 
 
 def probe(path: str) -> dict:
@@ -155,6 +161,75 @@ async def sdk_egresses(server: Server, sink: WebhookSink) -> None:
         await room.disconnect()
 
 
+async def hls_and_rtmp(server: Server) -> None:
+    """A room composite to HLS segments, and one to an RTMP server (the ffmpeg tool listening)."""
+    room_name = "egress-live"
+    stop = asyncio.Event()
+    room, _ = await publish(server, room_name, "dave", stop)
+    lk = recorder_api(server)
+    port = free_port()
+    received = os.path.join(tempfile.mkdtemp(prefix="parloir-rtmp-"), "received.flv")
+    platform = subprocess.Popen(["ffmpeg", "-v", "error", "-listen", "1", "-i", f"rtmp://127.0.0.1:{port}/live/key",
+                                 "-c", "copy", "-y", received])
+    try:
+        await asyncio.sleep(1.0)
+        options = api.EncodingOptions(width=640, height=360, framerate=15)
+        hls = await lk.egress.start_room_composite_egress(api.RoomCompositeEgressRequest(
+            room_name=room_name, layout="grid", advanced=options,
+            segment_outputs=[api.SegmentedFileOutput(filename_prefix="hls/{room_name}",
+                                                     playlist_name="index.m3u8", segment_duration=2)]))
+        rtmp = None
+        for _ in range(50):  # until the listener is up
+            try:
+                rtmp = await lk.egress.start_room_composite_egress(api.RoomCompositeEgressRequest(
+                    room_name=room_name, layout="grid", advanced=options,
+                    stream_outputs=[api.StreamOutput(protocol=api.StreamProtocol.RTMP,
+                                                     urls=[f"rtmp://127.0.0.1:{port}/live/key"])]))
+                break
+            except api.TwirpError:
+                await asyncio.sleep(0.1)
+        R.check("a stream output to an RTMP server starts", rtmp is not None)
+        await asyncio.sleep(6.0)
+        for e in (hls, rtmp):
+            if e is not None:
+                await lk.egress.stop_egress(api.StopEgressRequest(egress_id=e.egress_id))
+        done = await wait_done(lk, hls.egress_id)
+        seg = done.segment_results[0] if done and done.segment_results else None
+        R.check("the HLS egress completes with its segments", done is not None
+                and done.status == api.EgressStatus.EGRESS_COMPLETE and seg is not None and seg.segment_count >= 2,
+                f"{done}")
+        if seg is not None:
+            p = probe(seg.playlist_location)
+            duration = float(p.get("format", {}).get("duration", 0))
+            R.check("its playlist plays: H.264 + AAC, as long as recorded",
+                    sorted(s["codec_name"] for s in p.get("streams", [])) == ["aac", "h264"]
+                    and abs(duration - seg.duration / 1e9) < 0.6, f"{duration:.2f} s: {p}")
+        if rtmp is not None:
+            done = await wait_done(lk, rtmp.egress_id)
+            R.check("the RTMP egress completes", done is not None and done.status == api.EgressStatus.EGRESS_COMPLETE
+                    and done.stream_results and done.stream_results[0].status == api.StreamInfo.Status.FINISHED,
+                    f"{done}")
+            platform.wait(timeout=15)
+            p = probe(received)
+            duration = float(p.get("format", {}).get("duration", 0))
+            R.check("the streaming server received H.264 + AAC for the whole stream",
+                    sorted(s["codec_name"] for s in p.get("streams", [])) == ["aac", "h264"] and duration > 4.5,
+                    f"{duration:.2f} s: {p}")
+        try:
+            await lk.egress.start_room_composite_egress(api.RoomCompositeEgressRequest(
+                room_name=room_name, layout="grid",
+                stream_outputs=[api.StreamOutput(protocol=api.StreamProtocol.SRT, urls=["srt://127.0.0.1:9"])]))
+            R.check("an SRT stream is refused", False, "it was accepted")
+        except api.TwirpError as e:
+            R.check("an SRT stream is refused", e.code == "unimplemented", e.code)
+    finally:
+        if platform.poll() is None:
+            platform.kill()
+        stop.set()
+        await lk.aclose()
+        await room.disconnect()
+
+
 async def killed_mid_recording(server: Server, data_dir: str) -> None:
     room_name = "egress-kill"
     stop = asyncio.Event()
@@ -233,6 +308,7 @@ def main() -> int:
     try:
         server.start()
         asyncio.run(sdk_egresses(server, sink))
+        asyncio.run(hls_and_rtmp(server))
         asyncio.run(killed_mid_recording(server, data_dir))
         # A server whose files may not grow past 250 kB: a full disk for its recordings.
         server = Server(os.path.abspath(binary))

@@ -1,8 +1,9 @@
 //! Encoding and muxing through FFmpeg: the composite's pictures to H.264 (an NVENC or VA-API
 //! encoder when the hardware profile names one and it opens, libx264 otherwise) and its mixed
-//! audio to AAC, into fragmented MP4; or audio alone to Opus in Ogg. Fragments are cut at
-//! every key frame (every two seconds) and written through at once, so a crash leaves a
-//! playable file up to the last fragment.
+//! audio to AAC, into fragmented MP4, HLS segments or an RTMP stream (FLV); or audio alone to
+//! Opus in Ogg. MP4 fragments are cut at every key frame (every two seconds at most) and written
+//! through at once, and HLS segments are listed once complete, so a crash leaves a playable
+//! recording up to the last fragment or segment.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -17,13 +18,28 @@ use crate::mix::SAMPLE_RATE;
 use crate::picture::Picture;
 use crate::{MediaError, init};
 
-/// Container formats of a file output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Container formats of an output.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Container {
     /// Fragmented MP4: H.264 and AAC.
     Mp4,
     /// Ogg with Opus: audio only.
     Ogg,
+    /// HLS: the path is the playlist; MPEG-TS segments (H.264 and AAC) of about
+    /// `segment_seconds`, named by `segments` (an FFmpeg pattern such as `dir/name_%05d.ts`).
+    Hls {
+        segment_seconds: u32,
+        segments: PathBuf,
+    },
+    /// FLV to an RTMP URL (the path), for live streaming platforms.
+    Rtmp,
+}
+
+impl Container {
+    /// Whether the output is a file on this machine (synced to disk as it grows).
+    fn is_file(&self) -> bool {
+        !matches!(self, Container::Rtmp)
+    }
 }
 
 /// What to write.
@@ -91,6 +107,8 @@ impl Writer {
         let format = match spec.container {
             Container::Mp4 => "mp4",
             Container::Ogg => "ogg",
+            Container::Hls { .. } => "hls",
+            Container::Rtmp => "flv",
         };
         let mut octx = ffmpeg::format::output_as(path, format).map_err(|e| MediaError::Io {
             path: path.to_owned(),
@@ -100,11 +118,11 @@ impl Writer {
             .format()
             .flags()
             .contains(ffmpeg::format::Flags::GLOBAL_HEADER);
-        let video = match (&spec.video, spec.container) {
-            (Some(v), Container::Mp4) => Some(open_video(&mut octx, v, global_header)?),
+        let video = match (&spec.video, &spec.container) {
             (Some(_), Container::Ogg) => {
                 return Err(MediaError::Unsupported("video in Ogg".into()));
             }
+            (Some(v), _) => Some(open_video(&mut octx, v, global_header)?),
             (None, _) => None,
         };
         let audio = if spec.audio {
@@ -118,10 +136,23 @@ impl Writer {
             ));
         }
         let mut options = Dictionary::new();
-        if spec.container == Container::Mp4 {
-            options.set("movflags", "frag_keyframe+empty_moov+default_base_moof");
-            // Audio-only MP4 has no key frames to cut at: cut by time.
-            options.set("frag_duration", "2000000");
+        match &spec.container {
+            Container::Mp4 => {
+                options.set("movflags", "frag_keyframe+empty_moov+default_base_moof");
+                // Audio-only MP4 has no key frames to cut at: cut by time.
+                options.set("frag_duration", "2000000");
+            }
+            Container::Hls {
+                segment_seconds,
+                segments,
+            } => {
+                options.set("hls_time", &segment_seconds.max(&1).to_string());
+                options.set("hls_list_size", "0");
+                options.set("hls_playlist_type", "event");
+                options.set("hls_segment_filename", &segments.to_string_lossy());
+            }
+            Container::Rtmp => options.set("flvflags", "no_duration_filesize"),
+            Container::Ogg => {}
         }
         options.set("flush_packets", "1");
         octx.write_header_with(options)
@@ -134,7 +165,11 @@ impl Writer {
             octx,
             video,
             audio,
-            sync: File::open(path).ok(),
+            sync: if spec.container.is_file() {
+                File::open(path).ok()
+            } else {
+                None
+            },
             synced_at: Instant::now(),
             bytes: 0,
         })
@@ -357,7 +392,7 @@ fn open_audio(
     global_header: bool,
 ) -> Result<AudioOut, MediaError> {
     let (codec, name, format) = match spec.container {
-        Container::Mp4 => (
+        Container::Mp4 | Container::Hls { .. } | Container::Rtmp => (
             ffmpeg::encoder::find(Id::AAC),
             "AAC",
             Sample::F32(sample::Type::Planar),

@@ -286,3 +286,90 @@ fn vp9_and_h264_decode_to_their_colours() {
         assert_eq!(decoder.pictures_out, 45, "{codec:?}: one picture per frame");
     }
 }
+
+fn av_spec(container: Container) -> OutputSpec {
+    OutputSpec {
+        container,
+        ..spec(320, 180)
+    }
+}
+
+/// Writes `seconds` of a green picture and a tone.
+fn write_media(writer: &mut Writer, seconds: u32) {
+    let green = Picture::new(320, 180, Yuv::from_rgb(40, 200, 40));
+    for i in 0..(30 * seconds) as i64 {
+        writer.video(&green, i).unwrap();
+        writer.audio(&tone(i as usize * 1600, 1600)).unwrap();
+    }
+}
+
+#[test]
+fn hls_segments_are_listed_as_they_complete() {
+    let dir = std::env::temp_dir().join(format!("parloir-media-hls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let playlist = dir.join("live.m3u8");
+    let container = Container::Hls {
+        segment_seconds: 2,
+        segments: dir.join("live_%05d.ts"),
+    };
+    let mut writer = Writer::create(&playlist, &av_spec(container)).unwrap();
+    write_media(&mut writer, 5);
+    // Before the end, the complete segments are already listed.
+    let listed = std::fs::read_to_string(&playlist).unwrap();
+    assert!(listed.contains("live_00000.ts"), "{listed}");
+    writer.finish().unwrap();
+    let listed = std::fs::read_to_string(&playlist).unwrap();
+    let segments: Vec<&str> = listed.lines().filter(|l| l.ends_with(".ts")).collect();
+    assert!(segments.len() >= 2, "{listed}");
+    assert!(listed.contains("#EXT-X-ENDLIST"), "{listed}");
+    let p = probe(&playlist);
+    assert!(
+        p.codecs.contains(&"h264".to_string()) && p.codecs.contains(&"aac".to_string()),
+        "{p:?}"
+    );
+    assert!((p.duration - 5.0).abs() < 0.3, "{p:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_stream_goes_to_an_rtmp_server() {
+    let dir = std::env::temp_dir().join(format!("parloir-media-rtmp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("rtmp://127.0.0.1:{port}/live/test");
+    let received = dir.join("received.flv");
+    // The ffmpeg tool as the streaming platform: it listens, takes the stream, keeps it.
+    let mut server = Command::new("ffmpeg")
+        .args([
+            "-v", "error", "-listen", "1", "-i", &url, "-c", "copy", "-y",
+        ])
+        .arg(&received)
+        .spawn()
+        .expect("ffmpeg");
+    let mut writer = None;
+    for _ in 0..50 {
+        match Writer::create(Path::new(&url), &av_spec(Container::Rtmp)) {
+            Ok(w) => {
+                writer = Some(w);
+                break;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+    let mut writer = writer.expect("the RTMP server accepts the stream");
+    write_media(&mut writer, 3);
+    writer.finish().unwrap();
+    let status = server.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let p = probe(&received);
+    assert!(
+        p.codecs.contains(&"h264".to_string()) && p.codecs.contains(&"aac".to_string()),
+        "{p:?}"
+    );
+    assert!((p.duration - 3.0).abs() < 0.3, "{p:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -131,7 +131,7 @@ impl Composite {
     /// Creates the output file and starts the timeline at `now`.
     pub fn start(path: &Path, config: CompositeConfig, now: Instant) -> Result<Self, MediaError> {
         let spec = OutputSpec {
-            container: config.container,
+            container: config.container.clone(),
             video: config.video.clone(),
             audio: config.audio,
             audio_bitrate: config.audio_bitrate,

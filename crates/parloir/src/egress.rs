@@ -29,6 +29,8 @@ const TAP_QUEUE: usize = 8_192;
 const EGRESS_QUEUE: usize = 4_096;
 /// How far behind real time recordings run (frames later than this miss the recording).
 const LATENCY: Duration = Duration::from_millis(700);
+/// HLS segment length when the request gives none (LiveKit's default).
+const DEFAULT_SEGMENT_S: u32 = 4;
 /// The reply id of calls nobody waits for.
 const NO_REPLY: u64 = u64::MAX;
 
@@ -310,17 +312,21 @@ impl Egress {
         if r.audio_only && r.video_only {
             return Err(invalid("audio_only and video_only together record nothing"));
         }
-        let file = single_file(
+        let legacy = match &r.output {
+            Some(proto::room_composite_egress_request::Output::File(f)) => {
+                Some(Target::File(f.clone()))
+            }
+            Some(proto::room_composite_egress_request::Output::Stream(s)) => {
+                Some(stream_target(s)?)
+            }
+            Some(proto::room_composite_egress_request::Output::Segments(s)) => {
+                Some(Target::Segments(s.clone()))
+            }
+            None => None,
+        };
+        let target = single_output(
             &r.file_outputs,
-            r.output.as_ref().map(|o| match o {
-                proto::room_composite_egress_request::Output::File(f) => Output::File(f),
-                proto::room_composite_egress_request::Output::Stream(_) => {
-                    Output::Other("stream (RTMP) outputs")
-                }
-                proto::room_composite_egress_request::Output::Segments(_) => {
-                    Output::Other("segment (HLS) outputs")
-                }
-            }),
+            legacy,
             &r.stream_outputs,
             &r.segment_outputs,
             r.image_outputs.len(),
@@ -332,7 +338,7 @@ impl Egress {
             }
             None => Options::Preset(0),
         };
-        let config = composite_config(layout, !r.video_only, !r.audio_only, file, &options)?;
+        let config = composite_config(layout, !r.video_only, !r.audio_only, &target, &options)?;
         let filter = Filter {
             room: r.room_name.clone(),
             ..Default::default()
@@ -341,7 +347,7 @@ impl Egress {
         self.launch(
             filter,
             config,
-            file,
+            &target,
             &vars,
             proto::egress_info::Request::RoomComposite(r.clone()),
             proto::EgressSourceType::Web,
@@ -356,7 +362,7 @@ impl Egress {
         if r.identity.is_empty() {
             return Err(invalid("the participant egress needs an identity"));
         }
-        let file = single_file(
+        let target = single_output(
             &r.file_outputs,
             None,
             &r.stream_outputs,
@@ -369,7 +375,7 @@ impl Egress {
             None => Options::Preset(0),
         };
         let layout = Layout::parse("single-speaker").unwrap_or_default();
-        let config = composite_config(layout, true, true, file, &options)?;
+        let config = composite_config(layout, true, true, &target, &options)?;
         let filter = Filter {
             room: r.room_name.clone(),
             identity: Some(r.identity.clone()),
@@ -383,7 +389,7 @@ impl Egress {
         self.launch(
             filter,
             config,
-            file,
+            &target,
             &vars,
             proto::egress_info::Request::Participant(r.clone()),
             proto::EgressSourceType::Sdk,
@@ -430,7 +436,7 @@ impl Egress {
             .find(|t| t.sid == r.track_id)
             .ok_or_else(|| not_found(&r.track_id))?;
         let audio = track.r#type == proto::TrackType::Audio as i32;
-        let file = proto::EncodedFileOutput {
+        let target = Target::File(proto::EncodedFileOutput {
             file_type: if audio {
                 proto::EncodedFileType::Ogg as i32
             } else {
@@ -438,9 +444,9 @@ impl Egress {
             },
             filepath: direct.filepath.clone(),
             ..Default::default()
-        };
+        });
         let layout = Layout::parse("single-speaker").unwrap_or_default();
-        let config = composite_config(layout, !audio, audio, &file, &Options::Preset(0))?;
+        let config = composite_config(layout, !audio, audio, &target, &Options::Preset(0))?;
         let filter = Filter {
             room: r.room_name.clone(),
             track: Some(r.track_id.clone()),
@@ -453,7 +459,7 @@ impl Egress {
         self.launch(
             filter,
             config,
-            &file,
+            &target,
             &vars,
             proto::egress_info::Request::Track(r.clone()),
             proto::EgressSourceType::Sdk,
@@ -466,7 +472,7 @@ impl Egress {
         &self,
         filter: Filter,
         mut config: CompositeConfig,
-        file: &proto::EncodedFileOutput,
+        target: &Target,
         vars: &[(&str, String)],
         request: proto::egress_info::Request,
         source_type: proto::EgressSourceType,
@@ -474,17 +480,14 @@ impl Egress {
         if let Some(v) = config.video.as_mut() {
             v.encoders = self.inner.encoders.clone();
         }
-        let extension = match config.container {
-            Container::Mp4 => "mp4",
-            Container::Ogg => "ogg",
-        };
-        // The path is checked before the room is touched: a refused request changes nothing.
-        output_path(
+        // The destination is checked before the room is touched: a refused request changes
+        // nothing.
+        destination(
             &self.inner.dir,
-            &file.filepath,
+            target,
+            &config.container,
             vars,
             &proto::Room::default(),
-            extension,
         )?;
         let media = self
             .inner
@@ -494,20 +497,33 @@ impl Egress {
             .clone();
         let room = record(&media, &filter.room, true).await?;
         let egress_id = format!("EG_{}", random_id());
-        let path = match output_path(&self.inner.dir, &file.filepath, vars, &room, extension) {
-            Ok(p) => p,
+        let dest = match destination(&self.inner.dir, target, &config.container, vars, &room) {
+            Ok(d) => d,
             Err(e) => {
                 let _ = record(&media, &filter.room, false).await;
                 return Err(e);
             }
         };
-        let started = Instant::now();
-        let composite = match path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .map_err(|e| format!("{}: {e}", path.display()))
-            .and_then(|()| Composite::start(&path, config, started).map_err(|e| e.to_string()))
+        if let Destination::Hls { segments, .. } = &dest
+            && let Container::Hls { segments: s, .. } = &mut config.container
         {
+            s.clone_from(segments);
+        }
+        // Opening may connect to a streaming server: off the async threads.
+        let opened = {
+            let path = dest.path();
+            tokio::task::spawn_blocking(move || {
+                if !path.to_string_lossy().contains("://") {
+                    path.parent()
+                        .map_or(Ok(()), std::fs::create_dir_all)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+                Composite::start(&path, config, Instant::now()).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+        };
+        let composite = match opened {
             Ok(c) => c,
             Err(e) => {
                 let _ = record(&media, &filter.room, false).await;
@@ -515,8 +531,8 @@ impl Egress {
             }
         };
         let now = unix_ns();
-        let filename = path.display().to_string();
-        let info = proto::EgressInfo {
+        let filename = dest.path().display().to_string();
+        let mut info = proto::EgressInfo {
             egress_id: egress_id.clone(),
             room_id: room.sid.clone(),
             room_name: filter.room.clone(),
@@ -524,14 +540,27 @@ impl Egress {
             status: proto::EgressStatus::EgressActive as i32,
             started_at: now,
             updated_at: now,
-            file_results: vec![proto::FileInfo {
-                filename: filename.clone(),
-                started_at: now,
-                ..Default::default()
-            }],
             request: Some(request),
             ..Default::default()
         };
+        match &dest {
+            Destination::File(path) => info.file_results.push(proto::FileInfo {
+                filename: path.display().to_string(),
+                started_at: now,
+                ..Default::default()
+            }),
+            Destination::Hls { playlist, .. } => info.segment_results.push(proto::SegmentsInfo {
+                playlist_name: playlist.display().to_string(),
+                started_at: now,
+                ..Default::default()
+            }),
+            Destination::Rtmp(url) => info.stream_results.push(proto::StreamInfo {
+                url: url.clone(),
+                started_at: now,
+                status: proto::stream_info::Status::Active as i32,
+                ..Default::default()
+            }),
+        }
         let (frames_tx, frames_rx) = std::sync::mpsc::sync_channel(EGRESS_QUEUE);
         let (control_tx, control_rx) = std::sync::mpsc::channel();
         {
@@ -549,7 +578,7 @@ impl Egress {
         let room_name = filter.room.clone();
         let thread = std::thread::Builder::new()
             .name(format!("egress-{}", &egress_id[3..egress_id.len().min(11)]))
-            .spawn(move || this.run(id, room_name, composite, frames_rx, control_rx))
+            .spawn(move || this.run(id, room_name, dest, composite, frames_rx, control_rx))
             .map_err(|e| invalid(format!("cannot start the recording thread: {e}")))?;
         self.inner
             .threads
@@ -578,6 +607,7 @@ impl Egress {
         &self,
         id: String,
         room: String,
+        dest: Destination,
         mut composite: Composite,
         frames: Receiver<RecordFrame>,
         control: Receiver<Control>,
@@ -658,31 +688,67 @@ impl Egress {
             let now = unix_ns();
             entry.info.ended_at = now;
             entry.info.updated_at = now;
-            match &outcome {
+            let (duration, bytes) = match &outcome {
                 Ok(done) => {
                     entry.info.status = proto::EgressStatus::EgressComplete as i32;
-                    if let Some(f) = entry.info.file_results.first_mut() {
-                        f.ended_at = now;
-                        f.duration = (done.duration * 1e9) as i64;
-                        f.size = done.bytes as i64;
-                        f.location = done.path.display().to_string();
-                    }
-                    tracing::info!(egress = %id, file = %done.path.display(), seconds = done.duration, bytes = done.bytes, "recording complete");
+                    tracing::info!(egress = %id, output = %done.path.display(), seconds = done.duration, bytes = done.bytes, "recording complete");
+                    ((done.duration * 1e9) as i64, done.bytes as i64)
                 }
                 Err(e) => {
                     entry.info.status = proto::EgressStatus::EgressFailed as i32;
                     entry.info.error = e.clone();
                     entry.info.error_code = 500;
                     tracing::warn!(egress = %id, error = %e, "recording failed; the meeting goes on");
+                    (0, 0)
+                }
+            };
+            for f in &mut entry.info.file_results {
+                f.ended_at = now;
+                f.duration = duration;
+                f.size = std::fs::metadata(&f.filename).map_or(bytes, |m| m.len() as i64);
+                f.location.clone_from(&f.filename);
+            }
+            for s in &mut entry.info.segment_results {
+                s.ended_at = now;
+                s.duration = duration;
+                s.playlist_location.clone_from(&s.playlist_name);
+                if let Destination::Hls { playlist, .. } = &dest {
+                    let (count, size) = hls_segments(playlist);
+                    s.segment_count = count;
+                    s.size = size;
                 }
             }
+            for s in &mut entry.info.stream_results {
+                s.ended_at = now;
+                s.duration = duration;
+                s.status = match &outcome {
+                    Ok(_) => proto::stream_info::Status::Finished as i32,
+                    Err(e) => {
+                        s.error.clone_from(e);
+                        proto::stream_info::Status::Failed as i32
+                    }
+                };
+            }
             #[allow(deprecated, reason = "older SDKs read the single result")]
-            let result = entry
-                .info
-                .file_results
-                .first()
-                .cloned()
-                .map(proto::egress_info::Result::File);
+            let result = match &dest {
+                Destination::File(_) => entry
+                    .info
+                    .file_results
+                    .first()
+                    .cloned()
+                    .map(proto::egress_info::Result::File),
+                Destination::Hls { .. } => entry
+                    .info
+                    .segment_results
+                    .first()
+                    .cloned()
+                    .map(proto::egress_info::Result::Segments),
+                Destination::Rtmp(_) => {
+                    Some(proto::egress_info::Result::Stream(proto::StreamInfoList {
+                        info: entry.info.stream_results.clone(),
+                    }))
+                }
+            };
             entry.info.result = result;
             entry.info.clone()
         };
@@ -754,46 +820,157 @@ fn route(frames: Receiver<RecordFrame>, routes: Receiver<Route>, metrics: Arc<Me
     }
 }
 
-enum Output<'a> {
-    File(&'a proto::EncodedFileOutput),
-    Other(&'static str),
-}
-
 enum Options<'a> {
     Preset(i32),
     Advanced(&'a proto::EncodingOptions),
 }
 
-/// The one file output of a request (Parloir writes files; streams and segments come later).
-fn single_file<'a>(
-    files: &'a [proto::EncodedFileOutput],
-    legacy: Option<Output<'a>>,
+/// Where a request asks the egress to write.
+#[derive(Debug, Clone)]
+enum Target {
+    File(proto::EncodedFileOutput),
+    Segments(proto::SegmentedFileOutput),
+    /// An RTMP(S) URL.
+    Stream(String),
+}
+
+/// The one output of a request (one file, one HLS playlist or one RTMP URL per egress).
+fn single_output(
+    files: &[proto::EncodedFileOutput],
+    legacy: Option<Target>,
     streams: &[proto::StreamOutput],
     segments: &[proto::SegmentedFileOutput],
     images: usize,
-) -> Result<&'a proto::EncodedFileOutput, EgressError> {
-    if !streams.is_empty() {
-        return Err(invalid(
-            "stream (RTMP) outputs are not supported yet: use a file output",
-        ));
-    }
-    if !segments.is_empty() {
-        return Err(invalid(
-            "segment (HLS) outputs are not supported yet: use a file output",
-        ));
-    }
+) -> Result<Target, EgressError> {
     if images > 0 {
         return Err(invalid("image outputs are not supported"));
     }
-    match (files, legacy) {
-        ([f], None) => Ok(f),
-        ([], Some(Output::File(f))) => Ok(f),
-        (_, Some(Output::Other(what))) => Err(invalid(format!(
-            "{what} are not supported yet: use a file output"
-        ))),
-        ([], None) => Err(invalid("the request has no output: add a file output")),
-        _ => Err(invalid("one file output per egress")),
+    let mut all: Vec<Target> = files.iter().cloned().map(Target::File).collect();
+    all.extend(segments.iter().cloned().map(Target::Segments));
+    for s in streams {
+        all.push(stream_target(s)?);
     }
+    all.extend(legacy);
+    match all.len() {
+        1 => Ok(all.remove(0)),
+        0 => Err(invalid(
+            "the request has no output: add a file, segment (HLS) or stream (RTMP) output",
+        )),
+        _ => Err(invalid(
+            "one output per egress: start one egress per file, playlist or stream",
+        )),
+    }
+}
+
+/// A stream output: one RTMP or RTMPS URL.
+fn stream_target(s: &proto::StreamOutput) -> Result<Target, EgressError> {
+    match proto::StreamProtocol::try_from(s.protocol) {
+        Ok(proto::StreamProtocol::DefaultProtocol | proto::StreamProtocol::Rtmp) => {}
+        _ => {
+            return Err(EgressError {
+                code: "unimplemented",
+                msg: "stream outputs are RTMP: SRT and WebSocket are not supported".into(),
+            });
+        }
+    }
+    match s.urls.as_slice() {
+        [url] if url.starts_with("rtmp://") || url.starts_with("rtmps://") => {
+            Ok(Target::Stream(url.clone()))
+        }
+        [url] => Err(invalid(format!(
+            "{url:?} is not an rtmp:// or rtmps:// URL"
+        ))),
+        [] => Err(invalid("the stream output has no URL")),
+        _ => Err(invalid("one URL per stream output")),
+    }
+}
+
+/// Where an egress writes, resolved.
+#[derive(Debug, Clone)]
+enum Destination {
+    File(PathBuf),
+    Hls {
+        playlist: PathBuf,
+        segments: PathBuf,
+    },
+    Rtmp(String),
+}
+
+impl Destination {
+    /// What the muxer opens: the file, the playlist or the URL.
+    fn path(&self) -> PathBuf {
+        match self {
+            Destination::File(p) => p.clone(),
+            Destination::Hls { playlist, .. } => playlist.clone(),
+            Destination::Rtmp(url) => PathBuf::from(url),
+        }
+    }
+}
+
+/// Resolves a target under the recordings directory `dir`.
+fn destination(
+    dir: &Path,
+    target: &Target,
+    container: &Container,
+    vars: &[(&str, String)],
+    room: &proto::Room,
+) -> Result<Destination, EgressError> {
+    Ok(match target {
+        Target::File(f) => {
+            let extension = if *container == Container::Ogg {
+                "ogg"
+            } else {
+                "mp4"
+            };
+            Destination::File(output_path(dir, &f.filepath, vars, room, Some(extension))?)
+        }
+        Target::Segments(s) => {
+            let prefix = output_path(dir, &s.filename_prefix, vars, room, None)?;
+            let playlist = if s.playlist_name.is_empty() {
+                let mut p = prefix.clone().into_os_string();
+                p.push(".m3u8");
+                PathBuf::from(p)
+            } else {
+                let name = Path::new(&s.playlist_name);
+                let plain = matches!(
+                    name.components().collect::<Vec<_>>().as_slice(),
+                    [Component::Normal(_)]
+                );
+                if !plain {
+                    return Err(invalid(format!(
+                        "{:?}: the playlist name is a file name, beside the segments",
+                        s.playlist_name
+                    )));
+                }
+                let mut p = prefix.with_file_name(name).into_os_string();
+                if !p.to_string_lossy().ends_with(".m3u8") {
+                    p.push(".m3u8");
+                }
+                PathBuf::from(p)
+            };
+            let mut segments = prefix.into_os_string();
+            segments.push("_%05d.ts");
+            Destination::Hls {
+                playlist,
+                segments: PathBuf::from(segments),
+            }
+        }
+        Target::Stream(url) => Destination::Rtmp(url.clone()),
+    })
+}
+
+/// The segments an HLS playlist lists, and their bytes.
+fn hls_segments(playlist: &Path) -> (i64, i64) {
+    let Ok(text) = std::fs::read_to_string(playlist) else {
+        return (0, 0);
+    };
+    let dir = playlist.parent().unwrap_or(Path::new("."));
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .fold((0, 0), |(n, size), name| {
+            let bytes = std::fs::metadata(dir.join(name.trim())).map_or(0, |m| m.len() as i64);
+            (n + 1, size + bytes)
+        })
 }
 
 /// The composite's settings from the request's file type and encoding options.
@@ -801,17 +978,40 @@ fn composite_config(
     layout: Layout,
     video: bool,
     audio: bool,
-    file: &proto::EncodedFileOutput,
+    target: &Target,
     options: &Options<'_>,
 ) -> Result<CompositeConfig, EgressError> {
-    let container = match proto::EncodedFileType::try_from(file.file_type) {
-        Ok(proto::EncodedFileType::DefaultFiletype) if !video => Container::Ogg,
-        Ok(proto::EncodedFileType::DefaultFiletype | proto::EncodedFileType::Mp4) => Container::Mp4,
-        Ok(proto::EncodedFileType::Ogg) if !video => Container::Ogg,
-        Ok(proto::EncodedFileType::Ogg) => {
-            return Err(invalid("Ogg holds audio only: set audio_only, or use MP4"));
+    let container = match target {
+        Target::File(file) => match proto::EncodedFileType::try_from(file.file_type) {
+            Ok(proto::EncodedFileType::DefaultFiletype) if !video => Container::Ogg,
+            Ok(proto::EncodedFileType::DefaultFiletype | proto::EncodedFileType::Mp4) => {
+                Container::Mp4
+            }
+            Ok(proto::EncodedFileType::Ogg) if !video => Container::Ogg,
+            Ok(proto::EncodedFileType::Ogg) => {
+                return Err(invalid("Ogg holds audio only: set audio_only, or use MP4"));
+            }
+            _ => return Err(invalid("unsupported file type: MP4, or Ogg for audio only")),
+        },
+        Target::Segments(s) => {
+            if !matches!(
+                proto::SegmentedFileProtocol::try_from(s.protocol),
+                Ok(proto::SegmentedFileProtocol::DefaultSegmentedFileProtocol
+                    | proto::SegmentedFileProtocol::HlsProtocol)
+            ) {
+                return Err(invalid("segment outputs are HLS"));
+            }
+            Container::Hls {
+                segment_seconds: if s.segment_duration > 0 {
+                    s.segment_duration
+                } else {
+                    DEFAULT_SEGMENT_S
+                },
+                // Filled in once the destination is resolved.
+                segments: PathBuf::new(),
+            }
         }
-        _ => return Err(invalid("unsupported file type: MP4, or Ogg for audio only")),
+        Target::Stream(_) => Container::Rtmp,
     };
     let (width, height, fps, kbps, key, audio_kbps) = match options {
         Options::Preset(p) => match proto::EncodingOptionsPreset::try_from(*p) {
@@ -904,7 +1104,7 @@ fn output_path(
     filepath: &str,
     vars: &[(&str, String)],
     room: &proto::Room,
-    extension: &str,
+    extension: Option<&str>,
 ) -> Result<PathBuf, EgressError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -940,10 +1140,11 @@ fn output_path(
         return Err(invalid(format!("{path}: not a valid recording path")));
     }
     let mut full = dir.join(relative).into_os_string();
-    if !full
-        .to_string_lossy()
-        .to_lowercase()
-        .ends_with(&format!(".{extension}"))
+    if let Some(extension) = extension
+        && !full
+            .to_string_lossy()
+            .to_lowercase()
+            .ends_with(&format!(".{extension}"))
     {
         full.push(format!(".{extension}"));
     }
@@ -1065,18 +1266,18 @@ mod tests {
             ..Default::default()
         };
         let vars = [("room_name", "a b/../c".to_string())];
-        let p = output_path(dir, "", &vars, &room, "mp4").unwrap();
+        let p = output_path(dir, "", &vars, &room, Some("mp4")).unwrap();
         assert!(p.starts_with(dir), "{p:?}");
         assert!(p.to_string_lossy().ends_with(".mp4"));
         assert!(!p.to_string_lossy().contains(".."));
-        let p = output_path(dir, "meet/{room_id}.mp4", &vars, &room, "mp4").unwrap();
+        let p = output_path(dir, "meet/{room_id}.mp4", &vars, &room, Some("mp4")).unwrap();
         assert_eq!(p, Path::new("/data/recordings/meet/RM_x.mp4"));
-        assert!(output_path(dir, "../x.mp4", &vars, &room, "mp4").is_err());
-        assert!(output_path(dir, "/etc/x.mp4", &vars, &room, "mp4").is_err());
-        let p = output_path(dir, "/data/recordings/y", &vars, &room, "ogg").unwrap();
+        assert!(output_path(dir, "../x.mp4", &vars, &room, Some("mp4")).is_err());
+        assert!(output_path(dir, "/etc/x.mp4", &vars, &room, Some("mp4")).is_err());
+        let p = output_path(dir, "/data/recordings/y", &vars, &room, Some("ogg")).unwrap();
         assert_eq!(p, Path::new("/data/recordings/y.ogg"));
         // A dot in a name is not an extension.
-        let p = output_path(dir, "v1.2", &vars, &room, "mp4").unwrap();
+        let p = output_path(dir, "v1.2", &vars, &room, Some("mp4")).unwrap();
         assert_eq!(p, Path::new("/data/recordings/v1.2.mp4"));
     }
 
@@ -1089,7 +1290,7 @@ mod tests {
 
     #[test]
     fn requests_map_to_composite_settings() {
-        let mp4 = proto::EncodedFileOutput::default();
+        let mp4 = Target::File(proto::EncodedFileOutput::default());
         let c = composite_config(Layout::default(), true, true, &mp4, &Options::Preset(2)).unwrap();
         let v = c.video.unwrap();
         assert_eq!((v.width, v.height, v.fps), (1920, 1080, 30));
@@ -1097,10 +1298,10 @@ mod tests {
         let c =
             composite_config(Layout::default(), false, true, &mp4, &Options::Preset(0)).unwrap();
         assert_eq!(c.container, Container::Ogg);
-        let ogg = proto::EncodedFileOutput {
+        let ogg = Target::File(proto::EncodedFileOutput {
             file_type: proto::EncodedFileType::Ogg as i32,
             ..Default::default()
-        };
+        });
         assert!(
             composite_config(Layout::default(), true, true, &ogg, &Options::Preset(0)).is_err()
         );
@@ -1118,13 +1319,52 @@ mod tests {
             )
             .is_err()
         );
-        let mp3 = proto::EncodedFileOutput {
+        let mp3 = Target::File(proto::EncodedFileOutput {
             file_type: proto::EncodedFileType::Mp3 as i32,
             ..Default::default()
-        };
+        });
         assert!(
             composite_config(Layout::default(), true, true, &mp3, &Options::Preset(0)).is_err()
         );
+    }
+
+    #[test]
+    fn outputs_resolve_to_one_destination() {
+        let dir = Path::new("/data/recordings");
+        let room = proto::Room::default();
+        let vars = [("room_name", "r1".to_string())];
+        let hls = Target::Segments(proto::SegmentedFileOutput {
+            filename_prefix: "live/r1".into(),
+            playlist_name: "index.m3u8".into(),
+            ..Default::default()
+        });
+        let container = Container::Hls {
+            segment_seconds: 4,
+            segments: PathBuf::new(),
+        };
+        match destination(dir, &hls, &container, &vars, &room).unwrap() {
+            Destination::Hls { playlist, segments } => {
+                assert_eq!(playlist, Path::new("/data/recordings/live/index.m3u8"));
+                assert_eq!(segments, Path::new("/data/recordings/live/r1_%05d.ts"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let escape = Target::Segments(proto::SegmentedFileOutput {
+            playlist_name: "../../etc/x.m3u8".into(),
+            ..Default::default()
+        });
+        assert!(destination(dir, &escape, &container, &vars, &room).is_err());
+        let stream = |urls: &[&str]| proto::StreamOutput {
+            urls: urls.iter().map(|u| u.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(stream_target(&stream(&["rtmp://live.example/app/key"])).is_ok());
+        assert!(stream_target(&stream(&["http://x"])).is_err());
+        assert!(stream_target(&stream(&[])).is_err());
+        let file = proto::EncodedFileOutput::default();
+        assert!(single_output(std::slice::from_ref(&file), None, &[], &[], 0).is_ok());
+        assert!(single_output(&[file.clone(), file], None, &[], &[], 0).is_err());
+        assert!(single_output(&[], None, &[], &[], 0).is_err());
     }
 
     #[test]
