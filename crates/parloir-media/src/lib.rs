@@ -7,6 +7,7 @@
 
 pub mod composite;
 pub mod decode;
+pub mod gpu;
 pub mod layout;
 pub mod mix;
 pub mod output;

@@ -277,15 +277,15 @@ impl Picture {
     }
 
     fn clip(&self, r: Rect) -> Rect {
-        let x = r.x.min(self.width);
-        let y = r.y.min(self.height);
-        Rect::new(
-            x,
-            y,
-            r.width.min(self.width - x),
-            r.height.min(self.height - y),
-        )
+        clip(self.width, self.height, r)
     }
+}
+
+/// `r` cut to a `width`×`height` picture.
+pub(crate) fn clip(width: u32, height: u32, r: Rect) -> Rect {
+    let x = r.x.min(width);
+    let y = r.y.min(height);
+    Rect::new(x, y, r.width.min(width - x), r.height.min(height - y))
 }
 
 fn mix(under: u8, over: u8, alpha: u32) -> u8 {

@@ -97,6 +97,66 @@ fn compositor(c: &mut Criterion, out: &mut Vec<String>) {
     group.finish();
 }
 
+/// The same frames on the GPU kernels (when a CUDA device is present): sources uploaded once
+/// (as NVDEC would leave them on the device), then per frame the background, every tile's
+/// scaling and the speaker's border, synchronised.
+fn gpu_compositor(out: &mut Vec<String>) {
+    let gpu = match parloir_media::gpu::Gpu::open(0) {
+        Ok(g) => g,
+        Err(e) => {
+            println!("GPU compositor: skipped ({e})");
+            return;
+        }
+    };
+    for (width, height, label) in [(1280u32, 720u32, "720p"), (1920, 1080, "1080p")] {
+        for tiles in [4usize, 25, 150] {
+            let comp = Compositor::new(width, height, Layout::parse("grid").expect("grid"));
+            let rects: Vec<parloir_media::Rect> = comp
+                .placement(&vec![Tile::default(); tiles])
+                .into_iter()
+                .flatten()
+                .collect();
+            let sources: Vec<_> = rects
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let (w, h) = source_size(r.height);
+                    gpu.upload(&Picture::new(w, h, colour(i))).expect("upload")
+                })
+                .collect();
+            let mut canvas = gpu
+                .upload(&Picture::new(width, height, Yuv::BLACK))
+                .expect("canvas");
+            let frame = |canvas: &mut parloir_media::gpu::GpuPicture| {
+                let full = parloir_media::Rect::new(0, 0, width, height);
+                gpu.fill(canvas, full, Yuv::BLACK).expect("fill");
+                for (r, src) in rects.iter().zip(&sources) {
+                    let crop = r.cover_crop(src.width(), src.height());
+                    gpu.blit(canvas, *r, src, crop).expect("blit");
+                }
+                gpu.border(canvas, rects[0], 4, Yuv::from_rgb(20, 200, 60))
+                    .expect("border");
+            };
+            frame(&mut canvas);
+            gpu.download(&canvas).expect("sync");
+            let start = Instant::now();
+            let mut n = 0u32;
+            while start.elapsed() < Duration::from_secs(1) {
+                for _ in 0..10 {
+                    frame(&mut canvas);
+                }
+                gpu.download(&canvas).expect("sync");
+                n += 10;
+            }
+            let fps = f64::from(n) / start.elapsed().as_secs_f64();
+            println!("GPU compositor {label} {tiles} tiles: {fps:.1} frames/s");
+            out.push(format!(
+                "{{\"what\":\"gpu compositor\",\"canvas\":\"{label}\",\"tiles\":{tiles},\"frames_per_s\":{fps:.1}}}"
+            ));
+        }
+    }
+}
+
 /// One composite of `participants` cameras and microphones for `seconds` of media: the CPU
 /// cores it needs in real time, and how many times faster than real time it ran here.
 fn end_to_end(participants: usize, width: u32, height: u32, fps: u32, seconds: u32) -> (f64, f64) {
@@ -206,6 +266,7 @@ fn main() {
         .measurement_time(Duration::from_secs(2));
     compositor(&mut c, &mut out);
     c.final_summary();
+    gpu_compositor(&mut out);
     for (participants, width, height) in
         [(4usize, 1280u32, 720u32), (25, 1280, 720), (25, 1920, 1080)]
     {

@@ -17,6 +17,8 @@ pub struct Findings {
     io_choice: Result<(Backend, String), String>,
     pci: Vec<parloir_gpu::PciGpu>,
     cuda: Result<Vec<parloir_gpu::CudaDevice>, String>,
+    /// Whether NVRTC compiles the compositing kernels (needed for GPU compositing).
+    nvrtc: Result<(), String>,
     render_nodes: Vec<parloir_gpu::RenderNode>,
     onnxruntime: Result<parloir_speech::Runtime, String>,
     /// Each model of the manifest: its name and where it is, or why it cannot be used.
@@ -85,6 +87,7 @@ pub fn examine(io_mode: IoMode, profile: &str, models_dir: &std::path::Path) -> 
         io_choice,
         pci,
         cuda,
+        nvrtc: parloir_media::gpu::compile().map(|_| ()),
         render_nodes: parloir_gpu::render_nodes(),
         onnxruntime: parloir_speech::load(None).map_err(|e| e.to_string()),
         models: models(models_dir),
@@ -244,6 +247,10 @@ impl Findings {
                 })).collect::<Vec<_>>()}),
                 Err(e) => json!({"available": false, "error": e}),
             },
+            "nvrtc": match &self.nvrtc {
+                Ok(()) => json!({"available": true}),
+                Err(e) => json!({"available": false, "error": e}),
+            },
             "vaapi": self.render_nodes.iter().map(|n| json!({
                 "device": n.path, "driver": n.driver, "vaapi_driver": n.vaapi_driver,
                 "pci_address": n.pci_address,
@@ -370,6 +377,10 @@ impl Findings {
                 Ok(())
             }
             Err(e) => writeln!(o, "  CUDA           unavailable: {e}"),
+        };
+        let _ = match &self.nvrtc {
+            Ok(()) => writeln!(o, "  NVRTC          compiles the compositing kernels"),
+            Err(e) => writeln!(o, "  NVRTC          unavailable: {e}"),
         };
         if self.render_nodes.is_empty() {
             let _ = writeln!(o, "  VA-API         no DRM render node");
