@@ -157,27 +157,74 @@ fn gpu_compositor(out: &mut Vec<String>) {
     }
 }
 
-/// One composite of `participants` cameras and microphones for `seconds` of media: the CPU
-/// cores it needs in real time, and how many times faster than real time it ran here.
-fn end_to_end(participants: usize, width: u32, height: u32, fps: u32, seconds: u32) -> (f64, f64) {
-    let layout = Layout::parse("grid").expect("grid");
-    let comp = Compositor::new(width, height, layout);
-    let rects = comp.placement(&vec![Tile::default(); participants]);
-    // Two seconds of each camera at the size its tile asks for, and of a voice.
-    let clips: Vec<Vec<(Arc<[u8]>, bool)>> = rects
+/// Where the benchmarked cameras' frames come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cameras {
+    /// A solid colour with a moving block, at the composite's frame rate: cheap to decode and
+    /// to encode, a lower bound.
+    Synthetic,
+    /// perf/media's VP8 clips of a busy moving test pattern, the simulcast layer that fits each
+    /// tile (320x180 at 15 fps, 640x360 at 20, 1280x720 at 30), as the load generator sends.
+    Clips,
+}
+
+/// A camera's frames (looped) with their key-frame flags, and its frame rate.
+type Camera = (Vec<(Arc<[u8]>, bool)>, u32);
+
+fn cameras(kind: Cameras, rects: &[Option<parloir_media::Rect>], fps: u32) -> Vec<Camera> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../perf/media");
+    rects
         .iter()
         .enumerate()
         .map(|(i, r)| {
             let (w, h) = source_size(r.map_or(180, |r| r.height));
-            let mut s = CameraSource::vp8(colour(i), w, h, fps).expect("libvpx");
-            (0..2 * fps)
-                .map(|_| {
-                    let (d, k) = s.next_frame().expect("a frame");
-                    (Arc::from(d), k)
-                })
-                .collect()
+            match kind {
+                Cameras::Synthetic => {
+                    let mut s = CameraSource::vp8(colour(i), w, h, fps).expect("libvpx");
+                    let frames = (0..2 * fps)
+                        .map(|_| {
+                            let (d, k) = s.next_frame().expect("a frame");
+                            (Arc::from(d), k)
+                        })
+                        .collect();
+                    (frames, fps)
+                }
+                Cameras::Clips => {
+                    let (name, rate) = match w {
+                        320 => ("q.ivf", 15),
+                        640 => ("h.ivf", 20),
+                        _ => ("f.ivf", 30),
+                    };
+                    let clip = parloir_loadgen::media::Clip::load(&root.join(name))
+                        .expect("perf/media clips");
+                    // The clip from its key frame, then looping back to it.
+                    let frames = clip
+                        .frames
+                        .iter()
+                        .enumerate()
+                        .map(|(j, f)| (Arc::from(f.as_slice()), j == 0))
+                        .collect();
+                    (frames, rate)
+                }
+            }
         })
-        .collect();
+        .collect()
+}
+
+/// One composite of `participants` cameras and microphones for `seconds` of media: the CPU
+/// cores it needs in real time, and how many times faster than real time it ran here.
+fn end_to_end(
+    kind: Cameras,
+    participants: usize,
+    width: u32,
+    height: u32,
+    fps: u32,
+    seconds: u32,
+) -> (f64, f64) {
+    let layout = Layout::parse("grid").expect("grid");
+    let comp = Compositor::new(width, height, layout);
+    let rects = comp.placement(&vec![Tile::default(); participants]);
+    let clips = cameras(kind, &rects, fps);
     let mut opus =
         opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).expect("libopus");
     let voice: Vec<Arc<[u8]>> = (0..100)
@@ -230,12 +277,12 @@ fn end_to_end(participants: usize, width: u32, height: u32, fps: u32, seconds: u
         };
     let cpu0 = cpu_seconds();
     let wall0 = Instant::now();
-    let frame_ms = 1000 / u64::from(fps);
     for ms in (0..u64::from(seconds) * 1000).step_by(10) {
         let at = t0 + Duration::from_millis(ms);
-        if ms % frame_ms < 10 {
-            let i = (ms / frame_ms) as usize;
-            for (p, clip) in clips.iter().enumerate() {
+        for (p, (clip, rate)) in clips.iter().enumerate() {
+            let frame_ms = 1000 / u64::from(*rate);
+            if ms % frame_ms < 10 {
+                let i = (ms / frame_ms) as usize;
                 let (data, key) = &clip[i % clip.len()];
                 composite.frame(frame(p, true, ms * 90, at, data.clone(), *key));
             }
@@ -267,16 +314,22 @@ fn main() {
     compositor(&mut c, &mut out);
     c.final_summary();
     gpu_compositor(&mut out);
-    for (participants, width, height) in
-        [(4usize, 1280u32, 720u32), (25, 1280, 720), (25, 1920, 1080)]
-    {
-        let (cores, speed) = end_to_end(participants, width, height, 30, 10);
-        println!(
-            "room composite {participants} participants {width}x{height}@30: {cores:.2} cores in real time ({speed:.2}x real time here)"
-        );
-        out.push(format!(
-            "{{\"what\":\"room composite\",\"participants\":{participants},\"canvas\":\"{width}x{height}@30\",\"cpu_cores\":{cores:.3},\"speed\":{speed:.3}}}"
-        ));
+    for kind in [Cameras::Synthetic, Cameras::Clips] {
+        let name = match kind {
+            Cameras::Synthetic => "synthetic",
+            Cameras::Clips => "clips",
+        };
+        for (participants, width, height) in
+            [(4usize, 1280u32, 720u32), (25, 1280, 720), (25, 1920, 1080)]
+        {
+            let (cores, speed) = end_to_end(kind, participants, width, height, 30, 10);
+            println!(
+                "room composite, {name} cameras, {participants} participants {width}x{height}@30: {cores:.2} cores in real time ({speed:.2}x real time here)"
+            );
+            out.push(format!(
+                "{{\"what\":\"room composite\",\"cameras\":\"{name}\",\"participants\":{participants},\"canvas\":\"{width}x{height}@30\",\"cpu_cores\":{cores:.3},\"speed\":{speed:.3}}}"
+            ));
+        }
     }
     if let Ok(path) = std::env::var("PARLOIR_BENCH_OUT") {
         let json = format!("[\n{}\n]\n", out.join(",\n"));
