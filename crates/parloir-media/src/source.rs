@@ -76,6 +76,11 @@ impl CameraSource {
         })
     }
 
+    /// Changes the picture's colour from the next frame on.
+    pub fn set_colour(&mut self, colour: Yuv) {
+        self.colour = colour;
+    }
+
     /// The next frame: its bytes and whether it is a key frame.
     pub fn next_frame(&mut self) -> Result<(Vec<u8>, bool), MediaError> {
         let (w, h) = (self.picture.width(), self.picture.height());

@@ -225,3 +225,116 @@ fn an_unwritable_path_fails_at_start() {
     assert!(err.is_err());
     let _ = SystemTime::now();
 }
+
+/// A participant's camera flashes white and its microphone beeps at the same capture instants;
+/// the video reaches the server 60 ms later than the audio, as over a path that queues video.
+/// With sender reports the recording puts flash and beep together (within a frame); this is
+/// what keeps a long recording in sync, where arrival times alone would be off by the paths'
+/// difference.
+#[test]
+fn a_flash_and_a_beep_captured_together_are_recorded_together() {
+    let dir = std::env::temp_dir().join(format!("parloir-record-sync-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sync.mp4");
+    let t0 = Instant::now();
+    let epoch = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let config = CompositeConfig {
+        layout: Layout::parse("single-speaker").unwrap(),
+        video: Some(VideoSpec {
+            width: 160,
+            height: 90,
+            fps: 30,
+            bitrate: 200_000,
+            key_interval: 1,
+            encoders: vec![],
+        }),
+        audio: true,
+        container: Container::Mp4,
+        audio_bitrate: 96_000,
+        latency: Duration::from_millis(500),
+    };
+    let mut composite = Composite::start(&path, config, t0).unwrap();
+    let dark = Yuv::from_rgb(40, 40, 40);
+    let white = Yuv::from_rgb(250, 250, 250);
+    let mut camera = CameraSource::vp8(dark, 320, 180, 30).unwrap();
+    let mut opus =
+        opus::Encoder::new(48_000, opus::Channels::Stereo, opus::Application::Audio).unwrap();
+    // Flash and beep from 1.5 s to 1.7 s of capture time.
+    let (on, off) = (1_500u64, 1_700u64);
+    let (video_base, audio_base) = (3_000_000u64, 7_000u64);
+    for ms in (0..3_500u64).step_by(10) {
+        let now = t0 + Duration::from_millis(ms);
+        // Video captured at `ms` arrives 80 ms later; audio 20 ms later.
+        if ms >= 80 && (ms - 80) % 30 == 0 {
+            let captured = ms - 80;
+            camera.set_colour(if (on..off).contains(&captured) {
+                white
+            } else {
+                dark
+            });
+            let (data, key) = camera.next_frame().unwrap();
+            let rtp = video_base + captured * 90;
+            let mut f = frame("PA", "TV", true, rtp, now, data, key);
+            f.sender_report = Some((epoch + Duration::from_millis(captured), rtp));
+            composite.frame(f);
+        }
+        if ms >= 20 && (ms - 20) % 20 == 0 {
+            let captured = ms - 20;
+            let pcm: Vec<f32> = if (on..off).contains(&captured) {
+                tone(1000.0, (captured * 48) as usize, 960)
+            } else {
+                vec![0.0; 1920]
+            };
+            let packet = opus.encode_vec_float(&pcm, 1500).unwrap();
+            let rtp = audio_base + captured * 48;
+            let mut f = frame("PA", "TA", false, rtp, now, packet, false);
+            f.sender_report = Some((epoch + Duration::from_millis(captured), rtp));
+            composite.frame(f);
+        }
+        composite.advance(now).unwrap();
+    }
+    composite.finish(t0 + Duration::from_millis(3_500)).unwrap();
+
+    // The first bright frame.
+    let raw = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&path)
+        .args(["-f", "rawvideo", "-pix_fmt", "gray", "-"])
+        .output()
+        .unwrap()
+        .stdout;
+    let frame_bytes = 160 * 90;
+    let flash = raw
+        .chunks_exact(frame_bytes)
+        .position(|f| f.iter().map(|&v| u64::from(v)).sum::<u64>() / frame_bytes as u64 > 150)
+        .expect("a bright frame");
+    let flash_at = flash as f64 / 30.0;
+    // The beep's onset.
+    let pcm = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&path)
+        .args(["-vn", "-ac", "1", "-ar", "48000", "-f", "s16le", "-"])
+        .output()
+        .unwrap()
+        .stdout;
+    let samples: Vec<i16> = pcm
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let beep = samples
+        .iter()
+        .position(|&s| s.unsigned_abs() > 3_000)
+        .expect("the beep");
+    let beep_at = beep as f64 / 48_000.0;
+    let apart = (flash_at - beep_at).abs();
+    println!(
+        "flash at {flash_at:.3} s, beep at {beep_at:.3} s: {:.1} ms apart",
+        apart * 1e3
+    );
+    // Within one frame (33 ms), where arrival times alone would put them 60 ms apart.
+    assert!(
+        apart < 0.034,
+        "flash at {flash_at:.3} s, beep at {beep_at:.3} s"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
