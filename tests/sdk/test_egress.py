@@ -241,7 +241,17 @@ async def killed_mid_recording(server: Server, data_dir: str) -> None:
             room_name=room_name, layout="speaker",
             file_outputs=[api.EncodedFileOutput(filepath="kill/composite.mp4")],
             advanced=api.EncodingOptions(width=640, height=360, framerate=15)))
-        await asyncio.sleep(7.0)
+        await asyncio.sleep(3.0)
+        updated = await lk.egress.update_layout(api.UpdateLayoutRequest(egress_id=info.egress_id,
+                                                                         layout="grid-light"))
+        R.check("UpdateLayout changes the layout", updated.room_composite.layout == "grid-light",
+                f"{updated.room_composite.layout!r}")
+        try:
+            await lk.egress.update_layout(api.UpdateLayoutRequest(egress_id=info.egress_id, layout="mosaic"))
+            R.check("an unknown layout is refused", False, "it was accepted")
+        except api.TwirpError as e:
+            R.check("an unknown layout is refused", e.code == "invalid_argument", e.code)
+        await asyncio.sleep(4.0)
         path = info.file_results[0].filename
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(timeout=10)

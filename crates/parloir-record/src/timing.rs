@@ -16,6 +16,8 @@ use std::time::SystemTime;
 /// How fast an offset may grow, in seconds per second (100 ppm: ten times the drift of
 /// ordinary crystal clocks).
 const CREEP: f64 = 1e-4;
+/// No network delays a frame by this much more than the fastest: beyond it, the clock jumped.
+const RESET: f64 = 3.0;
 
 /// One clock's offset onto the timeline: the minimum of `arrival - media time`, allowed to
 /// creep up by [`CREEP`].
@@ -32,6 +34,10 @@ impl Offset {
         let sample = arrival - media;
         let v = match self.value {
             None => sample,
+            // A frame this much later than the clock allows means the clock jumped back (a
+            // publisher that restarted its timestamps): start again from it rather than call
+            // everything after it late.
+            Some(v) if sample - v > RESET => sample,
             Some(v) => (v + CREEP * (arrival - self.at).max(0.0)).min(sample),
         };
         self.value = Some(v);
@@ -152,6 +158,20 @@ mod tests {
         assert!((o.observe(1.0, 2.2) - 1.05).abs() < 1e-3);
         // A faster one lowers it.
         assert!((o.observe(2.0, 3.01) - 1.01).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_clock_that_jumps_back_is_followed_at_once() {
+        let mut o = Offset::default();
+        for s in 0..100 {
+            o.observe(f64::from(s), f64::from(s) + 0.05);
+        }
+        // The publisher's timestamps restart 60 s back: the next frame is not 60 s late.
+        let offset = o.observe(40.0, 100.05);
+        assert!((40.0 + offset - 100.05).abs() < 1e-9);
+        // A frame merely delayed (1 s of jitter) does not move the clock.
+        let offset = o.observe(41.0, 102.05);
+        assert!((41.0 + offset - 101.05).abs() < 1e-3);
     }
 
     #[test]
