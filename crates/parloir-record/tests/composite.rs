@@ -338,3 +338,69 @@ fn a_flash_and_a_beep_captured_together_are_recorded_together() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// In the speaker layout a screen share takes the main area (shown whole), and the cameras go
+/// to the strip, with their names.
+#[test]
+fn a_screen_share_takes_the_main_area() {
+    let dir = std::env::temp_dir().join(format!("parloir-record-share-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("share.mp4");
+    let t0 = Instant::now();
+    let config = CompositeConfig {
+        layout: Layout::parse("speaker").unwrap(),
+        video: Some(VideoSpec {
+            width: 640,
+            height: 360,
+            fps: 15,
+            bitrate: 500_000,
+            key_interval: 1,
+            encoders: vec![],
+        }),
+        audio: false,
+        container: Container::Mp4,
+        audio_bitrate: 64_000,
+        latency: Duration::from_millis(300),
+    };
+    let mut composite = Composite::start(&path, config, t0).unwrap();
+    let orange = Yuv::from_rgb(240, 140, 20);
+    let teal = Yuv::from_rgb(20, 160, 160);
+    // A 4:3 share (shown whole, with bars) and a camera.
+    let mut share = CameraSource::vp8(orange, 320, 240, 15).unwrap();
+    let mut camera = CameraSource::vp8(teal, 320, 180, 15).unwrap();
+    for ms in (0..2_000u64).step_by(10) {
+        let now = t0 + Duration::from_millis(ms);
+        if ms % 70 == 0 {
+            let (data, key) = share.next_frame().unwrap();
+            let mut f = frame("PA", "TS", true, ms * 90, now, data, key);
+            f.screen_share = true;
+            composite.frame(f);
+            let (data, key) = camera.next_frame().unwrap();
+            composite.frame(frame("PB", "TC", true, ms * 90, now, data, key));
+        }
+        composite.advance(now).unwrap();
+    }
+    composite.finish(t0 + Duration::from_millis(2_000)).unwrap();
+    let p = frame_at(&path, 1.2, 640, 360);
+    let near = |a: Yuv, b: Yuv| {
+        (i32::from(a.y) - i32::from(b.y)).abs() < 12
+            && (i32::from(a.u) - i32::from(b.u)).abs() < 12
+            && (i32::from(a.v) - i32::from(b.v)).abs() < 12
+    };
+    // The main area (512 wide): the share, 4:3 inside 512x360 (480 wide), so 16-pixel bars
+    // at its sides.
+    let centre = p.mean(Rect::new(236, 160, 40, 40));
+    assert!(near(centre, orange), "main area {centre:?}");
+    let bar = p.mean(Rect::new(2, 160, 10, 40));
+    assert!(bar.y < 30, "no bar beside the 4:3 share: {bar:?}");
+    // The strip on the right (tiles 66 high, centred): the sharer, who has no camera, as a
+    // placeholder (as LiveKit's templates show people without video), then the camera.
+    let placeholder = p.mean(Rect::new(530, 118, 10, 10));
+    assert!(
+        placeholder.y < 60 && placeholder.u == 128,
+        "sharer's tile {placeholder:?}"
+    );
+    let camera_tile = p.mean(Rect::new(540, 200, 40, 20));
+    assert!(near(camera_tile, teal), "camera tile {camera_tile:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
