@@ -761,7 +761,8 @@ describe('recording', () => {
       [{ room_name: room, layout: 'mosaic', ...file('x.mp4') }, 400, 'invalid_argument'],
       [{ room_name: room, layout: 'grid', ...file('../outside.mp4') }, 400, 'invalid_argument'],
       [{ room_name: room, layout: 'grid', ...file('x.mp4'), advanced: { video_codec: 'VP8' } }, 400, 'invalid_argument'],
-      [{ room_name: room, layout: 'grid', ...file('x.mp4'), segment_outputs: [{ filename_prefix: 'x' }] }, 400, 'invalid_argument'],
+      [{ room_name: room, layout: 'grid', file_outputs: [{ filepath: 'a.mp4' }, { filepath: 'b.mp4' }] }, 400, 'invalid_argument'],
+      [{ room_name: room, layout: 'grid', stream_outputs: [{ urls: ['http://not-rtmp/x'] }] }, 400, 'invalid_argument'],
     ];
     for (const [body, status, code] of bad) {
       const r = await egress('StartRoomCompositeEgress', body);

@@ -230,6 +230,59 @@ async def hls_and_rtmp(server: Server) -> None:
         await room.disconnect()
 
 
+async def record_and_stream(server: Server) -> None:
+    """One egress to a file and an RTMP stream at once (one encoding); the streaming platform
+    goes away mid-way: the stream is marked failed, the file records to the end."""
+    room_name = "egress-both"
+    stop = asyncio.Event()
+    room, _ = await publish(server, room_name, "erin", stop)
+    lk = recorder_api(server)
+    port = free_port()
+    platform = subprocess.Popen(["ffmpeg", "-v", "quiet", "-listen", "1", "-i",
+                                 f"rtmp://127.0.0.1:{port}/live/key", "-f", "null", "-"])
+    try:
+        await asyncio.sleep(1.0)
+        info = None
+        for _ in range(50):
+            try:
+                info = await lk.egress.start_room_composite_egress(api.RoomCompositeEgressRequest(
+                    room_name=room_name, layout="speaker",
+                    advanced=api.EncodingOptions(width=640, height=360, framerate=15),
+                    file_outputs=[api.EncodedFileOutput(filepath="both/file.mp4")],
+                    stream_outputs=[api.StreamOutput(protocol=api.StreamProtocol.RTMP,
+                                                     urls=[f"rtmp://127.0.0.1:{port}/live/key"])]))
+                break
+            except api.TwirpError:
+                await asyncio.sleep(0.1)
+        R.check("one egress records a file and streams at once", info is not None
+                and len(info.file_results) == 1 and len(info.stream_results) == 1, f"{info}")
+        if info is None:
+            return
+        await asyncio.sleep(3.0)
+        platform.kill()
+        platform.wait(timeout=10)
+        await asyncio.sleep(3.0)
+        await lk.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
+        done = await wait_done(lk, info.egress_id)
+        ok = done is not None and done.status == api.EgressStatus.EGRESS_COMPLETE
+        R.check("when the platform goes away the egress still completes", ok, f"{done}")
+        if ok:
+            s = done.stream_results[0]
+            R.check("and its stream is marked failed", s.status == api.StreamInfo.Status.FAILED and s.error != "",
+                    f"{s}")
+            f = done.file_results[0]
+            p = probe(f.filename)
+            duration = float(p.get("format", {}).get("duration", 0))
+            R.check("while the file has all of it", duration > 5.5 and abs(duration - f.duration / 1e9) < 0.3,
+                    f"{duration:.2f} s, reported {f.duration / 1e9:.2f} s")
+    finally:
+        if platform.poll() is None:
+            platform.kill()
+        stop.set()
+        await lk.aclose()
+        await room.disconnect()
+
+
 async def killed_mid_recording(server: Server, data_dir: str) -> None:
     room_name = "egress-kill"
     stop = asyncio.Event()
@@ -319,6 +372,7 @@ def main() -> int:
         server.start()
         asyncio.run(sdk_egresses(server, sink))
         asyncio.run(hls_and_rtmp(server))
+        asyncio.run(record_and_stream(server))
         asyncio.run(killed_mid_recording(server, data_dir))
         # A server whose files may not grow past 250 kB: a full disk for its recordings.
         server = Server(os.path.abspath(binary))

@@ -67,20 +67,30 @@ pub struct VideoSpec {
     pub encoders: Vec<String>,
 }
 
+/// How one output of a [`Writer`] ended.
+#[derive(Debug, Clone)]
+pub struct OutputResult {
+    pub path: PathBuf,
+    /// Bytes written to it.
+    pub bytes: u64,
+    /// Why it stopped early, if it did (the other outputs went on).
+    pub error: Option<String>,
+}
+
 /// Bytes of a fragmented MP4 whose data is forced to the disk at most this often.
 const SYNC_EVERY: Duration = Duration::from_secs(2);
 
-struct VideoOut {
+struct VideoEnc {
     encoder: encoder::Video,
-    stream: usize,
+    codec: ffmpeg::Codec,
     time_base: Rational,
     frame: frame::Video,
     name: String,
 }
 
-struct AudioOut {
+struct AudioEnc {
     encoder: encoder::Audio,
-    stream: usize,
+    codec: ffmpeg::Codec,
     frame_size: usize,
     /// Interleaved stereo samples waiting for a whole encoder frame.
     pending: Vec<f32>,
@@ -88,88 +98,176 @@ struct AudioOut {
     sent: i64,
 }
 
-/// An open output file.
-pub struct Writer {
+/// One container being written.
+struct Muxer {
     path: PathBuf,
     octx: ffmpeg::format::context::Output,
-    video: Option<VideoOut>,
-    audio: Option<AudioOut>,
+    video: Option<usize>,
+    audio: Option<usize>,
     sync: Option<File>,
+    bytes: u64,
+    failed: Option<String>,
+}
+
+impl Muxer {
+    /// Writes a copy of `packet` to this output's `stream` (rescaled from `from`); a failure
+    /// ends this output only.
+    fn write(&mut self, packet: &Packet, stream: Option<usize>, from: Rational) {
+        let Some(stream) = stream.filter(|_| self.failed.is_none()) else {
+            return;
+        };
+        let mut p = packet.clone();
+        p.set_stream(stream);
+        if let Some(to) = self.octx.stream(stream).map(|s| s.time_base()) {
+            p.rescale_ts(from, to);
+        }
+        self.bytes += p.size() as u64;
+        if let Err(e) = p.write_interleaved(&mut self.octx) {
+            tracing::warn!(output = %self.path.display(), error = %e, "an output failed; the others go on");
+            self.failed = Some(format!("{}: {e}", self.path.display()));
+        }
+    }
+}
+
+/// An open output: one video and one audio encoder, and one or more containers (a file, an
+/// HLS playlist, an RTMP stream) that all get the same encoded packets.
+pub struct Writer {
+    muxers: Vec<Muxer>,
+    video: Option<VideoEnc>,
+    audio: Option<AudioEnc>,
     synced_at: Instant,
-    /// Bytes of encoded media written.
+    /// Bytes of encoded media written (over all outputs).
     pub bytes: u64,
 }
 
+fn format_name(c: &Container) -> &'static str {
+    match c {
+        Container::Mp4 => "mp4",
+        Container::Ogg => "ogg",
+        Container::Hls { .. } => "hls",
+        Container::Rtmp => "flv",
+    }
+}
+
 impl Writer {
-    /// Creates the file and writes its header.
+    /// Creates one output and writes its header.
     pub fn create(path: &Path, spec: &OutputSpec) -> Result<Writer, MediaError> {
+        Writer::create_many(&[(path.to_owned(), spec.container.clone())], spec)
+    }
+
+    /// Creates several outputs of the same encoded media (`spec.container` is not used). Ogg
+    /// holds Opus audio only, so it cannot be combined with the others (AAC).
+    pub fn create_many(
+        outputs: &[(PathBuf, Container)],
+        spec: &OutputSpec,
+    ) -> Result<Writer, MediaError> {
         init()?;
-        let format = match spec.container {
-            Container::Mp4 => "mp4",
-            Container::Ogg => "ogg",
-            Container::Hls { .. } => "hls",
-            Container::Rtmp => "flv",
-        };
-        let mut octx = ffmpeg::format::output_as(path, format).map_err(|e| MediaError::Io {
-            path: path.to_owned(),
-            error: e.to_string(),
-        })?;
-        let global_header = octx
-            .format()
-            .flags()
-            .contains(ffmpeg::format::Flags::GLOBAL_HEADER);
-        let video = match (&spec.video, &spec.container) {
-            (Some(_), Container::Ogg) => {
-                return Err(MediaError::Unsupported("video in Ogg".into()));
-            }
-            (Some(v), _) => Some(open_video(&mut octx, v, global_header)?),
-            (None, _) => None,
-        };
-        let audio = if spec.audio {
-            Some(open_audio(&mut octx, spec, global_header)?)
-        } else {
-            None
-        };
-        if video.is_none() && audio.is_none() {
+        let ogg = outputs.iter().any(|(_, c)| *c == Container::Ogg);
+        if outputs.is_empty() {
+            return Err(MediaError::Unsupported("a writer with no output".into()));
+        }
+        if ogg && (outputs.len() > 1 || spec.video.is_some()) {
+            return Err(MediaError::Unsupported(
+                "Ogg holds Opus audio alone: no video, no other output".into(),
+            ));
+        }
+        if spec.video.is_none() && !spec.audio {
             return Err(MediaError::Unsupported(
                 "an output with neither audio nor video".into(),
             ));
         }
-        let mut options = Dictionary::new();
-        match &spec.container {
-            Container::Mp4 => {
-                options.set("movflags", "frag_keyframe+empty_moov+default_base_moof");
-                // Audio-only MP4 has no key frames to cut at: cut by time.
-                options.set("frag_duration", "2000000");
-            }
-            Container::Hls {
-                segment_seconds,
-                segments,
-            } => {
-                options.set("hls_time", &segment_seconds.max(&1).to_string());
-                options.set("hls_list_size", "0");
-                options.set("hls_playlist_type", "event");
-                options.set("hls_segment_filename", &segments.to_string_lossy());
-            }
-            Container::Rtmp => options.set("flvflags", "no_duration_filesize"),
-            Container::Ogg => {}
-        }
-        options.set("flush_packets", "1");
-        octx.write_header_with(options)
-            .map_err(|e| MediaError::Io {
-                path: path.to_owned(),
-                error: e.to_string(),
+        let mut contexts = Vec::new();
+        for (path, container) in outputs {
+            let octx = ffmpeg::format::output_as(path, format_name(container)).map_err(|e| {
+                MediaError::Io {
+                    path: path.clone(),
+                    error: e.to_string(),
+                }
             })?;
+            contexts.push(octx);
+        }
+        // One encoding for every container: global headers when any container wants them
+        // (MP4, FLV); MPEG-TS segments get the parameter sets in band from the muxer.
+        let global_header = contexts.iter().any(|o| {
+            o.format()
+                .flags()
+                .contains(ffmpeg::format::Flags::GLOBAL_HEADER)
+        });
+        let video = match &spec.video {
+            Some(v) => Some(open_video(v, global_header)?),
+            None => None,
+        };
+        let audio = if spec.audio {
+            Some(open_audio(ogg, spec.audio_bitrate, global_header)?)
+        } else {
+            None
+        };
+        let mut muxers = Vec::new();
+        for ((path, container), mut octx) in outputs.iter().zip(contexts) {
+            let io = |e: ffmpeg::Error| MediaError::Io {
+                path: path.clone(),
+                error: e.to_string(),
+            };
+            let video_stream = match &video {
+                Some(v) => {
+                    let mut stream = octx.add_stream(v.codec).map_err(io)?;
+                    stream.set_parameters(&v.encoder);
+                    stream.set_time_base(v.time_base);
+                    let fps = Rational(v.time_base.1, 1);
+                    stream.set_avg_frame_rate(fps);
+                    stream.set_rate(fps);
+                    Some(stream.index())
+                }
+                None => None,
+            };
+            let audio_stream = match &audio {
+                Some(a) => {
+                    let mut stream = octx.add_stream(a.codec).map_err(io)?;
+                    stream.set_parameters(&a.encoder);
+                    stream.set_time_base(Rational(1, SAMPLE_RATE as i32));
+                    Some(stream.index())
+                }
+                None => None,
+            };
+            let mut options = Dictionary::new();
+            match container {
+                Container::Mp4 => {
+                    options.set("movflags", "frag_keyframe+empty_moov+default_base_moof");
+                    // Audio-only MP4 has no key frames to cut at: cut by time.
+                    options.set("frag_duration", "2000000");
+                }
+                Container::Hls {
+                    segment_seconds,
+                    segments,
+                } => {
+                    options.set("hls_time", &segment_seconds.max(&1).to_string());
+                    options.set("hls_list_size", "0");
+                    options.set("hls_playlist_type", "event");
+                    options.set("hls_segment_filename", &segments.to_string_lossy());
+                }
+                Container::Rtmp => options.set("flvflags", "no_duration_filesize"),
+                Container::Ogg => {}
+            }
+            options.set("flush_packets", "1");
+            octx.write_header_with(options).map_err(io)?;
+            muxers.push(Muxer {
+                path: path.clone(),
+                octx,
+                video: video_stream,
+                audio: audio_stream,
+                sync: if container.is_file() {
+                    File::open(path).ok()
+                } else {
+                    None
+                },
+                bytes: 0,
+                failed: None,
+            });
+        }
         Ok(Writer {
-            path: path.to_owned(),
-            octx,
+            muxers,
             video,
             audio,
-            sync: if spec.container.is_file() {
-                File::open(path).ok()
-            } else {
-                None
-            },
             synced_at: Instant::now(),
             bytes: 0,
         })
@@ -220,8 +318,9 @@ impl Writer {
         }
     }
 
-    /// Flushes the encoders, writes the trailer and syncs the file to disk.
-    pub fn finish(mut self) -> Result<PathBuf, MediaError> {
+    /// Flushes the encoders, writes the trailers and syncs the files to disk. Returns how each
+    /// output ended; fails only when every output failed.
+    pub fn finish(mut self) -> Result<Vec<OutputResult>, MediaError> {
         if let Some(v) = self.video.as_mut() {
             v.encoder
                 .send_eof()
@@ -242,14 +341,55 @@ impl Writer {
                 .map_err(|e| MediaError::Codec("audio", e))?;
         }
         self.drain_audio()?;
-        self.octx.write_trailer().map_err(|e| MediaError::Io {
-            path: self.path.clone(),
-            error: e.to_string(),
-        })?;
-        if let Some(f) = &self.sync {
-            let _ = f.sync_data();
+        for m in &mut self.muxers {
+            if m.failed.is_some() {
+                continue;
+            }
+            if let Err(e) = m.octx.write_trailer() {
+                m.failed = Some(format!("{}: {e}", m.path.display()));
+            }
+            if let Some(f) = &m.sync {
+                let _ = f.sync_data();
+            }
         }
-        Ok(self.path.clone())
+        self.check()?;
+        Ok(self
+            .muxers
+            .iter()
+            .map(|m| OutputResult {
+                path: m.path.clone(),
+                bytes: m.bytes,
+                error: m.failed.clone(),
+            })
+            .collect())
+    }
+
+    /// Outputs that have failed so far, with why.
+    pub fn failures(&self) -> Vec<(PathBuf, String)> {
+        self.muxers
+            .iter()
+            .filter_map(|m| m.failed.clone().map(|e| (m.path.clone(), e)))
+            .collect()
+    }
+
+    /// An error once no output is left.
+    fn check(&self) -> Result<(), MediaError> {
+        if self.muxers.iter().all(|m| m.failed.is_some())
+            && let Some(m) = self.muxers.first()
+        {
+            return Err(MediaError::Io {
+                path: m.path.clone(),
+                error: m
+                    .failed
+                    .clone()
+                    .unwrap_or_default()
+                    .rsplit(": ")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            });
+        }
+        Ok(())
     }
 
     fn drain_video(&mut self) -> Result<(), MediaError> {
@@ -258,24 +398,16 @@ impl Writer {
         };
         let mut packet = Packet::empty();
         while v.encoder.receive_packet(&mut packet).is_ok() {
-            packet.set_stream(v.stream);
             // Each picture lasts one frame (libx264 leaves it unset, and the muxer would
             // guess the last one's).
             packet.set_duration(1);
-            let to = self.octx.stream(v.stream).map(|s| s.time_base());
-            if let Some(to) = to {
-                packet.rescale_ts(v.time_base, to);
-            }
             self.bytes += packet.size() as u64;
-            packet
-                .write_interleaved(&mut self.octx)
-                .map_err(|e| MediaError::Io {
-                    path: self.path.clone(),
-                    error: e.to_string(),
-                })?;
+            for m in &mut self.muxers {
+                m.write(&packet, m.video, v.time_base);
+            }
         }
         self.maybe_sync();
-        Ok(())
+        self.check()
     }
 
     fn drain_audio(&mut self) -> Result<(), MediaError> {
@@ -284,21 +416,13 @@ impl Writer {
         };
         let mut packet = Packet::empty();
         while a.encoder.receive_packet(&mut packet).is_ok() {
-            packet.set_stream(a.stream);
-            let to = self.octx.stream(a.stream).map(|s| s.time_base());
-            if let Some(to) = to {
-                packet.rescale_ts(Rational(1, SAMPLE_RATE as i32), to);
-            }
             self.bytes += packet.size() as u64;
-            packet
-                .write_interleaved(&mut self.octx)
-                .map_err(|e| MediaError::Io {
-                    path: self.path.clone(),
-                    error: e.to_string(),
-                })?;
+            for m in &mut self.muxers {
+                m.write(&packet, m.audio, Rational(1, SAMPLE_RATE as i32));
+            }
         }
         self.maybe_sync();
-        Ok(())
+        self.check()
     }
 
     /// Forces written fragments to the disk every [`SYNC_EVERY`], so a power cut loses at
@@ -306,18 +430,16 @@ impl Writer {
     fn maybe_sync(&mut self) {
         if self.synced_at.elapsed() >= SYNC_EVERY {
             self.synced_at = Instant::now();
-            if let Some(f) = &self.sync {
-                let _ = f.sync_data();
+            for m in &self.muxers {
+                if let Some(f) = &m.sync {
+                    let _ = f.sync_data();
+                }
             }
         }
     }
 }
 
-fn open_video(
-    octx: &mut ffmpeg::format::context::Output,
-    spec: &VideoSpec,
-    global_header: bool,
-) -> Result<VideoOut, MediaError> {
+fn open_video(spec: &VideoSpec, global_header: bool) -> Result<VideoEnc, MediaError> {
     let mut names: Vec<&str> = spec.encoders.iter().map(String::as_str).collect();
     if !names.contains(&"libx264") {
         names.push("libx264");
@@ -358,17 +480,9 @@ fn open_video(
         }
         match enc.open_as_with(codec, options) {
             Ok(opened) => {
-                let mut stream = octx
-                    .add_stream(codec)
-                    .map_err(|e| MediaError::Codec("H264", e))?;
-                stream.set_parameters(&opened);
-                stream.set_time_base(time_base);
-                stream.set_avg_frame_rate(Rational(spec.fps as i32, 1));
-                stream.set_rate(Rational(spec.fps as i32, 1));
-                let index = stream.index();
-                return Ok(VideoOut {
+                return Ok(VideoEnc {
                     encoder: opened,
-                    stream: index,
+                    codec,
                     time_base,
                     frame: frame::Video::new(Pixel::YUV420P, spec.width, spec.height),
                     name: name.to_string(),
@@ -386,22 +500,19 @@ fn open_video(
     })
 }
 
-fn open_audio(
-    octx: &mut ffmpeg::format::context::Output,
-    spec: &OutputSpec,
-    global_header: bool,
-) -> Result<AudioOut, MediaError> {
-    let (codec, name, format) = match spec.container {
-        Container::Mp4 | Container::Hls { .. } | Container::Rtmp => (
-            ffmpeg::encoder::find(Id::AAC),
-            "AAC",
-            Sample::F32(sample::Type::Planar),
-        ),
-        Container::Ogg => (
+fn open_audio(opus: bool, bitrate: u32, global_header: bool) -> Result<AudioEnc, MediaError> {
+    let (codec, name, format) = if opus {
+        (
             ffmpeg::encoder::find_by_name("libopus"),
             "Opus",
             Sample::F32(sample::Type::Packed),
-        ),
+        )
+    } else {
+        (
+            ffmpeg::encoder::find(Id::AAC),
+            "AAC",
+            Sample::F32(sample::Type::Planar),
+        )
     };
     let codec = codec.ok_or(MediaError::NoCodec(name))?;
     let mut enc = codec::Context::new_with_codec(codec)
@@ -412,7 +523,7 @@ fn open_audio(
     enc.set_format(format);
     enc.set_channel_layout(ChannelLayout::STEREO);
     enc.set_channels(2);
-    enc.set_bit_rate(spec.audio_bitrate as usize);
+    enc.set_bit_rate(bitrate as usize);
     enc.set_time_base(Rational(1, SAMPLE_RATE as i32));
     if global_header {
         enc.set_flags(codec::Flags::GLOBAL_HEADER);
@@ -424,14 +535,9 @@ fn open_audio(
         0 => 960,
         n => n as usize,
     };
-    let mut stream = octx
-        .add_stream(codec)
-        .map_err(|e| MediaError::Codec(name, e))?;
-    stream.set_parameters(&opened);
-    stream.set_time_base(Rational(1, SAMPLE_RATE as i32));
-    Ok(AudioOut {
-        stream: stream.index(),
+    Ok(AudioEnc {
         encoder: opened,
+        codec,
         frame_size,
         pending: Vec::new(),
         sent: 0,

@@ -373,3 +373,69 @@ fn a_stream_goes_to_an_rtmp_server() {
     assert!((p.duration - 3.0).abs() < 0.3, "{p:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn one_encoding_goes_to_several_outputs_and_a_failing_one_stops_alone() {
+    let dir = std::env::temp_dir().join(format!("parloir-media-many-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("rtmp://127.0.0.1:{port}/live/test");
+    let mut platform = Command::new("ffmpeg")
+        .args(["-v", "quiet", "-listen", "1", "-i", &url, "-f", "null", "-"])
+        .spawn()
+        .expect("ffmpeg");
+    let outputs = vec![
+        (dir.join("file.mp4"), Container::Mp4),
+        (
+            dir.join("live.m3u8"),
+            Container::Hls {
+                segment_seconds: 1,
+                segments: dir.join("live_%05d.ts"),
+            },
+        ),
+        (std::path::PathBuf::from(&url), Container::Rtmp),
+    ];
+    let spec = av_spec(Container::Mp4);
+    let mut writer = None;
+    for _ in 0..50 {
+        match Writer::create_many(&outputs, &spec) {
+            Ok(w) => {
+                writer = Some(w);
+                break;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+    let mut writer = writer.expect("all three outputs open");
+    write_media(&mut writer, 2);
+    // The streaming platform goes away: that output fails, the others go on.
+    platform.kill().unwrap();
+    platform.wait().unwrap();
+    let green = Picture::new(320, 180, Yuv::from_rgb(40, 200, 40));
+    for i in 60..150 {
+        writer.video(&green, i).unwrap();
+        writer.audio(&tone(i as usize * 1600, 1600)).unwrap();
+        if i % 10 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let results = writer.finish().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(
+        results[0].error.is_none() && results[1].error.is_none(),
+        "{results:?}"
+    );
+    assert!(
+        results[2].error.is_some(),
+        "the stream did not fail: {results:?}"
+    );
+    for path in [dir.join("file.mp4"), dir.join("live.m3u8")] {
+        let p = probe(&path);
+        assert!((p.duration - 5.0).abs() < 0.3, "{}: {p:?}", path.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

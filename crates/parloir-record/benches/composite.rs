@@ -248,13 +248,12 @@ fn end_to_end(
             encoders: Vec::new(),
         }),
         audio: true,
-        container: Container::Mp4,
         audio_bitrate: 128_000,
         latency: Duration::from_millis(500),
     };
     let t0 = Instant::now();
-    let mut composite =
-        Composite::start(&dir.join("bench.mp4"), config, t0).expect("the output opens");
+    let mut composite = Composite::start(&[(dir.join("bench.mp4"), Container::Mp4)], config, t0)
+        .expect("the output opens");
     let frame =
         |p: usize, video: bool, rtp: u64, at: Instant, data: Arc<[u8]>, key: bool| RecordFrame {
             room: "bench".into(),

@@ -10,10 +10,11 @@
 pub mod timing;
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parloir_media::output::OutputResult;
 use parloir_media::{
     Compositor, Container, Layout, MediaError, Mixer, OutputSpec, Picture, SAMPLE_RATE, Tile,
     TileView, VideoCodec, VideoDecoder, VideoSpec, Writer,
@@ -30,7 +31,6 @@ pub struct CompositeConfig {
     pub video: Option<VideoSpec>,
     /// Whether to record audio (false for video only).
     pub audio: bool,
-    pub container: Container,
     pub audio_bitrate: u32,
     /// How far behind real time the recording runs: frames later than this are not in it.
     pub latency: Duration,
@@ -63,10 +63,10 @@ pub struct CompositeStats {
 /// The result of a finished composite.
 #[derive(Debug, Clone)]
 pub struct Finished {
-    pub path: PathBuf,
+    /// Each output: where, how many bytes, and why it stopped early if it did.
+    pub outputs: Vec<OutputResult>,
     /// Seconds of media written.
     pub duration: f64,
-    pub bytes: u64,
 }
 
 /// Audio above this level (dBFS, mean power) counts as speaking.
@@ -128,15 +128,20 @@ pub struct Composite {
 }
 
 impl Composite {
-    /// Creates the output file and starts the timeline at `now`.
-    pub fn start(path: &Path, config: CompositeConfig, now: Instant) -> Result<Self, MediaError> {
+    /// Opens the outputs (files, playlists, streams: all get the same encoded media) and
+    /// starts the timeline at `now`.
+    pub fn start(
+        outputs: &[(PathBuf, Container)],
+        config: CompositeConfig,
+        now: Instant,
+    ) -> Result<Self, MediaError> {
         let spec = OutputSpec {
-            container: config.container.clone(),
+            container: outputs.first().map_or(Container::Mp4, |(_, c)| c.clone()),
             video: config.video.clone(),
             audio: config.audio,
             audio_bitrate: config.audio_bitrate,
         };
-        let writer = Writer::create(path, &spec)?;
+        let writer = Writer::create_many(outputs, &spec)?;
         let compositor = config
             .video
             .as_ref()
@@ -156,6 +161,11 @@ impl Composite {
             requests: Vec::new(),
             stats: CompositeStats::default(),
         })
+    }
+
+    /// Outputs that failed so far (the others go on), with why.
+    pub fn failures(&self) -> Vec<(PathBuf, String)> {
+        self.writer.failures()
     }
 
     /// The H.264 encoder in use (`None` for audio only).
@@ -554,14 +564,8 @@ impl Composite {
         } else {
             self.mixer.position() as f64 / f64::from(SAMPLE_RATE)
         };
-        let bytes = self.writer.bytes;
-        let path = self.writer.finish()?;
-        let bytes = std::fs::metadata(&path).map_or(bytes, |m| m.len());
-        Ok(Finished {
-            path,
-            duration,
-            bytes,
-        })
+        let outputs = self.writer.finish()?;
+        Ok(Finished { outputs, duration })
     }
 }
 

@@ -120,11 +120,11 @@ fn a_room_becomes_a_grid_recording_with_its_audio() {
             encoders: vec![],
         }),
         audio: true,
-        container: Container::Mp4,
         audio_bitrate: 96_000,
         latency: Duration::from_millis(500),
     };
-    let mut composite = Composite::start(&path, config, t0).unwrap();
+    let mut composite =
+        Composite::start(&[(path.to_path_buf(), Container::Mp4)], config, t0).unwrap();
     let red = Yuv::from_rgb(220, 40, 40);
     let blue = Yuv::from_rgb(40, 40, 220);
     let mut cams = [
@@ -172,7 +172,7 @@ fn a_room_becomes_a_grid_recording_with_its_audio() {
     }
     let done = composite.finish(t0 + Duration::from_millis(4000)).unwrap();
     assert!((done.duration - 3.5).abs() < 0.05, "{}", done.duration);
-    assert!(done.bytes > 10_000);
+    assert!(done.outputs[0].bytes > 10_000 && done.outputs[0].error.is_none());
     // Two tiles side by side, 356 pixels high: the middle layer of each camera.
     for track in ["TVA", "TVB"] {
         let asked: Vec<&Request> = requests
@@ -213,12 +213,14 @@ fn an_unwritable_path_fails_at_start() {
         layout: Layout::default(),
         video: None,
         audio: true,
-        container: Container::Ogg,
         audio_bitrate: 64_000,
         latency: Duration::from_millis(500),
     };
     let err = Composite::start(
-        std::path::Path::new("/proc/no/such/dir/x.ogg"),
+        &[(
+            std::path::Path::new("/proc/no/such/dir/x.ogg").to_path_buf(),
+            Container::Ogg,
+        )],
         config,
         Instant::now(),
     );
@@ -249,11 +251,11 @@ fn a_flash_and_a_beep_captured_together_are_recorded_together() {
             encoders: vec![],
         }),
         audio: true,
-        container: Container::Mp4,
         audio_bitrate: 96_000,
         latency: Duration::from_millis(500),
     };
-    let mut composite = Composite::start(&path, config, t0).unwrap();
+    let mut composite =
+        Composite::start(&[(path.to_path_buf(), Container::Mp4)], config, t0).unwrap();
     let dark = Yuv::from_rgb(40, 40, 40);
     let white = Yuv::from_rgb(250, 250, 250);
     let mut camera = CameraSource::vp8(dark, 320, 180, 30).unwrap();
@@ -358,11 +360,11 @@ fn a_screen_share_takes_the_main_area() {
             encoders: vec![],
         }),
         audio: false,
-        container: Container::Mp4,
         audio_bitrate: 64_000,
         latency: Duration::from_millis(300),
     };
-    let mut composite = Composite::start(&path, config, t0).unwrap();
+    let mut composite =
+        Composite::start(&[(path.to_path_buf(), Container::Mp4)], config, t0).unwrap();
     let orange = Yuv::from_rgb(240, 140, 20);
     let teal = Yuv::from_rgb(20, 160, 160);
     // A 4:3 share (shown whole, with bars) and a camera.

@@ -317,14 +317,14 @@ impl Egress {
                 Some(Target::File(f.clone()))
             }
             Some(proto::room_composite_egress_request::Output::Stream(s)) => {
-                Some(stream_target(s)?)
+                stream_targets(s)?.into_iter().next()
             }
             Some(proto::room_composite_egress_request::Output::Segments(s)) => {
                 Some(Target::Segments(s.clone()))
             }
             None => None,
         };
-        let target = single_output(
+        let targets = outputs(
             &r.file_outputs,
             legacy,
             &r.stream_outputs,
@@ -338,7 +338,8 @@ impl Egress {
             }
             None => Options::Preset(0),
         };
-        let config = composite_config(layout, !r.video_only, !r.audio_only, &target, &options)?;
+        let (config, containers) =
+            composite_config(layout, !r.video_only, !r.audio_only, &targets, &options)?;
         let filter = Filter {
             room: r.room_name.clone(),
             ..Default::default()
@@ -347,7 +348,7 @@ impl Egress {
         self.launch(
             filter,
             config,
-            &target,
+            targets.into_iter().zip(containers).collect(),
             &vars,
             proto::egress_info::Request::RoomComposite(r.clone()),
             proto::EgressSourceType::Web,
@@ -362,7 +363,7 @@ impl Egress {
         if r.identity.is_empty() {
             return Err(invalid("the participant egress needs an identity"));
         }
-        let target = single_output(
+        let targets = outputs(
             &r.file_outputs,
             None,
             &r.stream_outputs,
@@ -375,7 +376,7 @@ impl Egress {
             None => Options::Preset(0),
         };
         let layout = Layout::parse("single-speaker").unwrap_or_default();
-        let config = composite_config(layout, true, true, &target, &options)?;
+        let (config, containers) = composite_config(layout, true, true, &targets, &options)?;
         let filter = Filter {
             room: r.room_name.clone(),
             identity: Some(r.identity.clone()),
@@ -389,7 +390,7 @@ impl Egress {
         self.launch(
             filter,
             config,
-            &target,
+            targets.into_iter().zip(containers).collect(),
             &vars,
             proto::egress_info::Request::Participant(r.clone()),
             proto::EgressSourceType::Sdk,
@@ -446,7 +447,9 @@ impl Egress {
             ..Default::default()
         });
         let layout = Layout::parse("single-speaker").unwrap_or_default();
-        let config = composite_config(layout, !audio, audio, &target, &Options::Preset(0))?;
+        let targets = vec![target];
+        let (config, containers) =
+            composite_config(layout, !audio, audio, &targets, &Options::Preset(0))?;
         let filter = Filter {
             room: r.room_name.clone(),
             track: Some(r.track_id.clone()),
@@ -459,7 +462,7 @@ impl Egress {
         self.launch(
             filter,
             config,
-            &target,
+            targets.into_iter().zip(containers).collect(),
             &vars,
             proto::egress_info::Request::Track(r.clone()),
             proto::EgressSourceType::Sdk,
@@ -472,7 +475,7 @@ impl Egress {
         &self,
         filter: Filter,
         mut config: CompositeConfig,
-        target: &Target,
+        wanted: Vec<(Target, Container)>,
         vars: &[(&str, String)],
         request: proto::egress_info::Request,
         source_type: proto::EgressSourceType,
@@ -480,15 +483,17 @@ impl Egress {
         if let Some(v) = config.video.as_mut() {
             v.encoders = self.inner.encoders.clone();
         }
-        // The destination is checked before the room is touched: a refused request changes
+        // The destinations are checked before the room is touched: a refused request changes
         // nothing.
-        destination(
-            &self.inner.dir,
-            target,
-            &config.container,
-            vars,
-            &proto::Room::default(),
-        )?;
+        for (target, container) in &wanted {
+            destination(
+                &self.inner.dir,
+                target,
+                container,
+                vars,
+                &proto::Room::default(),
+            )?;
+        }
         let media = self
             .inner
             .media
@@ -497,32 +502,37 @@ impl Egress {
             .clone();
         let room = record(&media, &filter.room, true).await?;
         let egress_id = format!("EG_{}", random_id());
-        let dest = match destination(&self.inner.dir, target, &config.container, vars, &room) {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = record(&media, &filter.room, false).await;
-                return Err(e);
+        let mut dests = Vec::new();
+        let mut outputs = Vec::new();
+        for (target, mut container) in wanted {
+            let dest = match destination(&self.inner.dir, &target, &container, vars, &room) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = record(&media, &filter.room, false).await;
+                    return Err(e);
+                }
+            };
+            if let Destination::Hls { segments, .. } = &dest
+                && let Container::Hls { segments: s, .. } = &mut container
+            {
+                s.clone_from(segments);
             }
-        };
-        if let Destination::Hls { segments, .. } = &dest
-            && let Container::Hls { segments: s, .. } = &mut config.container
-        {
-            s.clone_from(segments);
+            outputs.push((dest.path(), container));
+            dests.push(dest);
         }
         // Opening may connect to a streaming server: off the async threads.
-        let opened = {
-            let path = dest.path();
-            tokio::task::spawn_blocking(move || {
+        let opened = tokio::task::spawn_blocking(move || {
+            for (path, _) in &outputs {
                 if !path.to_string_lossy().contains("://") {
                     path.parent()
                         .map_or(Ok(()), std::fs::create_dir_all)
                         .map_err(|e| format!("{}: {e}", path.display()))?;
                 }
-                Composite::start(&path, config, Instant::now()).map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()))
-        };
+            }
+            Composite::start(&outputs, config, Instant::now()).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
         let composite = match opened {
             Ok(c) => c,
             Err(e) => {
@@ -531,7 +541,11 @@ impl Egress {
             }
         };
         let now = unix_ns();
-        let filename = dest.path().display().to_string();
+        let filename = dests
+            .iter()
+            .map(|d| d.path().display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut info = proto::EgressInfo {
             egress_id: egress_id.clone(),
             room_id: room.sid.clone(),
@@ -543,23 +557,27 @@ impl Egress {
             request: Some(request),
             ..Default::default()
         };
-        match &dest {
-            Destination::File(path) => info.file_results.push(proto::FileInfo {
-                filename: path.display().to_string(),
-                started_at: now,
-                ..Default::default()
-            }),
-            Destination::Hls { playlist, .. } => info.segment_results.push(proto::SegmentsInfo {
-                playlist_name: playlist.display().to_string(),
-                started_at: now,
-                ..Default::default()
-            }),
-            Destination::Rtmp(url) => info.stream_results.push(proto::StreamInfo {
-                url: url.clone(),
-                started_at: now,
-                status: proto::stream_info::Status::Active as i32,
-                ..Default::default()
-            }),
+        for dest in &dests {
+            match dest {
+                Destination::File(path) => info.file_results.push(proto::FileInfo {
+                    filename: path.display().to_string(),
+                    started_at: now,
+                    ..Default::default()
+                }),
+                Destination::Hls { playlist, .. } => {
+                    info.segment_results.push(proto::SegmentsInfo {
+                        playlist_name: playlist.display().to_string(),
+                        started_at: now,
+                        ..Default::default()
+                    })
+                }
+                Destination::Rtmp(url) => info.stream_results.push(proto::StreamInfo {
+                    url: url.clone(),
+                    started_at: now,
+                    status: proto::stream_info::Status::Active as i32,
+                    ..Default::default()
+                }),
+            }
         }
         let (frames_tx, frames_rx) = std::sync::mpsc::sync_channel(EGRESS_QUEUE);
         let (control_tx, control_rx) = std::sync::mpsc::channel();
@@ -578,7 +596,7 @@ impl Egress {
         let room_name = filter.room.clone();
         let thread = std::thread::Builder::new()
             .name(format!("egress-{}", &egress_id[3..egress_id.len().min(11)]))
-            .spawn(move || this.run(id, room_name, dest, composite, frames_rx, control_rx))
+            .spawn(move || this.run(id, room_name, dests, composite, frames_rx, control_rx))
             .map_err(|e| invalid(format!("cannot start the recording thread: {e}")))?;
         self.inner
             .threads
@@ -607,7 +625,7 @@ impl Egress {
         &self,
         id: String,
         room: String,
-        dest: Destination,
+        dests: Vec<Destination>,
         mut composite: Composite,
         frames: Receiver<RecordFrame>,
         control: Receiver<Control>,
@@ -621,6 +639,7 @@ impl Egress {
             );
         }
         let mut stop_at: Option<Instant> = None;
+        let mut failed_outputs = 0;
         let outcome = loop {
             match frames.recv_timeout(Duration::from_millis(10)) {
                 Ok(f) => {
@@ -643,6 +662,11 @@ impl Egress {
             let now = Instant::now();
             if let Err(e) = composite.advance(now) {
                 break Err(e.to_string());
+            }
+            let failures = composite.failures();
+            if failures.len() > failed_outputs {
+                failed_outputs = failures.len();
+                self.output_failed(&id, &failures);
             }
             if let Some(media) = self.inner.media.get() {
                 for Request::Layer {
@@ -688,62 +712,71 @@ impl Egress {
             let now = unix_ns();
             entry.info.ended_at = now;
             entry.info.updated_at = now;
-            let (duration, bytes) = match &outcome {
+            let (duration, results) = match &outcome {
                 Ok(done) => {
                     entry.info.status = proto::EgressStatus::EgressComplete as i32;
-                    tracing::info!(egress = %id, output = %done.path.display(), seconds = done.duration, bytes = done.bytes, "recording complete");
-                    ((done.duration * 1e9) as i64, done.bytes as i64)
+                    tracing::info!(egress = %id, seconds = done.duration, outputs = ?done.outputs, "recording complete");
+                    ((done.duration * 1e9) as i64, done.outputs.clone())
                 }
                 Err(e) => {
                     entry.info.status = proto::EgressStatus::EgressFailed as i32;
                     entry.info.error = e.clone();
                     entry.info.error_code = 500;
                     tracing::warn!(egress = %id, error = %e, "recording failed; the meeting goes on");
-                    (0, 0)
+                    (0, Vec::new())
                 }
+            };
+            let error_of = |path: &str| {
+                results
+                    .iter()
+                    .find(|r| r.path.to_string_lossy() == path)
+                    .and_then(|r| r.error.clone())
             };
             for f in &mut entry.info.file_results {
                 f.ended_at = now;
                 f.duration = duration;
-                f.size = std::fs::metadata(&f.filename).map_or(bytes, |m| m.len() as i64);
+                f.size = std::fs::metadata(&f.filename).map_or(0, |m| m.len() as i64);
                 f.location.clone_from(&f.filename);
             }
             for s in &mut entry.info.segment_results {
                 s.ended_at = now;
                 s.duration = duration;
                 s.playlist_location.clone_from(&s.playlist_name);
-                if let Destination::Hls { playlist, .. } = &dest {
-                    let (count, size) = hls_segments(playlist);
-                    s.segment_count = count;
-                    s.size = size;
-                }
+                let (count, size) = hls_segments(Path::new(&s.playlist_name));
+                s.segment_count = count;
+                s.size = size;
             }
             for s in &mut entry.info.stream_results {
                 s.ended_at = now;
                 s.duration = duration;
-                s.status = match &outcome {
-                    Ok(_) => proto::stream_info::Status::Finished as i32,
-                    Err(e) => {
-                        s.error.clone_from(e);
+                let error = match &outcome {
+                    Ok(_) => error_of(&s.url),
+                    Err(e) => Some(e.clone()),
+                };
+                s.status = match error {
+                    None => proto::stream_info::Status::Finished as i32,
+                    Some(e) => {
+                        s.error = e;
                         proto::stream_info::Status::Failed as i32
                     }
                 };
             }
             #[allow(deprecated, reason = "older SDKs read the single result")]
-            let result = match &dest {
-                Destination::File(_) => entry
+            let result = match dests.first() {
+                None => None,
+                Some(Destination::File(_)) => entry
                     .info
                     .file_results
                     .first()
                     .cloned()
                     .map(proto::egress_info::Result::File),
-                Destination::Hls { .. } => entry
+                Some(Destination::Hls { .. }) => entry
                     .info
                     .segment_results
                     .first()
                     .cloned()
                     .map(proto::egress_info::Result::Segments),
-                Destination::Rtmp(_) => {
+                Some(Destination::Rtmp(_)) => {
                     Some(proto::egress_info::Result::Stream(proto::StreamInfoList {
                         info: entry.info.stream_results.clone(),
                     }))
@@ -756,6 +789,28 @@ impl Egress {
             self.inner.metrics.egress_failed.fetch_add(1, Relaxed);
         }
         self.webhook("egress_ended", &info);
+    }
+
+    /// Marks the streams that failed (a streaming platform went away) while the egress goes on
+    /// with its other outputs, and says so with egress_updated.
+    fn output_failed(&self, id: &str, failures: &[(PathBuf, String)]) {
+        let info = {
+            let mut entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(entry) = entries.get_mut(id) else {
+                return;
+            };
+            for s in &mut entry.info.stream_results {
+                if let Some((_, e)) = failures.iter().find(|(p, _)| p.to_string_lossy() == s.url) {
+                    s.status = proto::stream_info::Status::Failed as i32;
+                    s.error.clone_from(e);
+                    s.ended_at = unix_ns();
+                }
+            }
+            entry.info.updated_at = unix_ns();
+            entry.info.clone()
+        };
+        tracing::warn!(egress = %id, ?failures, "an output of the recording failed; the others go on");
+        self.webhook("egress_updated", &info);
     }
 
     /// Ends every recording (server shutdown) and waits for their files, at most `limit`.
@@ -834,36 +889,49 @@ enum Target {
     Stream(String),
 }
 
-/// The one output of a request (one file, one HLS playlist or one RTMP URL per egress).
-fn single_output(
+/// Streams one egress may send at once.
+const MAX_STREAMS: usize = 4;
+
+/// The outputs of a request: at most one file and one HLS playlist, and RTMP streams, all fed
+/// by one encoding.
+fn outputs(
     files: &[proto::EncodedFileOutput],
     legacy: Option<Target>,
     streams: &[proto::StreamOutput],
     segments: &[proto::SegmentedFileOutput],
     images: usize,
-) -> Result<Target, EgressError> {
+) -> Result<Vec<Target>, EgressError> {
     if images > 0 {
         return Err(invalid("image outputs are not supported"));
     }
     let mut all: Vec<Target> = files.iter().cloned().map(Target::File).collect();
     all.extend(segments.iter().cloned().map(Target::Segments));
     for s in streams {
-        all.push(stream_target(s)?);
+        all.extend(stream_targets(s)?);
     }
     all.extend(legacy);
-    match all.len() {
-        1 => Ok(all.remove(0)),
-        0 => Err(invalid(
+    let count = |f: fn(&Target) -> bool| all.iter().filter(|t| f(t)).count();
+    if all.is_empty() {
+        return Err(invalid(
             "the request has no output: add a file, segment (HLS) or stream (RTMP) output",
-        )),
-        _ => Err(invalid(
-            "one output per egress: start one egress per file, playlist or stream",
-        )),
+        ));
     }
+    if count(|t| matches!(t, Target::File(_))) > 1 {
+        return Err(invalid("one file output per egress"));
+    }
+    if count(|t| matches!(t, Target::Segments(_))) > 1 {
+        return Err(invalid("one segment (HLS) output per egress"));
+    }
+    if count(|t| matches!(t, Target::Stream(_))) > MAX_STREAMS {
+        return Err(invalid(format!(
+            "at most {MAX_STREAMS} stream URLs per egress"
+        )));
+    }
+    Ok(all)
 }
 
-/// A stream output: one RTMP or RTMPS URL.
-fn stream_target(s: &proto::StreamOutput) -> Result<Target, EgressError> {
+/// A stream output: its RTMP or RTMPS URLs.
+fn stream_targets(s: &proto::StreamOutput) -> Result<Vec<Target>, EgressError> {
     match proto::StreamProtocol::try_from(s.protocol) {
         Ok(proto::StreamProtocol::DefaultProtocol | proto::StreamProtocol::Rtmp) => {}
         _ => {
@@ -873,16 +941,21 @@ fn stream_target(s: &proto::StreamOutput) -> Result<Target, EgressError> {
             });
         }
     }
-    match s.urls.as_slice() {
-        [url] if url.starts_with("rtmp://") || url.starts_with("rtmps://") => {
-            Ok(Target::Stream(url.clone()))
-        }
-        [url] => Err(invalid(format!(
-            "{url:?} is not an rtmp:// or rtmps:// URL"
-        ))),
-        [] => Err(invalid("the stream output has no URL")),
-        _ => Err(invalid("one URL per stream output")),
+    if s.urls.is_empty() {
+        return Err(invalid("the stream output has no URL"));
     }
+    s.urls
+        .iter()
+        .map(|url| {
+            if url.starts_with("rtmp://") || url.starts_with("rtmps://") {
+                Ok(Target::Stream(url.clone()))
+            } else {
+                Err(invalid(format!(
+                    "{url:?} is not an rtmp:// or rtmps:// URL"
+                )))
+            }
+        })
+        .collect()
 }
 
 /// Where an egress writes, resolved.
@@ -973,15 +1046,9 @@ fn hls_segments(playlist: &Path) -> (i64, i64) {
         })
 }
 
-/// The composite's settings from the request's file type and encoding options.
-fn composite_config(
-    layout: Layout,
-    video: bool,
-    audio: bool,
-    target: &Target,
-    options: &Options<'_>,
-) -> Result<CompositeConfig, EgressError> {
-    let container = match target {
+/// The container of one target.
+fn container_of(target: &Target, video: bool) -> Result<Container, EgressError> {
+    Ok(match target {
         Target::File(file) => match proto::EncodedFileType::try_from(file.file_type) {
             Ok(proto::EncodedFileType::DefaultFiletype) if !video => Container::Ogg,
             Ok(proto::EncodedFileType::DefaultFiletype | proto::EncodedFileType::Mp4) => {
@@ -1012,7 +1079,27 @@ fn composite_config(
             }
         }
         Target::Stream(_) => Container::Rtmp,
-    };
+    })
+}
+
+/// The composite's settings from the request's file type and encoding options.
+fn composite_config(
+    layout: Layout,
+    video: bool,
+    audio: bool,
+    targets: &[Target],
+    options: &Options<'_>,
+) -> Result<(CompositeConfig, Vec<Container>), EgressError> {
+    let containers = targets
+        .iter()
+        .map(|t| container_of(t, video))
+        .collect::<Result<Vec<_>, _>>()?;
+    if containers.contains(&Container::Ogg) && containers.len() > 1 {
+        return Err(invalid(
+            "an Ogg (audio only) file cannot go with other outputs",
+        ));
+    }
+
     let (width, height, fps, kbps, key, audio_kbps) = match options {
         Options::Preset(p) => match proto::EncodingOptionsPreset::try_from(*p) {
             Ok(proto::EncodingOptionsPreset::H264720p30) => (1280, 720, 30, 3000, 4.0, 128),
@@ -1078,22 +1165,24 @@ fn composite_config(
             )
         }
     };
-    Ok(CompositeConfig {
-        layout,
-        video: video.then(|| VideoSpec {
-            width: width & !1,
-            height: height & !1,
-            fps,
-            bitrate: kbps * 1000,
-            // Fragments are cut at key frames: at most 2 s apart, whatever was asked.
-            key_interval: key.clamp(1.0, 2.0) as u32,
-            encoders: Vec::new(),
-        }),
-        audio,
-        container,
-        audio_bitrate: audio_kbps * 1000,
-        latency: LATENCY,
-    })
+    Ok((
+        CompositeConfig {
+            layout,
+            video: video.then(|| VideoSpec {
+                width: width & !1,
+                height: height & !1,
+                fps,
+                bitrate: kbps * 1000,
+                // Fragments are cut at key frames: at most 2 s apart, whatever was asked.
+                key_interval: key.clamp(1.0, 2.0) as u32,
+                encoders: Vec::new(),
+            }),
+            audio,
+            audio_bitrate: audio_kbps * 1000,
+            latency: LATENCY,
+        },
+        containers,
+    ))
 }
 
 /// The file's path under `dir`: the request's `filepath` with LiveKit's `{room_name}`,
@@ -1291,19 +1380,39 @@ mod tests {
     #[test]
     fn requests_map_to_composite_settings() {
         let mp4 = Target::File(proto::EncodedFileOutput::default());
-        let c = composite_config(Layout::default(), true, true, &mp4, &Options::Preset(2)).unwrap();
-        let v = c.video.unwrap();
+        let c = composite_config(
+            Layout::default(),
+            true,
+            true,
+            std::slice::from_ref(&mp4),
+            &Options::Preset(2),
+        )
+        .unwrap();
+        let v = c.0.video.unwrap();
         assert_eq!((v.width, v.height, v.fps), (1920, 1080, 30));
-        assert_eq!(c.container, Container::Mp4);
-        let c =
-            composite_config(Layout::default(), false, true, &mp4, &Options::Preset(0)).unwrap();
-        assert_eq!(c.container, Container::Ogg);
+        assert_eq!(c.1, vec![Container::Mp4]);
+        let c = composite_config(
+            Layout::default(),
+            false,
+            true,
+            std::slice::from_ref(&mp4),
+            &Options::Preset(0),
+        )
+        .unwrap();
+        assert_eq!(c.1, vec![Container::Ogg]);
         let ogg = Target::File(proto::EncodedFileOutput {
             file_type: proto::EncodedFileType::Ogg as i32,
             ..Default::default()
         });
         assert!(
-            composite_config(Layout::default(), true, true, &ogg, &Options::Preset(0)).is_err()
+            composite_config(
+                Layout::default(),
+                true,
+                true,
+                std::slice::from_ref(&ogg),
+                &Options::Preset(0)
+            )
+            .is_err()
         );
         let vp8 = proto::EncodingOptions {
             video_codec: proto::VideoCodec::Vp8 as i32,
@@ -1314,7 +1423,7 @@ mod tests {
                 Layout::default(),
                 true,
                 true,
-                &mp4,
+                std::slice::from_ref(&mp4),
                 &Options::Advanced(&vp8)
             )
             .is_err()
@@ -1324,7 +1433,14 @@ mod tests {
             ..Default::default()
         });
         assert!(
-            composite_config(Layout::default(), true, true, &mp3, &Options::Preset(0)).is_err()
+            composite_config(
+                Layout::default(),
+                true,
+                true,
+                std::slice::from_ref(&mp3),
+                &Options::Preset(0)
+            )
+            .is_err()
         );
     }
 
@@ -1358,13 +1474,37 @@ mod tests {
             urls: urls.iter().map(|u| u.to_string()).collect(),
             ..Default::default()
         };
-        assert!(stream_target(&stream(&["rtmp://live.example/app/key"])).is_ok());
-        assert!(stream_target(&stream(&["http://x"])).is_err());
-        assert!(stream_target(&stream(&[])).is_err());
+        assert!(stream_targets(&stream(&["rtmp://live.example/app/key"])).is_ok());
+        assert!(stream_targets(&stream(&["http://x"])).is_err());
+        assert!(stream_targets(&stream(&[])).is_err());
         let file = proto::EncodedFileOutput::default();
-        assert!(single_output(std::slice::from_ref(&file), None, &[], &[], 0).is_ok());
-        assert!(single_output(&[file.clone(), file], None, &[], &[], 0).is_err());
-        assert!(single_output(&[], None, &[], &[], 0).is_err());
+        assert!(outputs(std::slice::from_ref(&file), None, &[], &[], 0).is_ok());
+        assert!(outputs(&[file.clone(), file.clone()], None, &[], &[], 0).is_err());
+        assert!(outputs(&[], None, &[], &[], 0).is_err());
+        // A file, a playlist and two streams from one encoding.
+        let hls = proto::SegmentedFileOutput::default();
+        let two = stream(&["rtmp://a/x", "rtmps://b/y"]);
+        let all = outputs(std::slice::from_ref(&file), None, &[two], &[hls], 0).unwrap();
+        assert_eq!(all.len(), 4);
+        let (_, containers) =
+            composite_config(Layout::default(), true, true, &all, &Options::Preset(0)).unwrap();
+        assert_eq!(containers[3], Container::Rtmp);
+        // Ogg (audio only) does not go with another output.
+        let ogg = Target::File(proto::EncodedFileOutput {
+            file_type: proto::EncodedFileType::Ogg as i32,
+            ..Default::default()
+        });
+        let with_stream = [ogg, Target::Stream("rtmp://a/x".into())];
+        assert!(
+            composite_config(
+                Layout::default(),
+                false,
+                true,
+                &with_stream,
+                &Options::Preset(0)
+            )
+            .is_err()
+        );
     }
 
     #[test]
