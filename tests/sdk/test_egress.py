@@ -161,6 +161,17 @@ async def sdk_egresses(server: Server, sink: WebhookSink) -> None:
         await room.disconnect()
 
 
+async def start_when_listening(lk: api.LiveKitAPI, request: api.RoomCompositeEgressRequest):
+    """Starts a room composite with a stream output, retrying while the ffmpeg tool that plays
+    the streaming platform starts listening; None if it never does."""
+    for _ in range(50):
+        try:
+            return await lk.egress.start_room_composite_egress(request)
+        except api.TwirpError:
+            await asyncio.sleep(0.1)
+    return None
+
+
 async def hls_and_rtmp(server: Server) -> None:
     """A room composite to HLS segments, and one to an RTMP server (the ffmpeg tool listening)."""
     room_name = "egress-live"
@@ -178,16 +189,10 @@ async def hls_and_rtmp(server: Server) -> None:
             room_name=room_name, layout="grid", advanced=options,
             segment_outputs=[api.SegmentedFileOutput(filename_prefix="hls/{room_name}",
                                                      playlist_name="index.m3u8", segment_duration=2)]))
-        rtmp = None
-        for _ in range(50):  # until the listener is up
-            try:
-                rtmp = await lk.egress.start_room_composite_egress(api.RoomCompositeEgressRequest(
-                    room_name=room_name, layout="grid", advanced=options,
-                    stream_outputs=[api.StreamOutput(protocol=api.StreamProtocol.RTMP,
-                                                     urls=[f"rtmp://127.0.0.1:{port}/live/key"])]))
-                break
-            except api.TwirpError:
-                await asyncio.sleep(0.1)
+        rtmp = await start_when_listening(lk, api.RoomCompositeEgressRequest(
+            room_name=room_name, layout="grid", advanced=options,
+            stream_outputs=[api.StreamOutput(protocol=api.StreamProtocol.RTMP,
+                                             urls=[f"rtmp://127.0.0.1:{port}/live/key"])]))
         R.check("a stream output to an RTMP server starts", rtmp is not None)
         await asyncio.sleep(6.0)
         for e in (hls, rtmp):
@@ -242,18 +247,12 @@ async def record_and_stream(server: Server) -> None:
                                  f"rtmp://127.0.0.1:{port}/live/key", "-f", "null", "-"])
     try:
         await asyncio.sleep(1.0)
-        info = None
-        for _ in range(50):
-            try:
-                info = await lk.egress.start_room_composite_egress(api.RoomCompositeEgressRequest(
-                    room_name=room_name, layout="speaker",
-                    advanced=api.EncodingOptions(width=640, height=360, framerate=15),
-                    file_outputs=[api.EncodedFileOutput(filepath="both/file.mp4")],
-                    stream_outputs=[api.StreamOutput(protocol=api.StreamProtocol.RTMP,
-                                                     urls=[f"rtmp://127.0.0.1:{port}/live/key"])]))
-                break
-            except api.TwirpError:
-                await asyncio.sleep(0.1)
+        info = await start_when_listening(lk, api.RoomCompositeEgressRequest(
+            room_name=room_name, layout="speaker",
+            advanced=api.EncodingOptions(width=640, height=360, framerate=15),
+            file_outputs=[api.EncodedFileOutput(filepath="both/file.mp4")],
+            stream_outputs=[api.StreamOutput(protocol=api.StreamProtocol.RTMP,
+                                             urls=[f"rtmp://127.0.0.1:{port}/live/key"])]))
         R.check("one egress records a file and streams at once", info is not None
                 and len(info.file_results) == 1 and len(info.stream_results) == 1, f"{info}")
         if info is None:

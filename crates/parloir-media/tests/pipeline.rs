@@ -331,36 +331,42 @@ fn hls_segments_are_listed_as_they_complete() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn a_stream_goes_to_an_rtmp_server() {
-    let dir = std::env::temp_dir().join(format!("parloir-media-rtmp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// The ffmpeg tool as a streaming platform: it listens on a free port for one RTMP stream and
+/// passes it to `sink` (`-c copy FILE`, or `-f null -`).
+fn rtmp_platform(sink: &[&str]) -> (std::process::Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let url = format!("rtmp://127.0.0.1:{port}/live/test");
-    let received = dir.join("received.flv");
-    // The ffmpeg tool as the streaming platform: it listens, takes the stream, keeps it.
-    let mut server = Command::new("ffmpeg")
-        .args([
-            "-v", "error", "-listen", "1", "-i", &url, "-c", "copy", "-y",
-        ])
-        .arg(&received)
+    let child = Command::new("ffmpeg")
+        .args(["-v", "error", "-listen", "1", "-i", &url])
+        .args(sink)
         .spawn()
         .expect("ffmpeg");
-    let mut writer = None;
+    (child, url)
+}
+
+/// Opens the outputs, retrying while the platform starts listening.
+fn open_when_listening(outputs: &[(std::path::PathBuf, Container)]) -> Writer {
     for _ in 0..50 {
-        match Writer::create(Path::new(&url), &av_spec(Container::Rtmp)) {
-            Ok(w) => {
-                writer = Some(w);
-                break;
-            }
+        match Writer::create_many(outputs, &av_spec(Container::Rtmp)) {
+            Ok(w) => return w,
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
         }
     }
-    let mut writer = writer.expect("the RTMP server accepts the stream");
+    panic!("the RTMP platform never accepted the stream");
+}
+
+#[test]
+fn a_stream_goes_to_an_rtmp_server() {
+    let dir = std::env::temp_dir().join(format!("parloir-media-rtmp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let received = dir.join("received.flv");
+    let received_arg = received.to_string_lossy().to_string();
+    let (mut server, url) = rtmp_platform(&["-c", "copy", "-y", &received_arg]);
+    let mut writer = open_when_listening(&[(std::path::PathBuf::from(&url), Container::Rtmp)]);
     write_media(&mut writer, 3);
     writer.finish().unwrap();
     let status = server.wait().unwrap();
@@ -378,16 +384,7 @@ fn a_stream_goes_to_an_rtmp_server() {
 fn one_encoding_goes_to_several_outputs_and_a_failing_one_stops_alone() {
     let dir = std::env::temp_dir().join(format!("parloir-media-many-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("rtmp://127.0.0.1:{port}/live/test");
-    let mut platform = Command::new("ffmpeg")
-        .args(["-v", "quiet", "-listen", "1", "-i", &url, "-f", "null", "-"])
-        .spawn()
-        .expect("ffmpeg");
+    let (mut platform, url) = rtmp_platform(&["-f", "null", "-"]);
     let outputs = vec![
         (dir.join("file.mp4"), Container::Mp4),
         (
@@ -399,18 +396,7 @@ fn one_encoding_goes_to_several_outputs_and_a_failing_one_stops_alone() {
         ),
         (std::path::PathBuf::from(&url), Container::Rtmp),
     ];
-    let spec = av_spec(Container::Mp4);
-    let mut writer = None;
-    for _ in 0..50 {
-        match Writer::create_many(&outputs, &spec) {
-            Ok(w) => {
-                writer = Some(w);
-                break;
-            }
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
-        }
-    }
-    let mut writer = writer.expect("all three outputs open");
+    let mut writer = open_when_listening(&outputs);
     write_media(&mut writer, 2);
     // The streaming platform goes away: that output fails, the others go on.
     platform.kill().unwrap();

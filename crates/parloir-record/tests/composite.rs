@@ -41,6 +41,25 @@ fn frame(
     }
 }
 
+/// A composite's settings: a `layout` canvas of `width`×`height` at `fps`, a key frame every
+/// second, with or without audio, half a second behind real time.
+fn config(layout: &str, width: u32, height: u32, fps: u32, audio: bool) -> CompositeConfig {
+    CompositeConfig {
+        layout: Layout::parse(layout).unwrap(),
+        video: Some(VideoSpec {
+            width,
+            height,
+            fps,
+            bitrate: 500_000,
+            key_interval: 1,
+            encoders: vec![],
+        }),
+        audio,
+        audio_bitrate: 96_000,
+        latency: Duration::from_millis(500),
+    }
+}
+
 fn tone(freq: f32, offset: usize, n: usize) -> Vec<f32> {
     (offset..offset + n)
         .flat_map(|i| {
@@ -109,20 +128,7 @@ fn a_room_becomes_a_grid_recording_with_its_audio() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("room.mp4");
     let t0 = Instant::now();
-    let config = CompositeConfig {
-        layout: Layout::parse("grid").unwrap(),
-        video: Some(VideoSpec {
-            width: 640,
-            height: 360,
-            fps: 30,
-            bitrate: 800_000,
-            key_interval: 2,
-            encoders: vec![],
-        }),
-        audio: true,
-        audio_bitrate: 96_000,
-        latency: Duration::from_millis(500),
-    };
+    let config = config("grid", 640, 360, 30, true);
     let mut composite =
         Composite::start(&[(path.to_path_buf(), Container::Mp4)], config, t0).unwrap();
     let red = Yuv::from_rgb(220, 40, 40);
@@ -240,20 +246,7 @@ fn a_flash_and_a_beep_captured_together_are_recorded_together() {
     let path = dir.join("sync.mp4");
     let t0 = Instant::now();
     let epoch = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let config = CompositeConfig {
-        layout: Layout::parse("single-speaker").unwrap(),
-        video: Some(VideoSpec {
-            width: 160,
-            height: 90,
-            fps: 30,
-            bitrate: 200_000,
-            key_interval: 1,
-            encoders: vec![],
-        }),
-        audio: true,
-        audio_bitrate: 96_000,
-        latency: Duration::from_millis(500),
-    };
+    let config = config("single-speaker", 160, 90, 30, true);
     let mut composite =
         Composite::start(&[(path.to_path_buf(), Container::Mp4)], config, t0).unwrap();
     let dark = Yuv::from_rgb(40, 40, 40);
@@ -349,20 +342,7 @@ fn a_screen_share_takes_the_main_area() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("share.mp4");
     let t0 = Instant::now();
-    let config = CompositeConfig {
-        layout: Layout::parse("speaker").unwrap(),
-        video: Some(VideoSpec {
-            width: 640,
-            height: 360,
-            fps: 15,
-            bitrate: 500_000,
-            key_interval: 1,
-            encoders: vec![],
-        }),
-        audio: false,
-        audio_bitrate: 64_000,
-        latency: Duration::from_millis(300),
-    };
+    let config = config("speaker", 640, 360, 15, false);
     let mut composite =
         Composite::start(&[(path.to_path_buf(), Container::Mp4)], config, t0).unwrap();
     let orange = Yuv::from_rgb(240, 140, 20);

@@ -338,8 +338,8 @@ impl Egress {
             }
             None => Options::Preset(0),
         };
-        let (config, containers) =
-            composite_config(layout, !r.video_only, !r.audio_only, &targets, &options)?;
+        let (config, outputs) =
+            composite_config(layout, !r.video_only, !r.audio_only, targets, &options)?;
         let filter = Filter {
             room: r.room_name.clone(),
             ..Default::default()
@@ -348,7 +348,7 @@ impl Egress {
         self.launch(
             filter,
             config,
-            targets.into_iter().zip(containers).collect(),
+            outputs,
             &vars,
             proto::egress_info::Request::RoomComposite(r.clone()),
             proto::EgressSourceType::Web,
@@ -376,7 +376,7 @@ impl Egress {
             None => Options::Preset(0),
         };
         let layout = Layout::parse("single-speaker").unwrap_or_default();
-        let (config, containers) = composite_config(layout, true, true, &targets, &options)?;
+        let (config, outputs) = composite_config(layout, true, true, targets, &options)?;
         let filter = Filter {
             room: r.room_name.clone(),
             identity: Some(r.identity.clone()),
@@ -390,7 +390,7 @@ impl Egress {
         self.launch(
             filter,
             config,
-            targets.into_iter().zip(containers).collect(),
+            outputs,
             &vars,
             proto::egress_info::Request::Participant(r.clone()),
             proto::EgressSourceType::Sdk,
@@ -448,8 +448,8 @@ impl Egress {
         });
         let layout = Layout::parse("single-speaker").unwrap_or_default();
         let targets = vec![target];
-        let (config, containers) =
-            composite_config(layout, !audio, audio, &targets, &Options::Preset(0))?;
+        let (config, outputs) =
+            composite_config(layout, !audio, audio, targets, &Options::Preset(0))?;
         let filter = Filter {
             room: r.room_name.clone(),
             track: Some(r.track_id.clone()),
@@ -462,7 +462,7 @@ impl Egress {
         self.launch(
             filter,
             config,
-            targets.into_iter().zip(containers).collect(),
+            outputs,
             &vars,
             proto::egress_info::Request::Track(r.clone()),
             proto::EgressSourceType::Sdk,
@@ -1087,14 +1087,14 @@ fn composite_config(
     layout: Layout,
     video: bool,
     audio: bool,
-    targets: &[Target],
+    targets: Vec<Target>,
     options: &Options<'_>,
-) -> Result<(CompositeConfig, Vec<Container>), EgressError> {
-    let containers = targets
-        .iter()
-        .map(|t| container_of(t, video))
+) -> Result<(CompositeConfig, Vec<(Target, Container)>), EgressError> {
+    let outputs = targets
+        .into_iter()
+        .map(|t| container_of(&t, video).map(|c| (t, c)))
         .collect::<Result<Vec<_>, _>>()?;
-    if containers.contains(&Container::Ogg) && containers.len() > 1 {
+    if outputs.iter().any(|(_, c)| *c == Container::Ogg) && outputs.len() > 1 {
         return Err(invalid(
             "an Ogg (audio only) file cannot go with other outputs",
         ));
@@ -1181,7 +1181,7 @@ fn composite_config(
             audio_bitrate: audio_kbps * 1000,
             latency: LATENCY,
         },
-        containers,
+        outputs,
     ))
 }
 
@@ -1384,22 +1384,22 @@ mod tests {
             Layout::default(),
             true,
             true,
-            std::slice::from_ref(&mp4),
+            vec![mp4.clone()],
             &Options::Preset(2),
         )
         .unwrap();
         let v = c.0.video.unwrap();
         assert_eq!((v.width, v.height, v.fps), (1920, 1080, 30));
-        assert_eq!(c.1, vec![Container::Mp4]);
+        assert_eq!(c.1[0].1, Container::Mp4);
         let c = composite_config(
             Layout::default(),
             false,
             true,
-            std::slice::from_ref(&mp4),
+            vec![mp4.clone()],
             &Options::Preset(0),
         )
         .unwrap();
-        assert_eq!(c.1, vec![Container::Ogg]);
+        assert_eq!(c.1[0].1, Container::Ogg);
         let ogg = Target::File(proto::EncodedFileOutput {
             file_type: proto::EncodedFileType::Ogg as i32,
             ..Default::default()
@@ -1409,7 +1409,7 @@ mod tests {
                 Layout::default(),
                 true,
                 true,
-                std::slice::from_ref(&ogg),
+                vec![ogg.clone()],
                 &Options::Preset(0)
             )
             .is_err()
@@ -1423,7 +1423,7 @@ mod tests {
                 Layout::default(),
                 true,
                 true,
-                std::slice::from_ref(&mp4),
+                vec![mp4.clone()],
                 &Options::Advanced(&vp8)
             )
             .is_err()
@@ -1437,7 +1437,7 @@ mod tests {
                 Layout::default(),
                 true,
                 true,
-                std::slice::from_ref(&mp3),
+                vec![mp3.clone()],
                 &Options::Preset(0)
             )
             .is_err()
@@ -1487,8 +1487,8 @@ mod tests {
         let all = outputs(std::slice::from_ref(&file), None, &[two], &[hls], 0).unwrap();
         assert_eq!(all.len(), 4);
         let (_, containers) =
-            composite_config(Layout::default(), true, true, &all, &Options::Preset(0)).unwrap();
-        assert_eq!(containers[3], Container::Rtmp);
+            composite_config(Layout::default(), true, true, all, &Options::Preset(0)).unwrap();
+        assert_eq!(containers[3].1, Container::Rtmp);
         // Ogg (audio only) does not go with another output.
         let ogg = Target::File(proto::EncodedFileOutput {
             file_type: proto::EncodedFileType::Ogg as i32,
@@ -1500,7 +1500,7 @@ mod tests {
                 Layout::default(),
                 false,
                 true,
-                &with_stream,
+                with_stream.to_vec(),
                 &Options::Preset(0)
             )
             .is_err()
