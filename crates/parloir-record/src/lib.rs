@@ -274,13 +274,8 @@ impl Composite {
                 video.need_key = false;
             } else {
                 self.stats.frames_skipped += 1;
-                if f.layer == target && arrival - video.key_asked > REVIEW_EVERY / 2.0 {
-                    video.key_asked = arrival;
-                    self.requests.push(Request::Layer {
-                        track_sid: f.track_sid.clone(),
-                        quality: video.wanted,
-                        keyframe: true,
-                    });
+                if f.layer == target {
+                    video.ask_key(&f.track_sid, arrival, &mut self.requests);
                 }
                 return;
             }
@@ -290,14 +285,7 @@ impl Composite {
         }
         if video.need_key && !f.keyframe {
             self.stats.frames_skipped += 1;
-            if arrival - video.key_asked > REVIEW_EVERY / 2.0 {
-                video.key_asked = arrival;
-                self.requests.push(Request::Layer {
-                    track_sid: f.track_sid.clone(),
-                    quality: video.wanted,
-                    keyframe: true,
-                });
-            }
+            video.ask_key(&f.track_sid, arrival, &mut self.requests);
             return;
         }
         video.need_key = false;
@@ -570,6 +558,18 @@ impl Composite {
 }
 
 impl VideoState {
+    /// Asks for a key frame of the wanted layer, at most twice a second.
+    fn ask_key(&mut self, track_sid: &str, now: f64, requests: &mut Vec<Request>) {
+        if now - self.key_asked > REVIEW_EVERY / 2.0 {
+            self.key_asked = now;
+            requests.push(Request::Layer {
+                track_sid: track_sid.to_string(),
+                quality: self.wanted,
+                keyframe: true,
+            });
+        }
+    }
+
     /// The layer to decode: the wanted one if it flows, else the highest flowing below it,
     /// else the lowest flowing one; `None` for a track without simulcast.
     fn effective_target(&self, now: f64) -> Option<u8> {
