@@ -14,6 +14,9 @@ const MAX_FRAME: usize = 5760;
 /// A frame placed within this many samples of where its source's audio ends is joined to it
 /// (arrival jitter in the timeline's estimate), rather than leaving a gap or overlapping.
 const JOIN: i64 = 480;
+/// Gaps up to this long between a source's frames (lost packets) are concealed by the Opus
+/// decoder; longer ones (discontinuous transmission, a muted microphone) are silence.
+const CONCEAL_UP_TO: i64 = 3 * 960;
 /// Above this level the mix is compressed smoothly towards full scale, never past it.
 const KNEE: f32 = 0.8;
 
@@ -40,6 +43,8 @@ pub struct Mixer {
     /// Frames that came after their time was mixed, and frames that did not decode.
     pub late: u64,
     pub corrupt: u64,
+    /// Samples (per channel) of lost frames filled by concealment.
+    pub concealed: u64,
 }
 
 impl Default for Mixer {
@@ -56,6 +61,7 @@ impl Mixer {
             scratch: vec![0.0; 2 * MAX_FRAME],
             late: 0,
             corrupt: 0,
+            concealed: 0,
         }
     }
 
@@ -82,6 +88,26 @@ impl Mixer {
         let Some(source) = self.sources.get_mut(id) else {
             return Ok(());
         };
+        // Lost frames just before this one: the decoder's concealment fills them (it must run
+        // before the frame is decoded), in whole 2.5 ms steps.
+        let gap = at - source.end();
+        if !source.samples.is_empty() && gap > JOIN && gap <= CONCEAL_UP_TO {
+            let mut left = gap as usize;
+            while left >= 120 {
+                let want = left.min(960) / 120 * 120;
+                match source
+                    .decoder
+                    .decode_float(&[], &mut self.scratch[..2 * want], false)
+                {
+                    Ok(k) if k > 0 => {
+                        source.samples.extend(&self.scratch[..2 * k]);
+                        left = left.saturating_sub(k);
+                        self.concealed += k as u64;
+                    }
+                    _ => break,
+                }
+            }
+        }
         let n = match source.decoder.decode_float(opus, &mut self.scratch, false) {
             Ok(n) => n,
             Err(e) => {
@@ -222,6 +248,33 @@ mod tests {
         assert!((both - 0.3).abs() < 0.05, "{both}");
         assert!((last - 0.21).abs() < 0.04, "{last}");
         assert_eq!(mixer.position(), 72_000);
+    }
+
+    #[test]
+    fn a_lost_frame_is_concealed_and_a_pause_is_silence() {
+        let mut e =
+            opus::Encoder::new(48_000, opus::Channels::Stereo, opus::Application::Audio).unwrap();
+        let mut mixer = Mixer::new();
+        // 20 frames of tone; frame 10 is lost. Then 400 ms of nothing (DTX), then tone again.
+        for k in 0..20 {
+            let p = encode(&mut e, &tone(440.0, 0.3, k * 960, 960));
+            if k != 10 {
+                mixer.push("a", (k * 960) as i64, &p).unwrap();
+            }
+        }
+        for k in 40..45 {
+            let p = encode(&mut e, &tone(440.0, 0.3, k * 960, 960));
+            mixer.push("a", (k * 960) as i64, &p).unwrap();
+        }
+        assert_eq!(mixer.concealed, 960);
+        let mut out = Vec::new();
+        mixer.pull(45 * 960, &mut out);
+        // The lost frame's 20 ms carry sound (the decoder's concealment), not a hole.
+        let lost = rms(&out[2 * 10 * 960..2 * 11 * 960]);
+        assert!(lost > 0.05, "{lost}");
+        // The pause stays silent.
+        let pause = rms(&out[2 * 25 * 960..2 * 38 * 960]);
+        assert!(pause < 1e-3, "{pause}");
     }
 
     #[test]
