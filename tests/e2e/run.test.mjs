@@ -787,6 +787,8 @@ describe('recording', () => {
       (await red.state()).isRecording && (await blue.state()).isRecording);
     const listed = await egress('ListEgress', { room_name: room, active: true });
     assert.deepEqual(listed.body.items.map((i) => i.egress_id), [id]);
+    // Someone who only watches joins during the recording: a tile with their name.
+    await s.join('viewer', room, { publish: false });
 
     await sleep(10_000);
     const stopping = await egress('StopEgress', { egress_id: id });
@@ -812,12 +814,15 @@ describe('recording', () => {
     const duration = Number(info.format.duration);
     assert.ok(Math.abs(duration - recorded) < 0.5, `duration ${duration} s for ${recorded} s recorded`);
 
-    // Two tiles side by side: red on the left, blue on the right.
-    const left = rgbAt(path_, duration - 3, 640, 360, 160, 150);
-    const right = rgbAt(path_, duration - 3, 640, 360, 480, 150);
+    // Three tiles in join order: red top left, blue top right, the viewer's placeholder (dark
+    // grey, with the name) centred below.
+    const left = rgbAt(path_, duration - 3, 640, 360, 160, 80);
+    const right = rgbAt(path_, duration - 3, 640, 360, 480, 80);
+    const viewer = rgbAt(path_, duration - 3, 640, 360, 200, 220, 10);
     const near = (c, want) => c.every((x, i) => Math.abs(x - want[i]) < 40);
     assert.ok(near(left, [0xe0, 0x20, 0x20]), `left tile ${left}`);
     assert.ok(near(right, [0x20, 0x40, 0xe0]), `right tile ${right}`);
+    assert.ok(near(viewer, [0x30, 0x30, 0x30]), `the viewer's tile ${viewer}`);
     // Both tones are in the mix.
     const at440 = toneLevel(path_, duration - 5, duration - 1, 440);
     const at1000 = toneLevel(path_, duration - 5, duration - 1, 1000);
@@ -825,7 +830,7 @@ describe('recording', () => {
     assert.ok(at440 > -35 && at1000 > -35, `440 Hz ${at440} dB, 1000 Hz ${at1000} dB`);
     assert.ok(at3000 < at440 - 20, `3000 Hz ${at3000} dB against 440 Hz ${at440} dB`);
 
-    console.log(`# recording: ${duration.toFixed(2)} s for ${recorded.toFixed(2)} s; tiles ${left} / ${right}; `
+    console.log(`# recording: ${duration.toFixed(2)} s for ${recorded.toFixed(2)} s; tiles ${left} / ${right} / ${viewer}; `
       + `440 Hz ${at440.toFixed(1)} dB, 1000 Hz ${at1000.toFixed(1)} dB, 3000 Hz ${at3000.toFixed(1)} dB`);
     if (process.env.PARLOIR_E2E_KEEP) fs.copyFileSync(path_, process.env.PARLOIR_E2E_KEEP);
     // The meeting went on throughout.

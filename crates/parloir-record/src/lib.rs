@@ -312,6 +312,24 @@ impl Composite {
         video.pending.push_back((at, f.data, f.keyframe));
     }
 
+    /// A participant is in the room: it gets a tile (a placeholder with its name until its
+    /// camera sends), as LiveKit's templates show people without video.
+    pub fn participant_joined(&mut self, participant_sid: &str, name: &str, joined_at_ms: i64) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.sid == participant_sid) {
+            m.name = name.to_string();
+            return;
+        }
+        self.members.push(Member {
+            sid: participant_sid.to_string(),
+            name: name.to_string(),
+            order: (joined_at_ms, self.next_order),
+            speaking_since: None,
+            last_spoke: f64::NEG_INFINITY,
+        });
+        self.next_order += 1;
+        self.reviewed = f64::NEG_INFINITY;
+    }
+
     /// A participant left: its tiles and audio go.
     pub fn participant_left(&mut self, participant_sid: &str) {
         self.members.retain(|m| m.sid != participant_sid);

@@ -386,3 +386,57 @@ fn a_screen_share_takes_the_main_area() {
     assert!(near(camera_tile, teal), "camera tile {camera_tile:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Someone in the room who sends nothing has a tile with their name, as LiveKit's templates
+/// show people without video; it goes when they leave.
+#[test]
+fn a_participant_without_media_has_a_placeholder_tile() {
+    let dir = std::env::temp_dir().join(format!("parloir-record-roster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("roster.mp4");
+    let t0 = Instant::now();
+    let config = config("grid", 640, 360, 15, false);
+    let mut composite = Composite::start(&[(path.clone(), Container::Mp4)], config, t0).unwrap();
+    let teal = Yuv::from_rgb(20, 160, 160);
+    let mut camera = CameraSource::vp8(teal, 320, 180, 15).unwrap();
+    // The listener joined first: the left tile; the camera the right one.
+    composite.participant_joined("PX", "Zoé Listener", -1);
+    for ms in (0..3_000u64).step_by(10) {
+        let now = t0 + Duration::from_millis(ms);
+        if ms == 2_000 {
+            composite.participant_left("PX");
+        }
+        if ms % 70 == 0 {
+            let (data, key) = camera.next_frame().unwrap();
+            composite.frame(frame("PA", "TC", true, ms * 90, now, data, key));
+        }
+        composite.advance(now).unwrap();
+    }
+    composite.finish(t0 + Duration::from_millis(3_000)).unwrap();
+    let before = frame_at(&path, 1.0, 640, 360);
+    let placeholder = before.mean(Rect::new(40, 40, 20, 20));
+    assert!(
+        placeholder.y < 60 && placeholder.u == 128,
+        "left tile {placeholder:?}"
+    );
+    // Its name, in white, in the middle of the placeholder.
+    let bright = (150..210)
+        .flat_map(|y| (60..260).map(move |x| (x, y)))
+        .filter(|&(x, y)| before.at(x, y).y > 200)
+        .count();
+    assert!(
+        bright > 30,
+        "no name on the placeholder ({bright} bright pixels)"
+    );
+    let right = before.mean(Rect::new(460, 160, 40, 40));
+    let near = (i32::from(right.u) - i32::from(teal.u)).abs() < 12;
+    assert!(near, "right tile {right:?}");
+    // After the listener left, the camera has the canvas to itself.
+    let after = frame_at(&path, 2.4, 640, 360);
+    let centre = after.mean(Rect::new(300, 160, 40, 40));
+    assert!(
+        (i32::from(centre.u) - i32::from(teal.u)).abs() < 12,
+        "{centre:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -63,6 +63,12 @@ struct Filter {
 }
 
 impl Filter {
+    /// Whether a participant gets a tile before it sends anything: everyone in a room
+    /// composite, the one person of a participant egress, nobody in a track egress.
+    fn shows(&self, identity: &str) -> bool {
+        self.track.is_none() && self.identity.as_ref().is_none_or(|i| i == identity)
+    }
+
     fn takes(&self, f: &RecordFrame) -> bool {
         f.room == self.room
             && self
@@ -77,6 +83,8 @@ impl Filter {
 enum Control {
     Stop,
     Layout(Layout),
+    /// A participant to show (a placeholder until its camera sends).
+    Joined(Box<proto::ParticipantInfo>),
     Left(String),
     Unpublished(String),
 }
@@ -84,6 +92,7 @@ enum Control {
 struct Entry {
     info: proto::EgressInfo,
     control: Sender<Control>,
+    filter: Filter,
 }
 
 /// What the router is told besides frames.
@@ -182,6 +191,12 @@ impl Egress {
             }
             let message = match event.event.as_str() {
                 "room_finished" => Control::Stop,
+                "participant_joined" => match &event.participant {
+                    Some(p) if entry.filter.shows(&p.identity) => {
+                        Control::Joined(Box::new(p.clone()))
+                    }
+                    _ => continue,
+                },
                 "participant_left" => match &event.participant {
                     Some(p) => Control::Left(p.sid.clone()),
                     None => continue,
@@ -587,9 +602,27 @@ impl Egress {
                 egress_id.clone(),
                 Entry {
                     info: info.clone(),
-                    control: control_tx,
+                    control: control_tx.clone(),
+                    filter: filter.clone(),
                 },
             );
+        }
+        // Who is in the room already gets a tile at once (later joins come through the
+        // participant_joined webhook).
+        if let Ok(Ok(parloir_sfu::ServiceReply::Participants(list))) = media
+            .call(
+                ServiceCall::ListParticipants(proto::ListParticipantsRequest {
+                    room: filter.room.clone(),
+                }),
+                unix_ns() / 1_000_000,
+            )
+            .await
+        {
+            for p in list.participants {
+                if filter.shows(&p.identity) {
+                    let _ = control_tx.send(Control::Joined(Box::new(p)));
+                }
+            }
         }
         let this = self.clone();
         let id = egress_id.clone();
@@ -657,6 +690,15 @@ impl Egress {
                     Control::Layout(l) => composite.set_layout(l),
                     Control::Left(p) => composite.participant_left(&p),
                     Control::Unpublished(t) => composite.track_unpublished(&t),
+                    Control::Joined(p) => composite.participant_joined(
+                        &p.sid,
+                        if p.name.is_empty() {
+                            &p.identity
+                        } else {
+                            &p.name
+                        },
+                        p.joined_at_ms,
+                    ),
                 }
             }
             let now = Instant::now();
