@@ -195,6 +195,10 @@ test('subtitles name each speaker at a third browser, and the transcript keeps t
       console.log(`----- ${who} -----\n${page.logs.slice(-40).join('\n')}`);
     }
     server.dumpLog(120);
+    // What the SFU and the speech plane counted: enough to tell a microphone that never
+    // reached the speech plane from one it could not hear.
+    const metrics = await fetch(`${server.base}/metrics`).then((r) => r.text()).catch((m) => `${m}`);
+    console.log(metrics.split('\n').filter((l) => /^parloir_(speech|audio|frames|tracks|participants)/.test(l)).join('\n'));
     throw e;
   }
 });
