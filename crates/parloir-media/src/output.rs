@@ -45,7 +45,6 @@ impl Container {
 /// What to write.
 #[derive(Debug, Clone)]
 pub struct OutputSpec {
-    pub container: Container,
     /// Video size and rate; `None` for audio only.
     pub video: Option<VideoSpec>,
     /// Whether there is an audio stream.
@@ -151,12 +150,16 @@ fn format_name(c: &Container) -> &'static str {
 
 impl Writer {
     /// Creates one output and writes its header.
-    pub fn create(path: &Path, spec: &OutputSpec) -> Result<Writer, MediaError> {
-        Writer::create_many(&[(path.to_owned(), spec.container.clone())], spec)
+    pub fn create(
+        path: &Path,
+        container: Container,
+        spec: &OutputSpec,
+    ) -> Result<Writer, MediaError> {
+        Writer::create_many(&[(path.to_owned(), container)], spec)
     }
 
-    /// Creates several outputs of the same encoded media (`spec.container` is not used). Ogg
-    /// holds Opus audio only, so it cannot be combined with the others (AAC).
+    /// Creates several outputs of the same encoded media. Ogg holds Opus audio only, so it
+    /// cannot be combined with the others (AAC).
     pub fn create_many(
         outputs: &[(PathBuf, Container)],
         spec: &OutputSpec,

@@ -111,7 +111,6 @@ fn close(a: Yuv, b: Yuv, tolerance: i32) -> bool {
 
 fn spec(width: u32, height: u32) -> OutputSpec {
     OutputSpec {
-        container: Container::Mp4,
         video: Some(VideoSpec {
             width,
             height,
@@ -144,7 +143,7 @@ fn vp8_sources_become_a_grid_recording() {
     let dir = std::env::temp_dir().join(format!("parloir-media-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("grid.mp4");
-    let mut writer = Writer::create(&path, &spec(640, 360)).unwrap();
+    let mut writer = Writer::create(&path, Container::Mp4, &spec(640, 360)).unwrap();
     assert_eq!(writer.video_encoder(), Some("libx264"));
     let mut compositor = Compositor::new(640, 360, Layout::parse("grid").unwrap());
     let mut mixer = Mixer::new();
@@ -215,7 +214,7 @@ fn a_recording_cut_short_still_plays() {
     let dir = std::env::temp_dir().join(format!("parloir-media-cut-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("cut.mp4");
-    let mut writer = Writer::create(&path, &spec(320, 180)).unwrap();
+    let mut writer = Writer::create(&path, Container::Mp4, &spec(320, 180)).unwrap();
     let green = Picture::new(320, 180, Yuv::from_rgb(40, 200, 40));
     for i in 0..100 {
         writer.video(&green, i).unwrap();
@@ -236,12 +235,11 @@ fn audio_only_goes_to_ogg_opus() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("audio.ogg");
     let spec = OutputSpec {
-        container: Container::Ogg,
         video: None,
         audio: true,
         audio_bitrate: 64_000,
     };
-    let mut writer = Writer::create(&path, &spec).unwrap();
+    let mut writer = Writer::create(&path, Container::Ogg, &spec).unwrap();
     writer.audio(&tone(0, 48_000 * 2)).unwrap();
     writer.finish().unwrap();
     let p = probe(&path);
@@ -260,7 +258,12 @@ fn bad_input_is_an_error_not_a_panic() {
     let frames = vp8_frames(Yuv::from_rgb(200, 20, 20), 160, 90, 2);
     assert!(d.decode(&frames[0]).unwrap().is_some());
     // An unwritable path.
-    let err = Writer::create(Path::new("/proc/parloir/x.mp4"), &spec(320, 180)).err();
+    let err = Writer::create(
+        Path::new("/proc/parloir/x.mp4"),
+        Container::Mp4,
+        &spec(320, 180),
+    )
+    .err();
     assert!(err.is_some());
 }
 
@@ -287,13 +290,6 @@ fn vp9_and_h264_decode_to_their_colours() {
     }
 }
 
-fn av_spec(container: Container) -> OutputSpec {
-    OutputSpec {
-        container,
-        ..spec(320, 180)
-    }
-}
-
 /// Writes `seconds` of a green picture and a tone.
 fn write_media(writer: &mut Writer, seconds: u32) {
     let green = Picture::new(320, 180, Yuv::from_rgb(40, 200, 40));
@@ -312,7 +308,7 @@ fn hls_segments_are_listed_as_they_complete() {
         segment_seconds: 2,
         segments: dir.join("live_%05d.ts"),
     };
-    let mut writer = Writer::create(&playlist, &av_spec(container)).unwrap();
+    let mut writer = Writer::create(&playlist, container, &spec(320, 180)).unwrap();
     write_media(&mut writer, 5);
     // Before the end, the complete segments are already listed.
     let listed = std::fs::read_to_string(&playlist).unwrap();
@@ -351,7 +347,7 @@ fn rtmp_platform(sink: &[&str]) -> (std::process::Child, String) {
 /// Opens the outputs, retrying while the platform starts listening.
 fn open_when_listening(outputs: &[(std::path::PathBuf, Container)]) -> Writer {
     for _ in 0..50 {
-        match Writer::create_many(outputs, &av_spec(Container::Rtmp)) {
+        match Writer::create_many(outputs, &spec(320, 180)) {
             Ok(w) => return w,
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
         }

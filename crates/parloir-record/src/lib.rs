@@ -136,7 +136,6 @@ impl Composite {
         now: Instant,
     ) -> Result<Self, MediaError> {
         let spec = OutputSpec {
-            container: outputs.first().map_or(Container::Mp4, |(_, c)| c.clone()),
             video: config.video.clone(),
             audio: config.audio,
             audio_bitrate: config.audio_bitrate,

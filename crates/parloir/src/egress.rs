@@ -598,6 +598,7 @@ impl Egress {
         let (control_tx, control_rx) = std::sync::mpsc::channel();
         {
             let mut entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
+            forget_oldest_ended(&mut entries);
             entries.insert(
                 egress_id.clone(),
                 Entry {
@@ -627,15 +628,28 @@ impl Egress {
         let this = self.clone();
         let id = egress_id.clone();
         let room_name = filter.room.clone();
-        let thread = std::thread::Builder::new()
+        let encoder = composite.video_encoder().map(str::to_string);
+        let thread = match std::thread::Builder::new()
             .name(format!("egress-{}", &egress_id[3..egress_id.len().min(11)]))
             .spawn(move || this.run(id, room_name, dests, composite, frames_rx, control_rx))
-            .map_err(|e| invalid(format!("cannot start the recording thread: {e}")))?;
-        self.inner
-            .threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(thread);
+        {
+            Ok(t) => t,
+            Err(e) => {
+                self.inner
+                    .entries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&egress_id);
+                let _ = record(&media, &filter.room, false).await;
+                return Err(invalid(format!("cannot start the recording thread: {e}")));
+            }
+        };
+        {
+            // Finished threads are forgotten (their handles would pile up for the server's life).
+            let mut threads = self.inner.threads.lock().unwrap_or_else(|e| e.into_inner());
+            threads.retain(|t| !t.is_finished());
+            threads.push(thread);
+        }
         let _ = self
             .inner
             .routes
@@ -647,7 +661,7 @@ impl Egress {
                 frames: frames_tx,
             });
         self.inner.metrics.egress_started.fetch_add(1, Relaxed);
-        tracing::info!(egress = %egress_id, room = %info.room_name, file = %filename, "recording started");
+        tracing::info!(egress = %egress_id, room = %info.room_name, outputs = %filename, encoder = ?encoder, "recording started");
         self.webhook("egress_started", &info);
         Ok(info)
     }
@@ -730,6 +744,7 @@ impl Egress {
                 }
             }
             if stop_at.is_some_and(|s| now >= s + LATENCY) {
+                tracing::info!(egress = %id, counters = ?composite.stats, "recording ends");
                 break composite.finish(now).map_err(|e| e.to_string());
             }
         };
@@ -920,6 +935,25 @@ fn route(frames: Receiver<RecordFrame>, routes: Receiver<Route>, metrics: Arc<Me
 enum Options<'a> {
     Preset(i32),
     Advanced(&'a proto::EncodingOptions),
+}
+
+/// Ended egresses ListEgress still reports; older ones are forgotten.
+const KEEP_ENDED: usize = 1_000;
+
+/// Keeps at most [`KEEP_ENDED`] ended egresses, the most recent.
+fn forget_oldest_ended(entries: &mut HashMap<String, Entry>) {
+    let mut ended: Vec<(i64, String)> = entries
+        .iter()
+        .filter(|(_, e)| e.info.ended_at != 0)
+        .map(|(id, e)| (e.info.ended_at, id.clone()))
+        .collect();
+    if ended.len() < KEEP_ENDED {
+        return;
+    }
+    ended.sort();
+    for (_, id) in &ended[..=ended.len() - KEEP_ENDED] {
+        entries.remove(id);
+    }
 }
 
 /// Where a request asks the egress to write.
@@ -1547,6 +1581,29 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn only_the_newest_ended_egresses_are_kept() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let entry = |ended_at: i64| Entry {
+            info: proto::EgressInfo {
+                ended_at,
+                ..Default::default()
+            },
+            control: tx.clone(),
+            filter: Filter::default(),
+        };
+        let mut entries: HashMap<String, Entry> = (1..=KEEP_ENDED as i64 + 5)
+            .map(|t| (format!("EG_{t}"), entry(t)))
+            .collect();
+        entries.insert("EG_active".into(), entry(0));
+        forget_oldest_ended(&mut entries);
+        // Room for one more ended egress; the active one and the newest stay.
+        assert_eq!(entries.len(), KEEP_ENDED);
+        assert!(entries.contains_key("EG_active"));
+        assert!(entries.contains_key(&format!("EG_{}", KEEP_ENDED + 5)));
+        assert!(!entries.contains_key("EG_6"));
     }
 
     #[test]

@@ -361,12 +361,7 @@ impl Sfu {
                         }
                     }
                 }
-                for s in members {
-                    let update = proto::RoomUpdate {
-                        room: Some(info.clone()),
-                    };
-                    self.signal(s, proto::signal_response::Message::RoomUpdate(update));
-                }
+                self.room_update(members, &info);
                 Ok(ServiceReply::Room(info))
             }
             ServiceCall::RecordLayer {
@@ -400,14 +395,19 @@ impl Sfu {
                 room.apply_speech_metadata(self.config.speech_all_rooms);
                 let info = room.info.clone();
                 let members = room.members.clone();
-                for s in members {
-                    let update = proto::RoomUpdate {
-                        room: Some(info.clone()),
-                    };
-                    self.signal(s, proto::signal_response::Message::RoomUpdate(update));
-                }
+                self.room_update(members, &info);
                 Ok(ServiceReply::Room(info))
             }
+        }
+    }
+
+    /// Tells `members` the room's new state (RoomUpdate).
+    fn room_update(&mut self, members: Vec<SessionId>, info: &proto::Room) {
+        for s in members {
+            let update = proto::RoomUpdate {
+                room: Some(info.clone()),
+            };
+            self.signal(s, proto::signal_response::Message::RoomUpdate(update));
         }
     }
 
