@@ -86,6 +86,14 @@ async function join(browser, room, name) {
   page.logs = [];
   page.on('console', (m) => page.logs.push(`console.${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => page.logs.push(`pageerror: ${e.stack || e}`));
+  // Keep the page's peer connections, to read their audio statistics.
+  await page.addInitScript(() => {
+    const Native = window.RTCPeerConnection;
+    window.__pcs = [];
+    window.RTCPeerConnection = class extends Native {
+      constructor(...args) { super(...args); window.__pcs.push(this); }
+    };
+  });
   await page.goto(`${server.base}/`);
   await page.locator('[data-testid=join-room]').fill(room);
   await page.locator('[data-testid=join-name]').fill(name);
@@ -94,6 +102,33 @@ async function join(browser, room, name) {
   await page.waitForFunction(() => document.querySelector('[data-testid=toggle-mic]')?.dataset.state === 'on',
     null, { timeout: 30_000 });
   return page;
+}
+
+// What each page's microphone captured and sent, and what it received: the energy of its
+// captured audio (after the browser's processing: echo cancellation, gain control) and of each
+// stream it plays, to tell a microphone that was quiet from one that was lost on the way.
+async function audioStats(page) {
+  return page.evaluate(async () => {
+    const out = [];
+    for (const pc of window.__pcs || []) {
+      if (pc.connectionState === 'closed') continue;
+      const stats = await pc.getStats();
+      stats.forEach((s) => {
+        if (s.kind !== 'audio' && s.type !== 'media-source') return;
+        if (s.type === 'media-source' && s.kind === 'audio') {
+          out.push(`captured energy ${s.totalAudioEnergy?.toFixed(3)} over ${s.totalSamplesDuration?.toFixed(1)} s`
+            + ` level ${s.audioLevel?.toFixed(3)} ERL ${s.echoReturnLoss} ERLE ${s.echoReturnLossEnhancement}`);
+        } else if (s.type === 'outbound-rtp') {
+          out.push(`sent ${s.packetsSent} packets ${s.bytesSent} bytes`);
+        } else if (s.type === 'inbound-rtp') {
+          out.push(`received ${s.trackIdentifier}: ${s.packetsReceived} packets, lost ${s.packetsLost},`
+            + ` energy ${s.totalAudioEnergy?.toFixed(3)} over ${s.totalSamplesDuration?.toFixed(1)} s,`
+            + ` concealed ${s.concealedSamples}/${s.totalSamplesReceived}`);
+        }
+      });
+    }
+    return out;
+  }).catch((e) => [`no stats: ${e}`]);
 }
 
 function words(text) {
@@ -163,6 +198,9 @@ test('subtitles name each speaker at a third browser, and the transcript keeps t
       for (const l of lines) if (l.final && !seen.has(l.who)) seen.set(l.who, l);
       if (seen.has('Alice Martin') && seen.has('Bernard Dupont')) break;
       await sleep(200);
+    }
+    for (const [who, page] of Object.entries(pages)) {
+      console.log(`audio at ${who}:\n  ${(await audioStats(page)).join('\n  ')}`);
     }
     const alice = seen.get('Alice Martin');
     const bob = seen.get('Bernard Dupont');

@@ -1514,7 +1514,9 @@ impl Sfu {
                 let sid = sid.clone();
                 self.request_keyframe(now, &sid, rid, req.kind);
             }
-            Event::MediaAdded(added) => self.media_added(pid, added.mid, added.kind),
+            Event::MediaAdded(added) => {
+                self.media_added(pid, added.mid, added.kind, added.direction)
+            }
             Event::Connected => {
                 // Media flows: the participant goes from JOINED to ACTIVE (livekit-client
                 // raises ParticipantActive).
@@ -1940,11 +1942,20 @@ impl Sfu {
         }
     }
 
-    fn media_added(&mut self, pid: PeerId, mid: Mid, kind: MediaKind) {
+    fn media_added(&mut self, pid: PeerId, mid: Mid, kind: MediaKind, direction: Direction) {
         let Some(peer) = self.peers.get(&pid) else {
             return;
         };
         if peer.role == PeerRole::Subscriber || peer.mids_in.contains_key(&mid) {
+            return;
+        }
+        // Only a line the client sends on publishes, and one with an msid is bound by it
+        // (bind_pending): a single peer connection's receive-only lines come with the join,
+        // often right before the microphone's AddTrack, and are no one's track.
+        if !direction.is_receiving()
+            || peer.mids_out.contains_key(&mid)
+            || peer.msids.contains_key(&mid.to_string())
+        {
             return;
         }
         // Without an msid match, take the only pending track of that kind.

@@ -347,6 +347,35 @@ fn single_and_two_peer_connection_clients_meet() {
     );
 }
 
+/// livekit-client announces its microphone (AddTrack) right after joining, before its offer
+/// carries the microphone's m-line; the join offer's receive-only lines must not be taken for
+/// it (they were, when one was the only audio line new to the SFU: the microphone was then
+/// unpublished by the next offer, where that line still did not send, and nobody heard it).
+#[test]
+fn a_microphone_announced_at_join_is_not_bound_to_a_receive_line() {
+    let mut sim = Sim::new(17, 0.0);
+    sim.join_with("alice", true);
+    sim.publish(0);
+    sim.run_for(Duration::from_secs(1));
+    let bob = sim.join_queued("bob", true);
+    sim.announce_mic(bob);
+    sim.run_for(Duration::from_millis(500));
+    let announced = sim.client("bob").published["bob-mic"].sid.clone();
+    sim.publish(bob);
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.client("bob").published["bob-mic"].sid, announced);
+    let sent = sim.client("bob").audio_sent;
+    let got = sim
+        .client("alice")
+        .frames
+        .get(&announced)
+        .map_or(0, Vec::len);
+    assert!(
+        got as f64 >= 0.6 * sent as f64,
+        "alice got {got} of bob's {sent} microphone frames"
+    );
+}
+
 #[test]
 fn rooms_close_after_their_timeouts() {
     let mut sim = Sim::new(13, 0.0);

@@ -328,6 +328,13 @@ impl Sim {
     /// Joins over `/rtc` (two peer connections) or, with `single`, over `/rtc/v1`: the join
     /// carries an offer with the data channels and three receive-only audio and video m-lines.
     pub fn join_with(&mut self, identity: &str, single: bool) -> usize {
+        let i = self.join_queued(identity, single);
+        self.pump();
+        i
+    }
+
+    /// The join, queued for the next pump (to put other commands right behind it).
+    pub fn join_queued(&mut self, identity: &str, single: bool) -> usize {
         let n = self.clients.len() as u8 + 1;
         let publisher_addr: SocketAddr = format!("10.0.1.{n}:5000").parse().expect("address");
         let subscriber_addr: SocketAddr = format!("10.0.1.{n}:5001").parse().expect("address");
@@ -418,8 +425,22 @@ impl Sim {
             unix_ms: 1_700_000_000_000,
             offer,
         })));
-        self.pump();
         self.clients.len() - 1
+    }
+
+    /// The client's AddTrack for its microphone alone (no offer yet), queued.
+    pub fn announce_mic(&mut self, i: usize) {
+        let c = &self.clients[i];
+        self.commands.push(Command::AddTrack {
+            session: c.session,
+            request: proto::AddTrackRequest {
+                cid: format!("{}-mic", c.identity),
+                name: "track".into(),
+                r#type: proto::TrackType::Audio as i32,
+                source: proto::TrackSource::Microphone as i32,
+                ..Default::default()
+            },
+        });
     }
 
     /// The client publishes a microphone and a camera, as livekit-client does: AddTrack for
