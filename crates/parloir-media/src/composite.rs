@@ -1,23 +1,105 @@
-//! The CPU compositor: places each participant's latest picture on the canvas as the layout
-//! says (cameras cropped to fill their tile, screen shares shown whole), draws names under
-//! tiles and a border around whoever speaks. The CPU reference of the CUDA path.
+//! The compositor: places each participant's latest picture on the canvas as the layout says
+//! (cameras cropped to fill their tile, screen shares shown whole), draws names under tiles and
+//! a border around whoever speaks. It draws on a [`Surface`]: a [`Picture`] in memory (the CPU
+//! path, and the reference) or a canvas on the GPU ([`crate::gpu::GpuCanvas`]), with the same
+//! bytes either way.
 
+use crate::MediaError;
 use crate::layout::{Layout, Tile};
 use crate::picture::{Picture, Rect, Yuv};
 use crate::text::Labeler;
 
+/// What the compositor draws on: a canvas, and the pictures it takes tiles from.
+pub trait Surface {
+    /// A picture tiles are taken from.
+    type Source;
+    fn width(&self) -> u32;
+    fn height(&self) -> u32;
+    fn source_size(source: &Self::Source) -> (u32, u32);
+    fn fill(&mut self, r: Rect, colour: Yuv) -> Result<(), MediaError>;
+    /// Scales `src_rect` of `src` into `dst_rect` (bilinear).
+    fn blit(
+        &mut self,
+        dst_rect: Rect,
+        src: &Self::Source,
+        src_rect: Rect,
+    ) -> Result<(), MediaError>;
+    fn border(&mut self, r: Rect, thickness: u32, colour: Yuv) -> Result<(), MediaError>;
+    /// Blends a coverage mask of one colour with its top-left at (x, y).
+    fn blend_mask(
+        &mut self,
+        x: i64,
+        y: i64,
+        mask: &[u8],
+        mask_width: u32,
+        colour: Yuv,
+    ) -> Result<(), MediaError>;
+}
+
+impl Surface for Picture {
+    type Source = Picture;
+
+    fn width(&self) -> u32 {
+        Picture::width(self)
+    }
+
+    fn height(&self) -> u32 {
+        Picture::height(self)
+    }
+
+    fn source_size(source: &Picture) -> (u32, u32) {
+        (source.width(), source.height())
+    }
+
+    fn fill(&mut self, r: Rect, colour: Yuv) -> Result<(), MediaError> {
+        Picture::fill(self, r, colour);
+        Ok(())
+    }
+
+    fn blit(&mut self, dst_rect: Rect, src: &Picture, src_rect: Rect) -> Result<(), MediaError> {
+        Picture::blit(self, dst_rect, src, src_rect);
+        Ok(())
+    }
+
+    fn border(&mut self, r: Rect, thickness: u32, colour: Yuv) -> Result<(), MediaError> {
+        Picture::border(self, r, thickness, colour);
+        Ok(())
+    }
+
+    fn blend_mask(
+        &mut self,
+        x: i64,
+        y: i64,
+        mask: &[u8],
+        mask_width: u32,
+        colour: Yuv,
+    ) -> Result<(), MediaError> {
+        Picture::blend_mask(self, x, y, mask, mask_width, colour);
+        Ok(())
+    }
+}
+
 /// One tile as the compositor draws it.
-#[derive(Debug, Clone, Copy)]
-pub struct TileView<'a> {
+#[derive(Debug)]
+pub struct TileView<'a, P = Picture> {
     /// The latest picture; `None` shows a placeholder with the name.
-    pub picture: Option<&'a Picture>,
+    pub picture: Option<&'a P>,
     pub name: &'a str,
     pub speaking: bool,
     pub screen_share: bool,
 }
 
-pub struct Compositor {
-    canvas: Picture,
+// By hand: a derive would ask `P: Clone`, and a GPU picture is not.
+impl<P> Clone for TileView<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P> Copy for TileView<'_, P> {}
+
+pub struct Compositor<S = Picture> {
+    canvas: S,
     layout: Layout,
     labels: Option<Labeler>,
 }
@@ -33,22 +115,41 @@ const PLACEHOLDER: Yuv = Yuv {
     v: 128,
 };
 
+fn labeler() -> Option<Labeler> {
+    let labels = Labeler::system();
+    if labels.is_none() {
+        tracing::warn!(
+            fonts = ?crate::text::FONT_PATHS,
+            "no font found: recordings will have no names under tiles"
+        );
+    }
+    labels
+}
+
 impl Compositor {
-    /// A compositor for a `width`×`height` canvas (both made even). Names need a system font;
-    /// without one, tiles have no names (logged once).
+    /// A compositor for a `width`×`height` canvas in memory (both made even). Names need a
+    /// system font; without one, tiles have no names (logged).
     pub fn new(width: u32, height: u32, layout: Layout) -> Compositor {
-        let labels = Labeler::system();
-        if labels.is_none() {
-            tracing::warn!(
-                fonts = ?crate::text::FONT_PATHS,
-                "no font found: recordings will have no names under tiles"
-            );
-        }
-        Compositor {
-            canvas: Picture::new(width & !1, height & !1, layout.background()),
+        Compositor::on(
+            Picture::new(width & !1, height & !1, layout.background()),
             layout,
-            labels,
+        )
+    }
+}
+
+impl<S: Surface> Compositor<S> {
+    /// A compositor drawing on `canvas`.
+    pub fn on(canvas: S, layout: Layout) -> Compositor<S> {
+        Compositor {
+            canvas,
+            layout,
+            labels: labeler(),
         }
+    }
+
+    /// The canvas (as last drawn).
+    pub fn canvas(&self) -> &S {
+        &self.canvas
     }
 
     pub fn set_layout(&mut self, layout: Layout) {
@@ -66,7 +167,7 @@ impl Compositor {
     }
 
     /// Draws a frame.
-    pub fn compose(&mut self, tiles: &[TileView<'_>]) -> &Picture {
+    pub fn compose(&mut self, tiles: &[TileView<'_, S::Source>]) -> Result<&S, MediaError> {
         let specs: Vec<Tile> = tiles
             .iter()
             .map(|t| Tile {
@@ -76,39 +177,40 @@ impl Compositor {
         let rects = self.placement(&specs);
         let (w, h) = (self.canvas.width(), self.canvas.height());
         self.canvas
-            .fill(Rect::new(0, 0, w, h), self.layout.background());
+            .fill(Rect::new(0, 0, w, h), self.layout.background())?;
         for (tile, rect) in tiles.iter().zip(rects) {
             let Some(rect) = rect else { continue };
             match tile.picture {
                 Some(p) if tile.screen_share => {
-                    self.canvas.fill(rect, Yuv::BLACK);
-                    let inner = rect.contain(p.width(), p.height());
-                    self.canvas
-                        .blit(inner, p, Rect::new(0, 0, p.width(), p.height()));
+                    self.canvas.fill(rect, Yuv::BLACK)?;
+                    let (pw, ph) = S::source_size(p);
+                    let inner = rect.contain(pw, ph);
+                    self.canvas.blit(inner, p, Rect::new(0, 0, pw, ph))?;
                 }
                 Some(p) => {
-                    let crop = rect.cover_crop(p.width(), p.height());
-                    self.canvas.blit(rect, p, crop);
+                    let (pw, ph) = S::source_size(p);
+                    let crop = rect.cover_crop(pw, ph);
+                    self.canvas.blit(rect, p, crop)?;
                 }
-                None => self.canvas.fill(rect, PLACEHOLDER),
+                None => self.canvas.fill(rect, PLACEHOLDER)?,
             }
             if tile.speaking && !tile.screen_share {
                 let t = (rect.height / 60).max(2);
-                self.canvas.border(rect, t, SPEAKING);
+                self.canvas.border(rect, t, SPEAKING)?;
             }
-            self.name(rect, tile.name, tile.picture.is_none());
+            self.name(rect, tile.name, tile.picture.is_none())?;
         }
-        &self.canvas
+        Ok(&self.canvas)
     }
 
     /// The name at the tile's bottom left (centred, larger, on a placeholder), with a shadow
     /// so it reads on any picture.
-    fn name(&mut self, rect: Rect, name: &str, centred: bool) {
+    fn name(&mut self, rect: Rect, name: &str, centred: bool) -> Result<(), MediaError> {
         let Some(labels) = self.labels.as_mut() else {
-            return;
+            return Ok(());
         };
         if name.is_empty() || rect.height < 24 || rect.width < 32 {
-            return;
+            return Ok(());
         }
         let size = if centred {
             (rect.height / 8).clamp(10, 36)
@@ -130,9 +232,9 @@ impl Compositor {
         };
         let (x, y) = (i64::from(x), i64::from(y));
         self.canvas
-            .blend_mask(x + 1, y + 1, &label.mask, label.width, Yuv::BLACK);
+            .blend_mask(x + 1, y + 1, &label.mask, label.width, Yuv::BLACK)?;
         self.canvas
-            .blend_mask(x, y, &label.mask, label.width, Yuv::from_rgb(255, 255, 255));
+            .blend_mask(x, y, &label.mask, label.width, Yuv::from_rgb(255, 255, 255))
     }
 }
 
@@ -160,7 +262,7 @@ mod tests {
                 screen_share: false,
             })
             .collect();
-        let canvas = compositor.compose(&tiles).clone();
+        let canvas = compositor.compose(&tiles).unwrap().clone();
         // Tile centres of a 2×2 grid.
         let centres = [(320, 180), (960, 180), (320, 540), (960, 540)];
         for ((x, y), c) in centres.into_iter().zip(colours) {
@@ -180,6 +282,7 @@ mod tests {
                 speaking: false,
                 screen_share: false,
             }])
+            .unwrap()
             .clone();
         // White text pixels in the middle of the placeholder.
         let bright = (140..220)

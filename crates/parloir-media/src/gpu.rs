@@ -17,6 +17,11 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
+use std::collections::HashMap;
+
+use crate::MediaError;
+use crate::composite::Surface;
+use crate::decode::{Frame, Nv12Frame, VideoCodec, VideoDecoder};
 use crate::picture::{Picture, Rect, Yuv, clip};
 
 /// The kernels' source, built into the binary.
@@ -130,13 +135,27 @@ impl GpuPicture {
     }
 }
 
+/// A source plane for the scaler: one of ours, or one a decoder left in device memory (a raw
+/// device pointer; `step` 2 for the U or V samples of NV12's interleaved chroma).
+enum Plane<'a> {
+    Slice(&'a CudaSlice<u8>),
+    Raw { ptr: u64, step: u32 },
+}
+
 /// One GPU with the kernels loaded.
 pub struct Gpu {
+    ordinal: usize,
     stream: Arc<CudaStream>,
     scale: CudaFunction,
     fill: CudaFunction,
     luma: CudaFunction,
     chroma: CudaFunction,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({})", self.ordinal)
+    }
 }
 
 /// 16×16 threads per block, enough blocks to cover `w`×`h`.
@@ -169,12 +188,18 @@ impl Gpu {
                 .map_err(|e| format!("kernel {name}: {e}"))
         };
         Ok(Gpu {
+            ordinal,
             stream: ctx.default_stream(),
             scale: f("scale_plane")?,
             fill: f("fill_plane")?,
             luma: f("blend_mask_luma")?,
             chroma: f("blend_mask_chroma")?,
         })
+    }
+
+    /// The device's ordinal (for decoders on it).
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
     }
 
     /// Copies a picture to the device.
@@ -189,15 +214,34 @@ impl Gpu {
         })
     }
 
+    /// Copies a picture into one of the same size on the device.
+    pub fn upload_into(&self, p: &Picture, g: &mut GpuPicture) -> Result<(), String> {
+        if (p.width(), p.height()) != (g.width, g.height) {
+            return Err("upload_into: sizes differ".into());
+        }
+        let s = &self.stream;
+        s.memcpy_htod(&p.y, &mut g.y).map_err(cuda("upload"))?;
+        s.memcpy_htod(&p.u, &mut g.u).map_err(cuda("upload"))?;
+        s.memcpy_htod(&p.v, &mut g.v).map_err(cuda("upload"))
+    }
+
     /// Copies a picture back from the device.
     pub fn download(&self, g: &GpuPicture) -> Result<Picture, String> {
-        let s = &self.stream;
         let mut p = Picture::new(g.width, g.height, Yuv::BLACK);
+        self.download_into(g, &mut p)?;
+        Ok(p)
+    }
+
+    /// Copies a picture back into `p` (made the picture's size if it is not).
+    pub fn download_into(&self, g: &GpuPicture, p: &mut Picture) -> Result<(), String> {
+        if (p.width(), p.height()) != (g.width, g.height) {
+            *p = Picture::new(g.width, g.height, Yuv::BLACK);
+        }
+        let s = &self.stream;
         s.memcpy_dtoh(&g.y, &mut p.y).map_err(cuda("download"))?;
         s.memcpy_dtoh(&g.u, &mut p.u).map_err(cuda("download"))?;
         s.memcpy_dtoh(&g.v, &mut p.v).map_err(cuda("download"))?;
-        s.synchronize().map_err(cuda("synchronize"))?;
-        Ok(p)
+        s.synchronize().map_err(cuda("synchronize"))
     }
 
     /// [`Picture::fill`] on the device.
@@ -271,9 +315,10 @@ impl Gpu {
         }
         let half = |r: Rect| Rect::new(r.x / 2, r.y / 2, r.width / 2, r.height / 2);
         let (dcw, scw) = (dst.chroma_width(), src.chroma_width());
-        self.scale_plane(&mut dst.y, dst.width, d, &src.y, src.width, s)?;
-        self.scale_plane(&mut dst.u, dcw, half(d), &src.u, scw, half(s))?;
-        self.scale_plane(&mut dst.v, dcw, half(d), &src.v, scw, half(s))
+        self.scale_plane(&mut dst.y, dst.width, d, Plane::Slice(&src.y), src.width, s)?;
+        let (du, su) = (half(d), half(s));
+        self.scale_plane(&mut dst.u, dcw, du, Plane::Slice(&src.u), scw, su)?;
+        self.scale_plane(&mut dst.v, dcw, du, Plane::Slice(&src.v), scw, su)
     }
 
     fn scale_plane(
@@ -281,14 +326,13 @@ impl Gpu {
         dst: &mut CudaSlice<u8>,
         dst_stride: u32,
         d: Rect,
-        src: &CudaSlice<u8>,
+        src: Plane<'_>,
         src_stride: u32,
         s: Rect,
     ) -> Result<(), String> {
         if d.width == 0 || d.height == 0 || s.width == 0 || s.height == 0 {
             return Ok(());
         }
-        let step = 1u32;
         let mut launch = self.stream.launch_builder(&self.scale);
         launch
             .arg(dst)
@@ -296,8 +340,18 @@ impl Gpu {
             .arg(&d.x)
             .arg(&d.y)
             .arg(&d.width)
-            .arg(&d.height)
-            .arg(src)
+            .arg(&d.height);
+        let step = match &src {
+            Plane::Slice(slice) => {
+                launch.arg(*slice);
+                1u32
+            }
+            Plane::Raw { ptr, step } => {
+                launch.arg(ptr);
+                *step
+            }
+        };
+        launch
             .arg(&src_stride)
             .arg(&step)
             .arg(&s.x)
@@ -305,10 +359,49 @@ impl Gpu {
             .arg(&s.width)
             .arg(&s.height);
         // SAFETY: the arguments match scale_plane's signature; both rectangles were clipped to
-        // their planes, so every read and write is inside them.
+        // their planes (a decoder's frame: its own size), so every read and write is inside.
         unsafe { launch.launch(grid(d.width, d.height)) }
             .map(|_| ())
             .map_err(|e| format!("scale_plane: {e}"))
+    }
+
+    /// A `width`×`height` picture (made even) of one colour on the device.
+    pub fn picture(&self, width: u32, height: u32, colour: Yuv) -> Result<GpuPicture, String> {
+        let (width, height) = (width.max(2) & !1, height.max(2) & !1);
+        let (cw, ch) = (width / 2, height / 2);
+        let s = &self.stream;
+        let mut g = GpuPicture {
+            width,
+            height,
+            y: s.alloc_zeros((width * height) as usize)
+                .map_err(cuda("alloc"))?,
+            u: s.alloc_zeros((cw * ch) as usize).map_err(cuda("alloc"))?,
+            v: s.alloc_zeros((cw * ch) as usize).map_err(cuda("alloc"))?,
+        };
+        self.fill(&mut g, Rect::new(0, 0, width, height), colour)?;
+        Ok(g)
+    }
+
+    /// An NV12 frame a decoder left in device memory into a packed I420 picture (reused when
+    /// it has the frame's size): a copy on the device, the chroma de-interleaved. The frame's
+    /// size is made even (WebRTC cameras' are).
+    pub fn from_nv12(&self, f: &Nv12Frame<'_>, out: &mut Option<GpuPicture>) -> Result<(), String> {
+        let (w, h) = (f.width & !1, f.height & !1);
+        if w == 0 || h == 0 {
+            return Err(format!("an NV12 frame of {}x{}", f.width, f.height));
+        }
+        if out.as_ref().is_none_or(|g| g.width != w || g.height != h) {
+            *out = Some(self.picture(w, h, Yuv::BLACK)?);
+        }
+        let g = out.as_mut().expect("just made");
+        let (cw, ch) = (w / 2, h / 2);
+        let luma = Rect::new(0, 0, w, h);
+        let chroma = Rect::new(0, 0, cw, ch);
+        // Same size in and out: the scaler's positions fall on samples, so this is a copy.
+        let raw = |ptr, step| Plane::Raw { ptr, step };
+        self.scale_plane(&mut g.y, w, luma, raw(f.y, 1), f.y_pitch, luma)?;
+        self.scale_plane(&mut g.u, cw, chroma, raw(f.uv, 2), f.uv_pitch, chroma)?;
+        self.scale_plane(&mut g.v, cw, chroma, raw(f.uv + 1, 2), f.uv_pitch, chroma)
     }
 
     /// [`Picture::blend_mask`] on the device (the mask is copied up each call; labels are
@@ -331,6 +424,21 @@ impl Gpu {
             i32::try_from(y).map_err(|_| "mask position out of range")?,
         );
         let m = self.stream.clone_htod(mask).map_err(cuda("upload mask"))?;
+        self.blend_device_mask(g, x, y, &m, mask_width, mask_height, colour)
+    }
+
+    /// [`Self::blend_mask`] with the mask already on the device.
+    #[allow(clippy::too_many_arguments)]
+    fn blend_device_mask(
+        &self,
+        g: &mut GpuPicture,
+        x: i32,
+        y: i32,
+        m: &CudaSlice<u8>,
+        mask_width: u32,
+        mask_height: u32,
+        colour: Yuv,
+    ) -> Result<(), String> {
         let (width, height) = (g.width, g.height);
         let mut launch = self.stream.launch_builder(&self.luma);
         launch
@@ -338,7 +446,7 @@ impl Gpu {
             .arg(&width)
             .arg(&width)
             .arg(&height)
-            .arg(&m)
+            .arg(m)
             .arg(&mask_width)
             .arg(&mask_height)
             .arg(&x)
@@ -356,7 +464,7 @@ impl Gpu {
             .arg(&cw)
             .arg(&cw)
             .arg(&ch)
-            .arg(&m)
+            .arg(m)
             .arg(&mask_width)
             .arg(&mask_height)
             .arg(&x)
@@ -369,5 +477,204 @@ impl Gpu {
         unsafe { launch.launch(grid(mask_width, mask_height)) }
             .map(|_| ())
             .map_err(|e| format!("blend_mask_chroma: {e}"))
+    }
+}
+
+/// A canvas in device memory for the [`crate::Compositor`]: tiles come from pictures on the
+/// same GPU (decoded there by [`CudaDecoder`], or uploaded). Name labels are uploaded once and
+/// kept while they are in use.
+pub struct GpuCanvas {
+    gpu: Arc<Gpu>,
+    picture: GpuPicture,
+    /// Labels' masks on the device, by their contents; cleared when it grows past a room's.
+    masks: HashMap<u64, CudaSlice<u8>>,
+}
+
+/// Labels kept on the device at most (a 150-participant room's names, twice, with shadows
+/// sharing theirs).
+const MASKS: usize = 512;
+
+impl GpuCanvas {
+    pub fn new(gpu: Arc<Gpu>, width: u32, height: u32, colour: Yuv) -> Result<GpuCanvas, String> {
+        let picture = gpu.picture(width, height, colour)?;
+        Ok(GpuCanvas {
+            gpu,
+            picture,
+            masks: HashMap::new(),
+        })
+    }
+
+    /// The canvas as drawn so far, copied back (for an encoder on the CPU).
+    pub fn download(&self) -> Result<Picture, String> {
+        self.gpu.download(&self.picture)
+    }
+
+    /// Like [`Self::download`], into `p`.
+    pub fn download_into(&self, p: &mut Picture) -> Result<(), String> {
+        self.gpu.download_into(&self.picture, p)
+    }
+
+    /// The canvas in device memory (for an encoder on the GPU).
+    pub fn picture(&self) -> &GpuPicture {
+        &self.picture
+    }
+}
+
+fn gpu_error(e: String) -> MediaError {
+    MediaError::Gpu(e)
+}
+
+impl Surface for GpuCanvas {
+    type Source = GpuPicture;
+
+    fn width(&self) -> u32 {
+        self.picture.width
+    }
+
+    fn height(&self) -> u32 {
+        self.picture.height
+    }
+
+    fn source_size(source: &GpuPicture) -> (u32, u32) {
+        (source.width, source.height)
+    }
+
+    fn fill(&mut self, r: Rect, colour: Yuv) -> Result<(), MediaError> {
+        self.gpu
+            .fill(&mut self.picture, r, colour)
+            .map_err(gpu_error)
+    }
+
+    fn blit(&mut self, dst_rect: Rect, src: &GpuPicture, src_rect: Rect) -> Result<(), MediaError> {
+        self.gpu
+            .blit(&mut self.picture, dst_rect, src, src_rect)
+            .map_err(gpu_error)
+    }
+
+    fn border(&mut self, r: Rect, thickness: u32, colour: Yuv) -> Result<(), MediaError> {
+        self.gpu
+            .border(&mut self.picture, r, thickness, colour)
+            .map_err(gpu_error)
+    }
+
+    fn blend_mask(
+        &mut self,
+        x: i64,
+        y: i64,
+        mask: &[u8],
+        mask_width: u32,
+        colour: Yuv,
+    ) -> Result<(), MediaError> {
+        if mask_width == 0 || mask.is_empty() {
+            return Ok(());
+        }
+        let (Ok(x), Ok(y)) = (i32::try_from(x), i32::try_from(y)) else {
+            return Err(MediaError::Gpu("mask position out of range".into()));
+        };
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            mask_width.hash(&mut h);
+            mask.hash(&mut h);
+            h.finish()
+        };
+        if !self.masks.contains_key(&key) {
+            if self.masks.len() >= MASKS {
+                self.masks.clear();
+            }
+            let m = self
+                .gpu
+                .stream
+                .clone_htod(mask)
+                .map_err(|e| MediaError::Gpu(format!("upload mask: {e}")))?;
+            self.masks.insert(key, m);
+        }
+        let m = &self.masks[&key];
+        let mask_height = (mask.len() / mask_width as usize) as u32;
+        self.gpu
+            .blend_device_mask(&mut self.picture, x, y, m, mask_width, mask_height, colour)
+            .map_err(gpu_error)
+    }
+}
+
+/// A track's decoder for the GPU path: NVDEC where it takes the stream, its pictures turned
+/// into [`GpuPicture`]s on the device; software decoding, uploaded, where it does not (AV1
+/// without NVDEC, say). The latest picture is kept and lent.
+pub struct CudaDecoder {
+    decoder: VideoDecoder,
+    picture: Option<GpuPicture>,
+    /// Pictures NVDEC decoded, and pictures decoded in software and uploaded.
+    pub hardware: u64,
+    pub software: u64,
+}
+
+impl CudaDecoder {
+    /// A decoder on GPU `ordinal` (the one `gpu` was opened on).
+    pub fn new(codec: VideoCodec, ordinal: usize) -> Result<CudaDecoder, MediaError> {
+        let decoder = match VideoDecoder::with_cuda(codec, ordinal) {
+            Ok(d) => d,
+            // No NVDEC through FFmpeg (a driver without it): software, uploaded.
+            Err(e) => {
+                tracing::warn!("{} on NVDEC: {e}; decoding in software", codec.name());
+                VideoDecoder::new(codec)?
+            }
+        };
+        Ok(CudaDecoder {
+            decoder,
+            picture: None,
+            hardware: 0,
+            software: 0,
+        })
+    }
+
+    pub fn codec(&self) -> VideoCodec {
+        self.decoder.codec()
+    }
+
+    /// Frames in, pictures out and errors, as [`VideoDecoder`]'s.
+    pub fn counters(&self) -> (u64, u64, u64) {
+        let d = &self.decoder;
+        (d.frames_in, d.pictures_out, d.errors)
+    }
+
+    /// Decodes one frame; the picture it completes, if any, on the device.
+    pub fn decode(&mut self, gpu: &Gpu, data: &[u8]) -> Result<Option<&GpuPicture>, MediaError> {
+        let fresh_av1 = self.codec() == VideoCodec::Av1 && self.hardware + self.software == 0;
+        let got = match self.decoder.feed(data) {
+            // FFmpeg's AV1 decoder decodes only in hardware: without NVDEC's AV1, libdav1d.
+            Err(e) if fresh_av1 => {
+                tracing::warn!("AV1 on NVDEC: {e}; decoding in software");
+                self.decoder = VideoDecoder::new(VideoCodec::Av1)?;
+                self.decoder.feed(data)?
+            }
+            other => other?,
+        };
+        if !got {
+            return Ok(None);
+        }
+        match self.decoder.current()? {
+            None => return Ok(None),
+            Some(Frame::Cuda(f)) => {
+                gpu.from_nv12(&f, &mut self.picture).map_err(gpu_error)?;
+                self.hardware += 1;
+            }
+            Some(Frame::Memory(p)) => {
+                let same = self
+                    .picture
+                    .as_ref()
+                    .is_some_and(|g| g.width == p.width() && g.height == p.height());
+                match (&mut self.picture, same) {
+                    (Some(g), true) => gpu.upload_into(&p, g).map_err(gpu_error)?,
+                    _ => self.picture = Some(gpu.upload(&p).map_err(gpu_error)?),
+                }
+                self.software += 1;
+            }
+        }
+        Ok(self.picture.as_ref())
+    }
+
+    /// The latest picture.
+    pub fn picture(&self) -> Option<&GpuPicture> {
+        self.picture.as_ref()
     }
 }

@@ -15,8 +15,8 @@ pub mod picture;
 pub mod source;
 pub mod text;
 
-pub use composite::{Compositor, TileView};
-pub use decode::{VideoCodec, VideoDecoder};
+pub use composite::{Compositor, Surface, TileView};
+pub use decode::{Frame, Nv12Frame, VideoCodec, VideoDecoder};
 pub use layout::{Arrangement, Layout, Tile};
 pub use mix::{Mixer, SAMPLE_RATE};
 pub use output::{Container, OutputSpec, VideoSpec, Writer};
@@ -39,6 +39,8 @@ pub enum MediaError {
     Opus(String),
     #[error("{path}: {error}")]
     Io { path: PathBuf, error: String },
+    #[error("GPU: {0}")]
+    Gpu(String),
     #[error("unsupported: {0}")]
     Unsupported(String),
 }

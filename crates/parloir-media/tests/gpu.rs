@@ -1,10 +1,13 @@
-//! The CUDA kernels against their CPU references. Compiling them (NVRTC, from the wheel the
-//! setup installs) needs no GPU and is always checked; running them is checked when a CUDA
-//! device is present, and skipped with a message when not.
+//! The CUDA kernels against their CPU references, and NVDEC against libavcodec. Compiling the
+//! kernels (NVRTC, from the wheel the setup installs) needs no GPU and is always checked;
+//! running them is checked when a CUDA device is present, and skipped with a message when not.
 
-use parloir_media::gpu::{Gpu, compile};
+use std::sync::Arc;
+
+use parloir_media::gpu::{CudaDecoder, Gpu, GpuCanvas, compile};
+use parloir_media::source::CameraSource;
 use parloir_media::text::Labeler;
-use parloir_media::{Picture, Rect, Yuv};
+use parloir_media::{Compositor, Layout, Picture, Rect, TileView, VideoCodec, VideoDecoder, Yuv};
 
 #[test]
 fn the_kernels_compile_with_nvrtc() {
@@ -87,4 +90,141 @@ fn gpu_compositing_matches_the_cpu_byte_for_byte() {
     assert_eq!(differ(&back.y, &cpu.y), 0, "luma samples differ");
     assert_eq!(differ(&back.u, &cpu.u), 0, "U samples differ");
     assert_eq!(differ(&back.v, &cpu.v), 0, "V samples differ");
+}
+
+fn open_gpu() -> Option<Arc<Gpu>> {
+    match Gpu::open(0) {
+        Ok(g) => Some(Arc::new(g)),
+        Err(e) => {
+            eprintln!("skipped: no GPU to compare with ({e})");
+            None
+        }
+    }
+}
+
+/// Without a GPU, asking for NVDEC is a clear error, not a panic; with one, it is a decoder.
+#[test]
+fn nvdec_is_there_exactly_when_a_gpu_is() {
+    let present = Gpu::open(0).is_ok();
+    match VideoDecoder::with_cuda(VideoCodec::H264, 0) {
+        Ok(_) => assert!(present, "a CUDA decoder without a GPU"),
+        Err(e) => {
+            assert!(!present, "no CUDA decoder on a GPU: {e}");
+            assert!(e.to_string().contains("CUDA"), "{e}");
+        }
+    }
+}
+
+/// NVDEC's pictures, turned into I420 on the device, are libavcodec's to the byte: the three
+/// codecs are specified to the bit, so any difference is ours (pitches, chroma order).
+#[test]
+fn nvdec_pictures_match_software_decoding() {
+    let Some(gpu) = open_gpu() else { return };
+    for codec in [VideoCodec::H264, VideoCodec::Vp9, VideoCodec::Vp8] {
+        let mut camera =
+            CameraSource::new(codec, Yuv::from_rgb(200, 60, 40), 640, 360, 30).expect("encoder");
+        let mut software = VideoDecoder::new(codec).expect("software decoder");
+        let mut hardware = CudaDecoder::new(codec, 0).expect("CUDA decoder");
+        let mut compared = 0;
+        for i in 0..45 {
+            if i == 20 {
+                camera.set_colour(Yuv::from_rgb(30, 90, 220));
+            }
+            let (frame, _) = camera.next_frame().expect("frame");
+            let want = software.decode(&frame).expect("software decode");
+            let got = hardware.decode(&gpu, &frame).expect("CUDA decode");
+            if let (Some(want), Some(got)) = (want, got) {
+                let got = gpu.download(got).expect("download");
+                assert_eq!((got.width(), got.height()), (want.width(), want.height()));
+                for (plane, a, b) in [
+                    ("Y", &got.y, &want.y),
+                    ("U", &got.u, &want.u),
+                    ("V", &got.v, &want.v),
+                ] {
+                    let differ = a.iter().zip(b.iter()).filter(|(x, y)| x != y).count();
+                    assert_eq!(
+                        differ,
+                        0,
+                        "{} frame {i}: {differ} {plane} samples differ",
+                        codec.name()
+                    );
+                }
+                compared += 1;
+            }
+        }
+        assert!(
+            compared >= 40,
+            "{}: {compared} pictures compared",
+            codec.name()
+        );
+        eprintln!(
+            "{}: {} pictures from NVDEC, {} decoded in software",
+            codec.name(),
+            hardware.hardware,
+            hardware.software
+        );
+        // H.264 and VP9 are NVDEC's on every GPU with one; VP8 on most.
+        if codec != VideoCodec::Vp8 {
+            assert!(
+                hardware.hardware >= 40,
+                "{}: NVDEC decoded {}",
+                codec.name(),
+                hardware.hardware
+            );
+        }
+    }
+}
+
+/// The compositor on the GPU draws what it draws on the CPU, names, borders, placeholders and
+/// a screen share included.
+#[test]
+fn the_gpu_compositor_draws_what_the_cpu_one_draws() {
+    let Some(gpu) = open_gpu() else { return };
+    let pictures = [
+        pattern(640, 360, 1),
+        pattern(1280, 720, 2),
+        pattern(480, 640, 3),
+        pattern(1920, 1080, 4),
+    ];
+    let on_gpu: Vec<_> = pictures.iter().map(|p| gpu.upload(p).unwrap()).collect();
+    let names = ["Élise Martin", "Bob", "Chloé Dubois", "Écran de David"];
+    for layout in ["grid", "speaker-dark", "single-speaker"] {
+        let layout = Layout::parse(layout).unwrap();
+        let mut cpu = Compositor::new(1280, 720, layout);
+        let canvas = GpuCanvas::new(gpu.clone(), 1280, 720, layout.background()).unwrap();
+        let mut dev = Compositor::on(canvas, layout);
+        let views = |i: usize| (i == 1, i == 3, names[i]);
+        let cpu_tiles: Vec<TileView<'_>> = (0..5)
+            .map(|i| {
+                let (speaking, screen_share, name) = views(i % 4);
+                TileView {
+                    picture: (i < 4 && i != 2).then(|| &pictures[i]),
+                    name,
+                    speaking,
+                    screen_share,
+                }
+            })
+            .collect();
+        let gpu_tiles: Vec<TileView<'_, _>> = (0..5)
+            .map(|i| {
+                let (speaking, screen_share, name) = views(i % 4);
+                TileView {
+                    picture: (i < 4 && i != 2).then(|| &on_gpu[i]),
+                    name,
+                    speaking,
+                    screen_share,
+                }
+            })
+            .collect();
+        let want = cpu.compose(&cpu_tiles).unwrap().clone();
+        let got = dev.compose(&gpu_tiles).unwrap().download().unwrap();
+        let differ = |a: &[u8], b: &[u8]| a.iter().zip(b).filter(|(x, y)| x != y).count();
+        assert_eq!(
+            differ(&got.y, &want.y),
+            0,
+            "{layout:?}: luma samples differ"
+        );
+        assert_eq!(differ(&got.u, &want.u), 0, "{layout:?}: U samples differ");
+        assert_eq!(differ(&got.v, &want.v), 0, "{layout:?}: V samples differ");
+    }
 }

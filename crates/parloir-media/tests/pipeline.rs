@@ -174,7 +174,7 @@ fn vp8_sources_become_a_grid_recording() {
                 screen_share: false,
             })
             .collect();
-        let canvas = compositor.compose(&tiles).clone();
+        let canvas = compositor.compose(&tiles).unwrap().clone();
         writer.video(&canvas, i as i64).unwrap();
         // 20 ms Opus frames for this 1/30 s.
         let until = (i as i64 + 1) * 1600;

@@ -1,4 +1,4 @@
-//! The record plane's costs on the CPU path.
+//! The record plane's costs, on the CPU path and (where there is one) on the GPU.
 //!
 //! 1. The compositor alone (criterion): one frame of 4, 25 and 150 tiles on a 720p and a 1080p
 //!    canvas, each tile fed the picture size its layer choice gives (320x180 for small tiles,
@@ -8,6 +8,10 @@
 //!    fragmented MP4), as fast as it goes; CPU seconds over media seconds is the number of
 //!    cores the recording needs in real time.
 //!
+//! 3. With a GPU: the GPU compositor alone; the same composites decoded (NVDEC) and composited
+//!    on the GPU, encoded on the CPU; and how many 25-camera 1080p30 composites one GPU decodes
+//!    and composites in real time.
+//!
 //! `cargo bench -p parloir-record --bench composite`; with `PARLOIR_BENCH_OUT=FILE` the figures
 //! are also written as JSON.
 
@@ -15,8 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
+use parloir_media::gpu::{CudaDecoder, Gpu, GpuCanvas, GpuPicture};
 use parloir_media::source::CameraSource;
-use parloir_media::{Compositor, Container, Layout, Picture, Tile, TileView, VideoSpec, Yuv};
+use parloir_media::{
+    Compositor, Container, Layout, Picture, Tile, TileView, VideoCodec, VideoSpec, Yuv,
+};
 use parloir_record::{Composite, CompositeConfig};
 use parloir_sfu::RecordFrame;
 
@@ -79,12 +86,14 @@ fn compositor(c: &mut Criterion, out: &mut Vec<String>) {
                 })
                 .collect();
             let id = format!("{label}/{tiles}-tiles");
-            group.bench_function(&id, |b| b.iter(|| comp.compose(&views).width()));
+            group.bench_function(&id, |b| {
+                b.iter(|| comp.compose(&views).expect("compose").width())
+            });
             // One more timed run of our own for the JSON: frames per second on one core.
             let start = Instant::now();
             let mut n = 0u32;
             while start.elapsed() < Duration::from_secs(1) {
-                comp.compose(&views);
+                comp.compose(&views).expect("compose");
                 n += 1;
             }
             let fps = f64::from(n) / start.elapsed().as_secs_f64();
@@ -157,6 +166,104 @@ fn gpu_compositor(out: &mut Vec<String>) {
     }
 }
 
+/// How many 1080p30 room composites of 25 cameras one GPU decodes and composites in real time:
+/// `rooms` threads, each with 25 NVDEC decoders fed H.264 at 30 fps (the layer each tile takes)
+/// and a canvas on the GPU copied back each frame for the encoder, run flat out; the frames
+/// they make together over 30 is the number of real-time composites. Encoding is left out: on
+/// a GPU without NVENC it runs on CPU cores (the end-to-end figures price it).
+fn gpu_capacity(gpu: &Arc<Gpu>, out: &mut Vec<String>) {
+    let (width, height, participants) = (1920u32, 1080u32, 25usize);
+    let layout = Layout::parse("grid").expect("grid");
+    let rects: Vec<parloir_media::Rect> = Compositor::new(width, height, layout)
+        .placement(&vec![Tile::default(); participants])
+        .into_iter()
+        .flatten()
+        .collect();
+    // Two seconds of each camera, encoded once.
+    let streams: Arc<Vec<Vec<Arc<[u8]>>>> = Arc::new(
+        rects
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let (w, h) = source_size(r.height);
+                let mut cam =
+                    CameraSource::new(VideoCodec::H264, colour(i), w, h, 30).expect("libx264");
+                (0..60)
+                    .map(|_| Arc::from(cam.next_frame().expect("a frame").0))
+                    .collect()
+            })
+            .collect(),
+    );
+    let mut best = 0.0f64;
+    for rooms in [1usize, 2, 4, 8, 16, 24, 32] {
+        let stop = Instant::now() + Duration::from_secs(3);
+        let threads: Vec<_> = (0..rooms)
+            .map(|_| {
+                let (gpu, streams) = (gpu.clone(), streams.clone());
+                std::thread::spawn(move || {
+                    let mut decoders: Vec<CudaDecoder> = (0..streams.len())
+                        .map(|_| CudaDecoder::new(VideoCodec::H264, gpu.ordinal()).expect("NVDEC"))
+                        .collect();
+                    let canvas =
+                        GpuCanvas::new(gpu.clone(), width, height, Yuv::BLACK).expect("canvas");
+                    let mut comp = Compositor::on(canvas, layout);
+                    let mut picture = Picture::new(width, height, Yuv::BLACK);
+                    let names: Vec<String> = (0..streams.len())
+                        .map(|i| format!("Participant {i}"))
+                        .collect();
+                    let mut frames = 0u64;
+                    let mut i = 0usize;
+                    while Instant::now() < stop {
+                        for (d, s) in decoders.iter_mut().zip(streams.iter()) {
+                            d.decode(&gpu, &s[i % s.len()]).expect("decode");
+                        }
+                        i += 1;
+                        let views: Vec<TileView<'_, GpuPicture>> = decoders
+                            .iter()
+                            .zip(&names)
+                            .map(|(d, n)| TileView {
+                                picture: d.picture(),
+                                name: n,
+                                speaking: false,
+                                screen_share: false,
+                            })
+                            .collect();
+                        comp.compose(&views)
+                            .expect("compose")
+                            .download_into(&mut picture)
+                            .expect("download");
+                        frames += 1;
+                    }
+                    let hardware: u64 = decoders.iter().map(|d| d.hardware).sum();
+                    let software: u64 = decoders.iter().map(|d| d.software).sum();
+                    (frames, hardware, software)
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        let mut frames = 0u64;
+        let (mut hw, mut sw) = (0u64, 0u64);
+        for t in threads {
+            let (f, h, s) = t.join().expect("a room thread");
+            frames += f;
+            hw += h;
+            sw += s;
+        }
+        let fps = frames as f64 / started.elapsed().as_secs_f64();
+        let realtime = fps / 30.0;
+        println!(
+            "GPU decode + composite, {rooms} rooms of 25 cameras at 1080p: {fps:.0} frames/s = {realtime:.1} real-time composites ({hw} pictures from NVDEC, {sw} in software)"
+        );
+        out.push(format!(
+            "{{\"what\":\"gpu decode+composite\",\"canvas\":\"1920x1080@30\",\"participants\":25,\"rooms\":{rooms},\"frames_per_s\":{fps:.1},\"realtime_composites\":{realtime:.2},\"nvdec_pictures\":{hw},\"software_pictures\":{sw}}}"
+        ));
+        if realtime < best * 1.05 {
+            break;
+        }
+        best = best.max(realtime);
+    }
+}
+
 /// Where the benchmarked cameras' frames come from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Cameras {
@@ -220,6 +327,7 @@ fn end_to_end(
     height: u32,
     fps: u32,
     seconds: u32,
+    gpu: Option<Arc<Gpu>>,
 ) -> (f64, f64) {
     let layout = Layout::parse("grid").expect("grid");
     let comp = Compositor::new(width, height, layout);
@@ -250,6 +358,7 @@ fn end_to_end(
         audio: true,
         audio_bitrate: 128_000,
         latency: Duration::from_millis(500),
+        gpu,
     };
     let t0 = Instant::now();
     let mut composite = Composite::start(&[(dir.join("bench.mp4"), Container::Mp4)], config, t0)
@@ -313,6 +422,13 @@ fn main() {
     compositor(&mut c, &mut out);
     c.final_summary();
     gpu_compositor(&mut out);
+    let gpu = match Gpu::open(0) {
+        Ok(g) => Some(Arc::new(g)),
+        Err(e) => {
+            println!("GPU composites: skipped ({e})");
+            None
+        }
+    };
     for kind in [Cameras::Synthetic, Cameras::Clips] {
         let name = match kind {
             Cameras::Synthetic => "synthetic",
@@ -321,14 +437,22 @@ fn main() {
         for (participants, width, height) in
             [(4usize, 1280u32, 720u32), (25, 1280, 720), (25, 1920, 1080)]
         {
-            let (cores, speed) = end_to_end(kind, participants, width, height, 30, 10);
-            println!(
-                "room composite, {name} cameras, {participants} participants {width}x{height}@30: {cores:.2} cores in real time ({speed:.2}x real time here)"
-            );
-            out.push(format!(
-                "{{\"what\":\"room composite\",\"cameras\":\"{name}\",\"participants\":{participants},\"canvas\":\"{width}x{height}@30\",\"cpu_cores\":{cores:.3},\"speed\":{speed:.3}}}"
-            ));
+            // On the CPU, and (with a GPU) decoded and composited on the GPU.
+            let paths = [None].into_iter().chain(gpu.clone().map(Some));
+            for on in paths {
+                let path = if on.is_some() { "gpu" } else { "cpu" };
+                let (cores, speed) = end_to_end(kind, participants, width, height, 30, 10, on);
+                println!(
+                    "room composite ({path}), {name} cameras, {participants} participants {width}x{height}@30: {cores:.2} cores in real time ({speed:.2}x real time here)"
+                );
+                out.push(format!(
+                    "{{\"what\":\"room composite\",\"path\":\"{path}\",\"cameras\":\"{name}\",\"participants\":{participants},\"canvas\":\"{width}x{height}@30\",\"cpu_cores\":{cores:.3},\"speed\":{speed:.3}}}"
+                ));
+            }
         }
+    }
+    if let Some(gpu) = &gpu {
+        gpu_capacity(gpu, &mut out);
     }
     if let Ok(path) = std::env::var("PARLOIR_BENCH_OUT") {
         let json = format!("[\n{}\n]\n", out.join(",\n"));

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parloir_media::gpu::{CudaDecoder, Gpu, GpuCanvas, GpuPicture};
 use parloir_media::output::OutputResult;
 use parloir_media::{
     Compositor, Container, Layout, MediaError, Mixer, OutputSpec, Picture, SAMPLE_RATE, Tile,
@@ -34,6 +35,9 @@ pub struct CompositeConfig {
     pub audio_bitrate: u32,
     /// How far behind real time the recording runs: frames later than this are not in it.
     pub latency: Duration,
+    /// Decode (NVDEC) and composite on this GPU, the frames staying in its memory until the
+    /// finished canvas goes to the encoder; `None`: on the CPU.
+    pub gpu: Option<Arc<Gpu>>,
 }
 
 /// What a composite asks of the SFU.
@@ -87,8 +91,36 @@ struct Member {
     last_spoke: f64,
 }
 
+/// A track's decoder: in memory, or on the GPU (which keeps the latest picture itself).
+enum Decoder {
+    Cpu(VideoDecoder),
+    Cuda(CudaDecoder),
+}
+
+/// The compositor: on a canvas in memory, or on the GPU with a picture to download it into.
+enum Canvas {
+    Cpu(Box<Compositor>),
+    Cuda(Box<Compositor<GpuCanvas>>, Picture),
+}
+
+impl Canvas {
+    fn placement(&self, tiles: &[Tile]) -> Vec<Option<parloir_media::Rect>> {
+        match self {
+            Canvas::Cpu(c) => c.placement(tiles),
+            Canvas::Cuda(c, _) => c.placement(tiles),
+        }
+    }
+
+    fn set_layout(&mut self, layout: Layout) {
+        match self {
+            Canvas::Cpu(c) => c.set_layout(layout),
+            Canvas::Cuda(c, _) => c.set_layout(layout),
+        }
+    }
+}
+
 struct VideoState {
-    decoder: Option<VideoDecoder>,
+    decoder: Option<Decoder>,
     codec: Option<VideoCodec>,
     /// Encoded frames waiting for their time: (timeline seconds, data, key frame).
     pending: VecDeque<(f64, Arc<[u8]>, bool)>,
@@ -114,7 +146,7 @@ struct TrackState {
 pub struct Composite {
     config: CompositeConfig,
     writer: Writer,
-    compositor: Option<Compositor>,
+    compositor: Option<Canvas>,
     mixer: Mixer,
     start: Instant,
     members: Vec<Member>,
@@ -141,10 +173,23 @@ impl Composite {
             audio_bitrate: config.audio_bitrate,
         };
         let writer = Writer::create_many(outputs, &spec)?;
-        let compositor = config
-            .video
-            .as_ref()
-            .map(|v| Compositor::new(v.width, v.height, config.layout));
+        let compositor = match (&config.video, &config.gpu) {
+            (None, _) => None,
+            (Some(v), None) => Some(Canvas::Cpu(Box::new(Compositor::new(
+                v.width,
+                v.height,
+                config.layout,
+            )))),
+            (Some(v), Some(gpu)) => {
+                let canvas =
+                    GpuCanvas::new(gpu.clone(), v.width, v.height, config.layout.background())
+                        .map_err(MediaError::Gpu)?;
+                Some(Canvas::Cuda(
+                    Box::new(Compositor::on(canvas, config.layout)),
+                    Picture::new(v.width & !1, v.height & !1, config.layout.background()),
+                ))
+            }
+        };
         Ok(Composite {
             config,
             writer,
@@ -300,7 +345,12 @@ impl Composite {
         };
         if video.codec != Some(codec) {
             video.codec = Some(codec);
-            video.decoder = match VideoDecoder::new(codec) {
+            let decoder = match &self.config.gpu {
+                Some(gpu) => CudaDecoder::new(codec, gpu.ordinal()).map(Decoder::Cuda),
+                None => VideoDecoder::new(codec).map(Decoder::Cpu),
+            };
+            video.picture = None;
+            video.decoder = match decoder {
                 Ok(d) => Some(d),
                 Err(e) => {
                     tracing::warn!(track = %f.track_sid, error = %e, "no decoder: the tile stays empty");
@@ -404,15 +454,23 @@ impl Composite {
                 let Some((at, data, _key)) = v.pending.pop_front() else {
                     break;
                 };
-                let Some(decoder) = v.decoder.as_mut() else {
-                    continue;
+                let decoded = match v.decoder.as_mut() {
+                    None => continue,
+                    Some(Decoder::Cpu(d)) => d.decode(&data).map(|p| {
+                        let got = p.is_some();
+                        if p.is_some() {
+                            v.picture = p;
+                        }
+                        got
+                    }),
+                    Some(Decoder::Cuda(d)) => match self.config.gpu.as_deref() {
+                        Some(gpu) => d.decode(gpu, &data).map(|p| p.is_some()),
+                        None => continue,
+                    },
                 };
-                match decoder.decode(&data) {
-                    Ok(Some(p)) => {
-                        v.picture = Some(p);
-                        v.shown = at;
-                    }
-                    Ok(None) => {}
+                match decoded {
+                    Ok(true) => v.shown = at,
+                    Ok(false) => {}
                     Err(_) => {
                         self.stats.decode_errors += 1;
                         v.need_key = true;
@@ -523,6 +581,10 @@ impl Composite {
     }
 
     fn compose_and_write(&mut self, t: f64) -> Result<(), MediaError> {
+        // Out of `self` while the views borrow the tracks.
+        let Some(mut canvas) = self.compositor.take() else {
+            return Ok(());
+        };
         let tiles = self.tiles();
         let mut labels: Vec<String> = Vec::with_capacity(tiles.len());
         for &(_, i, screen) in &tiles {
@@ -533,29 +595,57 @@ impl Composite {
                 name.clone()
             });
         }
-        let views: Vec<TileView<'_>> = tiles
-            .iter()
-            .zip(&labels)
-            .map(|(&(track, i, screen), label)| {
-                let picture = track
-                    .and_then(|s| self.tracks.get(s))
-                    .and_then(|tr| tr.video.as_ref())
-                    .filter(|v| t - v.shown < VIDEO_STALE)
-                    .and_then(|v| v.picture.as_ref());
-                let m = &self.members[i];
-                TileView {
-                    picture,
-                    name: label,
-                    speaking: m.speaking_since.is_some() && t - m.last_spoke < 0.5,
-                    screen_share: screen,
-                }
-            })
-            .collect();
-        let Some(compositor) = self.compositor.as_mut() else {
-            return Ok(());
+        // Each tile's fresh picture, wherever its decoder keeps it.
+        let fresh = |track: Option<&str>| {
+            track
+                .and_then(|s| self.tracks.get(s))
+                .and_then(|tr| tr.video.as_ref())
+                .filter(|v| t - v.shown < VIDEO_STALE)
         };
-        let canvas = compositor.compose(&views);
-        self.writer.video(canvas, self.frames_out)
+        let speaking = |i: usize| {
+            let m = &self.members[i];
+            m.speaking_since.is_some() && t - m.last_spoke < 0.5
+        };
+        let composed = match &mut canvas {
+            Canvas::Cpu(compositor) => {
+                let views: Vec<TileView<'_>> = tiles
+                    .iter()
+                    .zip(&labels)
+                    .map(|(&(track, i, screen), label)| TileView {
+                        picture: fresh(track).and_then(|v| v.picture.as_ref()),
+                        name: label,
+                        speaking: speaking(i),
+                        screen_share: screen,
+                    })
+                    .collect();
+                compositor.compose(&views).map(|_| ())
+            }
+            Canvas::Cuda(compositor, picture) => {
+                let views: Vec<TileView<'_, GpuPicture>> = tiles
+                    .iter()
+                    .zip(&labels)
+                    .map(|(&(track, i, screen), label)| TileView {
+                        picture: fresh(track).and_then(|v| match &v.decoder {
+                            Some(Decoder::Cuda(d)) => d.picture(),
+                            _ => None,
+                        }),
+                        name: label,
+                        speaking: speaking(i),
+                        screen_share: screen,
+                    })
+                    .collect();
+                // The canvas comes back for the encoder on the CPU (Hopper has no NVENC).
+                compositor
+                    .compose(&views)
+                    .and_then(|c| c.download_into(picture).map_err(MediaError::Gpu))
+            }
+        };
+        let written = composed.and_then(|()| match &canvas {
+            Canvas::Cpu(compositor) => self.writer.video(compositor.canvas(), self.frames_out),
+            Canvas::Cuda(_, picture) => self.writer.video(picture, self.frames_out),
+        });
+        self.compositor = Some(canvas);
+        written
     }
 
     /// Writes what remains up to `now` less the latency, closes the file.

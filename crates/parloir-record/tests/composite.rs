@@ -57,6 +57,7 @@ fn config(layout: &str, width: u32, height: u32, fps: u32, audio: bool) -> Compo
         audio,
         audio_bitrate: 96_000,
         latency: Duration::from_millis(500),
+        gpu: None,
     }
 }
 
@@ -124,11 +125,31 @@ fn audio_level(path: &std::path::Path, from: f64, to: f64) -> f64 {
 
 #[test]
 fn a_room_becomes_a_grid_recording_with_its_audio() {
-    let dir = std::env::temp_dir().join(format!("parloir-record-{}", std::process::id()));
+    grid_recording(None);
+}
+
+/// The same room decoded (NVDEC) and composited on the GPU, encoded on the CPU: the same
+/// recording. Skipped with a message without a GPU.
+#[test]
+fn on_the_gpu_a_room_becomes_the_same_grid_recording() {
+    match parloir_media::gpu::Gpu::open(0) {
+        Ok(gpu) => grid_recording(Some(Arc::new(gpu))),
+        Err(e) => eprintln!("skipped: no GPU ({e})"),
+    }
+}
+
+fn grid_recording(gpu: Option<Arc<parloir_media::gpu::Gpu>>) {
+    let on_gpu = gpu.is_some();
+    let dir = std::env::temp_dir().join(format!(
+        "parloir-record-{}-{}",
+        std::process::id(),
+        if on_gpu { "gpu" } else { "cpu" }
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("room.mp4");
     let t0 = Instant::now();
-    let config = config("grid", 640, 360, 30, true);
+    let mut config = config("grid", 640, 360, 30, true);
+    config.gpu = gpu;
     let mut composite =
         Composite::start(&[(path.to_path_buf(), Container::Mp4)], config, t0).unwrap();
     let red = Yuv::from_rgb(220, 40, 40);
@@ -221,6 +242,7 @@ fn an_unwritable_path_fails_at_start() {
         audio: true,
         audio_bitrate: 64_000,
         latency: Duration::from_millis(500),
+        gpu: None,
     };
     let err = Composite::start(
         &[(

@@ -116,6 +116,8 @@ struct Inner {
     routes: Mutex<Sender<Route>>,
     dir: PathBuf,
     encoders: Vec<String>,
+    /// Where room composites decode and composite, when the profile puts them on a GPU.
+    gpu: Option<Arc<parloir_media::gpu::Gpu>>,
     cpus: Vec<usize>,
     media: std::sync::OnceLock<MediaHandle>,
     webhooks: std::sync::OnceLock<Webhooks>,
@@ -145,10 +147,12 @@ fn unix_ns() -> i64 {
 
 impl Egress {
     /// Starts the router. Recordings go to `dir`; `encoders` are the hardware profile's H.264
-    /// encoders in order of preference; egress threads are pinned to `cpus` when not empty.
+    /// encoders in order of preference; video is decoded and composited on `gpu` when there is
+    /// one; egress threads are pinned to `cpus` when not empty.
     pub fn start(
         dir: PathBuf,
         encoders: Vec<String>,
+        gpu: Option<Arc<parloir_media::gpu::Gpu>>,
         cpus: Vec<usize>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Egress, Tap)> {
@@ -164,6 +168,7 @@ impl Egress {
                 routes: Mutex::new(routes_tx),
                 dir,
                 encoders,
+                gpu,
                 cpus,
                 media: std::sync::OnceLock::new(),
                 webhooks: std::sync::OnceLock::new(),
@@ -497,6 +502,7 @@ impl Egress {
     ) -> Result<proto::EgressInfo, EgressError> {
         if let Some(v) = config.video.as_mut() {
             v.encoders = self.inner.encoders.clone();
+            config.gpu = self.inner.gpu.clone();
         }
         // The destinations are checked before the room is touched: a refused request changes
         // nothing.
@@ -1256,6 +1262,7 @@ fn composite_config(
             audio,
             audio_bitrate: audio_kbps * 1000,
             latency: LATENCY,
+            gpu: None,
         },
         outputs,
     ))
@@ -1401,6 +1408,25 @@ async fn record(media: &MediaHandle, room: &str, on: bool) -> Result<proto::Room
         Ok(_) => Err(invalid("unexpected reply")),
         Err(ServiceError::NotFound(_)) => Err(not_found(&format!("room {room:?}"))),
         Err(e) => Err(service_error(e)),
+    }
+}
+
+/// The GPU room composites decode and composite on: the first GPU, when the hardware profile's
+/// `video.composite` list starts with `cuda` and it opens (the driver is there, the kernels
+/// compile); else `None`, the CPU path, said in the log.
+pub fn composite_gpu(profile: &[String]) -> Option<Arc<parloir_media::gpu::Gpu>> {
+    if profile.first().map(String::as_str) != Some("cuda") {
+        return None;
+    }
+    match parloir_media::gpu::Gpu::open(0) {
+        Ok(gpu) => {
+            tracing::info!("recordings decode (NVDEC) and composite on GPU 0");
+            Some(Arc::new(gpu))
+        }
+        Err(e) => {
+            tracing::warn!("recordings composite on the CPU: the GPU is not usable ({e})");
+            None
+        }
     }
 }
 

@@ -491,6 +491,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let (egress, record_tap) = egress::Egress::start(
         recordings.clone(),
         egress::encoders(&profile.video.encode),
+        egress::composite_gpu(&profile.video.composite),
         if config.server.pin_cores {
             plan.record.clone()
         } else {
