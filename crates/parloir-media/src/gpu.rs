@@ -158,6 +158,38 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
+/// Gives the device's primary context the flags FFmpeg's CUDA device insists on (blocking
+/// sync) before anything makes it active: FFmpeg refuses a primary context already active
+/// with other flags, and NVDEC then falls back to software (seen on an H200). Waits block
+/// the thread rather than spin, which suits a process of many threads.
+fn share_primary_context(ordinal: usize) -> Result<(), String> {
+    use cudarc::driver::sys;
+    let check = |what: &str, r: sys::CUresult| match r {
+        sys::CUresult::CUDA_SUCCESS => Ok(()),
+        e => Err(format!("{what}: {e:?}")),
+    };
+    let ordinal = i32::try_from(ordinal).map_err(|_| "GPU ordinal out of range")?;
+    let blocking = sys::CUctx_flags::CU_CTX_SCHED_BLOCKING_SYNC as u32;
+    // SAFETY: plain driver calls on a device handle the driver gave; libcuda was found above.
+    unsafe {
+        check("cuInit", sys::cuInit(0))?;
+        let mut device = 0;
+        check("cuDeviceGet", sys::cuDeviceGet(&mut device, ordinal))?;
+        let (mut flags, mut active) = (0u32, 0i32);
+        check(
+            "cuDevicePrimaryCtxGetState",
+            sys::cuDevicePrimaryCtxGetState(device, &mut flags, &mut active),
+        )?;
+        if flags != blocking {
+            check(
+                "cuDevicePrimaryCtxSetFlags",
+                sys::cuDevicePrimaryCtxSetFlags_v2(device, blocking),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// 16×16 threads per block, enough blocks to cover `w`×`h`.
 fn grid(w: u32, h: u32) -> LaunchConfig {
     LaunchConfig {
@@ -180,6 +212,7 @@ impl Gpu {
             return Err("libcuda is not installed (no NVIDIA driver)".into());
         }
         let ptx = compile()?;
+        share_primary_context(ordinal)?;
         let ctx = CudaContext::new(ordinal).map_err(cuda("CUDA context"))?;
         let module = ctx.load_module(ptx).map_err(cuda("loading the kernels"))?;
         let f = |name: &str| {
@@ -189,6 +222,9 @@ impl Gpu {
         };
         Ok(Gpu {
             ordinal,
+            // The legacy default stream, where FFmpeg's NVDEC copies go too, so kernels order
+            // after them. (Per-thread default streams hung an 8-thread upload test on an H200:
+            // left for later.)
             stream: ctx.default_stream(),
             scale: f("scale_plane")?,
             fill: f("fill_plane")?,
@@ -597,11 +633,39 @@ impl Surface for GpuCanvas {
     }
 }
 
-/// A track's decoder for the GPU path: NVDEC where it takes the stream, its pictures turned
-/// into [`GpuPicture`]s on the device; software decoding, uploaded, where it does not (AV1
-/// without NVDEC, say). The latest picture is kept and lent.
+/// How a [`CudaDecoder`] decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoding {
+    /// On NVDEC.
+    Nvdec,
+    /// With libavcodec on the CPU, pictures uploaded.
+    Software,
+    /// By picture size: software below [`NVDEC_FROM`] pixels, NVDEC from there, switching at
+    /// key frames. Measured on an H200 (perf/README.md, "Recording on the GPU"): FFmpeg's NVDEC
+    /// path returns each picture in a round trip (about 0.2 ms for 180p, 1.9 ms for 1080p, in
+    /// one thread), so small simulcast layers decode faster in software (15k pictures/s of
+    /// 180p against 4.6k), 1080p about even, and a composite decoding 25 small tiles on NVDEC
+    /// one after the other tops out near 60 frames/s; big pictures (the speaker's layer, a
+    /// screen share) are where NVDEC spares the CPU, which also encodes on a GPU without NVENC.
+    BySize,
+}
+
+/// Pictures of at least this many pixels go to NVDEC with [`Decoding::BySize`] (720p).
+pub const NVDEC_FROM: u64 = 1280 * 720;
+
+/// A track's decoder for the GPU path: NVDEC or software as its [`Decoding`] says, the pictures
+/// on the device either way (NVDEC's NV12 turned into I420 there; software pictures uploaded).
+/// The latest picture is kept and lent.
 pub struct CudaDecoder {
     decoder: VideoDecoder,
+    codec: VideoCodec,
+    ordinal: usize,
+    decoding: Decoding,
+    /// Whether `decoder` is on NVDEC, and whether NVDEC could not be had (then never again).
+    on_nvdec: bool,
+    nvdec_failed: bool,
+    /// Pixels of the last picture, for [`Decoding::BySize`].
+    last_pixels: u64,
     picture: Option<GpuPicture>,
     /// Pictures NVDEC decoded, and pictures decoded in software and uploaded.
     pub hardware: u64,
@@ -609,18 +673,34 @@ pub struct CudaDecoder {
 }
 
 impl CudaDecoder {
-    /// A decoder on GPU `ordinal` (the one `gpu` was opened on).
-    pub fn new(codec: VideoCodec, ordinal: usize) -> Result<CudaDecoder, MediaError> {
-        let decoder = match VideoDecoder::with_cuda(codec, ordinal) {
-            Ok(d) => d,
-            // No NVDEC through FFmpeg (a driver without it): software, uploaded.
-            Err(e) => {
-                tracing::warn!("{} on NVDEC: {e}; decoding in software", codec.name());
-                VideoDecoder::new(codec)?
-            }
+    /// A decoder for GPU `ordinal` (the one the [`Gpu`] it decodes for was opened on).
+    /// [`Decoding::BySize`] starts in software: the size is known from the first picture.
+    pub fn new(
+        codec: VideoCodec,
+        ordinal: usize,
+        decoding: Decoding,
+    ) -> Result<CudaDecoder, MediaError> {
+        let mut nvdec_failed = false;
+        let (decoder, on_nvdec) = match decoding {
+            Decoding::Nvdec => match VideoDecoder::with_cuda(codec, ordinal) {
+                Ok(d) => (d, true),
+                // No NVDEC through FFmpeg (a driver without it): software, uploaded.
+                Err(e) => {
+                    tracing::warn!("{} on NVDEC: {e}; decoding in software", codec.name());
+                    nvdec_failed = true;
+                    (VideoDecoder::new(codec)?, false)
+                }
+            },
+            Decoding::Software | Decoding::BySize => (VideoDecoder::new(codec)?, false),
         };
         Ok(CudaDecoder {
             decoder,
+            codec,
+            ordinal,
+            decoding,
+            on_nvdec,
+            nvdec_failed,
+            last_pixels: 0,
             picture: None,
             hardware: 0,
             software: 0,
@@ -628,23 +708,63 @@ impl CudaDecoder {
     }
 
     pub fn codec(&self) -> VideoCodec {
-        self.decoder.codec()
+        self.codec
     }
 
-    /// Frames in, pictures out and errors, as [`VideoDecoder`]'s.
+    /// Whether the next pictures come from NVDEC.
+    pub fn on_nvdec(&self) -> bool {
+        self.on_nvdec
+    }
+
+    /// Frames in, pictures out and errors, as [`VideoDecoder`]'s (of the decoder in use).
     pub fn counters(&self) -> (u64, u64, u64) {
         let d = &self.decoder;
         (d.frames_in, d.pictures_out, d.errors)
     }
 
+    /// [`Decoding::BySize`]: at a key frame (where a new decoder can start), the decoder the
+    /// last picture's size calls for.
+    fn choose(&mut self) {
+        let want = self.last_pixels >= NVDEC_FROM && !self.nvdec_failed;
+        if want == self.on_nvdec {
+            return;
+        }
+        let made = if want {
+            VideoDecoder::with_cuda(self.codec, self.ordinal)
+        } else {
+            VideoDecoder::new(self.codec)
+        };
+        match made {
+            Ok(d) => {
+                self.decoder = d;
+                self.on_nvdec = want;
+            }
+            Err(e) => {
+                tracing::warn!("{} on NVDEC: {e}; decoding in software", self.codec.name());
+                self.nvdec_failed |= want;
+            }
+        }
+    }
+
     /// Decodes one frame; the picture it completes, if any, on the device.
-    pub fn decode(&mut self, gpu: &Gpu, data: &[u8]) -> Result<Option<&GpuPicture>, MediaError> {
-        let fresh_av1 = self.codec() == VideoCodec::Av1 && self.hardware + self.software == 0;
+    /// `key`: whether it is a key frame (where [`Decoding::BySize`] may change decoders).
+    pub fn decode(
+        &mut self,
+        gpu: &Gpu,
+        data: &[u8],
+        key: bool,
+    ) -> Result<Option<&GpuPicture>, MediaError> {
+        if key && self.decoding == Decoding::BySize {
+            self.choose();
+        }
+        let fresh_av1 = self.codec == VideoCodec::Av1 && self.on_nvdec && self.hardware == 0;
         let got = match self.decoder.feed(data) {
             // FFmpeg's AV1 decoder decodes only in hardware: without NVDEC's AV1, libdav1d.
             Err(e) if fresh_av1 => {
                 tracing::warn!("AV1 on NVDEC: {e}; decoding in software");
                 self.decoder = VideoDecoder::new(VideoCodec::Av1)?;
+                self.on_nvdec = false;
+                self.nvdec_failed = true;
                 self.decoder.feed(data)?
             }
             other => other?,
@@ -655,10 +775,12 @@ impl CudaDecoder {
         match self.decoder.current()? {
             None => return Ok(None),
             Some(Frame::Cuda(f)) => {
+                self.last_pixels = u64::from(f.width) * u64::from(f.height);
                 gpu.from_nv12(&f, &mut self.picture).map_err(gpu_error)?;
                 self.hardware += 1;
             }
             Some(Frame::Memory(p)) => {
+                self.last_pixels = u64::from(p.width()) * u64::from(p.height());
                 let same = self
                     .picture
                     .as_ref()

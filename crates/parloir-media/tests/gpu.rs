@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use parloir_media::gpu::{CudaDecoder, Gpu, GpuCanvas, compile};
+use parloir_media::gpu::{CudaDecoder, Decoding, Gpu, GpuCanvas, NVDEC_FROM, compile};
 use parloir_media::source::CameraSource;
 use parloir_media::text::Labeler;
 use parloir_media::{Compositor, Layout, Picture, Rect, TileView, VideoCodec, VideoDecoder, Yuv};
@@ -124,15 +124,15 @@ fn nvdec_pictures_match_software_decoding() {
         let mut camera =
             CameraSource::new(codec, Yuv::from_rgb(200, 60, 40), 640, 360, 30).expect("encoder");
         let mut software = VideoDecoder::new(codec).expect("software decoder");
-        let mut hardware = CudaDecoder::new(codec, 0).expect("CUDA decoder");
+        let mut hardware = CudaDecoder::new(codec, 0, Decoding::Nvdec).expect("CUDA decoder");
         let mut compared = 0;
         for i in 0..45 {
             if i == 20 {
                 camera.set_colour(Yuv::from_rgb(30, 90, 220));
             }
-            let (frame, _) = camera.next_frame().expect("frame");
+            let (frame, key) = camera.next_frame().expect("frame");
             let want = software.decode(&frame).expect("software decode");
-            let got = hardware.decode(&gpu, &frame).expect("CUDA decode");
+            let got = hardware.decode(&gpu, &frame, key).expect("CUDA decode");
             if let (Some(want), Some(got)) = (want, got) {
                 let got = gpu.download(got).expect("download");
                 assert_eq!((got.width(), got.height()), (want.width(), want.height()));
@@ -226,5 +226,43 @@ fn the_gpu_compositor_draws_what_the_cpu_one_draws() {
         );
         assert_eq!(differ(&got.u, &want.u), 0, "{layout:?}: U samples differ");
         assert_eq!(differ(&got.v, &want.v), 0, "{layout:?}: V samples differ");
+    }
+}
+
+/// By size: a 360p camera stays in software; a 720p one moves to NVDEC at its second key
+/// frame (the first tells its size), and its pictures stay libavcodec's to the byte.
+#[test]
+fn decoding_by_size_puts_big_pictures_on_nvdec() {
+    let Some(gpu) = open_gpu() else { return };
+    assert!(u64::from(1280u32 * 720) >= NVDEC_FROM && u64::from(640u32 * 360) < NVDEC_FROM);
+    for (w, h, nvdec) in [(640u32, 360u32, false), (1280, 720, true)] {
+        let mut camera = CameraSource::new(VideoCodec::H264, Yuv::from_rgb(90, 160, 40), w, h, 30)
+            .expect("encoder");
+        let mut software = VideoDecoder::new(VideoCodec::H264).expect("software decoder");
+        let mut d = CudaDecoder::new(VideoCodec::H264, 0, Decoding::BySize).expect("decoder");
+        for i in 0..75 {
+            let (frame, key) = camera.next_frame().expect("frame");
+            let want = software.decode(&frame).expect("software decode");
+            let got = d.decode(&gpu, &frame, key).expect("decode");
+            if let (Some(want), Some(got)) = (want, got) {
+                let got = gpu.download(got).expect("download");
+                assert!(
+                    got.y == want.y && got.u == want.u && got.v == want.v,
+                    "{w}x{h} frame {i}"
+                );
+            }
+        }
+        assert_eq!(d.on_nvdec(), nvdec, "{w}x{h}");
+        // Key frames every 30: the first 30 pictures are software's either way.
+        if nvdec {
+            assert!(
+                d.software >= 30 && d.hardware >= 40,
+                "{} {}",
+                d.software,
+                d.hardware
+            );
+        } else {
+            assert_eq!(d.hardware, 0);
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parloir_media::gpu::{CudaDecoder, Gpu, GpuCanvas, GpuPicture};
+use parloir_media::gpu::{CudaDecoder, Decoding, Gpu, GpuCanvas, GpuPicture};
 use parloir_media::output::OutputResult;
 use parloir_media::{
     Compositor, Container, Layout, MediaError, Mixer, OutputSpec, Picture, SAMPLE_RATE, Tile,
@@ -94,7 +94,7 @@ struct Member {
 /// A track's decoder: in memory, or on the GPU (which keeps the latest picture itself).
 enum Decoder {
     Cpu(VideoDecoder),
-    Cuda(CudaDecoder),
+    Cuda(Box<CudaDecoder>),
 }
 
 /// The compositor: on a canvas in memory, or on the GPU with a picture to download it into.
@@ -346,7 +346,8 @@ impl Composite {
         if video.codec != Some(codec) {
             video.codec = Some(codec);
             let decoder = match &self.config.gpu {
-                Some(gpu) => CudaDecoder::new(codec, gpu.ordinal()).map(Decoder::Cuda),
+                Some(gpu) => CudaDecoder::new(codec, gpu.ordinal(), Decoding::BySize)
+                    .map(|d| Decoder::Cuda(Box::new(d))),
                 None => VideoDecoder::new(codec).map(Decoder::Cpu),
             };
             video.picture = None;
@@ -451,7 +452,7 @@ impl Composite {
                 continue;
             };
             while v.pending.front().is_some_and(|(at, _, _)| *at <= t) {
-                let Some((at, data, _key)) = v.pending.pop_front() else {
+                let Some((at, data, key)) = v.pending.pop_front() else {
                     break;
                 };
                 let decoded = match v.decoder.as_mut() {
@@ -464,7 +465,7 @@ impl Composite {
                         got
                     }),
                     Some(Decoder::Cuda(d)) => match self.config.gpu.as_deref() {
-                        Some(gpu) => d.decode(gpu, &data).map(|p| p.is_some()),
+                        Some(gpu) => d.decode(gpu, &data, key).map(|p| p.is_some()),
                         None => continue,
                     },
                 };
