@@ -152,8 +152,12 @@ fn a_link_that_drops_to_300_kbits_moves_to_the_low_layer_and_keeps_its_audio() {
         moved <= Duration::from_secs(2),
         "the SFU moved to the low layer {moved:?} after the drop"
     );
+    // It stays there. An upgrade the estimate allowed may be tried and undone (1 run in 15
+    // tried the middle layer for 0.7 s, 6 s after the drop): at most 1 s of frames above the
+    // low layer, none in the last 5 s; the bottleneck must still drop nothing (below).
+    let above = since[low_from..].iter().filter(|f| f.layer > 0).count();
     assert!(
-        since[low_from..].iter().all(|f| f.layer == 0),
+        above <= 10 && last_layers(since, 50).iter().all(|l| *l == 0),
         "it stays on the low layer: {:?}",
         since.iter().map(|f| f.layer).collect::<Vec<_>>()
     );
@@ -233,7 +237,9 @@ fn video_that_does_not_fit_pauses_and_resumes_when_the_link_recovers() {
     // frame and climbs.
     limit(&mut sim, "sub", 3 * MBIT);
     let back_at = sim.now;
-    sim.run_for(Duration::from_secs(30));
+    // Probing climbs back within 30 s in most runs; 45 s leaves room for probes that fail
+    // (each doubles the hold, up to 8 s).
+    sim.run_for(Duration::from_secs(45));
     let states = &sim.client("sub").stream_states;
     assert!(
         states[paused + 1..]
@@ -372,9 +378,12 @@ fn silent_microphones_take_no_room_from_video() {
 
 #[test]
 fn a_wide_link_gets_what_the_tiles_ask_for() {
-    // Without a bottleneck the estimate never limits: the top layer, nothing paused.
+    // Without a bottleneck the estimate never limits: the top layer, nothing paused. From the
+    // 1 Mbit/s start, probing reached the top layer 2 to 4 s after the first frame in 15 runs
+    // of 16 and in 12.7 s in one (a probe that makes the estimate fall doubles the hold before
+    // the next), before the simulation seeded str0m's random source; 16 s leaves room.
     let mut sim = meeting(24, &["pub"]);
-    sim.run_for(Duration::from_secs(6));
+    sim.run_for(Duration::from_secs(16));
     let cam = sim.track_sid("pub", "cam");
     let got = frames(&sim, "sub", &cam);
     assert_eq!(last_layers(&got, 20), [2; 20]);

@@ -273,6 +273,10 @@ impl Sim {
     /// A simulation whose SFU starts subscriber bandwidth estimates at `bwe_kbps` (0: no
     /// bandwidth estimation).
     pub fn with_options(seed: u64, loss: f64, n: usize, bwe_kbps: u32) -> Self {
+        // str0m draws from fastrand's thread-local generator (its pacer's jitter and
+        // overshoot, SSRCs): seeded, runs repeat but for hash-map order and DTLS (the
+        // simulation runs on this thread).
+        fastrand::seed(seed);
         let now = Instant::now();
         let config = SfuConfig {
             candidates: vec![sfu_addr()],
