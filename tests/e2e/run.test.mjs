@@ -771,6 +771,10 @@ describe('recording', () => {
     }
     assert.equal((await red.state()).isRecording, false);
 
+    // The recording starts and stops somewhere within its requests: on a loaded machine an
+    // answer can take half a second, so the span is bracketed by when each request left and
+    // when its answer came.
+    const startSent = Date.now();
     const started = await egress('StartRoomCompositeEgress', {
       room_name: room,
       layout: 'grid',
@@ -791,8 +795,9 @@ describe('recording', () => {
     await s.join('viewer', room, { publish: false });
 
     await sleep(10_000);
+    const stopSent = Date.now();
     const stopping = await egress('StopEgress', { egress_id: id });
-    const recorded = (Date.now() - t0) / 1000;
+    const [shortest, longest] = [(stopSent - t0) / 1000, (Date.now() - startSent) / 1000];
     assert.equal(stopping.status, 200, JSON.stringify(stopping.body));
     const done = await waitFor('the egress completes', async () => {
       const r = await egress('ListEgress', { egress_id: id });
@@ -812,7 +817,8 @@ describe('recording', () => {
     assert.equal(`${v.width}x${v.height}`, '640x360');
     assert.equal(v.r_frame_rate, '15/1');
     const duration = Number(info.format.duration);
-    assert.ok(Math.abs(duration - recorded) < 0.5, `duration ${duration} s for ${recorded} s recorded`);
+    assert.ok(duration > shortest - 0.5 && duration < longest + 0.5,
+      `duration ${duration} s for ${shortest} to ${longest} s recorded`);
 
     // Three tiles in join order: red top left, blue top right, the viewer's placeholder (dark
     // grey, with the name) centred below.
@@ -830,7 +836,7 @@ describe('recording', () => {
     assert.ok(at440 > -35 && at1000 > -35, `440 Hz ${at440} dB, 1000 Hz ${at1000} dB`);
     assert.ok(at3000 < at440 - 20, `3000 Hz ${at3000} dB against 440 Hz ${at440} dB`);
 
-    console.log(`# recording: ${duration.toFixed(2)} s for ${recorded.toFixed(2)} s; tiles ${left} / ${right} / ${viewer}; `
+    console.log(`# recording: ${duration.toFixed(2)} s for ${shortest.toFixed(2)} to ${longest.toFixed(2)} s; tiles ${left} / ${right} / ${viewer}; `
       + `440 Hz ${at440.toFixed(1)} dB, 1000 Hz ${at1000.toFixed(1)} dB, 3000 Hz ${at3000.toFixed(1)} dB`);
     if (process.env.PARLOIR_E2E_KEEP) fs.copyFileSync(path_, process.env.PARLOIR_E2E_KEEP);
     // The meeting went on throughout.

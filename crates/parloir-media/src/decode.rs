@@ -64,7 +64,11 @@ impl VideoDecoder {
             _ => ffmpeg::decoder::find(codec.id()),
         };
         let found = found.ok_or(MediaError::NoCodec(codec.name()))?;
-        let mut context = codec::Context::new_with_codec(found);
+        VideoDecoder::open(codec, codec::Context::new_with_codec(found))
+    }
+
+    /// Opens `context` (one thread) as `codec`'s decoder.
+    fn open(codec: VideoCodec, mut context: codec::Context) -> Result<VideoDecoder, MediaError> {
         context.set_threading(codec::threading::Config::count(1));
         let decoder = context
             .decoder()
@@ -91,7 +95,6 @@ impl VideoDecoder {
         let found = ffmpeg::decoder::find(codec.id()).ok_or(MediaError::NoCodec(codec.name()))?;
         let device = cuda_device(ordinal)?;
         let mut context = codec::Context::new_with_codec(found);
-        context.set_threading(codec::threading::Config::count(1));
         // SAFETY: the context is not open yet; it takes its own reference to the device (freed
         // with the context), and the callback is a plain function over FFmpeg's list.
         unsafe {
@@ -99,19 +102,7 @@ impl VideoDecoder {
             (*raw).hw_device_ctx = ffi::av_buffer_ref(device.0);
             (*raw).get_format = Some(prefer_cuda);
         }
-        let decoder = context
-            .decoder()
-            .video()
-            .map_err(|e| MediaError::Codec(codec.name(), e))?;
-        Ok(VideoDecoder {
-            codec,
-            decoder,
-            frame: frame::Video::empty(),
-            spare: frame::Video::empty(),
-            frames_in: 0,
-            pictures_out: 0,
-            errors: 0,
-        })
+        VideoDecoder::open(codec, context)
     }
 
     pub fn codec(&self) -> VideoCodec {
