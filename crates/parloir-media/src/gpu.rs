@@ -158,6 +158,29 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
+/// Whether NVDEC decodes on GPU `ordinal` through FFmpeg: one H.264 key frame (made with
+/// libx264) decoded with [`VideoDecoder::with_cuda`] must come out in device memory. For
+/// `parloir doctor`.
+pub fn nvdec_check(ordinal: usize) -> Result<(), String> {
+    // SAFETY: only tries to dlopen libcuda and reports whether it could.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("libcuda is not installed (no NVIDIA driver)".into());
+    }
+    share_primary_context(ordinal)?;
+    let mut camera = crate::source::CameraSource::new(VideoCodec::H264, Yuv::BLACK, 320, 180, 30)
+        .map_err(|e| e.to_string())?;
+    let (frame, _) = camera.next_frame().map_err(|e| e.to_string())?;
+    let mut decoder =
+        VideoDecoder::with_cuda(VideoCodec::H264, ordinal).map_err(|e| e.to_string())?;
+    match decoder.decode_frame(&frame).map_err(|e| e.to_string())? {
+        Some(Frame::Cuda(_)) => Ok(()),
+        Some(Frame::Memory(_)) => {
+            Err("FFmpeg decoded in software: NVDEC is not usable (libnvcuvid?)".into())
+        }
+        None => Err("no picture from a key frame".into()),
+    }
+}
+
 /// Gives the device's primary context the flags FFmpeg's CUDA device insists on (blocking
 /// sync) before anything makes it active: FFmpeg refuses a primary context already active
 /// with other flags, and NVDEC then falls back to software (seen on an H200). Waits block

@@ -115,6 +115,19 @@ fn nvdec_is_there_exactly_when_a_gpu_is() {
     }
 }
 
+/// The doctor's NVDEC check: a clear error without a GPU, a pass with one.
+#[test]
+fn the_nvdec_check_says_whether_nvdec_decodes() {
+    let present = Gpu::open(0).is_ok();
+    match parloir_media::gpu::nvdec_check(0) {
+        Ok(()) => assert!(present, "NVDEC without a GPU"),
+        Err(e) => {
+            assert!(!present, "NVDEC failed on a GPU: {e}");
+            assert!(e.contains("CUDA") || e.contains("libcuda"), "{e}");
+        }
+    }
+}
+
 /// NVDEC's pictures, turned into I420 on the device, are libavcodec's to the byte: the three
 /// codecs are specified to the bit, so any difference is ours (pitches, chroma order).
 #[test]

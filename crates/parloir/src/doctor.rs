@@ -19,6 +19,8 @@ pub struct Findings {
     cuda: Result<Vec<parloir_gpu::CudaDevice>, String>,
     /// Whether NVRTC compiles the compositing kernels (needed for GPU compositing).
     nvrtc: Result<(), String>,
+    /// Whether NVDEC decodes through FFmpeg on the first GPU (checked when there is one).
+    nvdec: Option<Result<(), String>>,
     render_nodes: Vec<parloir_gpu::RenderNode>,
     onnxruntime: Result<parloir_speech::Runtime, String>,
     /// Each model of the manifest: its name and where it is, or why it cannot be used.
@@ -55,6 +57,10 @@ pub fn examine(io_mode: IoMode, profile: &str, models_dir: &std::path::Path) -> 
     let io_choice = probe.choose(io_mode);
     let pci = parloir_gpu::pci_gpus();
     let cuda = parloir_gpu::cuda_devices();
+    let nvdec = cuda
+        .as_ref()
+        .is_ok_and(|d| !d.is_empty())
+        .then(|| parloir_media::gpu::nvdec_check(0));
     let machine = Machine::detect(&pci, cuda.as_deref().unwrap_or(&[]));
     let profile = hardware::choose(profile, &machine);
     let plan = profile
@@ -88,6 +94,7 @@ pub fn examine(io_mode: IoMode, profile: &str, models_dir: &std::path::Path) -> 
         pci,
         cuda,
         nvrtc: parloir_media::gpu::compile().map(|_| ()),
+        nvdec,
         render_nodes: parloir_gpu::render_nodes(),
         onnxruntime: parloir_speech::load(None).map_err(|e| e.to_string()),
         models: models(models_dir),
@@ -251,6 +258,11 @@ impl Findings {
                 Ok(()) => json!({"available": true}),
                 Err(e) => json!({"available": false, "error": e}),
             },
+            "nvdec": match &self.nvdec {
+                None => json!({"available": false, "error": "no CUDA device"}),
+                Some(Ok(())) => json!({"available": true}),
+                Some(Err(e)) => json!({"available": false, "error": e}),
+            },
             "vaapi": self.render_nodes.iter().map(|n| json!({
                 "device": n.path, "driver": n.driver, "vaapi_driver": n.vaapi_driver,
                 "pci_address": n.pci_address,
@@ -381,6 +393,11 @@ impl Findings {
         let _ = match &self.nvrtc {
             Ok(()) => writeln!(o, "  NVRTC          compiles the compositing kernels"),
             Err(e) => writeln!(o, "  NVRTC          unavailable: {e}"),
+        };
+        let _ = match &self.nvdec {
+            None => writeln!(o, "  NVDEC          no CUDA device"),
+            Some(Ok(())) => writeln!(o, "  NVDEC          decodes H.264 into device memory"),
+            Some(Err(e)) => writeln!(o, "  NVDEC          unavailable: {e}"),
         };
         if self.render_nodes.is_empty() {
             let _ = writeln!(o, "  VA-API         no DRM render node");
