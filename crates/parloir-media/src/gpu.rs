@@ -273,15 +273,20 @@ impl Gpu {
         })
     }
 
-    /// Copies a picture into one of the same size on the device.
-    pub fn upload_into(&self, p: &Picture, g: &mut GpuPicture) -> Result<(), String> {
-        if (p.width(), p.height()) != (g.width, g.height) {
-            return Err("upload_into: sizes differ".into());
+    /// Copies a picture to the device into `out`, reused when it has the picture's size.
+    pub fn upload_into(&self, p: &Picture, out: &mut Option<GpuPicture>) -> Result<(), String> {
+        match out {
+            Some(g) if (g.width, g.height) == (p.width(), p.height()) => {
+                let s = &self.stream;
+                s.memcpy_htod(&p.y, &mut g.y).map_err(cuda("upload"))?;
+                s.memcpy_htod(&p.u, &mut g.u).map_err(cuda("upload"))?;
+                s.memcpy_htod(&p.v, &mut g.v).map_err(cuda("upload"))
+            }
+            _ => {
+                *out = Some(self.upload(p)?);
+                Ok(())
+            }
         }
-        let s = &self.stream;
-        s.memcpy_htod(&p.y, &mut g.y).map_err(cuda("upload"))?;
-        s.memcpy_htod(&p.u, &mut g.u).map_err(cuda("upload"))?;
-        s.memcpy_htod(&p.v, &mut g.v).map_err(cuda("upload"))
     }
 
     /// Copies a picture back from the device.
@@ -463,8 +468,8 @@ impl Gpu {
         self.scale_plane(&mut g.v, cw, chroma, raw(f.uv + 1, 2), f.uv_pitch, chroma)
     }
 
-    /// [`Picture::blend_mask`] on the device (the mask is copied up each call; labels are
-    /// small and cached by the caller as pictures would be).
+    /// [`Picture::blend_mask`] on the device (the mask is copied up each call; [`GpuCanvas`]
+    /// keeps its labels' masks on the device instead).
     pub fn blend_mask(
         &self,
         g: &mut GpuPicture,
@@ -572,11 +577,6 @@ impl GpuCanvas {
     pub fn download_into(&self, p: &mut Picture) -> Result<(), String> {
         self.gpu.download_into(&self.picture, p)
     }
-
-    /// The canvas in device memory (for an encoder on the GPU).
-    pub fn picture(&self) -> &GpuPicture {
-        &self.picture
-    }
 }
 
 fn gpu_error(e: String) -> MediaError {
@@ -681,8 +681,7 @@ pub const NVDEC_FROM: u64 = 1280 * 720;
 /// The latest picture is kept and lent.
 pub struct CudaDecoder {
     decoder: VideoDecoder,
-    codec: VideoCodec,
-    ordinal: usize,
+    gpu: Arc<Gpu>,
     decoding: Decoding,
     /// Whether `decoder` is on NVDEC, and whether NVDEC could not be had (then never again).
     on_nvdec: bool,
@@ -696,16 +695,16 @@ pub struct CudaDecoder {
 }
 
 impl CudaDecoder {
-    /// A decoder for GPU `ordinal` (the one the [`Gpu`] it decodes for was opened on).
-    /// [`Decoding::BySize`] starts in software: the size is known from the first picture.
+    /// A decoder whose pictures go to `gpu`. [`Decoding::BySize`] starts in software: the
+    /// size is known from the first picture.
     pub fn new(
         codec: VideoCodec,
-        ordinal: usize,
+        gpu: Arc<Gpu>,
         decoding: Decoding,
     ) -> Result<CudaDecoder, MediaError> {
         let mut nvdec_failed = false;
         let (decoder, on_nvdec) = match decoding {
-            Decoding::Nvdec => match VideoDecoder::with_cuda(codec, ordinal) {
+            Decoding::Nvdec => match VideoDecoder::with_cuda(codec, gpu.ordinal) {
                 Ok(d) => (d, true),
                 // No NVDEC through FFmpeg (a driver without it): software, uploaded.
                 Err(e) => {
@@ -718,8 +717,7 @@ impl CudaDecoder {
         };
         Ok(CudaDecoder {
             decoder,
-            codec,
-            ordinal,
+            gpu,
             decoding,
             on_nvdec,
             nvdec_failed,
@@ -730,19 +728,9 @@ impl CudaDecoder {
         })
     }
 
-    pub fn codec(&self) -> VideoCodec {
-        self.codec
-    }
-
     /// Whether the next pictures come from NVDEC.
     pub fn on_nvdec(&self) -> bool {
         self.on_nvdec
-    }
-
-    /// Frames in, pictures out and errors, as [`VideoDecoder`]'s (of the decoder in use).
-    pub fn counters(&self) -> (u64, u64, u64) {
-        let d = &self.decoder;
-        (d.frames_in, d.pictures_out, d.errors)
     }
 
     /// [`Decoding::BySize`]: at a key frame (where a new decoder can start), the decoder the
@@ -752,10 +740,11 @@ impl CudaDecoder {
         if want == self.on_nvdec {
             return;
         }
+        let codec = self.decoder.codec();
         let made = if want {
-            VideoDecoder::with_cuda(self.codec, self.ordinal)
+            VideoDecoder::with_cuda(codec, self.gpu.ordinal)
         } else {
-            VideoDecoder::new(self.codec)
+            VideoDecoder::new(codec)
         };
         match made {
             Ok(d) => {
@@ -763,7 +752,7 @@ impl CudaDecoder {
                 self.on_nvdec = want;
             }
             Err(e) => {
-                tracing::warn!("{} on NVDEC: {e}; decoding in software", self.codec.name());
+                tracing::warn!("{} on NVDEC: {e}; decoding in software", codec.name());
                 self.nvdec_failed |= want;
             }
         }
@@ -771,16 +760,12 @@ impl CudaDecoder {
 
     /// Decodes one frame; the picture it completes, if any, on the device.
     /// `key`: whether it is a key frame (where [`Decoding::BySize`] may change decoders).
-    pub fn decode(
-        &mut self,
-        gpu: &Gpu,
-        data: &[u8],
-        key: bool,
-    ) -> Result<Option<&GpuPicture>, MediaError> {
+    pub fn decode(&mut self, data: &[u8], key: bool) -> Result<Option<&GpuPicture>, MediaError> {
         if key && self.decoding == Decoding::BySize {
             self.choose();
         }
-        let fresh_av1 = self.codec == VideoCodec::Av1 && self.on_nvdec && self.hardware == 0;
+        let fresh_av1 =
+            self.decoder.codec() == VideoCodec::Av1 && self.on_nvdec && self.hardware == 0;
         let got = match self.decoder.feed(data) {
             // FFmpeg's AV1 decoder decodes only in hardware: without NVDEC's AV1, libdav1d.
             Err(e) if fresh_av1 => {
@@ -799,19 +784,16 @@ impl CudaDecoder {
             None => return Ok(None),
             Some(Frame::Cuda(f)) => {
                 self.last_pixels = u64::from(f.width) * u64::from(f.height);
-                gpu.from_nv12(&f, &mut self.picture).map_err(gpu_error)?;
+                self.gpu
+                    .from_nv12(&f, &mut self.picture)
+                    .map_err(gpu_error)?;
                 self.hardware += 1;
             }
             Some(Frame::Memory(p)) => {
                 self.last_pixels = u64::from(p.width()) * u64::from(p.height());
-                let same = self
-                    .picture
-                    .as_ref()
-                    .is_some_and(|g| g.width == p.width() && g.height == p.height());
-                match (&mut self.picture, same) {
-                    (Some(g), true) => gpu.upload_into(&p, g).map_err(gpu_error)?,
-                    _ => self.picture = Some(gpu.upload(&p).map_err(gpu_error)?),
-                }
+                self.gpu
+                    .upload_into(&p, &mut self.picture)
+                    .map_err(gpu_error)?;
                 self.software += 1;
             }
         }

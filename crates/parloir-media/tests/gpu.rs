@@ -137,7 +137,8 @@ fn nvdec_pictures_match_software_decoding() {
         let mut camera =
             CameraSource::new(codec, Yuv::from_rgb(200, 60, 40), 640, 360, 30).expect("encoder");
         let mut software = VideoDecoder::new(codec).expect("software decoder");
-        let mut hardware = CudaDecoder::new(codec, 0, Decoding::Nvdec).expect("CUDA decoder");
+        let mut hardware =
+            CudaDecoder::new(codec, gpu.clone(), Decoding::Nvdec).expect("CUDA decoder");
         let mut compared = 0;
         for i in 0..45 {
             if i == 20 {
@@ -145,7 +146,7 @@ fn nvdec_pictures_match_software_decoding() {
             }
             let (frame, key) = camera.next_frame().expect("frame");
             let want = software.decode(&frame).expect("software decode");
-            let got = hardware.decode(&gpu, &frame, key).expect("CUDA decode");
+            let got = hardware.decode(&frame, key).expect("CUDA decode");
             if let (Some(want), Some(got)) = (want, got) {
                 let got = gpu.download(got).expect("download");
                 assert_eq!((got.width(), got.height()), (want.width(), want.height()));
@@ -252,11 +253,12 @@ fn decoding_by_size_puts_big_pictures_on_nvdec() {
         let mut camera = CameraSource::new(VideoCodec::H264, Yuv::from_rgb(90, 160, 40), w, h, 30)
             .expect("encoder");
         let mut software = VideoDecoder::new(VideoCodec::H264).expect("software decoder");
-        let mut d = CudaDecoder::new(VideoCodec::H264, 0, Decoding::BySize).expect("decoder");
+        let mut d =
+            CudaDecoder::new(VideoCodec::H264, gpu.clone(), Decoding::BySize).expect("decoder");
         for i in 0..75 {
             let (frame, key) = camera.next_frame().expect("frame");
             let want = software.decode(&frame).expect("software decode");
-            let got = d.decode(&gpu, &frame, key).expect("decode");
+            let got = d.decode(&frame, key).expect("decode");
             if let (Some(want), Some(got)) = (want, got) {
                 let got = gpu.download(got).expect("download");
                 assert!(

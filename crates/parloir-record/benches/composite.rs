@@ -208,7 +208,7 @@ fn gpu_capacity(gpu: &Arc<Gpu>, hardware: bool, out: &mut Vec<String>) {
                             } else {
                                 Decoding::Software
                             };
-                            CudaDecoder::new(VideoCodec::H264, gpu.ordinal(), decoding)
+                            CudaDecoder::new(VideoCodec::H264, gpu.clone(), decoding)
                                 .expect("a decoder")
                         })
                         .collect();
@@ -223,7 +223,7 @@ fn gpu_capacity(gpu: &Arc<Gpu>, hardware: bool, out: &mut Vec<String>) {
                     let mut i = 0usize;
                     while Instant::now() < stop {
                         for (d, s) in decoders.iter_mut().zip(streams.iter()) {
-                            d.decode(&gpu, &s[i % s.len()], false).expect("decode");
+                            d.decode(&s[i % s.len()], false).expect("decode");
                         }
                         i += 1;
                         let views: Vec<TileView<'_, GpuPicture>> = decoders
@@ -297,12 +297,12 @@ fn gpu_decoding(gpu: &Arc<Gpu>, out: &mut Vec<String>) {
                             } else {
                                 Decoding::Software
                             };
-                            let mut d = CudaDecoder::new(VideoCodec::H264, gpu.ordinal(), decoding)
+                            let mut d = CudaDecoder::new(VideoCodec::H264, gpu.clone(), decoding)
                                 .expect("decoder");
                             let mut n = 0u64;
                             while Instant::now() < stop {
                                 for f in frames.iter() {
-                                    d.decode(&gpu, f, false).expect("decode");
+                                    d.decode(f, false).expect("decode");
                                     n += 1;
                                 }
                             }

@@ -35,8 +35,9 @@ pub struct CompositeConfig {
     pub audio_bitrate: u32,
     /// How far behind real time the recording runs: frames later than this are not in it.
     pub latency: Duration,
-    /// Decode (NVDEC) and composite on this GPU, the frames staying in its memory until the
-    /// finished canvas goes to the encoder; `None`: on the CPU.
+    /// Composite on this GPU, each camera decoded by its size (NVDEC from 720p, libavcodec and
+    /// an upload below), the pictures staying in its memory until the finished canvas goes to
+    /// the encoder; `None`: on the CPU.
     pub gpu: Option<Arc<Gpu>>,
 }
 
@@ -346,7 +347,7 @@ impl Composite {
         if video.codec != Some(codec) {
             video.codec = Some(codec);
             let decoder = match &self.config.gpu {
-                Some(gpu) => CudaDecoder::new(codec, gpu.ordinal(), Decoding::BySize)
+                Some(gpu) => CudaDecoder::new(codec, gpu.clone(), Decoding::BySize)
                     .map(|d| Decoder::Cuda(Box::new(d))),
                 None => VideoDecoder::new(codec).map(Decoder::Cpu),
             };
@@ -457,17 +458,14 @@ impl Composite {
                 };
                 let decoded = match v.decoder.as_mut() {
                     None => continue,
-                    Some(Decoder::Cpu(d)) => d.decode(&data).map(|p| {
-                        let got = p.is_some();
-                        if p.is_some() {
-                            v.picture = p;
+                    Some(Decoder::Cpu(d)) => d.decode(&data).map(|p| match p {
+                        Some(p) => {
+                            v.picture = Some(p);
+                            true
                         }
-                        got
+                        None => false,
                     }),
-                    Some(Decoder::Cuda(d)) => match self.config.gpu.as_deref() {
-                        Some(gpu) => d.decode(gpu, &data, key).map(|p| p.is_some()),
-                        None => continue,
-                    },
+                    Some(Decoder::Cuda(d)) => d.decode(&data, key).map(|p| p.is_some()),
                 };
                 match decoded {
                     Ok(true) => v.shown = at,

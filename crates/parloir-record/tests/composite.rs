@@ -128,8 +128,8 @@ fn a_room_becomes_a_grid_recording_with_its_audio() {
     grid_recording(None);
 }
 
-/// The same room decoded (NVDEC) and composited on the GPU, encoded on the CPU: the same
-/// recording. Skipped with a message without a GPU.
+/// The same room composited on the GPU (cameras this small decode in software, by size),
+/// encoded on the CPU: the same recording. Skipped with a message without a GPU.
 #[test]
 fn on_the_gpu_a_room_becomes_the_same_grid_recording() {
     match parloir_media::gpu::Gpu::open(0) {

@@ -1949,13 +1949,10 @@ impl Sfu {
         if peer.role == PeerRole::Subscriber || peer.mids_in.contains_key(&mid) {
             return;
         }
-        // Only a line the client sends on publishes, and one with an msid is bound by it
-        // (bind_pending): a single peer connection's receive-only lines come with the join,
-        // often right before the microphone's AddTrack, and are no one's track.
-        if !direction.is_receiving()
-            || peer.mids_out.contains_key(&mid)
-            || peer.msids.contains_key(&mid.to_string())
-        {
+        // Only a line the client sends on publishes: a single peer connection's receive-only
+        // lines come with the join, often right before the microphone's AddTrack, and are no
+        // one's track.
+        if !direction.is_receiving() || peer.mids_out.contains_key(&mid) {
             return;
         }
         // Without an msid match, take the only pending track of that kind.
