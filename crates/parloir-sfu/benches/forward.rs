@@ -13,8 +13,9 @@
 //! kbit/s otherwise, 1000 by default).
 //!
 //! With `PARLOIR_BENCH_STEPS=N` it skips criterion and runs exactly N steps per room after the
-//! warm-up, printing the datagrams out: fixed work for instruction counts under callgrind
-//! (perf/callgrind.sh), which are repeatable where wall time is not.
+//! warm-up, printing the datagrams out (and the SFU's time per datagram out, for a quick look):
+//! fixed work for instruction counts under callgrind (perf/callgrind.sh), which are repeatable
+//! where wall time is not.
 
 #[path = "../tests/harness/mod.rs"]
 mod harness;
@@ -66,13 +67,17 @@ fn main() {
         for &n in &sizes {
             let mut sim = room(n);
             let before = sim.sfu.stats();
+            sim.sfu_time = Duration::ZERO;
             for _ in 0..steps {
                 sim.run_for(STEP);
             }
             let after = sim.sfu.stats();
             let out = after.packets_out - before.packets_out;
             let timeouts = after.rtc_timeouts - before.rtc_timeouts;
-            println!("participants {n} steps {steps} datagrams_out {out} rtc_timeouts {timeouts}");
+            let us = sim.sfu_time.as_secs_f64() * 1e6 / out.max(1) as f64;
+            println!(
+                "participants {n} steps {steps} datagrams_out {out} rtc_timeouts {timeouts} us_per_datagram_out {us:.2}"
+            );
         }
         return;
     }

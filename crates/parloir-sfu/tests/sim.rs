@@ -9,6 +9,7 @@ use harness::*;
 use parloir_sfu::{Command, ServiceCall, ServiceError, ServiceReply, proto};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use str0m::media::Mid;
 
 #[test]
 fn three_participants_exchange_media_and_data() {
@@ -115,6 +116,48 @@ fn three_participants_exchange_media_and_data() {
     );
     assert_eq!((stats.rooms, stats.participants, stats.tracks), (1, 3, 6));
     assert_eq!(stats.dropped_datagrams, 0);
+}
+
+#[test]
+fn every_forwarded_stream_keeps_sending_sender_reports() {
+    // Receivers map RTP time to wallclock (lip sync, recordings) through RTCP sender reports:
+    // each forwarded stream must keep sending them, at str0m's intervals (video every second,
+    // audio every five), however many streams a subscriber connection carries and however
+    // few of them are busy at a time.
+    let mut sim = Sim::new(21, 0.0);
+    const N: usize = 10;
+    for i in 0..N {
+        sim.join(&format!("p{i}"));
+    }
+    for i in 0..N {
+        sim.publish(i);
+    }
+    sim.run_for(Duration::from_secs(3));
+    let from = sim.now;
+    sim.run_for(Duration::from_secs(16));
+    for c in &sim.clients {
+        let mut lines = 0;
+        for (mid, sid) in &c.sub_tracks {
+            let mid = Mid::from(mid.as_str());
+            if c.frames.get(sid).is_none_or(|f| f.is_empty()) {
+                continue;
+            }
+            lines += 1;
+            let reports = c
+                .sender_reports
+                .get(&mid)
+                .map_or(0, |r| r.iter().filter(|t| **t >= from).count());
+            let video = c.video_rx.contains_key(sid);
+            let least = if video { 12 } else { 2 };
+            assert!(
+                reports >= least,
+                "{} got {reports} sender reports in 16 s on m-line {mid} ({})",
+                c.identity,
+                if video { "video" } else { "audio" }
+            );
+        }
+        assert_eq!(lines, 2 * (N - 1), "{} receives everyone", c.identity);
+    }
 }
 
 #[test]

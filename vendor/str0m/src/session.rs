@@ -64,6 +64,20 @@ pub(crate) struct Session {
     // might be spliced in somewhere.
     pub medias: Vec<Media>,
 
+    /// Parloir patch: where each m-line sits in `medias`. A hint, checked at every use because
+    /// `medias` is changed in several places; a wrong or missing hint falls back to a scan.
+    pub(crate) media_pos: HashMap<Mid, usize>,
+
+    /// Parloir patch: the m-lines that may have frames queued for packetizing (written since
+    /// they were last found empty), so that packetizing and its timeout do not visit every
+    /// m-line of the session. A superset: entries are pruned when found empty.
+    pub(crate) payload_pending: Vec<Mid>,
+
+    /// Parloir patch: the m-lines whose receive buffers may hold packets, so that polling for
+    /// received frames and their timeouts do not visit every m-line. A superset, pruned when
+    /// every buffer of the m-line is found empty.
+    receive_pending: Vec<Mid>,
+
     // The actual RTP encoded streams.
     pub streams: Streams,
 
@@ -179,6 +193,9 @@ impl Session {
         Session {
             id,
             medias: vec![],
+            media_pos: HashMap::new(),
+            payload_pending: vec![],
+            receive_pending: vec![],
             streams: Streams::new(enable_stats, *config.mtu.end(), config.pause_threshold),
             app: None,
             reordering_size_audio: config.reordering_size_audio,
@@ -574,7 +591,7 @@ impl Session {
 
         // The media the mid points out. Bail if the mid points to something
         // we don't know about.
-        let Some(media) = self.medias.iter_mut().find(|m| m.mid() == mid) else {
+        let Some(media) = media_at_mut(&mut self.medias, &mut self.media_pos, mid) else {
             return;
         };
 
@@ -863,7 +880,8 @@ impl Session {
         } else {
             // In non-RTP mode, we let the Media use a Depayloader.
             // unwrap is fine because mid_and_ssrc_for_header guarantees it.
-            let media = self.medias.iter_mut().find(|m| m.mid() == mid).unwrap();
+            let media = media_at_mut(&mut self.medias, &mut self.media_pos, mid).unwrap();
+            note_pending(&mut self.receive_pending, mid);
             media.depayload(
                 stream.rid(),
                 packet,
@@ -879,7 +897,8 @@ impl Session {
             // make_rtp_packet (not handle_rtp): recovered packets must not inflate RX stats.
             let rec_packet =
                 stream.make_rtp_packet(now, rec_header, rec_payload, rec_seq, rec_time);
-            let media = self.medias.iter_mut().find(|m| m.mid() == mid).unwrap();
+            let media = media_at_mut(&mut self.medias, &mut self.media_pos, mid).unwrap();
+            note_pending(&mut self.receive_pending, mid);
             media.depayload(
                 stream.rid(),
                 rec_packet,
@@ -1104,7 +1123,15 @@ impl Session {
     }
 
     fn update_receive_recovery(&mut self) {
-        for media in self.medias.iter_mut().filter(|m| m.kind().is_video()) {
+        // Parloir patch: only the m-lines whose buffers may hold packets. An m-line leaves
+        // that list only once its buffers are empty and their recovery deadline cleared.
+        for mid in &self.receive_pending {
+            let Some(media) = media_at_mut(&mut self.medias, &mut self.media_pos, *mid) else {
+                continue;
+            };
+            if !media.kind().is_video() {
+                continue;
+            }
             let mid = media.mid();
             for (rid, buf) in media.receive_buffers() {
                 let deadline = buf.recovery_candidate().and_then(|(range, received)| {
@@ -1125,13 +1152,35 @@ impl Session {
         }
 
         self.update_receive_recovery();
-        for media in &mut self.medias {
+        // Parloir patch: only the m-lines whose buffers may hold packets, in the order they
+        // received them (the scan over every m-line went in m-line order).
+        for mid in &self.receive_pending {
+            let Some(media) = media_at_mut(&mut self.medias, &mut self.media_pos, *mid) else {
+                continue;
+            };
             if let Some(e) =
                 media.poll_sample(&self.codec_config, now, self.reordering_timeout_audio)?
             {
                 return Ok(Some(Event::MediaData(e)));
             }
         }
+        // Nothing left to deliver: forget the m-lines whose buffers are now empty, after
+        // clearing their recovery deadlines (what the update above gives an empty buffer).
+        let (medias, pos) = (&mut self.medias, &mut self.media_pos);
+        self.receive_pending
+            .retain(|mid| match media_at_mut(medias, pos, *mid) {
+                Some(media) => {
+                    let empty = media.receive_buffers().all(|(_, buf)| buf.is_empty());
+                    // Only video buffers wait for recovery (`update_receive_recovery`).
+                    if empty && media.kind().is_video() {
+                        for (_, buf) in media.receive_buffers() {
+                            buf.set_recovery_deadline(None);
+                        }
+                    }
+                    !empty
+                }
+                None => false,
+            });
 
         Ok(None)
     }
@@ -1235,7 +1284,7 @@ impl Session {
         // The cluster_id is captured by the pacer at poll time, before register_send() might clear it
         let (midrid, cluster_id) = self.pacer.poll_queue()?;
         let stream = self.streams.stream_tx_by_midrid(midrid)?;
-        let Some(media) = self.medias.iter().find(|m| m.mid() == stream.mid()) else {
+        let Some(media) = media_at(&self.medias, &self.media_pos, stream.mid()) else {
             trace!("Pacer pointed to mid {} which has no media", midrid.mid());
             return None;
         };
@@ -1312,12 +1361,24 @@ impl Session {
         let nack_at = self.nack_at();
         let twcc_at = self.twcc_at();
         let pacing_at = self.pacer.poll_timeout();
-        let packetize_at = self.medias.iter().filter_map(|m| m.poll_timeout()).min();
-        let receive_at = self
-            .medias
-            .iter_mut()
-            .filter_map(|media| media.poll_receive_timeout(self.reordering_timeout_audio))
+        // Parloir patch: only the m-lines that may have something queued.
+        let packetize_at = self
+            .payload_pending
+            .iter()
+            .filter_map(|mid| media_at(&self.medias, &self.media_pos, *mid))
+            .filter_map(|m| m.poll_timeout())
             .min();
+        let mut receive_at = None;
+        for mid in &self.receive_pending {
+            let Some(media) = media_at_mut(&mut self.medias, &mut self.media_pos, *mid) else {
+                continue;
+            };
+            let at = media.poll_receive_timeout(self.reordering_timeout_audio);
+            receive_at = match (receive_at, at) {
+                (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
+                (a, b) => a.or(b),
+            };
+        }
         let paused_at = self.paused_at();
         let send_stream_at = self.streams.send_stream();
         let request_at = self.streams.pending_request();
@@ -1463,16 +1524,24 @@ impl Session {
     }
 
     pub fn media_by_mid(&self, mid: Mid) -> Option<&Media> {
-        self.medias.iter().find(|m| m.mid() == mid)
+        media_at(&self.medias, &self.media_pos, mid)
     }
 
     pub fn media_by_mid_mut(&mut self, mid: Mid) -> Option<&mut Media> {
-        self.medias.iter_mut().find(|m| m.mid() == mid)
+        media_at_mut(&mut self.medias, &mut self.media_pos, mid)
     }
 
     fn do_payload(&mut self, now: Instant) -> Result<(), RtcError> {
         let mtu = self.mtu();
-        for m in &mut self.medias {
+        // Parloir patch: only the m-lines written to since they were last found empty. Each
+        // packetizes at most one frame per call, as when every m-line was visited.
+        let mut i = 0;
+        while i < self.payload_pending.len() {
+            let mid = self.payload_pending[i];
+            let Some(m) = media_at_mut(&mut self.medias, &mut self.media_pos, mid) else {
+                self.payload_pending.swap_remove(i);
+                continue;
+            };
             m.do_payload(
                 now,
                 &mut self.streams,
@@ -1481,6 +1550,11 @@ impl Session {
                 mtu,
                 self.codec_config.red_distances(),
             )?;
+            if m.poll_timeout().is_none() {
+                self.payload_pending.swap_remove(i);
+            } else {
+                i += 1;
+            }
         }
 
         Ok(())
@@ -1765,5 +1839,48 @@ mod tests {
             un_red(&mut header, &data, expected_primary_pt).is_none(),
             "RED associated with Opus must not reinterpret a PCMU primary block as Opus"
         );
+    }
+}
+
+/// Parloir patch: the media of `mid`, found through the position hint when it is right, else
+/// by a scan.
+fn media_at<'a>(medias: &'a [Media], pos: &HashMap<Mid, usize>, mid: Mid) -> Option<&'a Media> {
+    if let Some(&i) = pos.get(&mid) {
+        if let Some(m) = medias.get(i).filter(|m| m.mid() == mid) {
+            return Some(m);
+        }
+    }
+    medias.iter().find(|m| m.mid() == mid)
+}
+
+/// Parloir patch: as [`media_at`], mutably, refreshing the hint after a scan.
+pub(crate) fn media_at_mut<'a>(
+    medias: &'a mut [Media],
+    pos: &mut HashMap<Mid, usize>,
+    mid: Mid,
+) -> Option<&'a mut Media> {
+    let hinted = pos
+        .get(&mid)
+        .copied()
+        .filter(|&i| medias.get(i).is_some_and(|m| m.mid() == mid));
+    let i = match hinted {
+        Some(i) => i,
+        None => {
+            let i = medias.iter().position(|m| m.mid() == mid)?;
+            // Hints of removed m-lines are dropped now and then, so the map stays bounded.
+            if pos.len() > 2 * medias.len() + 16 {
+                pos.clear();
+            }
+            pos.insert(mid, i);
+            i
+        }
+    };
+    medias.get_mut(i)
+}
+
+/// Parloir patch: adds `mid` to a small set kept as a vector.
+pub(crate) fn note_pending(pending: &mut Vec<Mid>, mid: Mid) {
+    if !pending.contains(&mid) {
+        pending.push(mid);
     }
 }

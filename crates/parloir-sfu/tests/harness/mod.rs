@@ -207,6 +207,8 @@ pub struct Client {
     pub last_answer: Option<String>,
     /// Layers a PLI asked a key frame for (all of them when the request names none).
     pub key_due: Vec<Option<Rid>>,
+    /// RTCP sender reports received per subscribed m-line: when each arrived.
+    pub sender_reports: HashMap<Mid, Vec<Instant>>,
     /// Video frames received per track sid, in arrival order.
     pub video_rx: HashMap<String, Vec<VideoFrame>>,
     /// `/rtc/v1`: everything rides on `publisher`; offers are numbered; a
@@ -398,6 +400,7 @@ impl Sim {
             lose_offers: false,
             last_answer: None,
             key_due: Vec::new(),
+            sender_reports: HashMap::new(),
             video_rx: HashMap::new(),
             single,
             offer_id: u32::from(single),
@@ -803,6 +806,9 @@ impl Sim {
                                     });
                                 }
                                 c.frames.entry(sid).or_default().push(counter);
+                            }
+                            Event::SenderFeedback(f) if !publisher || c.single => {
+                                c.sender_reports.entry(f.mid).or_default().push(now);
                             }
                             Event::KeyframeRequest(r) if publisher || c.single => {
                                 c.key_due.push(r.rid);

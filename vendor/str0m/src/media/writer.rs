@@ -8,7 +8,7 @@ use crate::poll::Readiness;
 use crate::rtp_::AbsCaptureTime;
 use crate::rtp_::MidRid;
 use crate::rtp_::VideoOrientation;
-use crate::session::Session;
+use crate::session::{Session, media_at_mut, note_pending};
 use crate::streams::Streams;
 
 use super::TelephoneEvent;
@@ -194,7 +194,14 @@ impl<'a> Writer<'a> {
         let clock_rate = params.spec().rtp_clock_rate();
 
         // This (indirect) unwrap is OK due to the invariant of self.mid being resolvable
-        let media = media_by_mid_mut(&mut self.session.medias, self.mid);
+        // Parloir patch: packetizing visits only the m-lines written to.
+        note_pending(&mut self.session.payload_pending, self.mid);
+        let media = media_at_mut(
+            &mut self.session.medias,
+            &mut self.session.media_pos,
+            self.mid,
+        )
+        .expect("writer's mid to have a media");
 
         if let Some(rid) = self.rid {
             if !media.rids_tx().contains(rid) {
@@ -387,11 +394,4 @@ fn validate_tele_event(
 
 fn tele_invalid(mid: Mid, pt: Pt, reason: &'static str) -> RtcError {
     RtcError::Packet(mid, pt, PacketError::InvalidTelephoneEvent(reason))
-}
-
-/// Get a &mut Media in a slice for a `mid`.
-///
-/// `mid` must be resolvable or panic will ensue.
-fn media_by_mid_mut(medias: &mut [Media], mid: Mid) -> &mut Media {
-    medias.iter_mut().find(|m| m.mid() == mid).unwrap()
 }

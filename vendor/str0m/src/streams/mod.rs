@@ -17,6 +17,7 @@ use crate::rtp_::{DlrrItem, Rtcp, RtcpFb, RtpHeader};
 use crate::rtp_::{MediaTime, SenderInfo};
 use crate::rtp_::{Mid, Rid, SeqNo};
 use crate::util::already_happened;
+use crate::util::not_happening;
 
 pub use self::receive::StreamRx;
 pub use self::send::{RtpWrite, StreamTx, StreamTxQueueInfo};
@@ -136,6 +137,35 @@ pub(crate) struct Streams {
     /// All outgoing encoded streams.
     streams_tx: HashMap<Ssrc, StreamTx>,
 
+    /// Parloir patch: the outgoing stream last found for each mid/rid. A hint, checked at
+    /// every use; a wrong or missing hint falls back to the scan over all streams.
+    tx_by_midrid: HashMap<MidRid, Ssrc>,
+
+    /// Parloir patch: the outgoing streams that may have work at a timeout (packets to stamp
+    /// or send, resends, padding, requests to poll, their first timeout), so that timeouts and
+    /// polls visit these rather than every outgoing stream of the session. Every `&mut` access
+    /// to an outgoing stream adds it (accessors that hand out all streams add all); a stream
+    /// leaves when a queue snapshot finds it idle (`send_queue_states`).
+    tx_touched: Vec<Ssrc>,
+
+    /// Parloir patch: no outgoing stream outside `tx_touched` has a sender report due before
+    /// this (exact after a full pass; streams leaving `tx_touched` fold theirs in).
+    tx_report_due: Instant,
+
+    /// Parloir patch: among outgoing streams that can pad, the one last emitted from, with
+    /// that time: the pacer picks the padding queue by it, and the idle ones are otherwise
+    /// left out of its queue states.
+    tx_padding: Option<(Ssrc, Option<Instant>)>,
+
+    /// Parloir patch: `tx_padding` is known (false asks for a pass over every stream).
+    tx_padding_known: bool,
+
+    /// Parloir patch: the report intervals of the last timeout, for `tx_report_due`.
+    tx_intervals: Option<RtcpReportIntervals>,
+
+    /// Parloir patch: queue states handed to the pacer, reused.
+    tx_queue_states: Vec<QueueState>,
+
     /// Non-media padding source. Its sequence counter survives media changes.
     probe_tx: StreamTx,
     probe_media: Option<(Mid, Pt)>,
@@ -178,6 +208,13 @@ impl Streams {
             rx_lookup: Default::default(),
             last_rx_lookup_cleanup: already_happened(),
             streams_tx: Default::default(),
+            tx_by_midrid: Default::default(),
+            tx_touched: Vec::new(),
+            tx_report_due: not_happening(),
+            tx_padding: None,
+            tx_padding_known: false,
+            tx_intervals: None,
+            tx_queue_states: Vec::new(),
             probe_tx: StreamTx::new_probe(mtu_warn),
             probe_media: None,
             default_ssrc_tx: 0.into(), // this will be changed
@@ -333,12 +370,16 @@ impl Streams {
         rtx: Option<Ssrc>,
         midrid: MidRid,
     ) -> &mut StreamTx {
-        self.streams_tx
+        let stream = self
+            .streams_tx
             .entry(ssrc)
-            .or_insert_with(|| StreamTx::new(ssrc, rtx, midrid, self.enable_stats, self.mtu_warn))
+            .or_insert_with(|| StreamTx::new(ssrc, rtx, midrid, self.enable_stats, self.mtu_warn));
+        touch(&mut self.tx_touched, stream);
+        stream
     }
 
     pub fn remove_stream_tx(&mut self, ssrc: Ssrc) -> bool {
+        self.tx_by_midrid.retain(|_, s| *s != ssrc);
         self.streams_tx.remove(&ssrc).is_some()
     }
 
@@ -350,6 +391,7 @@ impl Streams {
     }
 
     pub(crate) fn reset_send_buffers(&mut self) {
+        self.touch_all_tx();
         for stream in self.streams_tx.values_mut() {
             stream.reset_buffers();
         }
@@ -360,7 +402,19 @@ impl Streams {
     }
 
     pub fn stream_tx(&mut self, ssrc: &Ssrc) -> Option<&mut StreamTx> {
-        self.streams_tx.get_mut(ssrc)
+        let stream = self.streams_tx.get_mut(ssrc)?;
+        touch(&mut self.tx_touched, stream);
+        Some(stream)
+    }
+
+    /// Parloir patch: every outgoing stream is touched, for accessors that hand them all out.
+    fn touch_all_tx(&mut self) {
+        for stream in self.streams_tx.values_mut() {
+            touch(&mut self.tx_touched, stream);
+        }
+        // Buffers may be reset: the padding candidate is searched for again.
+        self.tx_padding = None;
+        self.tx_padding_known = false;
     }
 
     /// Lookup the "main" SSRC and mid for a given SSRC(main or RTX).
@@ -402,7 +456,13 @@ impl Streams {
             .values()
             .filter(|s| !s.ssrc().is_probe())
             .map(|s| s.receiver_report_at(i));
-        let s = self.streams_tx.values().map(|s| s.sender_report_at(i));
+        // Parloir patch: untouched streams have nothing due before `tx_report_due`.
+        let s = self
+            .tx_touched
+            .iter()
+            .filter_map(|ssrc| self.streams_tx.get(ssrc))
+            .map(|s| s.sender_report_at(i))
+            .chain(std::iter::once(self.tx_report_due));
         r.chain(s).min()
     }
 
@@ -411,7 +471,13 @@ impl Streams {
     }
 
     pub(crate) fn send_stream(&self) -> Option<Instant> {
-        if self.streams_tx.values().any(|s| s.need_timeout()) {
+        // Parloir patch: only touched streams can have unstamped packets.
+        if self
+            .tx_touched
+            .iter()
+            .filter_map(|ssrc| self.streams_tx.get(ssrc))
+            .any(|s| s.need_timeout())
+        {
             Some(already_happened())
         } else {
             None
@@ -460,27 +526,57 @@ impl Streams {
             stream.handle_timeout(now);
         }
 
-        self.mids_to_report.clear(); // start over for StreamTx.
-        for stream in self.streams_tx.values() {
-            if stream.need_sr(now, intervals) {
-                self.mids_to_report.push(stream.mid());
+        // Parloir patch: a pass over every outgoing stream only when a sender report is due;
+        // otherwise only the touched streams can have anything to do (stamping queued
+        // packets, their first timeout).
+        self.tx_intervals = Some(intervals);
+        let touched_due = self
+            .tx_touched
+            .iter()
+            .filter_map(|ssrc| self.streams_tx.get(ssrc))
+            .map(|s| s.sender_report_at(intervals))
+            .min()
+            .unwrap_or_else(not_happening);
+        let full_pass = now >= self.tx_report_due.min(touched_due);
+
+        if full_pass {
+            self.mids_to_report.clear(); // start over for StreamTx.
+            for stream in self.streams_tx.values() {
+                if stream.need_sr(now, intervals) {
+                    self.mids_to_report.push(stream.mid());
+                }
             }
-        }
 
-        for stream in self.streams_tx.values_mut() {
-            let mid = stream.mid();
+            for stream in self.streams_tx.values_mut() {
+                let mid = stream.mid();
 
-            // All StreamTx belonging to the same Mid are reported together.
-            if self.mids_to_report.contains(&mid) {
-                stream.create_sr_and_update(now, feedback);
+                // All StreamTx belonging to the same Mid are reported together.
+                if self.mids_to_report.contains(&mid) {
+                    stream.create_sr_and_update(now, feedback);
+                }
+
+                // Finding the first (main) PT that also has RTX for the Media is expensive,
+                // this closure is run only when needed.
+                // The unwrap is okay because we cannot have StreamTx with a Mid without the corresponding Media.
+                let get_media = move || (medias.iter().find(|m| m.mid() == mid).unwrap(), codecs);
+
+                stream.handle_timeout(now, get_media);
             }
-
-            // Finding the first (main) PT that also has RTX for the Media is expensive,
-            // this closure is run only when needed.
-            // The unwrap is okay because we cannot have StreamTx with a Mid without the corresponding Media.
-            let get_media = move || (medias.iter().find(|m| m.mid() == mid).unwrap(), codecs);
-
-            stream.handle_timeout(now, get_media);
+            self.tx_report_due = self
+                .streams_tx
+                .values()
+                .map(|s| s.sender_report_at(intervals))
+                .min()
+                .unwrap_or_else(not_happening);
+        } else {
+            for ssrc in &self.tx_touched {
+                let Some(stream) = self.streams_tx.get_mut(ssrc) else {
+                    continue;
+                };
+                let mid = stream.mid();
+                let get_media = move || (medias.iter().find(|m| m.mid() == mid).unwrap(), codecs);
+                stream.handle_timeout(now, get_media);
+            }
         }
 
         if now > self.rx_lookup_at() {
@@ -491,7 +587,11 @@ impl Streams {
     }
 
     pub(crate) fn poll_keyframe_request(&mut self) -> Option<KeyframeRequest> {
-        self.streams_tx.values_mut().find_map(|s| {
+        // Parloir patch: requests arrive through `stream_tx`, which touches the stream, and a
+        // stream with a request waiting stays touched.
+        let streams = &mut self.streams_tx;
+        self.tx_touched.iter().find_map(|ssrc| {
+            let s = streams.get_mut(ssrc)?;
             let kind = s.poll_keyframe_request()?;
             Some(KeyframeRequest {
                 mid: s.mid(),
@@ -515,9 +615,12 @@ impl Streams {
     }
 
     pub(crate) fn poll_remb_request(&mut self) -> Option<(Mid, Bitrate)> {
-        self.streams_tx
-            .values_mut()
-            .find_map(|s| s.poll_remb_request().map(|b| (s.mid(), b)))
+        // Parloir patch: as for keyframe requests.
+        let streams = &mut self.streams_tx;
+        self.tx_touched.iter().find_map(|ssrc| {
+            let s = streams.get_mut(ssrc)?;
+            s.poll_remb_request().map(|b| (s.mid(), b))
+        })
     }
 
     pub(crate) fn poll_stream_paused(&mut self) -> Option<StreamPaused> {
@@ -551,6 +654,7 @@ impl Streams {
     }
 
     pub(crate) fn streams_tx(&mut self) -> impl Iterator<Item = &mut StreamTx> {
+        self.touch_all_tx();
         self.streams_tx.values_mut()
     }
 
@@ -637,6 +741,100 @@ impl Streams {
     pub(crate) fn send_queue_states(
         &mut self,
         now: Instant,
+        can_probe: impl FnMut(Mid, Pt) -> bool,
+    ) -> impl Iterator<Item = QueueState> {
+        // Parloir patch: while probing, every stream as before (the probe's eligibility
+        // depends on each one). Otherwise the touched streams, and among the idle ones that
+        // can pad only the one the pacer would pick for padding (the last emitted from): an
+        // idle queue adds nothing to the pacer's sums and is never picked to send from.
+        if !self.tx_padding_known {
+            self.touch_all_tx();
+            // Every stream is seen below.
+            self.tx_padding_known = true;
+        }
+        let mut states = std::mem::take(&mut self.tx_queue_states);
+        states.clear();
+        if self.probe_media.is_some() {
+            states.extend(self.send_queue_states_all(now, can_probe));
+        } else {
+            for ssrc in &self.tx_touched {
+                if let Some(stream) = self.streams_tx.get_mut(ssrc) {
+                    states.push(stream.queue_state(now));
+                }
+            }
+            let candidate = self.tx_padding.map(|(ssrc, _)| ssrc);
+            if let Some(stream) = candidate.and_then(|ssrc| self.streams_tx.get_mut(&ssrc)) {
+                if !stream.touched {
+                    states.push(stream.queue_state(now));
+                }
+            }
+        }
+        self.tx_queue_states = states;
+        self.update_padding_candidate();
+        self.prune_touched();
+        self.tx_queue_states.drain(..)
+    }
+
+    /// Parloir patch: the touched streams have fresh snapshots: the one that can pad and was
+    /// last emitted from becomes the padding candidate if it beats the current one.
+    fn update_padding_candidate(&mut self) {
+        let mut padding = self.tx_padding;
+        if let Some((ssrc, _)) = padding {
+            match self.streams_tx.get(&ssrc) {
+                Some(stream) if stream.can_pad() => {}
+                // Gone, or it can no longer pad: search every stream at the next timeout.
+                _ => {
+                    padding = None;
+                    self.tx_padding_known = false;
+                }
+            }
+        }
+        for ssrc in &self.tx_touched {
+            let Some(stream) = self.streams_tx.get(ssrc) else {
+                continue;
+            };
+            if !stream.can_pad() {
+                continue;
+            }
+            let last = stream.queue_info.and_then(|q| q.last_emitted);
+            if padding.is_none_or(|(p, t)| p == *ssrc || last >= t) {
+                padding = Some((*ssrc, last));
+            }
+        }
+        self.tx_padding = padding;
+    }
+
+    /// Parloir patch: streams found idle by the queue snapshot just taken leave the touched
+    /// list, their sender report time folded into `tx_report_due`.
+    fn prune_touched(&mut self) {
+        let mut i = 0;
+        while i < self.tx_touched.len() {
+            let ssrc = self.tx_touched[i];
+            let Some(stream) = self.streams_tx.get_mut(&ssrc) else {
+                self.tx_touched.swap_remove(i);
+                continue;
+            };
+            let idle = stream.queue_info.is_some_and(|q| q.packet_count == 0)
+                && !stream.need_timeout()
+                && !stream.has_pending_requests()
+                && stream.had_first_timeout();
+            if idle {
+                stream.touched = false;
+                let due = match self.tx_intervals {
+                    Some(intervals) => stream.sender_report_at(intervals),
+                    None => stream.sender_report_at_any(),
+                };
+                self.tx_report_due = self.tx_report_due.min(due);
+                self.tx_touched.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn send_queue_states_all(
+        &mut self,
+        now: Instant,
         mut can_probe: impl FnMut(Mid, Pt) -> bool,
     ) -> impl Iterator<Item = QueueState> {
         // Snapshot each stream once, preferring media/RTX padding over the
@@ -672,7 +870,23 @@ impl Streams {
             self.probe_media?;
             return Some(&mut self.probe_tx);
         }
-        self.streams_tx.values_mut().find(|s| s.is_midrid(midrid))
+        // Parloir patch: the hint first (packets of one stream come in runs, and each one
+        // was found by a scan over every stream of the session).
+        let hinted = self.tx_by_midrid.get(&midrid).copied().filter(|ssrc| {
+            self.streams_tx
+                .get(ssrc)
+                .is_some_and(|s| s.is_midrid(midrid))
+        });
+        let stream = match hinted {
+            Some(ssrc) => self.streams_tx.get_mut(&ssrc)?,
+            None => {
+                let stream = self.streams_tx.values_mut().find(|s| s.is_midrid(midrid))?;
+                self.tx_by_midrid.insert(midrid, stream.ssrc());
+                stream
+            }
+        };
+        touch(&mut self.tx_touched, stream);
+        Some(stream)
     }
 
     pub(crate) fn stream_rx_by_midrid(&mut self, midrid: MidRid) -> Option<&mut StreamRx> {
@@ -681,12 +895,14 @@ impl Streams {
 
     pub(crate) fn remove_streams_by_mid(&mut self, mid: Mid) {
         self.streams_tx.retain(|_, s| s.mid() != mid);
+        self.tx_by_midrid.retain(|midrid, _| midrid.mid() != mid);
         self.streams_rx.retain(|_, s| s.mid() != mid);
         self.rx_lookup.retain(|_, v| v.mid != mid);
     }
 
     /// An iterator over all the tx streams for a given mid.
     pub(crate) fn streams_tx_by_mid(&mut self, mid: Mid) -> impl Iterator<Item = &mut StreamTx> {
+        self.touch_all_tx();
         self.streams_tx.values_mut().filter(move |s| s.mid() == mid)
     }
 
@@ -780,5 +996,13 @@ impl fmt::Debug for RtpPacket {
             .field("nackable", &self.nackable)
             .field("timestamp", &self.timestamp)
             .finish()
+    }
+}
+
+/// Parloir patch: lists an outgoing stream as touched (once).
+fn touch(touched: &mut Vec<Ssrc>, stream: &mut StreamTx) {
+    if !stream.touched {
+        stream.touched = true;
+        touched.push(stream.ssrc());
     }
 }

@@ -125,7 +125,7 @@ pub struct StreamTx {
     send_queue: SendQueue,
 
     /// The queue information sampled during the latest pacer update.
-    queue_info: Option<QueueSnapshot>,
+    pub(crate) queue_info: Option<QueueSnapshot>,
 
     /// Whether this sender is to be unpaced in BWE situations.
     ///
@@ -153,6 +153,9 @@ pub struct StreamTx {
 
     /// If we have a pending incoming keyframe request.
     pending_request_keyframe: Option<KeyframeRequestKind>,
+
+    /// Parloir patch: listed in `Streams`' touched streams (see there).
+    pub(crate) touched: bool,
 
     /// If we have a pending incoming remb request.
     pending_request_remb: Option<Bitrate>,
@@ -383,6 +386,7 @@ impl StreamTx {
             rtx_ratio_cap: DEFAULT_RTX_RATIO_CAP,
             last_sender_report: already_happened(),
             pending_request_keyframe: None,
+            touched: false,
             pending_request_remb: None,
             stats: StreamTxStats::new(enable_stats),
             rtx_ratio: (0.0, already_happened()),
@@ -1080,6 +1084,15 @@ impl StreamTx {
         Some(())
     }
 
+    /// Parloir patch: the earliest this stream may want a sender report, whatever the
+    /// configured intervals (its last report).
+    pub(crate) fn sender_report_at_any(&self) -> Instant {
+        if self.kind.is_none() {
+            return not_happening();
+        }
+        self.last_sender_report
+    }
+
     pub(crate) fn need_sr(&self, now: Instant, intervals: RtcpReportIntervals) -> bool {
         now >= self.sender_report_at(intervals)
     }
@@ -1276,6 +1289,21 @@ impl StreamTx {
 
     pub(crate) fn need_timeout(&self) -> bool {
         self.send_queue.need_timeout()
+    }
+
+    /// Parloir patch: whether this stream can send padding.
+    pub(crate) fn can_pad(&self) -> bool {
+        self.padding_enabled()
+    }
+
+    /// Parloir patch: whether a keyframe or REMB request waits to be polled.
+    pub(crate) fn has_pending_requests(&self) -> bool {
+        self.pending_request_keyframe.is_some() || self.pending_request_remb.is_some()
+    }
+
+    /// Parloir patch: whether the first timeout has set this stream up.
+    pub(crate) fn had_first_timeout(&self) -> bool {
+        self.kind.is_some()
     }
 
     pub(crate) fn handle_timeout<'a>(
