@@ -78,6 +78,11 @@ pub(crate) struct Session {
     /// every buffer of the m-line is found empty.
     receive_pending: Vec<Mid>,
 
+    /// Parloir patch: some m-line may have an open or changed event to emit. Set where m-lines
+    /// are added or change direction (negotiation, the direct API); `poll_event` scans the
+    /// m-lines only while it is set, and clears it when the scan finds nothing.
+    pub(crate) media_events: bool,
+
     // The actual RTP encoded streams.
     pub streams: Streams,
 
@@ -196,6 +201,7 @@ impl Session {
             media_pos: HashMap::new(),
             payload_pending: vec![],
             receive_pending: vec![],
+            media_events: true,
             streams: Streams::new(enable_stats, *config.mtu.end(), config.pause_threshold),
             app: None,
             reordering_size_audio: config.reordering_size_audio,
@@ -409,14 +415,16 @@ impl Session {
         self.streams.set_probe_media(probe_media);
         let medias = &self.medias;
         let codecs = &self.codec_config;
-        let iter = self.streams.send_queue_states(now, |mid, pt| {
-            // Reuse the already-validated fallback binding when it matches.
-            probe_media == Some((mid, pt))
-                || medias
-                    .iter()
-                    .find(|m| m.mid() == mid)
-                    .is_some_and(|media| Self::probe_pt(media, codecs, Some(pt)).is_some())
-        });
+        let iter = self
+            .streams
+            .send_queue_states(now, self.intervals, |mid, pt| {
+                // Reuse the already-validated fallback binding when it matches.
+                probe_media == Some((mid, pt))
+                    || medias
+                        .iter()
+                        .find(|m| m.mid() == mid)
+                        .is_some_and(|media| Self::probe_pt(media, codecs, Some(pt)).is_some())
+            });
 
         let Some(padding_request) = self.pacer.handle_timeout(now, iter) else {
             return;
@@ -1098,6 +1106,9 @@ impl Session {
             }));
         }
 
+        if !self.media_events {
+            return None;
+        }
         for media in &mut self.medias {
             if media.need_open_event {
                 media.need_open_event = false;
@@ -1118,6 +1129,7 @@ impl Session {
                 }));
             }
         }
+        self.media_events = false;
 
         None
     }
@@ -1481,6 +1493,7 @@ impl Session {
     }
 
     pub fn add_media(&mut self, media: Media) {
+        self.media_events = true;
         self.medias.push(media);
     }
 
@@ -1580,6 +1593,7 @@ impl Session {
         }
 
         media.set_direction(direction);
+        self.media_events = true;
 
         if old_dir.is_sending() && !direction.is_sending() {
             self.streams.reset_buffers_tx(mid);

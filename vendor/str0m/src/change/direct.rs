@@ -234,6 +234,8 @@ impl<'a> DirectApi<'a> {
         let exts = self.rtc.session.exts.cloned_with_type(kind.is_audio());
         let m = Media::from_direct_api(mid, next_index, kind, exts);
 
+        // Parloir patch: the new m-line's open event.
+        self.rtc.session.media_events = true;
         self.rtc.session.medias.push(m);
         self.rtc.session.medias.last_mut().unwrap()
     }

@@ -912,6 +912,8 @@ fn as_sdp(session: &Session, params: AsSdpParams) -> Sdp {
 
 fn apply_offer(session: &mut Session, offer: SdpOffer) -> Result<(), RtcError> {
     offer.assert_consistency()?;
+    // Parloir patch: m-lines may be added or change direction (see `Session::media_events`).
+    session.media_events = true;
 
     update_session(session, &offer);
 
@@ -931,6 +933,8 @@ fn apply_answer(
     answer: SdpAnswer,
 ) -> Result<(), RtcError> {
     answer.assert_consistency()?;
+    // Parloir patch: m-lines may be added or change direction (see `Session::media_events`).
+    session.media_events = true;
 
     update_session(session, &answer);
 
@@ -1076,7 +1080,14 @@ fn sync_medias<'a>(
                 }
             }
             MediaType::Audio | MediaType::Video => {
-                if let Some(media) = session.medias.iter_mut().find(|l| l.mid() == m.mid()) {
+                // Parloir patch: found through the position hints (a scan per m-line made
+                // applying an SDP of N m-lines O(N²)).
+                let found = crate::session::media_at_mut(
+                    &mut session.medias,
+                    &mut session.media_pos,
+                    m.mid(),
+                );
+                if let Some(media) = found {
                     if idx != media.index() {
                         return index_err(m.mid());
                     }

@@ -160,9 +160,6 @@ pub(crate) struct Streams {
     /// Parloir patch: `tx_padding` is known (false asks for a pass over every stream).
     tx_padding_known: bool,
 
-    /// Parloir patch: the report intervals of the last timeout, for `tx_report_due`.
-    tx_intervals: Option<RtcpReportIntervals>,
-
     /// Parloir patch: queue states handed to the pacer, reused.
     tx_queue_states: Vec<QueueState>,
 
@@ -213,7 +210,6 @@ impl Streams {
             tx_report_due: not_happening(),
             tx_padding: None,
             tx_padding_known: false,
-            tx_intervals: None,
             tx_queue_states: Vec::new(),
             probe_tx: StreamTx::new_probe(mtu_warn),
             probe_media: None,
@@ -529,7 +525,6 @@ impl Streams {
         // Parloir patch: a pass over every outgoing stream only when a sender report is due;
         // otherwise only the touched streams can have anything to do (stamping queued
         // packets, their first timeout).
-        self.tx_intervals = Some(intervals);
         let touched_due = self
             .tx_touched
             .iter()
@@ -741,6 +736,7 @@ impl Streams {
     pub(crate) fn send_queue_states(
         &mut self,
         now: Instant,
+        intervals: RtcpReportIntervals,
         can_probe: impl FnMut(Mid, Pt) -> bool,
     ) -> impl Iterator<Item = QueueState> {
         // Parloir patch: while probing, every stream as before (the probe's eligibility
@@ -771,7 +767,7 @@ impl Streams {
         }
         self.tx_queue_states = states;
         self.update_padding_candidate();
-        self.prune_touched();
+        self.prune_touched(intervals);
         self.tx_queue_states.drain(..)
     }
 
@@ -806,7 +802,7 @@ impl Streams {
 
     /// Parloir patch: streams found idle by the queue snapshot just taken leave the touched
     /// list, their sender report time folded into `tx_report_due`.
-    fn prune_touched(&mut self) {
+    fn prune_touched(&mut self, intervals: RtcpReportIntervals) {
         let mut i = 0;
         while i < self.tx_touched.len() {
             let ssrc = self.tx_touched[i];
@@ -820,11 +816,7 @@ impl Streams {
                 && stream.had_first_timeout();
             if idle {
                 stream.touched = false;
-                let due = match self.tx_intervals {
-                    Some(intervals) => stream.sender_report_at(intervals),
-                    None => stream.sender_report_at_any(),
-                };
-                self.tx_report_due = self.tx_report_due.min(due);
+                self.tx_report_due = self.tx_report_due.min(stream.sender_report_at(intervals));
                 self.tx_touched.swap_remove(i);
             } else {
                 i += 1;

@@ -1084,15 +1084,6 @@ impl StreamTx {
         Some(())
     }
 
-    /// Parloir patch: the earliest this stream may want a sender report, whatever the
-    /// configured intervals (its last report).
-    pub(crate) fn sender_report_at_any(&self) -> Instant {
-        if self.kind.is_none() {
-            return not_happening();
-        }
-        self.last_sender_report
-    }
-
     pub(crate) fn need_sr(&self, now: Instant, intervals: RtcpReportIntervals) -> bool {
         now >= self.sender_report_at(intervals)
     }
@@ -1419,6 +1410,12 @@ struct Resend {
 mod test {
     use super::*;
 
+    /// Parloir patch: report intervals for `send_queue_states`.
+    const INTERVALS: RtcpReportIntervals = RtcpReportIntervals {
+        audio: Duration::from_secs(5),
+        video: Duration::from_secs(1),
+    };
+
     #[test]
     fn regular_padding_does_not_search_probe_negotiation() {
         let mut streams = crate::streams::Streams::new(false, 1200, Duration::from_millis(1500));
@@ -1426,7 +1423,7 @@ mod test {
             streams.declare_stream_tx(42.into(), Some(44.into()), MidRid("vid".into(), None));
         stream.pt_for_padding = Some(96.into());
         let queues: Vec<_> = streams
-            .send_queue_states(Instant::now(), |_, _| {
+            .send_queue_states(Instant::now(), INTERVALS, |_, _| {
                 panic!("ordinary padding must not check probe negotiation")
             })
             .collect();
@@ -1551,7 +1548,12 @@ mod test {
         // from selection, without resetting the SRTP index for the next cluster.
         streams.set_probe_media(None);
         assert!(streams.stream_tx_by_midrid(queue).is_none());
-        assert_eq!(streams.send_queue_states(now, |_, _| true).count(), 0);
+        assert_eq!(
+            streams
+                .send_queue_states(now, INTERVALS, |_, _| true)
+                .count(),
+            0
+        );
         streams.set_probe_media(Some(("vid".into(), 96.into())));
         assert_eq!(streams.streams_tx().count(), 0);
         let stream = streams.stream_tx_by_midrid(queue).unwrap();
