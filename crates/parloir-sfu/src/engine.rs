@@ -380,6 +380,8 @@ pub struct Sfu {
     by_ufrag: HashMap<String, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
     deadlines: BTreeSet<(Instant, PeerId)>,
+    /// Subscriber negotiations held back by [`NEGOTIATION_INTERVAL`].
+    offers_due: BTreeSet<(Instant, PeerId)>,
     next_peer: u64,
     /// Peers with work to drain, and the str0m events drained but not yet handled.
     dirty: Vec<PeerId>,
@@ -468,6 +470,10 @@ struct Peer {
     resync_until: Option<Instant>,
     /// Subscriber offers sent so far; numbers the next one.
     offers_sent: u32,
+    /// When the latest offer (or m-line request) went out, and when the next one is due if
+    /// it waits for [`NEGOTIATION_INTERVAL`] (an entry of `Sfu::offers_due`).
+    last_offer: Option<Instant>,
+    offer_due: Option<Instant>,
     /// Single peer connection: mids str0m has created (their msid is fixed from then on), and
     /// whether a MediaSectionsRequirement is waiting for the client's next offer.
     known_mids: HashSet<String>,
@@ -723,6 +729,11 @@ const CALM_AFTER_FALL: Duration = Duration::from_secs(2);
 const PAUSE_AFTER: Duration = Duration::from_secs(3);
 /// How long a resumed subscriber connection waits for the client's SyncState.
 const RESYNC_WAIT: Duration = Duration::from_secs(2);
+/// At most one subscriber offer (or, with a single peer connection, one request for m-lines)
+/// per subscriber in this interval, as LiveKit's negotiation frequency: tracks published
+/// meanwhile go out together in the next one, so a room where many publish at once costs each
+/// subscriber a few offers, not one per track (each lists every m-line of the connection).
+const NEGOTIATION_INTERVAL: Duration = Duration::from_millis(150);
 /// How long a participant whose WebSocket dropped may resume before it is removed.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(15);
 /// LiveKit's defaults: a room nobody joined closes after 5 minutes, a room everyone left after
@@ -745,6 +756,7 @@ impl Sfu {
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             deadlines: BTreeSet::new(),
+            offers_due: BTreeSet::new(),
             next_peer: 1,
             dirty: Vec::new(),
             events: VecDeque::new(),
@@ -929,6 +941,17 @@ impl Sfu {
                 self.mark(pid);
             }
         }
+        while let Some(&(t, pid)) = self.offers_due.first() {
+            if t > now {
+                break;
+            }
+            self.offers_due.pop_first();
+            if let Some(peer) = self.peers.get_mut(&pid) {
+                peer.offer_due = None;
+                let session = peer.session;
+                self.negotiate_subscriber(session);
+            }
+        }
         if self.next_tick.is_some_and(|t| t <= now) {
             self.tick(now);
         }
@@ -951,7 +974,11 @@ impl Sfu {
         if let Some(o) = self.out.pop_front() {
             return o;
         }
-        let peer_deadline = self.deadlines.first().map(|&(t, _)| t);
+        let peer_deadline = [self.deadlines.first(), self.offers_due.first()]
+            .into_iter()
+            .flatten()
+            .map(|&(t, _)| t)
+            .min();
         let next = match (peer_deadline, self.next_tick) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
@@ -1381,6 +1408,8 @@ impl Sfu {
                 pending_offer_sdp: None,
                 resync_until: None,
                 offers_sent: 0,
+                last_offer: None,
+                offer_due: None,
                 known_mids: HashSet::new(),
                 awaiting_offer: false,
                 channels: HashMap::new(),
@@ -2127,12 +2156,26 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
+        // Nothing to offer yet, or an offer (request) already out: its answer comes back here.
+        let out = match peer.role {
+            PeerRole::Both => peer.awaiting_offer,
+            _ => peer.pending_offer.is_some(),
+        };
+        if out || !peer.needs_offer || peer.offer_due.is_some() {
+            return;
+        }
+        if let Some(due) = peer
+            .last_offer
+            .map(|t| t + NEGOTIATION_INTERVAL)
+            .filter(|&t| t > self.now)
+        {
+            peer.offer_due = Some(due);
+            self.offers_due.insert((due, pid));
+            return;
+        }
         if peer.role == PeerRole::Both {
             // The client offers; ask it for the m-lines this needs (0/0 just asks for an
             // offer, which lets m-lines of removed tracks go inactive).
-            if peer.awaiting_offer || !peer.needs_offer {
-                return;
-            }
             peer.needs_offer = false;
             let (mut num_audios, mut num_videos) = (0, 0);
             for (sid, out) in &peer.outs {
@@ -2149,6 +2192,7 @@ impl Sfu {
                 return;
             }
             peer.awaiting_offer = true;
+            peer.last_offer = Some(self.now);
             let requirement = proto::MediaSectionsRequirement {
                 num_audios,
                 num_videos,
@@ -2157,9 +2201,6 @@ impl Sfu {
                 session,
                 proto::signal_response::Message::MediaSectionsRequirement(requirement),
             );
-            return;
-        }
-        if peer.pending_offer.is_some() || !peer.needs_offer {
             return;
         }
         peer.needs_offer = false;
@@ -2217,6 +2258,7 @@ impl Sfu {
         }
         peer.pending_offer = Some(pending);
         peer.offers_sent += 1;
+        peer.last_offer = Some(self.now);
         if let Some(creds) = restarted {
             // The client's new checks use the new username fragment.
             self.by_ufrag.remove(&peer.ufrag);

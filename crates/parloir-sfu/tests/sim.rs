@@ -282,6 +282,60 @@ fn leaving_unpublishes_and_renegotiates() {
     );
 }
 
+/// The sids of `who`'s published video tracks.
+fn video_sids(sim: &Sim, who: &str) -> Vec<String> {
+    sim.client(who)
+        .published
+        .values()
+        .filter(|t| t.r#type == proto::TrackType::Video as i32)
+        .map(|t| t.sid.clone())
+        .collect()
+}
+
+#[test]
+fn tracks_published_together_reach_each_subscriber_in_a_few_offers() {
+    let mut sim = Sim::new(23, 0.0);
+    const N: usize = 12;
+    let names: Vec<String> = (0..N).map(|i| format!("p{i}")).collect();
+    for name in &names {
+        sim.join(name);
+    }
+    for i in 0..N {
+        sim.publish(i);
+    }
+    sim.run_for(Duration::from_secs(2));
+    for (i, name) in names.iter().enumerate() {
+        // The offer made at join, then the tracks that arrive within one negotiation
+        // interval of it together (one offer per track would be 2 × 11 more).
+        let offers = sim.client(name).offers.len();
+        assert!(offers <= 3, "{name} got {offers} subscriber offers");
+        for (j, other) in names.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            for sid in video_sids(&sim, other) {
+                assert!(
+                    received(&sim, name, &sid) > 0,
+                    "{name} receives {other}'s video"
+                );
+            }
+        }
+    }
+    // A track published later, on its own, is offered at once, not held back.
+    let before: Vec<usize> = names.iter().map(|n| sim.client(n).offers.len()).collect();
+    sim.join("late");
+    sim.run_for(Duration::from_millis(300));
+    sim.publish(N);
+    sim.run_for(Duration::from_millis(20));
+    for (name, b) in names.iter().zip(&before) {
+        assert_eq!(
+            sim.client(name).offers.len(),
+            b + 1,
+            "{name} is offered the late publisher's tracks within 20 ms"
+        );
+    }
+}
+
 #[test]
 fn a_second_session_with_the_same_identity_evicts_the_first() {
     let mut sim = Sim::new(4, 0.0);
