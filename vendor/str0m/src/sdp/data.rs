@@ -18,7 +18,7 @@ use crate::{Candidate, IceCreds, VERSION};
 use str0m_proto::Id;
 
 use super::SdpError;
-use super::parser::sdp_parser;
+use super::parser::{sdp_fast, sdp_parser};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sdp {
@@ -31,6 +31,10 @@ impl Sdp {
         // `easy_parse` builds (allocates, merges, dedups) an error for every alternative tried,
         // which is most of the cost of parsing a valid SDP. Plain `&str` errors cost nothing; the
         // detailed message is only needed when the input is invalid, so parse again for it then.
+        // Parloir patch: the fast path first (`parser::sdp_fast`), the same result or none.
+        if let Some(sdp) = sdp_fast(input) {
+            return Ok(sdp);
+        }
         if let Ok((sdp, _)) = sdp_parser().parse(input) {
             return Ok(sdp);
         }

@@ -842,6 +842,259 @@ where
     ))
 }
 
+// /////////////////////////////////////////////////// Parloir patch: a fast path
+
+/// Parloir patch: parses an SDP as [`sdp_parser`] does, faster, or returns `None` and leaves it
+/// to [`sdp_parser`].
+///
+/// `media_attribute_line` tries up to 25 alternatives on each `a=` line, and combine's
+/// backtracking over them was most of the cost of a renegotiation: an SFU's subscriber
+/// connection in a room of N carries about 2N m-lines, each with tens of attribute lines. Here
+/// the session part and each m-line's `m=`, `c=` and `b=` lines go through the same combine
+/// parsers; each `a=` line whose attribute is one of the common ones, in the plain form those
+/// parsers accept within the line, is read directly, to the value the matching alternative
+/// gives (the attribute's name selects the only alternative that can match it); any other
+/// `a=` line goes through `media_attribute_line` at that point of the input, as `many` would
+/// do. Anything else (an unknown line type, trailing text, an m-line that is not consistent, a
+/// parse error) returns `None`, and the full parser gives the result and the error it always
+/// gave.
+pub(crate) fn sdp_fast(input: &str) -> Option<Sdp> {
+    let (session, mut rest) = session_parser().parse(input).ok()?;
+    let mut media_lines = Vec::new();
+    while !rest.is_empty() {
+        if !rest.starts_with("m=") {
+            return None;
+        }
+        let (((typ, port, proto, pts), _, bw), after) = (
+            media_line(),
+            optional(typed_line('c', any_value())), // c=IN IP4 0.0.0.0
+            optional(bandwidth_line()),             // b=AS:2500
+        )
+            .parse(rest)
+            .ok()?;
+        rest = after;
+        let mut attrs = Vec::new();
+        while rest.starts_with("a=") {
+            // A line ends at "\r\n", "\n" or the end of the input (`line_end`).
+            let (line, next) = match rest.find('\n') {
+                Some(i) => {
+                    let line = &rest[..i];
+                    (line.strip_suffix('\r').unwrap_or(line), &rest[i + 1..])
+                }
+                None => (rest, ""),
+            };
+            let fast = if line.contains('\r') {
+                None
+            } else {
+                fast_media_attribute(&line[2..])
+            };
+            if let Some(attr) = fast {
+                attrs.push(attr);
+                rest = next;
+            } else {
+                let (attr, after) = media_attribute_line().parse(rest).ok()?;
+                attrs.push(attr);
+                rest = after;
+            }
+        }
+        let m = MediaLine {
+            typ,
+            disabled: port == "0",
+            proto,
+            pts,
+            bw,
+            attrs,
+        };
+        if m.check_consistent().is_some() {
+            return None;
+        }
+        media_lines.push(m);
+    }
+    Some(Sdp {
+        session,
+        media_lines,
+    })
+}
+
+/// Parloir patch: `not_sp`'s value: one character or more, no space.
+fn fast_not_sp(v: &str) -> Option<&str> {
+    (!v.is_empty() && !v.contains(' ')).then_some(v)
+}
+
+/// Parloir patch: the attribute of one `a=` line (`line` is what follows `a=`, without the line
+/// end), when it is one of the common ones in a form read exactly as `media_attribute_line`
+/// reads it; `None` otherwise.
+fn fast_media_attribute(line: &str) -> Option<MediaAttribute> {
+    use MediaAttribute::*;
+    let (name, value) = match line.split_once(':') {
+        Some((name, value)) => (name, Some(value)),
+        None => (line, None),
+    };
+    let Some(value) = value else {
+        return Some(match name {
+            "recvonly" => RecvOnly,
+            "sendrecv" => SendRecv,
+            "sendonly" => SendOnly,
+            "inactive" => Inactive,
+            "rtcp-mux" => RtcpMux,
+            "rtcp-mux-only" => RtcpMuxOnly,
+            "rtcp-rsize" => RtcpRsize,
+            "end-of-candidates" => EndOfCandidates,
+            _ => return None,
+        });
+    };
+    // `any_value`: one character or more; `not_sp`: the same without spaces.
+    let any = |v: &str| (!v.is_empty()).then(|| v.to_string());
+    let not_sp = fast_not_sp;
+    // `pt()`: a `not_sp` token that parses as a u8 of at most 127.
+    let pt = |v: &str| {
+        let pt = not_sp(v)?.parse::<u8>().ok()?;
+        (pt <= 127).then(|| Pt::from(pt))
+    };
+    Some(match name {
+        "mid" => Mid(crate::rtp_::Mid::from(any(value)?.as_str())),
+        "ice-ufrag" => IceUfrag(any(value)?),
+        "ice-pwd" => IcePwd(any(value)?),
+        "ice-options" => IceOptions(any(value)?),
+        "rtcp" => Rtcp(any(value)?),
+        "sctp-init" => SctpInit(any(value)?),
+        "setup" => Setup(match value {
+            "actpass" => super::Setup::ActPass,
+            "active" => super::Setup::Active,
+            "passive" => super::Setup::Passive,
+            _ => return None,
+        }),
+        "sctp-port" => SctpPort(not_sp(value)?.parse().ok()?),
+        "max-message-size" => MaxMessageSize(not_sp(value)?.parse().ok()?),
+        "msid" => {
+            let (stream_id, track_id) = value.split_once(' ')?;
+            Msid(super::Msid {
+                stream_id: not_sp(stream_id)?.to_string(),
+                track_id: any(track_id)?,
+            })
+        }
+        "rtcp-fb" => {
+            let (p, v) = value.split_once(' ')?;
+            RtcpFb {
+                pt: pt(p)?,
+                value: any(v)?,
+            }
+        }
+        "rtpmap" => {
+            // <pt> <codec>/<clock rate>[/<channels>]; the codec may hold spaces.
+            let (p, v) = value.split_once(' ')?;
+            let (codec, v) = v.split_once('/')?;
+            let (clock, channels) = match v.split_once('/') {
+                Some((clock, channels)) => (clock, Some(channels)),
+                None => (v, None),
+            };
+            if codec.is_empty() || clock.is_empty() {
+                return None;
+            }
+            let channels = match channels {
+                Some(c) => Some(any(c)?.parse::<u8>().ok()?),
+                None => None,
+            };
+            RtpMap {
+                pt: pt(p)?,
+                value: super::data::RtpMap {
+                    codec: codec.into(),
+                    clock_rate: clock.parse::<Frequency>().ok()?,
+                    channels,
+                },
+            }
+        }
+        "extmap" => {
+            // <id>[/<direction>] <uri>[ <attributes>]
+            let (head, tail) = value.split_once(' ')?;
+            let id = match head.split_once('/') {
+                Some((id, direction)) => {
+                    not_sp(direction)?;
+                    id
+                }
+                None => head,
+            };
+            if id.is_empty() {
+                return None;
+            }
+            let uri = match tail.split_once(' ') {
+                Some((uri, attributes)) => {
+                    any(attributes)?;
+                    uri
+                }
+                None => tail,
+            };
+            ExtMap {
+                id: id.parse::<u8>().ok()?,
+                ext: Extension::from_sdp_uri(not_sp(uri)?),
+            }
+        }
+        "ssrc" => {
+            // <ssrc> <attribute>:<value>; the attribute may hold spaces.
+            let (ssrc, v) = value.split_once(' ')?;
+            let (attr, v) = v.split_once(':')?;
+            if attr.is_empty() {
+                return None;
+            }
+            Ssrc {
+                ssrc: crate::rtp_::Ssrc::from(not_sp(ssrc)?.parse::<u32>().ok()?),
+                attr: attr.to_string(),
+                value: any(v)?,
+            }
+        }
+        "ssrc-group" => {
+            let (semantics, v) = value.split_once(' ')?;
+            let ssrcs = v
+                .split(' ')
+                .map(|s| not_sp(s)?.parse::<u32>().ok().map(crate::rtp_::Ssrc::from))
+                .collect::<Option<Vec<_>>>()?;
+            SsrcGroup {
+                semantics: not_sp(semantics)?.to_string(),
+                ssrcs,
+            }
+        }
+        "fingerprint" => {
+            let (hash_func, v) = value.split_once(' ')?;
+            let bytes = v
+                .split(':')
+                .map(|b| {
+                    let hex = b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit());
+                    hex.then(|| u8::from_str_radix(b, 16).ok()).flatten()
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Fingerprint(crate::crypto::Fingerprint {
+                hash_func: not_sp(hash_func)?.to_string(),
+                bytes,
+            })
+        }
+        "fmtp" => {
+            // The `key=value` list form (the first of the fmtp alternatives): pairs separated
+            // by ';', spaces and tabs around them, an optional ';' at the end. Keys hold no
+            // '=', values no ';', neither spaces nor tabs.
+            let (p, v) = value.split_once(' ')?;
+            let pieces: Vec<&str> = v.split(';').map(|s| s.trim_matches([' ', '\t'])).collect();
+            let last = pieces.len() - 1;
+            let mut pairs = Vec::with_capacity(pieces.len());
+            for (i, piece) in pieces.iter().enumerate() {
+                if piece.is_empty() && i == last && i > 0 {
+                    break;
+                }
+                let (key, val) = piece.split_once('=')?;
+                let plain = |s: &str| !s.is_empty() && !s.contains([' ', '\t']);
+                if !plain(key) || !plain(val) {
+                    return None;
+                }
+                pairs.push((key.to_string(), val.to_string()));
+            }
+            Fmtp {
+                pt: pt(p)?,
+                values: FormatParam::parse_pairs(pairs),
+            }
+        }
+        _ => return None,
+    })
+}
+
 // /////////////////////////////////////////////////// Generic things below
 
 /// A specific line
@@ -2004,3 +2257,146 @@ mod test {
 // a=mid:0
 // a=sctp-port:5000
 // a=max-message-size:262144
+
+/// Parloir patch: the fast path gives what the full parser gives, or nothing.
+#[cfg(test)]
+mod fast_test {
+    use super::*;
+    use crate::change::SdpOffer;
+    use crate::media::{Direction, MediaKind, Simulcast, SimulcastLayer};
+    use crate::{Candidate, Rtc};
+
+    /// The SDP literals of this file's tests (`let sdp = "v=0...";`), unescaped.
+    fn literals() -> Vec<String> {
+        let source = include_str!("parser.rs");
+        let mut out = Vec::new();
+        let mut rest = source;
+        while let Some(i) = rest.find("let sdp = \"v=0") {
+            rest = &rest[i + "let sdp = \"".len()..];
+            let mut text = String::new();
+            let mut chars = rest.chars().peekable();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => match chars.next() {
+                        Some('r') => text.push('\r'),
+                        Some('n') => text.push('\n'),
+                        Some('t') => text.push('\t'),
+                        Some('\\') => text.push('\\'),
+                        Some('"') => text.push('"'),
+                        // A line continuation: the newline and the next line's indent go.
+                        Some('\n') => {
+                            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                                chars.next();
+                            }
+                        }
+                        _ => return out,
+                    },
+                    c => text.push(c),
+                }
+            }
+            out.push(text);
+        }
+        out
+    }
+
+    /// Offers and answers as str0m writes them: audio, simulcast video, a data channel.
+    fn generated() -> Vec<String> {
+        let now = std::time::Instant::now();
+        let mut a = Rtc::builder().set_ice_lite(true).build(now);
+        let addr = "127.0.0.1:5000".parse().unwrap();
+        a.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let mut b = Rtc::builder().build(now);
+        let mut api = a.sdp_api();
+        api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let mut simulcast = Simulcast::new();
+        for rid in ["q", "h", "f"] {
+            simulcast.add_send_layer(SimulcastLayer::new(rid));
+        }
+        api.add_media(
+            MediaKind::Video,
+            Direction::SendRecv,
+            Some("stream".into()),
+            Some("track".into()),
+            Some(simulcast),
+        );
+        api.add_channel("data".into());
+        let (offer, pending) = api.apply().unwrap();
+        let offer_sdp = offer.to_sdp_string();
+        let answer = b
+            .sdp_api()
+            .accept_offer(SdpOffer::from_sdp_string(&offer_sdp).unwrap())
+            .unwrap();
+        let answer_sdp = answer.to_sdp_string();
+        a.sdp_api().accept_answer(pending, answer).unwrap();
+        vec![offer_sdp, answer_sdp]
+    }
+
+    fn full(input: &str) -> Option<Sdp> {
+        sdp_parser().parse(input).ok().map(|(sdp, _)| sdp)
+    }
+
+    #[test]
+    fn fast_path_takes_real_sdps() {
+        let literals = literals();
+        assert!(literals.len() >= 10, "found {} SDPs", literals.len());
+        let mut fast = 0;
+        for sdp in literals.iter().chain(&generated()) {
+            if let Some(got) = sdp_fast(sdp) {
+                assert_eq!(Some(got), full(sdp), "{sdp}");
+                fast += 1;
+            }
+        }
+        // Browser and str0m SDPs take the fast path (a few test inputs are not valid SDP).
+        assert!(
+            fast >= literals.len() * 2 / 3,
+            "{fast} of {}",
+            literals.len()
+        );
+        for sdp in generated() {
+            assert!(sdp_fast(&sdp).is_some(), "{sdp}");
+        }
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_full_parser_on_mutated_sdps() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        const INSERTS: &[char] = &[
+            ' ', '\t', ';', ':', '/', '=', '\r', '\n', 'a', '0', '9', '-', '~', ',', 'x',
+        ];
+        let (mut fast, mut total) = (0, 0);
+        for base in literals().iter().chain(&generated()) {
+            let chars: Vec<char> = base.chars().collect();
+            for _ in 0..1500 {
+                let mut m = chars.clone();
+                for _ in 0..1 + next(3) {
+                    let at = next(m.len() + 1);
+                    match next(4) {
+                        0 if at < m.len() => {
+                            m.remove(at);
+                        }
+                        1 if at < m.len() => {
+                            let c = m[at];
+                            m.insert(at, c);
+                        }
+                        _ => m.insert(at, INSERTS[next(INSERTS.len())]),
+                    }
+                }
+                let m: String = m.into_iter().collect();
+                total += 1;
+                if let Some(got) = sdp_fast(&m) {
+                    fast += 1;
+                    assert_eq!(Some(got), full(&m), "{m:?}");
+                }
+            }
+        }
+        // Most single edits leave an SDP the fast path still reads.
+        assert!(fast * 4 > total, "{fast} of {total}");
+    }
+}
