@@ -65,7 +65,13 @@ fn main() {
         .and_then(|s| s.parse::<u32>().ok())
     {
         for &n in &sizes {
+            let started = std::time::Instant::now();
             let mut sim = room(n);
+            // Joining, negotiating and the first seconds of media: the SFU's share, and the
+            // whole (the simulated clients included).
+            let warmup_wall = started.elapsed().as_secs_f64();
+            let warmup_sfu = sim.sfu_time.as_secs_f64();
+            let offers = sim.clients.iter().map(|c| c.offers.len()).sum::<usize>();
             let before = sim.sfu.stats();
             sim.sfu_time = Duration::ZERO;
             for _ in 0..steps {
@@ -76,7 +82,7 @@ fn main() {
             let timeouts = after.rtc_timeouts - before.rtc_timeouts;
             let us = sim.sfu_time.as_secs_f64() * 1e6 / out.max(1) as f64;
             println!(
-                "participants {n} steps {steps} datagrams_out {out} rtc_timeouts {timeouts} us_per_datagram_out {us:.2}"
+                "participants {n} steps {steps} datagrams_out {out} rtc_timeouts {timeouts} us_per_datagram_out {us:.2} warmup_s {warmup_wall:.1} warmup_sfu_s {warmup_sfu:.2} subscriber_offers {offers}"
             );
         }
         return;
