@@ -29,10 +29,8 @@ pub fn translate(session: SessionId, request: Req, now_ms: i64) -> Action {
             sdp: sd.sdp,
             id: sd.id,
         }),
-        Req::Answer(sd) => Action::Command(Command::Answer {
-            session,
-            sdp: sd.sdp,
-        }),
+        // Parsed here, in the session's task, not on the media worker.
+        Req::Answer(sd) => Action::Command(Command::answer(session, &sd.sdp)),
         Req::Trickle(t) => Action::Command(Command::Trickle {
             session,
             candidate_init: t.candidate_init,
@@ -111,5 +109,31 @@ mod tests {
             0,
         );
         assert!(matches!(a, Action::Command(Command::Offer { .. })));
+    }
+
+    #[test]
+    fn answers_are_parsed_before_they_reach_the_media_worker() {
+        let answer = |sdp: &str| {
+            translate(
+                SessionId(1),
+                Req::Answer(proto::SessionDescription {
+                    r#type: "answer".into(),
+                    sdp: sdp.into(),
+                    ..Default::default()
+                }),
+                0,
+            )
+        };
+        let Action::Command(Command::Answer { answer: Err(e), .. }) = answer("v=0") else {
+            panic!("a broken answer is a command carrying the parse error");
+        };
+        assert!(!e.is_empty());
+        let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n\
+            a=mid:0\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n";
+        let Action::Command(Command::Answer { answer: Ok(parsed), .. }) = answer(sdp) else {
+            panic!("a valid answer is parsed");
+        };
+        assert!(parsed.to_sdp_string().contains("a=mid:0"));
     }
 }

@@ -680,10 +680,8 @@ impl Sim {
                     .expect("the SFU's offer is acceptable");
                 c.last_answer = Some(answer.to_sdp_string());
                 if !c.lose_answers {
-                    self.commands.push(Command::Answer {
-                        session,
-                        sdp: answer.to_sdp_string(),
-                    });
+                    self.commands
+                        .push(Command::answer(session, &answer.to_sdp_string()));
                 }
             }
             M::Answer(sd) => {

@@ -38,7 +38,8 @@ impl SdpOffer {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+// Parloir patch: `Clone`, so that a parsed answer can travel in a cloneable command.
+#[derive(Debug, Clone, PartialEq, Eq)]
 /// SDP answer. Answers can be serialized via serde.
 pub struct SdpAnswer(Sdp);
 
