@@ -21,6 +21,9 @@ echo "bench: forwarding bench (criterion)"
 PARLOIR_BENCH_OUT="$PWD/$results/latest/forward.json" \
   cargo bench --locked -p parloir-sfu --bench forward
 
+echo "bench: one subscriber renegotiation against its m-lines (criterion)"
+cargo bench --locked -p parloir-sfu --bench negotiate
+
 echo "bench: record plane (compositor frames/s, room composite CPU cores)"
 PARLOIR_BENCH_OUT="$PWD/$results/latest/record.json" \
   cargo bench --locked -p parloir-record --bench composite

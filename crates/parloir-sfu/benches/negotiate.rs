@@ -10,7 +10,8 @@
 //! instance, is not timed.
 //!
 //! `cargo bench -p parloir-sfu --bench negotiate`; m-line counts from
-//! `PARLOIR_BENCH_MLINES=20,100,300`. At the end a table of µs per renegotiation and per m-line.
+//! `PARLOIR_BENCH_MLINES=20,100,300`. At the end a table of µs per renegotiation and per m-line,
+//! and of the three parts.
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -19,6 +20,26 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaKind};
 use str0m::{Candidate, Rtc};
+
+/// The server's time in one renegotiation: writing the offer, parsing the answer, applying it.
+#[derive(Default, Clone, Copy)]
+struct Spent {
+    offer: Duration,
+    parse: Duration,
+    apply: Duration,
+}
+
+impl Spent {
+    fn total(&self) -> Duration {
+        self.offer + self.parse + self.apply
+    }
+
+    fn add(&mut self, other: Spent) {
+        self.offer += other.offer;
+        self.parse += other.parse;
+        self.apply += other.apply;
+    }
+}
 
 struct Pair {
     server: Rtc,
@@ -42,7 +63,7 @@ impl Pair {
     }
 
     /// One renegotiation adding a send-only m-line of `kind`; returns the server's time.
-    fn renegotiate(&mut self, kind: MediaKind) -> Duration {
+    fn renegotiate(&mut self, kind: MediaKind) -> Spent {
         let started = Instant::now();
         let mut api = self.server.sdp_api();
         let n = self.lines;
@@ -55,7 +76,7 @@ impl Pair {
         );
         let (offer, pending) = api.apply().expect("an m-line to offer");
         let offer_sdp = offer.to_sdp_string();
-        let mut server_time = started.elapsed();
+        let offer_time = started.elapsed();
 
         let offer = str0m::change::SdpOffer::from_sdp_string(&offer_sdp).expect("offer parses");
         let answer = self
@@ -67,13 +88,18 @@ impl Pair {
 
         let started = Instant::now();
         let answer = SdpAnswer::from_sdp_string(&answer_sdp).expect("answer parses");
+        let parsed = Instant::now();
         self.server
             .sdp_api()
             .accept_answer(pending, answer)
             .expect("the answer is acceptable");
-        server_time += started.elapsed();
+        let applied = Instant::now();
         self.lines += 1;
-        server_time
+        Spent {
+            offer: offer_time,
+            parse: parsed - started,
+            apply: applied - parsed,
+        }
     }
 
     fn kind(&self) -> MediaKind {
@@ -96,7 +122,7 @@ fn main() {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    let rows: RefCell<Vec<(usize, Duration, u64)>> = RefCell::new(Vec::new());
+    let rows: RefCell<Vec<(usize, Spent, u64)>> = RefCell::new(Vec::new());
     let mut group = c.benchmark_group("negotiate");
     for &lines in &counts {
         let mut pair = Pair::new();
@@ -105,7 +131,7 @@ fn main() {
             pair.renegotiate(kind);
         }
         group.throughput(Throughput::Elements(lines as u64));
-        let mut total = (Duration::ZERO, 0u64);
+        let mut total = (Spent::default(), 0u64);
         group.bench_function(BenchmarkId::new("mlines", lines), |b| {
             b.iter_custom(|iters| {
                 // The connection grows by one m-line per iteration; start each sample from
@@ -117,23 +143,32 @@ fn main() {
                         pair.renegotiate(kind);
                     }
                 }
-                let mut spent = Duration::ZERO;
+                let mut spent = Spent::default();
                 for _ in 0..iters {
                     let kind = pair.kind();
-                    spent += pair.renegotiate(kind);
+                    spent.add(pair.renegotiate(kind));
                 }
-                total.0 += spent;
+                total.0.add(spent);
                 total.1 += iters;
-                spent
+                spent.total()
             })
         });
         rows.borrow_mut().push((lines, total.0, total.1));
     }
     group.finish();
     c.final_summary();
-    println!("| m-lines | µs per renegotiation (server side) | µs per m-line |\n|---|---|---|");
+    println!(
+        "| m-lines | µs per renegotiation (server side) | µs per m-line | writing the offer | parsing the answer | applying it |\n|---|---|---|---|---|---|"
+    );
     for (lines, spent, iters) in rows.into_inner() {
-        let us = spent.as_secs_f64() * 1e6 / iters.max(1) as f64;
-        println!("| {lines} | {us:.0} | {:.2} |", us / lines as f64);
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / iters.max(1) as f64;
+        let all = us(spent.total());
+        println!(
+            "| {lines} | {all:.0} | {:.2} | {:.0} | {:.0} | {:.0} |",
+            all / lines as f64,
+            us(spent.offer),
+            us(spent.parse),
+            us(spent.apply)
+        );
     }
 }
