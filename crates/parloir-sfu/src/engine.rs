@@ -935,14 +935,10 @@ impl Sfu {
         self.run(now);
     }
 
-    /// Advances time: peers whose timeout passed, and the speaker tick.
+    /// Advances time: peers whose timeout passed, held-back offers, and the speaker tick.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
-        while let Some(&(t, pid)) = self.deadlines.first() {
-            if t > now {
-                break;
-            }
-            self.deadlines.pop_first();
+        while let Some(pid) = pop_due(&mut self.deadlines, now) {
             if let Some(peer) = self.peers.get_mut(&pid) {
                 peer.deadline = None;
                 self.stats.rtc_timeouts += 1;
@@ -953,11 +949,7 @@ impl Sfu {
                 self.mark(pid);
             }
         }
-        while let Some(&(t, pid)) = self.offers_due.first() {
-            if t > now {
-                break;
-            }
-            self.offers_due.pop_first();
+        while let Some(pid) = pop_due(&mut self.offers_due, now) {
             if let Some(peer) = self.peers.get_mut(&pid) {
                 peer.offer_due = None;
                 let session = peer.session;
@@ -3236,6 +3228,16 @@ fn is_hidden(info: &proto::ParticipantInfo) -> bool {
 }
 
 /// STUN messages start with two zero bits and carry the magic cookie (RFC 5389).
+/// Takes the earliest entry of a deadline set out if it is due at `now`.
+fn pop_due(set: &mut BTreeSet<(Instant, PeerId)>, now: Instant) -> Option<PeerId> {
+    let &(t, pid) = set.first()?;
+    if t > now {
+        return None;
+    }
+    set.pop_first();
+    Some(pid)
+}
+
 fn is_stun(contents: &[u8]) -> bool {
     contents.len() >= 20 && contents[0] < 2 && contents[4..8] == [0x21, 0x12, 0xA4, 0x42]
 }

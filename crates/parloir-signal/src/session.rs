@@ -131,7 +131,10 @@ mod tests {
         let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
             m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n\
             a=mid:0\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n";
-        let Action::Command(Command::Answer { answer: Ok(parsed), .. }) = answer(sdp) else {
+        let Action::Command(Command::Answer {
+            answer: Ok(parsed), ..
+        }) = answer(sdp)
+        else {
             panic!("a valid answer is parsed");
         };
         assert!(parsed.to_sdp_string().contains("a=mid:0"));
