@@ -916,6 +916,39 @@ pub(crate) fn sdp_fast(input: &str) -> Option<Sdp> {
     })
 }
 
+/// Parloir patch: the attribute names that `media_attribute_line`'s alternatives match (all but
+/// the last, `Unused`).
+const MEDIA_ATTRIBUTE_NAMES: &[&str] = &[
+    "ice-ufrag",
+    "ice-pwd",
+    "ice-options",
+    "fingerprint",
+    "setup",
+    "mid",
+    "sctp-port",
+    "max-message-size",
+    "sctp-init",
+    "extmap",
+    "recvonly",
+    "sendrecv",
+    "sendonly",
+    "inactive",
+    "msid",
+    "rtcp",
+    "rtcp-mux",
+    "rtcp-mux-only",
+    "rtcp-rsize",
+    "candidate",
+    "end-of-candidates",
+    "rtpmap",
+    "rtcp-fb",
+    "fmtp",
+    "rid",
+    "simulcast",
+    "ssrc-group",
+    "ssrc",
+];
+
 /// Parloir patch: `not_sp`'s value: one character or more, no space.
 fn fast_not_sp(v: &str) -> Option<&str> {
     (!v.is_empty() && !v.contains(' ')).then_some(v)
@@ -930,6 +963,12 @@ fn fast_media_attribute(line: &str) -> Option<MediaAttribute> {
         Some((name, value)) => (name, Some(value)),
         None => (line, None),
     };
+    // Every alternative of `media_attribute_line` starts with its attribute's name followed by
+    // ':' or the line end (the flags), so a line of any other name is the last alternative's,
+    // `Unused`, with all the text after "a=" (at least one character).
+    if !MEDIA_ATTRIBUTE_NAMES.contains(&name) {
+        return (!line.is_empty()).then(|| Unused(line.to_string()));
+    }
     let Some(value) = value else {
         return Some(match name {
             "recvonly" => RecvOnly,
@@ -1068,10 +1107,26 @@ fn fast_media_attribute(line: &str) -> Option<MediaAttribute> {
             })
         }
         "fmtp" => {
+            let (p, v) = value.split_once(' ')?;
+            if !v.contains('=') {
+                // Without '=' the first alternative (`key=value` pairs) cannot match; the
+                // second is a list of at least two u8 separated by '/' (RED's "111/111"),
+                // of which the first is kept.
+                let numbers = v
+                    .split('/')
+                    .map(|n| n.parse::<u8>().ok())
+                    .collect::<Option<Vec<u8>>>()?;
+                if numbers.len() < 2 {
+                    return None;
+                }
+                return Some(Fmtp {
+                    pt: pt(p)?,
+                    values: vec![FormatParam::BarePtList(Pt::from(numbers[0]))],
+                });
+            }
             // The `key=value` list form (the first of the fmtp alternatives): pairs separated
             // by ';', spaces and tabs around them, an optional ';' at the end. Keys hold no
             // '=', values no ';', neither spaces nor tabs.
-            let (p, v) = value.split_once(' ')?;
             let pieces: Vec<&str> = v.split(';').map(|s| s.trim_matches([' ', '\t'])).collect();
             let last = pieces.len() - 1;
             let mut pairs = Vec::with_capacity(pieces.len());
@@ -2356,6 +2411,62 @@ mod fast_test {
         for sdp in generated() {
             assert!(sdp_fast(&sdp).is_some(), "{sdp}");
         }
+    }
+
+    #[test]
+    fn fast_path_reads_a_chromium_answer_whole() {
+        // The shape of a Chromium answer to an SFU's subscriber offer (livekit-client):
+        // RED's fmtp pt list, rtcp-xr and extmap-allow-mixed, which no alternative names.
+        let sdp = "v=0\r\n\
+            o=- 4215775240449105457 2 IN IP4 127.0.0.1\r\n\
+            s=-\r\n\
+            t=0 0\r\n\
+            a=group:BUNDLE 0 1\r\n\
+            a=extmap-allow-mixed\r\n\
+            a=msid-semantic: WMS\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\n\
+            c=IN IP4 0.0.0.0\r\n\
+            a=rtcp:9 IN IP4 0.0.0.0\r\n\
+            a=ice-ufrag:1qaw\r\n\
+            a=ice-pwd:M4ZaVfYVnqR3YyVa8OaJ8o7d\r\n\
+            a=ice-options:trickle\r\n\
+            a=fingerprint:sha-256 6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:\
+            8E:50:55:EA:4C:D3:2B:6E:A9:1E:F4:B3\r\n\
+            a=setup:active\r\n\
+            a=mid:0\r\n\
+            a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+            a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+            a=recvonly\r\n\
+            a=rtcp-mux\r\n\
+            a=rtpmap:111 opus/48000/2\r\n\
+            a=rtcp-fb:111 transport-cc\r\n\
+            a=fmtp:111 minptime=10;useinbandfec=1\r\n\
+            a=rtpmap:63 red/48000/2\r\n\
+            a=fmtp:63 111/111\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\n\
+            c=IN IP4 0.0.0.0\r\n\
+            a=rtcp:9 IN IP4 0.0.0.0\r\n\
+            a=ice-ufrag:1qaw\r\n\
+            a=ice-pwd:M4ZaVfYVnqR3YyVa8OaJ8o7d\r\n\
+            a=ice-options:trickle\r\n\
+            a=fingerprint:sha-256 6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:\
+            8E:50:55:EA:4C:D3:2B:6E:A9:1E:F4:B3\r\n\
+            a=setup:active\r\n\
+            a=mid:1\r\n\
+            a=extmap:4 urn:3gpp:video-orientation\r\n\
+            a=recvonly\r\n\
+            a=rtcp-mux\r\n\
+            a=rtcp-rsize\r\n\
+            a=rtpmap:96 VP8/90000\r\n\
+            a=rtcp-fb:96 goog-remb\r\n\
+            a=rtcp-fb:96 ccm fir\r\n\
+            a=rtcp-fb:96 nack\r\n\
+            a=rtcp-fb:96 nack pli\r\n\
+            a=rtcp-xr:rcvr-rtt=all\r\n\
+            a=rtpmap:97 rtx/90000\r\n\
+            a=fmtp:97 apt=96\r\n";
+        let fast = sdp_fast(sdp).expect("the fast path reads it");
+        assert_eq!(Some(fast), full(sdp));
     }
 
     #[test]
