@@ -551,6 +551,22 @@ for (const singlePeerConnection of [false, true]) {
       });
     }
 
+    // livekit-client publishes a microphone with RED and DTX unless told not to, and leaves both
+    // to the server's answer: RED first, and usedtx=1 on Opus.
+    scenario('a microphone is sent in RED with DTX, and heard', async (s) => {
+      const room = `e2e-red-${pathName}-${uniq()}`;
+      const [a, b] = [await s.join('alice', room, opts), await s.join('bob', room, opts)];
+      await waitForMesh([a, b], true);
+      await waitForMediaGrowth(b, ['alice']);
+      const sent = await a.page.evaluate(() => window.localAudio());
+      const heard = (await b.stats()).find((t) => t.participant === 'alice' && t.kind === 'audio');
+      console.log(`microphone: sent ${JSON.stringify(sent)}; heard ${JSON.stringify(heard)}`);
+      assert.equal(sent?.codecs[0]?.mimeType?.toLowerCase(), 'audio/red', JSON.stringify(sent));
+      const opus = sent.codecs.find((c) => c.mimeType.toLowerCase() === 'audio/opus');
+      assert.match(opus?.fmtp ?? '', /usedtx=1/, JSON.stringify(sent));
+      assert.ok(heard?.packetsReceived > 0, JSON.stringify(heard));
+    });
+
     scenario('a client whose WebSocket drops resumes and keeps its media', async (s) => {
       const room = `e2e-resume-${pathName}-${uniq()}`;
       const [a, b] = [await s.join('alice', room, opts), await s.join('bob', room, opts)];

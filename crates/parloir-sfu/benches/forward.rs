@@ -15,7 +15,10 @@
 //! With `PARLOIR_BENCH_STEPS=N` it skips criterion and runs exactly N steps per room after the
 //! warm-up, printing the datagrams out (and the SFU's time per datagram out, for a quick look):
 //! fixed work for instruction counts under callgrind (perf/callgrind.sh), which are repeatable
-//! where wall time is not.
+//! where wall time is not, and the longest single SFU call of those steps (what the media worker
+//! would hold its datagrams for). Then one more participant joins and publishes into the warm
+//! room: the longest single SFU call from its publish to a second later, and the most subscriber
+//! offers one call wrote.
 
 #[path = "../tests/harness/mod.rs"]
 mod harness;
@@ -74,6 +77,7 @@ fn main() {
             let offers = sim.clients.iter().map(|c| c.offers.len()).sum::<usize>();
             let before = sim.sfu.stats();
             sim.sfu_time = Duration::ZERO;
+            sim.sfu_longest = Duration::ZERO;
             for _ in 0..steps {
                 sim.run_for(STEP);
             }
@@ -81,8 +85,17 @@ fn main() {
             let out = after.packets_out - before.packets_out;
             let timeouts = after.rtc_timeouts - before.rtc_timeouts;
             let us = sim.sfu_time.as_secs_f64() * 1e6 / out.max(1) as f64;
+            let steady_longest = sim.sfu_longest.as_secs_f64() * 1e3;
+            sim.join("late");
+            sim.run_for(Duration::from_millis(500));
+            sim.sfu_longest = Duration::ZERO;
+            sim.offers_per_call = 0;
+            sim.publish(n);
+            sim.run_for(Duration::from_secs(1));
+            let longest = sim.sfu_longest.as_secs_f64() * 1e3;
+            let per_call = sim.offers_per_call;
             println!(
-                "participants {n} steps {steps} datagrams_out {out} rtc_timeouts {timeouts} us_per_datagram_out {us:.2} warmup_s {warmup_wall:.1} warmup_sfu_s {warmup_sfu:.2} subscriber_offers {offers}"
+                "participants {n} steps {steps} datagrams_out {out} rtc_timeouts {timeouts} us_per_datagram_out {us:.2} warmup_s {warmup_wall:.1} warmup_sfu_s {warmup_sfu:.2} subscriber_offers {offers} longest_call_ms {steady_longest:.1} late_publish_longest_call_ms {longest:.1} late_publish_offers_per_call {per_call}"
             );
         }
         return;

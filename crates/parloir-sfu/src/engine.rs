@@ -313,6 +313,11 @@ pub struct Stats {
     /// Video tracks paused for a subscriber whose link could not carry them (each pause
     /// counted once, until the track resumes).
     pub video_paused: u64,
+    /// Subscriber offers written (SDP offers of the SFU's subscriber connections).
+    pub subscriber_offers: u64,
+    /// Subscriber offers held past the call that asked for them by the per-call offer budget
+    /// ([`OFFER_MLINES_PER_CALL`]).
+    pub offers_deferred: u64,
 }
 
 /// One published audio frame, as the speech plane takes it (before loudest-N gating: a
@@ -392,8 +397,11 @@ pub struct Sfu {
     by_ufrag: HashMap<String, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
     deadlines: BTreeSet<(Instant, PeerId)>,
-    /// Subscriber negotiations held back by [`NEGOTIATION_INTERVAL`].
+    /// Subscriber negotiations held back by [`NEGOTIATION_INTERVAL`], or by the offer budget
+    /// of a call (due at once, written by the next [`Sfu::handle_timeout`]).
     offers_due: BTreeSet<(Instant, PeerId)>,
+    /// What is left of this call's [`OFFER_MLINES_PER_CALL`].
+    offer_budget: usize,
     next_peer: u64,
     /// Peers with work to drain, and the str0m events drained but not yet handled.
     dirty: Vec<PeerId>,
@@ -746,6 +754,13 @@ const RESYNC_WAIT: Duration = Duration::from_secs(2);
 /// meanwhile go out together in the next one, so a room where many publish at once costs each
 /// subscriber a few offers, not one per track (each lists every m-line of the connection).
 const NEGOTIATION_INTERVAL: Duration = Duration::from_millis(150);
+/// About how many m-lines of subscriber offers one call of the SFU writes. Writing an offer
+/// costs about 12 µs per m-line (`benches/negotiate.rs`), so a track published into a room of
+/// 150 (150 offers of 300 m-lines) would hold the media worker for half a second in one call;
+/// with this budget each call writes about 3 ms of offers (at least one), the rest are due at
+/// once and written by the following calls of [`Sfu::handle_timeout`], and the worker handles
+/// the datagrams that arrived in between.
+pub const OFFER_MLINES_PER_CALL: usize = 256;
 /// How long a participant whose WebSocket dropped may resume before it is removed.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(15);
 /// LiveKit's defaults: a room nobody joined closes after 5 minutes, a room everyone left after
@@ -769,6 +784,7 @@ impl Sfu {
             by_addr: HashMap::new(),
             deadlines: BTreeSet::new(),
             offers_due: BTreeSet::new(),
+            offer_budget: OFFER_MLINES_PER_CALL,
             next_peer: 1,
             dirty: Vec::new(),
             events: VecDeque::new(),
@@ -800,6 +816,7 @@ impl Sfu {
     /// Handles one command from a signal session.
     pub fn handle_command(&mut self, now: Instant, command: Command) {
         self.now = now;
+        self.offer_budget = OFFER_MLINES_PER_CALL;
         match command {
             Command::Join(join) => self.join(now, *join),
             Command::Offer { session, sdp, id } => self.publisher_offer(now, session, &sdp, id),
@@ -892,6 +909,7 @@ impl Sfu {
         contents: &[u8],
     ) {
         self.now = now;
+        self.offer_budget = OFFER_MLINES_PER_CALL;
         self.stats.packets_in += 1;
         self.stats.bytes_in += contents.len() as u64;
         let stun = is_stun(contents);
@@ -935,9 +953,11 @@ impl Sfu {
         self.run(now);
     }
 
-    /// Advances time: peers whose timeout passed, held-back offers, and the speaker tick.
+    /// Advances time: peers whose timeout passed, held-back offers (as many as the call's
+    /// offer budget allows), and the speaker tick.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        self.offer_budget = OFFER_MLINES_PER_CALL;
         while let Some(pid) = pop_due(&mut self.deadlines, now) {
             if let Some(peer) = self.peers.get_mut(&pid) {
                 peer.deadline = None;
@@ -949,7 +969,10 @@ impl Sfu {
                 self.mark(pid);
             }
         }
-        while let Some(pid) = pop_due(&mut self.offers_due, now) {
+        // An offer the budget holds back goes back in due now and ends the budget.
+        while self.offer_budget > 0
+            && let Some(pid) = pop_due(&mut self.offers_due, now)
+        {
             if let Some(peer) = self.peers.get_mut(&pid) {
                 peer.offer_due = None;
                 let session = peer.session;
@@ -1358,6 +1381,10 @@ impl Sfu {
         let bwe = (role != PeerRole::Publisher && self.config.bwe_initial_kbps > 0)
             .then(|| Bitrate::kbps(u64::from(self.config.bwe_initial_kbps)));
         let mut rtc = Rtc::builder()
+            // Opus with RED (RFC 2198), as LiveKit negotiates it: str0m takes a lost packet's
+            // frame from the redundant copy in the next one, and sends RED to subscribers that
+            // take it, except for tracks published with `disable_red` (end-to-end encryption).
+            .enable_opus(true, true)
             .enable_bwe(bwe)
             .set_ice_lite(true)
             .set_stats_interval(Some(if bwe.is_some() {
@@ -1696,7 +1723,7 @@ impl Sfu {
         };
         let sid = self.ids.sid("TR_");
         let layers = request.layers.clone();
-        let info = proto::TrackInfo {
+        let mut info = proto::TrackInfo {
             sid: sid.clone(),
             r#type: request.r#type,
             name: request.name.clone(),
@@ -1722,6 +1749,15 @@ impl Sfu {
             backup_codec_policy: request.backup_codec_policy,
             ..Default::default()
         };
+        // As LiveKit's server: the older booleans are also said as audio features.
+        for (on, feature) in [
+            (request.stereo, proto::AudioTrackFeature::TfStereo),
+            (request.disable_dtx, proto::AudioTrackFeature::TfNoDtx),
+        ] {
+            if on && !info.audio_features.contains(&(feature as i32)) {
+                info.audio_features.push(feature as i32);
+            }
+        }
         p.pending.insert(request.cid.clone(), sid.clone());
         let publisher = p.publisher;
         self.tracks.insert(
@@ -1810,6 +1846,7 @@ impl Sfu {
                     out.state = OutState::Open(*mid);
                 }
                 peer.mids_out.insert(*mid, sid.clone());
+                set_red_send(&mut peer.rtc, *mid, self.tracks.get(sid));
             }
             mid_to_track_id = peer
                 .mids_out
@@ -1824,8 +1861,11 @@ impl Sfu {
             peer.ufrag = creds.ufrag.clone();
             self.by_ufrag.insert(creds.ufrag, pid);
         }
-        // The codec each published track asked for goes first in its m-line.
-        let codecs: HashMap<String, String> = peer
+        // The codec each published track asked for goes first in its m-line. For a microphone
+        // that is RED unless the track was published with `disable_red` (libwebrtc sends RED
+        // only when it comes before Opus in the answer), and the answer asks for DTX unless
+        // `disable_dtx`, and for stereo if the track is, as LiveKit's does.
+        let codecs: HashMap<String, sdp_scan::AnswerCodec> = peer
             .msids
             .iter()
             .filter_map(|(mid, track_id)| {
@@ -1834,11 +1874,24 @@ impl Sfu {
                         .get(&session)
                         .and_then(|p| p.pending.get(track_id))
                 })?;
-                let mime = &self.tracks.get(sid)?.info.mime_type;
-                let codec = mime
-                    .strip_prefix("video/")
-                    .or_else(|| mime.strip_prefix("audio/"))?;
-                Some((mid.clone(), codec.to_string()))
+                let info = &self.tracks.get(sid)?.info;
+                if info.r#type == proto::TrackType::Audio as i32 {
+                    let first = if info.disable_red { "opus" } else { "red" };
+                    let (no_dtx, stereo) = opus_wishes(info);
+                    let edit = sdp_scan::AnswerCodec {
+                        first: first.into(),
+                        dtx: !no_dtx,
+                        stereo,
+                    };
+                    return Some((mid.clone(), edit));
+                }
+                let mime = &info.mime_type;
+                let codec = mime.strip_prefix("video/")?;
+                let edit = sdp_scan::AnswerCodec {
+                    first: codec.to_string(),
+                    ..Default::default()
+                };
+                Some((mid.clone(), edit))
             })
             .collect();
         let answer = sdp_scan::prefer_codecs(&answer.to_sdp_string(), &codecs);
@@ -2210,6 +2263,17 @@ impl Sfu {
             );
             return;
         }
+        // The offer lists every m-line of the connection: past this call's budget (unless it is
+        // the call's first), it waits for the next call, and so does every later one.
+        let mlines = peer.mids_out.len().max(peer.outs.len()).max(1);
+        if mlines > self.offer_budget && self.offer_budget < OFFER_MLINES_PER_CALL {
+            self.offer_budget = 0;
+            peer.offer_due = Some(self.now);
+            self.offers_due.insert((self.now, pid));
+            self.stats.offers_deferred += 1;
+            return;
+        }
+        self.offer_budget = self.offer_budget.saturating_sub(mlines);
         peer.needs_offer = false;
         let publisher_of = |sid: &str| {
             self.tracks
@@ -2265,6 +2329,7 @@ impl Sfu {
         }
         peer.pending_offer = Some(pending);
         peer.offers_sent += 1;
+        self.stats.subscriber_offers += 1;
         peer.last_offer = Some(self.now);
         if let Some(creds) = restarted {
             // The client's new checks use the new username fragment.
@@ -2320,6 +2385,7 @@ impl Sfu {
         for (sid, out) in peer.outs.iter_mut() {
             if let OutState::Negotiating(mid) = out.state {
                 out.state = OutState::Open(mid);
+                set_red_send(&mut peer.rtc, mid, self.tracks.get(sid));
                 opened.push(sid.clone());
             }
         }
@@ -3227,7 +3293,28 @@ fn is_hidden(info: &proto::ParticipantInfo) -> bool {
     info.permission.as_ref().is_some_and(|p| p.hidden)
 }
 
-/// STUN messages start with two zero bits and carry the magic cookie (RFC 5389).
+/// Sends a subscriber's copy of `track` in RED where the subscriber negotiated it (str0m's
+/// default), unless the track was published with `disable_red`, as livekit-client asks for
+/// end-to-end encrypted tracks (their frame transforms do not handle RED).
+fn set_red_send(rtc: &mut Rtc, mid: Mid, track: Option<&Track>) {
+    if let Some(track) = track
+        && track.kind == MediaKind::Audio
+    {
+        rtc.direct_api().set_red_send(mid, !track.info.disable_red);
+    }
+}
+
+/// Whether a microphone asked for no DTX, and whether it is stereo: livekit-client says so in
+/// `audio_features` and in the older booleans.
+#[allow(deprecated)]
+fn opus_wishes(info: &proto::TrackInfo) -> (bool, bool) {
+    let has = |f: proto::AudioTrackFeature| info.audio_features.contains(&(f as i32));
+    (
+        info.disable_dtx || has(proto::AudioTrackFeature::TfNoDtx),
+        info.stereo || has(proto::AudioTrackFeature::TfStereo),
+    )
+}
+
 /// Takes the earliest entry of a deadline set out if it is due at `now`.
 fn pop_due(set: &mut BTreeSet<(Instant, PeerId)>, now: Instant) -> Option<PeerId> {
     let &(t, pid) = set.first()?;
@@ -3238,6 +3325,7 @@ fn pop_due(set: &mut BTreeSet<(Instant, PeerId)>, now: Instant) -> Option<PeerId
     Some(pid)
 }
 
+/// STUN messages start with two zero bits and carry the magic cookie (RFC 5389).
 fn is_stun(contents: &[u8]) -> bool {
     contents.len() >= 20 && contents[0] < 2 && contents[4..8] == [0x21, 0x12, 0xA4, 0x42]
 }

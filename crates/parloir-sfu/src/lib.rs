@@ -20,9 +20,10 @@ mod simulcast;
 mod speakers;
 
 pub use engine::{
-    AudioFrame, AudioTap, Command, JoinCommand, LANGUAGES_KEY, Layout, Output, RESUME_WINDOW,
-    RecordFrame, RecordTap, SUBTITLES_KEY, ServiceCall, ServiceError, ServiceReply, Sfu, SfuConfig,
-    Stats, Subtitle, TRANSCRIPTION_TOPIC, Transmit, Transport, leave_message,
+    AudioFrame, AudioTap, Command, JoinCommand, LANGUAGES_KEY, Layout, OFFER_MLINES_PER_CALL,
+    Output, RESUME_WINDOW, RecordFrame, RecordTap, SUBTITLES_KEY, ServiceCall, ServiceError,
+    ServiceReply, Sfu, SfuConfig, Stats, Subtitle, TRANSCRIPTION_TOPIC, Transmit, Transport,
+    leave_message,
 };
 pub use ids::SessionId;
 pub use livekit_protocol as proto;

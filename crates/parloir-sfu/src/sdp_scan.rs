@@ -188,11 +188,23 @@ mod rewrite_tests {
     }
 }
 
-/// Puts the payload types of `codec` first on the chosen m-lines of an answer (mid → codec
-/// name, as in `a=rtpmap`: `H264`, `VP9`). The offerer sends with the first codec of the answer,
-/// and livekit-client leaves the choice to the server: LiveKit's server answers with the codec of
-/// the track's AddTrack request first, and so does Parloir.
-pub(crate) fn prefer_codecs(answer: &str, codecs: &HashMap<String, String>) -> String {
+/// What Parloir's answer to a publisher says about one of its m-lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct AnswerCodec {
+    /// The codec whose payload types go first, named as in `a=rtpmap` (`H264`, `VP9`, `red`).
+    /// The offerer sends with the first codec of the answer, and livekit-client leaves the
+    /// choice to the server: LiveKit's server answers with the codec of the track's AddTrack
+    /// request first (for a microphone, RED unless `disable_red`), and so does Parloir.
+    pub first: String,
+    /// Opus parameters asked of the sender, as LiveKit's answer asks them: `usedtx=1` unless
+    /// the track was published with `disable_dtx` (livekit-client 2 leaves DTX to this), and
+    /// `stereo=1;maxaveragebitrate=510000` for a stereo track.
+    pub dtx: bool,
+    pub stereo: bool,
+}
+
+/// Edits the chosen m-sections of an answer (keyed by mid): codec order and Opus parameters.
+pub(crate) fn prefer_codecs(answer: &str, codecs: &HashMap<String, AnswerCodec>) -> String {
     if codecs.is_empty() {
         return answer.to_string();
     }
@@ -202,14 +214,17 @@ pub(crate) fn prefer_codecs(answer: &str, codecs: &HashMap<String, String>) -> S
         "\n"
     };
     let lines: Vec<&str> = answer.lines().map(str::trim_end).collect();
-    let mut out = String::with_capacity(answer.len());
+    let mut out = String::with_capacity(answer.len() + 64);
+    let mut line_out = |line: &str| {
+        out.push_str(line);
+        out.push_str(eol);
+    };
     let mut i = 0;
     while i < lines.len() {
         let line = lines[i];
         i += 1;
         let Some(m) = line.strip_prefix("m=") else {
-            out.push_str(line);
-            out.push_str(eol);
+            line_out(line);
             continue;
         };
         let end = lines[i..]
@@ -222,29 +237,83 @@ pub(crate) fn prefer_codecs(answer: &str, codecs: &HashMap<String, String>) -> S
             .find_map(|l| l.strip_prefix("a=mid:"))
             .map(str::trim);
         let fields: Vec<&str> = m.split_whitespace().collect();
-        match mid.and_then(|mid| codecs.get(mid)) {
-            Some(codec) if fields.len() > 3 => {
-                let wanted: Vec<&str> = section
-                    .iter()
-                    .filter_map(|l| l.strip_prefix("a=rtpmap:"))
-                    .filter_map(|r| r.split_once(' '))
-                    .filter(|(_, name)| {
-                        name.split('/')
-                            .next()
-                            .is_some_and(|n| n.eq_ignore_ascii_case(codec))
-                    })
-                    .map(|(pt, _)| pt)
-                    .collect();
-                let mut pts: Vec<&str> = fields[3..].to_vec();
-                // A stable sort keeps the answerer's order within each group.
-                pts.sort_by_key(|pt| !wanted.contains(pt));
-                out.push_str(&format!("m={} {}", fields[..3].join(" "), pts.join(" ")));
-            }
-            _ => out.push_str(line),
+        let Some(edit) = mid
+            .and_then(|mid| codecs.get(mid))
+            .filter(|_| fields.len() > 3)
+        else {
+            line_out(line);
+            continue;
+        };
+        let rtpmaps: Vec<(&str, &str)> = section
+            .iter()
+            .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+            .filter_map(|r| r.split_once(' '))
+            .map(|(pt, name)| (pt, name.split('/').next().unwrap_or_default()))
+            .collect();
+        let pts_of = |codec: &str| -> Vec<&str> {
+            rtpmaps
+                .iter()
+                .filter(|(_, name)| name.eq_ignore_ascii_case(codec))
+                .map(|&(pt, _)| pt)
+                .collect()
+        };
+        let wanted = pts_of(&edit.first);
+        let mut pts: Vec<&str> = fields[3..].to_vec();
+        // A stable sort keeps the answerer's order within each group.
+        pts.sort_by_key(|pt| !wanted.contains(pt));
+        line_out(&format!("m={} {}", fields[..3].join(" "), pts.join(" ")));
+        let mut params: Vec<(&str, &str)> = Vec::new();
+        if edit.dtx {
+            params.push(("usedtx", "1"));
         }
-        out.push_str(eol);
+        if edit.stereo {
+            params.extend([("stereo", "1"), ("maxaveragebitrate", "510000")]);
+        }
+        let opus = pts_of("opus");
+        let opus_fmtp = section.iter().any(|l| fmtp_of(l, &opus).is_some());
+        // `name=value;…`, leaving out what `present` already sets.
+        let join = |present: &str| -> String {
+            params
+                .iter()
+                .filter(|(name, _)| {
+                    !present
+                        .split(';')
+                        .any(|q| q.trim().split('=').next() == Some(*name))
+                })
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>()
+                .join(";")
+        };
+        for &l in section {
+            if let Some((pt, present)) = fmtp_of(l, &opus) {
+                let more = join(present);
+                if more.is_empty() {
+                    line_out(l);
+                } else {
+                    line_out(&format!("a=fmtp:{pt} {present};{more}"));
+                }
+                continue;
+            }
+            line_out(l);
+            // An Opus payload type without parameters gets a line of them.
+            if let Some((pt, _)) = l.strip_prefix("a=rtpmap:").and_then(|r| r.split_once(' '))
+                && opus.contains(&pt)
+                && !opus_fmtp
+                && !params.is_empty()
+            {
+                line_out(&format!("a=fmtp:{pt} {}", join("")));
+            }
+        }
+        i = end;
     }
     out
+}
+
+/// The payload type and parameters of an `a=fmtp` line for one of `pts`.
+fn fmtp_of<'a>(line: &'a str, pts: &[&str]) -> Option<(&'a str, &'a str)> {
+    line.strip_prefix("a=fmtp:")?
+        .split_once(' ')
+        .filter(|(pt, _)| pts.contains(pt))
 }
 
 #[cfg(test)]
@@ -254,7 +323,13 @@ mod order_tests {
     #[test]
     fn the_chosen_codec_goes_first() {
         let answer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103 98\r\na=mid:1\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=rtpmap:102 H264/90000\r\na=rtpmap:103 rtx/90000\r\na=rtpmap:98 VP9/90000\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 102\r\na=mid:2\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264/90000\r\n";
-        let codecs = HashMap::from([("1".to_string(), "h264".to_string())]);
+        let codecs = HashMap::from([(
+            "1".to_string(),
+            AnswerCodec {
+                first: "h264".into(),
+                ..Default::default()
+            },
+        )]);
         let out = prefer_codecs(answer, &codecs);
         assert!(
             out.contains("m=video 9 UDP/TLS/RTP/SAVPF 102 96 97 103 98\r\na=mid:1"),
@@ -266,6 +341,65 @@ mod order_tests {
         );
         assert_eq!(out.len(), answer.len());
         assert_eq!(prefer_codecs(answer, &HashMap::new()), answer);
+    }
+
+    const AUDIO: &str = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\n";
+
+    fn edit(first: &str, dtx: bool, stereo: bool) -> AnswerCodec {
+        AnswerCodec {
+            first: first.into(),
+            dtx,
+            stereo,
+        }
+    }
+
+    #[test]
+    fn a_microphone_gets_red_first_and_dtx() {
+        let codecs = HashMap::from([("0".to_string(), edit("red", true, false))]);
+        let out = prefer_codecs(AUDIO, &codecs);
+        assert!(
+            out.contains("m=audio 9 UDP/TLS/RTP/SAVPF 63 111\r\na=mid:0"),
+            "{out}"
+        );
+        assert!(
+            out.contains("a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("a=fmtp:63 111/111\r\n"),
+            "RED's own line is left: {out}"
+        );
+        // The other m-line is untouched.
+        assert!(out.ends_with(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\n"
+        ));
+    }
+
+    #[test]
+    fn disable_red_and_dtx_and_stereo_are_honoured() {
+        let codecs = HashMap::from([
+            ("0".to_string(), edit("opus", false, true)),
+            ("1".to_string(), edit("red", true, true)),
+        ]);
+        let out = prefer_codecs(AUDIO, &codecs);
+        assert!(
+            out.contains("m=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\na=mid:0"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "a=fmtp:111 minptime=10;useinbandfec=1;stereo=1;maxaveragebitrate=510000\r\na=rtpmap:63"
+            ),
+            "{out}"
+        );
+        // No RED to put first, and no fmtp line: one is added after the rtpmap.
+        assert!(
+            out.ends_with("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 usedtx=1;stereo=1;maxaveragebitrate=510000\r\n"),
+            "{out}"
+        );
+        // What the answer already says is not said twice.
+        let again = prefer_codecs(&out, &codecs);
+        assert_eq!(again, out);
     }
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use harness::*;
-use parloir_sfu::{Command, ServiceCall, ServiceError, ServiceReply, proto};
+use parloir_sfu::{Command, OFFER_MLINES_PER_CALL, ServiceCall, ServiceError, ServiceReply, proto};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use str0m::media::Mid;
@@ -334,6 +334,130 @@ fn tracks_published_together_reach_each_subscriber_in_a_few_offers() {
             "{name} is offered the late publisher's tracks within 20 ms"
         );
     }
+}
+
+#[test]
+fn a_track_published_into_a_large_room_is_offered_a_few_subscribers_per_call() {
+    let mut sim = Sim::new(31, 0.0);
+    const N: usize = 24;
+    let names: Vec<String> = (0..N).map(|i| format!("p{i}")).collect();
+    for name in &names {
+        sim.join(name);
+    }
+    for i in 0..N {
+        sim.publish(i);
+    }
+    sim.join("late");
+    sim.run_for(Duration::from_secs(1));
+    let before: Vec<usize> = names.iter().map(|n| sim.client(n).offers.len()).collect();
+    let deferred = sim.sfu.stats().offers_deferred;
+    sim.offers_per_call = 0;
+    sim.publish(N);
+    sim.run_for(Duration::from_millis(20));
+    // Each offer lists the 2 × 23 m-lines of the room's other tracks at least: one call of the
+    // SFU writes as many as its budget holds (at least one), the rest follow in the next calls.
+    let per_call = (OFFER_MLINES_PER_CALL / (2 * (N - 1))).max(1);
+    assert!(
+        sim.offers_per_call <= per_call,
+        "{} offers came out of one call (the budget holds {per_call})",
+        sim.offers_per_call
+    );
+    assert!(sim.sfu.stats().offers_deferred > deferred);
+    // The held-back offers are due at once: every subscriber still has it within 20 ms.
+    for (name, b) in names.iter().zip(&before) {
+        assert_eq!(
+            sim.client(name).offers.len(),
+            b + 1,
+            "{name} is offered the late publisher's tracks within 20 ms"
+        );
+    }
+    sim.run_for(Duration::from_secs(1));
+    let late = video_sids(&sim, "late");
+    for name in &names {
+        for sid in &late {
+            assert!(
+                received(&sim, name, sid) > 0,
+                "{name} receives late's video"
+            );
+        }
+    }
+}
+
+/// Opus RED (RFC 2198), as livekit-client publishes by default: the SFU's answer puts RED
+/// first (libwebrtc sends RED only then), takes a lost packet's frame from the redundant copy
+/// in the next packet, and sends RED on to subscribers, so random loss on both legs costs the
+/// listener only the frames lost twice in a row. A microphone published with `disable_red`
+/// (end-to-end encryption) is answered with Opus first and sent on without RED. The answer asks
+/// for DTX (`usedtx=1`) unless the track says `disable_dtx`.
+#[test]
+fn opus_red_recovers_lost_audio_on_both_legs() {
+    // Audio frames alice sent under 10 % loss on every link that bob did not get.
+    let lost = |red: bool, disable: bool| -> (usize, u32, String) {
+        let mut sim = Sim::new(41, 0.0);
+        sim.red = red;
+        sim.join("alice");
+        sim.join("bob");
+        sim.publish_with(0, |r| {
+            r.disable_red = disable;
+            if disable {
+                // As livekit-client says `dtx: false`.
+                r.audio_features
+                    .push(proto::AudioTrackFeature::TfNoDtx as i32);
+            }
+        });
+        sim.run_for(Duration::from_secs(1));
+        let answer = sim.client("alice").last_publisher_answer.clone();
+        if disable {
+            // The publisher turns RED off itself (str0m, unlike libwebrtc, would wrap anyway).
+            let c = &mut sim.clients[0];
+            let mid = c.audio_mid.expect("a microphone");
+            c.publisher.direct_api().set_red_send(mid, false);
+        }
+        sim.net.loss = 0.10;
+        let start = sim.client("alice").audio_sent;
+        sim.run_for(Duration::from_secs(10));
+        sim.net.loss = 0.0;
+        let end = sim.client("alice").audio_sent;
+        sim.run_for(Duration::from_millis(500));
+        let sid = sim.track_sid("alice", "mic");
+        let got = &sim.client("bob").frames[&sid];
+        (missing(got, start, end).len(), end - start, answer)
+    };
+    let audio_line = |sdp: &str| -> String {
+        sdp.lines()
+            .find(|l| l.starts_with("m=audio"))
+            .expect("an audio m-line")
+            .to_string()
+    };
+    let (plain, sent, _) = lost(false, false);
+    let (with_red, sent_red, answer) = lost(true, false);
+    let (disabled, sent_disabled, answer_disabled) = lost(true, true);
+    eprintln!(
+        "missing at bob: {plain} of {sent} without RED, {with_red} of {sent_red} with, {disabled} of {sent_disabled} with disable_red"
+    );
+    assert!(
+        audio_line(&answer).ends_with(" 63 111"),
+        "RED goes first: {}",
+        audio_line(&answer)
+    );
+    assert!(answer.contains("a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n"));
+    assert!(!answer_disabled.contains("usedtx"));
+    assert!(
+        audio_line(&answer_disabled).ends_with(" 111 63"),
+        "Opus goes first: {}",
+        audio_line(&answer_disabled)
+    );
+    // Two legs of 10 % loss: about 19 % of frames missing without RED, about 2 % with it
+    // (a frame is lost when two packets in a row are, on either leg).
+    assert!(plain * 100 >= sent as usize * 10, "{plain} of {sent}");
+    assert!(
+        with_red * 100 <= sent_red as usize * 6,
+        "{with_red} of {sent_red}"
+    );
+    assert!(
+        disabled * 100 >= sent_disabled as usize * 10,
+        "{disabled} of {sent_disabled}"
+    );
 }
 
 #[test]

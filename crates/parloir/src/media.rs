@@ -162,6 +162,10 @@ const WAKER: Token = Token(1);
 const TCP_LISTENER: Token = Token(2);
 /// The longest the worker sleeps without checking for commands or time.
 const MAX_WAIT: Duration = Duration::from_millis(100);
+/// Commands handled per turn of the loop before the socket is read again: a subscriber's
+/// answer in a room of 150 costs the worker about 3 ms to apply, and answers to one publish
+/// come back together.
+const COMMANDS_PER_TURN: usize = 4;
 /// Datagrams taken from the socket per receive call.
 const RECV_BATCH: usize = 32;
 /// Datagrams per send call (a GSO group counts as its datagrams).
@@ -324,16 +328,27 @@ impl Worker {
         let mut events = Events::with_capacity(64);
         let mut rx = self.endpoint.recv_batch(RECV_BATCH);
         let mut deadline = self.drain_output();
+        // Commands left in the channel by the last turn: the waker does not ring for them.
+        let mut commands_left = false;
         loop {
             let now = Instant::now();
-            let wait = deadline.saturating_duration_since(now).min(MAX_WAIT);
+            let wait = if commands_left {
+                Duration::ZERO
+            } else {
+                deadline.saturating_duration_since(now).min(MAX_WAIT)
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(wait))
                 && e.kind() != std::io::ErrorKind::Interrupted
             {
                 tracing::error!("media poll failed: {e}");
                 return;
             }
-            loop {
+            commands_left = false;
+            for handled in 0.. {
+                if handled == COMMANDS_PER_TURN {
+                    commands_left = true;
+                    break;
+                }
                 match self.commands.try_recv() {
                     Ok(command) => {
                         self.guarded(|sfu| sfu.handle_command(Instant::now(), command));

@@ -23,6 +23,8 @@ pub struct Metrics {
     data_dropped: AtomicU64,
     audio_gated: AtomicU64,
     video_paused: AtomicU64,
+    subscriber_offers: AtomicU64,
+    offers_deferred: AtomicU64,
     /// Signal WebSockets accepted on `/rtc` and on `/rtc/v1`.
     pub signal_connections_v0: AtomicU64,
     pub signal_connections_v1: AtomicU64,
@@ -121,6 +123,8 @@ impl Metrics {
             a.data_dropped += b.data_dropped;
             a.audio_gated += b.audio_gated;
             a.video_paused += b.video_paused;
+            a.subscriber_offers += b.subscriber_offers;
+            a.offers_deferred += b.offers_deferred;
             t.send_errors += w.send_errors;
             t.ring_exhausted += w.ring_exhausted;
             t.tcp_accepted += w.tcp_accepted;
@@ -144,6 +148,8 @@ impl Metrics {
         self.data_dropped.store(s.data_dropped, Relaxed);
         self.audio_gated.store(s.audio_gated, Relaxed);
         self.video_paused.store(s.video_paused, Relaxed);
+        self.subscriber_offers.store(s.subscriber_offers, Relaxed);
+        self.offers_deferred.store(s.offers_deferred, Relaxed);
         self.udp_ring_exhausted.store(t.ring_exhausted, Relaxed);
         self.ice_tcp_connections.store(t.tcp_accepted, Relaxed);
         self.ice_tcp_packets_in.store(t.tcp_packets_in, Relaxed);
@@ -153,7 +159,7 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         self.fold_workers();
-        let rows: [(&str, &str, &str, &AtomicU64); 40] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 42] = [
             (
                 "parloir_record_dropped_total",
                 "counter",
@@ -237,6 +243,18 @@ impl Metrics {
                 "counter",
                 "Video tracks paused for a subscriber whose estimated bandwidth could not carry them.",
                 &self.video_paused,
+            ),
+            (
+                "parloir_subscriber_offers_total",
+                "counter",
+                "SDP offers sent on subscriber connections (each lists every m-line of the connection).",
+                &self.subscriber_offers,
+            ),
+            (
+                "parloir_subscriber_offers_deferred_total",
+                "counter",
+                "Subscriber offers written a call later than asked, to keep each call of the media worker short.",
+                &self.offers_deferred,
             ),
             (
                 "parloir_udp_send_messages_total",

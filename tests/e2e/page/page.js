@@ -214,6 +214,27 @@
     return out;
   };
 
+  // The local microphone's sender: the codecs negotiated for it in the answer's order (it sends
+  // with the first), and what it sent (outbound-rtp and the codec that names).
+  window.localAudio = async () => {
+    const pub = [...room.localParticipant.audioTrackPublications.values()][0];
+    const sender = pub?.track?.sender;
+    if (!sender) return null;
+    const codecs = sender.getParameters().codecs.map((c) => ({ mimeType: c.mimeType, fmtp: c.sdpFmtpLine ?? '' }));
+    const report = await sender.getStats();
+    let packetsSent = 0;
+    let codecId = null;
+    const byId = new Map();
+    report.forEach((s) => {
+      if (s.type === 'codec') byId.set(s.id, s.mimeType);
+      if (s.type === 'outbound-rtp') {
+        packetsSent += s.packetsSent ?? 0;
+        codecId = s.codecId;
+      }
+    });
+    return { codecs, packetsSent, codec: byId.get(codecId) ?? null };
+  };
+
   // Resizes every video element (what adaptiveStream watches).
   window.resizeVideos = (width, height) => {
     for (const el of mediaEl().querySelectorAll('video')) {

@@ -205,6 +205,8 @@ pub struct Client {
     pub lose_offers: bool,
     /// The last answer made to the SFU's offers, sent or lost.
     pub last_answer: Option<String>,
+    /// The SFU's last answer to this client's publisher offers.
+    pub last_publisher_answer: String,
     /// Layers a PLI asked a key frame for (all of them when the request names none).
     pub key_due: Vec<Option<Rid>>,
     /// RTCP sender reports received per subscribed m-line: when each arrived.
@@ -251,6 +253,15 @@ pub struct Sim {
     pub replies: Vec<(u64, Result<ServiceReply, ServiceError>)>,
     /// Wall-clock time spent inside the SFU's own calls (for the forwarding bench).
     pub sfu_time: Duration,
+    /// The longest of those calls (an input or a timeout, not counting the outputs' polls):
+    /// the longest the media worker would hold its datagrams.
+    pub sfu_longest: Duration,
+    /// The most subscriber offers that came out of one SFU input (a command, a datagram or a
+    /// timeout).
+    pub offers_per_call: usize,
+    offers_seen: u64,
+    /// Clients joining from now on offer Opus with RED (as browsers do).
+    pub red: bool,
     pub webhooks: Vec<proto::WebhookEvent>,
     /// Payload bytes of each simulcast layer's video frames, lowest first; a camera without
     /// simulcast sends the last.
@@ -313,6 +324,10 @@ impl Sim {
             media_tick: now,
             replies: Vec::new(),
             sfu_time: Duration::ZERO,
+            sfu_longest: Duration::ZERO,
+            offers_per_call: 0,
+            offers_seen: 0,
+            red: false,
             webhooks: Vec::new(),
             layer_bytes: [VIDEO_FRAME_BYTES; 3],
             video_every: 5,
@@ -344,9 +359,17 @@ impl Sim {
         let n = self.clients.len() as u8 + 1;
         let publisher_addr: SocketAddr = format!("10.0.1.{n}:5000").parse().expect("address");
         let subscriber_addr: SocketAddr = format!("10.0.1.{n}:5001").parse().expect("address");
-        let mut publisher = Rtc::builder().build(self.now);
+        let builder = || {
+            let b = Rtc::builder();
+            if self.red {
+                b.enable_opus(true, true)
+            } else {
+                b
+            }
+        };
+        let mut publisher = builder().build(self.now);
         publisher.add_local_candidate(Candidate::host(publisher_addr, "udp").expect("host"));
-        let mut subscriber = Rtc::builder().build(self.now);
+        let mut subscriber = builder().build(self.now);
         subscriber.add_local_candidate(Candidate::host(subscriber_addr, "udp").expect("host"));
         let session = SessionId(self.clients.len() as u64 + 100);
         let mut reliable = None;
@@ -399,6 +422,7 @@ impl Sim {
             lose_answers: false,
             lose_offers: false,
             last_answer: None,
+            last_publisher_answer: String::new(),
             key_due: Vec::new(),
             sender_reports: HashMap::new(),
             video_rx: HashMap::new(),
@@ -453,6 +477,11 @@ impl Sim {
     /// The client publishes a microphone and a camera, as livekit-client does: AddTrack for
     /// each, then an offer whose msid track ids are the cids.
     pub fn publish(&mut self, i: usize) {
+        self.publish_with(i, |_| {});
+    }
+
+    /// [`Sim::publish`], with `edit` applied to each AddTrack request.
+    pub fn publish_with(&mut self, i: usize, edit: impl Fn(&mut proto::AddTrackRequest)) {
         let c = &mut self.clients[i];
         let mut api = c.publisher.sdp_api();
         let audio = api.add_media(
@@ -501,32 +530,34 @@ impl Sim {
         ];
         let count = if c.camera { 2 } else { 1 };
         for (cid, kind, source) in tracks.into_iter().take(count) {
+            let mut request = proto::AddTrackRequest {
+                cid,
+                name: "track".into(),
+                r#type: kind as i32,
+                source: source as i32,
+                width: 320,
+                height: 240,
+                layers: if c.simulcast && kind == proto::TrackType::Video {
+                    SIMULCAST_RIDS
+                        .iter()
+                        .enumerate()
+                        .map(|(i, rid)| proto::VideoLayer {
+                            quality: i as i32,
+                            width: 320 << i,
+                            height: 180 << i,
+                            rid: rid.to_string(),
+                            ..Default::default()
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            };
+            edit(&mut request);
             self.commands.push(Command::AddTrack {
                 session: c.session,
-                request: proto::AddTrackRequest {
-                    cid,
-                    name: "track".into(),
-                    r#type: kind as i32,
-                    source: source as i32,
-                    width: 320,
-                    height: 240,
-                    layers: if c.simulcast && kind == proto::TrackType::Video {
-                        SIMULCAST_RIDS
-                            .iter()
-                            .enumerate()
-                            .map(|(i, rid)| proto::VideoLayer {
-                                quality: i as i32,
-                                width: 320 << i,
-                                height: 180 << i,
-                                rid: rid.to_string(),
-                                ..Default::default()
-                            })
-                            .collect()
-                    } else {
-                        Vec::new()
-                    },
-                    ..Default::default()
-                },
+                request,
             });
         }
         self.commands.push(Command::Offer {
@@ -563,7 +594,7 @@ impl Sim {
             for command in std::mem::take(&mut self.commands) {
                 let t = Instant::now();
                 self.sfu.handle_command(self.now, command);
-                self.sfu_time += t.elapsed();
+                self.timed(t);
                 moved = true;
             }
             while let Some(p) = self.net.pop_due(self.now) {
@@ -584,7 +615,7 @@ impl Sim {
         if p.to == sfu_addr() {
             let t = Instant::now();
             self.sfu.handle_receive(self.now, p.from, p.to, &p.data);
-            self.sfu_time += t.elapsed();
+            self.timed(t);
             return;
         }
         let now = self.now;
@@ -614,6 +645,18 @@ impl Sim {
             }
             return;
         }
+    }
+
+    /// Counts an SFU input call that started at `t`.
+    fn timed(&mut self, t: Instant) {
+        let took = t.elapsed();
+        self.sfu_time += took;
+        self.sfu_longest = self.sfu_longest.max(took);
+        let offers = self.sfu.stats().subscriber_offers;
+        self.offers_per_call = self
+            .offers_per_call
+            .max((offers - self.offers_seen) as usize);
+        self.offers_seen = offers;
     }
 
     pub fn drain_sfu(&mut self) -> bool {
@@ -686,6 +729,7 @@ impl Sim {
             }
             M::Answer(sd) => {
                 assert_eq!(sd.id, c.offer_id, "the answer echoes the offer id");
+                c.last_publisher_answer = sd.sdp.clone();
                 let answer = SdpAnswer::from_sdp_string(&sd.sdp).expect("the SFU's answer parses");
                 let pending = c.pending.take().expect("an offer was sent");
                 c.publisher
@@ -925,7 +969,7 @@ impl Sim {
             if self.now >= self.sfu_deadline {
                 let t = Instant::now();
                 self.sfu.handle_timeout(self.now);
-                self.sfu_time += t.elapsed();
+                self.timed(t);
             }
             let now = self.now;
             for c in &mut self.clients {
