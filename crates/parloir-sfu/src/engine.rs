@@ -3304,14 +3304,13 @@ fn set_red_send(rtc: &mut Rtc, mid: Mid, track: Option<&Track>) {
     }
 }
 
-/// Whether a microphone asked for no DTX, and whether it is stereo: livekit-client says so in
-/// `audio_features` and in the older booleans.
-#[allow(deprecated)]
+/// Whether a microphone asked for no DTX, and whether it is stereo (its audio features, which
+/// `add_track` completes from the request's older booleans).
 fn opus_wishes(info: &proto::TrackInfo) -> (bool, bool) {
     let has = |f: proto::AudioTrackFeature| info.audio_features.contains(&(f as i32));
     (
-        info.disable_dtx || has(proto::AudioTrackFeature::TfNoDtx),
-        info.stereo || has(proto::AudioTrackFeature::TfStereo),
+        has(proto::AudioTrackFeature::TfNoDtx),
+        has(proto::AudioTrackFeature::TfStereo),
     )
 }
 

@@ -292,17 +292,23 @@ fn video_sids(sim: &Sim, who: &str) -> Vec<String> {
         .collect()
 }
 
+/// `n` participants p0, p1, … join, then each publishes a microphone and a camera.
+fn publishing_room(sim: &mut Sim, n: usize) -> Vec<String> {
+    let names: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    for name in &names {
+        sim.join(name);
+    }
+    for i in 0..n {
+        sim.publish(i);
+    }
+    names
+}
+
 #[test]
 fn tracks_published_together_reach_each_subscriber_in_a_few_offers() {
     let mut sim = Sim::new(23, 0.0);
     const N: usize = 12;
-    let names: Vec<String> = (0..N).map(|i| format!("p{i}")).collect();
-    for name in &names {
-        sim.join(name);
-    }
-    for i in 0..N {
-        sim.publish(i);
-    }
+    let names = publishing_room(&mut sim, N);
     sim.run_for(Duration::from_secs(2));
     for (i, name) in names.iter().enumerate() {
         // The offer made at join, then the tracks that arrive within one negotiation
@@ -340,13 +346,7 @@ fn tracks_published_together_reach_each_subscriber_in_a_few_offers() {
 fn a_track_published_into_a_large_room_is_offered_a_few_subscribers_per_call() {
     let mut sim = Sim::new(31, 0.0);
     const N: usize = 24;
-    let names: Vec<String> = (0..N).map(|i| format!("p{i}")).collect();
-    for name in &names {
-        sim.join(name);
-    }
-    for i in 0..N {
-        sim.publish(i);
-    }
+    let names = publishing_room(&mut sim, N);
     sim.join("late");
     sim.run_for(Duration::from_secs(1));
     let before: Vec<usize> = names.iter().map(|n| sim.client(n).offers.len()).collect();
