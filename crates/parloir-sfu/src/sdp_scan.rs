@@ -204,6 +204,11 @@ pub(crate) struct AnswerCodec {
 }
 
 /// Edits the chosen m-sections of an answer (keyed by mid): codec order and Opus parameters.
+///
+/// Within a BUNDLE group a payload type must carry the same parameters on every m-line
+/// (libwebrtc refuses the description otherwise: "bundled payload type collision"), so the Opus
+/// parameters go on every audio m-line of the answer: DTX if every published microphone asks
+/// for it, stereo if any does.
 pub(crate) fn prefer_codecs(answer: &str, codecs: &HashMap<String, AnswerCodec>) -> String {
     if codecs.is_empty() {
         return answer.to_string();
@@ -214,36 +219,60 @@ pub(crate) fn prefer_codecs(answer: &str, codecs: &HashMap<String, AnswerCodec>)
         "\n"
     };
     let lines: Vec<&str> = answer.lines().map(str::trim_end).collect();
+    // Each m-section: its line range (the `m=` line first) and the edit chosen for it.
+    let mut sections: Vec<(usize, usize, Option<&AnswerCodec>)> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("m=") {
+            if let Some(last) = sections.last_mut() {
+                last.1 = i;
+            }
+            sections.push((i, lines.len(), None));
+        }
+    }
+    for section in &mut sections {
+        let mid = lines[section.0..section.1]
+            .iter()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .map(str::trim);
+        section.2 = mid.and_then(|mid| codecs.get(mid));
+    }
+    let is_audio = |start: usize| lines[start].starts_with("m=audio ");
+    let mics: Vec<&AnswerCodec> = sections
+        .iter()
+        .filter(|s| is_audio(s.0))
+        .filter_map(|s| s.2)
+        .collect();
+    let mut params: Vec<(&str, &str)> = Vec::new();
+    if !mics.is_empty() && mics.iter().all(|m| m.dtx) {
+        params.push(("usedtx", "1"));
+    }
+    if mics.iter().any(|m| m.stereo) {
+        params.extend([("stereo", "1"), ("maxaveragebitrate", "510000")]);
+    }
+    // `name=value;…`, leaving out what `present` already sets.
+    let join = |present: &str| -> String {
+        params
+            .iter()
+            .filter(|(name, _)| {
+                !present
+                    .split(';')
+                    .any(|q| q.trim().split('=').next() == Some(*name))
+            })
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join(";")
+    };
     let mut out = String::with_capacity(answer.len() + 64);
     let mut line_out = |line: &str| {
         out.push_str(line);
         out.push_str(eol);
     };
-    let mut i = 0;
-    while i < lines.len() {
-        let line = lines[i];
-        i += 1;
-        let Some(m) = line.strip_prefix("m=") else {
-            line_out(line);
-            continue;
-        };
-        let end = lines[i..]
-            .iter()
-            .position(|l| l.starts_with("m="))
-            .map_or(lines.len(), |p| i + p);
-        let section = &lines[i..end];
-        let mid = section
-            .iter()
-            .find_map(|l| l.strip_prefix("a=mid:"))
-            .map(str::trim);
-        let fields: Vec<&str> = m.split_whitespace().collect();
-        let Some(edit) = mid
-            .and_then(|mid| codecs.get(mid))
-            .filter(|_| fields.len() > 3)
-        else {
-            line_out(line);
-            continue;
-        };
+    let first = sections.first().map_or(lines.len(), |s| s.0);
+    for line in &lines[..first] {
+        line_out(line);
+    }
+    for &(start, end, edit) in &sections {
+        let section = &lines[start + 1..end];
         let rtpmaps: Vec<(&str, &str)> = section
             .iter()
             .filter_map(|l| l.strip_prefix("a=rtpmap:"))
@@ -257,33 +286,23 @@ pub(crate) fn prefer_codecs(answer: &str, codecs: &HashMap<String, AnswerCodec>)
                 .map(|&(pt, _)| pt)
                 .collect()
         };
-        let wanted = pts_of(&edit.first);
-        let mut pts: Vec<&str> = fields[3..].to_vec();
-        // A stable sort keeps the answerer's order within each group.
-        pts.sort_by_key(|pt| !wanted.contains(pt));
-        line_out(&format!("m={} {}", fields[..3].join(" "), pts.join(" ")));
-        let mut params: Vec<(&str, &str)> = Vec::new();
-        if edit.dtx {
-            params.push(("usedtx", "1"));
+        let fields: Vec<&str> = lines[start][2..].split_whitespace().collect();
+        match edit {
+            Some(edit) if fields.len() > 3 => {
+                let wanted = pts_of(&edit.first);
+                let mut pts: Vec<&str> = fields[3..].to_vec();
+                // A stable sort keeps the answerer's order within each group.
+                pts.sort_by_key(|pt| !wanted.contains(pt));
+                line_out(&format!("m={} {}", fields[..3].join(" "), pts.join(" ")));
+            }
+            _ => line_out(lines[start]),
         }
-        if edit.stereo {
-            params.extend([("stereo", "1"), ("maxaveragebitrate", "510000")]);
-        }
-        let opus = pts_of("opus");
-        let opus_fmtp = section.iter().any(|l| fmtp_of(l, &opus).is_some());
-        // `name=value;…`, leaving out what `present` already sets.
-        let join = |present: &str| -> String {
-            params
-                .iter()
-                .filter(|(name, _)| {
-                    !present
-                        .split(';')
-                        .any(|q| q.trim().split('=').next() == Some(*name))
-                })
-                .map(|(name, value)| format!("{name}={value}"))
-                .collect::<Vec<_>>()
-                .join(";")
+        let opus = if is_audio(start) && !params.is_empty() {
+            pts_of("opus")
+        } else {
+            Vec::new()
         };
+        let opus_fmtp = section.iter().any(|l| fmtp_of(l, &opus).is_some());
         for &l in section {
             if let Some((pt, present)) = fmtp_of(l, &opus) {
                 let more = join(present);
@@ -299,12 +318,10 @@ pub(crate) fn prefer_codecs(answer: &str, codecs: &HashMap<String, AnswerCodec>)
             if let Some((pt, _)) = l.strip_prefix("a=rtpmap:").and_then(|r| r.split_once(' '))
                 && opus.contains(&pt)
                 && !opus_fmtp
-                && !params.is_empty()
             {
                 line_out(&format!("a=fmtp:{pt} {}", join("")));
             }
         }
-        i = end;
     }
     out
 }
@@ -369,10 +386,12 @@ mod order_tests {
             out.contains("a=fmtp:63 111/111\r\n"),
             "RED's own line is left: {out}"
         );
-        // The other m-line is untouched.
-        assert!(out.ends_with(
-            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\n"
-        ));
+        // The other audio m-line keeps its order and gets the same Opus parameters (one
+        // payload type, one set of parameters in a BUNDLE group).
+        assert!(
+            out.ends_with("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 usedtx=1\r\n"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -392,9 +411,10 @@ mod order_tests {
             ),
             "{out}"
         );
-        // No RED to put first, and no fmtp line: one is added after the rtpmap.
+        // No RED to put first, and no fmtp line: one is added after the rtpmap. DTX only when
+        // every microphone asks for it, stereo when any does.
         assert!(
-            out.ends_with("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 usedtx=1;stereo=1;maxaveragebitrate=510000\r\n"),
+            out.ends_with("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 stereo=1;maxaveragebitrate=510000\r\n"),
             "{out}"
         );
         // What the answer already says is not said twice.
