@@ -467,6 +467,8 @@ struct Peer {
     role: PeerRole,
     rtc: Rtc,
     ufrag: String,
+    /// ICE has had a nominated pair: from then on "disconnected" means the client is gone.
+    ice_up: bool,
     deadline: Option<Instant>,
     queued: bool,
     /// Publisher side: mid → msid track id from the client's latest offer, and bound tracks.
@@ -1428,6 +1430,7 @@ impl Sfu {
                 role,
                 rtc,
                 ufrag,
+                ice_up: false,
                 deadline: None,
                 queued: false,
                 msids: HashMap::new(),
@@ -1612,12 +1615,29 @@ impl Sfu {
             }
             Event::ChannelData(data) => self.route_data(pid, data.id, &data.data),
             Event::IceConnectionStateChange(state) => {
-                if state == IceConnectionState::Disconnected
-                    && let Some(peer) = self.peers.get_mut(&pid)
-                {
-                    // An ICE-lite server cannot restart ICE itself; the client rejoins.
-                    peer.rtc.disconnect();
-                    self.mark(pid);
+                let Some(peer) = self.peers.get_mut(&pid) else {
+                    return;
+                };
+                match state {
+                    IceConnectionState::Connected | IceConnectionState::Completed => {
+                        peer.ice_up = true;
+                    }
+                    // After a pair was up, "disconnected" means every pair went 15 s
+                    // without a check from the client. An ICE-lite server cannot restart
+                    // ICE itself; the client rejoins.
+                    IceConnectionState::Disconnected if peer.ice_up => {
+                        peer.rtc.disconnect();
+                        self.mark(pid);
+                    }
+                    // Before that, it means that no candidate the client signalled pairs
+                    // with the server's (Chromium may trickle its TCP candidates first): the
+                    // client's first check makes a pair, and the state goes on from there.
+                    // A client that never connects gives up and closes its signal
+                    // connection (livekit-client after 15 s).
+                    IceConnectionState::Disconnected => {
+                        tracing::debug!(session = %peer.session, "no candidate pair yet");
+                    }
+                    _ => {}
                 }
             }
             Event::EgressBitrateEstimate(BweKind::Twcc {

@@ -568,6 +568,63 @@ fn single_and_two_peer_connection_clients_meet() {
     );
 }
 
+/// Chromium may trickle its TCP candidates (`tcptype active`, port 9) before its first STUN
+/// check reaches the server. They pair with none of the server's UDP candidates, so the ICE
+/// agent reports "disconnected: no possible pairs" until the check arrives; a connection that
+/// never was up must not be closed for that (it was: one joiner in three of the browser
+/// meeting test got "could not establish pc connection").
+#[test]
+fn candidates_that_pair_with_nothing_do_not_end_a_connection_before_its_first_check() {
+    let mut sim = Sim::new(19, 0.0);
+    sim.join_with("alice", true);
+    sim.publish(0);
+    // Bob's offers have no candidate, and his first check reaches the server 100 ms after the
+    // TCP candidates he trickles.
+    sim.offer_candidates = false;
+    sim.net.delay = Duration::from_millis(100);
+    let bob = sim.join_queued("bob", true);
+    let session = sim.clients[bob].session;
+    for address in ["192.0.2.2", "fd00::2"] {
+        sim.commands.push(Command::Trickle {
+            session,
+            candidate_init: format!(
+                r#"{{"candidate":"candidate:1 1 tcp 1518214911 {address} 9 typ host tcptype active","sdpMid":"0","sdpMLineIndex":0}}"#
+            ),
+            target: proto::SignalTarget::Publisher as i32,
+        });
+    }
+    sim.run_for(Duration::from_millis(500));
+    sim.publish(bob);
+    sim.run_for(Duration::from_secs(2));
+    let c = sim.client("bob");
+    assert!(!c.closed && c.left.is_none(), "bob's connection was closed");
+    let sid = sim.track_sid("alice", "mic");
+    let got = c.frames.get(&sid).map(Vec::len).unwrap_or(0);
+    assert!(got > 50, "bob got {got} of alice's audio frames");
+    let sid = sim.track_sid("bob", "mic");
+    let got = sim
+        .client("alice")
+        .frames
+        .get(&sid)
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert!(got > 50, "alice got {got} of bob's audio frames");
+
+    // Once connected, a client that goes silent is gone: its session ends when ICE gives up.
+    sim.clients[bob].publisher.disconnect();
+    sim.run_for(Duration::from_secs(10));
+    assert!(
+        !sim.client("bob").closed,
+        "bob was dropped before ICE gave up"
+    );
+    sim.run_for(Duration::from_secs(10));
+    assert!(
+        sim.client("bob").closed,
+        "a silent client's session is not ended"
+    );
+    assert_eq!(sim.sfu.stats().participants, 1);
+}
+
 /// livekit-client announces its microphone (AddTrack) right after joining, before its offer
 /// carries the microphone's m-line; the join offer's receive-only lines must not be taken for
 /// it (they were, when one was the only audio line new to the SFU: the microphone was then

@@ -262,6 +262,10 @@ pub struct Sim {
     offers_seen: u64,
     /// Clients joining from now on offer Opus with RED (as browsers do).
     pub red: bool,
+    /// Whether the offers of clients' publishing connections carry their candidates.
+    /// Browsers trickle theirs after the offer instead: the SFU then learns the address
+    /// from the client's first check.
+    pub offer_candidates: bool,
     pub webhooks: Vec<proto::WebhookEvent>,
     /// Payload bytes of each simulcast layer's video frames, lowest first; a camera without
     /// simulcast sends the last.
@@ -328,6 +332,7 @@ impl Sim {
             offers_per_call: 0,
             offers_seen: 0,
             red: false,
+            offer_candidates: true,
             webhooks: Vec::new(),
             layer_bytes: [VIDEO_FRAME_BYTES; 3],
             video_every: 5,
@@ -385,7 +390,7 @@ impl Sim {
                 }
             }
             let (o, p) = api.apply().expect("an offer");
-            offer = Some((o.to_sdp_string(), 1));
+            offer = Some((self.client_sdp(o.to_sdp_string()), 1));
             pending = Some(p);
         }
         self.clients.push(Client {
@@ -560,12 +565,25 @@ impl Sim {
                 request,
             });
         }
+        let session = c.session;
+        let sdp = self.client_sdp(offer.to_sdp_string());
         self.commands.push(Command::Offer {
-            session: c.session,
-            sdp: offer.to_sdp_string(),
+            session,
+            sdp,
             id: offer_id,
         });
         self.pump();
+    }
+
+    /// A client's offer as it is signalled: without its candidates unless
+    /// `offer_candidates`.
+    fn client_sdp(&self, sdp: String) -> String {
+        if self.offer_candidates {
+            return sdp;
+        }
+        sdp.split_inclusive('\n')
+            .filter(|line| !line.starts_with("a=candidate"))
+            .collect()
     }
 
     pub fn send_data(&mut self, i: usize, payload: &[u8], to: &[&str]) {
