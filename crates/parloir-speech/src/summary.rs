@@ -63,7 +63,9 @@ impl Segment {
     }
 }
 
-/// Reads a transcript: its segments in file order, and how many lines could not be read.
+/// Reads a transcript: its segments in speaking order (by start; the file has them in the
+/// order they were transcribed, which differs when one speaker's utterance ends before an
+/// earlier speaker's does), and how many lines could not be read.
 pub fn read_jsonl(path: &Path) -> std::io::Result<(Vec<Segment>, usize)> {
     let text = std::fs::read_to_string(path)?;
     let mut segments = Vec::new();
@@ -74,6 +76,7 @@ pub fn read_jsonl(path: &Path) -> std::io::Result<(Vec<Segment>, usize)> {
             Err(_) => bad += 1,
         }
     }
+    segments.sort_by_key(|s| s.start_ms);
     Ok((segments, bad))
 }
 
@@ -634,12 +637,15 @@ mod tests {
     }
 
     #[test]
-    fn jsonl_lines_that_do_not_parse_are_counted_not_fatal() {
+    fn jsonl_is_read_in_speaking_order_and_bad_lines_are_counted_not_fatal() {
         let dir = std::env::temp_dir().join(format!("parloir-summary-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.jsonl");
         let mut text = String::new();
-        for s in meeting() {
+        // Written as transcribed: Bob's short turn ended before Alice's first one did.
+        let mut written = meeting();
+        written.swap(0, 1);
+        for s in written {
             text.push_str(&serde_json::to_string(&s).unwrap());
             text.push('\n');
         }

@@ -487,18 +487,11 @@ impl Plane {
 
     /// Runs one Whisper call over the next job of up to [`BATCH`] tracks.
     fn decode_batch(&mut self) {
-        let mut jobs: Vec<(String, Job)> = Vec::new();
-        // Finals first: they end someone's subtitle.
-        for finals in [true, false] {
-            for (sid, t) in &self.tracks {
-                if jobs.len() < BATCH
-                    && let Some(job) = t.live.next_job()
-                    && job.is_final == finals
-                {
-                    jobs.push((sid.clone(), job));
-                }
-            }
-        }
+        let jobs = pick_jobs(
+            self.tracks
+                .iter()
+                .filter_map(|(sid, t)| Some((sid.as_str(), t.origin_ms, t.live.next_job()?))),
+        );
         if jobs.is_empty() {
             return;
         }
@@ -562,6 +555,23 @@ impl Plane {
             }
         }
     }
+}
+
+/// The jobs of one Whisper call, from each track's next job (`origin_ms`: the wall-clock time
+/// of the track's sample 0), in the order their text goes out: finals first, since they end
+/// someone's subtitle, then interims; each in speaking order (by the utterance's start). When
+/// one call's decoding takes longer than the speakers' turns, several finals come out of it,
+/// and the transcript and every viewer's subtitles keep the order they were spoken in.
+fn pick_jobs<'a>(ready: impl Iterator<Item = (&'a str, u64, Job)>) -> Vec<(String, Job)> {
+    let mut ready: Vec<_> = ready
+        .map(|(sid, origin_ms, job)| (!job.is_final, origin_ms + job.start as u64 / 16, sid, job))
+        .collect();
+    ready.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    ready
+        .into_iter()
+        .take(BATCH)
+        .map(|(_, _, sid, job)| (sid.to_string(), job))
+        .collect()
 }
 
 fn empty_decoded() -> parloir_speech::Decoded {
@@ -678,7 +688,39 @@ pub fn transcript_file(room: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::transcript_file;
+    use super::{BATCH, Job, pick_jobs, transcript_file};
+
+    #[test]
+    fn a_call_takes_finals_then_interims_in_speaking_order() {
+        let job = |is_final, start_s: usize| Job {
+            segment: 1,
+            is_final,
+            start: start_s * 16_000,
+            end: (start_s + 2) * 16_000,
+        };
+        // Tracks' clocks differ: Bob's track started 10 s after Alice's.
+        let ready = [
+            ("TR_bob", 10_000, job(true, 2)), // said at 12 s
+            ("TR_carol", 0, job(false, 1)),   // still speaking, from 1 s
+            ("TR_alice", 0, job(true, 1)),    // said at 1 s
+            ("TR_dan", 0, job(false, 0)),     // still speaking, from 0 s
+            ("TR_eve", 0, job(false, 30)),    // left for the next call
+        ];
+        let order: Vec<_> = pick_jobs(ready.into_iter())
+            .into_iter()
+            .map(|(sid, job)| (sid, job.is_final))
+            .collect();
+        assert_eq!(BATCH, 4);
+        assert_eq!(
+            order,
+            [
+                ("TR_alice".to_string(), true),
+                ("TR_bob".to_string(), true),
+                ("TR_dan".to_string(), false),
+                ("TR_carol".to_string(), false),
+            ]
+        );
+    }
 
     #[test]
     fn room_names_stay_in_the_directory() {
