@@ -46,6 +46,12 @@ fn room(n: usize) -> Sim {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let mut sim = Sim::with_options(42, 0.0, 3, bwe);
+    // PARLOIR_BENCH_SLOTS=K spreads the clients' sending over K phases of each 20 ms (1, the
+    // default: all at the same instant).
+    sim.media_slots = std::env::var("PARLOIR_BENCH_SLOTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     for i in 0..n {
         sim.join(&format!("p{i}"));
     }
@@ -86,6 +92,8 @@ fn main() {
             let timeouts = after.rtc_timeouts - before.rtc_timeouts;
             let us = sim.sfu_time.as_secs_f64() * 1e6 / out.max(1) as f64;
             let steady_longest = sim.sfu_longest.as_secs_f64() * 1e3;
+            let steady_kind = sim.sfu_longest_kind;
+            let steady_due = sim.sfu_longest_peer_timeouts;
             sim.join("late");
             sim.run_for(Duration::from_millis(500));
             sim.sfu_longest = Duration::ZERO;
@@ -95,7 +103,7 @@ fn main() {
             let longest = sim.sfu_longest.as_secs_f64() * 1e3;
             let per_call = sim.offers_per_call;
             println!(
-                "participants {n} steps {steps} datagrams_out {out} rtc_timeouts {timeouts} us_per_datagram_out {us:.2} warmup_s {warmup_wall:.1} warmup_sfu_s {warmup_sfu:.2} subscriber_offers {offers} longest_call_ms {steady_longest:.1} late_publish_longest_call_ms {longest:.1} late_publish_offers_per_call {per_call}"
+                "participants {n} steps {steps} datagrams_out {out} rtc_timeouts {timeouts} us_per_datagram_out {us:.2} warmup_s {warmup_wall:.1} warmup_sfu_s {warmup_sfu:.2} subscriber_offers {offers} longest_call_ms {steady_longest:.1} longest_call {steady_kind} peer_timeouts_in_it {steady_due} late_publish_longest_call_ms {longest:.1} late_publish_offers_per_call {per_call}"
             );
         }
         return;

@@ -250,12 +250,22 @@ pub struct Sim {
     pub clients: Vec<Client>,
     pub commands: Vec<Command>,
     pub media_tick: Instant,
+    /// Clients send in this many phases spread over each 20 ms (client i in phase i mod
+    /// slots); 1, the default, has every client send at the same instant, which makes the
+    /// SFU forward the whole room's media in one burst.
+    pub media_slots: u32,
+    media_slot: u32,
     pub replies: Vec<(u64, Result<ServiceReply, ServiceError>)>,
     /// Wall-clock time spent inside the SFU's own calls (for the forwarding bench).
     pub sfu_time: Duration,
     /// The longest of those calls (an input or a timeout, not counting the outputs' polls):
     /// the longest the media worker would hold its datagrams.
     pub sfu_longest: Duration,
+    /// Which input that call was: "command", "receive" or "timeout".
+    pub sfu_longest_kind: &'static str,
+    /// The peers' timeouts that call handled.
+    pub sfu_longest_peer_timeouts: u64,
+    timeouts_seen: u64,
     /// The most subscriber offers that came out of one SFU input (a command, a datagram or a
     /// timeout).
     pub offers_per_call: usize,
@@ -326,10 +336,15 @@ impl Sim {
             clients: Vec::new(),
             commands: Vec::new(),
             media_tick: now,
+            media_slots: 1,
+            media_slot: 0,
             replies: Vec::new(),
             sfu_time: Duration::ZERO,
             sfu_longest: Duration::ZERO,
             offers_per_call: 0,
+            sfu_longest_kind: "",
+            sfu_longest_peer_timeouts: 0,
+            timeouts_seen: 0,
             offers_seen: 0,
             red: false,
             offer_candidates: true,
@@ -612,7 +627,7 @@ impl Sim {
             for command in std::mem::take(&mut self.commands) {
                 let t = Instant::now();
                 self.sfu.handle_command(self.now, command);
-                self.timed(t);
+                self.timed(t, "command");
                 moved = true;
             }
             while let Some(p) = self.net.pop_due(self.now) {
@@ -633,7 +648,7 @@ impl Sim {
         if p.to == sfu_addr() {
             let t = Instant::now();
             self.sfu.handle_receive(self.now, p.from, p.to, &p.data);
-            self.timed(t);
+            self.timed(t, "receive");
             return;
         }
         let now = self.now;
@@ -665,12 +680,18 @@ impl Sim {
         }
     }
 
-    /// Counts an SFU input call that started at `t`.
-    fn timed(&mut self, t: Instant) {
+    /// Counts an SFU input call of `kind` that started at `t`.
+    fn timed(&mut self, t: Instant, kind: &'static str) {
         let took = t.elapsed();
         self.sfu_time += took;
-        self.sfu_longest = self.sfu_longest.max(took);
-        let offers = self.sfu.stats().subscriber_offers;
+        let stats = self.sfu.stats();
+        if took > self.sfu_longest {
+            self.sfu_longest = took;
+            self.sfu_longest_kind = kind;
+            self.sfu_longest_peer_timeouts = stats.rtc_timeouts - self.timeouts_seen;
+        }
+        self.timeouts_seen = stats.rtc_timeouts;
+        let offers = stats.subscriber_offers;
         self.offers_per_call = self
             .offers_per_call
             .max((offers - self.offers_seen) as usize);
@@ -894,8 +915,9 @@ impl Sim {
         let layer_bytes = self.layer_bytes;
         let video_every = self.video_every;
         let since_epoch = (now - self.epoch).as_micros() as u64;
-        for c in &mut self.clients {
-            if !c.publisher.is_alive() {
+        let (slots, slot) = (self.media_slots.max(1) as usize, self.media_slot as usize);
+        for (i, c) in self.clients.iter_mut().enumerate() {
+            if !c.publisher.is_alive() || i % slots != slot {
                 continue;
             }
             if let Some(mid) = c.audio_mid {
@@ -982,12 +1004,13 @@ impl Sim {
             self.now = next.max(self.now);
             if self.now >= self.media_tick {
                 self.send_media();
-                self.media_tick = self.now + AUDIO_EVERY;
+                self.media_slot = (self.media_slot + 1) % self.media_slots.max(1);
+                self.media_tick = self.now + AUDIO_EVERY / self.media_slots.max(1);
             }
             if self.now >= self.sfu_deadline {
                 let t = Instant::now();
                 self.sfu.handle_timeout(self.now);
-                self.timed(t);
+                self.timed(t, "timeout");
             }
             let now = self.now;
             for c in &mut self.clients {
