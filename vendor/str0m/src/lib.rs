@@ -695,6 +695,11 @@ use streams::RtpPacket;
 use streams::StreamPaused;
 use util::InstantExt;
 
+/// Parloir patch: the maps on the per-packet path (streams by SSRC and mid/rid, m-lines by mid,
+/// payloaders, the pacer's last sends, receive windows) hash with foldhash, seeded per map
+/// like std's `RandomState` but several times cheaper than SipHash for these small keys.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 // Identity `drv::ToStatic` (`Static = Self`) for the `Copy` identity types.
 // Used instead of `#[derive(drv::Input)]` because the derive's generated
 // shadow type isn't `Eq`/`Hash`/`Borrow<Self>`, so it can't be a `HashMap`

@@ -1,4 +1,5 @@
-use std::collections::{HashMap, VecDeque};
+use crate::FastMap;
+use std::collections::VecDeque;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,7 +67,7 @@ pub(crate) struct Session {
 
     /// Parloir patch: where each m-line sits in `medias`. A hint, checked at every use because
     /// `medias` is changed in several places; a wrong or missing hint falls back to a scan.
-    pub(crate) media_pos: HashMap<Mid, usize>,
+    pub(crate) media_pos: FastMap<Mid, usize>,
 
     /// Parloir patch: the m-lines that may have frames queued for packetizing (written since
     /// they were last found empty), so that packetizing and its timeout do not visit every
@@ -114,7 +115,7 @@ pub(crate) struct Session {
     twcc: u64,
     twcc_rx_register: TwccRecvRegister,
     twcc_tx_register: TwccSendRegister,
-    max_rx_seq_lookup: HashMap<Ssrc, SeqNoWindow>,
+    max_rx_seq_lookup: FastMap<Ssrc, SeqNoWindow>,
 
     bwe: Option<Bwe>,
     bwe_last_event: Option<(Bitrate, bool)>,
@@ -198,7 +199,7 @@ impl Session {
         Session {
             id,
             medias: vec![],
-            media_pos: HashMap::new(),
+            media_pos: FastMap::default(),
             payload_pending: vec![],
             receive_pending: vec![],
             media_events: true,
@@ -224,7 +225,7 @@ impl Session {
             twcc: 0,
             twcc_rx_register: TwccRecvRegister::new(100),
             twcc_tx_register: TwccSendRegister::new(1000),
-            max_rx_seq_lookup: HashMap::new(),
+            max_rx_seq_lookup: FastMap::default(),
             bwe,
             bwe_last_event: None,
             enable_twcc_feedback: false,
@@ -1685,11 +1686,11 @@ fn un_red<'a>(header: &mut RtpHeader, data: &'a [u8], pt: Pt) -> Option<UnRed<'a
     })
 }
 
-fn make_max_seq_lookup(map: &HashMap<Ssrc, SeqNoWindow>) -> impl Fn(Ssrc) -> Option<SeqNo> + '_ {
+fn make_max_seq_lookup(map: &FastMap<Ssrc, SeqNoWindow>) -> impl Fn(Ssrc) -> Option<SeqNo> + '_ {
     |ssrc| map.get(&ssrc).map(|s| s.max_seq())
 }
 
-fn update_max_seq(map: &mut HashMap<Ssrc, SeqNoWindow>, ssrc: Ssrc, seq_no: SeqNo) {
+fn update_max_seq(map: &mut FastMap<Ssrc, SeqNoWindow>, ssrc: Ssrc, seq_no: SeqNo) {
     map.entry(ssrc)
         .and_modify(|window| window.update(seq_no))
         .or_insert_with(|| SeqNoWindow::new(seq_no));
@@ -1858,7 +1859,7 @@ mod tests {
 
 /// Parloir patch: the media of `mid`, found through the position hint when it is right, else
 /// by a scan.
-fn media_at<'a>(medias: &'a [Media], pos: &HashMap<Mid, usize>, mid: Mid) -> Option<&'a Media> {
+fn media_at<'a>(medias: &'a [Media], pos: &FastMap<Mid, usize>, mid: Mid) -> Option<&'a Media> {
     if let Some(&i) = pos.get(&mid) {
         if let Some(m) = medias.get(i).filter(|m| m.mid() == mid) {
             return Some(m);
@@ -1870,7 +1871,7 @@ fn media_at<'a>(medias: &'a [Media], pos: &HashMap<Mid, usize>, mid: Mid) -> Opt
 /// Parloir patch: as [`media_at`], mutably, refreshing the hint after a scan.
 pub(crate) fn media_at_mut<'a>(
     medias: &'a mut [Media],
-    pos: &mut HashMap<Mid, usize>,
+    pos: &mut FastMap<Mid, usize>,
     mid: Mid,
 ) -> Option<&'a mut Media> {
     let hinted = pos

@@ -1,6 +1,7 @@
 //! Media (audio/video) related content.
 
-use std::collections::{HashMap, VecDeque};
+use crate::FastMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,10 +134,10 @@ pub struct Media {
     //
     /// Buffers of incoming RTP packets. These do reordering/jitter buffer and also
     /// depayload from RTP to frames.
-    depayloaders: HashMap<(Pt, Option<Rid>), DepacketizingBuffer>,
+    depayloaders: FastMap<(Pt, Option<Rid>), DepacketizingBuffer>,
 
     /// Payloaders for outoing RTP packets.
-    payloaders: HashMap<(Pt, Option<Rid>), PayloaderEntry>,
+    payloaders: FastMap<(Pt, Option<Rid>), PayloaderEntry>,
 
     /// Whether outgoing packets are wrapped in RFC 2198 RED right now. RED availability is fixed at
     /// negotiation (or set up via DirectAPI); this is the runtime send-side lever, toggled with no
@@ -733,8 +734,8 @@ impl Default for Media {
             simulcast: None,
             rids_rx: Rids::Any,
             rids_tx: Rids::None,
-            payloaders: HashMap::new(),
-            depayloaders: HashMap::new(),
+            payloaders: FastMap::default(),
+            depayloaders: FastMap::default(),
             to_payload: VecDeque::default(),
             last_tele_end: None,
             need_open_event: true,

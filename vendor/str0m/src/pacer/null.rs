@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use crate::FastMap;
 use std::time::Instant;
 
 use super::Pacer;
@@ -11,7 +11,7 @@ use crate::rtp_::{Bitrate, DataSize, MidRid, TwccClusterId};
 /// A null pacer that doesn't pace.
 #[derive(Debug, Default)]
 pub struct NullPacer {
-    last_sends: HashMap<MidRid, Instant>,
+    last_sends: FastMap<MidRid, Instant>,
     /// Snapshots from the last `handle_timeout`. `poll_queue` counts off
     /// each packet it hands out.
     queue_states: Vec<QueueState>,

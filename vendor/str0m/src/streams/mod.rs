@@ -1,4 +1,5 @@
-use std::collections::{HashMap, VecDeque};
+use crate::FastMap;
+use std::collections::VecDeque;
 use std::fmt::{self};
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,21 +126,21 @@ impl RtpPacket {
 #[derive(Debug)]
 pub(crate) struct Streams {
     /// All incoming encoded streams.
-    streams_rx: HashMap<Ssrc, StreamRx>,
+    streams_rx: FastMap<Ssrc, StreamRx>,
 
     /// Each incoming SSRC is mapped to a Mid/Ssrc. The Ssrc in the value is for the case
     /// where the incoming SSRC is for an RTX and we want the "main".
-    rx_lookup: HashMap<Ssrc, RxLookup>,
+    rx_lookup: FastMap<Ssrc, RxLookup>,
 
     /// Time we last cleaned up unused entries from source_keys_rx.
     last_rx_lookup_cleanup: Instant,
 
     /// All outgoing encoded streams.
-    streams_tx: HashMap<Ssrc, StreamTx>,
+    streams_tx: FastMap<Ssrc, StreamTx>,
 
     /// Parloir patch: the outgoing stream last found for each mid/rid. A hint, checked at
     /// every use; a wrong or missing hint falls back to the scan over all streams.
-    tx_by_midrid: HashMap<MidRid, Ssrc>,
+    tx_by_midrid: FastMap<MidRid, Ssrc>,
 
     /// Parloir patch: the outgoing streams that may have work at a timeout (packets to stamp
     /// or send, resends, padding, requests to poll, their first timeout), so that timeouts and
