@@ -571,8 +571,8 @@ fn single_and_two_peer_connection_clients_meet() {
 /// Chromium may trickle its TCP candidates (`tcptype active`, port 9) before its first STUN
 /// check reaches the server. They pair with none of the server's UDP candidates, so the ICE
 /// agent reports "disconnected: no possible pairs" until the check arrives; a connection that
-/// never was up must not be closed for that (it was: one joiner in three of the browser
-/// meeting test got "could not establish pc connection").
+/// never was up must not be closed for that (it was: in about one run in four of the browser
+/// meeting test, the third joiner got "could not establish pc connection").
 #[test]
 fn candidates_that_pair_with_nothing_do_not_end_a_connection_before_its_first_check() {
     let mut sim = Sim::new(19, 0.0);

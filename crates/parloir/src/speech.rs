@@ -566,7 +566,7 @@ fn pick_jobs<'a>(ready: impl Iterator<Item = (&'a str, u64, Job)>) -> Vec<(Strin
     let mut ready: Vec<_> = ready
         .map(|(sid, origin_ms, job)| (!job.is_final, origin_ms + job.start as u64 / 16, sid, job))
         .collect();
-    ready.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    ready.sort_unstable_by_key(|&(later, at, sid, _)| (later, at, sid));
     ready
         .into_iter()
         .take(BATCH)
