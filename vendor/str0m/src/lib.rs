@@ -1638,6 +1638,15 @@ impl Rtc {
             return Ok(Some(Output::Timeout(self.poll_timeout())));
         }
 
+        // Parloir patch: see `poll_datagram_output`.
+        if self.readiness.is_quiet() {
+            if let Some(t) = self.poll_datagram_output() {
+                return Ok(Some(t));
+            }
+            self.readiness.clear_events();
+            return Ok(Some(Output::Timeout(self.poll_timeout())));
+        }
+
         while let Some(e) = self.ice.poll_event() {
             match e {
                 IceAgentEvent::IceRestart(_) => {
@@ -1876,29 +1885,51 @@ impl Rtc {
             return Ok(Some(Output::Transmit(v)));
         }
 
-        if let Some(send) = &self.send_addr {
-            // These can only be sent after we got an ICE connection.
-            let datagram = None
-                .or_else(|| self.dtls.poll_packet())
-                .or_else(|| self.session.poll_datagram(self.last_now));
+        // Parloir patch: every event source above was found empty in this pass. Until
+        // something wakes the tree again, the next polls go straight to the datagrams.
+        self.readiness.set_quiet();
 
-            if let Some(contents) = datagram {
-                let t = net::Transmit {
-                    proto: send.proto,
-                    source: send.source,
-                    destination: send.destination,
-                    contents,
-                };
-                return Ok(Some(Output::Transmit(t)));
-            }
-        } else {
-            // Don't allow accumulated feedback to build up indefinitely
-            self.session.clear_feedback();
+        if let Some(t) = self.poll_datagram_output() {
+            return Ok(Some(t));
         }
 
         self.readiness.clear_events();
 
         Ok(Some(Output::Timeout(self.poll_timeout())))
+    }
+
+    /// Parloir patch: the datagram part of `do_poll_output`. Sending a packet of the
+    /// session queues no event, so while the tree is quiet (no wake since the last pass
+    /// found every event source empty), a burst of packets skips the event sources: ICE,
+    /// DTLS, SCTP, the session's events and stats were each walked once per datagram.
+    fn poll_datagram_output(&mut self) -> Option<Output> {
+        let Some(send) = &self.send_addr else {
+            // Don't allow accumulated feedback to build up indefinitely
+            self.session.clear_feedback();
+            return None;
+        };
+        // These can only be sent after we got an ICE connection.
+        let datagram = match self.dtls.poll_packet() {
+            Some(d) => {
+                // A DTLS record may come with more DTLS output: walk everything next time.
+                self.readiness.clear_quiet();
+                Some(d)
+            }
+            None => {
+                let d = self.session.poll_datagram(self.last_now);
+                if d.is_some() && self.session.sending_queues_events() {
+                    self.readiness.clear_quiet();
+                }
+                d
+            }
+        };
+        let contents = datagram?;
+        Some(Output::Transmit(net::Transmit {
+            proto: send.proto,
+            source: send.source,
+            destination: send.destination,
+            contents,
+        }))
     }
 
     // Called only after the output pipeline has drained.

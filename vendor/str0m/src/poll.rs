@@ -151,6 +151,9 @@ impl Drop for Mutation<'_> {
 pub(crate) struct Readiness {
     events: bool,
     timeout: bool,
+    /// Parloir patch: the last pass of `poll_output` found every event source empty
+    /// and nothing has asked for events since; only datagrams can be pending.
+    quiet: bool,
 }
 
 impl Readiness {
@@ -159,7 +162,20 @@ impl Readiness {
         Readiness {
             events: true,
             timeout: true,
+            quiet: false,
         }
+    }
+
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
+    pub(crate) fn set_quiet(&mut self) {
+        self.quiet = true;
+    }
+
+    pub(crate) fn clear_quiet(&mut self) {
+        self.quiet = false;
     }
 
     pub(crate) fn wants_events(&self) -> bool {
@@ -219,6 +235,10 @@ impl Drop for Wake<'_> {
     fn drop(&mut self) {
         self.readiness.events |= self.events;
         self.readiness.timeout |= self.timeout;
+        // Parloir patch: anything that may have queued an event ends a quiet spell.
+        if self.events {
+            self.readiness.quiet = false;
+        }
     }
 }
 
@@ -228,6 +248,7 @@ impl Readiness {
         Self {
             events: false,
             timeout: false,
+            quiet: false,
         }
     }
 }
@@ -243,9 +264,14 @@ mod tests {
     use std::time::Instant;
 
     fn idle_rtc() -> Rtc {
+        idle_rtc_with(false)
+    }
+
+    fn idle_rtc_with(raw_packets: bool) -> Rtc {
         let now = Instant::now();
         let mut rtc = Rtc::builder()
             .enable_bwe(Some(Bitrate::kbps(300)))
+            .enable_raw_packets(raw_packets)
             .build(now);
         let profile = SrtpProfile::AEAD_AES_128_GCM;
         let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
@@ -323,11 +349,81 @@ mod tests {
         }
     }
 
+    /// An `Rtc` with a send address, as after ICE nominated a pair.
+    fn sending_rtc(raw_packets: bool) -> Rtc {
+        let mut rtc = idle_rtc_with(raw_packets);
+        rtc.send_addr = Some(crate::SendAddr {
+            proto: crate::net::Protocol::Udp,
+            source: "192.0.2.1:5000".parse().unwrap(),
+            destination: "192.0.2.2:6000".parse().unwrap(),
+        });
+        rtc
+    }
+
+    fn feedback(rtc: &mut Rtc) {
+        rtc.direct_api()
+            .send_app_specific_feedback(42.into(), 43.into(), vec![1, 2, 3, 4]);
+    }
+
+    // Parloir patch 11.
+    #[test]
+    fn a_pass_that_finds_no_event_makes_the_tree_quiet_until_a_wake() {
+        let mut rtc = sending_rtc(false);
+        feedback(&mut rtc);
+        assert!(!rtc.readiness.is_quiet(), "an event-arming mutation ends quiet");
+        assert!(matches!(rtc.poll_output().unwrap(), Output::Transmit(_)));
+        assert!(rtc.readiness.is_quiet(), "every event source was found empty");
+        assert!(rtc.readiness.wants_events(), "a burst may still hold datagrams");
+
+        // A mutation that may queue an event in the middle of a burst ends the quiet
+        // spell, so the next poll walks every source again.
+        feedback(&mut rtc);
+        assert!(!rtc.readiness.is_quiet());
+        assert!(matches!(rtc.poll_output().unwrap(), Output::Transmit(_)));
+        assert!(matches!(rtc.poll_output().unwrap(), Output::Timeout(_)));
+        assert!(!rtc.readiness.wants_events());
+
+        // One that only moves a timer keeps it.
+        rtc.bwe().reset(Bitrate::kbps(900));
+        assert!(rtc.readiness.is_quiet());
+        assert!(matches!(rtc.poll_output().unwrap(), Output::Timeout(_)));
+    }
+
+    #[test]
+    fn raw_packet_copies_end_a_quiet_spell_at_each_datagram() {
+        let mut rtc = sending_rtc(true);
+        feedback(&mut rtc);
+        assert!(matches!(rtc.poll_output().unwrap(), Output::Transmit(_)));
+        assert!(
+            !rtc.readiness.is_quiet(),
+            "a sent packet may have queued a RawPacket event"
+        );
+    }
+
+    #[test]
+    fn only_a_wake_for_events_ends_quiet() {
+        for narrow in [false, true] {
+            let mut readiness = Readiness::idle();
+            readiness.set_quiet();
+            {
+                let mut wake = readiness.wake();
+                if narrow {
+                    wake.no_events();
+                }
+            }
+            assert_eq!(readiness.is_quiet(), narrow);
+        }
+    }
+
     #[test]
     fn narrowing_preserves_other_operations() {
         for events in [false, true] {
             for timeout in [false, true] {
-                let mut readiness = Readiness { events, timeout };
+                let mut readiness = Readiness {
+                    events,
+                    timeout,
+                    quiet: false,
+                };
                 {
                     let mut wake = readiness.wake();
                     wake.no_events();

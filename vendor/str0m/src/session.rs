@@ -1202,6 +1202,11 @@ impl Session {
         self.srtp_rx.is_some() && self.srtp_tx.is_some()
     }
 
+    /// Parloir patch: whether sending a packet can queue an event (a raw packet copy).
+    pub fn sending_queues_events(&self) -> bool {
+        self.raw_packets.is_some()
+    }
+
     pub fn poll_datagram(&mut self, now: Instant) -> Option<net::DatagramSend> {
         // Time must have progressed forward from start value.
         if now == already_happened() {

@@ -175,7 +175,12 @@ impl<'a> Writer<'a> {
         rtp_time: MediaTime,
         data: impl Into<Arc<[u8]>>,
     ) -> Result<(), RtcError> {
-        let _wake = self.readiness.wake();
+        let mut wake = self.readiness.wake();
+        // Parloir patch: a frame is packetized on the next timeout; queueing it makes no
+        // event and no datagram (a telephone event may touch the streams: wake it all).
+        if self.tele_event.is_none() {
+            wake.no_events();
+        }
 
         if !self.session.codec_config.has_pt(pt) {
             return Err(RtcError::UnknownPt(pt));
