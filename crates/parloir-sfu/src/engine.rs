@@ -17,7 +17,7 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Rtc};
 
 use crate::allocation::{self, Meter, Want};
 
-use crate::ids::{IdGen, PeerId, SessionId};
+use crate::ids::{FastMap, FastSet, IdGen, PeerId, SessionId};
 pub use service::{ServiceCall, ServiceError, ServiceReply, Subtitle, TRANSCRIPTION_TOPIC};
 
 mod service;
@@ -390,10 +390,10 @@ pub struct Sfu {
     record_tap: Option<Box<dyn RecordTap>>,
     config: SfuConfig,
     ids: IdGen,
-    rooms: HashMap<String, Room>,
-    participants: HashMap<SessionId, Participant>,
-    peers: HashMap<PeerId, Peer>,
-    tracks: HashMap<String, Track>,
+    rooms: FastMap<String, Room>,
+    participants: FastMap<SessionId, Participant>,
+    peers: FastMap<PeerId, Peer>,
+    tracks: FastMap<String, Track>,
     by_ufrag: HashMap<String, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
     deadlines: BTreeSet<(Instant, PeerId)>,
@@ -413,7 +413,7 @@ pub struct Sfu {
     now: Instant,
     stats: Stats,
     /// Cumulative NACK counts per (peer, mid, rid) from egress stats, to count deltas.
-    nack_seen: HashMap<(PeerId, Mid, Option<Rid>), u64>,
+    nack_seen: FastMap<(PeerId, Mid, Option<Rid>), u64>,
     /// Subtitle updates sent, for unique text stream ids.
     subtitle_serial: u64,
 }
@@ -421,10 +421,10 @@ pub struct Sfu {
 struct Room {
     info: proto::Room,
     members: Vec<SessionId>,
-    loudness: HashMap<String, Loudness>,
+    loudness: FastMap<String, Loudness>,
     /// The participants (sids) whose audio is forwarded even while silent: the loudest
     /// `SfuConfig::loudest_audio`, as of the last speaker tick.
-    loudest: HashSet<String>,
+    loudest: FastSet<String>,
     /// Participant or publisher counts changed since the last RoomUpdate.
     counts_changed: bool,
     /// Since when nobody is in the room, and whether anyone ever was: an empty room closes
@@ -448,7 +448,7 @@ struct Participant {
     /// AddTrack requests not yet matched to an m-line: cid → track sid.
     pending: HashMap<String, String>,
     /// Track settings last asked for, per track sid.
-    settings: HashMap<String, proto::UpdateTrackSettings>,
+    settings: FastMap<String, proto::UpdateTrackSettings>,
     /// Since when the signal connection is gone (the participant may resume until
     /// [`RESUME_WINDOW`] has passed).
     signal_lost: Option<Instant>,
@@ -473,10 +473,10 @@ struct Peer {
     queued: bool,
     /// Publisher side: mid → msid track id from the client's latest offer, and bound tracks.
     msids: HashMap<String, String>,
-    mids_in: HashMap<Mid, String>,
+    mids_in: FastMap<Mid, String>,
     /// Subscriber side: track sid → outgoing m-line, and the reverse.
-    outs: HashMap<String, Out>,
-    mids_out: HashMap<Mid, String>,
+    outs: FastMap<String, Out>,
+    mids_out: FastMap<Mid, String>,
     pending_offer: Option<SdpPendingOffer>,
     needs_offer: bool,
     /// Changes for the next subscriber offer: str0m keeps changes in the `SdpApi` value, so
@@ -629,7 +629,7 @@ struct Track {
     /// Subscriber peers of this track; media goes to those whose m-line is open.
     subscribers: Vec<PeerId>,
     /// Last key frame request, per layer (`None` without simulcast).
-    last_keyframe_request: HashMap<Option<Rid>, Instant>,
+    last_keyframe_request: FastMap<Option<Rid>, Instant>,
     /// Dynacast: the highest quality any subscriber wants, as last told to the publisher.
     told_quality: Option<Option<u8>>,
     /// The quality the record plane wants of it (its tile's size), while recorded.
@@ -778,10 +778,10 @@ impl Sfu {
         Self {
             config,
             ids,
-            rooms: HashMap::new(),
-            participants: HashMap::new(),
-            peers: HashMap::new(),
-            tracks: HashMap::new(),
+            rooms: FastMap::default(),
+            participants: FastMap::default(),
+            peers: FastMap::default(),
+            tracks: FastMap::default(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -796,7 +796,7 @@ impl Sfu {
             next_tick: None,
             now,
             stats: Stats::default(),
-            nack_seen: HashMap::new(),
+            nack_seen: FastMap::default(),
             subtitle_serial: 0,
         }
     }
@@ -1130,7 +1130,7 @@ impl Sfu {
                 publisher: single.then_some(subscriber),
                 subscriber: Some(subscriber),
                 pending: HashMap::new(),
-                settings: HashMap::new(),
+                settings: FastMap::default(),
                 signal_lost: None,
             },
         );
@@ -1434,9 +1434,9 @@ impl Sfu {
                 deadline: None,
                 queued: false,
                 msids: HashMap::new(),
-                mids_in: HashMap::new(),
-                outs: HashMap::new(),
-                mids_out: HashMap::new(),
+                mids_in: FastMap::default(),
+                outs: FastMap::default(),
+                mids_out: FastMap::default(),
                 pending_offer: None,
                 needs_offer: false,
                 add_channels: false,
@@ -1794,7 +1794,7 @@ impl Sfu {
                 },
                 layers: Layers::default(),
                 subscribers: Vec::new(),
-                last_keyframe_request: HashMap::new(),
+                last_keyframe_request: FastMap::default(),
                 told_quality: None,
                 record_quality: None,
                 meters: Vec::new(),
@@ -2841,8 +2841,8 @@ impl Sfu {
                 ..Default::default()
             },
             members: Vec::new(),
-            loudness: HashMap::new(),
-            loudest: HashSet::new(),
+            loudness: FastMap::default(),
+            loudest: FastSet::default(),
             counts_changed: false,
             empty_since: Some(now),
             ever_joined: false,

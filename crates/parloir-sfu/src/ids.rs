@@ -1,7 +1,16 @@
 //! Identifiers: LiveKit's prefixed sids, made from a seeded generator so that simulations are
 //! repeatable, and the caller's session handles.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+
+/// The engine's maps on the forwarding path (peers, tracks, a subscriber's outgoing tracks by
+/// sid, layer settings): foldhash's fast hasher, seeded per map as std's is. Their keys are
+/// ids the SFU makes, mids, or names from the operator's signed tokens; maps keyed by what the
+/// network sends (addresses, ICE usernames) keep std's SipHash.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// The set of [`FastMap`].
+pub(crate) type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// A signal session, chosen by the caller (one per WebSocket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -4,7 +4,7 @@
 //! smoothed level is above a threshold, and only changes are reported (LiveKit's
 //! `SpeakersChanged` is a delta: `active = false` means a speaker stopped).
 
-use std::collections::{HashMap, HashSet};
+use crate::ids::{FastMap, FastSet};
 use std::time::{Duration, Instant};
 
 /// How often speakers are re-evaluated and changes sent.
@@ -47,7 +47,7 @@ impl Loudness {
 
 /// The speakers a room reports as active now: what a newcomer is told after joining, since
 /// `SpeakersChanged` only carries changes.
-pub(crate) fn active(levels: &HashMap<String, Loudness>) -> Vec<SpeakerChange> {
+pub(crate) fn active(levels: &FastMap<String, Loudness>) -> Vec<SpeakerChange> {
     let mut out: Vec<SpeakerChange> = levels
         .iter()
         .filter(|(_, l)| l.reported_active)
@@ -59,7 +59,7 @@ pub(crate) fn active(levels: &HashMap<String, Loudness>) -> Vec<SpeakerChange> {
 
 /// The `n` participants with the highest smoothed level (ties broken by sid, so the choice is
 /// stable between ticks).
-pub(crate) fn loudest(levels: &HashMap<String, Loudness>, n: usize) -> HashSet<String> {
+pub(crate) fn loudest(levels: &FastMap<String, Loudness>, n: usize) -> FastSet<String> {
     let mut ranked: Vec<(&String, f32)> = levels.iter().map(|(s, l)| (s, l.level)).collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     ranked.into_iter().take(n).map(|(s, _)| s.clone()).collect()
@@ -69,7 +69,7 @@ pub(crate) fn loudest(levels: &HashMap<String, Loudness>, n: usize) -> HashSet<S
 pub(crate) type SpeakerChange = (String, f32, bool);
 
 /// Evaluates a room's speakers at `now`; `levels` maps participant sid to loudness.
-pub(crate) fn changes(levels: &mut HashMap<String, Loudness>, now: Instant) -> Vec<SpeakerChange> {
+pub(crate) fn changes(levels: &mut FastMap<String, Loudness>, now: Instant) -> Vec<SpeakerChange> {
     let mut out = Vec::new();
     for (sid, loudness) in levels.iter_mut() {
         let active = loudness.active(now);
@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn reports_start_and_stop_once() {
         let t0 = Instant::now();
-        let mut levels: HashMap<String, Loudness> = HashMap::new();
+        let mut levels: FastMap<String, Loudness> = FastMap::default();
         levels.entry("PA_a".into()).or_default().observe(20, t0);
         levels.entry("PA_b".into()).or_default().observe(120, t0);
         let c = changes(&mut levels, t0);
