@@ -173,8 +173,8 @@ const SEND_BATCH: usize = 64;
 /// With GSO, transmits are held until the next flush (at most this many) and sent grouped by
 /// destination.
 const MAX_PENDING: usize = 1024;
-/// Sends are flushed after every this many received datagrams, and at the end of each receive
-/// batch: a datagram waits for the fan-out of at most this many inputs.
+/// Due timeouts run and sends are flushed after every this many received datagrams, and at the
+/// end of each receive batch: a datagram waits for the fan-out of at most this many inputs.
 const FLUSH_EVERY: usize = 8;
 
 /// What one media worker starts with.
@@ -376,9 +376,11 @@ impl Worker {
                             });
                             deadline = self.drain_output();
                             if i % FLUSH_EVERY == FLUSH_EVERY - 1 {
+                                deadline = self.catch_up(deadline);
                                 self.flush();
                             }
                         }
+                        deadline = self.catch_up(deadline);
                         self.flush();
                     }
                     Err(e) => {
@@ -461,6 +463,19 @@ impl Worker {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!("the SFU panicked handling an input; continuing");
         }
+    }
+
+    /// Runs the SFU's timeouts that are due. A frame written to a subscriber is packetized on
+    /// its connection's next timeout (due at once), so the receive loop calls this before each
+    /// flush: forwarded packets leave after at most [`FLUSH_EVERY`] inputs, not at the end of
+    /// a receive burst of any length.
+    fn catch_up(&mut self, deadline: Instant) -> Instant {
+        let now = Instant::now();
+        if deadline > now {
+            return deadline;
+        }
+        self.guarded(|sfu| sfu.handle_timeout(now));
+        self.drain_output()
     }
 
     /// Sends and delivers everything the SFU has queued; returns its next deadline.
