@@ -393,11 +393,7 @@ impl Worker {
             if let Some(next) = self.tcp_events(&events) {
                 deadline = next;
             }
-            let now = Instant::now();
-            if deadline <= now {
-                self.guarded(|sfu| sfu.handle_timeout(now));
-                deadline = self.drain_output();
-            }
+            deadline = self.catch_up(deadline);
             self.flush();
             let tcp = self
                 .tcp
@@ -465,10 +461,11 @@ impl Worker {
         }
     }
 
-    /// Runs the SFU's timeouts that are due. A frame written to a subscriber is packetized on
-    /// its connection's next timeout (due at once), so the receive loop calls this before each
-    /// flush: forwarded packets leave after at most [`FLUSH_EVERY`] inputs, not at the end of
-    /// a receive burst of any length.
+    /// Runs the SFU's timeouts that are due; returns its next deadline. Besides the end of each
+    /// turn: a frame written to a subscriber is packetized on its connection's next timeout
+    /// (due at once), so the receive loop calls this before each flush, and forwarded packets
+    /// leave after at most [`FLUSH_EVERY`] inputs, not at the end of a receive burst of any
+    /// length.
     fn catch_up(&mut self, deadline: Instant) -> Instant {
         let now = Instant::now();
         if deadline > now {
