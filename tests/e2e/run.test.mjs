@@ -646,32 +646,37 @@ for (const singlePeerConnection of [false, true]) {
 // through its form and each shows the other's video tile playing.
 describe('simulcast', () => {
   // livekit-client publishes the fake 1280x720 camera as three layers (320x180, 640x360,
-  // 1280x720); a subscriber with adaptiveStream asks for the size its video element shows,
-  // and the server forwards the layer that fits (getStats frameWidth shows which).
-  scenario('a small tile gets the low layer, a large tile the high layer, and back', async (s) => {
-    const room = `e2e-simulcast-${uniq()}`;
-    await s.join('alice', room, { singlePeerConnection: true });
-    const bob = await s.join('bob', room, { singlePeerConnection: true, publish: false, adaptiveStream: true });
-    const video = async () => (await bob.stats()).find((t) => t.participant === 'alice' && t.kind === 'video');
-    // The page's video elements are 160x120.
-    const small = await waitFor("bob decodes alice's low layer in a small tile", async () => {
-      const v = await video();
-      return v && v.framesDecoded > 30 && v.frameWidth > 0 && v.frameWidth <= 320 ? v : false;
+  // 1280x720): VP8 as three simulcast encodings, VP9 as one SVC encoding (L3T3_KEY) whose
+  // frames carry the three spatial layers. A subscriber with adaptiveStream asks for the size
+  // its video element shows, and the server forwards the layer that fits (getStats frameWidth
+  // shows which): another simulcast encoding, or the frames cut down to fewer spatial layers.
+  for (const codec of ['vp8', 'vp9', 'av1']) {
+    scenario(`${codec}: a small tile gets the low layer, a large tile the high layer, and back`, async (s) => {
+      const room = `e2e-simulcast-${codec}-${uniq()}`;
+      await s.join('alice', room, { singlePeerConnection: true, videoCodec: codec });
+      const bob = await s.join('bob', room, { singlePeerConnection: true, publish: false, adaptiveStream: true });
+      const video = async () => (await bob.stats()).find((t) => t.participant === 'alice' && t.kind === 'video');
+      // The page's video elements are 160x120.
+      const small = await waitFor("bob decodes alice's low layer in a small tile", async () => {
+        const v = await video();
+        return v && v.framesDecoded > 30 && v.frameWidth > 0 && v.frameWidth <= 320 ? v : false;
+      });
+      assert.equal(small.codec?.toLowerCase(), `video/${codec}`, JSON.stringify(small));
+      await bob.page.evaluate(() => window.resizeVideos(1280, 720));
+      // Under CPU pressure Chromium may scale every layer down, so "higher" is asked relative
+      // to what the small tile got: at least twice as wide.
+      const large = await waitFor("bob decodes a higher layer in a large tile", async () => {
+        const v = await video();
+        return v && v.frameWidth >= 2 * small.frameWidth ? v : false;
+      });
+      await bob.page.evaluate(() => window.resizeVideos(160, 90));
+      const back = await waitFor("bob is back on the low layer", async () => {
+        const v = await video();
+        return v && v.frameWidth <= small.frameWidth && v.framesDecoded > large.framesDecoded ? v : false;
+      });
+      console.log(`${codec} frame widths: small ${small.frameWidth}, large ${large.frameWidth}, small again ${back.frameWidth}`);
     });
-    await bob.page.evaluate(() => window.resizeVideos(1280, 720));
-    // Under CPU pressure Chromium may scale every layer down, so "higher" is asked relative
-    // to what the small tile got: at least twice as wide.
-    const large = await waitFor("bob decodes a higher layer in a large tile", async () => {
-      const v = await video();
-      return v && v.frameWidth >= 2 * small.frameWidth ? v : false;
-    });
-    await bob.page.evaluate(() => window.resizeVideos(160, 90));
-    const back = await waitFor("bob is back on the low layer", async () => {
-      const v = await video();
-      return v && v.frameWidth <= small.frameWidth && v.framesDecoded > large.framesDecoded ? v : false;
-    });
-    console.log(`simulcast frame widths: small ${small.frameWidth}, large ${large.frameWidth}, small again ${back.frameWidth}`);
-  });
+  }
 });
 
 describe('meeting page', () => {
@@ -761,9 +766,11 @@ describe('recording', () => {
   scenario('a room composite records each camera in its tile and the mixed audio', async (s) => {
     const room = `rec-${uniq()}`;
     // Red with a 440 Hz tone joins first (left tile of the grid), blue with 1000 Hz second.
+    // Red publishes VP8 simulcast, blue VP9 SVC (one stream carrying its spatial layers, which
+    // the recorder gets as superframes).
     const red = await s.join('red', room, { publish: false });
     await red.page.evaluate(() => window.publishPattern({ colour: '#e02020', toneHz: 440 }));
-    const blue = await s.join('blue', room, { publish: false });
+    const blue = await s.join('blue', room, { publish: false, videoCodec: 'vp9' });
     await blue.page.evaluate(() => window.publishPattern({ colour: '#2040e0', toneHz: 1000 }));
     await waitFor('each sees the other\'s video', async () => {
       const [a, b] = [await red.state(), await blue.state()];

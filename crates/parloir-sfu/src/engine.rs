@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use livekit_protocol as proto;
@@ -24,6 +25,7 @@ mod service;
 use crate::sdp_scan;
 use crate::simulcast::{self, Decision, Layers, Switcher};
 use crate::speakers::{self, Loudness, SPEAKER_TICK};
+use crate::svc;
 
 /// Static configuration of the SFU.
 #[derive(Debug, Clone)]
@@ -624,8 +626,13 @@ struct Track {
     peer: Option<PeerId>,
     mid: Option<Mid>,
     kind: MediaKind,
-    /// Simulcast layers seen, and when each last sent a frame.
+    /// Simulcast layers seen, and when each last sent a frame. A scalable track's spatial
+    /// layers count here as layers named by `svc::rid`.
     layers: Layers,
+    /// Whether it is scalable: VP9 or AV1 frames carrying spatial layers (`svc.rs`).
+    svc: bool,
+    /// Which spatial layers of a scalable track the recorder gets.
+    record_switch: Switcher,
     /// Subscriber peers of this track; media goes to those whose m-line is open.
     subscribers: Vec<PeerId>,
     /// Last key frame request, per layer (`None` without simulcast).
@@ -1793,6 +1800,8 @@ impl Sfu {
                     MediaKind::Audio
                 },
                 layers: Layers::default(),
+                svc: false,
+                record_switch: Switcher::default(),
                 subscribers: Vec::new(),
                 last_keyframe_request: FastMap::default(),
                 told_quality: None,
@@ -2455,17 +2464,84 @@ impl Sfu {
         let Some(track) = self.tracks.get_mut(&sid) else {
             return;
         };
-        if let Some(rid) = data.rid {
-            track.layers.frame(rid, now);
-        }
-        // Layer rates feed only the receive budget.
-        if self.config.bwe_initial_kbps > 0 {
-            track.meter(data.rid).frame(data.data.len(), now);
-        }
         let video = track.kind == MediaKind::Video;
+        // A scalable track is known by its first frame with more than one spatial layer, or,
+        // for a single encoding whose publisher announced several layers (livekit-client's
+        // SVC), by its first frame with layer information.
+        let spatial = if video {
+            let spatial = svc::Spatial::of(&data);
+            if !track.svc
+                && spatial.is_some_and(|s| {
+                    s.layers() > 1 || (data.rid.is_none() && track.published_layers().len() > 1)
+                })
+            {
+                track.svc = true;
+                track.layers = Layers::default();
+            }
+            track
+                .svc
+                .then(|| spatial.unwrap_or_else(|| svc::Spatial::whole(data.data.len())))
+        } else {
+            None
+        };
+        match spatial {
+            Some(spatial) => {
+                for i in 0..spatial.layers() {
+                    track.layers.frame(svc::rid(i), now);
+                }
+            }
+            None => {
+                if let Some(rid) = data.rid {
+                    track.layers.frame(rid, now);
+                }
+            }
+        }
+        // Layer rates feed only the receive budget. A spatial layer's rate is what a
+        // subscriber of it gets: that layer and those below.
+        if self.config.bwe_initial_kbps > 0 {
+            match spatial {
+                Some(spatial) => {
+                    for i in 0..spatial.layers() {
+                        track.meter(Some(svc::rid(i))).frame(spatial.size(i), now);
+                    }
+                }
+                None => track.meter(data.rid).frame(data.data.len(), now),
+            }
+        }
+        let key = data.is_keyframe();
+        // The recorder decodes one packet per picture: a scalable track's frames go to it cut
+        // to the layer its tile needs, switching up at key frames as a subscriber's do.
+        let mut record_key = false;
+        if track.svc
+            && self
+                .participants
+                .get(&track.publisher)
+                .is_none_or(|p| self.rooms.get(&p.room).is_none_or(|r| r.recorders == 0))
+        {
+            // A later recording starts on a key frame, with a decoder of its own.
+            track.record_switch.pause();
+        }
         if let Some(tap) = self.record_tap.as_mut()
             && let Some(p) = self.participants.get(&track.publisher)
             && self.rooms.get(&p.room).is_some_and(|r| r.recorders > 0)
+            && let Some(record_data) = match spatial {
+                Some(spatial) => {
+                    let target = track
+                        .layers
+                        .choose(track.record_quality.unwrap_or(2), now)
+                        .map(|r| svc::layer(&r));
+                    let (forward, want_key) = track.record_switch.spatial_frame(
+                        spatial.layers(),
+                        target,
+                        key,
+                        data.time,
+                        now,
+                    );
+                    record_key = want_key;
+                    forward.map(|(k, _)| spatial.for_decoder(&data.data, k))
+                }
+                None => Some(data.data.clone()),
+            }
         {
             let clock = data.params.spec().clock_rate;
             let codec = match data.params.spec().codec {
@@ -2495,7 +2571,7 @@ impl Sfu {
                 sender_report: data
                     .last_sender_info
                     .map(|i| (i.ntp_time, i.rtp_time.rebase(clock).numer())),
-                data: data.data.clone(),
+                data: record_data,
             });
         }
         if track.kind == MediaKind::Audio
@@ -2538,8 +2614,12 @@ impl Sfu {
         // Taken out for the loop (which needs `self` mutably) and put back after it.
         let subscribers = std::mem::take(&mut track.subscribers);
         let contiguous = data.contiguous;
-        let key = data.is_keyframe();
         let mut key_frames_wanted: Vec<Option<Rid>> = Vec::new();
+        if record_key {
+            key_frames_wanted.push(data.rid);
+        }
+        // A scalable frame cut down to each spatial layer, made once for all who get it.
+        let mut cuts: [Option<Arc<[u8]>>; svc::MAX_SPATIAL] = Default::default();
         for &sub in &subscribers {
             let written = {
                 let Some(peer) = self.peers.get_mut(&sub) else {
@@ -2551,45 +2631,68 @@ impl Sfu {
                 let OutState::Open(mid) = out.state else {
                     continue;
                 };
-                let time = match (data.rid, self.tracks.get(&sid)) {
-                    (Some(rid), Some(track)) => {
-                        let cap = out.cap;
-                        let settings = self
-                            .participants
-                            .get(&peer.session)
-                            .and_then(|p| p.settings.get(&sid));
-                        let published = track.published_layers();
-                        let target = simulcast::wanted_quality(settings, published)
-                            .and_then(|q| cap.map(|c| q.min(c)))
-                            .and_then(|q| track.layers.choose(q, now));
-                        match out.switcher.frame(rid, target, key, data.time, now) {
-                            Decision::Forward(time) => time,
-                            Decision::Drop => continue,
-                            Decision::NeedKeyFrame(rid) => {
-                                if !key_frames_wanted.contains(&Some(rid)) {
-                                    key_frames_wanted.push(Some(rid));
+                let mut layer = None;
+                let time = if let (Some(spatial), Some(track)) = (spatial, self.tracks.get(&sid)) {
+                    let settings = self
+                        .participants
+                        .get(&peer.session)
+                        .and_then(|p| p.settings.get(&sid));
+                    let target = simulcast::wanted_quality(settings, track.published_layers())
+                        .and_then(|q| out.cap.map(|c| q.min(c)))
+                        .and_then(|q| track.layers.choose(q, now))
+                        .map(|r| svc::layer(&r));
+                    let (forward, want_key) =
+                        out.switcher
+                            .spatial_frame(spatial.layers(), target, key, data.time, now);
+                    if want_key && !key_frames_wanted.contains(&data.rid) {
+                        key_frames_wanted.push(data.rid);
+                    }
+                    let Some((k, time)) = forward else {
+                        continue;
+                    };
+                    layer = Some(k);
+                    time
+                } else {
+                    match (data.rid, self.tracks.get(&sid)) {
+                        (Some(rid), Some(track)) => {
+                            let cap = out.cap;
+                            let settings = self
+                                .participants
+                                .get(&peer.session)
+                                .and_then(|p| p.settings.get(&sid));
+                            let published = track.published_layers();
+                            let target = simulcast::wanted_quality(settings, published)
+                                .and_then(|q| cap.map(|c| q.min(c)))
+                                .and_then(|q| track.layers.choose(q, now));
+                            match out.switcher.frame(rid, target, key, data.time, now) {
+                                Decision::Forward(time) => time,
+                                Decision::Drop => continue,
+                                Decision::NeedKeyFrame(rid) => {
+                                    if !key_frames_wanted.contains(&Some(rid)) {
+                                        key_frames_wanted.push(Some(rid));
+                                    }
+                                    continue;
                                 }
-                                continue;
                             }
                         }
-                    }
-                    _ if video => {
-                        // Without simulcast: paused, or resuming at a key frame.
-                        if out.cap.is_none() {
-                            continue;
-                        }
-                        if out.key_wait {
-                            if !key {
-                                if !key_frames_wanted.contains(&None) {
-                                    key_frames_wanted.push(None);
-                                }
+                        _ if video => {
+                            // Without simulcast: paused, or resuming at a key frame.
+                            if out.cap.is_none() {
                                 continue;
                             }
-                            out.key_wait = false;
+                            if out.key_wait {
+                                if !key {
+                                    if !key_frames_wanted.contains(&None) {
+                                        key_frames_wanted.push(None);
+                                    }
+                                    continue;
+                                }
+                                out.key_wait = false;
+                            }
+                            data.time
                         }
-                        data.time
+                        _ => data.time,
                     }
-                    _ => data.time,
                 };
                 // str0m sends pending frames in wallclock order, and a frame's network time is
                 // when its first packet came: at a layer switch the new layer's key frame may
@@ -2605,7 +2708,15 @@ impl Sfu {
                 let Some(pt) = writer.match_params(data.params) else {
                     continue;
                 };
-                match writer.write(pt, wallclock, time, data.data.clone()) {
+                let payload = match layer {
+                    Some(k) => cuts[usize::from(k)]
+                        .get_or_insert_with(|| {
+                            spatial.map_or_else(|| data.data.clone(), |s| s.cut(&data.data, k))
+                        })
+                        .clone(),
+                    None => data.data.clone(),
+                };
+                match writer.write(pt, wallclock, time, payload) {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::debug!("write to subscriber failed: {e}");
@@ -3034,13 +3145,14 @@ impl Sfu {
                 _ => false,
             };
             // Going down for lack of bandwidth, the layer above stops at once: the receiver
-            // waits for the lower layer's key frame rather than the link for the queue.
+            // waits for the lower layer's key frame rather than the link for the queue. A
+            // scalable track goes down on its next frame, without one.
             let dropped = match (cap, want.current) {
                 (Some(c), Some(current)) => current > c,
                 (None, _) => out.cap.is_some(),
                 _ => false,
             };
-            if dropped {
+            if dropped && (cap.is_none() || !self.tracks.get(&sid).is_some_and(|t| t.svc)) {
                 out.switcher.pause();
             }
             let was_paused = out.cap.is_none();

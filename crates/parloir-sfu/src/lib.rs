@@ -18,6 +18,7 @@ pub mod ids;
 mod sdp_scan;
 mod simulcast;
 mod speakers;
+mod svc;
 
 pub use engine::{
     AudioFrame, AudioTap, Command, JoinCommand, LANGUAGES_KEY, Layout, OFFER_MLINES_PER_CALL,

@@ -194,10 +194,45 @@ impl Switcher {
         Decision::Drop
     }
 
+    /// Decides for a frame of a scalable track (one stream whose frames carry `present` spatial
+    /// layers, `svc.rs`) when `target` is the spatial layer this subscriber should get.
+    ///
+    /// Returns the layer to forward the frame cut down to, with its RTP time (`None`: drop it),
+    /// and whether to ask the publisher for a key frame: to start, or to go up a layer (the
+    /// lower layers keep flowing meanwhile). Going down takes effect on this frame. A frame that
+    /// lacks the current layer (the encoder dropped it for a while) is forwarded with what it
+    /// has: what comes back refers only to frames this subscriber got.
+    pub(crate) fn spatial_frame(
+        &mut self,
+        present: u8,
+        target: Option<u8>,
+        key: bool,
+        time: MediaTime,
+        now: Instant,
+    ) -> (Option<(u8, MediaTime)>, bool) {
+        let Some(target) = target else {
+            return (None, false);
+        };
+        let current = self.current.as_ref().map(crate::svc::layer);
+        let (layer, want_key) = match current {
+            None if !key => return (None, true),
+            Some(c) if target > c && !key => (c, true),
+            _ => (target, false),
+        };
+        self.current = Some(crate::svc::rid(layer));
+        let top = present.max(1) - 1;
+        (Some((layer.min(top), self.advance(time, now))), want_key)
+    }
+
     fn forward(&mut self, time: MediaTime, now: Instant) -> Decision {
+        Decision::Forward(self.advance(time, now))
+    }
+
+    /// The RTP time to send a frame with, noted as the last one sent.
+    fn advance(&mut self, time: MediaTime, now: Instant) -> MediaTime {
         let out = MediaTime::new(time.numer().wrapping_add(self.offset), time.frequency());
         self.last = Some((out, now));
-        Decision::Forward(out)
+        out
     }
 }
 

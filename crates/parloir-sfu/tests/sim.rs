@@ -911,6 +911,131 @@ fn each_subscriber_gets_the_simulcast_layer_it_asks_for() {
     );
 }
 
+/// Publishes `i`'s camera as livekit-client publishes VP9 by default: one encoding in
+/// `L3T1_KEY`-like SVC (three spatial layers, announced as three layers without rids).
+fn publish_svc(sim: &mut Sim, i: usize) {
+    sim.publish_with(i, |r| {
+        if r.r#type == proto::TrackType::Video as i32 {
+            r.width = 1280;
+            r.height = 720;
+            r.simulcast_codecs = vec![proto::SimulcastCodec {
+                codec: "vp9".into(),
+                cid: r.cid.clone(),
+                ..Default::default()
+            }];
+            r.layers = harness::SVC_SIZES
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(q, (w, h))| proto::VideoLayer {
+                    quality: q as i32,
+                    width: u32::from(*w),
+                    height: u32::from(*h),
+                    ..Default::default()
+                })
+                .collect();
+        }
+    });
+}
+
+#[test]
+fn svc_subscribers_get_the_spatial_layers_their_tiles_need() {
+    // Without bandwidth estimation (the server's default): the layers follow the tiles only.
+    let mut sim = Sim::with_options(23, 0.0, 3, 0);
+    sim.layer_bytes = [400, 900, 2000];
+    sim.svc_next = true;
+    sim.join("pub");
+    sim.svc_next = false;
+    for name in ["small", "large"] {
+        sim.join(name);
+    }
+    publish_svc(&mut sim, 0);
+    sim.run_for(Duration::from_secs(2));
+    let cam = sim.track_sid("pub", "cam");
+    let size = |w, h| proto::UpdateTrackSettings {
+        width: w,
+        height: h,
+        ..Default::default()
+    };
+    settings(&mut sim, "small", &cam, size(320, 180));
+    settings(&mut sim, "large", &cam, size(1280, 720));
+    sim.run_for(Duration::from_secs(4));
+    let (s0, l0) = (received(&sim, "small", &cam), received(&sim, "large", &cam));
+    sim.run_for(Duration::from_secs(2));
+    let small = layers_since(&sim, "small", &cam, s0);
+    let large = layers_since(&sim, "large", &cam, l0);
+    assert!(
+        small.len() >= 15 && large.len() >= 15,
+        "{small:?} {large:?}"
+    );
+    assert!(
+        small.iter().all(|l| *l == 0),
+        "the small tile gets the lowest spatial layer only: {small:?}"
+    );
+    assert!(
+        large.iter().all(|l| *l == 2),
+        "the large tile gets all three: {large:?}"
+    );
+
+    // The small tile grows: it goes up at a key picture, and only there.
+    let before = received(&sim, "small", &cam);
+    settings(&mut sim, "small", &cam, size(1280, 720));
+    sim.run_for(Duration::from_secs(3));
+    let frames = &sim.client("small").video_rx[&cam][before..];
+    let up = frames.iter().position(|f| f.layer == 2).unwrap_or_else(|| {
+        panic!(
+            "it went up to the top layer: {frames:?}, {} key frame requests",
+            sim.sfu.stats().keyframe_requests
+        )
+    });
+    assert!(frames[up].key, "up on a key picture: {frames:?}");
+    assert!(
+        frames[..up].iter().all(|f| f.layer == 0) && frames[up..].iter().all(|f| f.layer == 2),
+        "one switch: {frames:?}"
+    );
+
+    // The encoder drops its top layer for half a second, then sends it again: the grown tile
+    // gets what comes meanwhile and the top layer again after, with no key picture asked for.
+    let before = received(&sim, "small", &cam);
+    let keys_asked = sim.sfu.stats().keyframe_requests;
+    sim.clients[0].svc_layers = 2;
+    sim.run_for(Duration::from_millis(500));
+    sim.clients[0].svc_layers = 3;
+    sim.run_for(Duration::from_secs(1));
+    let layers = layers_since(&sim, "small", &cam, before);
+    let dropped = layers.iter().filter(|l| **l == 1).count();
+    assert!(
+        (3..=6).contains(&dropped) && layers.ends_with(&[2; 5]),
+        "the top layer went and came back: {layers:?}"
+    );
+    assert_eq!(sim.sfu.stats().keyframe_requests, keys_asked);
+
+    // The large tile shrinks to the middle size: it goes down on the next picture, without
+    // waiting for a key picture, and misses none.
+    let before = received(&sim, "large", &cam);
+    let keys_asked = sim.sfu.stats().keyframe_requests;
+    settings(&mut sim, "large", &cam, size(640, 360));
+    sim.run_for(Duration::from_secs(2));
+    let frames = &sim.client("large").video_rx[&cam][before..];
+    assert!(frames.len() >= 15, "{frames:?}");
+    assert!(
+        frames[1..].iter().all(|f| f.layer == 1),
+        "down to the middle layer at once: {frames:?}"
+    );
+    assert_eq!(
+        sim.sfu.stats().keyframe_requests,
+        keys_asked,
+        "going down needs no key picture"
+    );
+    // Every picture came, in order, to both: no gap in either stream across the switches.
+    for who in ["small", "large"] {
+        let counters = &sim.client(who).frames[&cam];
+        for w in counters.windows(2) {
+            assert_eq!(w[1], w[0] + 1, "{who} got every picture: {counters:?}");
+        }
+    }
+}
+
 #[test]
 fn a_resume_applies_the_answer_the_client_made_before_its_socket_dropped() {
     let mut sim = Sim::new(16, 0.0);

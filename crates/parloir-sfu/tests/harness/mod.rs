@@ -192,6 +192,17 @@ pub struct Client {
     pub video_sent: u32,
     /// Publish the camera as three simulcast layers (`q`, `h`, `f`).
     pub simulcast: bool,
+    /// Publish the camera as VP9 with three spatial layers in one stream (`L3T1_KEY`), sent
+    /// as raw RTP with the payload descriptors a browser writes; the publisher connection is
+    /// in str0m's RTP mode, so this client sends no audio.
+    pub svc: bool,
+    /// The next RTP sequence number of the SVC camera.
+    pub svc_seq: u64,
+    /// Media ticks (20 ms) seen by the SVC camera.
+    pub svc_ticks: u32,
+    /// How many spatial layers the SVC camera sends (3; fewer as an encoder short of
+    /// bandwidth or CPU drops its top layers).
+    pub svc_layers: usize,
     /// Publish a camera at all (else the microphone only).
     pub camera: bool,
     /// StreamStateUpdates received (tracks paused or resumed for this subscriber), oldest
@@ -284,6 +295,8 @@ pub struct Sim {
     pub video_every: u32,
     /// The simulation's start: video frames carry their send time from it.
     pub epoch: Instant,
+    /// Clients joining from now on publish their camera as VP9 SVC (`Client::svc`).
+    pub svc_next: bool,
 }
 
 impl Sim {
@@ -352,6 +365,7 @@ impl Sim {
             layer_bytes: [VIDEO_FRAME_BYTES; 3],
             video_every: 5,
             epoch: now,
+            svc_next: false,
         }
     }
 
@@ -387,7 +401,7 @@ impl Sim {
                 b
             }
         };
-        let mut publisher = builder().build(self.now);
+        let mut publisher = builder().set_rtp_mode(self.svc_next).build(self.now);
         publisher.add_local_candidate(Candidate::host(publisher_addr, "udp").expect("host"));
         let mut subscriber = builder().build(self.now);
         subscriber.add_local_candidate(Candidate::host(subscriber_addr, "udp").expect("host"));
@@ -436,6 +450,10 @@ impl Sim {
             audio_level: None,
             video_sent: 0,
             simulcast: false,
+            svc: self.svc_next,
+            svc_seq: 1,
+            svc_ticks: 0,
+            svc_layers: 3,
             camera: true,
             quality_updates: Vec::new(),
             stream_states: Vec::new(),
@@ -830,6 +848,7 @@ impl Sim {
         let mut moved = false;
         let now = self.now;
         let epoch = self.epoch;
+        let layer_bytes = self.layer_bytes;
         for publisher in [true, false] {
             loop {
                 let c = &mut self.clients[i];
@@ -886,6 +905,19 @@ impl Sim {
                                         at: now,
                                     });
                                 }
+                                if d.params.spec().codec == Codec::Vp9 {
+                                    c.video_rx.entry(sid.clone()).or_default().push(VideoFrame {
+                                        layer: svc_layers(&d.data, layer_bytes),
+                                        time: d.time.numer(),
+                                        key: d.data[0] == 0x80,
+                                        counter,
+                                        sent: epoch
+                                            + Duration::from_micros(u64::from_be_bytes(
+                                                d.data[6..14].try_into().expect("a send time"),
+                                            )),
+                                        at: now,
+                                    });
+                                }
                                 c.frames.entry(sid).or_default().push(counter);
                             }
                             Event::SenderFeedback(f) if !publisher || c.single => {
@@ -918,6 +950,13 @@ impl Sim {
         let (slots, slot) = (self.media_slots.max(1) as usize, self.media_slot as usize);
         for (i, c) in self.clients.iter_mut().enumerate() {
             if !c.publisher.is_alive() || i % slots != slot {
+                continue;
+            }
+            if c.svc {
+                c.svc_ticks += 1;
+                if (c.svc_ticks - 1).is_multiple_of(video_every) {
+                    send_svc_frame(c, now, since_epoch, layer_bytes, video_every);
+                }
                 continue;
             }
             if let Some(mid) = c.audio_mid {
@@ -1062,4 +1101,121 @@ pub fn msid_tracks(sdp: &str) -> HashMap<String, String> {
 pub fn missing(got: &[u32], first: u32, last: u32) -> Vec<u32> {
     let have: std::collections::HashSet<u32> = got.iter().copied().collect();
     (first..last).filter(|n| !have.contains(n)).collect()
+}
+
+/// Spatial layer sizes of the SVC camera, lowest first.
+pub const SVC_SIZES: [(u16, u16); 3] = [(320, 180), (640, 360), (1280, 720)];
+
+/// Sends one picture of an SVC camera: a VP9 layer frame per spatial layer (`layer_bytes`
+/// each), packetised in non-flexible mode as libwebrtc does for `L3T1_KEY`: picture id, layer
+/// indices with TL0PICIDX, the scalability structure (three layers and their sizes) on key
+/// pictures, B and E per layer frame and the marker on the last packet of the picture. The
+/// upper layers of a key picture are predicted from the layer below (D), the others only from
+/// their own layer. Each layer frame starts with a VP9 frame header byte (key or inter), then
+/// the picture counter, the layer and the send time, as the other cameras' frames do.
+pub fn send_svc_frame(
+    c: &mut Client,
+    now: Instant,
+    since_epoch: u64,
+    layer_bytes: [usize; 3],
+    video_every: u32,
+) {
+    let Some(mid) = c.video_mid else {
+        return;
+    };
+    let Some(pt) = c.publisher.media(mid).and_then(|m| {
+        m.remote_pts().iter().copied().find(|pt| {
+            c.publisher
+                .codec_config()
+                .iter()
+                .any(|p| p.pt() == *pt && p.spec().codec == Codec::Vp9)
+        })
+    }) else {
+        return;
+    };
+    let n = c.video_sent;
+    let key = n.is_multiple_of(60) || !c.key_due.is_empty();
+    let time = (n as u64 * 1800 * u64::from(video_every)) as u32;
+    let mut packets: Vec<(Vec<u8>, bool)> = Vec::new();
+    let top = c.svc_layers.clamp(1, 3) - 1;
+    for (layer, &bytes) in layer_bytes.iter().enumerate().take(top + 1) {
+        let mut frame = vec![0x55u8; bytes];
+        // frame_marker 0b10, profile 0, show_existing_frame 0, frame_type (0 key, 1 inter).
+        frame[0] = if key && layer == 0 { 0x80 } else { 0x84 };
+        frame[1..5].copy_from_slice(&n.to_be_bytes());
+        frame[5] = layer as u8;
+        frame[6..14].copy_from_slice(&since_epoch.to_be_bytes());
+        let chunks: Vec<&[u8]> = frame.chunks(1000).collect();
+        for (j, chunk) in chunks.iter().enumerate() {
+            let (first, last) = (j == 0, j + 1 == chunks.len());
+            let ss = key && layer == 0 && first;
+            let mut flags = 0xA0u8; // I, L
+            if !key {
+                flags |= 0x40; // P
+            }
+            if first {
+                flags |= 0x08; // B
+            }
+            if last {
+                flags |= 0x04; // E
+            }
+            if ss {
+                flags |= 0x02; // V
+            }
+            let pid = (n & 0x7fff) as u16;
+            let mut payload = vec![flags, 0x80 | (pid >> 8) as u8, pid as u8];
+            // TID 0, U 0, SID, D (inter-layer prediction on key pictures).
+            payload.push(((layer as u8) << 1) | u8::from(key && layer > 0));
+            payload.push(n as u8); // TL0PICIDX: every picture is on temporal layer 0.
+            if ss {
+                payload.push(0x50); // N_S = 2 (three layers), Y, no picture group.
+                for (w, h) in SVC_SIZES {
+                    payload.extend_from_slice(&w.to_be_bytes());
+                    payload.extend_from_slice(&h.to_be_bytes());
+                }
+            }
+            payload.extend_from_slice(chunk);
+            packets.push((payload, layer == top && last));
+        }
+    }
+    let mut api = c.publisher.direct_api();
+    let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+        return;
+    };
+    for (payload, marker) in packets {
+        let seq = c.svc_seq;
+        c.svc_seq += 1;
+        stream.write_rtp(
+            str0m::rtp::RtpWrite::new(pt, seq.into(), time, now, payload)
+                .marker(marker)
+                .nackable(true),
+        );
+    }
+    c.video_sent += 1;
+    c.key_due.clear();
+}
+
+/// The top spatial layer of a received SVC picture: its layer frames, of `layer_bytes` each,
+/// must follow each other from layer 0 and carry the same picture counter; `u8::MAX` when they
+/// do not.
+pub fn svc_layers(data: &[u8], layer_bytes: [usize; 3]) -> u8 {
+    let mut at = 0;
+    let mut top = None;
+    for (layer, &bytes) in layer_bytes.iter().enumerate() {
+        if at == data.len() {
+            break;
+        }
+        let Some(frame) = data.get(at..at + bytes) else {
+            return u8::MAX;
+        };
+        if frame[5] != layer as u8 || frame[1..5] != data[1..5] {
+            return u8::MAX;
+        }
+        top = Some(layer as u8);
+        at += bytes;
+    }
+    match top {
+        Some(top) if at == data.len() => top,
+        _ => u8::MAX,
+    }
 }
