@@ -389,3 +389,47 @@ fn a_wide_link_gets_what_the_tiles_ask_for() {
     assert_eq!(last_layers(&got, 20), [2; 20]);
     assert!(sim.client("sub").stream_states.is_empty());
 }
+
+/// A subscriber far below its estimate for a while (a small tile) is application-limited;
+/// str0m probes it now and then at twice the rate it is sent. Such a probe used to set the
+/// estimate to its own rate, which left the subscriber unable to go up when its tile grew
+/// (str0m patch 12).
+#[test]
+fn a_tile_that_grows_after_a_long_spell_small_goes_up_again() {
+    let mut sim = Sim::new(23, 0.0);
+    sim.layer_bytes = [320, 2000, 7600];
+    sim.video_every = 2;
+    sim.svc_next = true;
+    let publisher = sim.join("pub");
+    sim.svc_next = false;
+    sim.join("sub");
+    sim.publish_svc(publisher);
+    sim.run_for(Duration::from_secs(2));
+    let cam = sim.track_sid("pub", "cam");
+    let session = sim.client("sub").session;
+    let size = |w: u32, h: u32| parloir_sfu::Command::UpdateTrackSettings {
+        session,
+        settings: proto::UpdateTrackSettings {
+            track_sids: vec![cam.clone()],
+            width: w,
+            height: h,
+            ..Default::default()
+        },
+    };
+    sim.commands.push(size(320, 180));
+    sim.run_for(Duration::from_secs(20));
+    let small = frames(&sim, "sub", &cam);
+    assert!(
+        last_layers(&small, 25).iter().all(|l| *l == 0),
+        "{:?}",
+        last_layers(&small, 25)
+    );
+    sim.commands.push(size(1280, 720));
+    sim.run_for(Duration::from_secs(10));
+    let grown = frames(&sim, "sub", &cam);
+    assert!(
+        last_layers(&grown, 25).iter().all(|l| *l == 2),
+        "the grown tile gets the top layer: {:?}",
+        last_layers(&grown, 100)
+    );
+}

@@ -911,33 +911,6 @@ fn each_subscriber_gets_the_simulcast_layer_it_asks_for() {
     );
 }
 
-/// Publishes `i`'s camera as livekit-client publishes VP9 by default: one encoding in
-/// `L3T1_KEY`-like SVC (three spatial layers, announced as three layers without rids).
-fn publish_svc(sim: &mut Sim, i: usize) {
-    sim.publish_with(i, |r| {
-        if r.r#type == proto::TrackType::Video as i32 {
-            r.width = 1280;
-            r.height = 720;
-            r.simulcast_codecs = vec![proto::SimulcastCodec {
-                codec: "vp9".into(),
-                cid: r.cid.clone(),
-                ..Default::default()
-            }];
-            r.layers = harness::SVC_SIZES
-                .iter()
-                .enumerate()
-                .rev()
-                .map(|(q, (w, h))| proto::VideoLayer {
-                    quality: q as i32,
-                    width: u32::from(*w),
-                    height: u32::from(*h),
-                    ..Default::default()
-                })
-                .collect();
-        }
-    });
-}
-
 #[test]
 fn svc_subscribers_get_the_spatial_layers_their_tiles_need() {
     // Without bandwidth estimation (the server's default): the layers follow the tiles only.
@@ -949,7 +922,7 @@ fn svc_subscribers_get_the_spatial_layers_their_tiles_need() {
     for name in ["small", "large"] {
         sim.join(name);
     }
-    publish_svc(&mut sim, 0);
+    sim.publish_svc(0);
     sim.run_for(Duration::from_secs(2));
     let cam = sim.track_sid("pub", "cam");
     let size = |w, h| proto::UpdateTrackSettings {

@@ -608,6 +608,34 @@ impl Sim {
         self.pump();
     }
 
+    /// The client publishes its camera as livekit-client publishes VP9 by default: one
+    /// encoding, announced as three layers without rids (for a client that joined with
+    /// `svc_next`, which sends it as SVC).
+    pub fn publish_svc(&mut self, i: usize) {
+        self.publish_with(i, |r| {
+            if r.r#type == proto::TrackType::Video as i32 {
+                r.width = 1280;
+                r.height = 720;
+                r.simulcast_codecs = vec![proto::SimulcastCodec {
+                    codec: "vp9".into(),
+                    cid: r.cid.clone(),
+                    ..Default::default()
+                }];
+                r.layers = SVC_SIZES
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .map(|(q, (w, h))| proto::VideoLayer {
+                        quality: q as i32,
+                        width: u32::from(*w),
+                        height: u32::from(*h),
+                        ..Default::default()
+                    })
+                    .collect();
+            }
+        });
+    }
+
     /// A client's offer as it is signalled: without its candidates unless
     /// `offer_candidates`.
     fn client_sdp(&self, sdp: String) -> String {

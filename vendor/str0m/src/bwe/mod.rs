@@ -51,6 +51,8 @@ pub use probe::ProbeClusterConfig;
 #[cfg(not(feature = "_internal_test_exports"))]
 pub(crate) use probe::ProbeClusterConfig;
 
+/// Parloir patch: a probe whose result is at least this share of its own rate got through.
+const PROBE_GOT_THROUGH: f64 = 0.9;
 const INITIAL_BITRATE_WINDOW: Duration = Duration::from_millis(500);
 const BITRATE_WINDOW: Duration = Duration::from_millis(150);
 const STARTUP_PHASE: Duration = Duration::from_secs(2);
@@ -197,7 +199,22 @@ impl SendSideBandwidthEstimator {
 
         // Feed records to probe estimator for analysis and process any new probe results
         let mut latest_probe_result = None;
+        // Parloir patch: a probe sent below the current estimate (a periodic probe in ALR
+        // targets twice the *desired* rate, which an SFU keeps at what it sends) that got
+        // through at its own rate shows only that the link carries that rate, not that it
+        // carries less than the estimate. Its result used to replace the estimate: a subscriber
+        // that spent a while on a small layer fell to about twice that layer's rate, and the
+        // loss controller then held it there. A probe that came back well short of its own
+        // rate still counts.
+        let estimate_before = self.last_estimate();
         for (config, bitrate) in self.probe_estimator.update(send_records.iter().copied()) {
+            if let Some(estimate) = estimate_before {
+                let target = config.target_bitrate();
+                if target < estimate && bitrate < estimate && bitrate >= target * PROBE_GOT_THROUGH
+                {
+                    continue;
+                }
+            }
             latest_probe_result = Some(bitrate);
 
             // Update link capacity estimator for every successful ALR probe, not just the latest.
