@@ -23,7 +23,7 @@ out=perf/results/callgrind
 mkdir -p "$out"
 toggles=()
 for f in handle_command handle_receive handle_timeout poll_output; do
-  toggles+=("--toggle-collect=parloir_sfu::engine::Sfu::$f*")
+  toggles+=("--toggle-collect=parloir_sfu::engine::Sfu::$f")
 done
 ir() { # steps size -> "instructions datagrams"
   local file="$out/room-$2-steps-$1.out"

@@ -2716,7 +2716,9 @@ impl Sfu {
                         .clone(),
                     None => data.data.clone(),
                 };
-                match writer.write(pt, wallclock, time, payload) {
+                // Packetized at once (str0m patch 13): the packets go out on this peer's
+                // next poll, without a timeout of their own.
+                match writer.now(now).write(pt, wallclock, time, payload) {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::debug!("write to subscriber failed: {e}");

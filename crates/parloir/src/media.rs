@@ -462,10 +462,11 @@ impl Worker {
     }
 
     /// Runs the SFU's timeouts that are due; returns its next deadline. Besides the end of each
-    /// turn: a frame written to a subscriber is packetized on its connection's next timeout
-    /// (due at once), so the receive loop calls this before each flush, and forwarded packets
-    /// leave after at most [`FLUSH_EVERY`] inputs, not at the end of a receive burst of any
-    /// length.
+    /// turn: a frame written to a paced subscriber connection (bandwidth estimation on) is
+    /// packetized on its next timeout (due at once), so the receive loop calls this before each
+    /// flush, and forwarded packets leave after at most [`FLUSH_EVERY`] inputs, not at the end
+    /// of a receive burst of any length. Without pacing a frame is packetized as it is written
+    /// (str0m patch 13) and its packets come out of the `drain_output` after the input.
     fn catch_up(&mut self, deadline: Instant) -> Instant {
         let now = Instant::now();
         if deadline > now {

@@ -200,6 +200,7 @@ impl Readiness {
             readiness: self,
             events: true,
             timeout: true,
+            datagrams_only: false,
         }
     }
 }
@@ -215,6 +216,8 @@ pub(crate) struct Wake<'a> {
     readiness: &'a mut Readiness,
     events: bool,
     timeout: bool,
+    /// Parloir patch: what was queued is datagrams only (see `datagrams_only`).
+    datagrams_only: bool,
 }
 
 impl Wake<'_> {
@@ -229,6 +232,14 @@ impl Wake<'_> {
     pub(crate) fn no_timeout(&mut self) {
         self.timeout = false;
     }
+
+    /// Parloir patch: assert this path queued datagrams of the session and no event, so
+    /// `poll_output` must run, but a quiet tree stays quiet (its event sources are still
+    /// empty): the datagrams go out through `poll_datagram_output`.
+    pub(crate) fn datagrams_only(&mut self) {
+        self.events = true;
+        self.datagrams_only = true;
+    }
 }
 
 impl Drop for Wake<'_> {
@@ -236,7 +247,7 @@ impl Drop for Wake<'_> {
         self.readiness.events |= self.events;
         self.readiness.timeout |= self.timeout;
         // Parloir patch: anything that may have queued an event ends a quiet spell.
-        if self.events {
+        if self.events && !self.datagrams_only {
             self.readiness.quiet = false;
         }
     }
@@ -387,6 +398,78 @@ mod tests {
         rtc.bwe().reset(Bitrate::kbps(900));
         assert!(rtc.readiness.is_quiet());
         assert!(matches!(rtc.poll_output().unwrap(), Output::Timeout(_)));
+    }
+
+    // Parloir patch 13.
+    #[test]
+    fn a_frame_written_with_now_goes_out_on_the_next_poll_without_a_timeout() {
+        use crate::format::Codec;
+        use crate::rtp_::{Frequency, MediaTime};
+        let now = Instant::now();
+        // No bandwidth estimation: the null pacer.
+        let mut rtc = Rtc::builder().build(now);
+        let profile = SrtpProfile::AEAD_AES_128_GCM;
+        let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
+        rtc.session
+            .set_keying_material(mat, crate::crypto::test_default_provider(), profile, true);
+        rtc.direct_api()
+            .declare_media("vid".into(), MediaKind::Video);
+        rtc.direct_api()
+            .declare_stream_tx(42.into(), None, "vid".into(), None);
+        rtc.send_addr = Some(crate::SendAddr {
+            proto: crate::net::Protocol::Udp,
+            source: "192.0.2.1:5000".parse().unwrap(),
+            destination: "192.0.2.2:6000".parse().unwrap(),
+        });
+        rtc.handle_input(Input::Timeout(now)).unwrap();
+        while !matches!(rtc.poll_output().unwrap(), Output::Timeout(_)) {}
+        let pt = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .map(|p| p.pt())
+            .unwrap();
+        let frame = |n: u64| (MediaTime::new(n * 3000, Frequency::NINETY_KHZ), vec![0x10u8; 3000]);
+        let drain = |rtc: &mut Rtc| {
+            let mut sent = 0;
+            loop {
+                match rtc.poll_output().unwrap() {
+                    Output::Transmit(_) => sent += 1,
+                    Output::Timeout(t) => return (sent, t),
+                    Output::Event(_) => {}
+                }
+            }
+        };
+
+        // With the time: packetized at once, sent on the next polls; the tree stays quiet.
+        let quiet = rtc.readiness.is_quiet();
+        let (time, data) = frame(1);
+        rtc.writer("vid".into())
+            .unwrap()
+            .now(now)
+            .write(pt, now, time, data)
+            .unwrap();
+        assert_eq!(rtc.readiness.is_quiet(), quiet, "only datagrams were queued");
+        assert!(
+            !rtc.readiness.wants_timeout(),
+            "no timer moved: the stream's first timeout ran before"
+        );
+        assert!(rtc.session.payload_pending.is_empty(), "nothing left to packetize");
+        let (sent, _) = drain(&mut rtc);
+        assert!(sent >= 3, "a 3000-byte frame is three packets or more: {sent}");
+
+        // Without it: nothing before the packetizing timeout, as before.
+        let (time, data) = frame(2);
+        rtc.writer("vid".into())
+            .unwrap()
+            .write(pt, now, time, data)
+            .unwrap();
+        let (sent, at) = drain(&mut rtc);
+        assert_eq!(sent, 0);
+        assert!(at <= now, "the packetizing timeout is due");
+        rtc.handle_input(Input::Timeout(now)).unwrap();
+        assert!(drain(&mut rtc).0 >= 3);
     }
 
     #[test]

@@ -1550,6 +1550,54 @@ impl Session {
         media_at_mut(&mut self.medias, &mut self.media_pos, mid)
     }
 
+    /// Parloir patch: packetizes the frame just written to `mid` at once, stamps its packets
+    /// and puts them in the pacer's snapshot, so the next `poll_output` sends them. That is
+    /// what the packetizing timeout would do for it, without the rest of a timeout (ICE, SCTP,
+    /// every touched stream and the pacer's snapshot of all of them). Only without pacing
+    /// (the null pacer takes its snapshots as they are), once SRTP is up, and when the frame
+    /// is the m-line's only one waiting and due now; otherwise (`None`) the frame waits for
+    /// the timeout as before. `Some(true)` when that moved a timer: the stream's first packets
+    /// start its sender reports.
+    pub(crate) fn packetize_now(
+        &mut self,
+        now: Instant,
+        mid: Mid,
+    ) -> Result<Option<bool>, RtcError> {
+        if !matches!(self.pacer, PacerImpl::Null(_)) || self.srtp_tx.is_none() || self.rtp_closing
+        {
+            return Ok(None);
+        }
+        let mtu = self.mtu();
+        let Some(media) = media_at_mut(&mut self.medias, &mut self.media_pos, mid) else {
+            return Ok(None);
+        };
+        let Some(rid) = media.sole_payload_due(now) else {
+            return Ok(None);
+        };
+        media.do_payload(
+            now,
+            &mut self.streams,
+            &self.codec_config,
+            self.vp9_packetizer_mode,
+            mtu,
+            self.codec_config.red_distances(),
+        )?;
+        let Some(stream) = self.streams.stream_tx_by_midrid(MidRid(mid, rid)) else {
+            return Ok(Some(true));
+        };
+        let first = !stream.has_kind();
+        let medias = &self.medias;
+        let codecs = &self.codec_config;
+        // The stream exists only with its m-line.
+        let get_media = move || (medias.iter().find(|m| m.mid() == mid).unwrap(), codecs);
+        stream.handle_timeout(now, get_media);
+        let state = stream.queue_state(now);
+        if let PacerImpl::Null(pacer) = &mut self.pacer {
+            pacer.refresh_queue(state);
+        }
+        Ok(Some(first))
+    }
+
     fn do_payload(&mut self, now: Instant) -> Result<(), RtcError> {
         let mtu = self.mtu();
         // Parloir patch: only the m-lines written to since they were last found empty. Each

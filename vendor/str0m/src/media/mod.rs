@@ -558,6 +558,19 @@ impl Media {
         Ok(())
     }
 
+    /// Parloir patch: the rid of the frame waiting to be packetized when it is the only one
+    /// and is due at `now` (`Session::packetize_now`).
+    pub(crate) fn sole_payload_due(&self, now: Instant) -> Option<Option<Rid>> {
+        match self.to_payload.front() {
+            Some(p)
+                if self.to_payload.len() == 1 && p.not_before.is_none_or(|t| t <= now) =>
+            {
+                Some(p.rid)
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.to_payload
             .front()

@@ -29,6 +29,8 @@ pub struct Writer<'a> {
     start_of_talkspurt: Option<bool>,
     tele_event: Option<TelephoneEvent>,
     ext_vals: ExtensionValues,
+    /// Parloir patch: the time of the write, when the caller gave it (`Writer::now`).
+    now: Option<Instant>,
 }
 
 impl<'a> Writer<'a> {
@@ -47,7 +49,17 @@ impl<'a> Writer<'a> {
             start_of_talkspurt: None,
             tele_event: None,
             ext_vals: ExtensionValues::default(),
+            now: None,
         }
+    }
+
+    /// Parloir patch: the current time, so that [`Writer::write()`] can packetize the frame at
+    /// once (without pacing, when nothing else waits on the m-line) and the next
+    /// [`Rtc::poll_output()`][crate::Rtc::poll_output] sends its packets. Without it a frame
+    /// is packetized on the next timeout.
+    pub fn now(mut self, now: Instant) -> Self {
+        self.now = Some(now);
+        self
     }
 
     /// Get the configured payload parameters for the `mid` this writer is for.
@@ -199,8 +211,6 @@ impl<'a> Writer<'a> {
         let clock_rate = params.spec().rtp_clock_rate();
 
         // This (indirect) unwrap is OK due to the invariant of self.mid being resolvable
-        // Parloir patch: packetizing visits only the m-lines written to.
-        note_pending(&mut self.session.payload_pending, self.mid);
         let media = media_at_mut(
             &mut self.session.medias,
             &mut self.session.media_pos,
@@ -245,8 +255,25 @@ impl<'a> Writer<'a> {
         }
 
         let Some(event) = self.tele_event else {
+            // Parloir patch: packetized at once when possible (the packets wait in the
+            // session for the next poll); else the m-line is listed for the packetizing
+            // timeout, which visits only the m-lines written to.
+            let done = match self.now {
+                Some(now) => self.session.packetize_now(now, self.mid)?,
+                None => None,
+            };
+            match done {
+                Some(moved_timer) => {
+                    wake.datagrams_only();
+                    if !moved_timer {
+                        wake.no_timeout();
+                    }
+                }
+                None => note_pending(&mut self.session.payload_pending, self.mid),
+            }
             return Ok(());
         };
+        note_pending(&mut self.session.payload_pending, self.mid);
 
         let event_pt = validate_tele_event(
             media,

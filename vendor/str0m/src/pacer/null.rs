@@ -20,6 +20,18 @@ pub struct NullPacer {
     unsent_since: Option<Instant>,
 }
 
+impl NullPacer {
+    /// Parloir patch: a fresh snapshot of one queue, taken when a frame was packetized at
+    /// write time (`Session::packetize_now`), replacing that queue's snapshot from the last
+    /// `handle_timeout`.
+    pub(crate) fn refresh_queue(&mut self, state: QueueState) {
+        match self.queue_states.iter_mut().find(|q| q.midrid == state.midrid) {
+            Some(q) => *q = state,
+            None => self.queue_states.push(state),
+        }
+    }
+}
+
 impl Pacer for NullPacer {
     fn set_pacing_rate(&mut self, _padding_bitrate: Bitrate) {
         // We don't care

@@ -1003,6 +1003,11 @@ impl StreamTx {
         self.kind.is_some_and(|kind| kind.is_audio())
     }
 
+    /// Parloir patch: whether its first timeout ran (which starts its sender reports).
+    pub(crate) fn has_kind(&self) -> bool {
+        self.kind.is_some()
+    }
+
     pub(crate) fn sender_report_at(&self, intervals: RtcpReportIntervals) -> Instant {
         if self.kind.is_none() {
             // First handle_timeout sets the kind. No sender report until then.
