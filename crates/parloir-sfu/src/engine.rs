@@ -2512,18 +2512,18 @@ impl Sfu {
         // The recorder decodes one packet per picture: a scalable track's frames go to it cut
         // to the layer its tile needs, switching up at key frames as a subscriber's do.
         let mut record_key = false;
-        if track.svc
+        let recorded = self.record_tap.is_some()
             && self
                 .participants
                 .get(&track.publisher)
-                .is_none_or(|p| self.rooms.get(&p.room).is_none_or(|r| r.recorders == 0))
-        {
+                .is_some_and(|p| self.rooms.get(&p.room).is_some_and(|r| r.recorders > 0));
+        if track.svc && !recorded {
             // A later recording starts on a key frame, with a decoder of its own.
             track.record_switch.pause();
         }
-        if let Some(tap) = self.record_tap.as_mut()
+        if recorded
+            && let Some(tap) = self.record_tap.as_mut()
             && let Some(p) = self.participants.get(&track.publisher)
-            && self.rooms.get(&p.room).is_some_and(|r| r.recorders > 0)
             && let Some(record_data) = match spatial {
                 Some(spatial) => {
                     let target = track
@@ -2631,68 +2631,70 @@ impl Sfu {
                 let OutState::Open(mid) = out.state else {
                     continue;
                 };
+                // The layer this subscriber should get, for a track with layers (simulcast, or
+                // scalable with `svc::rid` names): what it asks for, within its bandwidth, among
+                // those flowing.
+                let target = self
+                    .tracks
+                    .get(&sid)
+                    .filter(|_| spatial.is_some() || data.rid.is_some())
+                    .map(|track| {
+                        let settings = self
+                            .participants
+                            .get(&peer.session)
+                            .and_then(|p| p.settings.get(&sid));
+                        simulcast::wanted_quality(settings, track.published_layers())
+                            .and_then(|q| out.cap.map(|c| q.min(c)))
+                            .and_then(|q| track.layers.choose(q, now))
+                    });
                 let mut layer = None;
-                let time = if let (Some(spatial), Some(track)) = (spatial, self.tracks.get(&sid)) {
-                    let settings = self
-                        .participants
-                        .get(&peer.session)
-                        .and_then(|p| p.settings.get(&sid));
-                    let target = simulcast::wanted_quality(settings, track.published_layers())
-                        .and_then(|q| out.cap.map(|c| q.min(c)))
-                        .and_then(|q| track.layers.choose(q, now))
-                        .map(|r| svc::layer(&r));
-                    let (forward, want_key) =
-                        out.switcher
-                            .spatial_frame(spatial.layers(), target, key, data.time, now);
-                    if want_key && !key_frames_wanted.contains(&data.rid) {
-                        key_frames_wanted.push(data.rid);
-                    }
-                    let Some((k, time)) = forward else {
-                        continue;
-                    };
-                    layer = Some(k);
-                    time
-                } else {
-                    match (data.rid, self.tracks.get(&sid)) {
-                        (Some(rid), Some(track)) => {
-                            let cap = out.cap;
-                            let settings = self
-                                .participants
-                                .get(&peer.session)
-                                .and_then(|p| p.settings.get(&sid));
-                            let published = track.published_layers();
-                            let target = simulcast::wanted_quality(settings, published)
-                                .and_then(|q| cap.map(|c| q.min(c)))
-                                .and_then(|q| track.layers.choose(q, now));
-                            match out.switcher.frame(rid, target, key, data.time, now) {
-                                Decision::Forward(time) => time,
-                                Decision::Drop => continue,
-                                Decision::NeedKeyFrame(rid) => {
-                                    if !key_frames_wanted.contains(&Some(rid)) {
-                                        key_frames_wanted.push(Some(rid));
-                                    }
-                                    continue;
-                                }
-                            }
+                let time = match (spatial, data.rid, target) {
+                    (Some(spatial), _, Some(target)) => {
+                        let (forward, want_key) = out.switcher.spatial_frame(
+                            spatial.layers(),
+                            target.map(|r| svc::layer(&r)),
+                            key,
+                            data.time,
+                            now,
+                        );
+                        if want_key && !key_frames_wanted.contains(&data.rid) {
+                            key_frames_wanted.push(data.rid);
                         }
-                        _ if video => {
-                            // Without simulcast: paused, or resuming at a key frame.
-                            if out.cap.is_none() {
+                        let Some((k, time)) = forward else {
+                            continue;
+                        };
+                        layer = Some(k);
+                        time
+                    }
+                    (None, Some(rid), Some(target)) => {
+                        match out.switcher.frame(rid, target, key, data.time, now) {
+                            Decision::Forward(time) => time,
+                            Decision::Drop => continue,
+                            Decision::NeedKeyFrame(rid) => {
+                                if !key_frames_wanted.contains(&Some(rid)) {
+                                    key_frames_wanted.push(Some(rid));
+                                }
                                 continue;
                             }
-                            if out.key_wait {
-                                if !key {
-                                    if !key_frames_wanted.contains(&None) {
-                                        key_frames_wanted.push(None);
-                                    }
-                                    continue;
-                                }
-                                out.key_wait = false;
-                            }
-                            data.time
                         }
-                        _ => data.time,
                     }
+                    _ if video => {
+                        // Without simulcast: paused, or resuming at a key frame.
+                        if out.cap.is_none() {
+                            continue;
+                        }
+                        if out.key_wait {
+                            if !key {
+                                if !key_frames_wanted.contains(&None) {
+                                    key_frames_wanted.push(None);
+                                }
+                                continue;
+                            }
+                            out.key_wait = false;
+                        }
+                        data.time
+                    }
+                    _ => data.time,
                 };
                 // str0m sends pending frames in wallclock order, and a frame's network time is
                 // when its first packet came: at a layer switch the new layer's key frame may

@@ -94,8 +94,7 @@ impl Spatial {
             *size = end;
         }
         // Whatever follows the top layer's end belongs to it.
-        sizes[top] = len;
-        for size in &mut sizes[top + 1..] {
+        for size in &mut sizes[top..] {
             *size = len;
         }
         Some(Spatial {

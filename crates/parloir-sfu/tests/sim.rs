@@ -820,6 +820,32 @@ fn settings(sim: &mut Sim, who: &str, sid: &str, s: proto::UpdateTrackSettings) 
     });
 }
 
+/// Adaptive stream's settings for a tile of `w`x`h`.
+fn size(w: u32, h: u32) -> proto::UpdateTrackSettings {
+    proto::UpdateTrackSettings {
+        width: w,
+        height: h,
+        ..Default::default()
+    }
+}
+
+/// Subscribers "small" and "large" show `cam` in a 320x180 and a 1280x720 tile (as adaptive
+/// stream asks); the layers each received over 2 s once settled.
+fn small_and_large_tiles(sim: &mut Sim, cam: &str) -> (Vec<u8>, Vec<u8>) {
+    settings(sim, "small", cam, size(320, 180));
+    settings(sim, "large", cam, size(1280, 720));
+    sim.run_for(Duration::from_secs(4));
+    let (s0, l0) = (received(sim, "small", cam), received(sim, "large", cam));
+    sim.run_for(Duration::from_secs(2));
+    let small = layers_since(sim, "small", cam, s0);
+    let large = layers_since(sim, "large", cam, l0);
+    assert!(
+        small.len() >= 15 && large.len() >= 15,
+        "{small:?} {large:?}"
+    );
+    (small, large)
+}
+
 #[test]
 fn each_subscriber_gets_the_simulcast_layer_it_asks_for() {
     let mut sim = Sim::new(7, 0.0);
@@ -830,23 +856,7 @@ fn each_subscriber_gets_the_simulcast_layer_it_asks_for() {
     sim.publish(0);
     sim.run_for(Duration::from_secs(2));
     let cam = sim.track_sid("pub", "cam");
-    // Adaptive stream: a small tile asks for 320x180, a large one for 1280x720.
-    let size = |w, h| proto::UpdateTrackSettings {
-        width: w,
-        height: h,
-        ..Default::default()
-    };
-    settings(&mut sim, "small", &cam, size(320, 180));
-    settings(&mut sim, "large", &cam, size(1280, 720));
-    sim.run_for(Duration::from_secs(4));
-    let (s0, l0) = (received(&sim, "small", &cam), received(&sim, "large", &cam));
-    sim.run_for(Duration::from_secs(2));
-    let small = layers_since(&sim, "small", &cam, s0);
-    let large = layers_since(&sim, "large", &cam, l0);
-    assert!(
-        small.len() >= 15 && large.len() >= 15,
-        "{small:?} {large:?}"
-    );
+    let (small, large) = small_and_large_tiles(&mut sim, &cam);
     assert!(
         small.iter().all(|l| *l == 0),
         "the small tile gets q: {small:?}"
@@ -925,22 +935,7 @@ fn svc_subscribers_get_the_spatial_layers_their_tiles_need() {
     sim.publish_svc(0);
     sim.run_for(Duration::from_secs(2));
     let cam = sim.track_sid("pub", "cam");
-    let size = |w, h| proto::UpdateTrackSettings {
-        width: w,
-        height: h,
-        ..Default::default()
-    };
-    settings(&mut sim, "small", &cam, size(320, 180));
-    settings(&mut sim, "large", &cam, size(1280, 720));
-    sim.run_for(Duration::from_secs(4));
-    let (s0, l0) = (received(&sim, "small", &cam), received(&sim, "large", &cam));
-    sim.run_for(Duration::from_secs(2));
-    let small = layers_since(&sim, "small", &cam, s0);
-    let large = layers_since(&sim, "large", &cam, l0);
-    assert!(
-        small.len() >= 15 && large.len() >= 15,
-        "{small:?} {large:?}"
-    );
+    let (small, large) = small_and_large_tiles(&mut sim, &cam);
     assert!(
         small.iter().all(|l| *l == 0),
         "the small tile gets the lowest spatial layer only: {small:?}"
@@ -1131,11 +1126,6 @@ fn publishers_are_told_which_layers_their_subscribers_need() {
     let cam = sim.track_sid("pub", "cam");
     // Nobody said anything yet: everything may be needed.
     assert_eq!(enabled(&sim, "pub", &cam), [true, true, true]);
-    let size = |w, h| proto::UpdateTrackSettings {
-        width: w,
-        height: h,
-        ..Default::default()
-    };
     // Both show it small: only the lowest layer is needed.
     settings(&mut sim, "a", &cam, size(320, 180));
     settings(&mut sim, "b", &cam, size(320, 180));

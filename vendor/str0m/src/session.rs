@@ -1586,10 +1586,9 @@ impl Session {
             return Ok(Some(true));
         };
         let first = !stream.has_kind();
-        let medias = &self.medias;
-        let codecs = &self.codec_config;
+        let (medias, media_pos, codecs) = (&self.medias, &self.media_pos, &self.codec_config);
         // The stream exists only with its m-line.
-        let get_media = move || (medias.iter().find(|m| m.mid() == mid).unwrap(), codecs);
+        let get_media = move || (media_at(medias, media_pos, mid).unwrap(), codecs);
         stream.handle_timeout(now, get_media);
         let state = stream.queue_state(now);
         if let PacerImpl::Null(pacer) = &mut self.pacer {
