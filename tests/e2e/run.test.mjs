@@ -211,6 +211,10 @@ class Participant {
     return withTimeout(this.page.evaluate(() => window.stats()), 10_000, 'stats()');
   }
 
+  localVideo() {
+    return withTimeout(this.page.evaluate(() => window.localVideo()), 10_000, 'localVideo()');
+  }
+
   sendChat(text) {
     return withTimeout(this.page.evaluate((t) => window.sendChat(t), text), 20_000, 'sendChat');
   }
@@ -653,28 +657,38 @@ describe('simulcast', () => {
   for (const codec of ['vp8', 'vp9', 'av1']) {
     scenario(`${codec}: a small tile gets the low layer, a large tile the high layer, and back`, async (s) => {
       const room = `e2e-simulcast-${codec}-${uniq()}`;
-      await s.join('alice', room, { singlePeerConnection: true, videoCodec: codec });
+      const alice = await s.join('alice', room, { singlePeerConnection: true, videoCodec: codec });
       const bob = await s.join('bob', room, { singlePeerConnection: true, publish: false, adaptiveStream: true });
-      const video = async () => (await bob.stats()).find((t) => t.participant === 'alice' && t.kind === 'video');
+      // Waits until bob's view of alice's video passes `ok`; a timeout says what bob last
+      // decoded and what alice's encoder was sending.
+      let seen;
+      const until = async (what, ok) => {
+        try {
+          return await waitFor(what, async () => {
+            seen = (await bob.stats()).find((t) => t.participant === 'alice' && t.kind === 'video');
+            return seen && ok(seen) ? seen : false;
+          });
+        } catch (e) {
+          const sent = await alice.localVideo().catch((f) => `error: ${f.message}`);
+          e.message += `; bob last decoded ${JSON.stringify(seen)}; alice sends ${JSON.stringify(sent)}`;
+          throw e;
+        }
+      };
       // The page's video elements are 160x120.
-      const small = await waitFor("bob decodes alice's low layer in a small tile", async () => {
-        const v = await video();
-        return v && v.framesDecoded > 30 && v.frameWidth > 0 && v.frameWidth <= 320 ? v : false;
-      });
+      const small = await until("bob decodes alice's low layer in a small tile", (v) =>
+        v.framesDecoded > 30 && v.frameWidth > 0 && v.frameWidth <= 320);
       assert.equal(small.codec?.toLowerCase(), `video/${codec}`, JSON.stringify(small));
       await bob.page.evaluate(() => window.resizeVideos(1280, 720));
       // Under CPU pressure Chromium may scale every layer down, so "higher" is asked relative
       // to what the small tile got: at least twice as wide.
-      const large = await waitFor("bob decodes a higher layer in a large tile", async () => {
-        const v = await video();
-        return v && v.frameWidth >= 2 * small.frameWidth ? v : false;
-      });
+      const large = await until('bob decodes a higher layer in a large tile', (v) => v.frameWidth >= 2 * small.frameWidth);
       await bob.page.evaluate(() => window.resizeVideos(160, 90));
-      const back = await waitFor("bob is back on the low layer", async () => {
-        const v = await video();
-        return v && v.frameWidth <= small.frameWidth && v.framesDecoded > large.framesDecoded ? v : false;
-      });
-      console.log(`${codec} frame widths: small ${small.frameWidth}, large ${large.frameWidth}, small again ${back.frameWidth}`);
+      const back = await until('bob is back on the low layer', (v) =>
+        v.frameWidth <= small.frameWidth && v.framesDecoded > large.framesDecoded);
+      const sent = await alice.localVideo();
+      console.log(`${codec} frame widths: small ${small.frameWidth}, large ${large.frameWidth}, small again ${back.frameWidth}; ` +
+        `decoder ${back.decoder}, key frames decoded ${back.keyFramesDecoded}, dropped ${back.framesDropped}; ` +
+        `alice sends ${sent.map((e) => `${e.rid ?? '-'} ${e.scalabilityMode ?? '-'} ${e.frameWidth} (${e.encoder}, ${e.qualityLimitationReason})`).join(', ')}`);
     });
   }
 });

@@ -191,6 +191,8 @@
         let packetsReceived = 0;
         let frameWidth = 0;
         let codec = null;
+        // For diagnostics when a test fails: what the decoder made of the stream.
+        const more = { keyFramesDecoded: 0, framesDropped: 0, pliCount: 0, nackCount: 0, packetsLost: 0, decoder: null };
         report?.forEach((s) => {
           if (s.type === 'codec' && s.mimeType) codec = s.mimeType;
           if (s.type !== 'inbound-rtp') return;
@@ -198,6 +200,8 @@
           bytesReceived += s.bytesReceived ?? 0;
           packetsReceived += s.packetsReceived ?? 0;
           frameWidth = Math.max(frameWidth, s.frameWidth ?? 0);
+          for (const k of ['keyFramesDecoded', 'framesDropped', 'pliCount', 'nackCount', 'packetsLost']) more[k] += s[k] ?? 0;
+          more.decoder = s.decoderImplementation ?? more.decoder;
         });
         out.push({
           participant: p.identity,
@@ -208,6 +212,7 @@
           packetsReceived,
           frameWidth,
           codec,
+          ...more,
         });
       }
     }
@@ -233,6 +238,30 @@
       }
     });
     return { codecs, packetsSent, codec: byId.get(codecId) ?? null };
+  };
+
+  // The local camera's sender as getStats shows it, one entry per encoding (for diagnostics).
+  window.localVideo = async () => {
+    const pub = [...room.localParticipant.videoTrackPublications.values()][0];
+    const sender = pub?.track?.sender;
+    if (!sender) return null;
+    const out = [];
+    (await sender.getStats()).forEach((s) => {
+      if (s.type !== 'outbound-rtp') return;
+      out.push({
+        rid: s.rid ?? null,
+        scalabilityMode: s.scalabilityMode ?? null,
+        encoder: s.encoderImplementation ?? null,
+        frameWidth: s.frameWidth ?? 0,
+        framesEncoded: s.framesEncoded ?? 0,
+        keyFramesEncoded: s.keyFramesEncoded ?? 0,
+        pliCount: s.pliCount ?? 0,
+        qualityLimitationReason: s.qualityLimitationReason ?? null,
+        targetBitrate: s.targetBitrate ?? null,
+        active: s.active ?? null,
+      });
+    });
+    return out;
   };
 
   // Resizes every video element (what adaptiveStream watches).
