@@ -23,7 +23,8 @@ build-tests:
 unit:
 	$(CARGO) test --release --locked --workspace
 
-# The browser suite runs once per UDP backend that works here (io_uring, mmsg, basic).
+# The browser suite runs once per UDP backend that works here (io_uring, mmsg, basic), then
+# once with rooms spanning two media workers.
 e2e:
 	PARLOIR_BIN=$(BIN) bash tests/e2e/each-backend.sh
 

@@ -56,6 +56,9 @@ export class ParloirServer {
     // `make e2e-backends` runs the whole suite once per UDP backend.
     if (process.env.PARLOIR_IO) args.push('--io', process.env.PARLOIR_IO);
     args.push(...extraArgs);
+    // More `serve` arguments for the whole suite: each-backend.sh runs it once more with every
+    // room spanning two media workers.
+    args.push(...(process.env.PARLOIR_E2E_SERVE_ARGS || '').split(' ').filter(Boolean));
     this.log.push(`# ${this.bin} ${args.join(' ')}`);
     this.proc = spawn(this.bin, args, {
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },

@@ -21,11 +21,13 @@ use crate::allocation::{self, Meter, Want};
 use crate::ids::{FastMap, FastSet, IdGen, PeerId, SessionId};
 pub use service::{ServiceCall, ServiceError, ServiceReply, Subtitle, TRANSCRIPTION_TOPIC};
 
+mod relay;
 mod service;
 use crate::sdp_scan;
 use crate::simulcast::{self, Decision, Layers, Switcher};
 use crate::speakers::{self, Loudness, SPEAKER_TICK};
 use crate::svc;
+pub use relay::{Relay, home_worker};
 
 /// Static configuration of the SFU.
 #[derive(Debug, Clone)]
@@ -63,6 +65,11 @@ pub struct SfuConfig {
     /// gets the layers its tiles ask for whatever its link. Its cost: str0m's pacer asks for a
     /// timeout after each packet sent, and each timeout walks all the connection's streams.
     pub bwe_initial_kbps: u32,
+    /// This SFU's index among the process's media workers, and how many there are: a room
+    /// may span workers (`relay.rs`), each holding its own participants of the room and
+    /// mirrors of the others'. One worker (the default) relays nothing.
+    pub worker: u16,
+    pub workers: u16,
 }
 
 /// The room metadata key (a JSON boolean) that turns the speech plane on or off for a room.
@@ -283,6 +290,12 @@ pub enum Output {
         id: u64,
         result: Box<Result<ServiceReply, ServiceError>>,
     },
+    /// A message for another media worker of the process, about a room both hold
+    /// participants of: hand it to [`Sfu::handle_relay`] of worker `to`.
+    Relay {
+        to: u16,
+        relay: Box<Relay>,
+    },
     /// Nothing more until this instant, new input or a command.
     Timeout(Instant),
 }
@@ -320,6 +333,10 @@ pub struct Stats {
     /// Subscriber offers held past the call that asked for them by the per-call offer budget
     /// ([`OFFER_MLINES_PER_CALL`]).
     pub offers_deferred: u64,
+    /// Messages to other media workers (frames of rooms spanning workers among them), and
+    /// frames relayed from them.
+    pub relays_out: u64,
+    pub frames_relayed_in: u64,
 }
 
 /// One published audio frame, as the speech plane takes it (before loudest-N gating: a
@@ -439,6 +456,8 @@ struct Room {
     languages: Option<std::sync::Arc<[String]>>,
     /// Recordings of the room under way: while any, its media goes to the record tap.
     recorders: u32,
+    /// The other media workers that hold participants of the room (`relay.rs`).
+    span: Vec<u16>,
 }
 
 struct Participant {
@@ -454,6 +473,9 @@ struct Participant {
     /// Since when the signal connection is gone (the participant may resume until
     /// [`RESUME_WINDOW`] has passed).
     signal_lost: Option<Instant>,
+    /// A mirror of a participant of another media worker (`relay.rs`): no peers, no signal
+    /// session here; its tracks' frames come from that worker.
+    remote: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -643,9 +665,48 @@ struct Track {
     record_quality: Option<u8>,
     /// The rate of each layer (`None` without simulcast), as received.
     meters: Vec<(Option<Rid>, Meter)>,
+    /// A mirror of a track published on another media worker, which relays its frames.
+    remote: Option<u16>,
+    /// A track published here: the other workers with subscribers of it, and the highest
+    /// quality those want (its frames are relayed to them).
+    relays: Vec<(u16, Option<u8>)>,
+    /// A mirror: whether it has subscribers here and the highest quality they want, as last
+    /// told to its worker.
+    relayed: Option<(bool, Option<u8>)>,
 }
 
 impl Track {
+    fn new(info: proto::TrackInfo, publisher: SessionId, remote: Option<u16>) -> Self {
+        let kind = if info.r#type == proto::TrackType::Video as i32 {
+            MediaKind::Video
+        } else {
+            MediaKind::Audio
+        };
+        Track {
+            info,
+            publisher,
+            peer: None,
+            mid: None,
+            kind,
+            layers: Layers::default(),
+            svc: false,
+            record_switch: Switcher::default(),
+            subscribers: Vec::new(),
+            last_keyframe_request: FastMap::default(),
+            told_quality: None,
+            record_quality: None,
+            meters: Vec::new(),
+            remote,
+            relays: Vec::new(),
+            relayed: None,
+        }
+    }
+
+    /// Whether subscribers may have it: bound to its publisher's m-line here, or a mirror.
+    fn published(&self) -> bool {
+        self.mid.is_some() || self.remote.is_some()
+    }
+
     /// The simulcast layers its publisher announced (none without simulcast).
     fn published_layers(&self) -> &[proto::VideoLayer] {
         self.info
@@ -810,9 +871,14 @@ impl Sfu {
 
     pub fn stats(&self) -> Stats {
         Stats {
-            rooms: self.rooms.len() as u64,
-            participants: self.participants.len() as u64,
-            tracks: self.tracks.len() as u64,
+            // A room spanning workers counts on its home worker, mirrors nowhere.
+            rooms: self.rooms.keys().filter(|r| self.is_home(r)).count() as u64,
+            participants: self
+                .participants
+                .values()
+                .filter(|p| p.remote.is_none())
+                .count() as u64,
+            tracks: self.tracks.values().filter(|t| t.remote.is_none()).count() as u64,
             ..self.stats
         }
     }
@@ -888,7 +954,9 @@ impl Sfu {
                 }
                 let rooms: Vec<proto::Room> = self.rooms.drain().map(|(_, r)| r.info).collect();
                 for room in rooms {
-                    self.webhook("room_finished", Some(room), None, None);
+                    if self.is_home(&room.name) {
+                        self.webhook("room_finished", Some(room), None, None);
+                    }
                 }
             }
             Command::Service { id, call, unix_ms } => self.service(now, id, *call, unix_ms),
@@ -1050,7 +1118,11 @@ impl Sfu {
             })
             .unwrap_or_default();
         for old in older {
-            self.leave(old, Some(proto::DisconnectReason::DuplicateIdentity));
+            match self.participants.get(&old).and_then(|p| p.remote) {
+                // Its worker evicts it, and its departure comes back as any other.
+                Some(worker) => self.push_relay(worker, Relay::Evict { session: old }),
+                None => self.leave(old, Some(proto::DisconnectReason::DuplicateIdentity)),
+            }
         }
 
         if let Some(room) = self.rooms.get(&join.room)
@@ -1139,6 +1211,7 @@ impl Sfu {
                 pending: HashMap::new(),
                 settings: FastMap::default(),
                 signal_lost: None,
+                remote: None,
             },
         );
         if let Some(peer) = self.peers.get_mut(&subscriber)
@@ -1150,7 +1223,7 @@ impl Sfu {
             let existing: Vec<String> = self
                 .tracks
                 .iter()
-                .filter(|(_, t)| t.mid.is_some() && members.contains(&t.publisher))
+                .filter(|(_, t)| t.published() && members.contains(&t.publisher))
                 .map(|(sid, _)| sid.clone())
                 .collect();
             for sid in existing {
@@ -1170,6 +1243,9 @@ impl Sfu {
         if !hidden {
             self.broadcast_participant(&join.room, &info, Some(session));
         }
+        // Workers that share the room heard of the newcomer just now; the others are asked
+        // whether they hold participants of it.
+        self.hello(&join.room, session);
         let speaking = self
             .rooms
             .get(&join.room)
@@ -1321,7 +1397,11 @@ impl Sfu {
         let Some(mut participant) = self.participants.remove(&session) else {
             return;
         };
-        if let Some(reason) = reason {
+        // A mirror's worker sends the webhooks of its participant.
+        let local = participant.remote.is_none();
+        if let Some(reason) = reason
+            && local
+        {
             self.signal(
                 session,
                 leave_message(reason, proto::leave_request::Action::Disconnect),
@@ -1339,6 +1419,7 @@ impl Sfu {
         for sid in &published {
             if let Some(track) = self.remove_track(sid)
                 && track.mid.is_some()
+                && local
             {
                 let (r, p) = (room_info.clone(), Some(participant.info.clone()));
                 self.webhook("track_unpublished", r, p, Some(track.info));
@@ -1366,12 +1447,15 @@ impl Sfu {
         if let Some(reason) = reason {
             participant.info.disconnect_reason = reason as i32;
         }
-        self.webhook(
-            "participant_left",
-            room_info,
-            Some(participant.info.clone()),
-            None,
-        );
+        if local {
+            self.webhook(
+                "participant_left",
+                room_info,
+                Some(participant.info.clone()),
+                None,
+            );
+            self.relay_left(&room_name, session);
+        }
         if !is_hidden(&participant.info) {
             self.broadcast_participant(&room_name, &participant.info, Some(session));
         }
@@ -1787,28 +1871,8 @@ impl Sfu {
         }
         p.pending.insert(request.cid.clone(), sid.clone());
         let publisher = p.publisher;
-        self.tracks.insert(
-            sid.clone(),
-            Track {
-                info: info.clone(),
-                publisher: session,
-                peer: None,
-                mid: None,
-                kind: if kind == proto::TrackType::Video {
-                    MediaKind::Video
-                } else {
-                    MediaKind::Audio
-                },
-                layers: Layers::default(),
-                svc: false,
-                record_switch: Switcher::default(),
-                subscribers: Vec::new(),
-                last_keyframe_request: FastMap::default(),
-                told_quality: None,
-                record_quality: None,
-                meters: Vec::new(),
-            },
-        );
+        self.tracks
+            .insert(sid.clone(), Track::new(info.clone(), session, None));
         self.signal(
             session,
             proto::signal_response::Message::TrackPublished(proto::TrackPublishedResponse {
@@ -2205,7 +2269,7 @@ impl Sfu {
         let Some(track) = self.tracks.get(track_sid) else {
             return;
         };
-        if track.publisher == session || track.mid.is_none() {
+        if track.publisher == session || !track.published() {
             return;
         }
         let Some(pid) = self.participants.get(&session).and_then(|p| p.subscriber) else {
@@ -2221,6 +2285,19 @@ impl Sfu {
         peer.needs_offer = true;
         if let Some(track) = self.tracks.get_mut(track_sid) {
             track.subscribers.push(pid);
+            // A mirror's first subscriber here: its worker starts relaying now (the next
+            // dynacast pass tells it the quality wanted).
+            if let Some(worker) = track.remote
+                && !track.relayed.is_some_and(|(on, _)| on)
+            {
+                track.relayed = Some((true, None));
+                let relay = Relay::Wants {
+                    track: track_sid.to_string(),
+                    subscribed: true,
+                    quality: None,
+                };
+                self.push_relay(worker, relay);
+            }
         }
     }
 
@@ -2461,9 +2538,28 @@ impl Sfu {
             return;
         };
         let sid = sid.clone();
+        self.forward_track(now, sid, data);
+    }
+
+    /// Forwards a frame of track `sid`: published here, or relayed by its worker.
+    fn forward_track(&mut self, now: Instant, sid: String, data: MediaData) {
         let Some(track) = self.tracks.get_mut(&sid) else {
             return;
         };
+        // The other workers with subscribers of it get every frame (their subscribers' layers
+        // are chosen there), before any is held back here.
+        for &(worker, _) in &track.relays {
+            self.stats.relays_out += 1;
+            self.out.push_back(Output::Relay {
+                to: worker,
+                relay: Box::new(Relay::Media {
+                    track: sid.clone(),
+                    data: data.clone(),
+                }),
+            });
+        }
+        // A relayed track's recording and speech are its own worker's.
+        let local = track.remote.is_none();
         let video = track.kind == MediaKind::Video;
         // A scalable track is known by its first frame with more than one spatial layer, or,
         // for a single encoding whose publisher announced several layers (livekit-client's
@@ -2512,7 +2608,8 @@ impl Sfu {
         // The recorder decodes one packet per picture: a scalable track's frames go to it cut
         // to the layer its tile needs, switching up at key frames as a subscriber's do.
         let mut record_key = false;
-        let recorded = self.record_tap.is_some()
+        let recorded = local
+            && self.record_tap.is_some()
             && self
                 .participants
                 .get(&track.publisher)
@@ -2575,6 +2672,7 @@ impl Sfu {
             });
         }
         if track.kind == MediaKind::Audio
+            && local
             && let Some(tap) = self.audio_tap.as_mut()
             && data.params.spec().codec == str0m::format::Codec::Opus
             && let Some(p) = self.participants.get(&track.publisher)
@@ -2769,6 +2867,12 @@ impl Sfu {
         {
             return;
         }
+        if let Some(worker) = track.remote {
+            track.last_keyframe_request.insert(rid, now);
+            let track = sid.to_string();
+            self.push_relay(worker, Relay::Keyframe { track, rid, kind });
+            return;
+        }
         let (Some(pid), Some(mid)) = (track.peer, track.mid) else {
             return;
         };
@@ -2839,6 +2943,23 @@ impl Sfu {
             .get(&room)
             .map(|r| r.members.clone())
             .unwrap_or_default();
+        let span = self
+            .rooms
+            .get(&room)
+            .map(|r| r.span.clone())
+            .unwrap_or_default();
+        {
+            for worker in span {
+                let relay = Relay::Data {
+                    room: room.clone(),
+                    sender: session,
+                    kind,
+                    destinations: destinations.clone(),
+                    encoded: encoded.clone(),
+                };
+                self.push_relay(worker, relay);
+            }
+        }
         let wanted: HashSet<&str> = destinations.iter().map(String::as_str).collect();
         let recipients: Vec<SessionId> = members
             .into_iter()
@@ -2927,15 +3048,25 @@ impl Sfu {
         info: &proto::ParticipantInfo,
         except: Option<SessionId>,
     ) {
-        let Some(room) = self.rooms.get(room) else {
+        let Some(r) = self.rooms.get(room) else {
             return;
         };
-        let members: Vec<SessionId> = room
+        let members: Vec<SessionId> = r
             .members
             .iter()
             .copied()
             .filter(|s| Some(*s) != except)
             .collect();
+        // The other workers of the room hear of changes to participants of this one.
+        if !r.span.is_empty()
+            && let Some((session, _)) = r
+                .members
+                .iter()
+                .filter_map(|s| self.participants.get(s).map(|p| (*s, p)))
+                .find(|(_, p)| p.info.sid == info.sid && p.remote.is_none())
+        {
+            self.relay_participant(room, session, info, false, None);
+        }
         for s in members {
             let update = proto::ParticipantUpdate {
                 participants: vec![info.clone()],
@@ -2964,8 +3095,12 @@ impl Sfu {
             speech: self.config.speech_all_rooms,
             languages: None,
             recorders: 0,
+            span: Vec::new(),
         };
-        self.webhook("room_started", Some(room.info.clone()), None, None);
+        // A room spanning workers is announced once, by its home worker.
+        if self.is_home(name) {
+            self.webhook("room_started", Some(room.info.clone()), None, None);
+        }
         room
     }
 
@@ -2987,6 +3122,15 @@ impl Sfu {
     }
 
     fn signal(&mut self, session: SessionId, message: proto::signal_response::Message) {
+        // A mirror's messages are its own worker's to send.
+        if self.config.workers > 1
+            && self
+                .participants
+                .get(&session)
+                .is_some_and(|p| p.remote.is_some())
+        {
+            return;
+        }
         self.out
             .push_back(Output::Signal(session, Box::new(message)));
     }
@@ -3244,26 +3388,41 @@ impl Sfu {
     /// new subscriber starts at once. Sent when the answer changes, at most once a tick.
     fn dynacast(&mut self) {
         let mut updates = Vec::new();
+        let mut wants = Vec::new();
         for (sid, track) in &mut self.tracks {
+            let layers = track.published_layers();
+            let local_wanted = || {
+                track
+                    .subscribers
+                    .iter()
+                    .filter_map(|pid| self.peers.get(pid))
+                    .filter_map(|peer| {
+                        let settings = self
+                            .participants
+                            .get(&peer.session)
+                            .and_then(|p| p.settings.get(sid));
+                        simulcast::wanted_quality(settings, layers)
+                    })
+                    .max()
+            };
+            // A mirror tells its worker whether it has subscribers here, and what they want.
+            if let Some(worker) = track.remote {
+                let now = (!track.subscribers.is_empty(), local_wanted());
+                if track.relayed != Some(now) {
+                    track.relayed = Some(now);
+                    wants.push((worker, sid.clone(), now));
+                }
+                continue;
+            }
+            if track.kind != MediaKind::Video || layers.len() < 2 {
+                continue;
+            }
             let Some(codec) = track.info.codecs.first() else {
                 continue;
             };
-            if track.kind != MediaKind::Video || codec.layers.len() < 2 {
-                continue;
-            }
-            let wanted = track
-                .subscribers
-                .iter()
-                .filter_map(|pid| self.peers.get(pid))
-                .filter_map(|peer| {
-                    let settings = self
-                        .participants
-                        .get(&peer.session)
-                        .and_then(|p| p.settings.get(sid));
-                    simulcast::wanted_quality(settings, &codec.layers)
-                })
-                .max()
-                .max(track.record_quality);
+            let wanted = local_wanted()
+                .max(track.record_quality)
+                .max(track.relays.iter().filter_map(|(_, q)| *q).max());
             if track.told_quality == Some(wanted) {
                 continue;
             }
@@ -3301,6 +3460,14 @@ impl Sfu {
                 publisher,
                 proto::signal_response::Message::SubscribedQualityUpdate(update),
             );
+        }
+        for (worker, track, (subscribed, quality)) in wants {
+            let relay = Relay::Wants {
+                track,
+                subscribed,
+                quality,
+            };
+            self.push_relay(worker, relay);
         }
     }
 
@@ -3358,7 +3525,9 @@ impl Sfu {
             open
         });
         for info in closed {
-            self.webhook("room_finished", Some(info), None, None);
+            if self.is_home(&info.name) {
+                self.webhook("room_finished", Some(info), None, None);
+            }
         }
         self.next_tick = if self.rooms.is_empty() {
             None

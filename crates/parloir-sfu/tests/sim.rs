@@ -1542,3 +1542,270 @@ fn room_metadata_names_the_languages_spoken() {
         assert_eq!(last(), want, "{metadata}");
     }
 }
+
+/// `who`'s frames of `publisher`'s `suffix` track, and whether none is missing once flowing.
+fn frames_without_gaps(sim: &Sim, who: &str, publisher: &str, suffix: &str) -> usize {
+    let sid = sim.track_sid(publisher, suffix);
+    let got = sim
+        .client(who)
+        .frames
+        .get(&sid)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if let (Some(first), Some(last)) = (got.first(), got.last()) {
+        assert_eq!(
+            missing(got, *first, *last),
+            Vec::<u32>::new(),
+            "{who} misses frames of {publisher}/{suffix}"
+        );
+    }
+    got.len()
+}
+
+#[test]
+fn a_room_spans_media_workers() {
+    let mut sim = Sim::with_workers(21, 2);
+    let home = parloir_sfu::home_worker("sim", 2) as u16;
+    let other = 1 - home;
+    // alice and carol on the room's home worker, bob and dave on the other.
+    for (name, worker) in [
+        ("alice", home),
+        ("bob", other),
+        ("carol", home),
+        ("dave", other),
+    ] {
+        sim.next_worker = worker;
+        sim.join(name);
+    }
+    sim.clients[0].simulcast = true;
+    for i in 0..3 {
+        sim.publish(i);
+    }
+    sim.run_for(Duration::from_secs(3));
+    assert!(sim.relayed > 0);
+
+    // Everyone sees everyone, wherever they are, with their tracks.
+    for me in ["alice", "bob", "carol", "dave"] {
+        for them in ["alice", "bob", "carol"].into_iter().filter(|t| *t != me) {
+            let info = sim
+                .client(me)
+                .others
+                .get(them)
+                .unwrap_or_else(|| panic!("{me} was told of {them}"));
+            assert_eq!(info.tracks.len(), 2, "{me} sees {them}'s tracks");
+            for suffix in ["mic", "cam"] {
+                // (alice's simulcast camera may skip frames at a layer switch.)
+                let got = if them == "alice" && suffix == "cam" {
+                    received(&sim, me, &sim.track_sid(them, suffix))
+                } else {
+                    frames_without_gaps(&sim, me, them, suffix)
+                };
+                let sent = match suffix {
+                    "mic" => sim.client(them).audio_sent,
+                    _ => sim.client(them).video_sent,
+                };
+                assert!(
+                    got as f64 >= 0.6 * f64::from(sent),
+                    "{me} got {got} of {sent} {suffix} frames from {them}"
+                );
+            }
+        }
+        let room = sim.client(me).room.clone().expect("a RoomUpdate");
+        assert_eq!(
+            (room.num_participants, room.num_publishers),
+            (4, 3),
+            "{me}'s room counts everyone"
+        );
+    }
+    // One room: the home worker's sid everywhere.
+    let sid = |me: &str| sim.client(me).room.as_ref().map(|r| r.sid.clone());
+    assert_eq!(sid("bob"), sid("alice"));
+    assert_eq!(sid("dave"), sid("carol"));
+
+    // Simulcast across workers: bob (other worker) shows alice's camera small, dave large.
+    let cam = sim.track_sid("alice", "cam");
+    settings(&mut sim, "bob", &cam, size(320, 180));
+    settings(&mut sim, "dave", &cam, size(1280, 720));
+    sim.run_for(Duration::from_secs(4));
+    let (b0, d0) = (received(&sim, "bob", &cam), received(&sim, "dave", &cam));
+    sim.run_for(Duration::from_secs(2));
+    let small = layers_since(&sim, "bob", &cam, b0);
+    let large = layers_since(&sim, "dave", &cam, d0);
+    assert!(
+        small.len() >= 15 && small.iter().all(|l| *l == 0),
+        "{small:?}"
+    );
+    assert!(
+        large.len() >= 15 && large.iter().all(|l| *l == 2),
+        "{large:?}"
+    );
+    // Dynacast counts the other worker's subscribers: carol shows it small too, so only
+    // dave keeps the top layer on; once dave shrinks it, only the lowest is needed.
+    settings(&mut sim, "carol", &cam, size(320, 180));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(enabled(&sim, "alice", &cam), [true, true, true]);
+    settings(&mut sim, "dave", &cam, size(320, 180));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(enabled(&sim, "alice", &cam), [true, false, false]);
+
+    // Data crosses workers, to everyone and to one named participant.
+    sim.send_data(1, b"from bob", &[]);
+    sim.send_data(0, b"for dave", &["dave"]);
+    sim.run_for(Duration::from_millis(300));
+    let payloads = |who: &str| -> Vec<Vec<u8>> {
+        let mut p: Vec<Vec<u8>> = sim
+            .client(who)
+            .data
+            .iter()
+            .filter_map(|p| match &p.value {
+                Some(proto::data_packet::Value::User(u)) => Some(u.payload.clone()),
+                _ => None,
+            })
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(payloads("alice"), vec![b"from bob".to_vec()]);
+    assert_eq!(payloads("carol"), vec![b"from bob".to_vec()]);
+    assert_eq!(
+        payloads("dave"),
+        vec![b"for dave".to_vec(), b"from bob".to_vec()]
+    );
+    assert!(payloads("bob").is_empty(), "no echo to the sender");
+
+    // RoomService at the room's home worker: it lists everyone; a call about a participant of
+    // the other worker acts there; a recording records every worker's tracks.
+    let call = |sim: &mut Sim, id: u64, call: ServiceCall| {
+        sim.commands.push(Command::Service {
+            id,
+            call: Box::new(call),
+            unix_ms: 0,
+        });
+        sim.run_for(Duration::from_millis(300));
+        sim.replies
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, r)| r.clone())
+            .expect("an answer")
+    };
+    let listed = call(
+        &mut sim,
+        1,
+        ServiceCall::ListParticipants(proto::ListParticipantsRequest { room: "sim".into() }),
+    );
+    let Ok(ServiceReply::Participants(list)) = listed else {
+        panic!("{listed:?}");
+    };
+    let mut names: Vec<String> = list
+        .participants
+        .iter()
+        .map(|p| p.identity.clone())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["alice", "bob", "carol", "dave"]);
+    let bob_mic = sim.track_sid("bob", "mic");
+    let muted = call(
+        &mut sim,
+        2,
+        ServiceCall::MutePublishedTrack(proto::MuteRoomTrackRequest {
+            room: "sim".into(),
+            identity: "bob".into(),
+            track_sid: bob_mic.clone(),
+            muted: true,
+        }),
+    );
+    assert!(matches!(muted, Ok(ServiceReply::Track(_))), "{muted:?}");
+    let muted_for = |who: &str| {
+        sim.client(who).others["bob"]
+            .tracks
+            .iter()
+            .any(|t| t.sid == bob_mic && t.muted)
+    };
+    assert!(muted_for("alice") && muted_for("carol") && muted_for("dave"));
+    call(
+        &mut sim,
+        3,
+        ServiceCall::Record {
+            room: "sim".into(),
+            on: true,
+        },
+    )
+    .expect("recording");
+    for me in ["bob", "dave"] {
+        assert!(
+            sim.client(me)
+                .room
+                .as_ref()
+                .is_some_and(|r| r.active_recording),
+            "{me} is told the meeting is recorded"
+        );
+    }
+
+    // bob leaves: the others see him go, and his tracks leave their connections.
+    let bob = sim.client("bob").session;
+    sim.commands.push(Command::Leave { session: bob });
+    sim.run_for(Duration::from_millis(500));
+    for me in ["alice", "carol", "dave"] {
+        let info = &sim.client(me).others["bob"];
+        assert_eq!(
+            info.state,
+            proto::participant_info::State::Disconnected as i32,
+            "{me} saw bob leave"
+        );
+        let last = sim.client(me).offers.last().expect("an offer");
+        assert!(
+            last.contains("m=audio 0 ") && last.contains("m=video 0 "),
+            "{me} renegotiated without bob's tracks"
+        );
+    }
+    // Each worker counts its own; webhooks come once per event.
+    let (h, o) = (sim.sfu_of(home).stats(), sim.sfu_of(other).stats());
+    assert_eq!((h.rooms, o.rooms), (1, 0));
+    assert_eq!((h.participants, o.participants), (2, 1));
+    assert_eq!((h.tracks, o.tracks), (4, 0));
+    assert!(h.frames_relayed_in > 0 && o.frames_relayed_in > 0);
+    let count = |event: &str| sim.webhooks.iter().filter(|e| e.event == event).count();
+    assert_eq!(count("room_started"), 1);
+    assert_eq!(count("participant_joined"), 4);
+    assert_eq!(count("track_published"), 6);
+    assert_eq!(count("participant_left"), 1);
+    assert_eq!(count("track_unpublished"), 2);
+}
+
+#[test]
+fn a_participant_on_another_worker_meets_those_left_when_the_home_worker_empties() {
+    let mut sim = Sim::with_workers(22, 2);
+    let home = parloir_sfu::home_worker("sim", 2) as u16;
+    let other = 1 - home;
+    for (name, worker) in [("alice", home), ("bob", other)] {
+        sim.next_worker = worker;
+        sim.join(name);
+    }
+    sim.run_for(Duration::from_millis(500));
+    // alice leaves: only bob is left, on the other worker, and the home worker keeps his
+    // mirror (and the room).
+    let alice = sim.client("alice").session;
+    sim.commands.push(Command::Leave { session: alice });
+    sim.run_for(Duration::from_millis(500));
+    // carol joins on the other worker too, erin on the home worker: everyone meets.
+    sim.next_worker = other;
+    sim.join("carol");
+    sim.next_worker = home;
+    sim.join("erin");
+    sim.publish(3);
+    sim.run_for(Duration::from_secs(2));
+    for me in ["bob", "carol"] {
+        let c = sim.client(me);
+        assert!(c.others.contains_key("erin"), "{me} sees erin");
+        assert!(
+            c.frames.contains_key(&sim.track_sid("erin", "mic")),
+            "{me} hears erin"
+        );
+    }
+    let e = sim.client("erin");
+    assert!(e.others.contains_key("bob") && e.others.contains_key("carol"));
+    assert_eq!(e.room.as_ref().map(|r| r.num_participants), Some(3));
+    let count = |event: &str| sim.webhooks.iter().filter(|e| e.event == event).count();
+    assert_eq!(count("room_started"), 1);
+    assert_eq!(count("room_finished"), 0);
+}

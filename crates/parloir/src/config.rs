@@ -135,8 +135,13 @@ pub struct RtcConfig {
     /// only costs larger receive buffers; off by default.
     pub gro: bool,
     /// Media workers: 0 runs one per media core of the hardware profile's core plan. Worker
-    /// `i` uses UDP port `udp_port + i` (and ICE-TCP `tcp_port + i`); a room lives on one.
+    /// `i` uses UDP port `udp_port + i` (and ICE-TCP `tcp_port + i`).
     pub media_workers: usize,
+    /// A room's participants go to its home worker until it holds this many of them; later
+    /// ones go to the least loaded worker, and the room spans workers (each relays its
+    /// participants' media to the others that subscribe). 0: a room never leaves its home
+    /// worker.
+    pub room_span_after: u32,
     /// Audio is forwarded for the room's N loudest participants plus anyone speaking; 0
     /// forwards everyone's audio.
     pub loudest_audio: usize,
@@ -158,6 +163,7 @@ impl Default for RtcConfig {
             gso: true,
             gro: false,
             media_workers: 0,
+            room_span_after: 25,
             loudest_audio: 3,
             bwe_initial_kbps: 0,
         }

@@ -320,6 +320,7 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, claims: Claims, pa
         None => None,
     };
     let session = resumed.unwrap_or_else(|| state.media.session_id(&claims.video.room, generation));
+    let _placed = state.media.placed(&claims.video.room, session);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let previous = state
         .media

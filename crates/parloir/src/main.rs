@@ -102,6 +102,10 @@ enum Cmd {
         /// counting up from --udp-port.
         #[arg(long)]
         media_workers: Option<usize>,
+        /// Override `rtc.room_span_after`: a room takes other media workers once its home
+        /// worker holds this many of its participants (0: never).
+        #[arg(long)]
+        room_span_after: Option<u32>,
     },
     /// Examine this machine: cores and NUMA, UDP backends, GSO/GRO, NICs, GPUs, the hardware
     /// profile and core plan the server would use, and tuning advice (never applied).
@@ -201,6 +205,7 @@ fn main() -> anyhow::Result<()> {
             loudest_audio,
             bwe_kbps,
             media_workers,
+            room_span_after,
             speech,
             speech_languages,
             transcripts_dir,
@@ -254,6 +259,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(n) = media_workers {
                 config.rtc.media_workers = n;
+            }
+            if let Some(n) = room_span_after {
+                config.rtc.room_span_after = n;
             }
             config.validate()?;
             serve(config)
@@ -530,6 +538,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
             loudest_audio: config.rtc.loudest_audio,
             speech_all_rooms: config.speech.rooms == "all",
             bwe_initial_kbps: config.rtc.bwe_initial_kbps,
+            worker: index as u16,
+            workers: workers as u16,
         };
         let tcp = match (config.tcp_bind(), config.tcp_candidates().first()) {
             (Some(bind), Some(&advertised)) => {
@@ -621,8 +631,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
             None => hooks,
         }
     };
-    let media = media::spawn(setups, metrics.clone(), webhooks.clone())
-        .context("cannot start the media workers")?;
+    let media = media::spawn(
+        setups,
+        metrics.clone(),
+        webhooks.clone(),
+        config.rtc.room_span_after,
+    )
+    .context("cannot start the media workers")?;
     if let Some(plane) = &speech_plane {
         plane.attach(media.clone(), webhooks.clone());
     }

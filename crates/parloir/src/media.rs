@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token, Waker};
 use parloir_net::{SendBatch, UdpEndpoint};
 use parloir_sfu::{
-    Command, Output, ServiceCall, ServiceError, ServiceReply, SessionId, Sfu, SfuConfig, Transport,
+    Command, Output, Relay, ServiceCall, ServiceError, ServiceReply, SessionId, Sfu, SfuConfig,
+    Transport,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
@@ -48,34 +49,132 @@ struct Link {
     waker: Arc<Waker>,
 }
 
-/// The control plane's handle on the media workers. Each room lives on one worker, chosen by
-/// a hash of its name; a session's id carries its worker's index in its top 16 bits, so every
-/// command finds its worker without a lookup.
+/// The control plane's handle on the media workers. A room's first participants go to its
+/// home worker, chosen by a hash of its name; past `rtc.room_span_after` of them, the room
+/// spans workers ([`Placement`]). A session's id carries its worker's index in its top 16
+/// bits, so every command finds its worker without a lookup.
 #[derive(Clone)]
 pub struct MediaHandle {
     links: Arc<Vec<Link>>,
     pub sessions: Sessions,
     calls: Calls,
     next_call: Arc<std::sync::atomic::AtomicU64>,
+    placement: Arc<Placement>,
+}
+
+/// Where new sessions go: a room's home worker until it holds `span_after` of the room's
+/// sessions (0: always), then the least loaded worker holding fewer of them than that (the
+/// least loaded of all when every worker holds that many). Counts are of live signal
+/// sessions, kept by the control plane ([`MediaHandle::placed`]).
+pub struct Placement {
+    workers: usize,
+    span_after: u32,
+    state: Mutex<PlacementState>,
+}
+
+#[derive(Default)]
+struct PlacementState {
+    /// Sessions per worker, per room.
+    rooms: HashMap<String, Vec<u32>>,
+    /// Sessions per worker.
+    load: Vec<u32>,
+}
+
+impl Placement {
+    pub fn new(workers: usize, span_after: u32) -> Self {
+        Placement {
+            workers: workers.max(1),
+            span_after,
+            state: Mutex::new(PlacementState {
+                rooms: HashMap::new(),
+                load: vec![0; workers.max(1)],
+            }),
+        }
+    }
+
+    /// The worker for a new session in `room`.
+    pub fn place(&self, room: &str) -> usize {
+        let home = parloir_sfu::home_worker(room, self.workers);
+        if self.span_after == 0 || self.workers == 1 {
+            return home;
+        }
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(counts) = state.rooms.get(room) else {
+            return home;
+        };
+        if counts[home] < self.span_after {
+            return home;
+        }
+        let least = |room_full: bool| {
+            (0..self.workers)
+                .filter(|w| room_full || counts[*w] < self.span_after)
+                .min_by_key(|w| (state.load[*w], *w != home, *w))
+        };
+        least(false).or_else(|| least(true)).unwrap_or(home)
+    }
+
+    fn enter(&self, room: &str, worker: usize) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let workers = self.workers;
+        let w = worker % workers;
+        state
+            .rooms
+            .entry(room.to_string())
+            .or_insert_with(|| vec![0; workers])[w] += 1;
+        state.load[w] += 1;
+    }
+
+    fn exit(&self, room: &str, worker: usize) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let w = worker % self.workers;
+        state.load[w] = state.load[w].saturating_sub(1);
+        if let Some(counts) = state.rooms.get_mut(room) {
+            counts[w] = counts[w].saturating_sub(1);
+            if counts.iter().all(|c| *c == 0) {
+                state.rooms.remove(room);
+            }
+        }
+    }
+}
+
+/// A live session counted by [`Placement`] until dropped.
+pub struct Placed {
+    placement: Arc<Placement>,
+    room: String,
+    worker: usize,
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        self.placement.exit(&self.room, self.worker);
+    }
 }
 
 /// Bits of a session id below the worker index.
 const SESSION_SERIAL_BITS: u32 = 48;
 
 impl MediaHandle {
-    /// The worker `room` lives on.
+    /// The home worker of `room`: RoomService calls about it go there.
     pub fn worker_for_room(&self, room: &str) -> usize {
-        // FNV-1a: stable across runs and processes, unlike the std hasher.
-        let hash = room.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        (hash % self.links.len() as u64) as usize
+        parloir_sfu::home_worker(room, self.links.len())
     }
 
-    /// The id of a new session (`serial`, unique per process) joining `room`.
+    /// The id of a new session (`serial`, unique per process) joining `room`, on the worker
+    /// [`Placement`] picks.
     pub fn session_id(&self, room: &str, serial: u64) -> SessionId {
-        let worker = self.worker_for_room(room) as u64;
+        let worker = self.placement.place(room) as u64;
         SessionId((worker << SESSION_SERIAL_BITS) | (serial & ((1 << SESSION_SERIAL_BITS) - 1)))
+    }
+
+    /// Counts `session` in `room` for placement until the value is dropped.
+    pub fn placed(&self, room: &str, session: SessionId) -> Placed {
+        let worker = self.worker_of(session);
+        self.placement.enter(room, worker);
+        Placed {
+            placement: self.placement.clone(),
+            room: room.to_string(),
+            worker,
+        }
     }
 
     fn worker_of(&self, session: SessionId) -> usize {
@@ -121,7 +220,9 @@ impl MediaHandle {
                 other => return Ok(other),
             }
         }
+        // A room spanning workers is listed by each: once is enough.
         rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        rooms.dedup_by(|a, b| a.name == b.name);
         Ok(Ok(ServiceReply::Rooms(
             parloir_sfu::proto::ListRoomsResponse { rooms },
         )))
@@ -191,20 +292,63 @@ pub struct WorkerSetup {
     pub record_tap: Option<Box<dyn parloir_sfu::RecordTap>>,
 }
 
-/// Starts one media worker thread (`media-<i>`) per setup. They share nothing but the
-/// session and call tables the control plane reads.
+/// Relays from the other media workers (rooms spanning workers, `parloir_sfu::Relay`). Frames
+/// take a bounded queue: a worker that falls behind loses frames (counted), and the
+/// publisher's worker never waits. Room state (participants, subscriptions, key frame
+/// requests, data, calls) takes an unbounded one: it is rare, and never dropped.
+struct RelayInbox {
+    media: mpsc::Receiver<(u16, Box<Relay>)>,
+    control: mpsc::Receiver<(u16, Box<Relay>)>,
+}
+
+/// Another worker's relay inbox, and its waker.
+#[derive(Clone)]
+struct RelayLink {
+    media: mpsc::SyncSender<(u16, Box<Relay>)>,
+    control: mpsc::Sender<(u16, Box<Relay>)>,
+    waker: Arc<Waker>,
+}
+
+/// Frames queued from one worker to another before the receiver drops them.
+const RELAY_QUEUE: usize = 16_384;
+/// Relayed frames handled per turn of the loop before the socket is read again.
+const RELAYS_PER_TURN: usize = 1024;
+
+/// Starts one media worker thread (`media-<i>`) per setup. They share the session and call
+/// tables the control plane reads, and relay to each other what rooms spanning workers need.
 pub fn spawn(
     setups: Vec<WorkerSetup>,
     metrics: Arc<Metrics>,
     webhooks: Webhooks,
+    span_after: u32,
 ) -> std::io::Result<MediaHandle> {
     let sessions: Sessions = Arc::default();
     let calls: Calls = Arc::default();
+    // Every worker's poll, waker and relay inbox first: each worker gets the others' links.
+    let mut prepared = Vec::new();
+    let mut relay_links = Vec::new();
+    for _ in &setups {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (media_tx, media_rx) = mpsc::sync_channel(RELAY_QUEUE);
+        let (control_tx, control_rx) = mpsc::channel();
+        relay_links.push(RelayLink {
+            media: media_tx,
+            control: control_tx,
+            waker: waker.clone(),
+        });
+        let inbox = RelayInbox {
+            media: media_rx,
+            control: control_rx,
+        };
+        prepared.push((poll, waker, inbox));
+    }
     let mut links = Vec::new();
-    for (index, setup) in setups.into_iter().enumerate() {
+    for (index, (setup, (poll, waker, inbox))) in setups.into_iter().zip(prepared).enumerate() {
         links.push(spawn_one(
             index,
             setup,
+            (poll, waker, inbox, relay_links.clone()),
             metrics.clone(),
             webhooks.clone(),
             sessions.clone(),
@@ -214,17 +358,20 @@ pub fn spawn(
     if links.is_empty() {
         return Err(std::io::Error::other("no media worker to start"));
     }
+    let workers = links.len();
     Ok(MediaHandle {
         links: Arc::new(links),
         sessions,
         calls,
         next_call: Arc::default(),
+        placement: Arc::new(Placement::new(workers, span_after)),
     })
 }
 
 fn spawn_one(
     index: usize,
     setup: WorkerSetup,
+    (poll, waker, inbox, relay_links): (Poll, Arc<Waker>, RelayInbox, Vec<RelayLink>),
     metrics: Arc<Metrics>,
     webhooks: Webhooks,
     sessions: Sessions,
@@ -238,7 +385,6 @@ fn spawn_one(
         audio_tap,
         record_tap,
     } = setup;
-    let poll = Poll::new()?;
     endpoint.register(poll.registry(), SOCKET)?;
     let tcp = match tcp {
         Some((listener, local)) => {
@@ -250,8 +396,8 @@ fn spawn_one(
         }
         None => None,
     };
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = mpsc::channel();
+    let relay_out = (0..relay_links.len()).map(|_| Vec::new()).collect();
     let destination = config
         .candidates
         .first()
@@ -291,6 +437,10 @@ fn spawn_one(
                 tx: send_batch,
                 pending: Vec::with_capacity(MAX_PENDING),
                 send_errors: 0,
+                inbox,
+                relay_links,
+                relay_out,
+                relay_dropped: 0,
             };
             worker.run();
         })?;
@@ -321,6 +471,17 @@ struct Worker {
     /// With GSO: the SFU's transmits since the last flush, grouped by destination at the flush.
     pending: Vec<parloir_sfu::Transmit>,
     send_errors: u64,
+    /// Relays from the other workers, the others' inboxes, and what goes to each at the next
+    /// flush.
+    inbox: RelayInbox,
+    relay_links: Vec<RelayLink>,
+    #[allow(
+        clippy::vec_box,
+        reason = "the boxes go on through the queues as they are: no copy of a frame's metadata"
+    )]
+    relay_out: Vec<Vec<Box<Relay>>>,
+    /// Frames the receiving worker's full queue refused.
+    relay_dropped: u64,
 }
 
 impl Worker {
@@ -352,7 +513,7 @@ impl Worker {
                 match self.commands.try_recv() {
                     Ok(command) => {
                         self.guarded(|sfu| sfu.handle_command(Instant::now(), command));
-                        deadline = self.drain_output();
+                        self.drain_output();
                     }
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => {
@@ -361,6 +522,9 @@ impl Worker {
                     }
                 }
             }
+            // Relays left for the next turn: no sleep before it.
+            commands_left |= self.handle_relays();
+            deadline = self.drain_output();
             loop {
                 let received = self.endpoint.recv(&mut rx);
                 self.metrics.udp_recv_calls.fetch_add(1, Relaxed);
@@ -404,6 +568,7 @@ impl Worker {
                 WorkerFigures {
                     sfu: self.sfu.stats(),
                     send_errors: self.send_errors,
+                    relay_dropped: self.relay_dropped,
                     ring_exhausted: self.endpoint.ring_exhausted(),
                     tcp_accepted: tcp.0,
                     tcp_packets_in: tcp.1,
@@ -497,6 +662,11 @@ impl Worker {
                 }
                 Output::Close(session) => self.deliver(session, ToSession::Close),
                 Output::Webhook(event) => self.webhooks.send(*event),
+                Output::Relay { to, relay } => {
+                    if let Some(out) = self.relay_out.get_mut(usize::from(to)) {
+                        out.push(relay);
+                    }
+                }
                 Output::ServiceReply { id, result } => {
                     let waiting = self
                         .calls
@@ -512,8 +682,55 @@ impl Worker {
         }
     }
 
-    /// Sends the queued datagrams.
+    /// Hands relays from the other workers to the SFU: all of room state, frames up to
+    /// [`RELAYS_PER_TURN`]. Returns whether frames are left for the next turn.
+    fn handle_relays(&mut self) -> bool {
+        while let Ok((from, relay)) = self.inbox.control.try_recv() {
+            self.guarded(|sfu| sfu.handle_relay(Instant::now(), from, *relay));
+            self.drain_output();
+        }
+        let now = Instant::now();
+        for i in 0..RELAYS_PER_TURN {
+            match self.inbox.media.try_recv() {
+                Ok((from, relay)) => self.guarded(|sfu| sfu.handle_relay(now, from, *relay)),
+                Err(_) => return false,
+            }
+            // As for received datagrams: the fan-out goes out every few inputs.
+            self.drain_output();
+            if i % FLUSH_EVERY == FLUSH_EVERY - 1 {
+                self.flush();
+            }
+        }
+        true
+    }
+
+    /// Sends what the SFU relays to other workers, waking each once.
+    fn send_relays(&mut self) {
+        let from = self.index as u16;
+        for (to, out) in self.relay_out.iter_mut().enumerate() {
+            if out.is_empty() {
+                continue;
+            }
+            let link = &self.relay_links[to];
+            for relay in out.drain(..) {
+                if matches!(*relay, Relay::Media { .. }) {
+                    if link.media.try_send((from, relay)).is_err() {
+                        self.relay_dropped += 1;
+                    }
+                } else if link.control.send((from, relay)).is_err() {
+                    // That worker has stopped: the process is going down.
+                    self.relay_dropped += 1;
+                }
+            }
+            if let Err(e) = link.waker.wake() {
+                tracing::debug!("cannot wake media-{to}: {e}");
+            }
+        }
+    }
+
+    /// Sends the queued datagrams, and the relays to other workers.
     fn flush(&mut self) {
+        self.send_relays();
         if !self.pending.is_empty() {
             // Each client's datagrams side by side, in their order (a stable sort), so that
             // runs of equal size (the packets of one video frame) become one GSO send.
@@ -565,5 +782,44 @@ impl Worker {
         if let Some(slot) = sessions.get(&session) {
             let _ = slot.tx.send(message);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Placement;
+
+    #[test]
+    fn a_room_stays_home_until_it_outgrows_it_then_fills_the_least_loaded_workers() {
+        let p = Placement::new(3, 2);
+        let home = parloir_sfu::home_worker("big", 3);
+        // Another room loads one worker that is not big's home.
+        let busy = (home + 1) % 3;
+        let idle = (home + 2) % 3;
+        p.enter("other", busy);
+        assert_eq!(p.place("big"), home);
+        p.enter("big", home);
+        assert_eq!(p.place("big"), home, "below span_after");
+        p.enter("big", home);
+        // Home holds 2: the next goes to the least loaded worker, then the busy one.
+        assert_eq!(p.place("big"), idle);
+        p.enter("big", idle);
+        p.enter("big", idle);
+        assert_eq!(p.place("big"), busy);
+        p.enter("big", busy);
+        p.enter("big", busy);
+        // Every worker holds 2 of the room: the least loaded of all (idle: 2, home: 2, busy:
+        // 3), home first among equals.
+        assert_eq!(p.place("big"), home);
+        // Sessions that end free their places.
+        p.exit("big", home);
+        p.exit("big", home);
+        assert_eq!(p.place("big"), home);
+        // Without spanning, always home.
+        let off = Placement::new(3, 0);
+        off.enter("big", home);
+        off.enter("big", home);
+        off.enter("big", home);
+        assert_eq!(off.place("big"), home);
     }
 }

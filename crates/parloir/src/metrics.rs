@@ -25,6 +25,9 @@ pub struct Metrics {
     video_paused: AtomicU64,
     subscriber_offers: AtomicU64,
     offers_deferred: AtomicU64,
+    relays_out: AtomicU64,
+    frames_relayed_in: AtomicU64,
+    relay_dropped: AtomicU64,
     /// Signal WebSockets accepted on `/rtc` and on `/rtc/v1`.
     pub signal_connections_v0: AtomicU64,
     pub signal_connections_v1: AtomicU64,
@@ -74,6 +77,8 @@ pub struct Metrics {
 pub struct WorkerFigures {
     pub sfu: Stats,
     pub send_errors: u64,
+    /// Relayed frames another worker's full queue refused.
+    pub relay_dropped: u64,
     pub ring_exhausted: u64,
     pub tcp_accepted: u64,
     pub tcp_packets_in: u64,
@@ -125,7 +130,10 @@ impl Metrics {
             a.video_paused += b.video_paused;
             a.subscriber_offers += b.subscriber_offers;
             a.offers_deferred += b.offers_deferred;
+            a.relays_out += b.relays_out;
+            a.frames_relayed_in += b.frames_relayed_in;
             t.send_errors += w.send_errors;
+            t.relay_dropped += w.relay_dropped;
             t.ring_exhausted += w.ring_exhausted;
             t.tcp_accepted += w.tcp_accepted;
             t.tcp_packets_in += w.tcp_packets_in;
@@ -150,6 +158,9 @@ impl Metrics {
         self.video_paused.store(s.video_paused, Relaxed);
         self.subscriber_offers.store(s.subscriber_offers, Relaxed);
         self.offers_deferred.store(s.offers_deferred, Relaxed);
+        self.relays_out.store(s.relays_out, Relaxed);
+        self.frames_relayed_in.store(s.frames_relayed_in, Relaxed);
+        self.relay_dropped.store(t.relay_dropped, Relaxed);
         self.udp_ring_exhausted.store(t.ring_exhausted, Relaxed);
         self.ice_tcp_connections.store(t.tcp_accepted, Relaxed);
         self.ice_tcp_packets_in.store(t.tcp_packets_in, Relaxed);
@@ -159,7 +170,7 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
         self.fold_workers();
-        let rows: [(&str, &str, &str, &AtomicU64); 42] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 45] = [
             (
                 "parloir_record_dropped_total",
                 "counter",
@@ -255,6 +266,24 @@ impl Metrics {
                 "counter",
                 "Subscriber offers written a call later than asked, to keep each call of the media worker short.",
                 &self.offers_deferred,
+            ),
+            (
+                "parloir_relays_out_total",
+                "counter",
+                "Messages to other media workers for rooms spanning workers (frames among them).",
+                &self.relays_out,
+            ),
+            (
+                "parloir_frames_relayed_in_total",
+                "counter",
+                "Frames of rooms spanning workers received from another media worker and forwarded here.",
+                &self.frames_relayed_in,
+            ),
+            (
+                "parloir_relay_dropped_total",
+                "counter",
+                "Frames for another media worker dropped because its queue was full.",
+                &self.relay_dropped,
             ),
             (
                 "parloir_udp_send_messages_total",

@@ -134,11 +134,22 @@ pub enum ServiceError {
 
 impl Sfu {
     pub(super) fn service(&mut self, now: Instant, id: u64, call: ServiceCall, unix_ms: i64) {
+        // In a room spanning media workers, the others get their share (`relay.rs`).
+        let relays = self.call_relays(&call);
+        let relayed = (!relays.is_empty()).then(|| call.clone());
         let result = Box::new(self.service_call(now, call, unix_ms));
+        if let Some(call) = relayed
+            && result.is_ok()
+        {
+            for to in relays {
+                let call = Box::new(call.clone());
+                self.push_relay(to, super::Relay::Call { call, unix_ms });
+            }
+        }
         self.out.push_back(Output::ServiceReply { id, result });
     }
 
-    fn service_call(
+    pub(super) fn service_call(
         &mut self,
         now: Instant,
         call: ServiceCall,
@@ -192,7 +203,9 @@ impl Sfu {
                 for session in room.members.clone() {
                     self.leave(session, Some(proto::DisconnectReason::RoomDeleted));
                 }
-                if let Some(room) = self.rooms.remove(&r.room) {
+                if let Some(room) = self.rooms.remove(&r.room)
+                    && self.is_home(&r.room)
+                {
                     self.webhook("room_finished", Some(room.info), None, None);
                 }
                 Ok(ServiceReply::Empty)
@@ -402,7 +415,7 @@ impl Sfu {
     }
 
     /// Tells `members` the room's new state (RoomUpdate).
-    fn room_update(&mut self, members: Vec<SessionId>, info: &proto::Room) {
+    pub(super) fn room_update(&mut self, members: Vec<SessionId>, info: &proto::Room) {
         for s in members {
             let update = proto::RoomUpdate {
                 room: Some(info.clone()),

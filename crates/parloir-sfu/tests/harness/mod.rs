@@ -11,13 +11,13 @@
 //! assertions leave room for that rather than pinning exact figures.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use parloir_sfu::{
-    Command, JoinCommand, Layout, Output, ServiceError, ServiceReply, SessionId, Sfu, SfuConfig,
-    proto,
+    Command, JoinCommand, Layout, Output, Relay, ServiceError, ServiceReply, SessionId, Sfu,
+    SfuConfig, proto,
 };
 use prost::Message as _;
 use rand::rngs::StdRng;
@@ -41,6 +41,38 @@ pub const VIDEO_FRAME_BYTES: usize = 3000;
 
 pub fn sfu_addr() -> SocketAddr {
     SFU.parse().expect("constant address")
+}
+
+/// The address of media worker `w` (worker 0 is [`SFU`]).
+pub fn worker_addr(w: u16) -> SocketAddr {
+    let mut a = sfu_addr();
+    a.set_port(a.port() + w);
+    a
+}
+
+/// A media worker past the first (`Sim::with_workers`): an SFU of its own on its own port,
+/// sharing rooms with the others through relays.
+pub struct Extra {
+    pub sfu: Sfu,
+    pub deadline: Instant,
+}
+
+fn sfu_config(seed: u64, n: usize, bwe_kbps: u32, worker: u16, workers: u16) -> SfuConfig {
+    SfuConfig {
+        candidates: vec![worker_addr(worker)],
+        tcp_candidates: Vec::new(),
+        seed: seed.wrapping_add(u64::from(worker) * 0x9e37_79b9),
+        server_version: "1.13.5".into(),
+        protocol: 17,
+        node_id: "ND_sim".into(),
+        ping_interval_s: 5,
+        ping_timeout_s: 15,
+        loudest_audio: n,
+        speech_all_rooms: true,
+        bwe_initial_kbps: bwe_kbps,
+        worker,
+        workers,
+    }
 }
 
 /// A datagram in flight.
@@ -229,6 +261,8 @@ pub struct Client {
     pub single: bool,
     pub offer_id: u32,
     pub deferred: Option<(u32, u32)>,
+    /// The media worker its connections are on.
+    pub worker: u16,
 }
 
 impl Client {
@@ -297,6 +331,14 @@ pub struct Sim {
     pub epoch: Instant,
     /// Clients joining from now on publish their camera as VP9 SVC (`Client::svc`).
     pub svc_next: bool,
+    /// Media workers 1.. (worker 0 is `sfu`), and the relays between them not yet handed
+    /// over: (from, to, message).
+    pub extra: Vec<Extra>,
+    pub relays: VecDeque<(u16, u16, Box<Relay>)>,
+    /// Relay messages handed over so far.
+    pub relayed: u64,
+    /// The worker the next client joins on.
+    pub next_worker: u16,
 }
 
 impl Sim {
@@ -318,19 +360,7 @@ impl Sim {
         // simulation runs on this thread).
         fastrand::seed(seed);
         let now = Instant::now();
-        let config = SfuConfig {
-            candidates: vec![sfu_addr()],
-            tcp_candidates: Vec::new(),
-            seed,
-            server_version: "1.13.5".into(),
-            protocol: 17,
-            node_id: "ND_sim".into(),
-            ping_interval_s: 5,
-            ping_timeout_s: 15,
-            loudest_audio: n,
-            speech_all_rooms: true,
-            bwe_initial_kbps: bwe_kbps,
-        };
+        let config = sfu_config(seed, n, bwe_kbps, 0, 1);
         Self {
             now,
             sfu: Sfu::new(config, now),
@@ -366,6 +396,53 @@ impl Sim {
             video_every: 5,
             epoch: now,
             svc_next: false,
+            extra: Vec::new(),
+            relays: VecDeque::new(),
+            relayed: 0,
+            next_worker: 0,
+        }
+    }
+
+    /// A simulation with `workers` media workers (one SFU each, on ports 7882, 7883, ...);
+    /// clients join on `next_worker`.
+    pub fn with_workers(seed: u64, workers: u16) -> Self {
+        let mut sim = Self::new(seed, 0.0);
+        let now = sim.now;
+        sim.sfu = Sfu::new(sfu_config(seed, 3, 1000, 0, workers), now);
+        for w in 1..workers {
+            sim.extra.push(Extra {
+                sfu: Sfu::new(sfu_config(seed, 3, 1000, w, workers), now),
+                deadline: now,
+            });
+        }
+        sim
+    }
+
+    pub fn workers(&self) -> u16 {
+        self.extra.len() as u16 + 1
+    }
+
+    pub fn sfu_of(&mut self, w: u16) -> &mut Sfu {
+        match w {
+            0 => &mut self.sfu,
+            w => &mut self.extra[usize::from(w) - 1].sfu,
+        }
+    }
+
+    /// The worker a command goes to: its session's, or (a RoomService call) its room's home.
+    fn worker_for(&self, command: &Command) -> u16 {
+        if let Some(session) = command.session() {
+            return self
+                .clients
+                .iter()
+                .find(|c| c.session == session)
+                .map_or(0, |c| c.worker);
+        }
+        match command {
+            Command::Service { call, .. } => call.room().map_or(0, |room| {
+                parloir_sfu::home_worker(room, usize::from(self.workers())) as u16
+            }),
+            _ => 0,
         }
     }
 
@@ -467,6 +544,7 @@ impl Sim {
             single,
             offer_id: u32::from(single),
             deferred: None,
+            worker: self.next_worker,
         });
         self.commands.push(Command::Join(Box::new(JoinCommand {
             session,
@@ -672,7 +750,9 @@ impl Sim {
             let mut moved = false;
             for command in std::mem::take(&mut self.commands) {
                 let t = Instant::now();
-                self.sfu.handle_command(self.now, command);
+                let w = self.worker_for(&command);
+                let now = self.now;
+                self.sfu_of(w).handle_command(now, command);
                 self.timed(t, "command");
                 moved = true;
             }
@@ -681,6 +761,12 @@ impl Sim {
                 self.deliver(p);
             }
             moved |= self.drain_sfu();
+            while let Some((from, to, relay)) = self.relays.pop_front() {
+                moved = true;
+                self.relayed += 1;
+                let now = self.now;
+                self.sfu_of(to).handle_relay(now, from, *relay);
+            }
             for i in 0..self.clients.len() {
                 moved |= self.drain_client(i);
             }
@@ -691,9 +777,10 @@ impl Sim {
     }
 
     pub fn deliver(&mut self, p: Packet) {
-        if p.to == sfu_addr() {
+        if let Some(w) = (0..self.workers()).find(|w| p.to == worker_addr(*w)) {
             let t = Instant::now();
-            self.sfu.handle_receive(self.now, p.from, p.to, &p.data);
+            let now = self.now;
+            self.sfu_of(w).handle_receive(now, p.from, p.to, &p.data);
             self.timed(t, "receive");
             return;
         }
@@ -746,11 +833,23 @@ impl Sim {
 
     pub fn drain_sfu(&mut self) -> bool {
         let mut moved = false;
+        for w in 0..self.workers() {
+            moved |= self.drain_worker(w);
+        }
+        moved
+    }
+
+    fn drain_worker(&mut self, w: u16) -> bool {
+        let mut moved = false;
         loop {
             let t = Instant::now();
-            let output = self.sfu.poll_output();
+            let output = self.sfu_of(w).poll_output();
             self.sfu_time += t.elapsed();
             match output {
+                Output::Relay { to, relay } => {
+                    moved = true;
+                    self.relays.push_back((w, to, relay));
+                }
                 Output::Transmit(t) => {
                     moved = true;
                     self.net.send(
@@ -781,7 +880,10 @@ impl Sim {
                     }
                 }
                 Output::Timeout(t) => {
-                    self.sfu_deadline = t;
+                    match w {
+                        0 => self.sfu_deadline = t,
+                        w => self.extra[usize::from(w) - 1].deadline = t,
+                    }
                     return moved;
                 }
             }
@@ -1062,6 +1164,9 @@ impl Sim {
         while self.now < end {
             self.pump();
             let mut next = self.media_tick.min(self.sfu_deadline).min(end);
+            for e in &self.extra {
+                next = next.min(e.deadline);
+            }
             if let Some(t) = self.net.next_due() {
                 next = next.min(t);
             }
@@ -1078,6 +1183,12 @@ impl Sim {
                 let t = Instant::now();
                 self.sfu.handle_timeout(self.now);
                 self.timed(t, "timeout");
+            }
+            let now = self.now;
+            for e in &mut self.extra {
+                if now >= e.deadline {
+                    e.sfu.handle_timeout(now);
+                }
             }
             let now = self.now;
             for c in &mut self.clients {

@@ -213,7 +213,7 @@ impl Simulcast {
 /// Video or audio data from the remote peer.
 ///
 /// This is obtained via [`Event::MediaData`][crate::Event::MediaData].
-#[derive(PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct MediaData {
     /// Identifier of the media in the session this media belongs to.
     pub mid: Mid,
