@@ -19,6 +19,11 @@
 //! would hold its datagrams for). Then one more participant joins and publishes into the warm
 //! room: the longest single SFU call from its publish to a second later, and the most subscriber
 //! offers one call wrote.
+//!
+//! `PARLOIR_BENCH_WORKERS=W` (steps mode) spreads the room over W media workers, participant i
+//! on worker i mod W (a room spanning workers, frames relayed between them), and prints each
+//! worker's time per datagram the whole room sent: the busiest worker's is what the room costs
+//! the core it needs most, the sum what it costs in all.
 
 #[path = "../tests/harness/mod.rs"]
 mod harness;
@@ -45,7 +50,15 @@ fn room(n: usize) -> Sim {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let mut sim = Sim::with_options(42, 0.0, 3, bwe);
+    let workers: u16 = std::env::var("PARLOIR_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut sim = if workers > 1 {
+        Sim::with_workers_bwe(42, workers, bwe)
+    } else {
+        Sim::with_options(42, 0.0, 3, bwe)
+    };
     // PARLOIR_BENCH_SLOTS=K spreads the clients' sending over K phases of each 20 ms (1, the
     // default: all at the same instant).
     sim.media_slots = std::env::var("PARLOIR_BENCH_SLOTS")
@@ -53,6 +66,7 @@ fn room(n: usize) -> Sim {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     for i in 0..n {
+        sim.next_worker = i as u16 % sim.workers();
         sim.join(&format!("p{i}"));
     }
     for i in 0..n {
@@ -81,15 +95,38 @@ fn main() {
             let warmup_wall = started.elapsed().as_secs_f64();
             let warmup_sfu = sim.sfu_time.as_secs_f64();
             let offers = sim.clients.iter().map(|c| c.offers.len()).sum::<usize>();
-            let before = sim.sfu.stats();
+            let totals = |sim: &mut Sim| {
+                (0..sim.workers())
+                    .map(|w| sim.sfu_of(w).stats())
+                    .fold((0, 0), |(o, t), s| (o + s.packets_out, t + s.rtc_timeouts))
+            };
+            let before = totals(&mut sim);
             sim.sfu_time = Duration::ZERO;
             sim.sfu_longest = Duration::ZERO;
+            sim.worker_time.iter_mut().for_each(|t| *t = Duration::ZERO);
             for _ in 0..steps {
                 sim.run_for(STEP);
             }
-            let after = sim.sfu.stats();
-            let out = after.packets_out - before.packets_out;
-            let timeouts = after.rtc_timeouts - before.rtc_timeouts;
+            let after = totals(&mut sim);
+            let out = after.0 - before.0;
+            let timeouts = after.1 - before.1;
+            if sim.workers() > 1 {
+                let per_worker: Vec<String> = sim
+                    .worker_time
+                    .iter()
+                    .map(|t| format!("{:.2}", t.as_secs_f64() * 1e6 / out.max(1) as f64))
+                    .collect();
+                let timeouts: Vec<String> = (0..sim.workers())
+                    .map(|w| sim.sfu_of(w).stats().rtc_timeouts.to_string())
+                    .collect();
+                println!(
+                    "participants {n} workers {} us_per_datagram_out_by_worker {} relayed {} rtc_timeouts_by_worker {}",
+                    sim.workers(),
+                    per_worker.join(","),
+                    sim.relayed,
+                    timeouts.join(",")
+                );
+            }
             let us = sim.sfu_time.as_secs_f64() * 1e6 / out.max(1) as f64;
             let steady_longest = sim.sfu_longest.as_secs_f64() * 1e3;
             let steady_kind = sim.sfu_longest_kind;

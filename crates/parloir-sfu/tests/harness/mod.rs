@@ -339,6 +339,8 @@ pub struct Sim {
     pub relayed: u64,
     /// The worker the next client joins on.
     pub next_worker: u16,
+    /// Wall-clock time spent inside each worker's SFU calls (`sfu_time` is their sum).
+    pub worker_time: Vec<Duration>,
 }
 
 impl Sim {
@@ -400,18 +402,25 @@ impl Sim {
             relays: VecDeque::new(),
             relayed: 0,
             next_worker: 0,
+            worker_time: vec![Duration::ZERO],
         }
     }
 
     /// A simulation with `workers` media workers (one SFU each, on ports 7882, 7883, ...);
     /// clients join on `next_worker`.
     pub fn with_workers(seed: u64, workers: u16) -> Self {
-        let mut sim = Self::new(seed, 0.0);
+        Self::with_workers_bwe(seed, workers, 1000)
+    }
+
+    /// As [`Sim::with_workers`], with subscriber bandwidth estimation from `bwe_kbps` (0: off).
+    pub fn with_workers_bwe(seed: u64, workers: u16, bwe_kbps: u32) -> Self {
+        let mut sim = Self::with_options(seed, 0.0, 3, bwe_kbps);
         let now = sim.now;
-        sim.sfu = Sfu::new(sfu_config(seed, 3, 1000, 0, workers), now);
+        sim.worker_time = vec![Duration::ZERO; usize::from(workers)];
+        sim.sfu = Sfu::new(sfu_config(seed, 3, bwe_kbps, 0, workers), now);
         for w in 1..workers {
             sim.extra.push(Extra {
-                sfu: Sfu::new(sfu_config(seed, 3, 1000, w, workers), now),
+                sfu: Sfu::new(sfu_config(seed, 3, bwe_kbps, w, workers), now),
                 deadline: now,
             });
         }
@@ -753,6 +762,7 @@ impl Sim {
                 let w = self.worker_for(&command);
                 let now = self.now;
                 self.sfu_of(w).handle_command(now, command);
+                self.worker_time[usize::from(w)] += t.elapsed();
                 self.timed(t, "command");
                 moved = true;
             }
@@ -765,7 +775,11 @@ impl Sim {
                 moved = true;
                 self.relayed += 1;
                 let now = self.now;
+                let t = Instant::now();
                 self.sfu_of(to).handle_relay(now, from, *relay);
+                let took = t.elapsed();
+                self.worker_time[usize::from(to)] += took;
+                self.sfu_time += took;
             }
             for i in 0..self.clients.len() {
                 moved |= self.drain_client(i);
@@ -781,6 +795,7 @@ impl Sim {
             let t = Instant::now();
             let now = self.now;
             self.sfu_of(w).handle_receive(now, p.from, p.to, &p.data);
+            self.worker_time[usize::from(w)] += t.elapsed();
             self.timed(t, "receive");
             return;
         }
@@ -844,7 +859,9 @@ impl Sim {
         loop {
             let t = Instant::now();
             let output = self.sfu_of(w).poll_output();
-            self.sfu_time += t.elapsed();
+            let took = t.elapsed();
+            self.sfu_time += took;
+            self.worker_time[usize::from(w)] += took;
             match output {
                 Output::Relay { to, relay } => {
                     moved = true;
@@ -1182,12 +1199,17 @@ impl Sim {
             if self.now >= self.sfu_deadline {
                 let t = Instant::now();
                 self.sfu.handle_timeout(self.now);
+                self.worker_time[0] += t.elapsed();
                 self.timed(t, "timeout");
             }
             let now = self.now;
-            for e in &mut self.extra {
+            for (i, e) in self.extra.iter_mut().enumerate() {
                 if now >= e.deadline {
+                    let t = Instant::now();
                     e.sfu.handle_timeout(now);
+                    let took = t.elapsed();
+                    self.worker_time[i + 1] += took;
+                    self.sfu_time += took;
                 }
             }
             let now = self.now;
