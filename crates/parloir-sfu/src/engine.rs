@@ -458,6 +458,9 @@ struct Room {
     recorders: u32,
     /// The other media workers that hold participants of the room (`relay.rs`).
     span: Vec<u16>,
+    /// When this worker made it (a room away from its home worker that hears nothing from
+    /// home within [`SID_WAIT`] makes a sid of its own).
+    created: Instant,
 }
 
 struct Participant {
@@ -792,6 +795,8 @@ impl Track {
 }
 
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a room away from its home worker waits for the home's sid before it makes one.
+const SID_WAIT: Duration = Duration::from_secs(2);
 /// Falls of the estimate closer together than this make one falling streak.
 const FALLING_WINDOW: Duration = Duration::from_millis(500);
 /// A fall deeper than this share of the recent peak estimate is congestion, not noise.
@@ -3076,9 +3081,17 @@ impl Sfu {
     }
 
     fn new_room(&mut self, now: Instant, name: &str, unix_ms: i64) -> Room {
+        let home = self.is_home(name);
         let room = Room {
             info: proto::Room {
-                sid: self.ids.sid("RM_"),
+                // Away from its home worker the room's sid is the home's, not known yet: an
+                // empty sid, which livekit-client waits out until the RoomUpdate that brings
+                // it (`relay.rs`).
+                sid: if home {
+                    self.ids.sid("RM_")
+                } else {
+                    String::new()
+                },
                 name: name.to_string(),
                 empty_timeout: DEFAULT_EMPTY_TIMEOUT_S,
                 departure_timeout: DEFAULT_DEPARTURE_TIMEOUT_S,
@@ -3096,9 +3109,10 @@ impl Sfu {
             languages: None,
             recorders: 0,
             span: Vec::new(),
+            created: now,
         };
         // A room spanning workers is announced once, by its home worker.
-        if self.is_home(name) {
+        if home {
             self.webhook("room_started", Some(room.info.clone()), None, None);
         }
         room
@@ -3537,6 +3551,10 @@ impl Sfu {
         let mut messages = Vec::new();
         let mut updates = Vec::new();
         for room in self.rooms.values_mut() {
+            if room.info.sid.is_empty() && now.saturating_duration_since(room.created) >= SID_WAIT {
+                room.info.sid = self.ids.sid("RM_");
+                room.counts_changed = true;
+            }
             // Participant counts go out at most once a tick, however many joined.
             if std::mem::take(&mut room.counts_changed) {
                 let members: Vec<&Participant> = room

@@ -1617,7 +1617,18 @@ fn a_room_spans_media_workers() {
             "{me}'s room counts everyone"
         );
     }
-    // One room: the home worker's sid everywhere.
+    // One room: the home worker's sid everywhere. bob, the first on the other worker, joined
+    // before it was known there: an empty sid (livekit-client waits for the RoomUpdate).
+    let joined_sid = |me: &str| {
+        sim.client(me)
+            .joined
+            .as_ref()
+            .and_then(|j| j.room.clone())
+            .map(|r| r.sid)
+    };
+    assert_eq!(joined_sid("bob").as_deref(), Some(""));
+    assert!(joined_sid("alice").is_some_and(|s| s.starts_with("RM_")));
+    assert_eq!(joined_sid("dave"), joined_sid("alice"));
     let sid = |me: &str| sim.client(me).room.as_ref().map(|r| r.sid.clone());
     assert_eq!(sid("bob"), sid("alice"));
     assert_eq!(sid("dave"), sid("carol"));

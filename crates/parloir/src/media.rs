@@ -220,8 +220,8 @@ impl MediaHandle {
                 other => return Ok(other),
             }
         }
-        // A room spanning workers is listed by each: once is enough.
-        rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        // A room spanning workers is listed by each: once is enough (one that knows its sid).
+        rooms.sort_by(|a, b| (&a.name, a.sid.is_empty()).cmp(&(&b.name, b.sid.is_empty())));
         rooms.dedup_by(|a, b| a.name == b.name);
         Ok(Ok(ServiceReply::Rooms(
             parloir_sfu::proto::ListRoomsResponse { rooms },
@@ -544,8 +544,12 @@ impl Worker {
                                 self.flush();
                             }
                         }
-                        deadline = self.catch_up(deadline);
+                        let due = self.catch_up(deadline);
                         self.flush();
+                        // Frames relayed meanwhile wait for one receive batch, not for the
+                        // end of a burst.
+                        commands_left |= self.handle_relays();
+                        deadline = due.min(self.drain_output());
                     }
                     Err(e) => {
                         // ICMP errors from earlier sends surface here; they are not fatal.
