@@ -836,6 +836,14 @@ const NEGOTIATION_INTERVAL: Duration = Duration::from_millis(150);
 /// once and written by the following calls of [`Sfu::handle_timeout`], and the worker handles
 /// the datagrams that arrived in between.
 pub const OFFER_MLINES_PER_CALL: usize = 256;
+/// About how many m-lines of peer connections one call of [`Sfu::handle_timeout`] hands their
+/// timeouts to. A timeout that sends a connection's RTCP reports costs about 1.5 µs per
+/// m-line (0.47 ms for a subscriber of 300 in a room of 150), and connections that started
+/// together keep their report timers together: at 150 participants one call served 298 of
+/// them, holding the media worker for 140 ms. With this budget a call serves about two such
+/// connections (or many small ones); the others stay due, and the worker reads its socket
+/// before the next call.
+pub const TIMEOUT_MLINES_PER_CALL: usize = 512;
 /// How long a participant whose WebSocket dropped may resume before it is removed.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(15);
 /// LiveKit's defaults: a room nobody joined closes after 5 minutes, a room everyone left after
@@ -1040,8 +1048,14 @@ impl Sfu {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         self.offer_budget = OFFER_MLINES_PER_CALL;
-        while let Some(pid) = pop_due(&mut self.deadlines, now) {
+        // Peers' timeouts, up to about TIMEOUT_MLINES_PER_CALL m-lines of them (at least one
+        // peer): the rest stay due, for the next call.
+        let mut budget = TIMEOUT_MLINES_PER_CALL;
+        while budget > 0
+            && let Some(pid) = pop_due(&mut self.deadlines, now)
+        {
             if let Some(peer) = self.peers.get_mut(&pid) {
+                budget = budget.saturating_sub(1 + peer.mids_out.len() + peer.mids_in.len());
                 peer.deadline = None;
                 self.stats.rtc_timeouts += 1;
                 if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {

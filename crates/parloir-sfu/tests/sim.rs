@@ -1820,3 +1820,36 @@ fn a_participant_on_another_worker_meets_those_left_when_the_home_worker_empties
     assert_eq!(count("room_started"), 1);
     assert_eq!(count("room_finished"), 0);
 }
+
+#[test]
+fn timeouts_due_together_are_spread_over_calls() {
+    // 30 publishers: each subscriber connection carries 58 m-lines of others' tracks.
+    let mut sim = Sim::with_options(23, 0.0, 3, 0);
+    for i in 0..30 {
+        sim.join(&format!("p{i}"));
+    }
+    for i in 0..30 {
+        sim.publish(i);
+    }
+    sim.run_for(Duration::from_secs(2));
+    // Two seconds pass without a call: every connection's timers are due at once.
+    sim.now += Duration::from_secs(2);
+    let now = sim.now;
+    let mut calls = Vec::new();
+    loop {
+        let before = sim.sfu.stats().rtc_timeouts;
+        sim.sfu.handle_timeout(now);
+        let served = sim.sfu.stats().rtc_timeouts - before;
+        // Drain what the call produced (the datagrams are dropped: no time passes here).
+        while !matches!(sim.sfu.poll_output(), parloir_sfu::Output::Timeout(_)) {}
+        if served == 0 {
+            break;
+        }
+        calls.push(served);
+    }
+    let total: u64 = calls.iter().sum();
+    assert!(total >= 60, "every connection was served: {calls:?}");
+    // About TIMEOUT_MLINES_PER_CALL (512) m-lines a call: 30 subscriber connections of 59
+    // take at least four calls (the publishers' small connections fit many to a call).
+    assert!(calls.len() >= 4, "spread over calls: {calls:?}");
+}
