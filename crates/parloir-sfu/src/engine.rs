@@ -1686,7 +1686,14 @@ impl Sfu {
                 let Some(sid) = peer.mids_out.get(&req.mid) else {
                     return;
                 };
-                let rid = peer.outs.get(sid).and_then(|o| o.switcher.current());
+                // The simulcast layer it gets; a scalable track is one stream (its spatial
+                // layers' names are ours, not rids the publisher knows).
+                let scalable = self.tracks.get(sid).is_some_and(|t| t.svc);
+                let rid = peer
+                    .outs
+                    .get(sid)
+                    .and_then(|o| o.switcher.current())
+                    .filter(|_| !scalable);
                 let sid = sid.clone();
                 self.request_keyframe(now, &sid, rid, req.kind);
             }
@@ -2228,21 +2235,31 @@ impl Sfu {
             track_info,
         );
         self.broadcast_participant(&room, &pinfo, None);
-        // Everyone auto-subscribed gets it.
+        self.auto_subscribe(&room, session, &[sid.to_string()]);
+    }
+
+    /// Subscribes every member of `room` that subscribes automatically (not `publisher`, and
+    /// not mirrors, which never do) to tracks `sids`, and negotiates.
+    fn auto_subscribe(&mut self, room: &str, publisher: SessionId, sids: &[String]) {
+        if sids.is_empty() {
+            return;
+        }
         let members: Vec<SessionId> = self
             .rooms
-            .get(&room)
+            .get(room)
             .map(|r| r.members.clone())
             .unwrap_or_default();
         for s in members {
-            if s == session {
+            if s == publisher {
                 continue;
             }
             let auto = self.participants.get(&s).is_some_and(|p| {
                 p.auto_subscribe && p.info.permission.as_ref().is_some_and(|x| x.can_subscribe)
             });
             if auto {
-                self.subscribe(s, sid);
+                for sid in sids {
+                    self.subscribe(s, sid);
+                }
                 self.negotiate_subscriber(s);
             }
         }
@@ -2835,6 +2852,12 @@ impl Sfu {
                         .clone(),
                     None => data.data.clone(),
                 };
+                // A picture with nothing of the subscriber's layers (an AV1 temporal unit
+                // without a base layer frame) is not a frame to send: an empty one would be
+                // a corrupt frame for the decoder.
+                if payload.is_empty() {
+                    continue;
+                }
                 // Packetized at once (str0m patch 13): the packets go out on this peer's
                 // next poll, without a timeout of their own.
                 match writer.now(now).write(pt, wallclock, time, payload) {

@@ -1853,3 +1853,41 @@ fn timeouts_due_together_are_spread_over_calls() {
     // take at least four calls (the publishers' small connections fit many to a call).
     assert!(calls.len() >= 4, "spread over calls: {calls:?}");
 }
+
+#[test]
+fn a_subscriber_key_frame_request_on_a_scalable_track_reaches_its_publisher() {
+    let mut sim = Sim::with_options(24, 0.0, 3, 0);
+    sim.layer_bytes = [400, 900, 2000];
+    sim.svc_next = true;
+    sim.join("pub");
+    sim.svc_next = false;
+    sim.join("small");
+    sim.publish_svc(0);
+    sim.run_for(Duration::from_secs(2));
+    let cam = sim.track_sid("pub", "cam");
+    settings(&mut sim, "small", &cam, size(320, 180));
+    sim.run_for(Duration::from_secs(2));
+    assert!(received(&sim, "small", &cam) > 10, "the camera flows");
+    // The subscriber's decoder asks for a key frame (a PLI on its m-line): the publisher is
+    // asked for one, for its one stream (a scalable track's layers are not simulcast rids).
+    let mid = sim
+        .client("small")
+        .sub_tracks
+        .iter()
+        .find(|(_, sid)| **sid == cam)
+        .map(|(mid, _)| Mid::from(mid.as_str()))
+        .expect("the camera's m-line");
+    let before = received(&sim, "small", &cam);
+    sim.clients[1]
+        .subscriber
+        .direct_api()
+        .stream_rx_by_mid(mid, None)
+        .expect("the camera's receive stream")
+        .request_keyframe(str0m::media::KeyframeRequestKind::Pli);
+    sim.run_for(Duration::from_millis(400));
+    let after = &sim.client("small").video_rx[&cam][before..];
+    assert!(
+        after.iter().any(|f| f.key),
+        "a key picture came (the publisher sends one every 6 s unasked): {after:?}"
+    );
+}

@@ -410,9 +410,11 @@ impl Sfu {
             }
         };
         // Tracks gone, changed and new.
+        let mut removed = false;
         for sid in &tracks_before {
             if !info.tracks.iter().any(|t| &t.sid == sid) {
                 self.remove_track(sid);
+                removed = true;
             }
         }
         let mut new_tracks = Vec::new();
@@ -430,26 +432,15 @@ impl Sfu {
         if !is_hidden(&info) {
             self.broadcast_participant(&room_name, &info, None);
         }
-        let members: Vec<SessionId> = self
-            .rooms
-            .get(&room_name)
-            .map(|r| r.members.clone())
-            .unwrap_or_default();
-        for s in members {
-            let Some(p) = self.participants.get(&s) else {
-                continue;
-            };
-            if p.remote.is_some() {
-                continue;
-            }
-            let auto =
-                p.auto_subscribe && p.info.permission.as_ref().is_some_and(|x| x.can_subscribe);
-            if auto {
-                for sid in &new_tracks {
-                    self.subscribe(s, sid);
-                }
-            }
-            if auto && !new_tracks.is_empty() || !tracks_before.is_empty() {
+        self.auto_subscribe(&room_name, session, &new_tracks);
+        if removed {
+            // Their subscribers here renegotiate without them.
+            let members: Vec<SessionId> = self
+                .rooms
+                .get(&room_name)
+                .map(|r| r.members.clone())
+                .unwrap_or_default();
+            for s in members {
                 self.negotiate_subscriber(s);
             }
         }
