@@ -685,7 +685,29 @@ describe('simulcast', () => {
       await bob.page.evaluate(() => window.resizeVideos(160, 90));
       const back = await until('bob is back on the low layer', (v) =>
         v.frameWidth <= small.frameWidth && v.framesDecoded > large.framesDecoded);
+      // Frame rate: bob asks for 4 frames/s (setVideoFPS) and gets fewer temporal layers, then
+      // takes the wish back and gets them all again. Alice's encoder sends three temporal
+      // layers (Chromium's VP8 simulcast encodes each layer L1T3; VP9 and AV1 are L3T3_KEY):
+      // layer 0 alone is a quarter of its frames (5 of the fake camera's 20 per second), which
+      // gives 4. Its rate varies on a loaded machine, so the rates are compared with each
+      // other, each measured over 4 s once the change settled.
+      const rate = async () => {
+        await sleep(1500);
+        const decoded = async () => (await bob.stats()).find((t) => t.participant === 'alice' && t.kind === 'video').framesDecoded;
+        const [from, t0] = [await decoded(), Date.now()];
+        await sleep(4000);
+        return ((await decoded()) - from) * 1000 / (Date.now() - t0);
+      };
+      const full = await rate();
+      await bob.page.evaluate(() => window.setVideoFPS('alice', 4));
+      const slow = await rate();
+      await bob.page.evaluate(() => window.setVideoFPS('alice', 0));
+      const again = await rate();
       const sent = await alice.localVideo();
+      console.log(`${codec} frames decoded per second: ${full.toFixed(1)}, asking for 4: ${slow.toFixed(1)}, ` +
+        `then without a wish: ${again.toFixed(1)}`);
+      assert.ok(slow < 0.45 * full && again > 0.6 * full && again > 2 * slow,
+        `fewer frames only while asked: ${full.toFixed(1)} ${slow.toFixed(1)} ${again.toFixed(1)}; alice sends ${JSON.stringify(sent)}`);
       console.log(`${codec} frame widths: small ${small.frameWidth}, large ${large.frameWidth}, small again ${back.frameWidth}; ` +
         `decoder ${back.decoder}, key frames decoded ${back.keyFramesDecoded}, dropped ${back.framesDropped}; ` +
         `alice sends ${sent.map((e) => `${e.rid ?? '-'} ${e.scalabilityMode ?? '-'} ${e.frameWidth} (${e.encoder}, ${e.qualityLimitationReason})`).join(', ')}`);

@@ -27,6 +27,7 @@ use crate::sdp_scan;
 use crate::simulcast::{self, Decision, Layers, Switcher};
 use crate::speakers::{self, Loudness, SPEAKER_TICK};
 use crate::svc;
+use crate::temporal;
 pub use relay::{Relay, home_worker};
 
 /// Static configuration of the SFU.
@@ -630,6 +631,8 @@ struct Out {
     short_since: Option<Instant>,
     /// The wallclock of the last frame written.
     wallclock: Option<Instant>,
+    /// Which temporal layers it gets (its frame rate).
+    temporal: temporal::Filter,
 }
 
 impl Out {
@@ -641,6 +644,7 @@ impl Out {
             key_wait: false,
             short_since: None,
             wallclock: None,
+            temporal: temporal::Filter::default(),
         }
     }
 }
@@ -656,6 +660,8 @@ struct Track {
     layers: Layers,
     /// Whether it is scalable: VP9 or AV1 frames carrying spatial layers (`svc.rs`).
     svc: bool,
+    /// Its temporal layers, and the frame rate each adds (`temporal.rs`).
+    temporal: temporal::Rates,
     /// Which spatial layers of a scalable track the recorder gets.
     record_switch: Switcher,
     /// Subscriber peers of this track; media goes to those whose m-line is open.
@@ -693,6 +699,7 @@ impl Track {
             kind,
             layers: Layers::default(),
             svc: false,
+            temporal: temporal::Rates::default(),
             record_switch: Switcher::default(),
             subscribers: Vec::new(),
             last_keyframe_request: FastMap::default(),
@@ -2638,6 +2645,18 @@ impl Sfu {
                 }
             }
         }
+        // Its temporal layer, counted per spatial rank (a scalable track's frames, which carry
+        // every spatial layer, on rank 0), and the highest one flowing: with only layer 0,
+        // every frame goes to everyone without looking further.
+        let tframe = video.then(|| temporal::Frame::of(&data));
+        let trank = match (spatial, data.rid) {
+            (None, Some(rid)) => track.layers.rank(&rid),
+            _ => 0,
+        };
+        if let Some(f) = tframe {
+            track.temporal.frame(trank, f.tid, now);
+        }
+        let ttop = track.temporal.top(now);
         // Layer rates feed only the receive budget. A spatial layer's rate is what a
         // subscriber of it gets: that layer and those below.
         if self.config.bwe_initial_kbps > 0 {
@@ -2840,6 +2859,24 @@ impl Sfu {
                     }
                     _ => data.time,
                 };
+                // Its frame rate: the fewest temporal layers that give what it asked for
+                // (`UpdateTrackSettings.fps`), else all.
+                if ttop > 0
+                    && let Some(f) = tframe
+                {
+                    let fps = self
+                        .participants
+                        .get(&peer.session)
+                        .and_then(|p| p.settings.get(&sid))
+                        .map_or(0, |s| s.fps);
+                    let target = match (fps, self.tracks.get(&sid)) {
+                        (1.., Some(track)) => track.temporal.for_fps(trank, fps, now),
+                        _ => ttop,
+                    };
+                    if !out.temporal.forward(f, target) {
+                        continue;
+                    }
+                }
                 // str0m sends pending frames in wallclock order, and a frame's network time is
                 // when its first packet came: at a layer switch the new layer's key frame may
                 // have started arriving before the old layer's last frame, and must not overtake

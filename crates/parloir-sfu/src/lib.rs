@@ -21,6 +21,7 @@ mod sdp_scan;
 mod simulcast;
 mod speakers;
 mod svc;
+mod temporal;
 
 pub use engine::{
     AudioFrame, AudioTap, Command, JoinCommand, LANGUAGES_KEY, Layout, OFFER_MLINES_PER_CALL,

@@ -1005,6 +1005,102 @@ fn svc_subscribers_get_the_spatial_layers_their_tiles_need() {
 }
 
 #[test]
+fn a_subscriber_that_asks_for_fewer_frames_per_second_gets_fewer_temporal_layers() {
+    // An L3T3 camera at 25 pictures/s: layer 0 gives 6.25 of them, layers 0-1 12.5.
+    let mut sim = Sim::with_options(29, 0.0, 3, 0);
+    sim.layer_bytes = [400, 900, 2000];
+    sim.video_every = 2;
+    sim.svc_next = true;
+    sim.join("pub");
+    sim.svc_next = false;
+    sim.clients[0].svc_temporal = 3;
+    for name in ["slow", "full"] {
+        sim.join(name);
+    }
+    sim.publish_svc(0);
+    sim.run_for(Duration::from_secs(3));
+    let cam = sim.track_sid("pub", "cam");
+    let fps = |fps| proto::UpdateTrackSettings {
+        fps,
+        ..size(1280, 720)
+    };
+    // The temporal layers of what `who` got over `secs` seconds, once a change settled.
+    let window = |sim: &mut Sim, secs| {
+        sim.run_for(Duration::from_secs(1));
+        let from = ["slow", "full"].map(|w| received(sim, w, &cam));
+        sim.run_for(Duration::from_secs(secs));
+        let got = |w: usize, who| -> Vec<u8> {
+            sim.client(who).video_rx[&cam][from[w]..]
+                .iter()
+                .map(|f| f.temporal)
+                .collect()
+        };
+        (got(0, "slow"), got(1, "full"))
+    };
+    let count = |v: &[u8], t| v.iter().filter(|x| **x == t).count();
+
+    let (slow, full) = window(&mut sim, 2);
+    assert!(
+        (45..=55).contains(&slow.len()),
+        "everything at first: {slow:?}"
+    );
+    assert!(count(&slow, 2).abs_diff(slow.len() / 2) <= 1, "{slow:?}");
+
+    let keys = sim.sfu.stats().keyframe_requests;
+    settings(&mut sim, "slow", &cam, fps(12));
+    let (slow, full_meanwhile) = window(&mut sim, 2);
+    assert!(
+        slow.iter().all(|t| *t <= 1) && (22..=28).contains(&slow.len()),
+        "12 frames/s: layers 0 and 1, 12.5 pictures/s: {slow:?}"
+    );
+    assert!(count(&slow, 1).abs_diff(count(&slow, 0)) <= 1, "{slow:?}");
+    assert_eq!(
+        full_meanwhile.len(),
+        full.len(),
+        "the other subscriber is untouched"
+    );
+
+    settings(&mut sim, "slow", &cam, fps(6));
+    let (slow, _) = window(&mut sim, 4);
+    assert!(
+        slow.iter().all(|t| *t == 0) && (22..=28).contains(&slow.len()),
+        "6 frames/s: layer 0, 6.25 pictures/s: {slow:?}"
+    );
+
+    // Back to everything: up at a layer-0 picture, from which on nothing is missing.
+    let before = received(&sim, "slow", &cam);
+    settings(&mut sim, "slow", &cam, fps(0));
+    sim.run_for(Duration::from_secs(2));
+    let after = &sim.client("slow").video_rx[&cam][before..];
+    let up = after
+        .iter()
+        .position(|f| f.temporal > 0)
+        .unwrap_or_else(|| panic!("it went up: {after:?}"));
+    assert_eq!(
+        after[up - 1].temporal,
+        0,
+        "up right after a layer-0 picture"
+    );
+    for w in after[up - 1..].windows(2) {
+        assert_eq!(
+            w[1].counter,
+            w[0].counter + 1,
+            "every picture after: {after:?}"
+        );
+    }
+    // Fewer frames never asked for a key frame, and the receiver saw one unbroken stream.
+    assert_eq!(sim.sfu.stats().keyframe_requests, keys);
+    let frames = &sim.client("slow").video_rx[&cam];
+    assert!(
+        frames.iter().skip(1).all(|f| f.contiguous),
+        "no gap to wait on"
+    );
+    for w in frames.windows(2) {
+        assert!(w[1].counter > w[0].counter && w[1].time > w[0].time);
+    }
+}
+
+#[test]
 fn a_resume_applies_the_answer_the_client_made_before_its_socket_dropped() {
     let mut sim = Sim::new(16, 0.0);
     sim.join("alice");

@@ -281,6 +281,14 @@
     }
   };
 
+  // Asks for a frame rate of a remote participant's video (livekit-client's setVideoFPS;
+  // 0 takes the wish back).
+  window.setVideoFPS = (identity, fps) => {
+    const p = [...room.remoteParticipants.values()].find((r) => r.identity === identity);
+    if (!p) throw new Error(`no remote participant ${identity}`);
+    for (const pub of p.videoTrackPublications.values()) pub.setVideoFPS(fps);
+  };
+
   // livekit-client's own failure simulations ('signal-reconnect' drops the WebSocket).
   window.simulate = (scenario) => room.simulateScenario(scenario);
 

@@ -183,6 +183,10 @@ pub struct VideoFrame {
     pub key: bool,
     /// The publisher's frame counter, carried in its payload.
     pub counter: u32,
+    /// The temporal layer its publisher sent it on (SVC camera), carried in its payload.
+    pub temporal: u8,
+    /// Whether str0m found it contiguous with the frame before (no gap to wait on).
+    pub contiguous: bool,
     /// When its publisher sent it, carried in its payload.
     pub sent: Instant,
     pub at: Instant,
@@ -235,6 +239,12 @@ pub struct Client {
     /// How many spatial layers the SVC camera sends (3; fewer as an encoder short of
     /// bandwidth or CPU drops its top layers).
     pub svc_layers: usize,
+    /// How many temporal layers the SVC camera sends (1: `L3T1_KEY`; 3: `L3T3_KEY`, whose
+    /// pictures go 0, 2, 1, 2 from each key picture on).
+    pub svc_temporal: u8,
+    /// Pictures since the SVC camera's last key picture, and its layer-0 pictures so far.
+    pub svc_since_key: u32,
+    pub svc_tl0: u8,
     /// Publish a camera at all (else the microphone only).
     pub camera: bool,
     /// StreamStateUpdates received (tracks paused or resumed for this subscriber), oldest
@@ -540,6 +550,9 @@ impl Sim {
             svc_seq: 1,
             svc_ticks: 0,
             svc_layers: 3,
+            svc_temporal: 1,
+            svc_since_key: 0,
+            svc_tl0: 0,
             camera: true,
             quality_updates: Vec::new(),
             stream_states: Vec::new(),
@@ -1045,6 +1058,8 @@ impl Sim {
                                         time: d.time.numer(),
                                         key: d.data[0] & 1 == 0,
                                         counter,
+                                        temporal: 0,
+                                        contiguous: d.contiguous,
                                         sent: epoch
                                             + Duration::from_micros(u64::from_be_bytes(
                                                 d.data[6..14].try_into().expect("a send time"),
@@ -1058,6 +1073,8 @@ impl Sim {
                                         time: d.time.numer(),
                                         key: d.data[0] == 0x80,
                                         counter,
+                                        temporal: d.data[14],
+                                        contiguous: d.contiguous,
                                         sent: epoch
                                             + Duration::from_micros(u64::from_be_bytes(
                                                 d.data[6..14].try_into().expect("a send time"),
@@ -1268,7 +1285,8 @@ pub fn missing(got: &[u32], first: u32, last: u32) -> Vec<u32> {
 pub const SVC_SIZES: [(u16, u16); 3] = [(320, 180), (640, 360), (1280, 720)];
 
 /// Sends one picture of an SVC camera: a VP9 layer frame per spatial layer (`layer_bytes`
-/// each), packetised in non-flexible mode as libwebrtc does for `L3T1_KEY`: picture id, layer
+/// each), packetised in non-flexible mode as libwebrtc does for `L3T1_KEY` (or `L3T3_KEY` with
+/// `Client::svc_temporal` at 3: temporal ids 0, 2, 1, 2 from each key picture): picture id, layer
 /// indices with TL0PICIDX, the scalability structure (three layers and their sizes) on key
 /// pictures, B and E per layer frame and the marker on the last packet of the picture. The
 /// upper layers of a key picture are predicted from the layer below (D), the others only from
@@ -1296,6 +1314,18 @@ pub fn send_svc_frame(
     };
     let n = c.video_sent;
     let key = n.is_multiple_of(60) || !c.key_due.is_empty();
+    if key {
+        c.svc_since_key = 0;
+    }
+    let tid: u8 = match c.svc_temporal {
+        0 | 1 => 0,
+        2 => (c.svc_since_key % 2) as u8,
+        _ => [0, 2, 1, 2][(c.svc_since_key % 4) as usize],
+    };
+    c.svc_since_key += 1;
+    if tid == 0 {
+        c.svc_tl0 = c.svc_tl0.wrapping_add(1);
+    }
     let time = (n as u64 * 1800 * u64::from(video_every)) as u32;
     let mut packets: Vec<(Vec<u8>, bool)> = Vec::new();
     let top = c.svc_layers.clamp(1, 3) - 1;
@@ -1306,6 +1336,7 @@ pub fn send_svc_frame(
         frame[1..5].copy_from_slice(&n.to_be_bytes());
         frame[5] = layer as u8;
         frame[6..14].copy_from_slice(&since_epoch.to_be_bytes());
+        frame[14] = tid;
         let chunks: Vec<&[u8]> = frame.chunks(1000).collect();
         for (j, chunk) in chunks.iter().enumerate() {
             let (first, last) = (j == 0, j + 1 == chunks.len());
@@ -1325,9 +1356,9 @@ pub fn send_svc_frame(
             }
             let pid = (n & 0x7fff) as u16;
             let mut payload = vec![flags, 0x80 | (pid >> 8) as u8, pid as u8];
-            // TID 0, U 0, SID, D (inter-layer prediction on key pictures).
-            payload.push(((layer as u8) << 1) | u8::from(key && layer > 0));
-            payload.push(n as u8); // TL0PICIDX: every picture is on temporal layer 0.
+            // TID, U, SID, D (inter-layer prediction on key pictures).
+            payload.push((tid << 5) | ((layer as u8) << 1) | u8::from(key && layer > 0));
+            payload.push(c.svc_tl0); // TL0PICIDX
             if ss {
                 payload.push(0x50); // N_S = 2 (three layers), Y, no picture group.
                 for (w, h) in SVC_SIZES {
