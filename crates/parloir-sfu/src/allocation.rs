@@ -92,6 +92,11 @@ pub(crate) struct Want {
     pub current: Option<u8>,
     /// The rate of the quality it asks for, flowing yet or not (bits per second).
     pub top: u64,
+    /// The rate of its lowest layer with only temporal layer 0 (a quarter or a half of the
+    /// frames), for a track with temporal layers: where it goes before it pauses.
+    pub base: Option<u64>,
+    /// Whether it is forwarded at that rate now.
+    pub reduced: bool,
 }
 
 /// The outcome for one subscriber.
@@ -107,6 +112,8 @@ pub(crate) struct Allocation {
     pub next_step: Option<u64>,
     /// Per [`Want`]: its lowest layer fitted only without [`UPGRADE_HEADROOM`], or not at all.
     pub tight: Vec<bool>,
+    /// Per [`Want`]: only its lowest layer's temporal layer 0 fitted (its `base`).
+    pub reduced: Vec<bool>,
 }
 
 /// Shares `budget` (bits per second for video) among `wants`, which come in priority order.
@@ -117,9 +124,11 @@ pub(crate) fn allocate(budget: u64, wants: &[Want], mut steps: usize) -> Allocat
     let mut caps: Vec<Option<u8>> = vec![None; wants.len()];
     let mut chosen: Vec<Option<usize>> = vec![None; wants.len()];
     let mut tight = vec![false; wants.len()];
+    let mut reduced = vec![false; wants.len()];
     let mut remaining = budget;
     let mut desired = 0u64;
-    // Everyone's lowest layer first, by priority.
+    // Everyone's lowest layer first, by priority; a track with temporal layers whose lowest
+    // layer does not fit gets its temporal layer 0 if that does.
     for (i, want) in wants.iter().enumerate() {
         let Some(&(_, low)) = want.layers.first() else {
             continue;
@@ -127,8 +136,9 @@ pub(crate) fn allocate(budget: u64, wants: &[Want], mut steps: usize) -> Allocat
         desired += want.top.max(want.layers.last().map_or(0, |(_, r)| *r));
         let comfortable = (low as f64 * UPGRADE_HEADROOM) as u64;
         tight[i] = comfortable > remaining;
-        // Starting (or resuming) a track needs the headroom too.
-        let cost = if want.current.is_some() {
+        // Starting (or resuming) a track needs the headroom too, and so does the whole frame
+        // rate for a track that has only layer 0.
+        let cost = if want.current.is_some() && !want.reduced {
             low
         } else {
             comfortable
@@ -136,20 +146,41 @@ pub(crate) fn allocate(budget: u64, wants: &[Want], mut steps: usize) -> Allocat
         if cost <= remaining {
             remaining -= low;
             chosen[i] = Some(0);
+        } else if let Some(base) = want.base.filter(|b| *b < low) {
+            let cost = if want.current.is_some() {
+                base
+            } else {
+                (base as f64 * UPGRADE_HEADROOM) as u64
+            };
+            if cost <= remaining {
+                remaining -= base;
+                chosen[i] = Some(0);
+                reduced[i] = true;
+            }
         }
     }
-    // The next step up: resuming the first paused track, or else the first upgrade that did
-    // not fit.
+    // The next step up: resuming the first paused track, else the whole frame rate for the
+    // first reduced one, or else the first upgrade that did not fit.
     let mut next_step = wants
         .iter()
         .zip(&chosen)
         .find(|(w, c)| c.is_none() && !w.layers.is_empty())
-        .map(|(w, _)| w.layers[0].1);
+        .map(|(w, _)| w.layers[0].1)
+        .or_else(|| {
+            wants
+                .iter()
+                .zip(&reduced)
+                .find(|(_, r)| **r)
+                .map(|(w, _)| w.layers[0].1 - w.base.unwrap_or(0))
+        });
     // Then upgrades, by priority, each as far as it fits.
     for (i, want) in wants.iter().enumerate() {
         let Some(at) = chosen[i] else {
             continue;
         };
+        if reduced[i] {
+            continue;
+        }
         let have = want.layers[at].1;
         let mut stepped = false;
         for (j, &(rank, rate)) in want.layers.iter().enumerate().skip(at + 1) {
@@ -180,7 +211,10 @@ pub(crate) fn allocate(budget: u64, wants: &[Want], mut steps: usize) -> Allocat
     for (i, want) in wants.iter().enumerate() {
         if let Some(j) = chosen[i] {
             caps[i] = Some(want.layers[j].0);
-            used += want.layers[j].1;
+            used += match want.base {
+                Some(base) if reduced[i] => base,
+                _ => want.layers[j].1,
+            };
         }
     }
     Allocation {
@@ -189,6 +223,7 @@ pub(crate) fn allocate(budget: u64, wants: &[Want], mut steps: usize) -> Allocat
         desired,
         next_step,
         tight,
+        reduced,
     }
 }
 
@@ -201,6 +236,8 @@ mod tests {
             layers: vec![(0, 150_000), (1, 500_000), (2, 1_500_000)],
             current,
             top: 1_500_000,
+            base: None,
+            reduced: false,
         }
     }
 
@@ -283,6 +320,8 @@ mod tests {
             layers: vec![(0, 150_000)],
             current: None,
             top: 150_000,
+            base: None,
+            reduced: false,
         };
         let a = allocate(1_800_000, &[small, simulcast(None)], 3);
         assert_eq!(a.caps, vec![Some(0), Some(1)]);
@@ -290,9 +329,44 @@ mod tests {
             layers: Vec::new(),
             current: None,
             top: 0,
+            base: None,
+            reduced: false,
         };
         let a = allocate(2_000_000, &[none, simulcast(Some(2))], 3);
         assert_eq!(a.caps, vec![None, Some(2)]);
+    }
+
+    #[test]
+    fn a_track_with_temporal_layers_drops_frames_before_it_pauses() {
+        let temporal = |current, reduced| Want {
+            base: Some(40_000),
+            reduced,
+            ..simulcast(current)
+        };
+        // Room for the first's lowest layer and the second's layer 0 frames.
+        let wants = [temporal(Some(0), false), temporal(Some(0), false)];
+        let a = allocate(200_000, &wants, 3);
+        assert_eq!(a.caps, vec![Some(0), Some(0)]);
+        assert_eq!(a.reduced, vec![false, true]);
+        assert_eq!(a.used, 190_000);
+        assert_eq!(a.next_step, Some(110_000), "the second's whole frame rate");
+        // Less: both reduced; less still: the second pauses.
+        let a = allocate(100_000, &wants, 3);
+        assert_eq!(
+            (a.caps.clone(), a.reduced),
+            (vec![Some(0), Some(0)], vec![true, true])
+        );
+        let a = allocate(60_000, &wants, 3);
+        assert_eq!(a.caps, vec![Some(0), None]);
+        // Back to the whole frame rate needs the headroom, as a resume does.
+        let reduced = [temporal(Some(0), true)];
+        assert_eq!(allocate(160_000, &reduced, 3).reduced, vec![true]);
+        assert_eq!(allocate(180_000, &reduced, 3).reduced, vec![false]);
+        // A reduced track goes no higher until its lowest layer fits whole.
+        let a = allocate(3_000_000, &[temporal(Some(2), false)], 3);
+        assert_eq!((a.caps, a.reduced), (vec![Some(2)], vec![false]));
+        // Without temporal layers it pauses, as before.
+        assert_eq!(allocate(100_000, &[simulcast(Some(0))], 3).caps, vec![None]);
     }
 
     #[test]

@@ -633,6 +633,9 @@ struct Out {
     wallclock: Option<Instant>,
     /// Which temporal layers it gets (its frame rate).
     temporal: temporal::Filter,
+    /// The highest temporal layer its bandwidth allows (`None`: no limit): layer 0 when its
+    /// lowest spatial layer does not fit whole.
+    temporal_cap: Option<u8>,
 }
 
 impl Out {
@@ -645,6 +648,7 @@ impl Out {
             short_since: None,
             wallclock: None,
             temporal: temporal::Filter::default(),
+            temporal_cap: None,
         }
     }
 }
@@ -674,6 +678,8 @@ struct Track {
     record_quality: Option<u8>,
     /// The rate of each layer (`None` without simulcast), as received.
     meters: Vec<(Option<Rid>, Meter)>,
+    /// The same for temporal layer 0 alone (frames with temporal id 0).
+    base_meters: Vec<(Option<Rid>, Meter)>,
     /// A mirror of a track published on another media worker, which relays its frames.
     remote: Option<u16>,
     /// A track published here: the other workers with subscribers of it, and the highest
@@ -706,6 +712,7 @@ impl Track {
             told_quality: None,
             record_quality: None,
             meters: Vec::new(),
+            base_meters: Vec::new(),
             remote,
             relays: Vec::new(),
             relayed: None,
@@ -726,15 +733,49 @@ impl Track {
             .unwrap_or_default()
     }
 
-    fn meter(&mut self, rid: Option<Rid>) -> &mut Meter {
-        let i = match self.meters.iter().position(|(r, _)| *r == rid) {
-            Some(i) => i,
-            None => {
-                self.meters.push((rid, Meter::default()));
-                self.meters.len() - 1
-            }
+    /// Counts a frame of `bytes` of layer `rid`, and in the layer's temporal layer 0 meter
+    /// when it is one of its frames.
+    fn meter(&mut self, rid: Option<Rid>, bytes: usize, base: bool, now: Instant) {
+        fn of(meters: &mut Vec<(Option<Rid>, Meter)>, rid: Option<Rid>) -> &mut Meter {
+            let i = match meters.iter().position(|(r, _)| *r == rid) {
+                Some(i) => i,
+                None => {
+                    meters.push((rid, Meter::default()));
+                    meters.len() - 1
+                }
+            };
+            &mut meters[i].1
+        }
+        of(&mut self.meters, rid).frame(bytes, now);
+        if base {
+            of(&mut self.base_meters, rid).frame(bytes, now);
+        }
+    }
+
+    /// The measured rate of spatial layer `rank` with its temporal layer 0 alone, for a track
+    /// with temporal layers (`None` otherwise, or before it was measured).
+    fn base_rate(&self, rank: u8, now: Instant) -> Option<u64> {
+        if self.temporal.top(now) == 0 {
+            return None;
+        }
+        let rid = if self.svc {
+            Some(svc::rid(rank))
+        } else if self.layers.is_empty() {
+            None
+        } else {
+            Some(
+                self.layers
+                    .flowing(now)
+                    .into_iter()
+                    .find(|(r, _)| *r == rank)?
+                    .1,
+            )
         };
-        &mut self.meters[i].1
+        self.base_meters
+            .iter()
+            .find(|(r, _)| *r == rid)
+            .map(|(_, m)| m.rate(now))
+            .filter(|r| *r > 0)
     }
 
     /// The measured rate of a layer (zero when nothing comes).
@@ -2660,13 +2701,14 @@ impl Sfu {
         // Layer rates feed only the receive budget. A spatial layer's rate is what a
         // subscriber of it gets: that layer and those below.
         if self.config.bwe_initial_kbps > 0 {
+            let base = tframe.is_some_and(|f| f.tid == 0);
             match spatial {
                 Some(spatial) => {
                     for i in 0..spatial.layers() {
-                        track.meter(Some(svc::rid(i))).frame(spatial.size(i), now);
+                        track.meter(Some(svc::rid(i)), spatial.size(i), base, now);
                     }
                 }
-                None => track.meter(data.rid).frame(data.data.len(), now),
+                None => track.meter(data.rid, data.data.len(), base, now),
             }
         }
         let key = data.is_keyframe();
@@ -2860,7 +2902,7 @@ impl Sfu {
                     _ => data.time,
                 };
                 // Its frame rate: the fewest temporal layers that give what it asked for
-                // (`UpdateTrackSettings.fps`), else all.
+                // (`UpdateTrackSettings.fps`), else all, and no more than its bandwidth allows.
                 if ttop > 0
                     && let Some(f) = tframe
                 {
@@ -2873,6 +2915,7 @@ impl Sfu {
                         (1.., Some(track)) => track.temporal.for_fps(trank, fps, now),
                         _ => ttop,
                     };
+                    let target = target.min(out.temporal_cap.unwrap_or(u8::MAX));
                     if !out.temporal.forward(f, target) {
                         continue;
                     }
@@ -3315,6 +3358,9 @@ impl Sfu {
                 std::cmp::Reverse(loudness.and_then(|l| l.last_loud())),
             );
             let publisher_sid = publisher.map(|p| p.info.sid.clone()).unwrap_or_default();
+            let base = layers
+                .first()
+                .and_then(|(rank, _)| track.base_rate(*rank, now));
             items.push((
                 key,
                 sid.clone(),
@@ -3323,6 +3369,8 @@ impl Sfu {
                     layers,
                     current,
                     top,
+                    base,
+                    reduced: out.temporal_cap.is_some(),
                 },
             ));
         }
@@ -3362,14 +3410,18 @@ impl Sfu {
         let mut states = Vec::new();
         let mut resumed = Vec::new();
         let mut upgraded = false;
-        for (((_, sid, publisher_sid, want), cap), tight) in
-            items.into_iter().zip(result.caps).zip(result.tight)
+        for ((((_, sid, publisher_sid, want), cap), tight), reduced) in items
+            .into_iter()
+            .zip(result.caps)
+            .zip(result.tight)
+            .zip(result.reduced)
         {
             let Some(out) = peer.outs.get_mut(&sid) else {
                 continue;
             };
             // A track that wants nothing (turned off, or not flowing yet) is not paused here.
             let mut cap = if want.layers.is_empty() { Some(2) } else { cap };
+            let mut reduced = reduced;
             // An estimate just after congestion undershoots the link: a track keeps its lowest
             // layer until it has been short of room for PAUSE_AFTER. Being short ends only
             // when the lowest layer fits with headroom, so an estimate hovering at the edge
@@ -3380,10 +3432,20 @@ impl Sfu {
                     && out.cap.is_some()
                     && now.saturating_duration_since(since) < PAUSE_AFTER
                 {
+                    // At the lowest frame rate it has, if it has temporal layers.
                     cap = want.layers.first().map(|(rank, _)| *rank);
+                    reduced = want.base.is_some();
                 }
             } else {
                 out.short_since = None;
+            }
+            // Fewer frames for a track whose lowest layer does not fit whole: at once, as
+            // going down a temporal layer needs nothing from the publisher.
+            let temporal_cap = (reduced && cap.is_some()).then_some(0);
+            if temporal_cap != out.temporal_cap {
+                tracing::debug!(%session, track = %sid, ?temporal_cap, "frame rate");
+                upgraded |= temporal_cap.is_none();
+                out.temporal_cap = temporal_cap;
             }
             upgraded |= match (cap, want.current) {
                 (Some(c), Some(current)) => c > current,

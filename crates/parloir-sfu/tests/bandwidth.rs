@@ -433,3 +433,81 @@ fn a_tile_that_grows_after_a_long_spell_small_goes_up_again() {
         last_layers(&grown, 100)
     );
 }
+
+#[test]
+fn video_with_temporal_layers_drops_frames_before_it_pauses() {
+    // An L3T3 camera (VP9 SVC) at 25 pictures/s: its lowest spatial layer is about
+    // 210 kbit/s on the wire, that layer's temporal layer 0 (a quarter of the pictures) about
+    // 53 kbit/s.
+    let mut sim = Sim::new(24, 0.0);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    sim.layer_bytes = [1000, 2500, 8000];
+    sim.video_every = 2;
+    sim.svc_next = true;
+    let publisher = sim.join("pub");
+    sim.svc_next = false;
+    sim.clients[publisher].svc_temporal = 3;
+    let sub = sim.join("sub");
+    sim.publish_svc(publisher);
+    sim.publish(sub);
+    limit(&mut sim, "sub", 3 * MBIT);
+    sim.run_for(Duration::from_secs(10));
+    let cam = sim.track_sid("pub", "cam");
+    let temporal = |frames: &[VideoFrame]| frames.iter().map(|f| f.temporal).collect::<Vec<_>>();
+    let before = frames(&sim, "sub", &cam);
+    assert!(
+        temporal(&before[before.len() - 20..]).contains(&2),
+        "3 Mbit/s carries every picture: {:?}",
+        temporal(&before[before.len() - 20..])
+    );
+
+    // 120 kbit/s: not the lowest layer whole, but its temporal layer 0.
+    limit(&mut sim, "sub", 120_000);
+    let dropped_at = sim.now;
+    sim.run_for(Duration::from_secs(20));
+    let after = frames(&sim, "sub", &cam);
+    let since: Vec<VideoFrame> = after[before.len()..]
+        .iter()
+        .filter(|f| f.sent > dropped_at + Duration::from_secs(8))
+        .copied()
+        .collect();
+    assert!(
+        since.iter().all(|f| f.temporal == 0 && f.layer == 0),
+        "layer 0 pictures of the lowest layer: {:?}",
+        since
+            .iter()
+            .map(|f| (f.layer, f.temporal))
+            .collect::<Vec<_>>()
+    );
+    // 12 s of a quarter of 25 pictures/s: about 75 (the last ones may still be queued).
+    assert!(
+        (60..=80).contains(&since.len()),
+        "video keeps flowing at a quarter of its rate: {} pictures",
+        since.len()
+    );
+    let states = &sim.client("sub").stream_states;
+    assert!(states.is_empty(), "nothing paused: {states:?}");
+    assert!(
+        after.iter().skip(1).all(|f| f.contiguous),
+        "the receiver saw one unbroken stream"
+    );
+
+    // The link comes back: every picture again.
+    limit(&mut sim, "sub", 3 * MBIT);
+    let back_at = sim.now;
+    sim.run_for(Duration::from_secs(30));
+    let all = frames(&sim, "sub", &cam);
+    let back: Vec<&VideoFrame> = all.iter().filter(|f| f.sent > back_at).collect();
+    let last: Vec<u8> = back[back.len().saturating_sub(20)..]
+        .iter()
+        .map(|f| f.temporal)
+        .collect();
+    assert!(
+        last.contains(&2) && last.contains(&1),
+        "every picture again: {last:?}"
+    );
+    assert!(sim.client("sub").stream_states.is_empty());
+}
