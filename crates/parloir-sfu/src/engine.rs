@@ -2836,6 +2836,13 @@ impl Sfu {
                 let OutState::Open(mid) = out.state else {
                     continue;
                 };
+                // What it asked for, where there are layers to choose from.
+                let layered = spatial.is_some() || data.rid.is_some() || ttop > 0;
+                let settings = self
+                    .participants
+                    .get(&peer.session)
+                    .filter(|_| layered)
+                    .and_then(|p| p.settings.get(&sid));
                 // The layer this subscriber should get, for a track with layers (simulcast, or
                 // scalable with `svc::rid` names): what it asks for, within its bandwidth, among
                 // those flowing.
@@ -2844,10 +2851,6 @@ impl Sfu {
                     .get(&sid)
                     .filter(|_| spatial.is_some() || data.rid.is_some())
                     .map(|track| {
-                        let settings = self
-                            .participants
-                            .get(&peer.session)
-                            .and_then(|p| p.settings.get(&sid));
                         simulcast::wanted_quality(settings, track.published_layers())
                             .and_then(|q| out.cap.map(|c| q.min(c)))
                             .and_then(|q| track.layers.choose(q, now))
@@ -2906,11 +2909,7 @@ impl Sfu {
                 if ttop > 0
                     && let Some(f) = tframe
                 {
-                    let fps = self
-                        .participants
-                        .get(&peer.session)
-                        .and_then(|p| p.settings.get(&sid))
-                        .map_or(0, |s| s.fps);
+                    let fps = settings.map_or(0, |s| s.fps);
                     let target = match (fps, self.tracks.get(&sid)) {
                         (1.., Some(track)) => track.temporal.for_fps(trank, fps, now),
                         _ => ttop,
