@@ -11,8 +11,9 @@ use prost::Message as _;
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::format::CodecSpec;
 use str0m::ice::StunMessage;
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Rtc};
 
@@ -558,6 +559,9 @@ struct Peer {
     rtt_min: Option<Duration>,
     /// When a growing standing queue was last seen (not just after a probe).
     delayed_at: Option<Instant>,
+    /// Counts the SDP offers and answers applied: payload types matched before the last one
+    /// are matched again.
+    sdp_applied: u32,
 }
 
 impl Peer {
@@ -633,6 +637,10 @@ struct Out {
     wallclock: Option<Instant>,
     /// Which temporal layers it gets (its frame rate).
     temporal: temporal::Filter,
+    /// The payload type its frames go out with, matched under the peer's SDP then
+    /// (`Peer::sdp_applied`) for the track's payload parameters then (`Track::params`):
+    /// matching costs a scan of the connection's codecs, and a track's frames keep theirs.
+    pt: Option<(u32, u32, Pt)>,
     /// The highest temporal layer its bandwidth allows (`None`: no limit): layer 0 when its
     /// lowest spatial layer does not fit whole.
     temporal_cap: Option<u8>,
@@ -649,6 +657,7 @@ impl Out {
             wallclock: None,
             temporal: temporal::Filter::default(),
             temporal_cap: None,
+            pt: None,
         }
     }
 }
@@ -680,6 +689,8 @@ struct Track {
     meters: Vec<(Option<Rid>, Meter)>,
     /// The same for temporal layer 0 alone (frames with temporal id 0).
     base_meters: Vec<(Option<Rid>, Meter)>,
+    /// The payload type and codec of its last frame, and how many times they changed.
+    params: (Option<(Pt, CodecSpec)>, u32),
     /// A mirror of a track published on another media worker, which relays its frames.
     remote: Option<u16>,
     /// A track published here: the other workers with subscribers of it, and the highest
@@ -713,6 +724,7 @@ impl Track {
             record_quality: None,
             meters: Vec::new(),
             base_meters: Vec::new(),
+            params: (None, 0),
             remote,
             relays: Vec::new(),
             relayed: None,
@@ -1632,6 +1644,7 @@ impl Sfu {
                 rtt: None,
                 rtt_min: None,
                 delayed_at: None,
+                sdp_applied: 0,
             },
         );
         self.mark(pid);
@@ -2004,6 +2017,7 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
+        peer.sdp_applied += 1;
         let answer = match peer.rtc.sdp_api().accept_offer(offer) {
             Ok(a) => a,
             Err(e) => {
@@ -2577,6 +2591,7 @@ impl Sfu {
         };
         peer.pending_offer_sdp = None;
         peer.resync_until = None;
+        peer.sdp_applied += 1;
         if let Err(e) = peer.rtc.sdp_api().accept_answer(pending, answer) {
             tracing::info!(%session, "answer refused: {e}");
             return;
@@ -2652,6 +2667,11 @@ impl Sfu {
                 }),
             });
         }
+        let params = Some((data.params.pt(), data.params.spec()));
+        if track.params.0 != params {
+            track.params = (params, track.params.1.wrapping_add(1));
+        }
+        let params_seen = track.params.1;
         // A relayed track's recording and speech are its own worker's.
         let local = track.remote.is_none();
         let video = track.kind == MediaKind::Video;
@@ -2930,8 +2950,19 @@ impl Sfu {
                 let Some(writer) = peer.rtc.writer(mid) else {
                     continue;
                 };
-                let Some(pt) = writer.match_params(data.params) else {
-                    continue;
+                let pt = match out.pt {
+                    Some((applied, seen, pt))
+                        if applied == peer.sdp_applied && seen == params_seen =>
+                    {
+                        pt
+                    }
+                    _ => {
+                        let Some(pt) = writer.match_params(data.params) else {
+                            continue;
+                        };
+                        out.pt = Some((peer.sdp_applied, params_seen, pt));
+                        pt
+                    }
                 };
                 let payload = match layer {
                     Some(k) => cuts[usize::from(k)]
