@@ -28,6 +28,11 @@
 #[path = "../tests/harness/mod.rs"]
 mod harness;
 
+/// The server's allocator (`crates/parloir/src/main.rs`), so that the SFU's allocations cost
+/// here what they cost there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::cell::RefCell;
 use std::time::Duration;
 

@@ -1749,7 +1749,7 @@ impl Sfu {
 
     fn handle_event(&mut self, now: Instant, pid: PeerId, event: Event) {
         match event {
-            Event::MediaData(data) => self.forward(now, pid, data),
+            Event::MediaData(data) => self.forward(now, pid, *data),
             Event::KeyframeRequest(req) => {
                 let Some(peer) = self.peers.get(&pid) else {
                     return;
