@@ -200,22 +200,24 @@ impl Spatial {
 }
 
 /// One OBU of an AV1 temporal unit in the low-overhead format (each with its size field).
-struct Obu {
+pub(crate) struct Obu {
     start: usize,
     len: usize,
     /// The spatial layer its extension header names.
     spatial: Option<u8>,
+    /// The temporal layer its extension header names.
+    pub(crate) temporal: Option<u8>,
 }
 
 /// The OBUs of a temporal unit; an error ends it (an OBU without a size field, or one that runs
 /// past the end).
-struct Obus<'a> {
+pub(crate) struct Obus<'a> {
     data: &'a [u8],
     at: usize,
 }
 
 impl<'a> Obus<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
         Obus { data, at: 0 }
     }
 }
@@ -231,11 +233,13 @@ impl Iterator for Obus<'_> {
         let has_size = header & 0x02 != 0;
         let mut at = 1;
         let mut spatial = None;
+        let mut temporal = None;
         if extension {
             let Some(&ext) = data.get(1) else {
                 self.at = self.data.len();
                 return Some(Err(()));
             };
+            temporal = Some(ext >> 5);
             spatial = Some((ext >> 3) & 0x03);
             at = 2;
         }
@@ -263,6 +267,7 @@ impl Iterator for Obus<'_> {
                     start,
                     len,
                     spatial,
+                    temporal,
                 }))
             }
             _ => {

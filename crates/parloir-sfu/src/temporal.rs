@@ -107,43 +107,13 @@ impl Frame {
 }
 
 /// The temporal id of an AV1 temporal unit: the highest its OBU extension headers name (the
-/// frames of one unit share it); 0 without extension headers.
+/// frames of one unit share it); 0 without extension headers. A malformed OBU ends the search.
 fn av1_temporal_id(data: &[u8]) -> u8 {
-    let mut tid = 0;
-    let mut at = 0;
-    while let Some(&header) = data.get(at) {
-        let extension = header & 0x04 != 0;
-        let has_size = header & 0x02 != 0;
-        let mut i = at + 1;
-        if extension {
-            let Some(&ext) = data.get(i) else {
-                break;
-            };
-            tid = tid.max(ext >> 5);
-            i += 1;
-        }
-        if !has_size {
-            break;
-        }
-        let mut size: u64 = 0;
-        let mut ended = false;
-        for shift in 0..8 {
-            let Some(&b) = data.get(i) else {
-                break;
-            };
-            i += 1;
-            size |= u64::from(b & 0x7f) << (7 * shift);
-            if b & 0x80 == 0 {
-                ended = true;
-                break;
-            }
-        }
-        match usize::try_from(size).ok().and_then(|s| s.checked_add(i)) {
-            Some(next) if ended && next <= data.len() => at = next,
-            _ => break,
-        }
-    }
-    tid
+    crate::svc::Obus::new(data)
+        .map_while(Result::ok)
+        .filter_map(|obu| obu.temporal)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The temporal layers of one track as its frames arrive: which flow, and the frame rate each
@@ -333,8 +303,9 @@ mod tests {
         ];
         assert_eq!(av1_temporal_id(&unit), 2);
         assert_eq!(av1_temporal_id(&unit[..3]), 0, "no extension header");
-        // Truncated: what was read counts, nothing panics.
-        assert_eq!(av1_temporal_id(&unit[..5]), 2);
+        // Truncated: the whole OBUs before it count, nothing panics.
+        assert_eq!(av1_temporal_id(&unit[..5]), 0);
+        assert_eq!(av1_temporal_id(&[&unit[..], &[0x36, 1 << 5]].concat()), 2);
         assert_eq!(av1_temporal_id(&[0x36]), 0);
         assert_eq!(av1_temporal_id(&[]), 0);
     }

@@ -24,12 +24,16 @@ fn meeting(seed: u64, publishers: &[&str]) -> Sim {
     meeting_with(Sim::new(seed, 0.0), publishers)
 }
 
-fn meeting_with(mut sim: Sim, publishers: &[&str]) -> Sim {
-    // RUST_LOG=parloir_sfu=debug shows each estimate and stream state.
+/// RUST_LOG=parloir_sfu=debug shows each estimate and stream state.
+fn trace() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+}
+
+fn meeting_with(mut sim: Sim, publishers: &[&str]) -> Sim {
+    trace();
     sim.layer_bytes = [320, 2000, 7600];
     sim.video_every = 2;
     for name in publishers {
@@ -440,10 +444,7 @@ fn video_with_temporal_layers_drops_frames_before_it_pauses() {
     // 210 kbit/s on the wire, that layer's temporal layer 0 (a quarter of the pictures) about
     // 53 kbit/s.
     let mut sim = Sim::new(24, 0.0);
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    trace();
     sim.layer_bytes = [1000, 2500, 8000];
     sim.video_every = 2;
     sim.svc_next = true;

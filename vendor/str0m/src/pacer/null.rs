@@ -13,7 +13,8 @@ use crate::rtp_::{Bitrate, DataSize, MidRid, TwccClusterId};
 pub struct NullPacer {
     last_sends: FastMap<MidRid, Instant>,
     /// Snapshots from the last `handle_timeout`. `poll_queue` counts off
-    /// each packet it hands out.
+    /// each packet it hands out. Parloir patch: only queues with packets are kept (an
+    /// emptied one is dropped), so choosing one looks at those alone.
     queue_states: Vec<QueueState>,
     /// Set when `poll_queue` hands out a queue that `register_send` never confirms:
     /// the stream had nothing to send after all, so the snapshot is stale.
@@ -25,8 +26,13 @@ impl NullPacer {
     /// write time (`Session::packetize_now`), replacing that queue's snapshot from the last
     /// `handle_timeout`.
     pub(crate) fn refresh_queue(&mut self, state: QueueState) {
-        match self.queue_states.iter_mut().find(|q| q.midrid == state.midrid) {
-            Some(q) => *q = state,
+        let at = self.queue_states.iter().position(|q| q.midrid == state.midrid);
+        match at {
+            Some(i) if state.snapshot.packet_count == 0 => {
+                self.queue_states.swap_remove(i);
+            }
+            Some(i) => self.queue_states[i] = state,
+            None if state.snapshot.packet_count == 0 => {}
             None => self.queue_states.push(state),
         }
     }
@@ -54,23 +60,34 @@ impl Pacer for NullPacer {
     ) -> Option<PaddingRequest> {
         self.unsent_since = None;
         self.queue_states.clear();
-        self.queue_states.extend(iter);
+        self.queue_states
+            .extend(iter.filter(|q| q.snapshot.packet_count > 0));
 
         None
     }
 
     fn poll_queue(&mut self) -> Option<(MidRid, Option<TwccClusterId>)> {
-        // Pick a queue using round robin, prioritize the least recently sent on queue.
-        let queue = self
-            .queue_states
-            .iter_mut()
-            .filter(|q| q.snapshot.packet_count > 0)
-            .min_by_key(|q| self.last_sends.get(&q.midrid))?;
-
+        // Pick a queue using round robin, prioritize the least recently sent on queue
+        // (with one queue, the common case, no lookup).
+        let i = match self.queue_states.len() {
+            0 => return None,
+            1 => 0,
+            _ => self
+                .queue_states
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, q)| self.last_sends.get(&q.midrid))
+                .map(|(i, _)| i)?,
+        };
+        let queue = &mut self.queue_states[i];
         queue.snapshot.packet_count -= 1;
         self.unsent_since = Some(queue.snapshot.created_at);
+        let midrid = queue.midrid;
+        if queue.snapshot.packet_count == 0 {
+            self.queue_states.swap_remove(i);
+        }
 
-        Some((queue.midrid, None))
+        Some((midrid, None))
     }
 
     fn register_send(&mut self, now: Instant, _packet_size: DataSize, from: MidRid) {
@@ -116,6 +133,27 @@ mod test {
         assert_eq!(sent, ["a", "a", "b"]);
         assert_eq!(pacer.poll_queue(), None);
         assert_eq!(pacer.poll_timeout().0, None, "no timeout after draining");
+    }
+
+    #[test]
+    fn only_queues_with_packets_are_kept() {
+        let now = Instant::now();
+        let mut pacer = NullPacer::default();
+        let queues = [queue("a", 0, now), queue("b", 1, now), queue("c", 0, now)];
+        pacer.handle_timeout(now, queues.into_iter());
+        assert_eq!(pacer.queue_states.len(), 1);
+        // A refresh that empties a queue drops it; one that fills a new queue adds it.
+        pacer.refresh_queue(queue("b", 0, now));
+        pacer.refresh_queue(queue("c", 2, now));
+        pacer.refresh_queue(queue("d", 0, now));
+        assert_eq!(pacer.queue_states.len(), 1);
+        for _ in 0..2 {
+            let (midrid, _) = pacer.poll_queue().expect("c's packets");
+            assert_eq!(midrid.mid().to_string(), "c");
+            pacer.register_send(now, DataSize::bytes(100), midrid);
+        }
+        assert_eq!(pacer.poll_queue(), None);
+        assert!(pacer.queue_states.is_empty(), "an emptied queue is dropped");
     }
 
     #[test]
