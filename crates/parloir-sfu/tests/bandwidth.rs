@@ -403,9 +403,7 @@ fn a_tile_that_grows_after_a_long_spell_small_goes_up_again() {
     let mut sim = Sim::new(23, 0.0);
     sim.layer_bytes = [320, 2000, 7600];
     sim.video_every = 2;
-    sim.svc_next = true;
-    let publisher = sim.join("pub");
-    sim.svc_next = false;
+    let publisher = sim.join_svc("pub");
     sim.join("sub");
     sim.publish_svc(publisher);
     sim.run_for(Duration::from_secs(2));
@@ -447,9 +445,7 @@ fn video_with_temporal_layers_drops_frames_before_it_pauses() {
     trace();
     sim.layer_bytes = [1000, 2500, 8000];
     sim.video_every = 2;
-    sim.svc_next = true;
-    let publisher = sim.join("pub");
-    sim.svc_next = false;
+    let publisher = sim.join_svc("pub");
     sim.clients[publisher].svc_temporal = 3;
     let sub = sim.join("sub");
     sim.publish_svc(publisher);

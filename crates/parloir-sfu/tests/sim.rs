@@ -926,9 +926,7 @@ fn svc_subscribers_get_the_spatial_layers_their_tiles_need() {
     // Without bandwidth estimation (the server's default): the layers follow the tiles only.
     let mut sim = Sim::with_options(23, 0.0, 3, 0);
     sim.layer_bytes = [400, 900, 2000];
-    sim.svc_next = true;
-    sim.join("pub");
-    sim.svc_next = false;
+    sim.join_svc("pub");
     for name in ["small", "large"] {
         sim.join(name);
     }
@@ -1010,9 +1008,7 @@ fn a_subscriber_that_asks_for_fewer_frames_per_second_gets_fewer_temporal_layers
     let mut sim = Sim::with_options(29, 0.0, 3, 0);
     sim.layer_bytes = [400, 900, 2000];
     sim.video_every = 2;
-    sim.svc_next = true;
-    sim.join("pub");
-    sim.svc_next = false;
+    sim.join_svc("pub");
     sim.clients[0].svc_temporal = 3;
     for name in ["slow", "full"] {
         sim.join(name);
@@ -1954,9 +1950,7 @@ fn timeouts_due_together_are_spread_over_calls() {
 fn a_subscriber_key_frame_request_on_a_scalable_track_reaches_its_publisher() {
     let mut sim = Sim::with_options(24, 0.0, 3, 0);
     sim.layer_bytes = [400, 900, 2000];
-    sim.svc_next = true;
-    sim.join("pub");
-    sim.svc_next = false;
+    sim.join_svc("pub");
     sim.join("small");
     sim.publish_svc(0);
     sim.run_for(Duration::from_secs(2));

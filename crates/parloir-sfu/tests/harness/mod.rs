@@ -708,6 +708,14 @@ impl Sim {
         self.pump();
     }
 
+    /// Joins a client that publishes its camera as VP9 SVC (`Client::svc`).
+    pub fn join_svc(&mut self, name: &str) -> usize {
+        self.svc_next = true;
+        let i = self.join(name);
+        self.svc_next = false;
+        i
+    }
+
     /// The client publishes its camera as livekit-client publishes VP9 by default: one
     /// encoding, announced as three layers without rids (for a client that joined with
     /// `svc_next`, which sends it as SVC).
