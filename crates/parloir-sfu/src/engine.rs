@@ -302,6 +302,16 @@ pub enum Output {
     Timeout(Instant),
 }
 
+/// What a worker's maps hold for other workers (see [`Sfu::stats`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Away {
+    /// Rooms whose home is another worker.
+    rooms: usize,
+    /// Mirrors of other workers' participants, and of their tracks.
+    participants: usize,
+    tracks: usize,
+}
+
 /// Counters, cumulative since start, plus gauges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -433,6 +443,9 @@ pub struct Sfu {
     /// The latest instant given by the caller.
     now: Instant,
     stats: Stats,
+    /// What the maps hold for other media workers (rooms homed elsewhere, mirrors), kept as
+    /// they change so that [`Sfu::stats`] counts this worker's own without walking the maps.
+    away: Away,
     /// Cumulative NACK counts per (peer, mid, rid) from egress stats, to count deltas.
     nack_seen: FastMap<(PeerId, Mid, Option<Rid>), u64>,
     /// Subtitle updates sent, for unique text stream ids.
@@ -937,33 +950,43 @@ impl Sfu {
             next_tick: None,
             now,
             stats: Stats::default(),
+            away: Away::default(),
             nack_seen: FastMap::default(),
             subtitle_serial: 0,
         }
     }
 
     pub fn stats(&self) -> Stats {
-        // The media worker reads these at every turn of its loop: with one worker there are
-        // no mirrors, and the maps' lengths are the counts.
-        if self.config.workers < 2 {
-            return Stats {
-                rooms: self.rooms.len() as u64,
-                participants: self.participants.len() as u64,
-                tracks: self.tracks.len() as u64,
-                ..self.stats
-            };
-        }
+        // The media worker reads these at every turn of its loop, so nothing here walks the
+        // maps. A room spanning workers counts on its home worker, mirrors nowhere.
+        debug_assert_eq!(self.away, self.count_away());
         Stats {
-            // A room spanning workers counts on its home worker, mirrors nowhere.
-            rooms: self.rooms.keys().filter(|r| self.is_home(r)).count() as u64,
+            rooms: (self.rooms.len() - self.away.rooms) as u64,
+            participants: (self.participants.len() - self.away.participants) as u64,
+            tracks: (self.tracks.len() - self.away.tracks) as u64,
+            ..self.stats
+        }
+    }
+
+    /// [`Away`] counted from the maps (what [`Sfu::stats`] did at every call before).
+    fn count_away(&self) -> Away {
+        Away {
+            rooms: self.rooms.keys().filter(|r| !self.is_home(r)).count(),
             participants: self
                 .participants
                 .values()
-                .filter(|p| p.remote.is_none())
-                .count() as u64,
-            tracks: self.tracks.values().filter(|t| t.remote.is_none()).count() as u64,
-            ..self.stats
+                .filter(|p| p.remote.is_some())
+                .count(),
+            tracks: self.tracks.values().filter(|t| t.remote.is_some()).count(),
         }
+    }
+
+    /// Adds a room to the map, counting it in [`Away`] when its home is another worker.
+    fn insert_room(&mut self, name: &str, room: Room) {
+        if !self.is_home(name) {
+            self.away.rooms += 1;
+        }
+        self.rooms.insert(name.to_owned(), room);
     }
 
     /// The participant sid of a session, once joined.
@@ -1231,7 +1254,7 @@ impl Sfu {
         }
         if !self.rooms.contains_key(&join.room) {
             let room = self.new_room(now, &join.room, join.unix_ms);
-            self.rooms.insert(join.room.clone(), room);
+            self.insert_room(&join.room, room);
         }
         let Some(room) = self.rooms.get_mut(&join.room) else {
             return;
@@ -1486,6 +1509,9 @@ impl Sfu {
         let Some(mut participant) = self.participants.remove(&session) else {
             return;
         };
+        if participant.remote.is_some() {
+            self.away.participants -= 1;
+        }
         // A mirror's worker sends the webhooks of its participant.
         let local = participant.remote.is_none();
         if let Some(reason) = reason
@@ -2360,6 +2386,9 @@ impl Sfu {
     /// Unpublishes a track: its subscribers stop receiving it. Returns it.
     fn remove_track(&mut self, sid: &str) -> Option<Track> {
         let mut track = self.tracks.remove(sid)?;
+        if track.remote.is_some() {
+            self.away.tracks -= 1;
+        }
         for pid in std::mem::take(&mut track.subscribers) {
             if let Some(peer) = self.peers.get_mut(&pid) {
                 peer.remove_out(sid);
@@ -3717,6 +3746,8 @@ impl Sfu {
         for info in closed {
             if self.is_home(&info.name) {
                 self.webhook("room_finished", Some(info), None, None);
+            } else {
+                self.away.rooms -= 1;
             }
         }
         self.next_tick = if self.rooms.is_empty() {

@@ -1825,6 +1825,40 @@ fn a_room_spans_media_workers() {
             .any(|t| t.sid == bob_mic && t.muted)
     };
     assert!(muted_for("alice") && muted_for("carol") && muted_for("dave"));
+    let told_muted = |who: &str| {
+        sim.client(who)
+            .updates
+            .iter()
+            .filter(|p| p.identity == "bob" && p.tracks.iter().any(|t| t.sid == bob_mic && t.muted))
+            .count()
+    };
+    for me in ["alice", "carol", "dave"] {
+        assert_eq!(told_muted(me), 1, "{me} was told of bob's mute once");
+    }
+    // Renaming bob (a mirror here, acted on at his worker) tells each client once.
+    let renamed = call(
+        &mut sim,
+        4,
+        ServiceCall::UpdateParticipant(proto::UpdateParticipantRequest {
+            room: "sim".into(),
+            identity: "bob".into(),
+            name: "Bob B.".into(),
+            ..Default::default()
+        }),
+    );
+    assert!(
+        matches!(renamed, Ok(ServiceReply::Participant(_))),
+        "{renamed:?}"
+    );
+    for me in ["alice", "bob", "carol", "dave"] {
+        let told = sim
+            .client(me)
+            .updates
+            .iter()
+            .filter(|p| p.identity == "bob" && p.name == "Bob B.")
+            .count();
+        assert_eq!(told, 1, "{me} was told of bob's new name once");
+    }
     call(
         &mut sim,
         3,

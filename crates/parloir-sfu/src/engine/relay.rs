@@ -376,7 +376,9 @@ impl Sfu {
         }
         let tracks_before: Vec<String> = match self.participants.get_mut(&session) {
             Some(p) if p.remote == Some(from) => {
-                if info.version < p.info.version {
+                // An older state, or the one a RoomService call answered here already applied
+                // to the mirror (its worker acts, and relays the same state back).
+                if info.version < p.info.version || info == p.info {
                     return;
                 }
                 let before = p.info.tracks.iter().map(|t| t.sid.clone()).collect();
@@ -385,6 +387,7 @@ impl Sfu {
             }
             Some(_) => return,
             None => {
+                self.away.participants += 1;
                 self.participants.insert(
                     session,
                     Participant {
@@ -423,6 +426,7 @@ impl Sfu {
                 Some(track) if track.remote == Some(from) => track.info = t.clone(),
                 Some(_) => {}
                 None => {
+                    self.away.tracks += 1;
                     self.tracks
                         .insert(t.sid.clone(), Track::new(t.clone(), session, Some(from)));
                     new_tracks.push(t.sid.clone());

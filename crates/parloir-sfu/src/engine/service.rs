@@ -164,7 +164,7 @@ impl Sfu {
                 }
                 if !self.rooms.contains_key(&r.name) {
                     let room = self.new_room(now, &r.name, unix_ms);
-                    self.rooms.insert(r.name.clone(), room);
+                    self.insert_room(&r.name, room);
                     self.ensure_tick(now);
                 }
                 let room = self
@@ -203,10 +203,12 @@ impl Sfu {
                 for session in room.members.clone() {
                     self.leave(session, Some(proto::DisconnectReason::RoomDeleted));
                 }
-                if let Some(room) = self.rooms.remove(&r.room)
-                    && self.is_home(&r.room)
-                {
-                    self.webhook("room_finished", Some(room.info), None, None);
+                if let Some(room) = self.rooms.remove(&r.room) {
+                    if self.is_home(&r.room) {
+                        self.webhook("room_finished", Some(room.info), None, None);
+                    } else {
+                        self.away.rooms -= 1;
+                    }
                 }
                 Ok(ServiceReply::Empty)
             }

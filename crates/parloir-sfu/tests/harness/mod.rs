@@ -252,6 +252,8 @@ pub struct Client {
     pub stream_states: Vec<proto::StreamStateInfo>,
     /// SubscribedQualityUpdates received (dynacast), oldest first.
     pub quality_updates: Vec<proto::SubscribedQualityUpdate>,
+    /// Every participant's info as ParticipantUpdates brought it, oldest first.
+    pub updates: Vec<proto::ParticipantInfo>,
     /// Answers to the SFU's offers are made but lost (a socket dropping under them).
     pub lose_answers: bool,
     /// The SFU's offers are lost before the client sees them.
@@ -555,6 +557,7 @@ impl Sim {
             svc_tl0: 0,
             camera: true,
             quality_updates: Vec::new(),
+            updates: Vec::new(),
             stream_states: Vec::new(),
             lose_answers: false,
             lose_offers: false,
@@ -1001,6 +1004,7 @@ impl Sim {
                         .is_none_or(|old| old.sid != p.sid || p.version >= old.version);
                     // A resume re-sends the current state; nothing goes back in time.
                     assert!(newer, "ParticipantUpdate versions never go back");
+                    c.updates.push(p.clone());
                     c.others.insert(p.identity.clone(), p);
                 }
             }
