@@ -204,8 +204,10 @@ pub(crate) fn allocate(budget: u64, wants: &[Want], mut steps: usize) -> Allocat
                 break;
             }
         }
+        // Measured rates need not grow with the rank (a layer just resumed reads low), so
+        // the layer kept may cost less than the lowest did.
         let got = want.layers[chosen[i].unwrap_or(at)].1;
-        remaining -= got - have;
+        remaining = remaining + have - got;
     }
     let mut used = 0;
     for (i, want) in wants.iter().enumerate() {
@@ -269,6 +271,24 @@ mod tests {
         assert_eq!(a.caps, vec![None, None, None]);
         assert_eq!(a.used, 0);
         assert_eq!(a.tight, vec![true, true, true]);
+    }
+
+    #[test]
+    fn a_layer_measured_below_the_lowest_leaves_the_difference_to_the_others() {
+        // The first track's middle layer was just resumed and reads less than its lowest.
+        let resumed = Want {
+            layers: vec![(0, 400_000), (1, 100_000)],
+            current: Some(1),
+            top: 500_000,
+            base: None,
+            reduced: false,
+        };
+        let a = allocate(1_000_000, &[resumed, simulcast(Some(0))], 3);
+        // 400k + 150k for the lowest layers; keeping the middle one gives 300k back, which
+        // lifts the second to its middle layer (575k with the headroom, 425k more).
+        assert_eq!(a.caps, vec![Some(1), Some(1)]);
+        assert_eq!(a.used, 600_000);
+        assert_eq!(a.next_step, Some(1_000_000));
     }
 
     #[test]
