@@ -877,6 +877,13 @@ const FALLING_DEPTH: f64 = 0.15;
 const PEAK_WINDOW: Duration = Duration::from_secs(2);
 /// A growing queue keeps a subscriber falling this long.
 const DELAY_WINDOW: Duration = Duration::from_secs(1);
+/// How long each send stream keeps what it sent, for resends (NACK) and probes. str0m keeps
+/// 3 s; libwebrtc's sender keeps a second (or three round trips), and a receiver's NACKs
+/// come within a few round trips (`nack_repairs_video_on_a_long_round_trip` repairs 300 ms
+/// round trips). Every subscriber connection holds a copy of each packet it was sent for this
+/// long, so the window sets most of the server's memory under load, and the memory each new
+/// packet is written into (perf/README.md, "The resend window").
+const RESEND_WINDOW: Duration = Duration::from_secs(1);
 /// How often subscriber connections with bandwidth estimation report their statistics (the
 /// round trip among them).
 const SUBSCRIBER_STATS_INTERVAL: Duration = Duration::from_millis(500);
@@ -1595,6 +1602,7 @@ impl Sfu {
             .enable_opus(true, true)
             .enable_bwe(bwe)
             .set_ice_lite(true)
+            .set_send_buffer_duration(RESEND_WINDOW)
             .set_stats_interval(Some(if bwe.is_some() {
                 SUBSCRIBER_STATS_INTERVAL
             } else {

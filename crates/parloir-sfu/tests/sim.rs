@@ -162,7 +162,20 @@ fn every_forwarded_stream_keeps_sending_sender_reports() {
 
 #[test]
 fn nack_repairs_video_under_loss() {
-    let mut sim = Sim::new(7, 0.0);
+    nack_repairs_video(7, Duration::from_millis(10));
+}
+
+/// 300 ms round trips: resends still come from the SFU's send buffers, which keep a second
+/// of each stream (`RESEND_WINDOW`; at 400 ms this passes, at 100 ms this and the test above
+/// fail).
+#[test]
+fn nack_repairs_video_on_a_long_round_trip() {
+    nack_repairs_video(8, Duration::from_millis(150));
+}
+
+fn nack_repairs_video(seed: u64, delay: Duration) {
+    let mut sim = Sim::new(seed, 0.0);
+    sim.net.delay = delay;
     sim.join("alice");
     sim.join("bob");
     sim.publish(0);

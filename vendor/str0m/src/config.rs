@@ -50,6 +50,7 @@ pub struct RtcConfig {
     pub(crate) pause_threshold: Duration,
     pub(crate) send_buffer_audio: usize,
     pub(crate) send_buffer_video: usize,
+    pub(crate) send_buffer_duration: Duration,
     pub(crate) sctp_max_buffered_amount: usize,
     pub(crate) sctp_max_message_size: u32,
     pub(crate) rtp_mode: bool,
@@ -662,6 +663,32 @@ impl RtcConfig {
         self.send_buffer_video
     }
 
+    /// Sets how long sent packets are kept for resends (NACK) and probing, for audio and video.
+    ///
+    /// A packet leaves the buffer when it is older than this or when the buffer holds
+    /// [`send_buffer_audio`][Self::send_buffer_audio] /
+    /// [`send_buffer_video`][Self::send_buffer_video] newer ones. A server sending many streams
+    /// holds this much of each in memory; libwebrtc's sender keeps a second (or three round
+    /// trips when that is longer).
+    ///
+    /// ```
+    /// # use str0m::Rtc;
+    /// # use std::time::Duration;
+    /// let config = Rtc::builder();
+    ///
+    /// // Defaults to 3 seconds.
+    /// assert_eq!(config.send_buffer_duration(), Duration::from_secs(3));
+    /// ```
+    pub fn set_send_buffer_duration(mut self, duration: Duration) -> Self {
+        self.send_buffer_duration = duration;
+        self
+    }
+
+    /// Returns how long sent packets are kept for resends.
+    pub fn send_buffer_duration(&self) -> Duration {
+        self.send_buffer_duration
+    }
+
     /// Sets how many bytes the data channels can buffer for sending, summed over all channels.
     ///
     /// [`Channel::write()`][crate::channel::Channel::write()] does not accept a message (returns
@@ -902,6 +929,7 @@ impl Default for RtcConfig {
             pause_threshold: Duration::from_millis(1500),
             send_buffer_audio: 50,
             send_buffer_video: 1000,
+            send_buffer_duration: crate::streams::DEFAULT_RTX_CACHE_DURATION,
             sctp_max_buffered_amount: crate::sctp::DEFAULT_MAX_BUFFERED_AMOUNT,
             sctp_max_message_size: crate::sctp::LOCAL_MAX_MESSAGE_SIZE,
             rtp_mode: false,
