@@ -881,8 +881,8 @@ const DELAY_WINDOW: Duration = Duration::from_secs(1);
 /// 3 s; libwebrtc's sender keeps a second (or three round trips), and a receiver's NACKs
 /// come within a few round trips (`nack_repairs_video_on_a_long_round_trip` repairs 300 ms
 /// round trips). Every subscriber connection holds a copy of each packet it was sent for this
-/// long, so the window sets most of the server's memory under load, and the memory each new
-/// packet is written into (perf/README.md, "The resend window").
+/// long, so the window sets most of the server's memory under load (perf/README.md, "The
+/// resend window").
 const RESEND_WINDOW: Duration = Duration::from_secs(1);
 /// How often subscriber connections with bandwidth estimation report their statistics (the
 /// round trip among them).
