@@ -1507,14 +1507,17 @@ impl Rtc {
 
         // Disjoint borrows let the writer arm readiness within each mutation.
         let Rtc {
-            session, readiness, ..
+            session,
+            readiness,
+            last_now,
+            ..
         } = self;
 
         // This does not catch potential RIDs required to send simulcast, but
         // it's a good start. An error might arise later on RID mismatch.
         session.media_by_mid(mid)?;
 
-        Some(Writer::new(session, readiness, mid))
+        Some(Writer::new(session, readiness, last_now, mid))
     }
 
     /// Currently configured media.

@@ -459,7 +459,51 @@ mod tests {
         let (sent, _) = drain(&mut rtc);
         assert!(sent >= 3, "a 3000-byte frame is three packets or more: {sent}");
 
+        // Parloir patch 20: packetized at write time, sent with the write's time. Two
+        // frames written 30 ms apart with no timeout between: their abs-send-time (6.18
+        // fixed-point seconds, the extension the direct API's default map puts at id 2) are
+        // 30 ms apart, not both the time of the last timeout.
+        let abs_send_time = |rtc: &mut Rtc, at: Instant, n: u64| {
+            let (time, data) = frame(n);
+            rtc.writer("vid".into())
+                .unwrap()
+                .now(at)
+                .write(pt, at, time, data)
+                .unwrap();
+            let mut first = None;
+            loop {
+                match rtc.poll_output().unwrap() {
+                    Output::Transmit(t) if first.is_none() => first = Some(t.contents.to_vec()),
+                    Output::Timeout(_) => break,
+                    _ => {}
+                }
+            }
+            let p = first.expect("a datagram");
+            // One-byte extensions after the 12-byte header and the 0xBEDE word.
+            assert_eq!(&p[12..14], &[0xBE, 0xDE]);
+            let words = u16::from_be_bytes([p[14], p[15]]) as usize;
+            let mut i = 16;
+            while i < 16 + 4 * words {
+                let (id, len) = (p[i] >> 4, (p[i] & 0xF) as usize + 1);
+                if id == 2 {
+                    return u32::from_be_bytes([0, p[i + 1], p[i + 2], p[i + 3]]);
+                }
+                i += 1 + len.min(16);
+                while i < p.len() && p[i] == 0 {
+                    i += 1;
+                }
+            }
+            panic!("no abs-send-time in {p:?}");
+        };
+        let later = now + std::time::Duration::from_millis(30);
+        let a = abs_send_time(&mut rtc, now, 10);
+        let b = abs_send_time(&mut rtc, later, 11);
+        let apart = b.wrapping_sub(a) & 0xFF_FFFF;
+        // 30 ms is 7 864 units of 1/262 144 s.
+        assert!((7_860..=7_868).contains(&apart), "{a} {b}: {apart}");
+
         // Without it: nothing before the packetizing timeout, as before.
+        let now = later;
         let (time, data) = frame(2);
         rtc.writer("vid".into())
             .unwrap()

@@ -24,6 +24,8 @@ use super::{ExtensionValues, KeyframeRequestKind, Media, MediaTime, Mid, Pt, Rid
 pub struct Writer<'a> {
     session: &'a mut Session,
     readiness: &'a mut Readiness,
+    /// Parloir patch: the `Rtc`'s time, moved to [`Writer::now`] when that is later.
+    last_now: &'a mut Instant,
     mid: Mid,
     rid: Option<Rid>,
     start_of_talkspurt: Option<bool>,
@@ -40,10 +42,16 @@ impl<'a> Writer<'a> {
     ///
     /// Mutations arm readiness within the method so read-only access leaves it
     /// intact and no persistent drop guard extends the caller's borrow.
-    pub(crate) fn new(session: &'a mut Session, readiness: &'a mut Readiness, mid: Mid) -> Self {
+    pub(crate) fn new(
+        session: &'a mut Session,
+        readiness: &'a mut Readiness,
+        last_now: &'a mut Instant,
+        mid: Mid,
+    ) -> Self {
         Writer {
             session,
             readiness,
+            last_now,
             mid,
             rid: None,
             start_of_talkspurt: None,
@@ -259,7 +267,15 @@ impl<'a> Writer<'a> {
             // session for the next poll); else the m-line is listed for the packetizing
             // timeout, which visits only the m-lines written to.
             let done = match self.now {
-                Some(now) => self.session.packetize_now(now, self.mid)?,
+                Some(now) => {
+                    // The packets go out on the next poll, stamped with the `Rtc`'s time
+                    // (abs-send-time, and the send time TWCC feedback is matched against):
+                    // that of the write, not that of the last timeout.
+                    if now > *self.last_now {
+                        *self.last_now = now;
+                    }
+                    self.session.packetize_now(*self.last_now, self.mid)?
+                }
                 None => None,
             };
             match done {
