@@ -394,6 +394,26 @@ fn a_wide_link_gets_what_the_tiles_ask_for() {
     assert!(sim.client("sub").stream_states.is_empty());
 }
 
+#[test]
+fn a_subscriber_whose_first_packets_were_lost_still_probes_up() {
+    // With this seed, str0m's loss controller saw 24 % of the first packets to "sub"
+    // reported lost (in its first observation; there is no loss on the simulated link), so
+    // it starts out "loss limited" and the estimate falls to 541 kbit/s: "sub" gets the low
+    // layer. With no
+    // loss after that the loss controller is soon back to following the delay-based estimate,
+    // but the estimate itself stays at 541 kbit/s, and str0m told its probe controller the
+    // cause only with a new estimate: the controller kept "loss limited", which never
+    // probes, and an application-limited subscriber cannot raise its estimate otherwise. It
+    // stayed on the low layer for as long as the simulation ran (30 s, in every run). str0m
+    // patch 21 passes the cause on when it changes alone; the top layer then came after 12
+    // to 14.5 s in three runs. 20 s leaves room.
+    let mut sim = meeting(26, &["pub"]);
+    sim.run_for(Duration::from_secs(20));
+    let cam = sim.track_sid("pub", "cam");
+    let got = frames(&sim, "sub", &cam);
+    assert_eq!(last_layers(&got, 20), [2; 20]);
+}
+
 /// A subscriber far below its estimate for a while (a small tile) is application-limited;
 /// str0m probes it now and then at twice the rate it is sent. Such a probe used to set the
 /// estimate to its own rate, which left the subscriber unable to go up when its tile grew

@@ -147,6 +147,8 @@ struct SendSideBandwidthEstimator {
     alr_detector: AlrDetector,
     link_capacity_estimator: LinkCapacityEstimator,
     last_updated_estimate: Option<Bitrate>,
+    /// Parloir patch: the cause sent with it (see `propagate_estimate`).
+    last_updated_cause: Option<BandwidthLimitedCause>,
 }
 
 impl SendSideBandwidthEstimator {
@@ -170,6 +172,7 @@ impl SendSideBandwidthEstimator {
             alr_detector,
             link_capacity_estimator: LinkCapacityEstimator::new(),
             last_updated_estimate: None,
+            last_updated_cause: None,
         }
     }
 
@@ -369,18 +372,25 @@ impl SendSideBandwidthEstimator {
         let Some(estimate) = self.last_estimate() else {
             return;
         };
-        // Did it change?
-        if self.last_updated_estimate == Some(estimate) {
+        // Parloir patch: the estimate or its cause. The probe controller probes only in some
+        // causes (`ProbeControl::can_probe`), and the cause can change alone: when the loss
+        // controller recovers from early loss while its estimate stays above the delay-based
+        // one, the estimate does not move. Sent with the estimate only, the controller kept
+        // "loss limited" for good, never probed, and an application-limited sender (an SFU
+        // subscriber on a small layer) stayed at that estimate on any link. libwebrtc's
+        // `GoogCcNetworkController` passes the cause on whenever the loss-based state changes.
+        let cause = self.bandwidth_limited_cause();
+        if self.last_updated_estimate == Some(estimate) && self.last_updated_cause == Some(cause)
+        {
             return;
         }
-
-        let cause = self.bandwidth_limited_cause();
 
         self.probe_control.set_estimated_bitrate(estimate, cause);
         self.alr_detector.set_estimated_bitrate(estimate);
 
-        // Don't update until this changes.
+        // Don't update until either changes.
         self.last_updated_estimate = Some(estimate);
+        self.last_updated_cause = Some(cause);
     }
 
     fn bandwidth_limited_cause(&self) -> BandwidthLimitedCause {
