@@ -947,6 +947,9 @@ pub struct Rtc {
     // Last timeout returned by `poll_output`, reused while the readiness says
     // the timeout is still valid.
     cached_timeout: Instant,
+    // Parloir patch: the soonest timeout of everything but the pacer and the estimator,
+    // computed with `cached_timeout`. Before it, a timeout with no wake since is theirs alone.
+    others_timeout: (Option<Instant>, Reason),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1323,6 +1326,7 @@ impl Rtc {
             close_dtls_started: false,
             readiness: Readiness::armed(),
             cached_timeout: start,
+            others_timeout: (Some(start), Reason::NotHappening),
         })
     }
 
@@ -1944,18 +1948,20 @@ impl Rtc {
     fn poll_timeout(&mut self) -> Instant {
         if self.readiness.wants_timeout() {
             let stats_timeout = self.stats.as_mut().and_then(|s| s.poll_timeout());
-            let time_and_reason = (None, Reason::NotHappening)
+            // Parloir patch: the pacer's and the estimator's timeouts apart from the others
+            // (`others_timeout`).
+            let session_others = self.session.poll_timeout_others();
+            self.others_timeout = (None, Reason::NotHappening)
                 .soonest((self.next_dtls_timeout, Reason::DTLS))
                 .soonest((self.ice.poll_timeout(), Reason::Ice))
-                .soonest(self.session.poll_timeout())
+                .soonest(session_others)
                 .soonest((self.sctp.poll_timeout(), Reason::Sctp))
                 .soonest((self.chan.poll_timeout(&self.sctp), Reason::Channel))
                 .soonest((stats_timeout, Reason::Stats));
-
-            let time = time_and_reason.0.unwrap_or_else(not_happening);
-            self.cached_timeout = time.max(self.last_now);
-            self.last_timeout_reason = time_and_reason.1;
-            self.readiness.clear_timeout();
+            self.set_cached_timeout();
+        } else if self.readiness.wants_pacer_timeout() {
+            // Parloir patch: only the pacer's and the estimator's moved; the others hold.
+            self.set_cached_timeout();
         }
 
         if self.state == RtcState::Closing && self.close_drain_complete() {
@@ -1965,6 +1971,18 @@ impl Rtc {
         }
 
         self.cached_timeout
+    }
+
+    /// Parloir patch: the next timeout from the others' (`others_timeout`) and the pacer's
+    /// and the estimator's, computed now.
+    fn set_cached_timeout(&mut self) {
+        let time_and_reason = self
+            .others_timeout
+            .soonest(self.session.poll_timeout_pacer());
+        let time = time_and_reason.0.unwrap_or_else(not_happening);
+        self.cached_timeout = time.max(self.last_now);
+        self.last_timeout_reason = time_and_reason.1;
+        self.readiness.clear_timeout();
     }
 
     /// The reason for the last [`Output::Timeout`]
@@ -2150,6 +2168,25 @@ impl Rtc {
         }
 
         self.last_now = now;
+
+        // Parloir patch: with the leaky-bucket pacer (bandwidth estimation on) every packet
+        // sent asks for a timeout, and each ran every subsystem (ICE, SCTP, the streams'
+        // reports) and woke every event source, for the pacer alone. When nothing has
+        // woken the tree since the timeouts were computed and only the pacer's is due, run
+        // only the pacer's part: the others' deadlines still hold, so they would do nothing.
+        #[cfg(test)]
+        let shortcut = !self.session.shortcuts.whole_timeouts;
+        #[cfg(not(test))]
+        let shortcut = true;
+        if shortcut
+            && self.state == RtcState::Alive
+            && !self.readiness.wants_timeout()
+            && self.others_timeout.0.is_none_or(|at| now < at)
+        {
+            self.session
+                .handle_pacer_timeout(now, &mut self.readiness.wake());
+            return Ok(());
+        }
 
         // Disjoint borrows so each subsystem gets its own armed `Wake` and
         // makes its own re-poll decision; the guards fold into `readiness`

@@ -154,6 +154,9 @@ pub(crate) struct Readiness {
     /// Parloir patch: the last pass of `poll_output` found every event source empty
     /// and nothing has asked for events since; only datagrams can be pending.
     quiet: bool,
+    /// Parloir patch: only the pacer's and the estimator's timeouts may have moved (see
+    /// [`Wake::pacer_only`]); the others computed with the last timeout still hold.
+    pacer: bool,
 }
 
 impl Readiness {
@@ -163,6 +166,7 @@ impl Readiness {
             events: true,
             timeout: true,
             quiet: false,
+            pacer: true,
         }
     }
 
@@ -192,6 +196,12 @@ impl Readiness {
 
     pub(crate) fn clear_timeout(&mut self) {
         self.timeout = false;
+        self.pacer = false;
+    }
+
+    /// Parloir patch: whether the pacer's and the estimator's timeouts need recomputing.
+    pub(crate) fn wants_pacer_timeout(&self) -> bool {
+        self.pacer
     }
 
     /// Hand out an armed guard for a mutable descent into the tree.
@@ -201,6 +211,7 @@ impl Readiness {
             events: true,
             timeout: true,
             datagrams_only: false,
+            pacer: false,
         }
     }
 }
@@ -218,6 +229,8 @@ pub(crate) struct Wake<'a> {
     timeout: bool,
     /// Parloir patch: what was queued is datagrams only (see `datagrams_only`).
     datagrams_only: bool,
+    /// Parloir patch: only the pacer's and the estimator's timers moved (see `pacer_only`).
+    pacer: bool,
 }
 
 impl Wake<'_> {
@@ -240,12 +253,20 @@ impl Wake<'_> {
         self.events = true;
         self.datagrams_only = true;
     }
+
+    /// Parloir patch: assert this path moved no timer but the pacer's and the estimator's, so
+    /// the next timeout recomputes those two only.
+    pub(crate) fn pacer_only(&mut self) {
+        self.timeout = false;
+        self.pacer = true;
+    }
 }
 
 impl Drop for Wake<'_> {
     fn drop(&mut self) {
         self.readiness.events |= self.events;
         self.readiness.timeout |= self.timeout;
+        self.readiness.pacer |= self.pacer;
         // Parloir patch: anything that may have queued an event ends a quiet spell.
         if self.events && !self.datagrams_only {
             self.readiness.quiet = false;
@@ -260,6 +281,7 @@ impl Readiness {
             events: false,
             timeout: false,
             quiet: false,
+            pacer: false,
         }
     }
 }
@@ -516,6 +538,102 @@ mod tests {
         assert!(drain(&mut rtc).0 >= 3);
     }
 
+    // Parloir patch 20.
+    #[test]
+    fn the_pacer_shortcuts_send_what_whole_timeouts_send() {
+        use crate::format::Codec;
+        use crate::rtp_::{Frequency, MediaTime};
+        use std::time::Duration;
+        let start = Instant::now();
+        // Three seconds of 30 frames/s, 1 to 3 packets each, through the leaky-bucket pacer
+        // (estimation on, from 300 kbit/s: it paces, probes, pads). Every RTP datagram and
+        // event goes in the log with its time; RTCP goes in with its time only: a frame
+        // packetized at write time goes out before the report that a whole timeout would
+        // have written first, at the same instant, so the report counts one more packet.
+        let run = |whole_timeouts: bool| {
+            // The same sequence numbers and payload-picture ids in both runs.
+            fastrand::seed(7);
+            let mut rtc = Rtc::builder()
+                .enable_bwe(Some(Bitrate::kbps(300)))
+                .build(start);
+            rtc.session.shortcuts.whole_timeouts = whole_timeouts;
+            let profile = SrtpProfile::AEAD_AES_128_GCM;
+            let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
+            rtc.session
+                .set_keying_material(mat, crate::crypto::test_default_provider(), profile, true);
+            rtc.direct_api()
+                .declare_media("vid".into(), MediaKind::Video);
+            rtc.direct_api()
+                .declare_stream_tx(42.into(), None, "vid".into(), None);
+            rtc.send_addr = Some(crate::SendAddr {
+                proto: crate::net::Protocol::Udp,
+                source: "192.0.2.1:5000".parse().unwrap(),
+                destination: "192.0.2.2:6000".parse().unwrap(),
+            });
+            let pt = rtc
+                .codec_config()
+                .params()
+                .iter()
+                .find(|p| p.spec().codec == Codec::Vp8)
+                .map(|p| p.pt())
+                .unwrap();
+            let mut log = Vec::new();
+            let mut now = start;
+            let mut next_frame = start;
+            let mut n = 0u64;
+            rtc.handle_input(Input::Timeout(now)).unwrap();
+            while now < start + Duration::from_secs(3) {
+                let at = loop {
+                    match rtc.poll_output().unwrap() {
+                        Output::Transmit(t) => {
+                            let rtcp = (192..=223).contains(&t.contents[1]);
+                            log.push(if rtcp {
+                                format!("{:?} RTCP", now - start)
+                            } else {
+                                format!("{:?} {:?}", now - start, &t.contents[..])
+                            })
+                        }
+                        Output::Event(e) => log.push(format!("{:?} {e:?}", now - start)),
+                        Output::Timeout(t) => break t,
+                    }
+                };
+                if next_frame <= at {
+                    now = next_frame;
+                    let size = 1100 * (1 + n as usize % 3);
+                    let mut data = vec![0x11u8; size];
+                    data[0] = if n % 30 == 0 { 0x10 } else { 0x11 };
+                    let time = MediaTime::new(n * 3000, Frequency::NINETY_KHZ);
+                    rtc.writer("vid".into())
+                        .unwrap()
+                        .now(now)
+                        .write(pt, now, time, data)
+                        .unwrap();
+                    n += 1;
+                    next_frame = start + Duration::from_millis(33) * n as u32;
+                } else {
+                    now = at.max(now);
+                    rtc.handle_input(Input::Timeout(now)).unwrap();
+                }
+            }
+            (log, std::mem::take(&mut rtc.session.shortcuts))
+        };
+        let (with, used) = run(false);
+        let (without, unused) = run(true);
+        assert!(used.pacer_timeouts > 50, "{used:?}");
+        assert_eq!(unused.pacer_timeouts, 0);
+        let datagrams = without.iter().filter(|l| l.contains(" [")).count();
+        assert!(datagrams > 150, "{datagrams} datagrams");
+        assert_eq!(with.len(), without.len());
+        let mut with = with;
+        let mut without = without;
+        // Within an instant, the order of reports and packets may differ (above).
+        with.sort();
+        without.sort();
+        for (i, (a, b)) in with.iter().zip(&without).enumerate() {
+            assert_eq!(a, b, "entry {i} of the log");
+        }
+    }
+
     #[test]
     fn raw_packet_copies_end_a_quiet_spell_at_each_datagram() {
         let mut rtc = sending_rtc(true);
@@ -550,6 +668,7 @@ mod tests {
                     events,
                     timeout,
                     quiet: false,
+                    pacer: false,
                 };
                 {
                     let mut wake = readiness.wake();

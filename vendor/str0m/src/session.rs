@@ -165,6 +165,8 @@ pub(crate) struct Session {
 
     #[cfg(feature = "_internal_test_exports")]
     pending_probe: Option<crate::bwe_::ProbeClusterConfig>,
+    #[cfg(test)]
+    pub(crate) shortcuts: Shortcuts,
 }
 
 /// Last RRTR (Receiver Reference Time Report, RFC 3611 §4.4) received from a remote SSRC.
@@ -253,6 +255,8 @@ impl Session {
             mtu: config.mtu.clone(),
             #[cfg(feature = "_internal_test_exports")]
             pending_probe: None,
+            #[cfg(test)]
+            shortcuts: Shortcuts::default(),
         }
     }
 
@@ -377,6 +381,39 @@ impl Session {
         Ok(())
     }
 
+    /// Parloir patch: the pacer's part of [`Session::handle_timeout`], in the same order, for
+    /// a timeout before any other part's deadline (`Rtc::do_handle_timeout`): those parts
+    /// would find nothing due. The estimator sees every timeout as before. What it queues is
+    /// datagrams, unless an estimate may be ready or a probe starts, runs or ends: then
+    /// every event source is walked, as after a whole pass.
+    pub fn handle_pacer_timeout(&mut self, now: Instant, wake: &mut Wake) {
+        if self.rtp_closing {
+            wake.no_events();
+            wake.no_timeout();
+            return;
+        }
+        #[cfg(test)]
+        {
+            self.shortcuts.pacer_timeouts += 1;
+        }
+        if self.pacer_part_of_timeout(now) {
+            wake.datagrams_only();
+            wake.pacer_only();
+        }
+    }
+
+    /// Parloir patch: the estimator's and the pacer's part of a timeout. True when what it
+    /// did was only to let packets out: no estimate may be ready, no probe started, ran or
+    /// ended, no padding was queued (unstamped: the streams' timeout stamps it). Otherwise the
+    /// caller wakes everything, as after a whole timeout.
+    fn pacer_part_of_timeout(&mut self, now: Instant) -> bool {
+        let probing = self.pacer.active_cluster().is_some();
+        let probe_media = self.handle_timeout_bwe(now);
+        let padding = self.update_queue_state(now, probe_media);
+        let estimate_pending = self.bwe.as_ref().is_some_and(|bwe| bwe.may_emit());
+        !probing && self.pacer.active_cluster().is_none() && !estimate_pending && !padding
+    }
+
     fn handle_timeout_bwe(&mut self, now: Instant) -> Option<(Mid, Pt)> {
         self.bwe.as_ref()?;
 
@@ -407,11 +444,12 @@ impl Session {
         probe_media
     }
 
-    fn update_queue_state(&mut self, now: Instant, probe_media: Option<(Mid, Pt)>) {
+    /// Whether the pacer asked for padding (Parloir patch: the return value).
+    fn update_queue_state(&mut self, now: Instant, probe_media: Option<(Mid, Pt)>) -> bool {
         // Do not make unsendable media/padding ready before DTLS supplies keys.
         // Otherwise an immediate pacer deadline can starve the application's I/O.
         if self.srtp_tx.is_none() {
-            return;
+            return false;
         }
 
         let probe_media = probe_media.filter(|_| self.pacer.active_cluster().is_some());
@@ -430,7 +468,7 @@ impl Session {
             });
 
         let Some(padding_request) = self.pacer.handle_timeout(now, iter) else {
-            return;
+            return false;
         };
 
         let stream = self
@@ -439,6 +477,7 @@ impl Session {
             .expect("pacer to use an existing stream");
 
         stream.generate_padding(padding_request.padding);
+        true
     }
 
     // Use a negotiated PT and MID so browser transports can route the packet to
@@ -1367,7 +1406,32 @@ impl Session {
         Some(protected.into())
     }
 
+    /// The next timeout of the session (Parloir patch: for tests only; `Rtc` asks for the
+    /// two parts apart).
+    #[cfg(test)]
     pub fn poll_timeout(&mut self) -> (Option<Instant>, Reason) {
+        self.poll_timeout_others()
+            .soonest(self.poll_timeout_pacer())
+    }
+
+    /// Parloir patch: the next timeout of the pacer and the estimator. What sending a packet
+    /// changes is theirs: after a pacer's timeout (`handle_pacer_timeout`) and the packets it
+    /// let out, only these two are recomputed.
+    pub fn poll_timeout_pacer(&self) -> (Option<Instant>, Reason) {
+        if self.rtp_closing {
+            return (None, Reason::NotHappening);
+        }
+        let bwe_at = self
+            .bwe
+            .as_ref()
+            .map(|bwe| bwe.poll_timeout())
+            .unwrap_or((None, Reason::NotHappening));
+        self.pacer.poll_timeout().soonest(bwe_at)
+    }
+
+    /// Parloir patch: the next timeout of everything but the pacer and the estimator
+    /// ([`Session::poll_timeout_pacer`]).
+    pub fn poll_timeout_others(&mut self) -> (Option<Instant>, Reason) {
         if self.rtp_closing {
             return if self.feedback_tx.is_empty() {
                 (None, Reason::NotHappening)
@@ -1380,7 +1444,6 @@ impl Session {
         let feedback_at = self.regular_feedback_at();
         let nack_at = self.nack_at();
         let twcc_at = self.twcc_at();
-        let pacing_at = self.pacer.poll_timeout();
         // Parloir patch: only the m-lines that may have something queued.
         let packetize_at = self
             .payload_pending
@@ -1403,24 +1466,14 @@ impl Session {
         let send_stream_at = self.streams.send_stream();
         let request_at = self.streams.pending_request();
 
-        // Gives us built-in reason
-        let bwe_at = self
-            .bwe
-            .as_ref()
-            .map(|bwe| bwe.poll_timeout())
-            // We should never see this reason.
-            .unwrap_or((None, Reason::BweDelayControl));
-
         (feedback_at, Reason::Feedback)
             .soonest((request_at, Reason::Feedback))
             .soonest((nack_at, Reason::Nack))
             .soonest((twcc_at, Reason::Twcc))
-            .soonest(pacing_at)
             .soonest((receive_at, Reason::ReceiveReorder))
             .soonest((packetize_at, Reason::Packetize))
             .soonest((paused_at, Reason::PauseCheck))
             .soonest((send_stream_at, Reason::SendStream))
-            .soonest(bwe_at)
     }
 
     pub fn has_mid(&self, mid: Mid) -> bool {
@@ -1909,6 +1962,15 @@ mod tests {
             "RED associated with Opus must not reinterpret a PCMU primary block as Opus"
         );
     }
+}
+
+/// Parloir patch, tests only: turns the pacer's shortcuts off (`whole_timeouts`) and counts
+/// their uses, so that a test can compare a run with them against one without.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Shortcuts {
+    pub whole_timeouts: bool,
+    pub pacer_timeouts: usize,
 }
 
 /// Parloir patch: the media of `mid`, found through the position hint when it is right, else

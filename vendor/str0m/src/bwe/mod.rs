@@ -107,6 +107,11 @@ impl Bwe {
         self.smoother.poll()
     }
 
+    /// Parloir patch: whether [`Bwe::poll_estimate`] may return an estimate.
+    pub fn may_emit(&self) -> bool {
+        self.smoother.may_emit()
+    }
+
     pub fn poll_timeout(&self) -> (Option<Instant>, Reason) {
         self.bwe.poll_timeout()
     }

@@ -52,6 +52,11 @@ impl EstimateSmoother {
         }
     }
 
+    /// Parloir patch: whether [`EstimateSmoother::poll`] may return an estimate.
+    pub fn may_emit(&self) -> bool {
+        self.maybe_emit
+    }
+
     /// Poll for an estimate to emit. Returns Some only when there's a new value to emit.
     pub fn poll(&mut self) -> Option<Bitrate> {
         if !self.maybe_emit {
