@@ -399,14 +399,13 @@ fn a_subscriber_whose_first_packets_were_lost_still_probes_up() {
     // With this seed, str0m's loss controller saw 24 % of the first packets to "sub"
     // reported lost (in its first observation; there is no loss on the simulated link), so
     // it starts out "loss limited" and the estimate falls to 541 kbit/s: "sub" gets the low
-    // layer. With no
-    // loss after that the loss controller is soon back to following the delay-based estimate,
-    // but the estimate itself stays at 541 kbit/s, and str0m told its probe controller the
-    // cause only with a new estimate: the controller kept "loss limited", which never
-    // probes, and an application-limited subscriber cannot raise its estimate otherwise. It
-    // stayed on the low layer for as long as the simulation ran (30 s, in every run). str0m
-    // patch 21 passes the cause on when it changes alone; the top layer then came after 12
-    // to 14.5 s in three runs. 20 s leaves room.
+    // layer. With no loss after that the loss controller is soon back to following the
+    // delay-based estimate, but the estimate itself stays at 541 kbit/s, and str0m told its
+    // probe controller the cause only with a new estimate: the controller kept "loss
+    // limited", which never probes, and an application-limited subscriber cannot raise its
+    // estimate otherwise. It stayed on the low layer for as long as the simulation ran (30 s,
+    // in every run). str0m patch 21 passes the cause on when it changes alone; the top layer
+    // then came after 12 to 14.5 s in three runs. 20 s leaves room.
     let mut sim = meeting(26, &["pub"]);
     sim.run_for(Duration::from_secs(20));
     let cam = sim.track_sid("pub", "cam");
