@@ -4,9 +4,9 @@
 //!
 //! Clients speak to the SFU the way livekit-client does over `/rtc` (two peer connections):
 //! join, answer the subscriber offer, AddTrack then offer on the publisher connection. Datagrams
-//! travel through a seeded network model (delay, jitter, loss, and bottleneck links with a rate
-//! and a drop-tail queue); time jumps to the next deadline,
-//! so seconds of meeting run in milliseconds. The network's choices are seeded; str0m's own
+//! travel through a seeded network model (delay, jitter that keeps each path's order unless
+//! told to reorder, loss, and bottleneck links with a rate and a drop-tail queue); time jumps
+//! to the next deadline, so seconds of meeting run in milliseconds. The network's choices are seeded; str0m's own
 //! randomness (DTLS keys, SSRCs) is not, so packet counts can differ slightly between runs and
 //! assertions leave room for that rather than pinning exact figures.
 
@@ -100,6 +100,14 @@ pub struct Net {
     pub rng: StdRng,
     pub delay: Duration,
     pub loss: f64,
+    /// Whether a datagram may overtake an earlier one on the same path. The jitter (up to 1 ms
+    /// per datagram, drawn independently) models queueing, and queues keep their order: so by
+    /// default a datagram that drew less jitter than the one before it waits for it. With
+    /// `reorder` each datagram keeps its own draw, so datagrams sent less than 1 ms apart (a
+    /// paced burst) arrive in any order.
+    pub reorder: bool,
+    /// When the last datagram on each path (from, to) arrives.
+    pub arrivals: HashMap<(SocketAddr, SocketAddr), Instant>,
     pub seq: u64,
     pub queue: BinaryHeap<Reverse<(Instant, u64)>>,
     pub packets: HashMap<u64, Packet>,
@@ -137,9 +145,18 @@ impl Net {
             link.queued += size;
         }
         let jitter = Duration::from_micros(self.rng.random_range(0..1000));
+        let mut arrives = leaves + self.delay + jitter;
+        if !self.reorder {
+            let last = self
+                .arrivals
+                .entry((packet.from, packet.to))
+                .or_insert(arrives);
+            // Equal instants leave the heap in sending order (`seq` breaks the tie).
+            arrives = arrives.max(*last);
+            *last = arrives;
+        }
         self.seq += 1;
-        self.queue
-            .push(Reverse((leaves + self.delay + jitter, self.seq)));
+        self.queue.push(Reverse((arrives, self.seq)));
         self.packets.insert(self.seq, packet);
     }
 
@@ -383,6 +400,8 @@ impl Sim {
                 rng: StdRng::seed_from_u64(seed),
                 delay: Duration::from_millis(10),
                 loss,
+                reorder: false,
+                arrivals: HashMap::new(),
                 seq: 0,
                 queue: BinaryHeap::new(),
                 packets: HashMap::new(),
