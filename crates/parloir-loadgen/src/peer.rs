@@ -85,8 +85,12 @@ impl Peer {
         self.kicked = true;
     }
 
-    /// Feeds the datagram already in `buf` (`first`) and up to 64 more that are queued, so a
-    /// busy socket costs fewer wake-ups.
+    /// Feeds the datagram already in `buf` (`first`, read at `now`) and up to 64 more that are
+    /// queued, so a busy socket costs fewer wake-ups. Each is stamped with the time it was
+    /// read: str0m takes that as its arrival time, which its TWCC feedback reports to the
+    /// sender's bandwidth estimator. Stamping a whole batch with the first one's time made a
+    /// burst look as if it had arrived at once, then nothing: delay variation that a real
+    /// receiver does not report, and that the SFU's estimator read as congestion.
     pub fn input_batch(
         &mut self,
         shared: &Shared,
@@ -96,12 +100,14 @@ impl Peer {
     ) {
         let socket = self.socket.clone();
         let (mut n, mut from) = first;
+        let mut read_at = now;
         for _ in 0..=64 {
-            self.input(shared, now, from, &buf[..n]);
+            self.input(shared, read_at, from, &buf[..n]);
             match socket.try_recv_from(buf) {
                 Ok(next) => (n, from) = next,
                 Err(_) => break,
             }
+            read_at = Instant::now();
         }
     }
 

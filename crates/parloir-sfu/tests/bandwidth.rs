@@ -533,3 +533,56 @@ fn video_with_temporal_layers_drops_frames_before_it_pauses() {
     );
     assert!(sim.client("sub").stream_states.is_empty());
 }
+
+#[test]
+fn a_subscriber_joining_a_grid_of_sixteen_sees_every_tile_at_once() {
+    // The shape of a large meeting as a newcomer sees it: sixteen cameras in small tiles
+    // (the low layer, about 76 kbit/s each, 1.2 Mbit/s in all) above a 1 Mbit/s starting
+    // estimate, one speaker, no bottleneck. The estimate must make room for all of them
+    // before any is paused: in three seeds every tile was flowing 0.75 s in and nothing was
+    // paused (with tracks paused as soon as the budget lacks room, not after `PAUSE_AFTER`,
+    // this fails).
+    let names: Vec<String> = (0..16).map(|i| format!("p{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut sim = meeting(31, &names);
+    for (i, c) in sim.clients.iter_mut().take(16).enumerate() {
+        c.audio_level = Some(if i == 0 { -20 } else { -127 });
+    }
+    sim.run_for(Duration::from_millis(250));
+    let cams: Vec<String> = names.iter().map(|p| sim.track_sid(p, "cam")).collect();
+    let session = sim.client("sub").session;
+    sim.commands
+        .push(parloir_sfu::Command::UpdateTrackSettings {
+            session,
+            settings: proto::UpdateTrackSettings {
+                track_sids: cams.clone(),
+                width: 320,
+                height: 180,
+                ..Default::default()
+            },
+        });
+    let flowing = |sim: &Sim| {
+        cams.iter()
+            .filter(|cam| {
+                frames(sim, "sub", cam).last().is_some_and(|f| {
+                    sim.now.saturating_duration_since(f.at) < Duration::from_millis(300)
+                })
+            })
+            .count()
+    };
+    sim.run_for(Duration::from_millis(1250));
+    for _ in 0..26 {
+        assert_eq!(flowing(&sim), 16, "every tile flows");
+        sim.run_for(Duration::from_millis(250));
+    }
+    assert!(sim.client("sub").stream_states.is_empty());
+    for cam in &cams {
+        let got = frames(&sim, "sub", cam);
+        assert!(undecodable(&got).is_empty());
+        assert_eq!(
+            last_layers(&got, 20),
+            [0; 20],
+            "the low layer for a small tile"
+        );
+    }
+}
