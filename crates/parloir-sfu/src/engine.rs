@@ -1085,7 +1085,7 @@ impl Sfu {
         destination: SocketAddr,
         contents: &[u8],
     ) {
-        self.handle_receive_on(now, Transport::Udp, source, destination, contents);
+        self.handle_receive_at(now, now, Transport::Udp, source, destination, contents);
     }
 
     /// Handles one packet that arrived over `transport`: a UDP datagram, or one deframed
@@ -1093,6 +1093,23 @@ impl Sfu {
     pub fn handle_receive_on(
         &mut self,
         now: Instant,
+        transport: Transport,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) {
+        self.handle_receive_at(now, now, transport, source, destination, contents);
+    }
+
+    /// [`Sfu::handle_receive_on`] for a packet read at `now` that arrived at `arrived` (the
+    /// kernel's receive timestamp; `now` when there is none). The arrival goes into the TWCC
+    /// feedback the peer gets (str0m patch 23), so a publisher's bandwidth estimator sees how
+    /// the packets of a batch read at once really came in, not all at the instant they were
+    /// read. Everything else about the packet happens at `now`.
+    pub fn handle_receive_at(
+        &mut self,
+        now: Instant,
+        arrived: Instant,
         transport: Transport,
         source: SocketAddr,
         destination: SocketAddr,
@@ -1129,6 +1146,9 @@ impl Sfu {
         if !peer.rtc.accepts(&input) {
             self.stats.dropped_datagrams += 1;
             return;
+        }
+        if arrived < now {
+            peer.rtc.set_arrival(arrived);
         }
         if let Err(e) = peer.rtc.handle_input(input) {
             tracing::debug!(%source, "peer refused a datagram: {e}");

@@ -528,7 +528,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
             shift(config.udp_bind()),
             parloir_net::EndpointConfig::new(backend)
                 .gso(config.rtc.gso)
-                .gro(config.rtc.gro),
+                .gro(config.rtc.gro)
+                // Arrival times for TWCC feedback (`media.rs`, `arrival`).
+                .timestamps(true),
         )?;
         let sfu = SfuConfig {
             candidates: config.candidates().into_iter().map(shift).collect(),

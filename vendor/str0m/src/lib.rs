@@ -2097,11 +2097,22 @@ impl Rtc {
         match input {
             Input::Timeout(now) => self.do_handle_timeout(now)?,
             Input::Receive(recv_time, r) => {
-                self.do_handle_receive(recv_time, r)?;
+                let result = self.do_handle_receive(recv_time, r);
+                self.session.arrival = None;
+                result?;
                 self.do_handle_timeout(recv_time)?;
             }
         }
         Ok(())
+    }
+
+    /// Parloir patch: the next datagram given to [`Rtc::handle_input`] arrived at `arrived`,
+    /// earlier than the time it is handled at (the kernel's receive timestamp of a datagram
+    /// read in a batch). Only the TWCC feedback sent to the peer uses it, so the peer's
+    /// bandwidth estimator sees when the datagrams of a batch came in, not all at the instant
+    /// they were read; everything else about the datagram happens at the input's time.
+    pub fn set_arrival(&mut self, arrived: Instant) {
+        self.session.arrival = Some(arrived);
     }
 
     /// Starts local shutdown.

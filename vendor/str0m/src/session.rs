@@ -115,6 +115,9 @@ pub(crate) struct Session {
     last_twcc: Instant,
     twcc: u64,
     twcc_rx_register: TwccRecvRegister,
+    /// Parloir patch: when the datagram being handled arrived, if earlier than the time it is
+    /// handled at (`Rtc::set_arrival`); the TWCC receive register records that.
+    pub(crate) arrival: Option<Instant>,
     twcc_tx_register: TwccSendRegister,
     max_rx_seq_lookup: FastMap<Ssrc, SeqNoWindow>,
 
@@ -228,6 +231,7 @@ impl Session {
             last_twcc: already_happened(),
             twcc: 0,
             twcc_rx_register: TwccRecvRegister::new(100),
+            arrival: None,
             twcc_tx_register: TwccSendRegister::new(1000),
             max_rx_seq_lookup: FastMap::default(),
             bwe,
@@ -796,7 +800,9 @@ impl Session {
         if let Some(transport_cc) = header.ext_vals.transport_cc {
             let prev = self.twcc_rx_register.max_seq();
             let extended = extend_u16(prev.map(|s| *s), transport_cc);
-            self.twcc_rx_register.update_seq(extended.into(), now);
+            // Parloir patch: the arrival, when the caller knows it.
+            let arrived = self.arrival.map_or(now, |a| a.min(now));
+            self.twcc_rx_register.update_seq(extended.into(), arrived);
         }
 
         // Store largest seen seq_no for the SSRC. This is used in case we get SSRC changes
@@ -1820,6 +1826,113 @@ mod tests {
         let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
         session.set_keying_material(mat, crypto, profile, true);
         session
+    }
+
+    // Parloir patch 23.
+    #[test]
+    fn twcc_feedback_reports_the_arrival_the_caller_gave() {
+        use crate::format::Codec;
+        use crate::media::MediaKind;
+        use crate::net::{Protocol, Receive};
+        use crate::rtp_::{Frequency, MediaTime};
+        use crate::{Input, Output, Rtc};
+        use std::time::Duration;
+
+        let now = Instant::now();
+        let keyed = |rtc: &mut Rtc| {
+            let profile = SrtpProfile::AEAD_AES_128_GCM;
+            let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
+            rtc.session
+                .set_keying_material(mat, crate::crypto::test_default_provider(), profile, true);
+            rtc.direct_api()
+                .declare_media("vid".into(), MediaKind::Video);
+        };
+        let (from, to) = ("192.0.2.1:5000".parse().unwrap(), "192.0.2.2:6000".parse().unwrap());
+        let mut tx = Rtc::builder().build(now);
+        keyed(&mut tx);
+        tx.direct_api()
+            .declare_stream_tx(42.into(), None, "vid".into(), None);
+        tx.send_addr = Some(crate::SendAddr {
+            proto: Protocol::Udp,
+            source: from,
+            destination: to,
+        });
+        tx.handle_input(Input::Timeout(now)).unwrap();
+        while !matches!(tx.poll_output().unwrap(), Output::Timeout(_)) {}
+        let pt = tx
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .map(|p| p.pt())
+            .unwrap();
+
+        // Four one-packet frames, read by the receiver all at once, 20 ms after the first
+        // one's arrival; they arrived 5 ms apart.
+        let mut datagrams = Vec::new();
+        for n in 0..4u64 {
+            let at = now + Duration::from_millis(5 * n);
+            let time = MediaTime::new(n * 450, Frequency::NINETY_KHZ);
+            tx.writer("vid".into())
+                .unwrap()
+                .now(at)
+                .write(pt, at, time, vec![0x10u8; 200])
+                .unwrap();
+            tx.handle_input(Input::Timeout(at)).unwrap();
+            loop {
+                match tx.poll_output().unwrap() {
+                    // RTP only (RTCP's packet types are 192 to 223).
+                    Output::Transmit(t) if !(192..=223).contains(&t.contents[1]) => {
+                        datagrams.push(t.contents.to_vec())
+                    }
+                    Output::Transmit(_) => {}
+                    Output::Timeout(_) => break,
+                    Output::Event(_) => {}
+                }
+            }
+        }
+        assert_eq!(datagrams.len(), 4);
+
+        let receive = |with_arrival: bool| {
+            let mut rx = Rtc::builder().build(now);
+            keyed(&mut rx);
+            rx.direct_api()
+                .expect_stream_rx(42.into(), None, "vid".into(), None);
+            rx.direct_api().enable_twcc_feedback();
+            let read_at = now + Duration::from_millis(20);
+            for (n, d) in datagrams.iter().enumerate() {
+                if with_arrival {
+                    rx.set_arrival(now + Duration::from_millis(5 * n as u64));
+                }
+                let input = Input::Receive(
+                    read_at,
+                    Receive {
+                        proto: Protocol::Udp,
+                        source: from,
+                        destination: to,
+                        contents: d.as_slice().try_into().unwrap(),
+                    },
+                );
+                rx.handle_input(input).unwrap();
+            }
+            assert_eq!(rx.session.arrival, None, "used up by the datagram");
+            let report = rx.session.twcc_rx_register.build_report(1000).expect("a report");
+            let times: Vec<Instant> = report
+                .into_iter(now, 0.into())
+                .filter_map(|(_, _, t)| t)
+                .collect();
+            // Three or four: here str0m registered three of them (it reports 1 to 3).
+            assert!(times.len() >= 3, "{times:?}");
+            times
+                .windows(2)
+                .map(|w| w[1].saturating_duration_since(w[0]))
+                .collect::<Vec<_>>()
+        };
+        let ms = Duration::from_millis;
+        let with = receive(true);
+        assert!(with.iter().all(|d| *d == ms(5)), "the arrivals' spacing: {with:?}");
+        let without = receive(false);
+        assert!(without.iter().all(|d| d.is_zero()), "the read time: {without:?}");
     }
 
     #[test]
