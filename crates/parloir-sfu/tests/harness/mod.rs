@@ -6,9 +6,9 @@
 //! join, answer the subscriber offer, AddTrack then offer on the publisher connection. Datagrams
 //! travel through a seeded network model (delay, jitter that keeps each path's order unless
 //! told to reorder, loss, and bottleneck links with a rate and a drop-tail queue); time jumps
-//! to the next deadline, so seconds of meeting run in milliseconds. The network's choices are seeded; str0m's own
-//! randomness (DTLS keys, SSRCs) is not, so packet counts can differ slightly between runs and
-//! assertions leave room for that rather than pinning exact figures.
+//! to the next deadline, so seconds of meeting run in milliseconds. The network's choices are
+//! seeded; str0m's own randomness (DTLS keys, SSRCs) is not, so packet counts can differ
+//! slightly between runs and assertions leave room for that rather than pinning exact figures.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
