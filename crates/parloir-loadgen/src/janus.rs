@@ -8,7 +8,7 @@
 //! address for both Janus (`ice_enforce_list`) and the simulated participants; see
 //! [`host_ipv4`].
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -522,8 +522,8 @@ impl<'a> Janus<'a> {
         let mut sbuf = vec![0u8; MTU];
         enum Wake {
             Ws(Option<Result<Message, tungstenite::Error>>),
-            Pub(std::io::Result<(usize, SocketAddr)>),
-            Sub(std::io::Result<(usize, SocketAddr)>),
+            Pub(std::io::Result<()>),
+            Sub(std::io::Result<()>),
             Timer,
         }
         loop {
@@ -576,8 +576,8 @@ impl<'a> Janus<'a> {
             .unwrap_or(now);
             let wake = tokio::select! {
                 m = ws.next() => Wake::Ws(m),
-                r = pub_sock.recv_from(&mut pbuf) => Wake::Pub(r),
-                r = sub_sock.recv_from(&mut sbuf) => Wake::Sub(r),
+                r = pub_sock.readable() => Wake::Pub(r),
+                r = sub_sock.readable() => Wake::Sub(r),
                 _ = tokio::time::sleep_until(wake_at.into()) => Wake::Timer,
             };
             let now = Instant::now();
@@ -597,16 +597,8 @@ impl<'a> Janus<'a> {
                     self.backlog.push_back(m);
                 }
                 Wake::Ws(Some(Ok(_))) => {}
-                Wake::Pub(Ok(first)) => {
-                    self.media
-                        .publisher
-                        .input_batch(shared, now, first, &mut pbuf);
-                }
-                Wake::Sub(Ok(first)) => {
-                    self.media
-                        .subscriber
-                        .input_batch(shared, now, first, &mut sbuf);
-                }
+                Wake::Pub(Ok(())) => self.media.publisher.input_ready(shared, &mut pbuf),
+                Wake::Sub(Ok(())) => self.media.subscriber.input_ready(shared, &mut sbuf),
                 Wake::Pub(Err(_)) | Wake::Sub(Err(_)) | Wake::Timer => {}
             }
             self.media.tick(now);

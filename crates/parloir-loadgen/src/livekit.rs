@@ -7,7 +7,6 @@
 //! (dynacast) by pausing unused layers, and answers PLIs with key frames.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -494,8 +493,8 @@ impl<'a> Participant<'a> {
         let mut sbuf = vec![0u8; MTU];
         enum Wake {
             Ws(Option<Result<Message, tungstenite::Error>>),
-            Pub(std::io::Result<(usize, SocketAddr)>),
-            Sub(std::io::Result<(usize, SocketAddr)>),
+            Pub(std::io::Result<()>),
+            Sub(std::io::Result<()>),
             Timer,
         }
         loop {
@@ -536,8 +535,8 @@ impl<'a> Participant<'a> {
             .unwrap_or(now);
             let wake = tokio::select! {
                 m = ws.next() => Wake::Ws(m),
-                r = pub_sock.recv_from(&mut pbuf) => Wake::Pub(r),
-                r = sub_sock.recv_from(&mut sbuf) => Wake::Sub(r),
+                r = pub_sock.readable() => Wake::Pub(r),
+                r = sub_sock.readable() => Wake::Sub(r),
                 _ = tokio::time::sleep_until(wake_at.into()) => Wake::Timer,
             };
             let now = Instant::now();
@@ -569,16 +568,8 @@ impl<'a> Participant<'a> {
                     return End::Dropped;
                 }
                 Wake::Ws(Some(Ok(_))) => {}
-                Wake::Pub(Ok(first)) => {
-                    self.media
-                        .publisher
-                        .input_batch(shared, now, first, &mut pbuf);
-                }
-                Wake::Sub(Ok(first)) => {
-                    self.media
-                        .subscriber
-                        .input_batch(shared, now, first, &mut sbuf);
-                }
+                Wake::Pub(Ok(())) => self.media.publisher.input_ready(shared, &mut pbuf),
+                Wake::Sub(Ok(())) => self.media.subscriber.input_ready(shared, &mut sbuf),
                 Wake::Pub(Err(_)) | Wake::Sub(Err(_)) | Wake::Timer => {}
             }
             self.media.tick(now);

@@ -4,15 +4,18 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use parloir_net::stamped;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use str0m::format::Codec;
 use str0m::media::{Frequency, MediaTime, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use crate::media::{self, Clip, Marker};
@@ -38,6 +41,8 @@ impl Peer {
     /// A peer on a fresh UDP port of `ip`, announcing it as its only (host) candidate.
     pub async fn bind(ip: IpAddr, now: Instant) -> anyhow::Result<Self> {
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        // Without them each datagram counts as arriving when it is read.
+        stamped::enable_timestamps(socket.as_raw_fd());
         let local = socket.local_addr()?;
         let mut rtc = Rtc::builder()
             .clear_codecs()
@@ -56,8 +61,16 @@ impl Peer {
         })
     }
 
-    /// Feeds one datagram from the server; counts it when it is RTP.
-    pub fn input(&mut self, shared: &Shared, now: Instant, from: SocketAddr, data: &[u8]) {
+    /// Feeds one datagram from the server, read at `now`, that arrived at `arrived`; counts it
+    /// when it is RTP.
+    pub fn input(
+        &mut self,
+        shared: &Shared,
+        now: Instant,
+        arrived: Instant,
+        from: SocketAddr,
+        data: &[u8],
+    ) {
         if is_rtp(data) {
             shared.add(Counter::RtpReceived, 1);
             shared.add(Counter::BytesReceived, data.len() as u64);
@@ -75,6 +88,9 @@ impl Peer {
             },
         );
         if self.rtc.accepts(&input) {
+            if arrived < now {
+                self.rtc.set_arrival(arrived);
+            }
             let _ = self.rtc.handle_input(input);
         }
     }
@@ -85,29 +101,27 @@ impl Peer {
         self.kicked = true;
     }
 
-    /// Feeds the datagram already in `buf` (`first`, read at `now`) and up to 64 more that are
-    /// queued, so a busy socket costs fewer wake-ups. Each is stamped with the time it was
-    /// read: str0m takes that as its arrival time, which its TWCC feedback reports to the
-    /// sender's bandwidth estimator. Stamping a whole batch with the first one's time made a
-    /// burst look as if it had arrived at once, then nothing: delay variation that a real
-    /// receiver does not report, and that the SFU's estimator read as congestion.
-    pub fn input_batch(
-        &mut self,
-        shared: &Shared,
-        now: Instant,
-        first: (usize, SocketAddr),
-        buf: &mut [u8],
-    ) {
-        let socket = self.socket.clone();
-        let (mut n, mut from) = first;
-        let mut read_at = now;
+    /// Feeds the datagrams queued on the socket, up to 65 (a busy socket costs fewer
+    /// wake-ups), each with the time the kernel stamped it on arrival. str0m reports that time
+    /// in its TWCC feedback, which the sender's bandwidth estimator reads: the time of reading
+    /// is not an arrival when this task ran late or read a batch at once, and the spread it
+    /// adds looked like congestion to the SFU's estimator (a real client's network thread
+    /// reads kernel timestamps too).
+    pub fn input_ready(&mut self, shared: &Shared, buf: &mut [u8]) {
+        let fd = self.socket.as_raw_fd();
         for _ in 0..=64 {
-            self.input(shared, read_at, from, &buf[..n]);
-            match socket.try_recv_from(buf) {
-                Ok(next) => (n, from) = next,
-                Err(_) => break,
-            }
-            read_at = Instant::now();
+            let read = self
+                .socket
+                .try_io(Interest::READABLE, || stamped::recv_stamped(fd, buf));
+            let (n, from, stamp) = match read {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP errors from earlier sends, and the like: nothing to read here.
+                Err(_) => continue,
+            };
+            let (now, wall) = (Instant::now(), SystemTime::now());
+            let arrived = stamped::arrival(now, wall, stamp);
+            self.input(shared, now, arrived, from, &buf[..n]);
         }
     }
 

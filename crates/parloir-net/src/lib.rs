@@ -22,6 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant, SystemTime};
 
+pub mod stamped;
 pub mod tcp;
 pub mod throughput;
 pub mod topology;

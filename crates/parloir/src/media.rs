@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::{Events, Interest, Poll, Token, Waker};
+use parloir_net::stamped::arrival;
 use parloir_net::{SendBatch, UdpEndpoint};
 use parloir_sfu::{
     Command, Output, Relay, ServiceCall, ServiceError, ServiceReply, SessionId, Sfu, SfuConfig,
@@ -798,42 +799,9 @@ impl Worker {
     }
 }
 
-/// Oldest kernel receive timestamp taken as it is: a datagram that waited longer in the socket
-/// (a stalled worker), or a wall clock that was stepped, counts from this far back.
-const MAX_RECEIVE_AGE: Duration = Duration::from_millis(500);
-
-/// When a datagram read at `now` (`wall` on the wall clock) arrived, from the kernel's receive
-/// timestamp (SO_TIMESTAMPNS, on the wall clock): a batch read at once keeps the spacing its
-/// datagrams came in with, which the TWCC feedback sent to publishers reports. Without a
-/// timestamp, or with one from the future, the datagram arrived `now`.
-fn arrival(now: Instant, wall: SystemTime, timestamp: Option<SystemTime>) -> Instant {
-    let Some(age) = timestamp.and_then(|t| wall.duration_since(t).ok()) else {
-        return now;
-    };
-    now.checked_sub(age.min(MAX_RECEIVE_AGE)).unwrap_or(now)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant, SystemTime};
-
-    use super::{MAX_RECEIVE_AGE, Placement, arrival};
-
-    #[test]
-    fn a_datagram_arrived_when_the_kernel_stamped_it() {
-        let (now, wall) = (Instant::now(), SystemTime::now());
-        let ms = Duration::from_millis;
-        assert_eq!(arrival(now, wall, Some(wall - ms(3))), now - ms(3));
-        assert_eq!(arrival(now, wall, Some(wall)), now);
-        // No timestamp, or one from the future (a wall clock stepped back): read time.
-        assert_eq!(arrival(now, wall, None), now);
-        assert_eq!(arrival(now, wall, Some(wall + ms(40))), now);
-        // A wall clock stepped forward, or a long stall: no further back than the cap.
-        assert_eq!(
-            arrival(now, wall, Some(wall - Duration::from_secs(3600))),
-            now - MAX_RECEIVE_AGE
-        );
-    }
+    use super::Placement;
 
     #[test]
     fn a_room_stays_home_until_it_outgrows_it_then_fills_the_least_loaded_workers() {
