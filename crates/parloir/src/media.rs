@@ -532,9 +532,15 @@ impl Worker {
                 match received {
                     Ok(0) => break,
                     Ok(_) => {
-                        let now = Instant::now();
-                        let wall = SystemTime::now();
                         for (i, (meta, contents)) in rx.datagrams().enumerate() {
+                            // The clock is read for each datagram, not once per batch: str0m
+                            // stamps what it sends at the time it is given, and a batch's
+                            // fan-out leaves over milliseconds. Sent packets stamped all at
+                            // the batch's start but arriving spread out read, to the
+                            // subscribers' TWCC feedback and the estimator, as a queue
+                            // building up.
+                            let now = Instant::now();
+                            let wall = SystemTime::now();
                             let source = meta.source;
                             let destination = self.local_destination(meta.destination);
                             let arrived = arrival(now, wall, meta.timestamp);
