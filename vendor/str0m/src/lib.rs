@@ -950,6 +950,9 @@ pub struct Rtc {
     // Parloir patch: the soonest timeout of everything but the pacer and the estimator,
     // computed with `cached_timeout`. Before it, a timeout with no wake since is theirs alone.
     others_timeout: (Option<Instant>, Reason),
+    // Parloir patch: the soonest of the regular reports and the statistics, computed with
+    // `others_timeout` (`full_pass_due`).
+    full_pass_at: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1327,6 +1330,7 @@ impl Rtc {
             readiness: Readiness::armed(),
             cached_timeout: start,
             others_timeout: (Some(start), Reason::NotHappening),
+            full_pass_at: None,
         })
     }
 
@@ -1958,6 +1962,10 @@ impl Rtc {
                 .soonest((self.sctp.poll_timeout(), Reason::Sctp))
                 .soonest((self.chan.poll_timeout(&self.sctp), Reason::Channel))
                 .soonest((stats_timeout, Reason::Stats));
+            self.full_pass_at = [self.session.reports_at, stats_timeout]
+                .into_iter()
+                .flatten()
+                .min();
             self.set_cached_timeout();
         } else if self.readiness.wants_pacer_timeout() {
             // Parloir patch: only the pacer's and the estimator's moved; the others hold.
@@ -2000,6 +2008,16 @@ impl Rtc {
     /// ```
     pub fn last_timeout_reason(&self) -> Reason {
         self.last_timeout_reason
+    }
+
+    /// Parloir patch: whether a timeout at `now` may visit every m-line and stream of the
+    /// connection: the regular RTCP reports or the statistics are due (as of the last
+    /// computed timeout). The other timeouts visit only what may have work (patches 2-5 and
+    /// 22), so a caller that shares a time budget between many connections can charge them
+    /// as small. With bandwidth estimation on, the pacer asks for a timeout after each packet
+    /// it lets out, and each frame written is packetized on the next one.
+    pub fn full_pass_due(&self, now: Instant) -> bool {
+        self.full_pass_at.is_some_and(|at| at <= now)
     }
 
     /// Check if this `Rtc` instance accepts the given input. This is used for demultiplexing

@@ -73,6 +73,9 @@ pub(crate) struct Session {
     /// they were last found empty), so that packetizing and its timeout do not visit every
     /// m-line of the session. A superset: entries are pruned when found empty.
     pub(crate) payload_pending: Vec<Mid>,
+    /// Parloir patch: when the next regular RTCP reports are due, as of the last
+    /// `poll_timeout_others` (the timeout that visits every stream; `Rtc::full_pass_due`).
+    pub(crate) reports_at: Option<Instant>,
 
     /// Parloir patch: the m-lines whose receive buffers may hold packets, so that polling for
     /// received frames and their timeouts do not visit every m-line. A superset, pruned when
@@ -207,6 +210,7 @@ impl Session {
             medias: vec![],
             media_pos: FastMap::default(),
             payload_pending: vec![],
+            reports_at: None,
             receive_pending: vec![],
             media_events: true,
             streams: Streams::new(enable_stats, *config.mtu.end(), config.pause_threshold),
@@ -1448,6 +1452,7 @@ impl Session {
 
         self.update_receive_recovery();
         let feedback_at = self.regular_feedback_at();
+        self.reports_at = feedback_at;
         let nack_at = self.nack_at();
         let twcc_at = self.twcc_at();
         // Parloir patch: only the m-lines that may have something queued.
@@ -1826,6 +1831,54 @@ mod tests {
         let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
         session.set_keying_material(mat, crypto, profile, true);
         session
+    }
+
+    // Parloir patch 24.
+    #[test]
+    fn a_full_pass_is_due_when_the_reports_are() {
+        use crate::media::MediaKind;
+        use crate::net::Protocol;
+        use crate::{Input, Output, Rtc};
+        use std::time::Duration;
+
+        let now = Instant::now();
+        let mut rtc = Rtc::builder().build(now);
+        let profile = SrtpProfile::AEAD_AES_128_GCM;
+        let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
+        rtc.session
+            .set_keying_material(mat, crate::crypto::test_default_provider(), profile, true);
+        rtc.direct_api()
+            .declare_media("vid".into(), MediaKind::Video);
+        rtc.direct_api()
+            .declare_stream_tx(42.into(), None, "vid".into(), None);
+        rtc.send_addr = Some(crate::SendAddr {
+            proto: Protocol::Udp,
+            source: "192.0.2.1:5000".parse().unwrap(),
+            destination: "192.0.2.2:6000".parse().unwrap(),
+        });
+        let run = |rtc: &mut Rtc, at: Instant| -> Instant {
+            rtc.handle_input(Input::Timeout(at)).unwrap();
+            loop {
+                if let Output::Timeout(t) = rtc.poll_output().unwrap() {
+                    return t;
+                }
+            }
+        };
+        // The first reports are due at once.
+        let start = run(&mut rtc, now);
+        assert!(rtc.full_pass_due(start));
+        let now = start + Duration::from_millis(10);
+        run(&mut rtc, now);
+        let reports = rtc.session.reports_at.expect("a report time for the send stream");
+        assert!(reports > now + Duration::from_millis(500), "{:?}", reports - now);
+        // Before the reports, a timeout does not visit every stream; at them, it does.
+        assert!(!rtc.full_pass_due(now + Duration::from_millis(1)));
+        assert!(!rtc.full_pass_due(reports - Duration::from_millis(1)));
+        assert!(rtc.full_pass_due(reports));
+        // Once they are sent, the next ones are later.
+        run(&mut rtc, reports);
+        assert!(!rtc.full_pass_due(reports));
+        assert!(rtc.session.reports_at.is_some_and(|t| t > reports));
     }
 
     // Parloir patch 23.
