@@ -147,9 +147,8 @@ pub struct RtcConfig {
     pub loudest_audio: usize,
     /// Send-side bandwidth estimation per subscriber (TWCC), starting from this many kbit/s:
     /// each subscriber's video is fitted to its link by priority. 0 (the default for now) turns
-    /// it off: it costs about a fifth more CPU per forwarded packet in a meeting of 18, and far
-    /// more in the forwarding bench at 50, where str0m's pacer runs a timeout per packet
-    /// (perf/README.md, "Joining").
+    /// it off: it costs about a fifth more CPU per forwarded packet in a meeting of 18, 1.6
+    /// times as much in the forwarding bench at 50 (perf/README.md, "Joining").
     pub bwe_initial_kbps: u32,
 }
 
