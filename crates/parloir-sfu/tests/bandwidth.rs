@@ -534,17 +534,20 @@ fn video_with_temporal_layers_drops_frames_before_it_pauses() {
     assert!(sim.client("sub").stream_states.is_empty());
 }
 
-#[test]
-fn a_subscriber_joining_a_grid_of_sixteen_sees_every_tile_at_once() {
-    // The shape of a large meeting as a newcomer sees it: sixteen cameras in small tiles
-    // (the low layer, about 76 kbit/s each, 1.2 Mbit/s in all) above a 1 Mbit/s starting
-    // estimate, one speaker, no bottleneck. The estimate must make room for all of them
-    // before any is paused: in three seeds every tile was flowing 0.75 s in and nothing was
-    // paused (with tracks paused as soon as the budget lacks room, not after `PAUSE_AFTER`,
-    // this fails).
+/// Sixteen simulcast cameras (`layer_bytes` per layer, else the meeting's) with one speaker,
+/// and "sub", a newcomer who shows them all in tiles of `tile` (width, height) from 0.25 s in.
+/// Returns the simulation and the cameras' track sids.
+fn grid_of_sixteen(
+    seed: u64,
+    layer_bytes: Option<[usize; 3]>,
+    tile: (u32, u32),
+) -> (Sim, Vec<String>) {
     let names: Vec<String> = (0..16).map(|i| format!("p{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut sim = meeting(31, &names);
+    let mut sim = meeting(seed, &names);
+    if let Some(bytes) = layer_bytes {
+        sim.layer_bytes = bytes;
+    }
     for (i, c) in sim.clients.iter_mut().take(16).enumerate() {
         c.audio_level = Some(if i == 0 { -20 } else { -127 });
     }
@@ -556,11 +559,23 @@ fn a_subscriber_joining_a_grid_of_sixteen_sees_every_tile_at_once() {
             session,
             settings: proto::UpdateTrackSettings {
                 track_sids: cams.clone(),
-                width: 320,
-                height: 180,
+                width: tile.0,
+                height: tile.1,
                 ..Default::default()
             },
         });
+    (sim, cams)
+}
+
+#[test]
+fn a_subscriber_joining_a_grid_of_sixteen_sees_every_tile_at_once() {
+    // The shape of a large meeting as a newcomer sees it: sixteen cameras in small tiles
+    // (the low layer, about 76 kbit/s each, 1.2 Mbit/s in all) above a 1 Mbit/s starting
+    // estimate, one speaker, no bottleneck. The estimate must make room for all of them
+    // before any is paused: in three seeds every tile was flowing 0.75 s in and nothing was
+    // paused (with tracks paused as soon as the budget lacks room, not after `PAUSE_AFTER`,
+    // this fails).
+    let (mut sim, cams) = grid_of_sixteen(31, None, (320, 180));
     let flowing = |sim: &Sim| {
         cams.iter()
             .filter(|cam| {
@@ -597,26 +612,7 @@ fn a_newcomer_whose_grid_needs_many_times_the_starting_estimate_gets_it_within_t
     // start for all that its tiles ask, as a browser probes at the start of a call, and
     // upgraded as far as the estimate then allows, every tile is on its middle layer within
     // two seconds (0.4 s for five seeds) and nothing is paused.
-    let names: Vec<String> = (0..16).map(|i| format!("p{i}")).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut sim = meeting(33, &names);
-    sim.layer_bytes = [1400, 3000, 12000];
-    for (i, c) in sim.clients.iter_mut().take(16).enumerate() {
-        c.audio_level = Some(if i == 0 { -20 } else { -127 });
-    }
-    sim.run_for(Duration::from_millis(250));
-    let cams: Vec<String> = names.iter().map(|p| sim.track_sid(p, "cam")).collect();
-    let session = sim.client("sub").session;
-    sim.commands
-        .push(parloir_sfu::Command::UpdateTrackSettings {
-            session,
-            settings: proto::UpdateTrackSettings {
-                track_sids: cams.clone(),
-                width: 640,
-                height: 360,
-                ..Default::default()
-            },
-        });
+    let (mut sim, cams) = grid_of_sixteen(33, Some([1400, 3000, 12000]), (640, 360));
     let start = sim.now;
     let mut all_mid = None;
     while sim.now - start < Duration::from_secs(6) {
