@@ -565,8 +565,6 @@ struct Peer {
     last_upgrade: Option<Instant>,
     /// When the last probe was asked for.
     probed_at: Option<Instant>,
-    /// When its first bandwidth estimate came: the start of its [`STARTUP`].
-    estimating_since: Option<Instant>,
     /// Round trip of the packets the transport-wide feedback acknowledged (str0m's peer
     /// statistics), latest and lowest: the difference is the queue standing at the bottleneck,
     /// which the delay-based estimator does not see once it stops growing.
@@ -897,9 +895,6 @@ const PROBE_HOLD: Duration = Duration::from_secs(3);
 /// A fall this soon after a probe is the probe's doing.
 const PROBE_BLAME: Duration = Duration::from_secs(1);
 const MAX_PROBE_HOLD: Duration = Duration::from_secs(8);
-/// How long after its first estimate a subscriber may be probed for all that its tiles ask
-/// for, as long as the estimate has not fallen (`Sfu::allocate`).
-const STARTUP: Duration = Duration::from_secs(5);
 /// A subscriber's tracks go up one track at a time, this far apart.
 const UPGRADE_INTERVAL: Duration = Duration::from_secs(1);
 /// No track goes up a layer until the estimate has not fallen for this long.
@@ -1709,7 +1704,6 @@ impl Sfu {
                 sending: 0,
                 last_upgrade: None,
                 probed_at: None,
-                estimating_since: None,
                 rtt: None,
                 rtt_min: None,
                 delayed_at: None,
@@ -1908,7 +1902,6 @@ impl Sfu {
                 tracing::trace!(session = %peer.session, estimate, can_probe, "bandwidth estimate");
                 let fell = peer.estimate.is_some_and(|old| estimate < old);
                 peer.estimate = Some(estimate);
-                peer.estimating_since.get_or_insert(now);
                 if estimate >= peer.peak.0
                     || now.saturating_duration_since(peer.peak.1) > PEAK_WINDOW
                 {
@@ -3497,21 +3490,11 @@ impl Sfu {
             budget = lowest.min(budget);
         }
         // Up slowly: one track at a time (as far as it fits), and only once no track went up
-        // for UPGRADE_INTERVAL and the estimate has not fallen for CALM_AFTER_FALL. At the
-        // start (STARTUP, until the estimate first falls) every track goes as far as the
-        // estimate allows at once: a newcomer does not wait a second per tile.
-        let startup = peer.last_fall.is_none()
-            && peer
-                .estimating_since
-                .is_some_and(|t| now.saturating_duration_since(t) < STARTUP);
+        // for UPGRADE_INTERVAL and the estimate has not fallen for CALM_AFTER_FALL.
         let calm = |t: Option<Instant>, d| t.is_none_or(|t| now.saturating_duration_since(t) >= d);
-        let steps = if startup {
-            usize::MAX
-        } else {
-            usize::from(
-                calm(peer.last_upgrade, UPGRADE_INTERVAL) && calm(peer.last_fall, CALM_AFTER_FALL),
-            )
-        };
+        let steps = usize::from(
+            calm(peer.last_upgrade, UPGRADE_INTERVAL) && calm(peer.last_fall, CALM_AFTER_FALL),
+        );
         let result = allocation::allocate(budget, &wants, steps);
         tracing::trace!(session = %peer.session, budget, audio, ?wants, ?result, "allocation");
         let session = peer.session;
@@ -3628,19 +3611,6 @@ impl Sfu {
                 desired = need as u64;
                 peer.probed_at = Some(now);
                 tracing::trace!(%session, estimate, desired, "probing");
-            }
-        }
-        // At the start the estimate is a guess (`bwe_initial_kbps`), and a newcomer to a
-        // large meeting may need several times that for every tile's lowest layer. Until the
-        // estimate first falls, within STARTUP, the desired rate is all that the tiles ask
-        // for: str0m's probe controller then probes as a browser does at the start of a call
-        // (three and six times the estimate, then doubling while the probes get through),
-        // instead of one upgrade's worth every probe hold.
-        if startup {
-            let demand = wants.iter().map(|w| w.top).sum::<u64>() + audio;
-            let demand = (demand as f64 / allocation::BUDGET_SHARE) as u64;
-            if demand > estimate {
-                desired = desired.max(demand);
             }
         }
         let minimum = used;
