@@ -532,6 +532,9 @@ impl Worker {
                 match received {
                     Ok(0) => break,
                     Ok(_) => {
+                        // One reading of both clocks turns the batch's kernel timestamps
+                        // into arrivals.
+                        let (read, wall) = (Instant::now(), SystemTime::now());
                         for (i, (meta, contents)) in rx.datagrams().enumerate() {
                             // The clock is read for each datagram, not once per batch: str0m
                             // stamps what it sends at the time it is given, and a batch's
@@ -540,10 +543,9 @@ impl Worker {
                             // subscribers' TWCC feedback and the estimator, as a queue
                             // building up.
                             let now = Instant::now();
-                            let wall = SystemTime::now();
                             let source = meta.source;
                             let destination = self.local_destination(meta.destination);
-                            let arrived = arrival(now, wall, meta.timestamp);
+                            let arrived = arrival(read, wall, meta.timestamp);
                             self.guarded(|sfu| {
                                 sfu.handle_receive_at(
                                     now,
