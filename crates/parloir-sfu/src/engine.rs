@@ -565,6 +565,12 @@ struct Peer {
     last_upgrade: Option<Instant>,
     /// When the last probe was asked for.
     probed_at: Option<Instant>,
+    /// When its first bandwidth estimate came: the start of its [`STARTUP`].
+    estimating_since: Option<Instant>,
+    /// When its startup first asked for more than the estimate, and the estimate then.
+    startup_probe: Option<(Instant, u64)>,
+    /// Its startup ended early: the first probes did not get through ([`STARTUP_VERDICT`]).
+    startup_over: bool,
     /// Round trip of the packets the transport-wide feedback acknowledged (str0m's peer
     /// statistics), latest and lowest: the difference is the queue standing at the bottleneck,
     /// which the delay-based estimator does not see once it stops growing.
@@ -578,6 +584,16 @@ struct Peer {
 }
 
 impl Peer {
+    /// Whether it is in its [`STARTUP`]: within that long of its first estimate, before the
+    /// estimate first fell, and unless the first probes did not get through.
+    fn starting(&self, now: Instant) -> bool {
+        !self.startup_over
+            && self.last_fall.is_none()
+            && self
+                .estimating_since
+                .is_some_and(|t| now.saturating_duration_since(t) < STARTUP)
+    }
+
     /// Whether the estimate is falling now: it fell within [`FALLING_WINDOW`], and it is
     /// more than [`FALLING_DEPTH`] below its peak of the last [`PEAK_WINDOW`] or below what is
     /// being sent; unless the streak began just after a probe (the probe, not the media,
@@ -847,6 +863,25 @@ impl Track {
         }
     }
 
+    /// Whether every layer [`Track::offer`] gives for `quality` has a measured rate, not an
+    /// announced or a preset one.
+    fn offer_measured(&self, quality: u8, now: Instant) -> bool {
+        if self.layers.is_empty() {
+            return self.measured(None, now) > 0;
+        }
+        let flowing = self.layers.flowing(now);
+        let mut fit = flowing
+            .iter()
+            .filter(|(rank, _)| *rank <= quality)
+            .peekable();
+        if fit.peek().is_none() {
+            return flowing
+                .first()
+                .is_some_and(|(_, rid)| self.measured(Some(*rid), now) > 0);
+        }
+        fit.all(|(_, rid)| self.measured(Some(*rid), now) > 0)
+    }
+
     /// The layers a subscriber that wants `quality` may get, lowest first, with their rates.
     fn offer(&self, quality: u8, now: Instant) -> Vec<(u8, u64)> {
         if self.layers.is_empty() {
@@ -895,6 +930,14 @@ const PROBE_HOLD: Duration = Duration::from_secs(3);
 /// A fall this soon after a probe is the probe's doing.
 const PROBE_BLAME: Duration = Duration::from_secs(1);
 const MAX_PROBE_HOLD: Duration = Duration::from_secs(8);
+/// How long after its first estimate a subscriber may be probed for all that its tiles ask
+/// for, as long as the estimate has not fallen (`Sfu::allocate`).
+const STARTUP: Duration = Duration::from_secs(5);
+/// The startup ends this long after it first asked for more than the estimate if the estimate
+/// has not grown by [`STARTUP_GAIN`] since: the first probes (three and six times the
+/// estimate) came back at little more than the link's rate.
+const STARTUP_VERDICT: Duration = Duration::from_millis(500);
+const STARTUP_GAIN: f64 = 1.5;
 /// A subscriber's tracks go up one track at a time, this far apart.
 const UPGRADE_INTERVAL: Duration = Duration::from_secs(1);
 /// No track goes up a layer until the estimate has not fallen for this long.
@@ -1704,6 +1747,9 @@ impl Sfu {
                 sending: 0,
                 last_upgrade: None,
                 probed_at: None,
+                estimating_since: None,
+                startup_probe: None,
+                startup_over: false,
                 rtt: None,
                 rtt_min: None,
                 delayed_at: None,
@@ -1902,6 +1948,15 @@ impl Sfu {
                 tracing::trace!(session = %peer.session, estimate, can_probe, "bandwidth estimate");
                 let fell = peer.estimate.is_some_and(|old| estimate < old);
                 peer.estimate = Some(estimate);
+                peer.estimating_since.get_or_insert(now);
+                // A link that carries little more than the estimate the startup probed from:
+                // probing on for all that the tiles ask would only fill its queue.
+                if let Some((asked, from)) = peer.startup_probe
+                    && now.saturating_duration_since(asked) >= STARTUP_VERDICT
+                    && (estimate as f64) < from as f64 * STARTUP_GAIN
+                {
+                    peer.startup_over = true;
+                }
                 if estimate >= peer.peak.0
                     || now.saturating_duration_since(peer.peak.1) > PEAK_WINDOW
                 {
@@ -3390,6 +3445,8 @@ impl Sfu {
         };
         let settings = self.participants.get(&peer.session).map(|p| &p.settings);
         let mut audio = 0u64;
+        // Whether a rate below is a guess (a layer not measured yet).
+        let mut guessed = false;
         // (priority key, track sid, publisher sid, want)
         type Key = (u8, std::cmp::Reverse<Option<Instant>>);
         let mut items: Vec<(Key, String, String, Want)> = Vec::new();
@@ -3419,6 +3476,7 @@ impl Sfu {
             let published = track.published_layers();
             let wanted = simulcast::wanted_quality(settings.and_then(|s| s.get(sid)), published);
             let layers = wanted.map_or_else(Vec::new, |q| track.offer(q, now));
+            guessed |= wanted.is_some_and(|q| !track.offer_measured(q, now));
             let top = if layers.is_empty() {
                 0
             } else {
@@ -3490,11 +3548,20 @@ impl Sfu {
             budget = lowest.min(budget);
         }
         // Up slowly: one track at a time (as far as it fits), and only once no track went up
-        // for UPGRADE_INTERVAL and the estimate has not fallen for CALM_AFTER_FALL.
+        // for UPGRADE_INTERVAL and the estimate has not fallen for CALM_AFTER_FALL. At the
+        // start (STARTUP, until the estimate first falls) every track goes as far as the
+        // estimate allows at once: a newcomer does not wait a second per tile. Not on guessed
+        // rates: LiveKit's presets are below what many cameras send, and several tracks going
+        // up together on them overshoot a narrow link at once.
+        let startup = !guessed && peer.starting(now);
         let calm = |t: Option<Instant>, d| t.is_none_or(|t| now.saturating_duration_since(t) >= d);
-        let steps = usize::from(
-            calm(peer.last_upgrade, UPGRADE_INTERVAL) && calm(peer.last_fall, CALM_AFTER_FALL),
-        );
+        let steps = if startup {
+            usize::MAX
+        } else {
+            usize::from(
+                calm(peer.last_upgrade, UPGRADE_INTERVAL) && calm(peer.last_fall, CALM_AFTER_FALL),
+            )
+        };
         let result = allocation::allocate(budget, &wants, steps);
         tracing::trace!(session = %peer.session, budget, audio, ?wants, ?result, "allocation");
         let session = peer.session;
@@ -3611,6 +3678,23 @@ impl Sfu {
                 desired = need as u64;
                 peer.probed_at = Some(now);
                 tracing::trace!(%session, estimate, desired, "probing");
+            }
+        }
+        // At the start the estimate is a guess (`bwe_initial_kbps`), and a newcomer to a
+        // large meeting may need several times that for every tile's lowest layer. Until the
+        // estimate first falls, within STARTUP, the desired rate is all that the tiles ask
+        // for: str0m's probe controller then probes as a browser does at the start of a call
+        // (three and six times the estimate, then doubling while the probes get through),
+        // instead of one upgrade's worth every probe hold.
+        if peer.starting(now) {
+            // With the headroom that the last upgrades need to fit.
+            let video = wants.iter().map(|w| w.top).sum::<u64>() as f64;
+            let demand =
+                (video * allocation::UPGRADE_HEADROOM + audio as f64) / allocation::BUDGET_SHARE;
+            let demand = demand as u64;
+            if demand > estimate {
+                desired = desired.max(demand);
+                peer.startup_probe.get_or_insert((now, estimate));
             }
         }
         let minimum = used;
