@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::Socket;
 
-use crate::sys::{self, Control, RECV_CONTROL};
+use crate::sys;
 use crate::{Io, RecvBatch, SendBatch, SendOutcome, units};
 
 pub(crate) struct Basic {
@@ -26,38 +26,16 @@ impl Io for Basic {
         let fd = self.socket.as_raw_fd();
         let mut n = 0;
         while !batch.is_full() {
-            let mut name = sys::sockaddr_storage();
-            let mut control = Control::<RECV_CONTROL>::default();
-            let slot = batch.free_slot();
-            let slot_len = slot.len();
-            let mut iov = sys::iovec(slot);
-            let mut msg = sys::msghdr(
-                &mut name,
-                std::mem::size_of::<libc::sockaddr_storage>() as u32,
-                &mut iov,
-                control.0.as_mut_ptr(),
-                RECV_CONTROL,
-            );
-            // SAFETY: every pointer in `msg` refers to a local or to the batch's free slot,
-            // all alive and exclusively borrowed for the call, with their lengths.
-            let rc = unsafe { libc::recvmsg(fd, &mut msg, 0) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(n),
-                    _ if n > 0 => Ok(n),
-                    _ => Err(e),
-                };
-            }
-            let control_len = sys::control_len(&msg, RECV_CONTROL);
-            let Some(meta) = sys::recv_meta(
-                sys::name_bytes(&name, msg.msg_namelen),
-                &control.0[..control_len],
-                msg.msg_flags,
-                rc as usize,
-                slot_len,
-            ) else {
-                continue;
+            let meta = match sys::recv_one(fd, batch.free_slot(), 0) {
+                Ok(Some(meta)) => meta,
+                Ok(None) => continue,
+                Err(e) => {
+                    return match e.kind() {
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(n),
+                        _ if n > 0 => Ok(n),
+                        _ => Err(e),
+                    };
+                }
             };
             batch.push(meta);
             n += 1;

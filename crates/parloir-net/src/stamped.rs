@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::sys::{self, Control, RECV_CONTROL};
+use crate::sys;
 
 /// Oldest kernel receive timestamp taken as it is: a datagram that waited longer in the socket
 /// (a stalled reader), or a wall clock that was stepped, counts from this far back.
@@ -34,32 +34,8 @@ pub fn recv_stamped(
     fd: RawFd,
     buf: &mut [u8],
 ) -> io::Result<(usize, SocketAddr, Option<SystemTime>)> {
-    let mut name = sys::sockaddr_storage();
-    let mut control = Control::<RECV_CONTROL>::default();
-    let slot = buf.len();
-    let mut iov = sys::iovec(buf);
-    let mut msg = sys::msghdr(
-        &mut name,
-        std::mem::size_of::<libc::sockaddr_storage>() as u32,
-        &mut iov,
-        control.0.as_mut_ptr(),
-        RECV_CONTROL,
-    );
-    // SAFETY: every pointer in `msg` refers to a local or to `buf`, all alive and exclusively
-    // borrowed for the call, with their lengths.
-    let rc = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let control_len = sys::control_len(&msg, RECV_CONTROL);
-    let meta = sys::recv_meta(
-        sys::name_bytes(&name, msg.msg_namelen),
-        &control.0[..control_len],
-        msg.msg_flags,
-        rc as usize,
-        slot,
-    )
-    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "source is not an IP address"))?;
+    let meta = sys::recv_one(fd, buf, libc::MSG_DONTWAIT)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "source is not an IP address"))?;
     Ok((meta.len, meta.source, meta.timestamp))
 }
 

@@ -214,6 +214,37 @@ pub(crate) fn recv_meta(
     })
 }
 
+/// One `recvmsg(2)` on `fd` into `buf` with `flags`: the datagram's metadata, `Ok(None)` when
+/// its source is not an IP address, or the call's error (`WouldBlock` when nothing is queued
+/// on a non-blocking socket or with `MSG_DONTWAIT`).
+pub(crate) fn recv_one(fd: RawFd, buf: &mut [u8], flags: i32) -> io::Result<Option<RecvMeta>> {
+    let mut name = sockaddr_storage();
+    let mut control = Control::<RECV_CONTROL>::default();
+    let slot = buf.len();
+    let mut iov = iovec(buf);
+    let mut msg = msghdr(
+        &mut name,
+        size_of::<libc::sockaddr_storage>() as u32,
+        &mut iov,
+        control.0.as_mut_ptr(),
+        RECV_CONTROL,
+    );
+    // SAFETY: every pointer in `msg` refers to a local or to `buf`, all alive and exclusively
+    // borrowed for the call, with their lengths.
+    let rc = unsafe { libc::recvmsg(fd, &mut msg, flags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let control_len = control_len(&msg, RECV_CONTROL);
+    Ok(recv_meta(
+        name_bytes(&name, msg.msg_namelen),
+        &control.0[..control_len],
+        msg.msg_flags,
+        rc as usize,
+        slot,
+    ))
+}
+
 /// The control bytes the kernel filled (`msg_controllen` is `size_t` on glibc, `socklen_t`
 /// on musl), capped at `capacity`.
 #[allow(
