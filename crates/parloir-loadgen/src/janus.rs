@@ -537,20 +537,13 @@ impl<'a> Janus<'a> {
                 shared.dropped(reason);
                 return End::Dropped;
             }
-            if let Err(e) = self.media.drain(shared, &self.ctx.scenario, self.index) {
-                if shared.stopping() {
-                    return End::Stopped;
-                }
-                shared.dropped(format!("media failed: {e}"));
-                return End::Dropped;
-            }
-            let now = Instant::now();
-            if shared.stopping() {
-                return End::Stopped;
-            }
-            if now >= leave_at {
-                return End::Left;
-            }
+            let now = match self
+                .media
+                .turn(shared, &self.ctx.scenario, self.index, leave_at)
+            {
+                Ok(now) => now,
+                Err(end) => return end,
+            };
             if now >= self.next_keepalive {
                 self.next_keepalive = now + KEEPALIVE;
                 match self.send(ws, json!({"janus": "keepalive"})).await {

@@ -504,20 +504,13 @@ impl<'a> Participant<'a> {
                     return End::Dropped;
                 }
             }
-            if let Err(e) = self.media.drain(shared, &self.ctx.scenario, self.index) {
-                if shared.stopping() {
-                    return End::Stopped;
-                }
-                shared.dropped(format!("media failed: {e}"));
-                return End::Dropped;
-            }
-            let now = Instant::now();
-            if shared.stopping() {
-                return End::Stopped;
-            }
-            if now >= leave_at {
-                return End::Left;
-            }
+            let now = match self
+                .media
+                .turn(shared, &self.ctx.scenario, self.index, leave_at)
+            {
+                Ok(now) => now,
+                Err(end) => return end,
+            };
             if now >= self.next_ping {
                 self.next_ping = now + self.ping_every;
                 outbox.push(Req::Ping(shared.stamp(now) as i64));

@@ -18,6 +18,7 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use crate::End;
 use crate::media::{self, Clip, Marker};
 use crate::scenario::{Layer, Scenario, Video};
 use crate::stats::{Counter, Latencies, Shared, StreamWatch};
@@ -547,6 +548,33 @@ impl Media {
             receiver,
             egress: EgressTotals::default(),
         })
+    }
+
+    /// One turn of a participant's loop, after its signalling: the media drained, then whether
+    /// its stay ends (the connection failed, the run is over, or it is time to leave, at
+    /// `leave_at`). Otherwise the time of the turn.
+    pub fn turn(
+        &mut self,
+        shared: &Shared,
+        scenario: &Scenario,
+        index: u32,
+        leave_at: Instant,
+    ) -> Result<Instant, End> {
+        if let Err(e) = self.drain(shared, scenario, index) {
+            if shared.stopping() {
+                return Err(End::Stopped);
+            }
+            shared.dropped(format!("media failed: {e}"));
+            return Err(End::Dropped);
+        }
+        let now = Instant::now();
+        if shared.stopping() {
+            return Err(End::Stopped);
+        }
+        if now >= leave_at {
+            return Err(End::Left);
+        }
+        Ok(now)
     }
 
     /// Writes the media that is due, sends what both connections have to send, and turns
