@@ -3606,7 +3606,7 @@ impl Sfu {
             // going down a temporal layer needs nothing from the publisher.
             let temporal_cap = (reduced && cap.is_some()).then_some(0);
             if temporal_cap != out.temporal_cap {
-                tracing::debug!(%session, track = %sid, ?temporal_cap, "frame rate");
+                tracing::debug!(%session, track = %sid, ?temporal_cap, estimate, "frame rate");
                 upgraded |= temporal_cap.is_none();
                 out.temporal_cap = temporal_cap;
             }
