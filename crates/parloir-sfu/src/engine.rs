@@ -3686,6 +3686,7 @@ impl Sfu {
         // for: str0m's probe controller then probes as a browser does at the start of a call
         // (three and six times the estimate, then doubling while the probes get through),
         // instead of one upgrade's worth every probe hold.
+        let mut startup_asks = false;
         if peer.starting(now) {
             // With the headroom that the last upgrades need to fit.
             let video = wants.iter().map(|w| w.top).sum::<u64>() as f64;
@@ -3694,6 +3695,7 @@ impl Sfu {
             let demand = demand as u64;
             if demand > estimate {
                 desired = desired.max(demand);
+                startup_asks = true;
                 peer.startup_probe.get_or_insert((now, estimate));
             }
         }
@@ -3701,6 +3703,11 @@ impl Sfu {
         let (old_min, old_desired) = peer.bwe_rates;
         let differs = |a: u64, b: u64| a.abs_diff(b) > b / 10;
         if differs(minimum, old_min) || differs(desired, old_desired) {
+            // str0m probes for a raised desired rate: a fall just after is the probe's doing
+            // (`PROBE_BLAME`), not congestion that should cut every track to its lowest layer.
+            if startup_asks && desired > old_desired {
+                peer.probed_at = Some(now);
+            }
             peer.bwe_rates = (minimum, desired);
             peer.rtc
                 .bwe()
