@@ -863,42 +863,29 @@ impl Track {
         }
     }
 
-    /// Whether every layer [`Track::offer`] gives for `quality` has a measured rate, not an
-    /// announced or a preset one.
-    fn offer_measured(&self, quality: u8, now: Instant) -> bool {
-        if self.layers.is_empty() {
-            return self.measured(None, now) > 0;
-        }
-        let flowing = self.layers.flowing(now);
-        let mut fit = flowing
-            .iter()
-            .filter(|(rank, _)| *rank <= quality)
-            .peekable();
-        if fit.peek().is_none() {
-            return flowing
-                .first()
-                .is_some_and(|(_, rid)| self.measured(Some(*rid), now) > 0);
-        }
-        fit.all(|(_, rid)| self.measured(Some(*rid), now) > 0)
-    }
-
-    /// The layers a subscriber that wants `quality` may get, lowest first, with their rates.
-    fn offer(&self, quality: u8, now: Instant) -> Vec<(u8, u64)> {
-        if self.layers.is_empty() {
-            return vec![(quality, self.rate(None, quality, now))];
-        }
-        let flowing = self.layers.flowing(now);
-        let mut fit: Vec<(u8, Rid)> = flowing
-            .iter()
-            .copied()
-            .filter(|(rank, _)| *rank <= quality)
+    /// The layers a subscriber that wants `quality` may get, lowest first, with their rates,
+    /// and whether every one of those rates is measured (not announced, nor a preset's).
+    fn offer(&self, quality: u8, now: Instant) -> (Vec<(u8, u64)>, bool) {
+        let fit: Vec<(u8, Option<Rid>)> = if self.layers.is_empty() {
+            vec![(quality, None)]
+        } else {
+            let flowing = self.layers.flowing(now);
+            let mut fit: Vec<(u8, Option<Rid>)> = flowing
+                .iter()
+                .filter(|(rank, _)| *rank <= quality)
+                .map(|(rank, rid)| (*rank, Some(*rid)))
+                .collect();
+            if fit.is_empty() {
+                fit.extend(flowing.first().map(|(rank, rid)| (*rank, Some(*rid))));
+            }
+            fit
+        };
+        let measured = fit.iter().all(|(_, rid)| self.measured(*rid, now) > 0);
+        let layers = fit
+            .into_iter()
+            .map(|(rank, rid)| (rank, self.rate(rid, rank, now)))
             .collect();
-        if fit.is_empty() {
-            fit.extend(flowing.first().copied());
-        }
-        fit.into_iter()
-            .map(|(rank, rid)| (rank, self.rate(Some(rid), rank, now)))
-            .collect()
+        (layers, measured)
     }
 }
 
@@ -3475,8 +3462,9 @@ impl Sfu {
             }
             let published = track.published_layers();
             let wanted = simulcast::wanted_quality(settings.and_then(|s| s.get(sid)), published);
-            let layers = wanted.map_or_else(Vec::new, |q| track.offer(q, now));
-            guessed |= wanted.is_some_and(|q| !track.offer_measured(q, now));
+            let (layers, measured) =
+                wanted.map_or_else(|| (Vec::new(), true), |q| track.offer(q, now));
+            guessed |= !measured;
             let top = if layers.is_empty() {
                 0
             } else {
