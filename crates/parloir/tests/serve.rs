@@ -155,7 +155,8 @@ async fn a_bad_signal_message_closes_only_its_connection() {
 #[test]
 fn stray_datagrams_are_dropped_and_counted() {
     let server = start();
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    // Not port 0: the kernel could hand out a port another test's server is about to bind.
+    let socket = UdpSocket::bind(("127.0.0.1", common::free_port())).expect("bind");
     let before = metric(server.http, "parloir_dropped_datagrams_total");
     let mut stun = vec![0u8; 28];
     stun[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
@@ -291,7 +292,7 @@ async fn only_the_same_identity_resumes_a_dropped_session() {
 
 /// A minimal HTTP receiver: answers 200 to every POST and hands over the event names.
 fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<String>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = std::net::TcpListener::bind(("127.0.0.1", common::free_port())).expect("bind");
     let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -20,24 +20,31 @@ impl Drop for Server {
 }
 
 pub fn free_port() -> u16 {
-    // Bind port 0 on both protocols and keep a port free on both.
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = tcp.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    free_ports(1)
 }
 
-/// A UDP port `p` with `p + 1 .. p + n` also free (media workers use consecutive ports).
+/// A UDP port `p` with `p + 1 .. p + n` also free (media workers use consecutive ports), and
+/// `p` free on TCP too.
+///
+/// The tests of one binary run in parallel and a server binds its ports only once it has
+/// started (seconds later when it loads speech models first): a port the kernel gave one test
+/// and that test released could go to another meanwhile, and then one test's requests reach
+/// the other's server. No port is handed out twice in a process.
 pub fn free_ports(n: u16) -> u16 {
+    static HANDED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        let p = free_port();
-        if (1..n).all(|k| {
-            p.checked_add(k)
-                .is_some_and(|q| UdpSocket::bind(("127.0.0.1", q)).is_ok())
-        }) {
+        // Bind port 0 on both protocols and keep a port free on both.
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let p = tcp.local_addr().expect("addr").port();
+        let ports: Vec<u16> = (0..n).filter_map(|k| p.checked_add(k)).collect();
+        if ports.len() == usize::from(n)
+            && ports.iter().all(|q| !handed.contains(q))
+            && ports
+                .iter()
+                .all(|&q| UdpSocket::bind(("127.0.0.1", q)).is_ok())
+        {
+            handed.extend(&ports);
             return p;
         }
     }
