@@ -7,12 +7,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use parloir_speech::{Models, Vad, load};
+use parloir_speech::{Models, Vad, load_in};
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     std::env::set_current_dir(&root).expect("the repository root");
-    let runtime = load(None).expect("ONNX Runtime (deploy/setup.sh installs it)");
+    let runtime = load_in(Path::new("models")).expect("ONNX Runtime (deploy/setup.sh installs it)");
     let path = Models::open(Path::new("models"))
         .and_then(|m| m.path("silero-vad"))
         .expect("the Silero VAD model");

@@ -14,7 +14,7 @@ use std::time::Duration;
 use criterion::Criterion;
 use parloir_speech::audio::{self, SPEECH_RATE};
 use parloir_speech::whisper::Request;
-use parloir_speech::{Models, Whisper, WhisperFiles, load};
+use parloir_speech::{Models, Whisper, WhisperFiles, load_in};
 
 fn spoken(text: &str) -> Vec<f32> {
     let wav =
@@ -32,8 +32,8 @@ fn spoken(text: &str) -> Vec<f32> {
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let runtime = load(parloir_speech::find_library_in(&root.join("models")).as_deref())
-        .expect("ONNX Runtime (deploy/setup.sh installs it)");
+    let runtime =
+        load_in(&root.join("models")).expect("ONNX Runtime (deploy/setup.sh installs it)");
     let models = Models::open(&root.join("models")).expect("models/manifest.toml");
     let files = WhisperFiles::base(&models).expect("Whisper-base (deploy/setup.sh converts it)");
     let sentences = [

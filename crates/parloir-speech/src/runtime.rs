@@ -38,8 +38,12 @@ impl std::fmt::Debug for Runtime {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RuntimeError {
-    #[error("libonnxruntime is not installed (deploy/setup.sh installs it under models/.venv)")]
-    NotFound,
+    #[error(
+        "libonnxruntime is not installed: not under {}/.venv, not in ORT_DYLIB_PATH, not in \
+         /usr/local/lib/parloir (deploy/setup.sh installs it under models/.venv)",
+        models.display()
+    )]
+    NotFound { models: PathBuf },
     #[error("cannot load {path}: {message}")]
     Load { path: PathBuf, message: String },
     #[error("ONNX Runtime: {0}")]
@@ -85,9 +89,20 @@ pub fn load(path: Option<&Path>) -> Result<Runtime, RuntimeError> {
     static LOADED: OnceLock<Result<Runtime, RuntimeError>> = OnceLock::new();
     let path = match path {
         Some(p) => p.to_path_buf(),
-        None => find_library().ok_or(RuntimeError::NotFound)?,
+        None => find_library().ok_or_else(|| RuntimeError::NotFound {
+            models: PathBuf::from("models"),
+        })?,
     };
     LOADED.get_or_init(|| load_once(&path)).clone()
+}
+
+/// [`load`] with the library looked for as [`find_library_in`] does, for the models directory
+/// the server or a command was given: never the working directory's `models/`.
+pub fn load_in(models: &Path) -> Result<Runtime, RuntimeError> {
+    let path = find_library_in(models).ok_or_else(|| RuntimeError::NotFound {
+        models: models.to_path_buf(),
+    })?;
+    load(Some(&path))
 }
 
 fn load_once(path: &Path) -> Result<Runtime, RuntimeError> {

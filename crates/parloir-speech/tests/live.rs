@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use parloir_speech::audio::{self, SPEECH_RATE};
-use parloir_speech::{LiveConfig, LiveText, LiveTrack, Models, Vad, Whisper, WhisperFiles, load};
+use parloir_speech::{
+    LiveConfig, LiveText, LiveTrack, Models, Vad, Whisper, WhisperFiles, load_in,
+};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -13,8 +15,8 @@ fn root() -> PathBuf {
 
 fn models() -> (Vad, Whisper) {
     let root = root();
-    let library = parloir_speech::find_library_in(&root.join("models"));
-    let runtime = load(library.as_deref()).expect("ONNX Runtime (deploy/setup.sh installs it)");
+    let runtime =
+        load_in(&root.join("models")).expect("ONNX Runtime (deploy/setup.sh installs it)");
     let models = Models::open(&root.join("models")).expect("models/manifest.toml");
     let vad = Vad::new(&runtime, &models.path("silero-vad").unwrap()).unwrap();
     let files = WhisperFiles::base(&models).expect("Whisper-base, converted by deploy/setup.sh");
@@ -208,7 +210,7 @@ fn a_long_monologue_is_cut_into_utterances_whisper_takes() {
 fn the_profile_providers_this_runtime_lacks_are_left_out_for_the_cpu() {
     use parloir_speech::Provider;
     let root = root();
-    let runtime = load(parloir_speech::find_library_in(&root.join("models")).as_deref()).unwrap();
+    let runtime = load_in(&root.join("models")).unwrap();
     let wanted = [Provider::TensorRt, Provider::Cuda, Provider::Cpu];
     let (chosen, skipped) = parloir_speech::provider::choose(&runtime, &wanted);
     assert_eq!(chosen.last(), Some(&Provider::Cpu), "the CPU stands behind");
@@ -240,7 +242,7 @@ fn the_profile_providers_this_runtime_lacks_are_left_out_for_the_cpu() {
 #[test]
 fn moonshine_carries_a_live_track_too() {
     let root = root();
-    let runtime = load(parloir_speech::find_library_in(&root.join("models")).as_deref()).unwrap();
+    let runtime = load_in(&root.join("models")).unwrap();
     let models = Models::open(&root.join("models")).unwrap();
     let mut vad = Vad::new(&runtime, &models.path("silero-vad").unwrap()).unwrap();
     let (mut asr, fallback) = parloir_speech::asr::load(

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use parloir_speech::audio::{self, SPEECH_RATE};
 use parloir_speech::speaker::{SpeakerEmbedder, Voices};
-use parloir_speech::{Models, load};
+use parloir_speech::{Models, load_in};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -14,7 +14,7 @@ fn root() -> PathBuf {
 
 fn embedder() -> SpeakerEmbedder {
     let root = root();
-    let runtime = load(parloir_speech::find_library_in(&root.join("models")).as_deref()).unwrap();
+    let runtime = load_in(&root.join("models")).unwrap();
     let models = Models::open(&root.join("models")).unwrap();
     let path = models
         .path("speaker-embedding")

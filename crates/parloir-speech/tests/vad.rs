@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use parloir_speech::audio::{self, Pcm, SPEECH_RATE};
-use parloir_speech::{Models, Vad, load, speech_segments};
+use parloir_speech::{Models, Vad, load_in, speech_segments};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -13,13 +13,8 @@ fn root() -> PathBuf {
 
 fn vad() -> Vad {
     let root = root();
-    let library = std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::set_current_dir(&root).ok()?;
-            parloir_speech::find_library()
-        });
-    let runtime = load(library.as_deref()).expect("ONNX Runtime (deploy/setup.sh installs it)");
+    let runtime =
+        load_in(&root.join("models")).expect("ONNX Runtime (deploy/setup.sh installs it)");
     let models = Models::open(&root.join("models")).expect("models/manifest.toml");
     let path = models
         .path("silero-vad")

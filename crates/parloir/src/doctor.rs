@@ -96,7 +96,7 @@ pub fn examine(io_mode: IoMode, profile: &str, models_dir: &std::path::Path) -> 
         nvrtc: parloir_media::gpu::compile().map(|_| ()),
         nvdec,
         render_nodes: parloir_gpu::render_nodes(),
-        onnxruntime: parloir_speech::load(None).map_err(|e| e.to_string()),
+        onnxruntime: parloir_speech::load_in(models_dir).map_err(|e| e.to_string()),
         models: models(models_dir),
         profile,
         plan,

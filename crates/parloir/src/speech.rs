@@ -169,9 +169,8 @@ fn load(
     cores: usize,
     providers: &[String],
 ) -> anyhow::Result<Plane> {
-    let runtime =
-        parloir_speech::load(parloir_speech::find_library_in(&config.models_dir).as_deref())
-            .context("the speech plane needs ONNX Runtime")?;
+    let runtime = parloir_speech::load_in(&config.models_dir)
+        .context("the speech plane needs ONNX Runtime")?;
     let models = Models::open(&config.models_dir)?;
     let vad_path = models
         .path("silero-vad")

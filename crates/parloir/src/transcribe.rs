@@ -40,8 +40,8 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let samples = read_audio(&args.file)?;
     let duration = samples.len() as f64 / SPEECH_RATE as f64;
-    let runtime = parloir_speech::load(parloir_speech::find_library_in(&args.models).as_deref())
-        .context("transcription needs ONNX Runtime")?;
+    let runtime =
+        parloir_speech::load_in(&args.models).context("transcription needs ONNX Runtime")?;
     let models = Models::open(&args.models)?;
     let threads = match args.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
