@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::peer::{MTU, Media};
+use crate::peer::{MTU, Media, Signal};
 use crate::stats::Counter;
 use crate::{Ctx, End, JanusTarget};
 
@@ -516,16 +516,7 @@ impl<'a> Janus<'a> {
 
     async fn run(&mut self, ws: &mut Ws, leave_at: Instant) -> End {
         let shared = &*self.ctx.shared;
-        let pub_sock = self.media.publisher.socket.clone();
-        let sub_sock = self.media.subscriber.socket.clone();
-        let mut pbuf = vec![0u8; MTU];
-        let mut sbuf = vec![0u8; MTU];
-        enum Wake {
-            Ws(Option<Result<Message, tungstenite::Error>>),
-            Pub(std::io::Result<()>),
-            Sub(std::io::Result<()>),
-            Timer,
-        }
+        let mut buf = vec![0u8; MTU];
         loop {
             while let Some(m) = self.backlog.pop_front() {
                 if let Err(reason) = self.handle(ws, m).await {
@@ -556,45 +547,25 @@ impl<'a> Janus<'a> {
                     }
                 }
             }
-            let wake_at = [
-                Some(self.media.next_due()),
-                Some(self.next_keepalive),
-                self.retry_at,
-                Some(leave_at),
-                Some(now + Duration::from_millis(100)),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(now);
-            let wake = tokio::select! {
-                m = ws.next() => Wake::Ws(m),
-                r = pub_sock.readable() => Wake::Pub(r),
-                r = sub_sock.readable() => Wake::Sub(r),
-                _ = tokio::time::sleep_until(wake_at.into()) => Wake::Timer,
-            };
-            let now = Instant::now();
-            match wake {
-                Wake::Ws(None) | Wake::Ws(Some(Err(_))) | Wake::Ws(Some(Ok(Message::Close(_)))) => {
+            let until = self.retry_at.map_or(leave_at, |t| t.min(leave_at));
+            let until = until.min(self.next_keepalive);
+            match self.media.wait(shared, ws, now, until, &mut buf).await {
+                Some(Signal::Closed) => {
                     if shared.stopping() {
                         return End::Stopped;
                     }
                     shared.dropped("signal connection closed by the server");
                     return End::Dropped;
                 }
-                Wake::Ws(Some(Ok(Message::Text(t)))) => {
+                Some(Signal::Message(Message::Text(t))) => {
                     let Ok(m) = serde_json::from_str::<Value>(&t) else {
                         shared.dropped("undecodable Janus message");
                         return End::Dropped;
                     };
                     self.backlog.push_back(m);
                 }
-                Wake::Ws(Some(Ok(_))) => {}
-                Wake::Pub(Ok(())) => self.media.publisher.input_ready(shared, &mut pbuf),
-                Wake::Sub(Ok(())) => self.media.subscriber.input_ready(shared, &mut sbuf),
-                Wake::Pub(Err(_)) | Wake::Sub(Err(_)) | Wake::Timer => {}
+                Some(Signal::Message(_)) | None => {}
             }
-            self.media.tick(now);
         }
     }
 }

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::peer::{MTU, Media};
+use crate::peer::{MTU, Media, Signal};
 use crate::stats::Counter;
 use crate::{Ctx, End, LiveKitTarget};
 
@@ -487,16 +487,7 @@ impl<'a> Participant<'a> {
 
     async fn run(&mut self, ws: &mut Ws, mut outbox: Vec<Req>, leave_at: Instant) -> End {
         let shared = &*self.ctx.shared;
-        let pub_sock = self.media.publisher.socket.clone();
-        let sub_sock = self.media.subscriber.socket.clone();
-        let mut pbuf = vec![0u8; MTU];
-        let mut sbuf = vec![0u8; MTU];
-        enum Wake {
-            Ws(Option<Result<Message, tungstenite::Error>>),
-            Pub(std::io::Result<()>),
-            Sub(std::io::Result<()>),
-            Timer,
-        }
+        let mut buf = vec![0u8; MTU];
         loop {
             for m in outbox.drain(..) {
                 if ws.send(encode(m)).await.is_err() {
@@ -516,32 +507,16 @@ impl<'a> Participant<'a> {
                 outbox.push(Req::Ping(shared.stamp(now) as i64));
                 continue;
             }
-            let wake_at = [
-                Some(self.media.next_due()),
-                Some(self.next_ping),
-                Some(leave_at),
-                Some(now + Duration::from_millis(100)),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(now);
-            let wake = tokio::select! {
-                m = ws.next() => Wake::Ws(m),
-                r = pub_sock.readable() => Wake::Pub(r),
-                r = sub_sock.readable() => Wake::Sub(r),
-                _ = tokio::time::sleep_until(wake_at.into()) => Wake::Timer,
-            };
-            let now = Instant::now();
-            match wake {
-                Wake::Ws(None) | Wake::Ws(Some(Err(_))) => {
+            let until = self.next_ping.min(leave_at);
+            match self.media.wait(shared, ws, now, until, &mut buf).await {
+                Some(Signal::Closed) => {
                     if shared.stopping() {
                         return End::Stopped;
                     }
                     shared.dropped("signal connection closed by the server");
                     return End::Dropped;
                 }
-                Wake::Ws(Some(Ok(Message::Binary(b)))) => {
+                Some(Signal::Message(Message::Binary(b))) => {
                     let Ok(r) = proto::SignalResponse::decode(&b[..]) else {
                         shared.dropped("undecodable signal message");
                         return End::Dropped;
@@ -553,19 +528,8 @@ impl<'a> Participant<'a> {
                         return End::Dropped;
                     }
                 }
-                Wake::Ws(Some(Ok(Message::Close(_)))) => {
-                    if shared.stopping() {
-                        return End::Stopped;
-                    }
-                    shared.dropped("signal connection closed by the server");
-                    return End::Dropped;
-                }
-                Wake::Ws(Some(Ok(_))) => {}
-                Wake::Pub(Ok(())) => self.media.publisher.input_ready(shared, &mut pbuf),
-                Wake::Sub(Ok(())) => self.media.subscriber.input_ready(shared, &mut sbuf),
-                Wake::Pub(Err(_)) | Wake::Sub(Err(_)) | Wake::Timer => {}
+                Some(Signal::Message(_)) | None => {}
             }
-            self.media.tick(now);
         }
     }
 }

@@ -17,6 +17,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::End;
 use crate::media::{self, Clip, Marker};
@@ -620,6 +621,60 @@ impl Media {
         self.publisher.tick(now);
         self.subscriber.tick(now);
     }
+
+    /// Waits for the signal connection `ws`, either connection's input, or `until` (at most
+    /// 100 ms after `now`, and no later than the media is due), then lets time pass. Media
+    /// input is read here; what came on the signal connection is handed back.
+    pub async fn wait<S>(
+        &mut self,
+        shared: &Shared,
+        ws: &mut S,
+        now: Instant,
+        until: Instant,
+        buf: &mut [u8],
+    ) -> Option<Signal>
+    where
+        S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    {
+        use futures_util::StreamExt as _;
+        enum Wake {
+            Ws(Option<Result<Message, tungstenite::Error>>),
+            Pub(io::Result<()>),
+            Sub(io::Result<()>),
+            Timer,
+        }
+        let wake_at = until
+            .min(self.next_due())
+            .min(now + Duration::from_millis(100));
+        let wake = tokio::select! {
+            m = ws.next() => Wake::Ws(m),
+            r = self.publisher.socket.readable() => Wake::Pub(r),
+            r = self.subscriber.socket.readable() => Wake::Sub(r),
+            _ = tokio::time::sleep_until(wake_at.into()) => Wake::Timer,
+        };
+        let signal = match wake {
+            Wake::Ws(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => Some(Signal::Closed),
+            Wake::Ws(Some(Ok(m))) => Some(Signal::Message(m)),
+            Wake::Pub(Ok(())) => {
+                self.publisher.input_ready(shared, buf);
+                None
+            }
+            Wake::Sub(Ok(())) => {
+                self.subscriber.input_ready(shared, buf);
+                None
+            }
+            Wake::Pub(Err(_)) | Wake::Sub(Err(_)) | Wake::Timer => None,
+        };
+        self.tick(Instant::now());
+        signal
+    }
+}
+
+/// What [`Media::wait`] got on the signal connection.
+pub enum Signal {
+    Message(Message),
+    /// Closed by the server, or failed.
+    Closed,
 }
 
 /// Running totals of what publishers were told by the server.

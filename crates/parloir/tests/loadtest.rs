@@ -7,12 +7,6 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-fn scenario(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../perf/scenarios")
-        .join(format!("{name}.toml"))
-}
-
 fn out_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "parloir-loadtest-test-{test}-{}",
@@ -22,15 +16,55 @@ fn out_dir(test: &str) -> PathBuf {
     dir
 }
 
-fn loadtest(args: &[&str]) -> (Output, Duration) {
+/// `parloir loadtest` of the scenario `perf/scenarios/<scenario>.toml` with `participants` for
+/// `seconds`, its reports written to `dir`, with `extra` arguments; what it printed and how
+/// long it took.
+fn loadtest(
+    scenario: &str,
+    participants: u32,
+    seconds: u32,
+    dir: &Path,
+    extra: &[&str],
+) -> (Output, Duration) {
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_parloir"))
         .arg("loadtest")
         .args(["--quiet", "--threads", "2"])
-        .args(args)
+        .arg("--scenario")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../perf/scenarios")
+                .join(format!("{scenario}.toml")),
+        )
+        .args(["--participants", &participants.to_string()])
+        .args(["--duration", &seconds.to_string()])
+        .arg("--out")
+        .arg(dir)
+        .args(extra)
         .output()
         .expect("parloir loadtest runs");
     (out, started.elapsed())
+}
+
+/// Asserts that the run succeeded, with what it printed if not; its standard output.
+fn succeeded(out: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The number of joins `kind` ("failed" or "dropped", by reason) in a report.
+fn joins(r: &serde_json::Value, kind: &str) -> f64 {
+    r["joins"][kind]
+        .as_object()
+        .unwrap_or_else(|| panic!("joins.{kind} is a map in {}", r["joins"]))
+        .values()
+        .filter_map(|v| v.as_f64())
+        .sum()
 }
 
 fn report(dir: &Path, name: &str) -> serde_json::Value {
@@ -48,38 +82,14 @@ fn f(v: &serde_json::Value, path: &str) -> f64 {
 #[test]
 fn a_small_meeting_is_forwarded_and_measured() {
     let dir = out_dir("meeting");
-    let meeting = scenario("meeting-150");
-    let (out, _) = loadtest(&[
-        "--scenario",
-        meeting.to_str().expect("utf-8 path"),
-        "--participants",
-        "3",
-        "--duration",
-        "3",
-        "--out",
-        dir.to_str().expect("utf-8 path"),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&loadtest("meeting-150", 3, 3, &dir, &[]).0, "parloir");
     assert!(stdout.contains("server process"), "{stdout}");
     let r = report(&dir, "meeting-150-parloir.json");
     assert_eq!(r["server"], "parloir");
     assert_eq!(f(&r, "participants"), 3.0);
     assert_eq!(f(&r, "joins.joined"), 3.0);
-    assert!(
-        r["joins"]["failed"]
-            .as_object()
-            .is_some_and(|m| m.is_empty())
-    );
-    assert!(
-        r["joins"]["dropped"]
-            .as_object()
-            .is_some_and(|m| m.is_empty())
-    );
+    assert_eq!(joins(&r, "failed"), 0.0);
+    assert_eq!(joins(&r, "dropped"), 0.0);
     // Three publishers with audio and simulcast video; each subscriber watches the other two.
     assert!(f(&r, "traffic.packets_in") > 0.0);
     assert!(f(&r, "traffic.packets_out") > f(&r, "traffic.packets_in") * 0.5);
@@ -123,24 +133,8 @@ fn a_small_meeting_is_forwarded_and_measured() {
 #[test]
 fn a_packet_budget_ends_the_measurement() {
     let dir = out_dir("budget");
-    let meeting = scenario("meeting-150");
-    let (out, took) = loadtest(&[
-        "--scenario",
-        meeting.to_str().expect("utf-8 path"),
-        "--participants",
-        "2",
-        "--duration",
-        "120",
-        "--max-packets",
-        "300",
-        "--out",
-        dir.to_str().expect("utf-8 path"),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, took) = loadtest("meeting-150", 2, 120, &dir, &["--max-packets", "300"]);
+    succeeded(&out, "parloir");
     assert!(took < Duration::from_secs(60), "took {took:?}");
     let r = report(&dir, "meeting-150-parloir.json");
     assert_eq!(r["stopped_early"], "packet budget of 300 reached");
@@ -154,29 +148,10 @@ fn a_lone_publisher_stays_connected() {
     // Nobody to receive from: the subscriber connection carries nothing but must stay up past
     // the server's 15 s ICE consent window.
     let dir = out_dir("lone");
-    let audio = scenario("audio-only");
-    let (out, _) = loadtest(&[
-        "--scenario",
-        audio.to_str().expect("utf-8 path"),
-        "--participants",
-        "1",
-        "--duration",
-        "17",
-        "--out",
-        dir.to_str().expect("utf-8 path"),
-    ]);
+    let (out, _) = loadtest("audio-only", 1, 17, &dir, &[]);
     let r = report(&dir, "audio-only-parloir.json");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        r["joins"]
-    );
-    assert!(
-        r["joins"]["dropped"]
-            .as_object()
-            .is_some_and(|m| m.is_empty())
-    );
+    succeeded(&out, &r["joins"].to_string());
+    assert_eq!(joins(&r, "dropped"), 0.0);
     assert!(f(&r, "traffic.packets_in") > 0.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -184,25 +159,8 @@ fn a_lone_publisher_stays_connected() {
 #[test]
 fn parloir_and_janus_are_loaded_side_by_side() {
     let dir = out_dir("janus");
-    let meeting = scenario("meeting-150");
-    let (out, _) = loadtest(&[
-        "--scenario",
-        meeting.to_str().expect("utf-8 path"),
-        "--target",
-        "parloir,janus",
-        "--participants",
-        "3",
-        "--duration",
-        "3",
-        "--out",
-        dir.to_str().expect("utf-8 path"),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, _) = loadtest("meeting-150", 3, 3, &dir, &["--target", "parloir,janus"]);
+    let stdout = succeeded(&out, "parloir and janus");
     assert!(stdout.contains("| | parloir | janus |"), "{stdout}");
     for server in ["parloir", "janus"] {
         let r = report(&dir, &format!("meeting-150-{server}.json"));
@@ -229,23 +187,20 @@ fn refused_participants_are_reported_not_waited_on() {
     let server = common::start();
     let dir = out_dir("refused");
     let url = format!("ws://{}", server.http);
-    let webinar = scenario("webinar");
-    let (out, took) = loadtest(&[
-        "--scenario",
-        webinar.to_str().expect("utf-8 path"),
-        "--target",
-        "livekit",
-        "--url",
-        &url,
-        "--api-secret",
-        "not-the-secret",
-        "--participants",
-        "3",
-        "--duration",
-        "30",
-        "--out",
-        dir.to_str().expect("utf-8 path"),
-    ]);
+    let (out, took) = loadtest(
+        "webinar",
+        3,
+        30,
+        &dir,
+        &[
+            "--target",
+            "livekit",
+            "--url",
+            &url,
+            "--api-secret",
+            "not-the-secret",
+        ],
+    );
     assert!(!out.status.success(), "a refused run fails");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("failed to join"), "{stderr}");
@@ -264,26 +219,13 @@ fn a_server_that_goes_away_is_reported_as_dropping_participants() {
     let dir = out_dir("dropped");
     let url = format!("ws://{}", server.http);
     let pid = server.child.id().to_string();
-    let audio = scenario("audio-only");
-    let dir_arg = dir.to_str().expect("utf-8 path").to_string();
-    let run = std::thread::spawn(move || {
-        loadtest(&[
-            "--scenario",
-            audio.to_str().expect("utf-8 path"),
-            "--target",
-            "livekit",
-            "--url",
-            &url,
-            "--server-pid",
-            &pid,
-            "--participants",
-            "3",
-            "--duration",
-            "8",
-            "--out",
-            &dir_arg,
-        ])
-    });
+    let run = {
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            let extra = ["--target", "livekit", "--url", &url, "--server-pid", &pid];
+            loadtest("audio-only", 3, 8, &dir, &extra)
+        })
+    };
     std::thread::sleep(Duration::from_secs(4));
     let _ = server.child.kill();
     let _ = server.child.wait();
@@ -295,13 +237,7 @@ fn a_server_that_goes_away_is_reported_as_dropping_participants() {
     assert!(took < Duration::from_secs(30), "took {took:?}");
     let r = report(&dir, "audio-only-livekit.json");
     assert_eq!(f(&r, "joins.joined"), 3.0);
-    let dropped: f64 = r["joins"]["dropped"]
-        .as_object()
-        .expect("drops by reason")
-        .values()
-        .filter_map(|v| v.as_f64())
-        .sum();
-    assert_eq!(dropped, 3.0, "{}", r["joins"]);
+    assert_eq!(joins(&r, "dropped"), 3.0, "{}", r["joins"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -329,25 +265,8 @@ fn media_flows_on_every_udp_backend() {
         }
     }
     let dir = out_dir("backends");
-    let meeting = scenario("meeting-150");
-    let (out, _) = loadtest(&[
-        "--scenario",
-        meeting.to_str().expect("utf-8 path"),
-        "--participants",
-        "3",
-        "--duration",
-        "3",
-        "--io",
-        &working.join(","),
-        "--out",
-        dir.to_str().expect("utf-8 path"),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, _) = loadtest("meeting-150", 3, 3, &dir, &["--io", &working.join(",")]);
+    succeeded(&out, "every backend");
     for backend in &working {
         let r = report(&dir, &format!("meeting-150-parloir-{backend}.json"));
         assert_eq!(f(&r, "joins.joined"), 3.0, "{backend}");
@@ -373,7 +292,6 @@ fn worker_of(room: &str, workers: u64) -> u64 {
 #[test]
 fn each_media_worker_carries_its_rooms_media() {
     let server = common::start_workers(2, &[]);
-    let meeting = scenario("meeting-150");
     let url = format!("ws://{}", server.http);
     let pid = server.child.id().to_string();
     for worker in 0..2 {
@@ -382,30 +300,15 @@ fn each_media_worker_carries_its_rooms_media() {
             .find(|r| worker_of(r, 2) == worker)
             .expect("some name lands on each worker");
         let dir = out_dir(&format!("worker{worker}"));
-        let (out, _) = loadtest(&[
-            "--scenario",
-            meeting.to_str().expect("utf-8 path"),
-            "--target",
-            "livekit",
-            "--url",
-            &url,
-            "--server-pid",
-            &pid,
-            "--room",
-            &room,
-            "--participants",
-            "3",
-            "--duration",
-            "3",
-            "--out",
-            dir.to_str().expect("utf-8 path"),
-        ]);
-        assert!(
-            out.status.success(),
-            "worker {worker}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let extra = ["--target", "livekit", "--url", &url, "--server-pid", &pid];
+        let (out, _) = loadtest(
+            "meeting-150",
+            3,
+            3,
+            &dir,
+            &[&extra[..], &["--room", &room]].concat(),
         );
+        succeeded(&out, &format!("worker {worker}"));
         let r = report(&dir, "meeting-150-livekit.json");
         assert_eq!(f(&r, "joins.joined"), 3.0, "worker {worker}");
         assert!(
