@@ -28,7 +28,7 @@ pub use models::{ModelEntry, Models};
 pub use moonshine::{Moonshine, MoonshineFiles};
 pub use opus_decode::OpusDecoder;
 pub use provider::Provider;
-pub use runtime::{Runtime, RuntimeError, find_library, find_library_in, load, load_in};
+pub use runtime::{Runtime, RuntimeError, find_library_in, load, load_in};
 pub use vad::{Segmenter, Vad, VadSegment, VadStream, speech_segments};
 pub use whisper::{Decoded, Whisper, WhisperFiles};
 

@@ -50,13 +50,8 @@ pub enum RuntimeError {
     Api(String),
 }
 
-/// Where libonnxruntime is: `ORT_DYLIB_PATH`, the wheel the setup installs under
-/// `models/.venv` (relative to the working directory), or `/usr/local/lib/parloir`.
-pub fn find_library() -> Option<PathBuf> {
-    find_library_in(Path::new("models"))
-}
-
-/// [`find_library`] with the wheel looked for under `models/.venv` of the given directory.
+/// Where libonnxruntime is: `ORT_DYLIB_PATH`, the wheel the setup installs under `.venv` of
+/// the models directory `models`, or `/usr/local/lib/parloir`.
 pub fn find_library_in(models: &Path) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from)
         && p.exists()
@@ -83,17 +78,11 @@ pub fn find_library_in(models: &Path) -> Option<PathBuf> {
     system.exists().then_some(system)
 }
 
-/// Loads ONNX Runtime from `path` (or [`find_library`]'s answer). The library is loaded once
-/// per process; later calls return the first result.
-pub fn load(path: Option<&Path>) -> Result<Runtime, RuntimeError> {
+/// Loads ONNX Runtime from `path`. The library is loaded once per process; later calls
+/// return the first result.
+pub fn load(path: &Path) -> Result<Runtime, RuntimeError> {
     static LOADED: OnceLock<Result<Runtime, RuntimeError>> = OnceLock::new();
-    let path = match path {
-        Some(p) => p.to_path_buf(),
-        None => find_library().ok_or_else(|| RuntimeError::NotFound {
-            models: PathBuf::from("models"),
-        })?,
-    };
-    LOADED.get_or_init(|| load_once(&path)).clone()
+    LOADED.get_or_init(|| load_once(path)).clone()
 }
 
 /// [`load`] with the library looked for as [`find_library_in`] does, for the models directory
@@ -102,7 +91,7 @@ pub fn load_in(models: &Path) -> Result<Runtime, RuntimeError> {
     let path = find_library_in(models).ok_or_else(|| RuntimeError::NotFound {
         models: models.to_path_buf(),
     })?;
-    load(Some(&path))
+    load(&path)
 }
 
 fn load_once(path: &Path) -> Result<Runtime, RuntimeError> {
@@ -175,12 +164,10 @@ mod tests {
 
     #[test]
     fn the_installed_runtime_loads_and_has_the_cpu_provider() {
-        // The crate's tests run from its directory; the setup installs under the repository's.
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        std::env::set_current_dir(&root).expect("the repository root");
-        let path = find_library()
+        // The setup installs under the repository's models directory.
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+        let runtime = load_in(&models)
             .expect("libonnxruntime is installed by deploy/setup.sh (make test runs it first)");
-        let runtime = load(Some(&path)).expect("ONNX Runtime loads");
         assert!(
             runtime
                 .providers
