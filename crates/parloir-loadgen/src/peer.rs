@@ -162,6 +162,8 @@ impl Peer {
                             shared.add(Counter::SendDropped, 1);
                         }
                     }
+                    // Sent: the buffer goes back for the next packet (str0m patch 25).
+                    str0m::net::recycle(t.contents.into());
                 }
                 Output::Event(e) => {
                     if matches!(e, Event::Connected) {

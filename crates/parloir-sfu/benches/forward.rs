@@ -10,7 +10,8 @@
 //!
 //! `cargo bench -p parloir-sfu --bench forward`; room sizes from `PARLOIR_BENCH_SIZES=2,10,25,50`;
 //! `PARLOIR_BENCH_BWE=0` runs without subscriber bandwidth estimation (its starting estimate in
-//! kbit/s otherwise, 1000 by default).
+//! kbit/s otherwise, 1000 by default). `PARLOIR_BENCH_RECYCLE=0` drops each datagram the SFU
+//! sends instead of handing its buffer back to str0m (patch 25), as the media worker does.
 //!
 //! With `PARLOIR_BENCH_STEPS=N` it skips criterion and runs exactly N steps per room after the
 //! warm-up, printing the datagrams out (and the SFU's time per datagram out, for a quick look):
@@ -70,6 +71,8 @@ fn room(n: usize) -> Sim {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    // PARLOIR_BENCH_RECYCLE=0 drops sent datagrams instead of recycling their buffers.
+    sim.recycle = std::env::var("PARLOIR_BENCH_RECYCLE").map_or(true, |v| v != "0");
     for i in 0..n {
         sim.next_worker = i as u16 % sim.workers();
         sim.join(&format!("p{i}"));

@@ -671,6 +671,7 @@ impl Worker {
                     if let Some(tcp) = self.tcp.as_mut() {
                         tcp.send(self.poll.registry(), t.destination, &t.contents);
                     }
+                    t.recycle();
                 }
                 Output::Transmit(t) if self.endpoint.gso() => {
                     self.pending.push(t);
@@ -678,7 +679,10 @@ impl Worker {
                         self.flush();
                     }
                 }
-                Output::Transmit(t) => self.queue(&t),
+                Output::Transmit(t) => {
+                    self.queue(&t);
+                    t.recycle();
+                }
                 Output::Signal(session, message) => {
                     self.deliver(session, ToSession::Signal(message))
                 }
@@ -760,6 +764,7 @@ impl Worker {
             let mut pending = std::mem::take(&mut self.pending);
             for t in pending.drain(..) {
                 self.queue(&t);
+                t.recycle();
             }
             self.pending = pending;
         }

@@ -872,6 +872,8 @@ pub mod error;
 
 /// Network related types to get socket data in/out of [`Rtc`].
 pub mod net {
+    /// Parloir patch 25: hand a sent datagram's buffer back for the next packet's encryption.
+    pub use crate::io::recycle;
     pub use crate::io::{DatagramRecv, DatagramSend, Protocol, Receive, TcpType, Transmit};
 }
 

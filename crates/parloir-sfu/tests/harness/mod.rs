@@ -328,6 +328,9 @@ pub struct Sim {
     /// slots); 1, the default, has every client send at the same instant, which makes the
     /// SFU forward the whole room's media in one burst.
     pub media_slots: u32,
+    /// Whether sent datagrams' buffers go back to str0m (patch 25), as the media worker's do
+    /// (true unless a bench turns it off to measure it).
+    pub recycle: bool,
     media_slot: u32,
     pub replies: Vec<(u64, Result<ServiceReply, ServiceError>)>,
     /// Wall-clock time spent inside the SFU's own calls (for the forwarding bench).
@@ -413,6 +416,7 @@ impl Sim {
             commands: Vec::new(),
             media_tick: now,
             media_slots: 1,
+            recycle: true,
             media_slot: 0,
             replies: Vec::new(),
             sfu_time: Duration::ZERO,
@@ -912,14 +916,19 @@ impl Sim {
                 }
                 Output::Transmit(t) => {
                     moved = true;
+                    // A copy goes on the wire and the buffer goes back, as the media worker
+                    // copies each datagram into its send batch and recycles it.
                     self.net.send(
                         self.now,
                         Packet {
                             from: t.source,
                             to: t.destination,
-                            data: t.contents,
+                            data: t.contents.clone(),
                         },
                     );
+                    if self.recycle {
+                        t.recycle();
+                    }
                 }
                 Output::Signal(session, message) => {
                     moved = true;
@@ -1054,14 +1063,18 @@ impl Sim {
                 match rtc.poll_output().expect("client output") {
                     str0m::Output::Transmit(t) => {
                         moved = true;
+                        let data: Vec<u8> = t.contents.into();
                         self.net.send(
                             now,
                             Packet {
                                 from: t.source,
                                 to: t.destination,
-                                data: t.contents.into(),
+                                data: data.clone(),
                             },
                         );
+                        if self.recycle {
+                            str0m::net::recycle(data);
+                        }
                     }
                     str0m::Output::Timeout(t) => {
                         if publisher {

@@ -28,8 +28,13 @@ pub const MAX_DTLS_OVERHEAD: usize = 48;
 
 mod error;
 pub use self::error::NetError;
+
+// Parloir patch 25: SRTP output buffers recycled.
+mod pool;
 #[allow(unused_imports)]
 pub use self::error::StunError;
+pub(crate) use self::pool::buffer as datagram_buffer;
+pub use self::pool::recycle;
 
 pub use str0m_proto::{DatagramSend, Protocol, TcpType, Transmit};
 

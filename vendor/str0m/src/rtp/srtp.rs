@@ -295,8 +295,11 @@ impl SrtpContext {
                 // HMAC_TAG_LEN is 10, CTR_BUFFER_PADDING is 15, so we need 5 extra bytes
                 let padding_needed =
                     CTR_BUFFER_PADDING.saturating_sub(Aes128CmSha1_80::HMAC_TAG_LEN);
-                let mut output =
-                    vec![0_u8; buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN + padding_needed];
+                // Parloir patch 25: a recycled buffer, not a zeroed one. Every byte kept is
+                // written below: the header, the encrypted body and the tag.
+                let mut output = crate::io::datagram_buffer(
+                    buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN + padding_needed,
+                );
 
                 enc.encrypt(&iv, input, &mut output[hlen..])
                     .expect("rtp encrypt");
@@ -318,7 +321,9 @@ impl SrtpContext {
 
                 // Input and output lengths for encryption:
                 // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.1
-                let mut output = vec![0_u8; buf.len() + AeadAes128Gcm::TAG_LEN];
+                // Parloir patch 25: a recycled buffer; the header, the sealed body and the
+                // tag overwrite all of it.
+                let mut output = crate::io::datagram_buffer(buf.len() + AeadAes128Gcm::TAG_LEN);
                 enc.encrypt(&iv, aad, input, &mut output[hlen..])
                     .expect("rtp encrypt");
 
@@ -334,7 +339,9 @@ impl SrtpContext {
 
                 // Input and output lengths for encryption:
                 // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.1
-                let mut output = vec![0_u8; buf.len() + AeadAes256Gcm::TAG_LEN];
+                // Parloir patch 25: a recycled buffer; the header, the sealed body and the
+                // tag overwrite all of it.
+                let mut output = crate::io::datagram_buffer(buf.len() + AeadAes256Gcm::TAG_LEN);
                 enc.encrypt(&iv, aad, input, &mut output[hlen..])
                     .expect("rtp encrypt");
 
@@ -1044,6 +1051,46 @@ mod test {
                 .lines()
                 .map(str::to_owned)
                 .collect()
+        }
+    }
+
+    /// Parloir patch 25: a packet encrypted into a recycled buffer, full of another packet's
+    /// bytes, is the packet encrypted into a fresh one, and goes into the buffer recycled last.
+    #[test]
+    fn protect_rtp_into_a_recycled_buffer_gives_the_same_bytes() {
+        for profile in [
+            SrtpProfile::AES128_CM_SHA1_80,
+            SrtpProfile::AEAD_AES_128_GCM,
+            SrtpProfile::AEAD_AES_256_GCM,
+        ] {
+            let crypto = crate::crypto::test_default_provider();
+            let key: Vec<u8> = (0..profile.keying_material_len() as u8).collect();
+            let mat = KeyingMaterial::new(&key);
+            let mut fresh = SrtpContext::new(crypto, profile, &mat, true);
+            let mut reused = SrtpContext::new(crypto, profile, &mat, true);
+            let mut packet = vec![0x80, 111, 0, 7, 0, 0, 3, 0, 0, 0, 0, 9];
+            packet.extend((0..1100).map(|i| i as u8));
+            let header = RtpHeader::parse(&packet, &crate::rtp_::ExtensionMap::empty()).unwrap();
+
+            let expected = fresh.protect_rtp(&packet, &header, 7);
+            // Buffers longer than the packet, full of bytes that are not its own.
+            for _ in 0..3 {
+                let dirty = crate::io::datagram_buffer(1900);
+                let mut dirty = dirty;
+                dirty.iter_mut().for_each(|b| *b = 0xa5);
+                crate::io::recycle(dirty);
+            }
+            let last = crate::io::datagram_buffer(1900);
+            let at = last.as_ptr();
+            crate::io::recycle(last);
+            let got = reused.protect_rtp(&packet, &header, 7);
+            assert_eq!(got.as_ptr(), at, "{profile:?}: the buffer recycled last");
+            assert_eq!(got, expected, "{profile:?}");
+            assert_eq!(
+                reused.unprotect_rtp(&got, &header, 7).unwrap(),
+                &packet[12..],
+                "{profile:?}"
+            );
         }
     }
 
