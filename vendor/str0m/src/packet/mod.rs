@@ -62,6 +62,9 @@ pub use vp8::Vp8PatchError;
 pub use vp8::detect_vp8_keyframe;
 pub use vp8::{Vp8Depacketizer, Vp8Packetizer};
 
+mod piece;
+pub(crate) use piece::Piece;
+
 mod vp9;
 pub use vp9::Vp9CodecExtra;
 pub use vp9::Vp9PacketizerMode;
@@ -430,6 +433,26 @@ impl From<Codec> for CodecDepacketizer {
             Codec::Rtx => panic!("Cant instantiate depacketizer for RTX codec"),
             Codec::Red => panic!("Cant instantiate depacketizer for RED codec"),
             Codec::Unknown => panic!("Cant instantiate depacketizer for unknown codec"),
+        }
+    }
+}
+
+impl CodecPacketizer {
+    /// Parloir patch 26: packetizes `b` as [`Piece`]s of it (each packet a few bytes of the
+    /// packetizer's own, then a range of `b`), so that the packets can share the frame rather
+    /// than copy it; the same packets, byte for byte, as [`Packetizer::packetize`], and the
+    /// same state change. `None` for the codecs whose packetizers only copy (they go through
+    /// `packetize`). The marker of a packetizer that gives pieces depends only on whether the
+    /// packet is the frame's last: `is_marker` reads neither packet's bytes.
+    pub(crate) fn packetize_pieces(
+        &mut self,
+        mtu: usize,
+        b: &[u8],
+    ) -> Option<Result<Vec<Piece>, PacketError>> {
+        match self {
+            CodecPacketizer::Vp8(v) => Some(v.packetize_pieces(mtu, b)),
+            CodecPacketizer::Opus(v) => Some(Ok(v.packetize_pieces(mtu, b))),
+            _ => None,
         }
     }
 }

@@ -1,4 +1,4 @@
-use super::{CodecExtra, Depacketizer, PacketError, Packetizer};
+use super::{CodecExtra, Depacketizer, PacketError, Packetizer, Piece};
 
 /// Packetizes Opus RTP packets.
 ///
@@ -9,10 +9,11 @@ use super::{CodecExtra, Depacketizer, PacketError, Packetizer};
 #[derive(Default, Debug, Copy, Clone)]
 pub struct OpusPacketizer;
 
-impl Packetizer for OpusPacketizer {
-    fn packetize(&mut self, mtu: usize, payload: &[u8]) -> Result<Vec<Vec<u8>>, PacketError> {
+impl OpusPacketizer {
+    /// Parloir patch 26: the packets of [`Packetizer::packetize`] as pieces of `payload`.
+    pub(crate) fn packetize_pieces(&mut self, mtu: usize, payload: &[u8]) -> Vec<Piece> {
         if payload.is_empty() || mtu == 0 {
-            return Ok(vec![]);
+            return vec![];
         }
 
         let mut out = vec![];
@@ -20,11 +21,19 @@ impl Packetizer for OpusPacketizer {
         let mut cur = 0;
         while cur < payload.len() {
             let min = mtu.min(payload.len() - cur);
-            out.push(payload[cur..(cur + min)].to_vec());
+            out.push(Piece::new(&[], cur, min));
             cur += mtu;
         }
 
-        Ok(out)
+        out
+    }
+}
+
+impl Packetizer for OpusPacketizer {
+    fn packetize(&mut self, mtu: usize, payload: &[u8]) -> Result<Vec<Vec<u8>>, PacketError> {
+        // Parloir patch 26: the pieces, copied.
+        let pieces = self.packetize_pieces(mtu, payload);
+        Ok(pieces.iter().map(|p| p.to_vec(payload)).collect())
     }
 
     fn is_marker(&mut self, _data: &[u8], _previous: Option<&[u8]>, _last: bool) -> bool {

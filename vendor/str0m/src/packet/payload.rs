@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::format::{CodecSpec, Vp9PacketizerMode};
@@ -8,7 +9,7 @@ use crate::streams::{RtpWrite, StreamTx};
 
 use super::PacketError;
 use super::red::RedSender;
-use super::{CodecPacketizer, Packetizer};
+use super::{CodecPacketizer, Packetizer, Piece};
 
 /// Turns frames into RTP packets.
 ///
@@ -34,6 +35,8 @@ pub(crate) struct OutgoingPacket {
     pub nackable: bool,
     pub ext_vals: ExtensionValues,
     pub payload: Vec<u8>,
+    /// Parloir patch 26: the packet is this piece of this frame (`payload` is then empty).
+    pub shared: Option<(Piece, Arc<[u8]>)>,
 }
 
 /// Where a [`Payloader`] sends its packetized output. Implemented by [`StreamTx`] (plain) and
@@ -41,6 +44,10 @@ pub(crate) struct OutgoingPacket {
 /// RED. Dispatch is static: [`Payloader::push_sample`] is monomorphised per sink, so the plain
 /// path carries no RED branch at all.
 pub(crate) trait PacketSink {
+    /// Parloir patch 26: whether the sink takes packets that are pieces of a shared frame
+    /// ([`OutgoingPacket::shared`]). A sink that rewrites payloads (RED) does not.
+    const SHARES: bool = false;
+
     /// The next sequence number to assign on the underlying stream.
     fn next_seq_no(&mut self) -> SeqNo;
     /// The most recently written packet payload on the underlying stream, for marker decisions.
@@ -78,16 +85,33 @@ impl Payloader {
             ..
         } = to_payload;
 
-        let chunks = self.pack.packetize(mtu, data.as_ref())?;
+        // Parloir patch 26: where the sink takes them and the codec's packetizer makes them,
+        // the packets are pieces of the frame, which they share, instead of copies.
+        let pieces = if S::SHARES {
+            self.pack.packetize_pieces(mtu, data.as_ref()).transpose()?
+        } else {
+            None
+        };
+        let chunks: Vec<(Vec<u8>, Option<Piece>)> = match pieces {
+            Some(pieces) => pieces.into_iter().map(|p| (Vec::new(), Some(p))).collect(),
+            None => (self.pack.packetize(mtu, data.as_ref())?)
+                .into_iter()
+                .map(|c| (c, None))
+                .collect(),
+        };
         let len = chunks.len();
 
-        for (idx, data) in chunks.into_iter().enumerate() {
+        for (idx, (chunk, piece)) in chunks.into_iter().enumerate() {
             let last = idx == len - 1;
             let first = idx == 0;
 
-            let previous_data = sink.last_packet();
-            let marker = self.pack.is_marker(data.as_slice(), previous_data, last)
-                || (self.pack.marks_talkspurt() && start_of_talk_spurt);
+            let marker = if piece.is_some() {
+                // A packetizer that makes pieces marks from `last` alone.
+                self.pack.is_marker(&[], None, last)
+            } else {
+                let previous_data = sink.last_packet();
+                self.pack.is_marker(chunk.as_slice(), previous_data, last)
+            } || (self.pack.marks_talkspurt() && start_of_talk_spurt);
 
             let seq_no = sink.next_seq_no();
 
@@ -116,7 +140,8 @@ impl Payloader {
                 marker,
                 nackable,
                 ext_vals: pkt_ext_vals,
-                payload: data,
+                payload: chunk,
+                shared: piece.map(|p| (p, data.clone())),
             });
         }
 
@@ -126,6 +151,8 @@ impl Payloader {
 
 /// The plain sink: writes each packet straight to the stream on its own payload type.
 impl PacketSink for StreamTx {
+    const SHARES: bool = true;
+
     fn next_seq_no(&mut self) -> SeqNo {
         StreamTx::next_seq_no(self)
     }
@@ -135,17 +162,29 @@ impl PacketSink for StreamTx {
     }
 
     fn send(&mut self, packet: OutgoingPacket) {
-        self.write_rtp(
-            RtpWrite::new(
+        let write = match packet.shared {
+            // Parloir patch 26: the frame, shared, and this packet's piece of it.
+            Some((piece, frame)) => RtpWrite::new(
+                packet.pt,
+                packet.seq_no,
+                packet.rtp_time,
+                packet.wallclock,
+                frame,
+            )
+            .piece(piece),
+            None => RtpWrite::new(
                 packet.pt,
                 packet.seq_no,
                 packet.rtp_time,
                 packet.wallclock,
                 packet.payload,
-            )
-            .marker(packet.marker)
-            .ext_vals(packet.ext_vals)
-            .nackable(packet.nackable),
+            ),
+        };
+        self.write_rtp(
+            write
+                .marker(packet.marker)
+                .ext_vals(packet.ext_vals)
+                .nackable(packet.nackable),
         );
     }
 }
@@ -180,6 +219,7 @@ impl PacketSink for RedSink<'_> {
     }
 
     fn send(&mut self, packet: OutgoingPacket) {
+        debug_assert!(packet.shared.is_none(), "RED takes no shared pieces");
         // Wrap the primary Vec before it becomes an Arc, so RED adds no extra allocation. Swap to
         // the RED payload type; everything else on the packet is preserved.
         let payload = self.red.wrap(packet.payload, packet.rtp_time, self.budget);

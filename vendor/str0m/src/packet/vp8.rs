@@ -3,7 +3,7 @@ use std::fmt;
 
 use crate::rtp_::{extend_u7, extend_u8, extend_u15};
 
-use super::{BitRead, CodecExtra, Depacketizer, PacketError, Packetizer};
+use super::{BitRead, CodecExtra, Depacketizer, PacketError, Packetizer, Piece};
 
 pub const VP8_HEADER_SIZE: usize = 1;
 
@@ -44,16 +44,9 @@ impl Vp8Patch {
         self.len += 1;
     }
 
-    /// Copy `payload` into `dst` while applying VP8 descriptor byte replacements.
-    ///
-    /// # Panics
-    ///
-    /// Panics if `dst` is not the same length as `payload`.
-    pub(crate) fn copy_to(&self, payload: &[u8], dst: &mut [u8]) {
-        assert_eq!(payload.len(), dst.len());
-
-        dst.copy_from_slice(payload);
-
+    /// Applies the VP8 descriptor byte replacements to a payload already in `dst` (Parloir
+    /// patch 26: the payload may be a piece of a shared frame, written before).
+    pub(crate) fn apply(&self, dst: &mut [u8]) {
         for i in 0..usize::from(self.len) {
             dst[usize::from(self.offsets[i])] = self.bytes[i];
         }
@@ -460,9 +453,14 @@ pub struct Vp8Packetizer {
     picture_id: u16,
 }
 
-impl Packetizer for Vp8Packetizer {
-    /// Payload fragments a VP8 packet across one or more byte arrays
-    fn packetize(&mut self, mtu: usize, payload: &[u8]) -> Result<Vec<Vec<u8>>, PacketError> {
+impl Vp8Packetizer {
+    /// Parloir patch 26: the packets of [`Packetizer::packetize`] as pieces of `payload` (the
+    /// payload descriptor, then a fragment of the frame), with the same change of state.
+    pub(crate) fn packetize_pieces(
+        &mut self,
+        mtu: usize,
+        payload: &[u8],
+    ) -> Result<Vec<Piece>, PacketError> {
         if payload.is_empty() || mtu == 0 {
             return Ok(vec![]);
         }
@@ -511,7 +509,6 @@ impl Packetizer for Vp8Packetizer {
         while payload_data_remaining > 0 {
             let current_fragment_size =
                 std::cmp::min(max_fragment_size, payload_data_remaining) as usize;
-            let mut out = Vec::with_capacity(using_header_size + current_fragment_size);
             let mut buf = [0u8; 4];
             if first {
                 buf[0] = 0x10;
@@ -532,12 +529,11 @@ impl Packetizer for Vp8Packetizer {
                 }
             }
 
-            out.extend_from_slice(&buf[..using_header_size]);
-
-            out.extend_from_slice(
-                &payload[payload_data_index..payload_data_index + current_fragment_size],
-            );
-            payloads.push(out);
+            payloads.push(Piece::new(
+                &buf[..using_header_size],
+                payload_data_index,
+                current_fragment_size,
+            ));
 
             payload_data_remaining -= current_fragment_size as isize;
             payload_data_index += current_fragment_size;
@@ -547,6 +543,15 @@ impl Packetizer for Vp8Packetizer {
         self.picture_id &= PICTURE_ID_MAX;
 
         Ok(payloads)
+    }
+}
+
+impl Packetizer for Vp8Packetizer {
+    /// Payload fragments a VP8 packet across one or more byte arrays
+    fn packetize(&mut self, mtu: usize, payload: &[u8]) -> Result<Vec<Vec<u8>>, PacketError> {
+        // Parloir patch 26: the pieces, copied.
+        let pieces = self.packetize_pieces(mtu, payload)?;
+        Ok(pieces.iter().map(|p| p.to_vec(payload)).collect())
     }
 
     fn is_marker(&mut self, _data: &[u8], _previous: Option<&[u8]>, last: bool) -> bool {
@@ -1050,8 +1055,8 @@ mod test {
         let descriptor = Vp8Descriptor::parse(payload).expect("valid VP8 descriptor");
         let patch = patch(descriptor.patch()).build()?;
 
-        let mut out = vec![0; payload.len()];
-        patch.copy_to(payload, &mut out);
+        let mut out = payload.to_vec();
+        patch.apply(&mut out);
         Ok(out)
     }
 

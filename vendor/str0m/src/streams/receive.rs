@@ -627,6 +627,7 @@ impl StreamRx {
             header,
             payload,
             vp8_patch: None,
+            piece: None,
             nackable: false,
             last_sender_info: self.sender_info.as_ref().map(|l| l.info),
             timestamp: now,

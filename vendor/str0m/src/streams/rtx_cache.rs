@@ -32,7 +32,7 @@ impl RtxCache {
     pub fn cache_sent_packet(&mut self, packet: RtpPacket, now: Instant) {
         assert!(packet.nackable);
         let seq_no = packet.seq_no;
-        let quantized_size = packet.payload.len() / RTX_CACHE_SIZE_QUANTIZER;
+        let quantized_size = packet.payload_len() / RTX_CACHE_SIZE_QUANTIZER;
         self.packet_by_seq_no.push(*seq_no, now, packet);
         self.seq_no_by_quantized_size[quantized_size] = seq_no;
         self.remove_old_packets(now);
@@ -64,7 +64,7 @@ impl RtxCache {
 
     pub(crate) fn last_packet(&self) -> Option<&[u8]> {
         let packet = self.packet_by_seq_no.last()?;
-        Some(packet.payload.as_ref())
+        packet.whole_payload()
     }
 
     pub(crate) fn clear(&mut self) {
@@ -91,6 +91,7 @@ mod test {
             time: MediaTime::from_90khz(0),
             payload: millis.to_be_bytes().into(),
             vp8_patch: None,
+            piece: None,
             timestamp: after(now, millis),
             last_sender_info: None,
             nackable: true,

@@ -14,7 +14,7 @@ use crate::media::MediaKind;
 use crate::pacer::QueuePriority;
 use crate::pacer::QueueSnapshot;
 use crate::pacer::QueueState;
-use crate::packet::Vp8Patch;
+use crate::packet::{Piece, Vp8Patch};
 use crate::rtp_::MidRid;
 use crate::rtp_::{Bitrate, Descriptions, Extension, ExtensionMap, ExtensionValues, Frequency};
 use crate::rtp_::{MAX_BLANK_PADDING_PAYLOAD_SIZE, Sdes, SdesType};
@@ -203,6 +203,9 @@ pub struct RtpWrite {
     csrc_count: usize,
     csrc: [u32; 15],
     vp8_patch: Option<Vp8Patch>,
+    /// Parloir patch 26: `payload` is a frame shared with other connections and this is the
+    /// packet's piece of it.
+    piece: Option<Piece>,
 }
 
 impl RtpWrite {
@@ -308,6 +311,7 @@ impl RtpWrite {
             csrc_count: 0,
             csrc: [0; 15],
             vp8_patch: None,
+            piece: None,
         }
     }
 
@@ -350,6 +354,12 @@ impl RtpWrite {
     /// constructing this write command.
     pub fn vp8_patch(mut self, patch: Vp8Patch) -> Self {
         self.vp8_patch = Some(patch);
+        self
+    }
+
+    /// Parloir patch 26: the packet's payload is `piece` of the frame given as the payload.
+    pub(crate) fn piece(mut self, piece: Piece) -> Self {
+        self.piece = Some(piece);
         self
     }
 }
@@ -507,6 +517,7 @@ impl StreamTx {
             csrc_count,
             csrc,
             vp8_patch,
+            piece,
         } = rtp;
 
         let first_call = self.rtp_and_wallclock.is_none();
@@ -542,6 +553,7 @@ impl StreamTx {
             header,
             payload,
             vp8_patch,
+            piece,
             nackable,
             // The overall idea for str0m is to only drive time forward from handle_input. If we
             // used a "now" argument to write_rtp(), we effectively get a second point that also need
@@ -740,12 +752,9 @@ impl StreamTx {
 
         let body_len = match next.kind {
             NextPacketKind::Regular | NextPacketKind::Resend(_) => {
-                let body_len = pkt.payload.len();
-                if let Some(patch) = pkt.vp8_patch.as_ref() {
-                    patch.copy_to(pkt.payload.as_ref(), &mut body_out[..body_len]);
-                } else {
-                    body_out[..body_len].copy_from_slice(pkt.payload.as_ref());
-                }
+                // Parloir patch 26: a piece of a shared frame, or the payload; VP8 patched.
+                let body_len = pkt.payload_len();
+                pkt.write_payload(body_out);
 
                 // media packets are sent unpadded: the SRTP ciphers handle
                 // arbitrary body lengths (the CTR scratch alignment is internal
@@ -896,7 +905,7 @@ impl StreamTx {
         // Borrow checker gymnastics.
         let pkt = self.rtx_cache.get_cached_packet_by_seq_no(seq_no).unwrap();
 
-        let len = pkt.payload.len() as u64;
+        let len = pkt.payload_len() as u64;
         self.stats.update_packet_counts(len, true);
         if let Some(h) = &mut self.stats.bytes_retransmitted {
             h.push(now, len);
@@ -919,7 +928,7 @@ impl StreamTx {
         // finish poll_packet, at which point we move it to the cache.
         let pkt = self.send_queue.peek()?;
 
-        let len = pkt.payload.len() as u64;
+        let len = pkt.payload_len() as u64;
         self.stats.update_packet_counts(len, false);
         if let Some(h) = &mut self.stats.bytes_transmitted {
             h.push(now, len)
@@ -959,7 +968,7 @@ impl StreamTx {
                 let orig_seq_no = pkt.seq_no;
                 let seq_no = self.seq_no_rtx.inc();
 
-                self.padding = self.padding.saturating_sub(pkt.payload.len());
+                self.padding = self.padding.saturating_sub(pkt.payload_len());
 
                 return Some(NextPacket {
                     kind: NextPacketKind::Resend(orig_seq_no),
@@ -1081,7 +1090,7 @@ impl StreamTx {
             let resend = Resend {
                 seq_no,
                 queued_at: now,
-                payload_size: packet.payload.len(),
+                payload_size: packet.payload_len(),
             };
             self.resends.push_back(resend);
         }
@@ -1174,7 +1183,9 @@ impl StreamTx {
         if self.send_queue.is_empty() {
             self.rtx_cache.last_packet()
         } else {
-            self.send_queue.last().map(|q| q.payload.as_ref())
+            // Parloir patch 26: nothing for a piece of a shared frame (no packetizer that
+            // makes pieces reads the previous packet).
+            self.send_queue.last().and_then(|q| q.whole_payload())
         }
     }
 
@@ -1465,6 +1476,64 @@ mod test {
             assert!(header.ssrc.is_probe());
             assert!(header.has_padding);
         }
+    }
+
+    /// Parloir patch 26: packets that are pieces of a shared frame go out, and are resent,
+    /// as the packetizer's copies would have been; the frame itself is not copied per packet.
+    #[test]
+    fn pieces_of_a_shared_frame_are_sent_and_resent_as_copies_would_be() {
+        use crate::format::Codec;
+        use crate::packet::{Packetizer, Vp8Packetizer};
+        use crate::rtp_::{Extension, NackEntry};
+
+        let now = Instant::now();
+        let codecs = CodecConfig::new_with_defaults();
+        let vp8 = codecs
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .unwrap();
+        let (pt, rtx_pt) = (vp8.pt(), vp8.resend().unwrap());
+        let mut exts = ExtensionMap::empty();
+        exts.set(1, Extension::RtpMid);
+        let mut streams = crate::streams::Streams::new(false, 1200, Duration::from_millis(1500));
+        let stream =
+            streams.declare_stream_tx(42.into(), Some(43.into()), MidRid("vid".into(), None));
+
+        let frame: Arc<[u8]> = (0..3000).map(|i| (i * 7) as u8).collect::<Vec<_>>().into();
+        let pieces = Vp8Packetizer::default()
+            .packetize_pieces(1000, &frame)
+            .unwrap();
+        let copies = Vp8Packetizer::default().packetize(1000, &frame).unwrap();
+        assert_eq!(pieces.len(), 4);
+        for (i, piece) in pieces.iter().enumerate() {
+            let write = RtpWrite::new(pt, (i as u64).into(), 0, now, frame.clone()).piece(*piece);
+            stream.write_rtp(write.nackable(true));
+        }
+        assert_eq!(Arc::strong_count(&frame), 5, "the packets share the frame");
+        stream.send_queue.handle_timeout(now);
+
+        let mut buf = vec![];
+        for copy in &copies {
+            let receipt = stream
+                .poll_packet(now, &exts, None, codecs.params(), &mut buf)
+                .expect("a packet");
+            let body = &buf[receipt.header.header_len..];
+            assert_eq!(body, &copy[..]);
+            assert_eq!(receipt.payload_size, copy.len());
+        }
+
+        // A NACK of the third: the resend carries its original sequence number, then its
+        // payload.
+        let nack = NackEntry { pid: 2, blp: 0 };
+        stream.handle_nack([nack].into_iter(), now);
+        let receipt = stream
+            .poll_packet(now, &exts, None, codecs.params(), &mut buf)
+            .expect("the resend");
+        assert_eq!(receipt.header.payload_type, rtx_pt);
+        let body = &buf[receipt.header.header_len..];
+        assert_eq!(&body[..2], &2_u16.to_be_bytes());
+        assert_eq!(&body[2..], &copies[2][..]);
     }
 
     #[test]

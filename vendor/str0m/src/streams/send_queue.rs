@@ -37,7 +37,7 @@ impl SendQueue {
                 break;
             } else {
                 pkt.timestamp = now;
-                self.total.increase(now, pkt.payload.len());
+                self.total.increase(now, pkt.payload_len());
             }
         }
     }
@@ -72,7 +72,7 @@ impl SendQueue {
         assert!(packet.timestamp != not_happening());
 
         let queue_time = now - packet.timestamp;
-        self.total.decrease(now, packet.payload.len(), queue_time);
+        self.total.decrease(now, packet.payload_len(), queue_time);
         self.last_emitted = Some(now);
 
         Some(packet)
@@ -218,6 +218,7 @@ mod test {
             header: RtpHeader::default(),
             payload: [].into(),
             vp8_patch: None,
+            piece: None,
             timestamp: Instant::now(),
             last_sender_info: None,
             nackable: true,
@@ -254,6 +255,7 @@ mod test {
             header: RtpHeader::default(),
             payload: [42, 42].into(),
             vp8_patch: None,
+            piece: None,
             timestamp: start,
             last_sender_info: None,
             nackable: true,
@@ -292,6 +294,7 @@ mod test {
             header: RtpHeader::default(),
             payload: [0; 10].into(),
             vp8_patch: None,
+            piece: None,
             timestamp: start,
             last_sender_info: None,
             nackable: true,
@@ -302,6 +305,7 @@ mod test {
             header: RtpHeader::default(),
             payload: [1; 10].into(),
             vp8_patch: None,
+            piece: None,
             timestamp: start,
             last_sender_info: None,
             nackable: true,
@@ -312,6 +316,7 @@ mod test {
             header: RtpHeader::default(),
             payload: [1; 10].into(),
             vp8_patch: None,
+            piece: None,
             timestamp: start,
             last_sender_info: None,
             nackable: true,
