@@ -1375,7 +1375,9 @@ impl Session {
             seq_no,
             is_padding,
             payload_size,
+            packet_len,
         } = receipt;
+        let buf = &buf[..packet_len];
 
         trace!(payload_size, is_padding, "Poll RTP: {:?}", header);
 
@@ -1389,7 +1391,7 @@ impl Session {
         self.pacer.register_send(now, payload_size.into(), midrid);
 
         if let Some(raw_packets) = &mut self.raw_packets {
-            raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.clone())));
+            raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.to_vec())));
         }
 
         let protected = srtp_tx.protect_rtp(buf, &header, *seq_no);
@@ -1762,6 +1764,8 @@ pub struct PacketReceipt {
     pub seq_no: SeqNo,
     pub is_padding: bool,
     pub payload_size: usize,
+    /// Parloir patch 27: the packet is the first `packet_len` bytes of the buffer.
+    pub packet_len: usize,
 }
 
 /// Find the PayloadParams for the given Pt, either when the Pt is the main Pt for the Codec or

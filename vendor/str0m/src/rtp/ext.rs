@@ -1011,6 +1011,11 @@ impl PartialEq for UserExtensionValues {
 impl Eq for UserExtensionValues {}
 
 impl UserExtensionValues {
+    /// Parloir patch 28: whether no user value is set.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.as_ref().is_none_or(|map| map.is_empty())
+    }
+
     /// Set a user extension value.
     ///
     /// This uses the type of the value as "key", i.e. it can only hold a single

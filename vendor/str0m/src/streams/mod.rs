@@ -10,7 +10,6 @@ use crate::format::CodecConfig;
 use crate::format::PayloadParams;
 use crate::media::{KeyframeRequest, MID_PROBE, Media, SenderFeedback};
 use crate::pacer::QueueState;
-use crate::packet::{Piece, Vp8Patch};
 use crate::rtp_::MidRid;
 use crate::rtp_::Ssrc;
 use crate::rtp_::{Bitrate, Pt};
@@ -31,6 +30,8 @@ pub(crate) mod rtx_cache_buf;
 mod send;
 mod send_queue;
 mod send_stats;
+mod tx_packet;
+pub(crate) use tx_packet::{TxHeader, TxPacket};
 
 pub(crate) use send::{DEFAULT_RTX_CACHE_DURATION, DEFAULT_RTX_RATIO_CAP};
 
@@ -58,12 +59,6 @@ pub struct RtpPacket {
 
     /// RTP payload. This contains no header.
     pub payload: Arc<[u8]>,
-
-    vp8_patch: Option<Vp8Patch>,
-
-    /// Parloir patch 26: for an outgoing packet of a frame shared with other connections,
-    /// `payload` is the whole frame and this is the packet's piece of it.
-    piece: Option<Piece>,
 
     /// str0m server timestamp.
     ///
@@ -103,54 +98,7 @@ pub struct StreamPaused {
 }
 
 /// 255 is out of range for a real PT, which is 7 bit.
-const BLANK_PACKET_DEFAULT_PT: Pt = Pt::new_with_value(255);
-
-impl RtpPacket {
-    /// Parloir patch 26: the packet's payload length (its piece's, for a piece of a shared
-    /// frame; `payload.len()` otherwise).
-    pub(crate) fn payload_len(&self) -> usize {
-        match &self.piece {
-            Some(piece) => piece.payload_len(),
-            None => self.payload.len(),
-        }
-    }
-
-    /// Parloir patch 26: the payload as one slice, when it is one (not a piece of a frame).
-    pub(crate) fn whole_payload(&self) -> Option<&[u8]> {
-        self.piece.is_none().then_some(self.payload.as_ref())
-    }
-
-    /// Parloir patch 26: writes the payload into `out[..payload_len()]`: a piece's prefix and
-    /// its bytes of the frame, or the payload; with the VP8 descriptor patch, if any, applied.
-    pub(crate) fn write_payload(&self, out: &mut [u8]) {
-        let len = self.payload_len();
-        let out = &mut out[..len];
-        match &self.piece {
-            Some(piece) => piece.write_to(&self.payload, out),
-            None => out.copy_from_slice(&self.payload),
-        }
-        if let Some(patch) = &self.vp8_patch {
-            patch.apply(out);
-        }
-    }
-
-    fn blank() -> RtpPacket {
-        RtpPacket {
-            seq_no: 0.into(),
-            time: MediaTime::from_90khz(0),
-            header: RtpHeader {
-                payload_type: BLANK_PACKET_DEFAULT_PT,
-                ..Default::default()
-            },
-            payload: Arc::default(), // This payload is never used. See RtpHeader::create_padding_packet
-            vp8_patch: None,
-            piece: None,
-            nackable: false,
-            last_sender_info: None,
-            timestamp: already_happened(),
-        }
-    }
-}
+pub(crate) const BLANK_PACKET_DEFAULT_PT: Pt = Pt::new_with_value(255);
 
 /// Holder of incoming/outgoing encoded streams.
 ///
@@ -1018,7 +966,7 @@ impl fmt::Debug for RtpPacket {
             .field("seq_no", &self.seq_no)
             .field("time", &self.time)
             .field("header", &self.header)
-            .field("payload", &self.payload_len())
+            .field("payload", &self.payload.len())
             .field("nackable", &self.nackable)
             .field("timestamp", &self.timestamp)
             .finish()

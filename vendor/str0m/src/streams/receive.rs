@@ -626,8 +626,6 @@ impl StreamRx {
             time,
             header,
             payload,
-            vp8_patch: None,
-            piece: None,
             nackable: false,
             last_sender_info: self.sender_info.as_ref().map(|l| l.info),
             timestamp: now,

@@ -4,7 +4,7 @@ use std::time::Instant;
 use crate::io::DATAGRAM_MAX_PACKET_SIZE;
 use crate::rtp_::SeqNo;
 
-use super::RtpPacket;
+use super::TxPacket;
 use super::rtx_cache_buf::EvictingBuffer;
 
 const RTX_CACHE_SIZE_QUANTIZER: usize = 25;
@@ -13,7 +13,7 @@ const RTX_CACHE_QUANTIZE_SLOTS: usize = DATAGRAM_MAX_PACKET_SIZE / RTX_CACHE_SIZ
 #[derive(Debug)]
 pub(crate) struct RtxCache {
     // Data, new additions here probably need to be cleared in [`clear`].
-    packet_by_seq_no: EvictingBuffer<RtpPacket>,
+    packet_by_seq_no: EvictingBuffer<TxPacket>,
 
     // Technically we want [Option<SeqNo>; X] to indicate the absence of
     // a SeqNo. However We can half the storage space by using the sentinel
@@ -29,7 +29,7 @@ impl RtxCache {
         }
     }
 
-    pub fn cache_sent_packet(&mut self, packet: RtpPacket, now: Instant) {
+    pub fn cache_sent_packet(&mut self, packet: TxPacket, now: Instant) {
         assert!(packet.nackable);
         let seq_no = packet.seq_no;
         let quantized_size = packet.payload_len() / RTX_CACHE_SIZE_QUANTIZER;
@@ -42,11 +42,11 @@ impl RtxCache {
         Some(self.packet_by_seq_no.last_position()?.into())
     }
 
-    pub fn get_cached_packet_by_seq_no(&mut self, seq_no: SeqNo) -> Option<&mut RtpPacket> {
+    pub fn get_cached_packet_by_seq_no(&mut self, seq_no: SeqNo) -> Option<&mut TxPacket> {
         self.packet_by_seq_no.get_mut(*seq_no)
     }
 
-    pub fn get_cached_packet_smaller_than(&mut self, max_size: usize) -> Option<&mut RtpPacket> {
+    pub fn get_cached_packet_smaller_than(&mut self, max_size: usize) -> Option<&mut TxPacket> {
         let quantized_size = max_size / RTX_CACHE_SIZE_QUANTIZER;
 
         let seq_no = self.seq_no_by_quantized_size[..quantized_size]
@@ -75,27 +75,14 @@ impl RtxCache {
 
 #[cfg(test)]
 mod test {
-    use crate::rtp_::MediaTime;
-    use crate::rtp_::RtpHeader;
-
     use super::*;
 
     fn after(now: Instant, millis: u64) -> Instant {
         now + Duration::from_millis(millis)
     }
 
-    fn packet(now: Instant, seq_no: u64, millis: u64) -> RtpPacket {
-        RtpPacket {
-            header: RtpHeader::default(),
-            seq_no: seq_no.into(),
-            time: MediaTime::from_90khz(0),
-            payload: millis.to_be_bytes().into(),
-            vp8_patch: None,
-            piece: None,
-            timestamp: after(now, millis),
-            last_sender_info: None,
-            nackable: true,
-        }
+    fn packet(now: Instant, seq_no: u64, millis: u64) -> TxPacket {
+        TxPacket::for_test(seq_no, &millis.to_be_bytes(), after(now, millis))
     }
 
     #[test]

@@ -26,10 +26,10 @@ use crate::stats::StatsSnapshot;
 use crate::util::value_history::ValueHistory;
 use crate::util::{InstantExt, already_happened, not_happening};
 
-use super::RtpPacket;
 use super::rtx_cache::RtxCache;
 use super::send_queue::SendQueue;
 use super::send_stats::StreamTxStats;
+use super::{TxHeader, TxPacket};
 
 /// The smallest size of padding for which we attempt to use a spurious resend. For padding
 /// requests smaller than this we use blank packets instead.
@@ -139,7 +139,7 @@ pub struct StreamTx {
     padding: usize,
 
     /// Dummy packet for resends. Used between poll_packet and poll_packet_padding
-    blank_packet: RtpPacket,
+    blank_packet: TxPacket,
 
     /// Cache of sent packets to be able to answer to NACKs as well as
     /// sending spurious resends as padding.
@@ -391,7 +391,7 @@ impl StreamTx {
             unpaced: None,
             resends: VecDeque::new(),
             padding: 0,
-            blank_packet: RtpPacket::blank(),
+            blank_packet: TxPacket::blank(),
             rtx_cache: RtxCache::new(2000, DEFAULT_RTX_CACHE_DURATION),
             rtx_ratio_cap: DEFAULT_RTX_RATIO_CAP,
             last_sender_report: already_happened(),
@@ -531,25 +531,13 @@ impl StreamTx {
             );
         }
 
-        // This 1 in clock frequency will be fixed in poll_output.
-        let media_time = MediaTime::from_secs(time as u64);
         self.rtp_and_wallclock = Some((time, wallclock));
 
-        let header = RtpHeader {
-            csrc_count,
-            sequence_number: *seq_no as u16,
-            marker,
-            payload_type: pt,
-            timestamp: time,
-            ssrc: self.ssrc,
-            csrc,
-            ext_vals,
-            ..Default::default()
-        };
+        // Parloir patch 28: queued and cached in compact form.
+        let header = TxHeader::new(self.ssrc, time, pt, marker, csrc_count, csrc, ext_vals);
 
-        let packet = RtpPacket {
+        let packet = TxPacket {
             seq_no,
-            time: media_time,
             header,
             payload,
             vp8_patch,
@@ -563,9 +551,6 @@ impl StreamTx {
             // in handle_timeout() we delegate to self.send_queue.handle_timeout() to mark the enqueued
             // timestamp of all packets that are about to be sent.
             timestamp: not_happening(),
-
-            // This is only relevant for incoming RTP packets.
-            last_sender_info: None,
         };
 
         self.send_queue.push(packet);
@@ -604,9 +589,10 @@ impl StreamTx {
 
         let pop_send_queue = next.kind == NextPacketKind::Regular;
 
-        // Need the header for the receipt and modifications
-        // TODO: Can we remove this?
-        let header_ref = &mut next.pkt.header;
+        // Parloir patch 28: the header is built from the packet's compact one, on the stack,
+        // for each time the packet goes out (the cached header was cloned before). MID and
+        // RID are set here, never kept in the queued or cached packet.
+        let mut header = next.pkt.header.to_rtp_header(next.seq_no);
 
         // <https://webrtc.googlesource.com/src/+/refs/heads/main/modules/rtp_rtcp/source/rtp_sender.cc#537>
         // BUNDLE requires that the receiver "bind" the received SSRC to the values
@@ -620,11 +606,11 @@ impl StreamTx {
         // received a packet with the SSRC and header extension(s), so the sender
         // then stops attaching the MID and RID.
         if !remote_acked_ssrc {
-            header_ref.ext_vals.mid = Some(mid);
-            header_ref.ext_vals.rid = rid;
+            header.ext_vals.mid = Some(mid);
+            header.ext_vals.rid = rid;
         }
 
-        let pt_main = header_ref.payload_type;
+        let pt_main = header.payload_type;
 
         // The pt in next.pkt is the "main" pt, or a RED PT folded onto its primary codec.
         let Some(param) = params
@@ -645,7 +631,7 @@ impl StreamTx {
         let mut set_pt_for_padding = None;
         let mut set_cr = None;
 
-        let mut header = match next.kind {
+        match next.kind {
             NextPacketKind::Regular => {
                 // A RED-wrapped packet (pt_main is the RED PT) must not be nackable: an RTX
                 // resend carries the RTX PT with the primary codec's apt, so the peer would
@@ -669,27 +655,17 @@ impl StreamTx {
                     next.pkt.nackable = false;
                 }
 
-                let clock_rate = param.spec().rtp_clock_rate();
-                set_cr = Some(clock_rate);
+                set_cr = Some(param.spec().rtp_clock_rate());
 
-                // Modify the cached packet time. This is so write_rtp can use u32 media time without
-                // worrying about lengthening or the clock rate.
-                let time = MediaTime::new(next.pkt.time.numer(), clock_rate);
-                next.pkt.time = time;
-
-                // Modify the original (and also cached) header value.
-                header_ref.ext_vals.rid_repair = None;
-
-                header_ref.clone()
+                header.ext_vals.rid_repair = None;
             }
             NextPacketKind::Blank(_) if is_probe => {
                 // Non-media probes use their negotiated main PT and own sequence
                 // counter, rather than rewriting the header for an RTX stream.
-                let mut header = header_ref.clone();
                 header.has_padding = true;
                 header.ssrc = 0.into();
-                header.sequence_number = *next.seq_no as u16;
-                header
+                // The probe's SSRC is never reported on, so its MID always goes along.
+                header.ext_vals.mid = Some(mid);
             }
             NextPacketKind::Resend(_) | NextPacketKind::Blank(_) => {
                 // * For the Resend case, we will not have accepted/cached the packet unless
@@ -700,13 +676,8 @@ impl StreamTx {
                 // Either way, unwrapping this optional _should_ be correct.
                 let pt_rtx = param.resend().expect("PT for resend or blank");
 
-                // Clone header to not change the original (cached) header.
-                let mut header = header_ref.clone();
-
-                // Update clone of header (to not change the cached value).
                 header.payload_type = pt_rtx;
                 header.ssrc = ssrc_rtx.expect("Should have RTX SSRC for resends");
-                header.sequence_number = *next.seq_no as u16;
 
                 header.ext_vals.rid = None;
                 header.ext_vals.rid_repair = rid;
@@ -714,8 +685,6 @@ impl StreamTx {
                 if !remote_acked_rtx_ssrc {
                     header.ext_vals.mid = Some(mid);
                 }
-
-                header
             }
         };
 
@@ -733,7 +702,13 @@ impl StreamTx {
             *twcc += 1;
         }
 
-        buf.resize(DATAGRAM_MAX_PACKET_SIZE, 0);
+        // Parloir patch 27: the buffer stays at its full length from one packet to the next
+        // (the packet is `buf[..packet_len]`), so it is zeroed once, not up to 2 000 bytes
+        // per packet. Every byte of a packet is written below: the header (its extension
+        // padding included), the payload, or the padding's zeroes.
+        if buf.len() < DATAGRAM_MAX_PACKET_SIZE {
+            buf.resize(DATAGRAM_MAX_PACKET_SIZE, 0);
+        }
 
         let header_len = header.write_to(buf, exts);
         assert!(header_len % 4 == 0, "RTP header must be multiple of 4");
@@ -779,7 +754,7 @@ impl StreamTx {
             }
         };
 
-        buf.truncate(header_len + body_len);
+        let packet_len = header_len + body_len;
 
         #[cfg(feature = "_internal_dont_use_log_stats")]
         {
@@ -834,6 +809,7 @@ impl StreamTx {
             seq_no,
             is_padding,
             payload_size: body_len,
+            packet_len,
         })
     }
 
@@ -1405,7 +1381,7 @@ impl StreamTx {
 struct NextPacket<'a> {
     kind: NextPacketKind,
     seq_no: SeqNo,
-    pkt: &'a mut RtpPacket,
+    pkt: &'a mut TxPacket,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1470,7 +1446,7 @@ mod test {
                 receipt.header.ext_vals.abs_send_time,
                 negotiated.then_some(now)
             );
-            let header = RtpHeader::parse(&buf, &exts).unwrap();
+            let header = RtpHeader::parse(&buf[..receipt.packet_len], &exts).unwrap();
             assert_eq!(header.ext_vals.abs_send_time.is_some(), negotiated);
             assert_eq!(header.ext_vals.transport_cc, Some(42));
             assert!(header.ssrc.is_probe());
@@ -1518,7 +1494,7 @@ mod test {
             let receipt = stream
                 .poll_packet(now, &exts, None, codecs.params(), &mut buf)
                 .expect("a packet");
-            let body = &buf[receipt.header.header_len..];
+            let body = &buf[receipt.header.header_len..receipt.packet_len];
             assert_eq!(body, &copy[..]);
             assert_eq!(receipt.payload_size, copy.len());
         }
@@ -1531,9 +1507,100 @@ mod test {
             .poll_packet(now, &exts, None, codecs.params(), &mut buf)
             .expect("the resend");
         assert_eq!(receipt.header.payload_type, rtx_pt);
-        let body = &buf[receipt.header.header_len..];
+        let body = &buf[receipt.header.header_len..receipt.packet_len];
         assert_eq!(&body[..2], &2_u16.to_be_bytes());
         assert_eq!(&body[2..], &copies[2][..]);
+    }
+
+    /// Parloir patches 27 and 28: the poll buffer keeps its length from one packet to the next,
+    /// and packets are queued and cached in compact form. Media packets of different sizes,
+    /// a resend and padding, written over a buffer full of other bytes, equal the same
+    /// packets written into a fresh buffer each; and their headers carry the MID, the
+    /// transport-wide sequence number and (on the resend) the RTX payload type and SSRC.
+    #[test]
+    fn packets_written_over_a_used_buffer_equal_packets_written_into_a_fresh_one() {
+        use crate::format::Codec;
+        use crate::rtp_::{Extension, NackEntry};
+
+        let now = Instant::now();
+        let codecs = CodecConfig::new_with_defaults();
+        let vp8 = codecs
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .unwrap();
+        let (pt, rtx_pt) = (vp8.pt(), vp8.resend().unwrap());
+        let mut exts = ExtensionMap::empty();
+        exts.set(1, Extension::RtpMid);
+        exts.set(3, Extension::TransportSequenceNumber);
+        exts.set(4, Extension::AudioLevel);
+
+        let run = |reuse: bool| -> Vec<(RtpHeader, Vec<u8>)> {
+            let mut streams =
+                crate::streams::Streams::new(false, 1200, Duration::from_millis(1500));
+            let stream =
+                streams.declare_stream_tx(42.into(), Some(43.into()), MidRid("vid".into(), None));
+            // The RTX sequence numbers start at random; the same in both runs.
+            stream.seq_no_rtx = 1000.into();
+            for (i, len) in [1000_usize, 10, 500].into_iter().enumerate() {
+                let payload: Vec<u8> = (0..len).map(|b| (b * 3 + i) as u8).collect();
+                let mut ext_vals = ExtensionValues::default();
+                ext_vals.audio_level = (i == 1).then_some(-42);
+                let write = RtpWrite::new(pt, (i as u64).into(), 90 * i as u32, now, payload);
+                stream.write_rtp(write.ext_vals(ext_vals).nackable(true));
+            }
+            stream.send_queue.handle_timeout(now);
+
+            let mut used = vec![0xaa_u8; DATAGRAM_MAX_PACKET_SIZE];
+            let mut twcc = 0;
+            let mut packets = vec![];
+            let mut poll = |stream: &mut StreamTx, packets: &mut Vec<_>| {
+                let mut fresh = vec![];
+                let buf = if reuse { &mut used } else { &mut fresh };
+                let receipt = stream
+                    .poll_packet(now, &exts, Some(&mut twcc), codecs.params(), buf)
+                    .expect("a packet");
+                packets.push((receipt.header, buf[..receipt.packet_len].to_vec()));
+            };
+            for _ in 0..3 {
+                poll(stream, &mut packets);
+            }
+            stream.handle_nack([NackEntry { pid: 1, blp: 0 }].into_iter(), now);
+            poll(stream, &mut packets);
+            stream.generate_padding(20);
+            poll(stream, &mut packets);
+            packets
+        };
+
+        let fresh = run(false);
+        let used = run(true);
+        assert_eq!(fresh.len(), 5);
+        for ((header, bytes), (_, bytes_used)) in fresh.iter().zip(&used) {
+            assert_eq!(bytes, bytes_used, "the same bytes for {header:?}");
+            let parsed = RtpHeader::parse(bytes, &exts).expect("a header");
+            assert_eq!(parsed.ext_vals.mid, Some("vid".into()));
+            assert_eq!(parsed.ext_vals.transport_cc, header.ext_vals.transport_cc);
+        }
+        let payload_types: Vec<_> = fresh.iter().map(|(h, _)| h.payload_type).collect();
+        assert_eq!(payload_types, [pt, pt, pt, rtx_pt, rtx_pt]);
+        assert_eq!(fresh[1].0.ext_vals.audio_level, Some(-42));
+        assert_eq!(fresh[1].0.timestamp, 90);
+        // The resend: the RTX SSRC, the original sequence number, then the 10-byte payload,
+        // its audio level kept.
+        let (resend, bytes) = &fresh[3];
+        assert_eq!(resend.ssrc, 43.into());
+        assert_eq!(resend.ext_vals.audio_level, Some(-42));
+        assert_eq!(
+            &bytes[resend.header_len..resend.header_len + 2],
+            &1_u16.to_be_bytes()
+        );
+        assert_eq!(bytes.len(), resend.header_len + 2 + 10);
+        // The padding: a blank packet whose padding bytes are zeroes and its length.
+        let (padding, bytes) = &fresh[4];
+        assert!(RtpHeader::parse(bytes, &exts).unwrap().has_padding);
+        let body = &bytes[padding.header_len..];
+        assert_eq!(*body.last().unwrap() as usize, body.len());
+        assert!(body[..body.len() - 1].iter().all(|b| *b == 0));
     }
 
     #[test]
@@ -1587,9 +1654,12 @@ mod test {
         assert_eq!(second.header.sequence_number, 0);
         assert_eq!(second.header.ext_vals.transport_cc, Some(0));
         assert_eq!(second.payload_size, SRTP_BLOCK_SIZE);
-        assert_eq!(buf.len(), second.header.header_len + second.payload_size);
+        assert_eq!(
+            second.packet_len,
+            second.header.header_len + second.payload_size
+        );
         assert!(
-            RtpHeader::unpad_payload(&buf[second.header.header_len..])
+            RtpHeader::unpad_payload(&buf[second.header.header_len..second.packet_len])
                 .unwrap()
                 .is_empty()
         );

@@ -4,11 +4,11 @@ use std::time::{Duration, Instant};
 use crate::pacer::{QueuePriority, QueueSnapshot};
 use crate::util::not_happening;
 
-use super::RtpPacket;
+use super::TxPacket;
 
 #[derive(Debug)]
 pub(crate) struct SendQueue {
-    queue: VecDeque<RtpPacket>,
+    queue: VecDeque<TxPacket>,
     total: TotalQueue,
     last_emitted: Option<Instant>,
 }
@@ -22,7 +22,7 @@ impl SendQueue {
         }
     }
 
-    pub fn push(&mut self, mut packet: RtpPacket) {
+    pub fn push(&mut self, mut packet: TxPacket) {
         // Every incoming packet must be timestamped withe a handle_timeout.
         // This sentinel value indicates it is needed.
         packet.timestamp = not_happening();
@@ -51,7 +51,7 @@ impl SendQueue {
             .unwrap_or_default()
     }
 
-    pub fn peek(&mut self) -> Option<&mut RtpPacket> {
+    pub fn peek(&mut self) -> Option<&mut TxPacket> {
         let peeked = self.queue.front_mut()?;
         if peeked.timestamp == not_happening() {
             None
@@ -60,7 +60,7 @@ impl SendQueue {
         }
     }
 
-    pub fn pop(&mut self, now: Instant) -> Option<RtpPacket> {
+    pub fn pop(&mut self, now: Instant) -> Option<TxPacket> {
         // Don't release packets without a timestamp.
         self.peek()?;
 
@@ -82,7 +82,7 @@ impl SendQueue {
         self.queue.is_empty()
     }
 
-    pub fn last(&self) -> Option<&RtpPacket> {
+    pub fn last(&self) -> Option<&TxPacket> {
         self.queue.back()
     }
 
@@ -203,26 +203,13 @@ impl TotalQueue {
 
 #[cfg(test)]
 mod test {
-    use crate::rtp_::MediaTime;
-    use crate::rtp_::RtpHeader;
-
     use super::*;
 
     #[test]
     fn peek_pop_no_timestamp() {
         let mut queue = SendQueue::new();
 
-        queue.push(RtpPacket {
-            seq_no: 0.into(),
-            time: MediaTime::from_90khz(10),
-            header: RtpHeader::default(),
-            payload: [].into(),
-            vp8_patch: None,
-            piece: None,
-            timestamp: Instant::now(),
-            last_sender_info: None,
-            nackable: true,
-        });
+        queue.push(TxPacket::for_test(0, &[], Instant::now()));
 
         assert!(queue.peek().is_none());
         assert!(queue.pop(Instant::now()).is_none());
@@ -249,17 +236,7 @@ mod test {
 
         let start = Instant::now();
 
-        queue.push(RtpPacket {
-            seq_no: 0.into(),
-            time: MediaTime::from_90khz(10),
-            header: RtpHeader::default(),
-            payload: [42, 42].into(),
-            vp8_patch: None,
-            piece: None,
-            timestamp: start,
-            last_sender_info: None,
-            nackable: true,
-        });
+        queue.push(TxPacket::for_test(0, &[42, 42], start));
 
         queue.handle_timeout(start);
 
@@ -288,39 +265,9 @@ mod test {
         let mut queue = SendQueue::new();
         let start = Instant::now();
 
-        queue.push(RtpPacket {
-            seq_no: 0.into(),
-            time: MediaTime::from_90khz(10),
-            header: RtpHeader::default(),
-            payload: [0; 10].into(),
-            vp8_patch: None,
-            piece: None,
-            timestamp: start,
-            last_sender_info: None,
-            nackable: true,
-        });
-        queue.push(RtpPacket {
-            seq_no: 1.into(),
-            time: MediaTime::from_90khz(20),
-            header: RtpHeader::default(),
-            payload: [1; 10].into(),
-            vp8_patch: None,
-            piece: None,
-            timestamp: start,
-            last_sender_info: None,
-            nackable: true,
-        });
-        queue.push(RtpPacket {
-            seq_no: 2.into(),
-            time: MediaTime::from_90khz(20),
-            header: RtpHeader::default(),
-            payload: [1; 10].into(),
-            vp8_patch: None,
-            piece: None,
-            timestamp: start,
-            last_sender_info: None,
-            nackable: true,
-        });
+        queue.push(TxPacket::for_test(0, &[0; 10], start));
+        queue.push(TxPacket::for_test(1, &[1; 10], start));
+        queue.push(TxPacket::for_test(2, &[1; 10], start));
 
         assert!(
             queue.queue.iter().all(|q| q.timestamp == not_happening()),
