@@ -1,6 +1,6 @@
 #![allow(clippy::all)]
 
-use super::{CodecExtra, Depacketizer, PacketError, Packetizer};
+use super::{Chunk, CodecExtra, Depacketizer, PacketError, Packetizer, Piece};
 
 /// H264 information describing the depacketized / packetized data
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +125,17 @@ impl H264Packetizer {
         (-1, -1)
     }
 
-    fn emit(&mut self, nalu: &[u8], mtu: usize, payloads: &mut Vec<Vec<u8>>) {
+    /// Parloir patch 29: the packets of the NAL unit `frame[start..end]`: a single NAL unit or
+    /// FU-A fragments as pieces of the frame, a STAP-A of the SPS and PPS as a copy.
+    fn emit(
+        &mut self,
+        frame: &[u8],
+        start: usize,
+        end: usize,
+        mtu: usize,
+        payloads: &mut Vec<Chunk>,
+    ) {
+        let nalu = &frame[start..end];
         if nalu.is_empty() {
             return;
         }
@@ -153,7 +163,7 @@ impl H264Packetizer {
             stap_a_nalu.extend(pps_len);
             stap_a_nalu.extend_from_slice(pps_nalu);
             if stap_a_nalu.len() <= mtu {
-                payloads.push(stap_a_nalu);
+                payloads.push(Chunk::Copy(stap_a_nalu));
             }
         }
 
@@ -164,7 +174,7 @@ impl H264Packetizer {
 
         // Single NALU
         if nalu.len() <= mtu {
-            payloads.push(nalu.to_vec());
+            payloads.push(Chunk::Piece(Piece::new(&[], start, nalu.len())));
             return;
         }
 
@@ -182,7 +192,6 @@ impl H264Packetizer {
         // the FU header.  An FU payload MAY have any number of octets and MAY
         // be empty.
 
-        let nalu_data = nalu;
         // According to the RFC, the first octet is skipped due to redundant information
         let mut nalu_data_index = 1;
         let nalu_data_length = nalu.len() as isize - nalu_data_index;
@@ -194,15 +203,12 @@ impl H264Packetizer {
 
         while nalu_data_remaining > 0 {
             let current_fragment_size = std::cmp::min(max_fragment_size, nalu_data_remaining);
-            //out: = make([]byte, fuaHeaderSize + currentFragmentSize)
-            let mut out = Vec::with_capacity(FUA_HEADER_SIZE + current_fragment_size as usize);
             // +---------------+
             // |0|1|2|3|4|5|6|7|
             // +-+-+-+-+-+-+-+-+
             // |F|NRI|  Type   |
             // +---------------+
             let b0 = FUA_NALU_TYPE | nalu_ref_idc;
-            out.push(b0);
 
             // +---------------+
             //|0|1|2|3|4|5|6|7|
@@ -218,13 +224,11 @@ impl H264Packetizer {
                 // Set end bit
                 b1 |= 1 << 6;
             }
-            out.push(b1);
-
-            out.extend_from_slice(
-                &nalu_data
-                    [nalu_data_index as usize..(nalu_data_index + current_fragment_size) as usize],
-            );
-            payloads.push(out);
+            payloads.push(Chunk::Piece(Piece::new(
+                &[b0, b1],
+                start + nalu_data_index as usize,
+                current_fragment_size as usize,
+            )));
 
             nalu_data_remaining -= current_fragment_size;
             nalu_data_index += current_fragment_size;
@@ -232,9 +236,15 @@ impl H264Packetizer {
     }
 }
 
-impl Packetizer for H264Packetizer {
-    /// Payload fragments a H264 packet across one or more byte arrays
-    fn packetize(&mut self, mtu: usize, payload: &[u8]) -> Result<Vec<Vec<u8>>, PacketError> {
+impl H264Packetizer {
+    /// Parloir patch 29: the packets of [`Packetizer::packetize`], as pieces of `payload` where
+    /// they are a range of it behind a few bytes (single NAL units, FU-A fragments) and as
+    /// copies where they are not (a STAP-A of the SPS and PPS), with the same change of state.
+    pub(crate) fn packetize_chunks(
+        &mut self,
+        mtu: usize,
+        payload: &[u8],
+    ) -> Result<Vec<Chunk>, PacketError> {
         if payload.is_empty() || mtu == 0 {
             return Ok(vec![]);
         }
@@ -243,7 +253,7 @@ impl Packetizer for H264Packetizer {
 
         let (mut next_ind_start, mut next_ind_len) = H264Packetizer::next_ind(payload, 0);
         if next_ind_start == -1 {
-            self.emit(payload, mtu, &mut payloads);
+            self.emit(payload, 0, payload.len(), mtu, &mut payloads);
         } else {
             while next_ind_start != -1 {
                 let prev_start = (next_ind_start + next_ind_len) as usize;
@@ -253,18 +263,29 @@ impl Packetizer for H264Packetizer {
                 next_ind_len = next_ind_len2;
                 if next_ind_start != -1 {
                     self.emit(
-                        &payload[prev_start..next_ind_start as usize],
+                        payload,
+                        prev_start,
+                        next_ind_start as usize,
                         mtu,
                         &mut payloads,
                     );
                 } else {
                     // Emit until end of stream, no end indicator found
-                    self.emit(&payload[prev_start..], mtu, &mut payloads);
+                    self.emit(payload, prev_start, payload.len(), mtu, &mut payloads);
                 }
             }
         }
 
         Ok(payloads)
+    }
+}
+
+impl Packetizer for H264Packetizer {
+    /// Payload fragments a H264 packet across one or more byte arrays
+    fn packetize(&mut self, mtu: usize, payload: &[u8]) -> Result<Vec<Vec<u8>>, PacketError> {
+        // Parloir patch 29: the chunks, copied.
+        let chunks = self.packetize_chunks(mtu, payload)?;
+        Ok(chunks.into_iter().map(|c| c.into_vec(payload)).collect())
     }
 
     fn is_marker(&mut self, _data: &[u8], _previous: Option<&[u8]>, last: bool) -> bool {
@@ -429,6 +450,62 @@ impl Depacketizer for H264Depacketizer {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    /// Parloir patch 29: an access unit of SPS, PPS, a slice larger than the MTU and a small
+    /// one. The slices go out as pieces of the frame (the large one as FU-A fragments behind
+    /// their two bytes), the SPS and PPS as a copied STAP-A; copied, the chunks are the
+    /// packets `packetize` gives, and the packetizer keeps no SPS or PPS afterwards.
+    #[test]
+    fn chunks_are_pieces_of_the_frame_except_the_stap_a() -> Result<(), PacketError> {
+        let mut frame = vec![];
+        let sps = [0x67, 0x42, 0x00, 0x1f];
+        let pps = [0x68, 0xce, 0x3c, 0x80];
+        let idr: Vec<u8> = [0x65]
+            .into_iter()
+            .chain((0..250).map(|i| i as u8))
+            .collect();
+        let slice = [0x41, 0x9a, 0x01];
+        for nalu in [&sps[..], &pps[..], &idr[..], &slice[..]] {
+            frame.extend_from_slice(&[0, 0, 0, 1]);
+            frame.extend_from_slice(nalu);
+        }
+
+        let mtu = 100;
+        let chunks = H264Packetizer::default().packetize_chunks(mtu, &frame)?;
+        let mut reference = H264Packetizer::default();
+        let copies = reference.packetize(mtu, &frame)?;
+        assert!(reference.sps_nalu.is_none() && reference.pps_nalu.is_none());
+
+        // STAP-A, three FU-A fragments of the IDR (250 bytes after its header, 98 per
+        // fragment), the small slice.
+        assert_eq!(chunks.len(), 5);
+        assert!(matches!(&chunks[0], Chunk::Copy(b) if b[0] == OUTPUT_STAP_AHEADER));
+        for chunk in &chunks[1..] {
+            let Chunk::Piece(piece) = chunk else {
+                panic!("a piece: {chunk:?}");
+            };
+            assert!(piece.payload_len() <= mtu);
+        }
+        let Chunk::Piece(last) = &chunks[4] else {
+            unreachable!()
+        };
+        assert!(last.prefix().is_empty());
+        assert_eq!(last.body(&frame), &slice[..]);
+
+        let copied: Vec<Vec<u8>> = chunks.into_iter().map(|c| c.into_vec(&frame)).collect();
+        assert_eq!(copied, copies);
+        // The FU-A fragments: start, middle and end bits, the IDR's type.
+        assert_eq!(
+            &copied[1][..2],
+            &[FUA_NALU_TYPE | 0x60, 0x80 | IDR_NALU_TYPE]
+        );
+        assert_eq!(&copied[2][..2], &[FUA_NALU_TYPE | 0x60, IDR_NALU_TYPE]);
+        assert_eq!(
+            &copied[3][..2],
+            &[FUA_NALU_TYPE | 0x60, 0x40 | IDR_NALU_TYPE]
+        );
+        Ok(())
+    }
 
     #[test]
     fn test_h264_payload() -> Result<(), PacketError> {

@@ -63,7 +63,7 @@ pub use vp8::detect_vp8_keyframe;
 pub use vp8::{Vp8Depacketizer, Vp8Packetizer};
 
 mod piece;
-pub(crate) use piece::Piece;
+pub(crate) use piece::{Chunk, Piece};
 
 mod vp9;
 pub use vp9::Vp9CodecExtra;
@@ -438,20 +438,24 @@ impl From<Codec> for CodecDepacketizer {
 }
 
 impl CodecPacketizer {
-    /// Parloir patch 26: packetizes `b` as [`Piece`]s of it (each packet a few bytes of the
-    /// packetizer's own, then a range of `b`), so that the packets can share the frame rather
-    /// than copy it; the same packets, byte for byte, as [`Packetizer::packetize`], and the
-    /// same state change. `None` for the codecs whose packetizers only copy (they go through
-    /// `packetize`). The marker of a packetizer that gives pieces depends only on whether the
-    /// packet is the frame's last: `is_marker` reads neither packet's bytes.
+    /// Parloir patches 26 and 29: packetizes `b` as [`Piece`]s of it (each packet a few bytes
+    /// of the packetizer's own, then a range of `b`), so that the packets can share the frame
+    /// rather than copy it, and as copies the packets that are not such a range; the same
+    /// packets, byte for byte, as [`Packetizer::packetize`], and the same state change. `None`
+    /// for the codecs whose packetizers only copy (they go through `packetize`). The marker of
+    /// a packetizer that gives pieces depends only on whether the packet is the frame's last:
+    /// `is_marker` reads neither packet's bytes.
     pub(crate) fn packetize_pieces(
         &mut self,
         mtu: usize,
         b: &[u8],
-    ) -> Option<Result<Vec<Piece>, PacketError>> {
+    ) -> Option<Result<Vec<Chunk>, PacketError>> {
+        let pieces = |pieces: Vec<Piece>| pieces.into_iter().map(Chunk::Piece).collect();
         match self {
-            CodecPacketizer::Vp8(v) => Some(v.packetize_pieces(mtu, b)),
-            CodecPacketizer::Opus(v) => Some(Ok(v.packetize_pieces(mtu, b))),
+            CodecPacketizer::Vp8(v) => Some(v.packetize_pieces(mtu, b).map(pieces)),
+            CodecPacketizer::Vp9(v) => Some(v.packetize_pieces(mtu, b).map(pieces)),
+            CodecPacketizer::Opus(v) => Some(Ok(pieces(v.packetize_pieces(mtu, b)))),
+            CodecPacketizer::H264(v) => Some(v.packetize_chunks(mtu, b)),
             _ => None,
         }
     }

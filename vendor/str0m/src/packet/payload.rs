@@ -9,7 +9,7 @@ use crate::streams::{RtpWrite, StreamTx};
 
 use super::PacketError;
 use super::red::RedSender;
-use super::{CodecPacketizer, Packetizer, Piece};
+use super::{Chunk, CodecPacketizer, Packetizer, Piece};
 
 /// Turns frames into RTP packets.
 ///
@@ -93,7 +93,13 @@ impl Payloader {
             None
         };
         let chunks: Vec<(Vec<u8>, Option<Piece>)> = match pieces {
-            Some(pieces) => pieces.into_iter().map(|p| (Vec::new(), Some(p))).collect(),
+            Some(chunks) => chunks
+                .into_iter()
+                .map(|c| match c {
+                    Chunk::Piece(p) => (Vec::new(), Some(p)),
+                    Chunk::Copy(bytes) => (bytes, None),
+                })
+                .collect(),
             None => (self.pack.packetize(mtu, data.as_ref())?)
                 .into_iter()
                 .map(|c| (c, None))

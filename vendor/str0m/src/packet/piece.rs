@@ -60,3 +60,22 @@ impl Piece {
         out
     }
 }
+
+/// Parloir patch 29: one packet of a frame from a packetizer that makes pieces where it can: a
+/// piece of the frame, or a copy (a packet that is not a range of the frame, such as an H.264
+/// STAP-A of the stored SPS and PPS).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    Piece(Piece),
+    Copy(Vec<u8>),
+}
+
+impl Chunk {
+    /// The packet's payload as one buffer.
+    pub(crate) fn into_vec(self, frame: &[u8]) -> Vec<u8> {
+        match self {
+            Chunk::Piece(piece) => piece.to_vec(frame),
+            Chunk::Copy(bytes) => bytes,
+        }
+    }
+}

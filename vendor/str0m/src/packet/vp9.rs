@@ -1,4 +1,4 @@
-use super::{BitRead, CodecExtra, Depacketizer, PacketError, Packetizer};
+use super::{BitRead, CodecExtra, Depacketizer, PacketError, Packetizer, Piece};
 use crate::rtp_::{extend_u7, extend_u8, extend_u15};
 
 use std::fmt;
@@ -208,9 +208,15 @@ impl fmt::Debug for Vp9Packetizer {
     }
 }
 
-impl Packetizer for Vp9Packetizer {
-    /// Packetize a VP9 frame into one or more RTP packets.
-    fn packetize(&mut self, mtu: usize, payload: &[u8]) -> Result<Vec<Vec<u8>>, PacketError> {
+impl Vp9Packetizer {
+    /// Parloir patch 29: the packets of [`Packetizer::packetize`] as pieces of `payload` (the
+    /// payload descriptor, at most 6 bytes, then a fragment of the frame), with the same change
+    /// of state.
+    pub(crate) fn packetize_pieces(
+        &mut self,
+        mtu: usize,
+        payload: &[u8],
+    ) -> Result<Vec<Piece>, PacketError> {
         if payload.is_empty() || mtu == 0 {
             return Ok(vec![]);
         }
@@ -232,6 +238,15 @@ impl Packetizer for Vp9Packetizer {
             Vp9PacketizerMode::NonFlexible => self.packetize_non_flexible(mtu, payload),
             Vp9PacketizerMode::Flexible => self.packetize_flexible(mtu, payload),
         }
+    }
+}
+
+impl Packetizer for Vp9Packetizer {
+    /// Packetize a VP9 frame into one or more RTP packets.
+    fn packetize(&mut self, mtu: usize, payload: &[u8]) -> Result<Vec<Vec<u8>>, PacketError> {
+        // Parloir patch 29: the pieces, copied.
+        let pieces = self.packetize_pieces(mtu, payload)?;
+        Ok(pieces.iter().map(|p| p.to_vec(payload)).collect())
     }
 
     fn is_marker(&mut self, _data: &[u8], _previous: Option<&[u8]>, last: bool) -> bool {
@@ -266,7 +281,7 @@ impl Vp9Packetizer {
         &mut self,
         mtu: usize,
         payload: &[u8],
-    ) -> Result<Vec<Vec<u8>>, PacketError> {
+    ) -> Result<Vec<Piece>, PacketError> {
         // Detect keyframe from VP9 bitstream to set P flag correctly.
         let is_keyframe = detect_vp9_keyframe_bitstream(payload);
 
@@ -293,9 +308,12 @@ impl Vp9Packetizer {
 
             // Non-keyframe: 5 bytes (flags + 15-bit PID + L + tl0picidx)
             // Keyframe first packet: 6 bytes (+ 1 byte SS data, G=0)
-            let ss_size = if is_keyframe && is_first { 1 } else { 0 };
-            let header_size = 5 + ss_size;
-            let mut out = Vec::with_capacity(header_size + current_fragment_size);
+            let mut out = [0_u8; 6];
+            let mut header_size = 0;
+            let mut push = |b: u8| {
+                out[header_size] = b;
+                header_size += 1;
+            };
 
             // Byte 0: I|P|L|F|B|E|V|Z
             let mut flags = 0xA0u8; // I=1, L=1 (F=0 implicit)
@@ -311,30 +329,30 @@ impl Vp9Packetizer {
             if is_keyframe && is_first {
                 flags |= 0x02; // V=1 (scalability structure present)
             }
-            out.push(flags);
+            push(flags);
 
             // Bytes 1-2: 15-bit picture ID (M=1)
-            out.push((self.picture_id >> 8) as u8 | 0x80);
-            out.push((self.picture_id & 0xFF) as u8);
+            push((self.picture_id >> 8) as u8 | 0x80);
+            push((self.picture_id & 0xFF) as u8);
 
             // Bytes 3-4: Layer indices (L=1, non-flexible mode)
             // TID(3)|U(1)|SID(3)|D(1) = TID=0, U=1, SID=0, D=0
-            out.push(0x10);
+            push(0x10);
             // tl0picidx (required when F=0 and L=1)
-            out.push(self.tl0picidx);
+            push(self.tl0picidx);
 
             // SS byte on keyframe first packet: N_S=0, Y=0, G=0 (no GOF). A single-layer stream has no
             // GOF to advertise; a G=1/R=0 GOF mis-signals references (see commit msg). This matches what
             // libwebrtc emits for non-scalable VP9 (g_bit = num_frames_in_gof > 0). RFC 9628 §4.2.
             if is_keyframe && is_first {
-                out.push(0x00);
+                push(0x00);
             }
 
-            out.extend_from_slice(
-                &payload[payload_data_index..payload_data_index + current_fragment_size],
-            );
-
-            payloads.push(out);
+            payloads.push(Piece::new(
+                &out[..header_size],
+                payload_data_index,
+                current_fragment_size,
+            ));
 
             payload_data_remaining -= current_fragment_size;
             payload_data_index += current_fragment_size;
@@ -365,7 +383,7 @@ impl Vp9Packetizer {
         &mut self,
         mtu: usize,
         payload: &[u8],
-    ) -> Result<Vec<Vec<u8>>, PacketError> {
+    ) -> Result<Vec<Piece>, PacketError> {
         let max_fragment_size = mtu as isize - VP9_FLEXIBLE_HEADER_SIZE as isize;
         let mut payloads = vec![];
         let mut payload_data_remaining = payload.len();
@@ -381,8 +399,6 @@ impl Vp9Packetizer {
             let is_first = payload_data_index == 0;
             let is_last = payload_data_remaining == current_fragment_size;
 
-            let mut out = Vec::with_capacity(VP9_FLEXIBLE_HEADER_SIZE + current_fragment_size);
-
             // Byte 0: I|P|L|F|B|E|V|Z — I=1, F=1
             let mut flags = 0x90u8; // I=1, F=1
             if is_first {
@@ -391,17 +407,15 @@ impl Vp9Packetizer {
             if is_last {
                 flags |= 0x04; // E=1
             }
-            out.push(flags);
 
             // Bytes 1-2: 15-bit picture ID (M=1)
-            out.push((self.picture_id >> 8) as u8 | 0x80);
-            out.push((self.picture_id & 0xFF) as u8);
+            let out: [u8; VP9_FLEXIBLE_HEADER_SIZE] = [
+                flags,
+                (self.picture_id >> 8) as u8 | 0x80,
+                (self.picture_id & 0xFF) as u8,
+            ];
 
-            out.extend_from_slice(
-                &payload[payload_data_index..payload_data_index + current_fragment_size],
-            );
-
-            payloads.push(out);
+            payloads.push(Piece::new(&out, payload_data_index, current_fragment_size));
 
             payload_data_remaining -= current_fragment_size;
             payload_data_index += current_fragment_size;
@@ -1276,6 +1290,40 @@ mod test {
             }
         }
 
+        Ok(())
+    }
+
+    /// Parloir patch 29: in both modes, for key and delta frames over several packets, the
+    /// pieces copied are the packets `packetize` gives, and the picture id and TL0PICIDX
+    /// advance the same.
+    #[test]
+    fn pieces_are_the_packets_packetize_gives() -> Result<(), PacketError> {
+        for mode in [Vp9PacketizerMode::NonFlexible, Vp9PacketizerMode::Flexible] {
+            let mut pieces = Vp9Packetizer {
+                initial_picture_id: 0x7ffe,
+                mode,
+                ..Default::default()
+            };
+            let mut copies = pieces.clone();
+            let keyframe: Vec<u8> = [0x82]
+                .into_iter()
+                .chain((0..300).map(|i| i as u8))
+                .collect();
+            let delta: Vec<u8> = [0x86]
+                .into_iter()
+                .chain((0..130).map(|i| i as u8))
+                .collect();
+            for frame in [&keyframe, &delta, &delta] {
+                let made = pieces.packetize_pieces(100, frame)?;
+                let copied = copies.packetize(100, frame)?;
+                assert!(made.len() > 1);
+                assert!(made.iter().all(|p| p.prefix().len() <= 6));
+                let made: Vec<Vec<u8>> = made.iter().map(|p| p.to_vec(frame)).collect();
+                assert_eq!(made, copied, "{mode:?}");
+            }
+            assert_eq!(pieces.picture_id, copies.picture_id);
+            assert_eq!(pieces.tl0picidx, copies.tl0picidx);
+        }
         Ok(())
     }
 
