@@ -92,22 +92,22 @@ impl Payloader {
         } else {
             None
         };
-        let chunks: Vec<(Vec<u8>, Option<Piece>)> = match pieces {
-            Some(chunks) => chunks
-                .into_iter()
-                .map(|c| match c {
-                    Chunk::Piece(p) => (Vec::new(), Some(p)),
-                    Chunk::Copy(bytes) => (bytes, None),
-                })
-                .collect(),
+        // The packetizer's chunks are iterated as they come: a shared frame costs one Vec of
+        // chunks per frame and subscriber, not a second one to pair them with copies.
+        let chunks: Vec<Chunk> = match pieces {
+            Some(chunks) => chunks,
             None => (self.pack.packetize(mtu, data.as_ref())?)
                 .into_iter()
-                .map(|c| (c, None))
+                .map(Chunk::Copy)
                 .collect(),
         };
         let len = chunks.len();
 
-        for (idx, (chunk, piece)) in chunks.into_iter().enumerate() {
+        for (idx, chunk) in chunks.into_iter().enumerate() {
+            let (chunk, piece) = match chunk {
+                Chunk::Piece(p) => (Vec::new(), Some(p)),
+                Chunk::Copy(bytes) => (bytes, None),
+            };
             let last = idx == len - 1;
             let first = idx == 0;
 
