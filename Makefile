@@ -1,11 +1,14 @@
 # The two commands of the README: `make run` and `make test`. Everything else is a helper.
 CARGO ?= cargo
+# The tests' build (release profile) and the server as it is run (dist: release with link-time
+# optimisation, Cargo.toml).
 BIN := target/release/parloir
+DIST := target/dist/parloir
 
 .PHONY: run test setup build build-tests unit e2e sdk fmt lint clean bench bench-udp bench-tools profile callgrind
 
 run: setup build
-	$(BIN) serve --dev
+	$(DIST) serve --dev
 
 test: setup build-tests unit e2e sdk
 
@@ -13,7 +16,7 @@ setup:
 	@bash deploy/setup.sh
 
 build:
-	$(CARGO) build --release --locked
+	$(CARGO) build --profile dist --locked
 
 # One release build serves the unit and the end-to-end tests: built with the tests' features
 # (dev-dependencies take part in feature resolution), so `cargo test` compiles nothing again.

@@ -8,7 +8,7 @@
 # trade time for steadier figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=target/release/parloir
+bin=target/dist/parloir
 results=perf/results
 duration=${BENCH_DURATION:-20}
 [ -x "$bin" ] || { echo "bench.sh: build first (make build)" >&2; exit 1; }

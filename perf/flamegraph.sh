@@ -4,7 +4,7 @@
 #   perf/flamegraph.sh [SCENARIO] [SECONDS]     e.g. perf/flamegraph.sh meeting-150 15
 #
 # Starts `parloir serve --dev` on free loopback ports, loads it with the scenario (sized for this
-# machine), samples the server with `perf record` (cpu-clock, DWARF call graphs: the release
+# machine), samples the server with `perf record` (cpu-clock, DWARF call graphs: the dist
 # profile keeps line tables) for SECONDS once the room is up, and folds the samples into
 # perf/results/flamegraph.svg with inferno. The load generator runs in its own process, so the
 # profile is the server's alone. Needs linux-perf and inferno: `make bench-tools`.
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=${1:-meeting-150}
 secs=${2:-15}
-bin=target/release/parloir
+bin=target/dist/parloir
 tools=perf/.tools/bin
 out=perf/results
 command -v perf >/dev/null || { echo "flamegraph.sh: perf is missing (make bench-tools)" >&2; exit 1; }

@@ -10,12 +10,12 @@
 # Writes perf/results/udp/{net-bench.json,net-bench.md,meeting.txt,gso.txt,run*/}. About 12 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=target/release/parloir
+bin=target/dist/parloir
 out=perf/results/udp
 seconds=${SECONDS_PER_RUN:-20}
 repeat=${REPEAT:-3}
 mkdir -p "$out"
-cargo build --release --locked -p parloir
+cargo build --profile dist --locked -p parloir
 "$bin" net-bench --seconds 2 --json "$out/net-bench.json" | tee "$out/net-bench.md"
 for r in $(seq 1 "$repeat"); do
   for io in basic mmsg io_uring; do

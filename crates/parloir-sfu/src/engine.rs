@@ -1044,6 +1044,9 @@ impl Sfu {
     }
 
     /// Handles one command from a signal session.
+    // An entry point: kept a symbol of its own under link-time optimisation, for the
+    // profilers that count or sample by it (perf/callgrind.sh, perf/flamegraph.sh).
+    #[inline(never)]
     pub fn handle_command(&mut self, now: Instant, command: Command) {
         self.now = now;
         self.offer_budget = OFFER_MLINES_PER_CALL;
@@ -1120,6 +1123,9 @@ impl Sfu {
     }
 
     /// Handles one datagram that arrived at `destination` (one of the configured candidates).
+    // An entry point: kept a symbol of its own under link-time optimisation, for the
+    // profilers that count or sample by it (perf/callgrind.sh, perf/flamegraph.sh).
+    #[inline(never)]
     pub fn handle_receive(
         &mut self,
         now: Instant,
@@ -1207,6 +1213,9 @@ impl Sfu {
 
     /// Advances time: peers whose timeout passed, held-back offers (as many as the call's
     /// offer budget allows), and the speaker tick.
+    // An entry point: kept a symbol of its own under link-time optimisation, for the
+    // profilers that count or sample by it (perf/callgrind.sh, perf/flamegraph.sh).
+    #[inline(never)]
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         self.offer_budget = OFFER_MLINES_PER_CALL;
@@ -1262,6 +1271,9 @@ impl Sfu {
     }
 
     /// The next output. Call until it returns [`Output::Timeout`], then again after any input.
+    // An entry point: kept a symbol of its own under link-time optimisation, for the
+    // profilers that count or sample by it (perf/callgrind.sh, perf/flamegraph.sh).
+    #[inline(never)]
     pub fn poll_output(&mut self) -> Output {
         if let Some(o) = self.out.pop_front() {
             return o;
