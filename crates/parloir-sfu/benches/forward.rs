@@ -21,6 +21,12 @@
 //! room: the longest single SFU call from its publish to a second later, and the most subscriber
 //! offers one call wrote.
 //!
+//! `PARLOIR_BENCH_SIMULCAST=1` publishes every camera as three simulcast layers (1, 3 and 8
+//! packets a frame) and has each participant show the others as the load generator's
+//! meeting-150 does: one large tile (the top layer), 25 small ones (the lowest), the rest
+//! disabled. Each frame of each layer then goes through the per-subscriber layer choice, so
+//! this is the forwarding cost with layer choice in it.
+//!
 //! `PARLOIR_BENCH_WORKERS=W` (steps mode) spreads the room over W media workers, participant i
 //! on worker i mod W (a room spanning workers, frames relayed between them), and prints each
 //! worker's time per datagram the whole room sent: the busiest worker's is what the room costs
@@ -39,6 +45,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use harness::Sim;
+use parloir_sfu::{Command, proto};
 
 /// Simulated meeting per iteration.
 const STEP: Duration = Duration::from_millis(100);
@@ -77,12 +84,60 @@ fn room(n: usize) -> Sim {
         sim.next_worker = i as u16 % sim.workers();
         sim.join(&format!("p{i}"));
     }
+    let simulcast = std::env::var("PARLOIR_BENCH_SIMULCAST").is_ok_and(|v| v == "1");
+    if simulcast {
+        // About the ratio of a 720p camera's layers (150, 500 and 1 700 kbit/s): 1, 3 and 8
+        // packets a frame.
+        sim.layer_bytes = [1000, 3000, 9000];
+        for c in &mut sim.clients {
+            c.simulcast = true;
+        }
+    }
     for i in 0..n {
         sim.publish(i);
     }
     // Warm up: ICE, DTLS, negotiation, first key frames.
     sim.run_for(Duration::from_secs(2));
+    if simulcast {
+        show_tiles(&mut sim, n);
+        // Layer switches settle on their key frames.
+        sim.run_for(Duration::from_secs(2));
+    }
     sim
+}
+
+/// What each participant's screen shows, as the load generator's meeting-150 does (LiveKit's
+/// benchmark shape): the next camera after its own in join order in a large tile (1280x720,
+/// the top layer), the 25 after that in small tiles (320x180, the lowest), and the others
+/// not at all (adaptive stream disables them).
+fn show_tiles(sim: &mut Sim, n: usize) {
+    let cams: Vec<String> = (0..n)
+        .map(|j| sim.track_sid(&format!("p{j}"), "cam"))
+        .collect();
+    for viewer in 0..n {
+        let session = sim.clients[viewer].session;
+        for (publisher, cam) in cams.iter().enumerate() {
+            if publisher == viewer {
+                continue;
+            }
+            let pos = (publisher + n - viewer - 1) % n;
+            let (width, height, disabled) = match pos {
+                0 => (1280, 720, false),
+                1..=25 => (320, 180, false),
+                _ => (0, 0, true),
+            };
+            sim.commands.push(Command::UpdateTrackSettings {
+                session,
+                settings: proto::UpdateTrackSettings {
+                    track_sids: vec![cam.clone()],
+                    disabled,
+                    width,
+                    height,
+                    ..Default::default()
+                },
+            });
+        }
+    }
 }
 
 fn main() {
@@ -136,6 +191,20 @@ fn main() {
                 );
             }
             let us = sim.sfu_time.as_secs_f64() * 1e6 / out.max(1) as f64;
+            // The video frames the subscribers got in each layer, from the join on: with
+            // simulcast, what the layer choice gave them.
+            let mut layers = [0u64; 3];
+            for f in sim
+                .clients
+                .iter()
+                .flat_map(|c| c.video_rx.values().flatten())
+            {
+                layers[usize::from(f.layer.min(2))] += 1;
+            }
+            println!(
+                "participants {n} video_frames_received_by_layer {}/{}/{}",
+                layers[0], layers[1], layers[2]
+            );
             let steady_longest = sim.sfu_longest.as_secs_f64() * 1e3;
             let steady_kind = sim.sfu_longest_kind;
             let steady_due = sim.sfu_longest_peer_timeouts;

@@ -2966,8 +2966,6 @@ impl Sfu {
                 return;
             }
         }
-        // Taken out for the loop (which needs `self` mutably) and put back after it.
-        let subscribers = std::mem::take(&mut track.subscribers);
         let contiguous = data.contiguous;
         let mut key_frames_wanted: Vec<Option<Rid>> = Vec::new();
         if record_key {
@@ -2975,9 +2973,21 @@ impl Sfu {
         }
         // A scalable frame cut down to each spatial layer, made once for all who get it.
         let mut cuts: [Option<Arc<[u8]>>; svc::MAX_SPATIAL] = Default::default();
-        for &sub in &subscribers {
+        // The flowing layer each quality gets, worked out once per frame for all subscribers
+        // (`Layers::choose` is the same for each of them).
+        let mut chosen: [Option<Option<Rid>>; 3] = [None; 3];
+        // Disjoint borrows of the maps the loop reads and writes, so the track stays borrowed.
+        let Self {
+            peers,
+            participants,
+            stats,
+            dirty,
+            ..
+        } = self;
+        let track = &*track;
+        for &sub in &track.subscribers {
             let written = {
-                let Some(peer) = self.peers.get_mut(&sub) else {
+                let Some(peer) = peers.get_mut(&sub) else {
                     continue;
                 };
                 let Some(out) = peer.outs.get_mut(&sid) else {
@@ -2988,23 +2998,21 @@ impl Sfu {
                 };
                 // What it asked for, where there are layers to choose from.
                 let layered = spatial.is_some() || data.rid.is_some() || ttop > 0;
-                let settings = self
-                    .participants
+                let settings = participants
                     .get(&peer.session)
                     .filter(|_| layered)
                     .and_then(|p| p.settings.get(&sid));
                 // The layer this subscriber should get, for a track with layers (simulcast, or
                 // scalable with `svc::rid` names): what it asks for, within its bandwidth, among
                 // those flowing.
-                let target = self
-                    .tracks
-                    .get(&sid)
-                    .filter(|_| spatial.is_some() || data.rid.is_some())
-                    .map(|track| {
-                        simulcast::wanted_quality(settings, track.published_layers())
-                            .and_then(|q| out.cap.map(|c| q.min(c)))
-                            .and_then(|q| track.layers.choose(q, now))
-                    });
+                let target = (spatial.is_some() || data.rid.is_some()).then(|| {
+                    simulcast::wanted_quality(settings, track.published_layers())
+                        .and_then(|q| out.cap.map(|c| q.min(c)))
+                        .and_then(|q| {
+                            *chosen[usize::from(q.min(2))]
+                                .get_or_insert_with(|| track.layers.choose(q, now))
+                        })
+                });
                 let mut layer = None;
                 let time = match (spatial, data.rid, target) {
                     (Some(spatial), _, Some(target)) => {
@@ -3060,9 +3068,9 @@ impl Sfu {
                     && let Some(f) = tframe
                 {
                     let fps = settings.map_or(0, |s| s.fps);
-                    let target = match (fps, self.tracks.get(&sid)) {
-                        (1.., Some(track)) => track.temporal.for_fps(trank, fps, now),
-                        _ => ttop,
+                    let target = match fps {
+                        1.. => track.temporal.for_fps(trank, fps, now),
+                        0 => ttop,
                     };
                     let target = target.min(out.temporal_cap.unwrap_or(u8::MAX));
                     if !out.temporal.forward(f, target) {
@@ -3119,12 +3127,15 @@ impl Sfu {
                 }
             };
             if written {
-                self.stats.frames_forwarded += 1;
-                self.mark(sub);
+                stats.frames_forwarded += 1;
+                // `Sfu::mark`, on the borrowed maps.
+                if let Some(peer) = peers.get_mut(&sub)
+                    && !peer.queued
+                {
+                    peer.queued = true;
+                    dirty.push(sub);
+                }
             }
-        }
-        if let Some(track) = self.tracks.get_mut(&sid) {
-            track.subscribers = subscribers;
         }
         for rid in key_frames_wanted {
             self.request_keyframe(now, &sid, rid, KeyframeRequestKind::Pli);

@@ -97,15 +97,22 @@ pub(crate) fn wanted_quality(
         return None;
     }
     if s.width > 0 || s.height > 0 {
-        let mut layers: Vec<&proto::VideoLayer> =
-            published.iter().filter(|l| l.width > 0).collect();
-        layers.sort_by_key(|l| l.width);
-        if let Some(top) = layers.last() {
-            let fit = layers
-                .iter()
-                .find(|l| l.width >= s.width || l.height >= s.height)
-                .unwrap_or(top);
-            return Some(fit.quality.clamp(0, 2) as u8);
+        // The narrowest layer that covers the tile (the first published of equal widths),
+        // else the widest (the last published of equal widths): what sorting the layers by
+        // width would give, without a list for each frame and subscriber.
+        let mut fit: Option<&proto::VideoLayer> = None;
+        let mut top: Option<&proto::VideoLayer> = None;
+        for l in published.iter().filter(|l| l.width > 0) {
+            if top.is_none_or(|t| l.width >= t.width) {
+                top = Some(l);
+            }
+            if (l.width >= s.width || l.height >= s.height) && fit.is_none_or(|f| l.width < f.width)
+            {
+                fit = Some(l);
+            }
+        }
+        if let Some(l) = fit.or(top) {
+            return Some(l.quality.clamp(0, 2) as u8);
         }
     }
     Some(s.quality.clamp(0, 2) as u8)
@@ -305,6 +312,74 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(wanted_quality(Some(&medium), &[]), Some(1));
+    }
+
+    /// The rule as first written: sort the published layers by width (stably), take the first
+    /// that covers the tile, else the widest.
+    fn wanted_by_sorting(s: &proto::UpdateTrackSettings, published: &[proto::VideoLayer]) -> u8 {
+        let mut layers: Vec<&proto::VideoLayer> =
+            published.iter().filter(|l| l.width > 0).collect();
+        layers.sort_by_key(|l| l.width);
+        match layers.last() {
+            Some(top) => {
+                let fit = layers
+                    .iter()
+                    .find(|l| l.width >= s.width || l.height >= s.height)
+                    .unwrap_or(top);
+                fit.quality.clamp(0, 2) as u8
+            }
+            None => s.quality.clamp(0, 2) as u8,
+        }
+    }
+
+    #[test]
+    fn a_tile_size_picks_what_sorting_the_layers_would() {
+        // Every list of up to three layers from a few widths and heights (ties, unordered,
+        // unsized layers included), against tile sizes below, between and above them.
+        let dims = [(0, 0), (320, 180), (640, 360), (640, 480), (1280, 720)];
+        let mut lists: Vec<Vec<proto::VideoLayer>> = vec![Vec::new()];
+        for _ in 0..3 {
+            let mut longer = Vec::new();
+            for list in &lists {
+                for (q, &(width, height)) in dims.iter().enumerate() {
+                    let mut l = list.clone();
+                    l.push(proto::VideoLayer {
+                        quality: (q % 3) as i32 + i32::from(l.len() as u8),
+                        width,
+                        height,
+                        ..Default::default()
+                    });
+                    longer.push(l);
+                }
+            }
+            lists.extend(longer);
+        }
+        let tiles = [
+            (1, 1),
+            (320, 180),
+            (400, 225),
+            (640, 200),
+            (100, 400),
+            (1920, 1080),
+        ];
+        let mut checked = 0;
+        for published in &lists {
+            for &(width, height) in &tiles {
+                let s = proto::UpdateTrackSettings {
+                    width,
+                    height,
+                    quality: proto::VideoQuality::Medium as i32,
+                    ..Default::default()
+                };
+                assert_eq!(
+                    wanted_quality(Some(&s), published),
+                    Some(wanted_by_sorting(&s, published)),
+                    "tile {width}x{height}, layers {published:?}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 500, "{checked} cases");
     }
 
     #[test]
