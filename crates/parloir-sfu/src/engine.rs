@@ -975,6 +975,14 @@ const DEFAULT_DEPARTURE_TIMEOUT_S: u32 = 20;
 const RELIABLE: &str = "_reliable";
 const LOSSY: &str = "_lossy";
 
+/// Puts `peer` (whose id is `pid`) on the list of peers to poll, once ([`Sfu::mark`]).
+fn queue(peer: &mut Peer, pid: PeerId, dirty: &mut Vec<PeerId>) {
+    if !peer.queued {
+        peer.queued = true;
+        dirty.push(pid);
+    }
+}
+
 impl Sfu {
     pub fn new(config: SfuConfig, now: Instant) -> Self {
         let ids = IdGen::new(config.seed);
@@ -1798,11 +1806,8 @@ impl Sfu {
     }
 
     fn mark(&mut self, pid: PeerId) {
-        if let Some(peer) = self.peers.get_mut(&pid)
-            && !peer.queued
-        {
-            peer.queued = true;
-            self.dirty.push(pid);
+        if let Some(peer) = self.peers.get_mut(&pid) {
+            queue(peer, pid, &mut self.dirty);
         }
     }
 
@@ -3119,7 +3124,10 @@ impl Sfu {
                 // Packetized at once (str0m patch 13): the packets go out on this peer's
                 // next poll, without a timeout of their own.
                 match writer.now(now).write(pt, wallclock, time, payload) {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        queue(peer, sub, dirty);
+                        true
+                    }
                     Err(e) => {
                         tracing::debug!("write to subscriber failed: {e}");
                         false
@@ -3128,13 +3136,6 @@ impl Sfu {
             };
             if written {
                 stats.frames_forwarded += 1;
-                // `Sfu::mark`, on the borrowed maps.
-                if let Some(peer) = peers.get_mut(&sub)
-                    && !peer.queued
-                {
-                    peer.queued = true;
-                    dirty.push(sub);
-                }
             }
         }
         for rid in key_frames_wanted {
