@@ -683,6 +683,13 @@ struct Out {
     /// The highest temporal layer its bandwidth allows (`None`: no limit): layer 0 when its
     /// lowest spatial layer does not fit whole.
     temporal_cap: Option<u8>,
+    /// What its subscriber's settings ask of the track, as of the track's last
+    /// [`Track::receivers`] pass: the quality its tile wants (`None`: turned off) and the
+    /// frame rate (0: all).
+    wanted: Option<u8>,
+    fps: u32,
+    /// Whether it was among the track's receivers then.
+    receiving: bool,
 }
 
 impl Out {
@@ -697,6 +704,9 @@ impl Out {
             temporal: temporal::Filter::default(),
             temporal_cap: None,
             pt: None,
+            wanted: None,
+            fps: 0,
+            receiving: false,
         }
     }
 }
@@ -718,6 +728,11 @@ struct Track {
     record_switch: Switcher,
     /// Subscriber peers of this track; media goes to those whose m-line is open.
     subscribers: Vec<PeerId>,
+    /// Those of them its frames go to (see [`Track::receivers`]), and whether that list must
+    /// be worked out again before the next frame (set by whatever changes it: an m-line
+    /// opening or going, settings, a bandwidth pause, the layers announced).
+    receivers: Vec<PeerId>,
+    receivers_stale: bool,
     /// Last key frame request, per layer (`None` without simulcast).
     last_keyframe_request: FastMap<Option<Rid>, Instant>,
     /// Dynacast: the highest quality any subscriber wants, as last told to the publisher.
@@ -758,6 +773,8 @@ impl Track {
             temporal: temporal::Rates::default(),
             record_switch: Switcher::default(),
             subscribers: Vec::new(),
+            receivers: Vec::new(),
+            receivers_stale: true,
             last_keyframe_request: FastMap::default(),
             told_quality: None,
             record_quality: None,
@@ -767,6 +784,47 @@ impl Track {
             remote,
             relays: Vec::new(),
             relayed: None,
+        }
+    }
+
+    /// Works out which subscribers its frames go to: those whose m-line is open, who have not
+    /// turned it off, and, for video, whose bandwidth allows at least its lowest layer. The
+    /// frame loop then visits only them (in a large meeting most subscribers show most cameras
+    /// in no tile), and reads what each asked for from its `Out` instead of looking up its
+    /// participant's settings for every frame. A subscriber that stops receiving is paused
+    /// here: the frames it misses never reach its decoder, so video resumes at a key frame.
+    fn receivers(
+        &mut self,
+        sid: &str,
+        peers: &mut FastMap<PeerId, Peer>,
+        participants: &FastMap<SessionId, Participant>,
+    ) {
+        self.receivers_stale = false;
+        self.receivers.clear();
+        let video = self.kind == MediaKind::Video;
+        for &sub in &self.subscribers {
+            let Some(peer) = peers.get_mut(&sub) else {
+                continue;
+            };
+            let Some(out) = peer.outs.get_mut(sid) else {
+                continue;
+            };
+            let settings = participants
+                .get(&peer.session)
+                .and_then(|p| p.settings.get(sid));
+            out.wanted = simulcast::wanted_quality(settings, self.published_layers());
+            out.fps = settings.map_or(0, |s| s.fps);
+            let receiving = matches!(out.state, OutState::Open(_))
+                && out.wanted.is_some()
+                && (!video || out.cap.is_some());
+            if out.receiving && !receiving {
+                out.switcher.pause();
+                out.key_wait = video;
+            }
+            out.receiving = receiving;
+            if receiving {
+                self.receivers.push(sub);
+            }
         }
     }
 
@@ -1092,6 +1150,9 @@ impl Sfu {
                 if let Some(p) = self.participants.get_mut(&session) {
                     for sid in &settings.track_sids {
                         p.settings.insert(sid.clone(), settings.clone());
+                        if let Some(track) = self.tracks.get_mut(sid) {
+                            track.receivers_stale = true;
+                        }
                     }
                     subscriber = p.subscriber;
                 }
@@ -1789,6 +1850,7 @@ impl Sfu {
         for sid in peer.outs.keys() {
             if let Some(track) = self.tracks.get_mut(sid) {
                 track.subscribers.retain(|p| *p != pid);
+                track.receivers_stale = true;
             }
         }
         self.nack_seen.retain(|(p, _, _), _| *p != pid);
@@ -2168,6 +2230,9 @@ impl Sfu {
                 if let Some(out) = peer.outs.get_mut(sid) {
                     out.state = OutState::Open(*mid);
                 }
+                if let Some(track) = self.tracks.get_mut(sid) {
+                    track.receivers_stale = true;
+                }
                 peer.mids_out.insert(*mid, sid.clone());
                 set_red_send(&mut peer.rtc, *mid, self.tracks.get(sid));
             }
@@ -2528,6 +2593,7 @@ impl Sfu {
         peer.needs_offer = true;
         if let Some(track) = self.tracks.get_mut(track_sid) {
             track.subscribers.push(pid);
+            track.receivers_stale = true;
             // A mirror's first subscriber here: its worker starts relaying now (the next
             // dynacast pass tells it the quality wanted).
             if let Some(worker) = track.remote
@@ -2554,6 +2620,7 @@ impl Sfu {
         peer.remove_out(track_sid);
         if let Some(track) = self.tracks.get_mut(track_sid) {
             track.subscribers.retain(|p| *p != pid);
+            track.receivers_stale = true;
         }
     }
 
@@ -2736,6 +2803,9 @@ impl Sfu {
             if let OutState::Negotiating(mid) = out.state {
                 out.state = OutState::Open(mid);
                 set_red_send(&mut peer.rtc, mid, self.tracks.get(sid));
+                if let Some(track) = self.tracks.get_mut(sid) {
+                    track.receivers_stale = true;
+                }
                 opened.push(sid.clone());
             }
         }
@@ -2989,8 +3059,11 @@ impl Sfu {
             dirty,
             ..
         } = self;
+        if track.receivers_stale {
+            track.receivers(&sid, peers, participants);
+        }
         let track = &*track;
-        for &sub in &track.subscribers {
+        for &sub in &track.receivers {
             let written = {
                 let Some(peer) = peers.get_mut(&sub) else {
                     continue;
@@ -3001,17 +3074,11 @@ impl Sfu {
                 let OutState::Open(mid) = out.state else {
                     continue;
                 };
-                // What it asked for, where there are layers to choose from.
-                let layered = spatial.is_some() || data.rid.is_some() || ttop > 0;
-                let settings = participants
-                    .get(&peer.session)
-                    .filter(|_| layered)
-                    .and_then(|p| p.settings.get(&sid));
                 // The layer this subscriber should get, for a track with layers (simulcast, or
                 // scalable with `svc::rid` names): what it asks for, within its bandwidth, among
                 // those flowing.
                 let target = (spatial.is_some() || data.rid.is_some()).then(|| {
-                    simulcast::wanted_quality(settings, track.published_layers())
+                    out.wanted
                         .and_then(|q| out.cap.map(|c| q.min(c)))
                         .and_then(|q| {
                             *chosen[usize::from(q.min(2))]
@@ -3072,9 +3139,8 @@ impl Sfu {
                 if ttop > 0
                     && let Some(f) = tframe
                 {
-                    let fps = settings.map_or(0, |s| s.fps);
-                    let target = match fps {
-                        1.. => track.temporal.for_fps(trank, fps, now),
+                    let target = match out.fps {
+                        1.. => track.temporal.for_fps(trank, out.fps, now),
                         0 => ttop,
                     };
                     let target = target.min(out.temporal_cap.unwrap_or(u8::MAX));
@@ -3649,6 +3715,11 @@ impl Sfu {
                 out.switcher.pause();
             }
             let was_paused = out.cap.is_none();
+            if cap.is_none() != was_paused
+                && let Some(track) = self.tracks.get_mut(&sid)
+            {
+                track.receivers_stale = true;
+            }
             out.cap = cap;
             if cap.is_none() == was_paused {
                 continue;

@@ -935,6 +935,81 @@ fn each_subscriber_gets_the_simulcast_layer_it_asks_for() {
 }
 
 #[test]
+fn a_track_turned_off_and_on_again_resumes_at_a_key_frame() {
+    // A simulcast camera, a single-layer camera and a microphone, turned off by a viewer (a
+    // tile scrolled out of view, `setEnabled(false)`): none of them is forwarded to it. Turned
+    // on again at the same size, each camera resumes at a key frame (the frames in between
+    // never reached the decoder, so a delta frame would decode against stale references) and
+    // the microphone at once.
+    let mut sim = Sim::new(13, 0.0);
+    for name in ["sc", "plain", "viewer"] {
+        sim.join(name);
+    }
+    sim.clients[0].simulcast = true;
+    sim.publish(0);
+    sim.publish(1);
+    sim.run_for(Duration::from_secs(2));
+    let cams = [sim.track_sid("sc", "cam"), sim.track_sid("plain", "cam")];
+    let mics = [sim.track_sid("sc", "mic"), sim.track_sid("plain", "mic")];
+    for cam in &cams {
+        settings(&mut sim, "viewer", cam, size(320, 180));
+    }
+    sim.run_for(Duration::from_secs(3));
+    let heard = |sim: &Sim| {
+        [
+            audio_received(sim, "viewer", "sc"),
+            audio_received(sim, "viewer", "plain"),
+        ]
+    };
+    let seen = |sim: &Sim| cams.clone().map(|c| received(sim, "viewer", &c));
+    let off = proto::UpdateTrackSettings {
+        disabled: true,
+        ..Default::default()
+    };
+    for sid in cams.iter().chain(&mics) {
+        settings(&mut sim, "viewer", sid, off.clone());
+    }
+    sim.run_for(Duration::from_millis(100));
+    let (seen_off, heard_off) = (seen(&sim), heard(&sim));
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(seen(&sim), seen_off, "turned-off cameras are not forwarded");
+    assert_eq!(
+        heard(&sim),
+        heard_off,
+        "turned-off microphones are not forwarded"
+    );
+
+    for cam in &cams {
+        settings(&mut sim, "viewer", cam, size(320, 180));
+    }
+    for mic in &mics {
+        settings(
+            &mut sim,
+            "viewer",
+            mic,
+            proto::UpdateTrackSettings::default(),
+        );
+    }
+    sim.run_for(Duration::from_secs(3));
+    for (cam, from) in cams.iter().zip(seen_off) {
+        let frames = &sim.client("viewer").video_rx[cam][from..];
+        assert!(frames.len() >= 20, "{cam} is back: {} frames", frames.len());
+        assert!(
+            frames[0].key,
+            "{cam} resumes at a key frame: {:?}",
+            &frames[..3]
+        );
+    }
+    let back = heard(&sim);
+    for (b, o) in back.iter().zip(heard_off) {
+        assert!(
+            b - o >= 140,
+            "microphones are back at once: {back:?} from {heard_off:?}"
+        );
+    }
+}
+
+#[test]
 fn svc_subscribers_get_the_spatial_layers_their_tiles_need() {
     // Without bandwidth estimation (the server's default): the layers follow the tiles only.
     let mut sim = Sim::with_options(23, 0.0, 3, 0);

@@ -423,7 +423,11 @@ impl Sfu {
         let mut new_tracks = Vec::new();
         for t in &info.tracks {
             match self.tracks.get_mut(&t.sid) {
-                Some(track) if track.remote == Some(from) => track.info = t.clone(),
+                Some(track) if track.remote == Some(from) => {
+                    track.info = t.clone();
+                    // The layers announced may have changed.
+                    track.receivers_stale = true;
+                }
                 Some(_) => {}
                 None => {
                     self.away.tracks += 1;
