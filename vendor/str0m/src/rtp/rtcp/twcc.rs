@@ -1028,7 +1028,22 @@ pub struct TwccSendRegister {
 
     /// Last registered Twcc number.
     last_registered: TwccSeq,
+
+    /// Parloir patch 30: packets a report said were missing while a packet sent less than
+    /// [`REORDER_WINDOW`] after them had arrived. They may still be on their way (reordered);
+    /// the next report decides (see [`TwccSendRegister::apply_report`]).
+    deferred: Vec<TwccSeq>,
 }
+
+/// Parloir patch 30: how much later than a missing packet another must have been sent, and
+/// arrived, for the missing one to count as lost. A report is written at some instant; the
+/// packets of a paced burst sent just before it may arrive out of order (two paths, a Wi-Fi
+/// retry), and the receiver then reports the later ones received and the earlier ones missing,
+/// and the next report has them received. Counting those as lost made the loss controller
+/// limit the estimate on a link that lost nothing. As TCP's RACK does with its reordering
+/// window, a missing packet sent within this time before the newest one received waits for
+/// the next report; later than that, it is lost.
+pub const REORDER_WINDOW: Duration = Duration::from_millis(5);
 
 impl<'a> IntoIterator for &'a TwccSendRegister {
     type Item = &'a TwccSendRecord;
@@ -1176,6 +1191,7 @@ impl TwccSendRegister {
             time_zero: None,
             apply_report_counter: 0,
             last_registered: 0.into(),
+            deferred: Vec::new(),
         }
     }
 
@@ -1295,13 +1311,68 @@ impl TwccSendRegister {
             );
         }
 
-        let range = first_seq_no..=last_seq_no;
+        // Parloir patch 30: the reordering window. The newest packet (by send time) this
+        // report has as received, carried over or new.
+        let newest = self
+            .queue
+            .range(first_index..)
+            .take_while(|r| r.seq() <= last_seq_no)
+            .filter(|r| r.remote_recv_time().is_some())
+            .map(|r| r.local_send_time)
+            .max();
+        let earlier = std::mem::take(&mut self.deferred);
+        if let Some(newest) = newest {
+            for r in self
+                .queue
+                .range_mut(first_index..)
+                .take_while(|r| r.seq() <= last_seq_no)
+            {
+                let missing_now = r.recv_report.is_some_and(|rr| {
+                    rr.remote_recv_time.is_none() && rr.apply_report_counter == apply_report_counter
+                });
+                if missing_now && r.local_send_time + REORDER_WINDOW > newest {
+                    r.recv_report = None;
+                    self.deferred.push(r.seq());
+                }
+            }
+        }
+        // Those deferred by an earlier report that this one did not cover: the receiver has
+        // moved past them without them, so they are lost, counted with this report. Those it
+        // covered were decided above (received, lost, or deferred again).
+        let mut first = (first_seq_no, first_index);
+        for seq in earlier {
+            if seq > last_seq_no {
+                // A report older than the one that deferred it, arriving late.
+                self.deferred.push(seq);
+                continue;
+            }
+            if seq >= first_seq_no {
+                continue;
+            }
+            let Ok(index) = self.queue.binary_search_by_key(&seq, |r| r.seq()) else {
+                continue;
+            };
+            let r = &mut self.queue[index];
+            if r.recv_report.is_some() {
+                continue;
+            }
+            r.recv_report = Some(TwccRecvReport {
+                local_recv_time: now,
+                remote_recv_time: None,
+                apply_report_counter,
+            });
+            if seq < first.0 {
+                first = (seq, index);
+            }
+        }
+
+        let range = first.0..=last_seq_no;
 
         Some(
             TwccSendRecordsIter {
                 range: range.clone(),
-                index: first_index,
-                current: first_seq_no,
+                index: first.1,
+                current: first.0,
                 queue: &self.queue,
             }
             // We only want the records that were registered in this invocation of
@@ -2344,6 +2415,113 @@ mod test {
         }
 
         assert_eq!(reg.loss(), Some(4.0 / 10.0));
+    }
+
+    /// Parloir patch 30: (seq, received) for the records one `apply_report` returned.
+    fn reported(
+        send: &mut TwccSendRegister,
+        recv: &mut TwccRecvRegister,
+        arrivals: &[(u64, Instant)],
+        now: Instant,
+    ) -> Vec<(u64, bool)> {
+        for (seq, at) in arrivals {
+            recv.update_seq((*seq).into(), *at);
+        }
+        send.apply_report(recv.build_report(10_000).unwrap(), now)
+            .map(|records| {
+                records
+                    .map(|r| (r.seq().as_u16() as u64, r.remote_recv_time().is_some()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_packet_overtaken_within_the_reordering_window_is_not_lost() {
+        // A burst paced 0.1 ms apart; 3 is overtaken by 4 and 5 and arrives after the report.
+        let t = Instant::now();
+        let ms = |m: u64| Duration::from_micros(m * 100);
+        let mut send = TwccSendRegister::new(1000);
+        let mut recv = TwccRecvRegister::new(1000);
+        for i in 1..=6 {
+            send.register_seq(TwccPacketId::new(i), t + ms(i), 0);
+        }
+        let first = reported(
+            &mut send,
+            &mut recv,
+            &[
+                (1, t + ms(20)),
+                (2, t + ms(21)),
+                (4, t + ms(23)),
+                (5, t + ms(24)),
+            ],
+            t + ms(30),
+        );
+        assert_eq!(first, [(1, true), (2, true), (4, true), (5, true)]);
+        let second = reported(
+            &mut send,
+            &mut recv,
+            &[(3, t + ms(31)), (6, t + ms(32))],
+            t + ms(40),
+        );
+        assert_eq!(second, [(3, true), (6, true)], "3 counted once, received");
+        assert_eq!(send.loss(Duration::from_secs(1), t + ms(40)), Some(0.0));
+    }
+
+    #[test]
+    fn a_deferred_packet_the_next_report_does_not_cover_is_lost_then() {
+        let t = Instant::now();
+        let ms = |m: u64| Duration::from_micros(m * 100);
+        let mut send = TwccSendRegister::new(1000);
+        let mut recv = TwccRecvRegister::new(1000);
+        for i in 1..=4 {
+            send.register_seq(TwccPacketId::new(i), t + ms(i), 0);
+        }
+        let first = reported(
+            &mut send,
+            &mut recv,
+            &[(1, t + ms(20)), (2, t + ms(21)), (4, t + ms(23))],
+            t + ms(30),
+        );
+        assert_eq!(first, [(1, true), (2, true), (4, true)], "3 waits");
+        // 3 never comes; the next burst, 50 ms later.
+        for i in 5..=7 {
+            send.register_seq(TwccPacketId::new(i), t + ms(500 + i), 0);
+        }
+        let second = reported(
+            &mut send,
+            &mut recv,
+            &[(5, t + ms(520)), (6, t + ms(521)), (7, t + ms(522))],
+            t + ms(530),
+        );
+        assert!(second.contains(&(3, false)), "3 is lost now: {second:?}");
+        assert_eq!(
+            second.iter().filter(|(s, _)| *s == 3).count(),
+            1,
+            "once: {second:?}"
+        );
+        assert!(
+            second.ends_with(&[(5, true), (6, true), (7, true)]),
+            "{second:?}"
+        );
+    }
+
+    #[test]
+    fn a_packet_missing_well_before_one_received_is_lost_at_once() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut send = TwccSendRegister::new(1000);
+        let mut recv = TwccRecvRegister::new(1000);
+        send.register_seq(TwccPacketId::new(1), t, 0);
+        send.register_seq(TwccPacketId::new(2), t + ms(1), 0);
+        send.register_seq(TwccPacketId::new(3), t + ms(20), 0);
+        let got = reported(
+            &mut send,
+            &mut recv,
+            &[(1, t + ms(30)), (3, t + ms(50))],
+            t + ms(60),
+        );
+        assert_eq!(got, [(1, true), (2, false), (3, true)]);
     }
 
     #[test]
