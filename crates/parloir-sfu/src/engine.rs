@@ -1033,6 +1033,14 @@ const DEFAULT_DEPARTURE_TIMEOUT_S: u32 = 20;
 const RELIABLE: &str = "_reliable";
 const LOSSY: &str = "_lossy";
 
+/// Track `sid`'s receivers must be worked out again before its next frame
+/// ([`Track::receivers`]).
+fn receivers_changed(tracks: &mut FastMap<String, Track>, sid: &str) {
+    if let Some(track) = tracks.get_mut(sid) {
+        track.receivers_stale = true;
+    }
+}
+
 /// Puts `peer` (whose id is `pid`) on the list of peers to poll, once ([`Sfu::mark`]).
 fn queue(peer: &mut Peer, pid: PeerId, dirty: &mut Vec<PeerId>) {
     if !peer.queued {
@@ -1150,9 +1158,7 @@ impl Sfu {
                 if let Some(p) = self.participants.get_mut(&session) {
                     for sid in &settings.track_sids {
                         p.settings.insert(sid.clone(), settings.clone());
-                        if let Some(track) = self.tracks.get_mut(sid) {
-                            track.receivers_stale = true;
-                        }
+                        receivers_changed(&mut self.tracks, sid);
                     }
                     subscriber = p.subscriber;
                 }
@@ -2230,9 +2236,7 @@ impl Sfu {
                 if let Some(out) = peer.outs.get_mut(sid) {
                     out.state = OutState::Open(*mid);
                 }
-                if let Some(track) = self.tracks.get_mut(sid) {
-                    track.receivers_stale = true;
-                }
+                receivers_changed(&mut self.tracks, sid);
                 peer.mids_out.insert(*mid, sid.clone());
                 set_red_send(&mut peer.rtc, *mid, self.tracks.get(sid));
             }
@@ -2803,9 +2807,7 @@ impl Sfu {
             if let OutState::Negotiating(mid) = out.state {
                 out.state = OutState::Open(mid);
                 set_red_send(&mut peer.rtc, mid, self.tracks.get(sid));
-                if let Some(track) = self.tracks.get_mut(sid) {
-                    track.receivers_stale = true;
-                }
+                receivers_changed(&mut self.tracks, sid);
                 opened.push(sid.clone());
             }
         }
@@ -3117,10 +3119,8 @@ impl Sfu {
                         }
                     }
                     _ if video => {
-                        // Without simulcast: paused, or resuming at a key frame.
-                        if out.cap.is_none() {
-                            continue;
-                        }
+                        // Without simulcast: resuming at a key frame (a paused subscriber is
+                        // not among the receivers).
                         if out.key_wait {
                             if !key {
                                 if !key_frames_wanted.contains(&None) {
@@ -3715,10 +3715,8 @@ impl Sfu {
                 out.switcher.pause();
             }
             let was_paused = out.cap.is_none();
-            if cap.is_none() != was_paused
-                && let Some(track) = self.tracks.get_mut(&sid)
-            {
-                track.receivers_stale = true;
+            if cap.is_none() != was_paused {
+                receivers_changed(&mut self.tracks, &sid);
             }
             out.cap = cap;
             if cap.is_none() == was_paused {
