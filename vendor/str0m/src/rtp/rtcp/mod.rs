@@ -51,6 +51,9 @@ use super::SeqNo;
 use super::Ssrc;
 use super::extend_u16;
 
+/// One more than the largest [`Rtcp::order_no`].
+const ORDER_NOS: usize = 12;
+
 pub trait RtcpPacket {
     /// The...
     fn header(&self) -> RtcpHeader;
@@ -274,9 +277,17 @@ impl Rtcp {
         }
     }
 
+    /// Merges what can be merged into the items that fit in `word_capacity` words, in the order
+    /// they will be written: sender reports first, then receiver reports, and so on.
+    ///
+    /// Parloir patch: an item only takes from one run of the sorted queue (a sender report from
+    /// the receiver reports, the others from their own kind), so only that run is walked, from
+    /// the first of its items not yet drained. Walking every later item for every item that
+    /// fits made each datagram of reports cost the length of the queue times the items in the
+    /// datagram: a subscriber connection in a 150-participant room queues a sender report and a
+    /// description for each of its ~300 send streams at once. What is merged is what the walk
+    /// over every item merged (`pack_merges_as_the_walk_over_every_item_did`).
     fn pack(feedback: &mut VecDeque<Self>, mut word_capacity: usize) {
-        // Index into feedback of item we are to pack into.
-        let mut i = 0;
         let len = feedback.len();
 
         // Need at least on feedback to pack into, and one to take from.
@@ -286,6 +297,21 @@ impl Rtcp {
 
         // SenderReport/ReceiveReport first for SRTCP.
         feedback.make_contiguous().sort_by_key(Self::order_no);
+        let items = feedback.make_contiguous();
+
+        // Where each kind's run starts and ends, and from where it may still give.
+        let mut runs = [(0_usize, 0_usize); ORDER_NOS];
+        for (at, item) in items.iter().enumerate() {
+            let run = &mut runs[usize::from(item.order_no())];
+            if run.1 == 0 {
+                run.0 = at;
+            }
+            run.1 = at + 1;
+        }
+        let mut giving = runs.map(|(start, _)| start);
+
+        // Index into feedback of item we are to pack into.
+        let mut i = 0;
 
         'outer: loop {
             // If we reach last element, there is no more packing to do.
@@ -293,7 +319,7 @@ impl Rtcp {
                 break;
             }
 
-            let (pack_into, pack_from) = feedback.make_contiguous().split_at_mut(i + 1);
+            let (pack_into, pack_from) = items.split_at_mut(i + 1);
             let fb_a = pack_into.last_mut().unwrap();
 
             // abort if fb_a won't fit in the spare capacity.
@@ -304,28 +330,45 @@ impl Rtcp {
             // if we manage to merge anything into fb_a.
             let mut any_change = false;
 
-            // fb_b goes from the item _after_ i
-            for fb_b in pack_from {
-                // if fb_a is full (or empty), we don't want to move any more elements into fb_a.
-                if fb_a.is_full() || fb_a.is_empty() {
-                    break;
+            let takes_from = fb_a.takes_from();
+            if let Some(run) = takes_from {
+                // fb_b goes over the run fb_a takes from, after fb_a.
+                let end = runs[run].1.max(i + 1);
+                let from = giving[run].clamp(i + 1, end);
+                for fb_b in &mut pack_from[from - (i + 1)..end - (i + 1)] {
+                    // if fb_a is full (or empty), we don't want to move any more elements into fb_a.
+                    if fb_a.is_full() || fb_a.is_empty() {
+                        break;
+                    }
+
+                    // abort if fb_a won't fit in the spare capacity.
+                    if word_capacity < fb_a.length_words() {
+                        break 'outer;
+                    }
+
+                    // amount of capacity (in words) left to fill.
+                    let capacity = word_capacity - fb_a.length_words();
+
+                    // attempt to merge some elements into fb_a from fb_b.
+                    let did_merge = fb_a.merge(fb_b, capacity);
+                    any_change |= did_merge;
                 }
+            }
 
-                // abort if fb_a won't fit in the spare capacity.
-                if word_capacity < fb_a.length_words() {
-                    break 'outer;
+            let fb_a_words = items[i].length_words();
+
+            // A drained item is never filled again: the next walk of its run starts after it.
+            if let Some(run) = takes_from {
+                let end = runs[run].1;
+                let mut at = giving[run].max(i + 1);
+                while at < end && items[at].is_empty() {
+                    at += 1;
                 }
-
-                // amount of capacity (in words) left to fill.
-                let capacity = word_capacity - fb_a.length_words();
-
-                // attempt to merge some elements into fb_a from fb_b.
-                let did_merge = fb_a.merge(fb_b, capacity);
-                any_change |= did_merge;
+                giving[run] = at;
             }
 
             if !any_change {
-                word_capacity -= fb_a.length_words();
+                word_capacity -= fb_a_words;
                 i += 1;
             }
         }
@@ -334,6 +377,22 @@ impl Rtcp {
         feedback.retain(|f| !f.is_empty());
     }
 
+    /// The run of the sorted queue ([`Rtcp::order_no`]) this item can take reports from in
+    /// [`Rtcp::merge`], if any.
+    fn takes_from(&self) -> Option<usize> {
+        // The `order_no` of what it merges with.
+        let run = match self {
+            Rtcp::SenderReport(_) | Rtcp::ReceiverReport(_) => 1,
+            Rtcp::SourceDescription(_) => 2,
+            Rtcp::Nack(_) => 3,
+            Rtcp::Fir(_) => 5,
+            Rtcp::Goodbye(_) => 11,
+            _ => return None,
+        };
+        Some(run)
+    }
+
+    /// Its place among the kinds in a datagram; fewer than [`ORDER_NOS`].
     fn order_no(&self) -> u8 {
         use Rtcp::*;
         match self {
@@ -578,6 +637,158 @@ mod test {
         assert_eq!(iter.next().unwrap(), &report(2));
         assert_eq!(iter.next().unwrap(), &report(3));
         assert_eq!(iter.next().unwrap(), &report(4));
+    }
+
+    /// str0m's `pack` before the Parloir patch: every later item is offered to each item that
+    /// fits.
+    fn pack_walking_every_item(feedback: &mut VecDeque<Rtcp>, mut word_capacity: usize) {
+        let mut i = 0;
+        let len = feedback.len();
+        if len < 2 {
+            return;
+        }
+        feedback.make_contiguous().sort_by_key(Rtcp::order_no);
+        'outer: loop {
+            if i == len - 1 {
+                break;
+            }
+            let (pack_into, pack_from) = feedback.make_contiguous().split_at_mut(i + 1);
+            let fb_a = pack_into.last_mut().unwrap();
+            if word_capacity < fb_a.length_words() {
+                break 'outer;
+            }
+            let mut any_change = false;
+            for fb_b in pack_from {
+                if fb_a.is_full() || fb_a.is_empty() {
+                    break;
+                }
+                if word_capacity < fb_a.length_words() {
+                    break 'outer;
+                }
+                let capacity = word_capacity - fb_a.length_words();
+                any_change |= fb_a.merge(fb_b, capacity);
+            }
+            if !any_change {
+                word_capacity -= fb_a.length_words();
+                i += 1;
+            }
+        }
+        feedback.retain(|f| !f.is_empty());
+    }
+
+    #[test]
+    fn pack_merges_as_the_walk_over_every_item_did() {
+        let now = SystemTime::now();
+        // A small generator, so that the queues are the same on every run.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % u64::from(n)) as u32
+        };
+        let mut item = |next: &mut dyn FnMut(u32) -> u32| -> Rtcp {
+            let ssrc = next(6);
+            match next(9) {
+                0 | 1 => {
+                    let mut s = sr(100 + next(1000), now);
+                    if let Rtcp::SenderReport(v) = &mut s {
+                        for _ in 0..next(3) {
+                            v.reports.push(report(ssrc));
+                        }
+                    }
+                    s
+                }
+                2 => {
+                    let mut r = rr(ssrc);
+                    if let Rtcp::ReceiverReport(v) = &mut r {
+                        for _ in 0..next(30) {
+                            v.reports.push(report(ssrc + 1));
+                        }
+                    }
+                    r
+                }
+                3 | 4 => {
+                    let mut d = Descriptions {
+                        reports: Box::new(ReportList::new()),
+                    };
+                    for _ in 0..1 + next(2) {
+                        let mut values = ReportList::new();
+                        values.push((SdesType::CNAME, "x".repeat(1 + next(20) as usize)));
+                        d.reports.push(Sdes {
+                            ssrc: ssrc.into(),
+                            values,
+                        });
+                    }
+                    Rtcp::SourceDescription(d)
+                }
+                5 => {
+                    let mut reports = ReportList::new();
+                    for _ in 0..1 + next(3) {
+                        reports.push(NackEntry {
+                            pid: next(1000) as u16,
+                            blp: 0,
+                        });
+                    }
+                    Rtcp::Nack(Nack {
+                        sender_ssrc: 1.into(),
+                        ssrc: (ssrc % 2).into(),
+                        reports,
+                    })
+                }
+                6 => Rtcp::Fir(Fir {
+                    sender_ssrc: 1.into(),
+                    reports: FirEntry {
+                        ssrc: ssrc.into(),
+                        seq_no: next(200) as u8,
+                    }
+                    .into(),
+                }),
+                7 => Rtcp::Pli(Pli {
+                    sender_ssrc: 1.into(),
+                    ssrc: ssrc.into(),
+                }),
+                _ => Rtcp::Goodbye(Goodbye {
+                    reports: Ssrc::from(ssrc).into(),
+                }),
+            }
+        };
+        let (mut taken_all, mut merged) = (0, 0);
+        for round in 0..300 {
+            let mut queue = VecDeque::new();
+            for _ in 0..next(if round % 10 == 0 { 700 } else { 60 }) {
+                queue.push_back(item(&mut next));
+            }
+            // Drained as `write_packet` drains it: pack, take what fits, pack the rest.
+            let capacity = [12, 40, 287, 350][next(4) as usize];
+            loop {
+                let mut walked = queue.clone();
+                pack_walking_every_item(&mut walked, capacity);
+                let before = queue.len();
+                Rtcp::pack(&mut queue, capacity);
+                merged += before - queue.len();
+                assert_eq!(queue, walked, "round {round}, capacity {capacity}");
+                let mut words = 0;
+                let mut taken = 0;
+                while let Some(fb) = queue.front() {
+                    if words + fb.length_words() > capacity {
+                        break;
+                    }
+                    words += fb.length_words();
+                    queue.pop_front();
+                    taken += 1;
+                }
+                taken_all += taken;
+                if taken == 0 {
+                    break;
+                }
+            }
+        }
+        // Queues drained over many datagrams, with items merged away.
+        assert!(
+            taken_all > 5_000 && merged > 1_000,
+            "{taken_all} taken, {merged} merged"
+        );
     }
 
     #[test]
