@@ -54,6 +54,9 @@ use super::extend_u16;
 /// One more than the largest [`Rtcp::order_no`].
 const ORDER_NOS: usize = 12;
 
+/// The [`Rtcp::order_no`] of receiver reports, which sender reports take too.
+const ORDER_RECEIVER_REPORT: u8 = 1;
+
 pub trait RtcpPacket {
     /// The...
     fn header(&self) -> RtcpHeader;
@@ -380,16 +383,17 @@ impl Rtcp {
     /// The run of the sorted queue ([`Rtcp::order_no`]) this item can take reports from in
     /// [`Rtcp::merge`], if any.
     fn takes_from(&self) -> Option<usize> {
-        // The `order_no` of what it merges with.
         let run = match self {
-            Rtcp::SenderReport(_) | Rtcp::ReceiverReport(_) => 1,
-            Rtcp::SourceDescription(_) => 2,
-            Rtcp::Nack(_) => 3,
-            Rtcp::Fir(_) => 5,
-            Rtcp::Goodbye(_) => 11,
+            // Receiver reports stack into a sender report.
+            Rtcp::SenderReport(_) => ORDER_RECEIVER_REPORT,
+            Rtcp::ReceiverReport(_)
+            | Rtcp::SourceDescription(_)
+            | Rtcp::Nack(_)
+            | Rtcp::Fir(_)
+            | Rtcp::Goodbye(_) => self.order_no(),
             _ => return None,
         };
-        Some(run)
+        Some(usize::from(run))
     }
 
     /// Its place among the kinds in a datagram; fewer than [`ORDER_NOS`].
@@ -399,7 +403,7 @@ impl Rtcp {
             // SenderReport/ReceiverReport first since they possibly contain
             // the SSRC for the SRTCP encryption.
             SenderReport(_) => 0,
-            ReceiverReport(_) => 1,
+            ReceiverReport(_) => ORDER_RECEIVER_REPORT,
 
             SourceDescription(_) => 2,
             Nack(_) => 3,
