@@ -7,11 +7,16 @@
 #   perf/callgrind.sh [SIZES]        e.g. perf/callgrind.sh "2 10 25"
 #
 # Runs the forwarding bench in fixed-work mode (PARLOIR_BENCH_STEPS) twice per room size, with
-# 10 and 30 steps of 100 ms of simulated meeting, counting only inside the SFU's four entry
+# 10 and 30 steps of 100 ms of simulated meeting (CALLGRIND_STEPS="3 8" for others), counting only inside the SFU's four entry
 # points (handle_command, handle_receive, handle_timeout, poll_output: the simulated clients
 # are not counted). The difference between the two runs removes the joins and the warm-up
 # (ICE, DTLS), leaving steady forwarding. Writes perf/results/callgrind.md and keeps the raw
 # callgrind files under perf/results/callgrind/ for callgrind_annotate or kcachegrind.
+#
+# CALLGRIND_CACHE=1 also runs callgrind's cache model (32 KiB first level, 1 MiB last level, a
+# core's own caches on this kind of server) and adds the last-level read and write misses per
+# datagram out: the SFU's memory traffic, which instruction counts do not show. The bench's own
+# settings pass through, e.g. PARLOIR_BENCH_SIMULCAST=1 PARLOIR_BENCH_BWE=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes=${1:-"2 10 25"}
@@ -25,25 +30,44 @@ toggles=()
 for f in handle_command handle_receive handle_timeout poll_output; do
   toggles+=("--toggle-collect=parloir_sfu::engine::Sfu::$f")
 done
-ir() { # steps size -> "instructions datagrams"
+cache=()
+if [ "${CALLGRIND_CACHE:-0}" = 1 ]; then
+  cache=(--cache-sim=yes --I1=32768,8,64 --D1=32768,8,64 --LL=1048576,16,64)
+fi
+read -r short long <<< "${CALLGRIND_STEPS:-10 30}"
+ir() { # steps size -> "instructions datagrams llreads llwrites"
   local file="$out/room-$2-steps-$1.out"
   local dgrams
   dgrams=$(PARLOIR_BENCH_SIZES=$2 PARLOIR_BENCH_STEPS=$1 valgrind --tool=callgrind \
-    --callgrind-out-file="$file" "${toggles[@]}" "$bench" 2>/dev/null \
+    --callgrind-out-file="$file" "${cache[@]}" "${toggles[@]}" "$bench" 2>/dev/null \
     | sed -n 's/.*datagrams_out \([0-9]*\).*/\1/p')
-  local instr
-  instr=$(callgrind_annotate "$file" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)
-  echo "$instr $dgrams"
+  # The totals line: Ir, and with the cache model Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
+  local totals
+  totals=$(callgrind_annotate "$file" 2>/dev/null | grep 'PROGRAM TOTALS' \
+    | sed -E 's/\([ 0-9.]+%\)//g' | tr -d , | awk '{print $1, ($9 == "" ? 0 : $8), ($9 == "" ? 0 : $9)}')
+  read -r instr llr llw <<< "$totals"
+  echo "$instr $dgrams $llr $llw"
 }
 {
-  echo "| participants | instructions per datagram out | datagrams out (steady part) |"
-  echo "|---|---|---|"
+  if [ ${#cache[@]} -gt 0 ]; then
+    echo "| participants | instructions per datagram out | last-level read misses per datagram out | last-level write misses per datagram out | datagrams out (steady part) |"
+    echo "|---|---|---|---|---|"
+  else
+    echo "| participants | instructions per datagram out | datagrams out (steady part) |"
+    echo "|---|---|---|"
+  fi
   for n in $sizes; do
-    read -r i10 d10 < <(ir 10 "$n")
-    read -r i30 d30 < <(ir 30 "$n")
-    d=$((d30 - d10)); i=$((i30 - i10))
+    read -r i1 d1 r1 w1 < <(ir "$short" "$n")
+    read -r i2 d2 r2 w2 < <(ir "$long" "$n")
+    d=$((d2 - d1)); i=$((i2 - i1))
     if [ "$d" -gt 0 ]; then per=$((i / d)); else per="n/a"; fi
-    echo "| $n | $per | $d |"
+    if [ ${#cache[@]} -gt 0 ]; then
+      rd=$(awk -v a="$r1" -v b="$r2" -v d="$d" 'BEGIN { if (d > 0) printf "%.1f", (b - a) / d; else print "n/a" }')
+      wr=$(awk -v a="$w1" -v b="$w2" -v d="$d" 'BEGIN { if (d > 0) printf "%.1f", (b - a) / d; else print "n/a" }')
+      echo "| $n | $per | $rd | $wr | $d |"
+    else
+      echo "| $n | $per | $d |"
+    fi
     echo "callgrind: $n participants: $per instructions per datagram out" >&2
   done
 } > perf/results/callgrind.md

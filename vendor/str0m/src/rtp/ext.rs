@@ -349,19 +349,77 @@ impl Extension {
 // "a=extmap:14 urn:ietf:params:rtp-hdrext:toffset"
 
 /// Mapping between RTP extension id to what extension that is.
+///
+/// Parloir patch: one byte per id for the extensions str0m knows, so that the map is one
+/// cache line. It was an array of 16 entries of 48 bytes (an extension may carry a URI and a
+/// serializer), and each m-line holds one, read in full for every packet sent on it. The
+/// extensions str0m does not know (a URI with a serializer of its own) are kept apart.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ExtensionMap([Option<MapEntry>; MAX_ID as usize]); // index 0 is extmap:1.
+pub struct ExtensionMap {
+    /// What each id maps to (index 0 is extmap:1): [`NO_EXT`], [`UNKNOWN_EXT`] (then it is in
+    /// `unknown`), or one plus the extension's index in [`KNOWN`].
+    kinds: [u8; MAX_ID as usize],
+    /// The ids locked by a previous negotiation, bit `id - 1`.
+    locked: u16,
+    /// The extensions str0m does not know, by index (id - 1), in index order.
+    unknown: Vec<(u8, Extension)>,
+}
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct MapEntry {
-    ext: Extension,
-    locked: bool,
+/// An id mapped to nothing.
+const NO_EXT: u8 = 0;
+/// An id mapped to an extension str0m does not know.
+const UNKNOWN_EXT: u8 = u8::MAX;
+
+/// The extensions str0m knows, in the order of their kinds in [`ExtensionMap`].
+static KNOWN: [Extension; 14] = [
+    Extension::AbsoluteSendTime,
+    Extension::AbsoluteCaptureTime,
+    Extension::AudioLevel,
+    Extension::TransmissionTimeOffset,
+    Extension::VideoOrientation,
+    Extension::TransportSequenceNumber,
+    Extension::PlayoutDelay,
+    Extension::VideoContentType,
+    Extension::VideoTiming,
+    Extension::RtpStreamId,
+    Extension::RepairedRtpStreamId,
+    Extension::RtpMid,
+    Extension::FrameMarking,
+    Extension::ColorSpace,
+];
+
+impl Extension {
+    /// Its kind in an [`ExtensionMap`]: one plus its index in [`KNOWN`], or [`UNKNOWN_EXT`].
+    fn kind(&self) -> u8 {
+        use Extension::*;
+        match self {
+            AbsoluteSendTime => 1,
+            AbsoluteCaptureTime => 2,
+            AudioLevel => 3,
+            TransmissionTimeOffset => 4,
+            VideoOrientation => 5,
+            TransportSequenceNumber => 6,
+            PlayoutDelay => 7,
+            VideoContentType => 8,
+            VideoTiming => 9,
+            RtpStreamId => 10,
+            RepairedRtpStreamId => 11,
+            RtpMid => 12,
+            FrameMarking => 13,
+            ColorSpace => 14,
+            UnknownUri(..) => UNKNOWN_EXT,
+        }
+    }
 }
 
 impl ExtensionMap {
     /// Create an empty map.
     pub fn empty() -> Self {
-        ExtensionMap(std::array::from_fn(|_| None))
+        ExtensionMap {
+            kinds: [NO_EXT; MAX_ID as usize],
+            locked: 0,
+            unknown: Vec::new(),
+        }
     }
 
     /// Creates a map with the "standard" mappings.
@@ -383,9 +441,9 @@ impl ExtensionMap {
     }
 
     pub(crate) fn clear(&mut self) {
-        for i in &mut self.0 {
-            *i = None;
-        }
+        self.kinds = [NO_EXT; MAX_ID as usize];
+        self.locked = 0;
+        self.unknown.clear();
     }
 
     /// Set a mapping for an extension.
@@ -396,11 +454,29 @@ impl ExtensionMap {
             debug!("Set RTP extension out of range 1-{}: {}", MAX_ID, id);
             return;
         }
-        let idx = id as usize - 1;
+        let idx = id - 1;
 
-        let m = MapEntry { ext, locked: false };
+        let kind = ext.kind();
+        self.unknown.retain(|(i, _)| *i != idx);
+        if kind == UNKNOWN_EXT {
+            let at = self.unknown.partition_point(|(i, _)| *i < idx);
+            self.unknown.insert(at, (idx, ext));
+        }
+        self.kinds[idx as usize] = kind;
+        self.locked &= !(1 << idx);
+    }
 
-        self.0[idx] = Some(m);
+    /// The extension at an index (id - 1).
+    fn at(&self, idx: usize) -> Option<&Extension> {
+        match self.kinds[idx] {
+            NO_EXT => None,
+            UNKNOWN_EXT => self
+                .unknown
+                .iter()
+                .find(|(i, _)| usize::from(*i) == idx)
+                .map(|(_, e)| e),
+            k => Some(&KNOWN[usize::from(k) - 1]),
+        }
     }
 
     /// Look up the extension for the id.
@@ -408,10 +484,22 @@ impl ExtensionMap {
     /// The id must be in 1..=MAX_ID (1-indexed).
     pub fn lookup(&self, id: u8) -> Option<&Extension> {
         if id >= 1 && id <= MAX_ID {
-            self.0[id as usize - 1].as_ref().map(|m| &m.ext)
+            self.at(id as usize - 1)
         } else {
             debug!("Lookup RTP extension out of range 1-{}: {}", MAX_ID, id);
             None
+        }
+    }
+
+    /// The index (id - 1) of an extension, if mapped.
+    fn index_of(&self, e: &Extension) -> Option<usize> {
+        match e.kind() {
+            UNKNOWN_EXT => self
+                .unknown
+                .iter()
+                .find(|(_, x)| x == e)
+                .map(|(i, _)| usize::from(*i)),
+            k => self.kinds.iter().position(|x| *x == k),
         }
     }
 
@@ -419,19 +507,12 @@ impl ExtensionMap {
     ///
     /// The returned id will be 1-based.
     pub fn id_of(&self, e: Extension) -> Option<u8> {
-        self.0
-            .iter()
-            .position(|x| x.as_ref().map(|e| &e.ext) == Some(&e))
-            .map(|p| p as u8 + 1)
+        self.index_of(&e).map(|p| p as u8 + 1)
     }
 
     /// Returns an iterator over the elements of the extension map
     pub fn iter(&self) -> impl Iterator<Item = (u8, &Extension)> + '_ {
-        self.0
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| e.as_ref().map(|e| (i, e)))
-            .map(|(i, e)| ((i + 1) as u8, &e.ext))
+        (0..MAX_ID as usize).filter_map(|i| self.at(i).map(|e| ((i + 1) as u8, e)))
     }
 
     /// Returns an iterator over the audio or video elements of the extension map
@@ -545,26 +626,24 @@ impl ExtensionMap {
         let orig_len = ext_buf.len();
         let mut b = ext_buf;
 
-        for (idx, x) in self.0.iter().enumerate() {
-            if let Some(v) = x {
-                match form {
-                    ExtensionsForm::OneByte => {
-                        if let Some(n) = v.ext.write_to(&mut b[1..], ev) {
-                            assert!(n <= 16);
-                            assert!(n > 0);
-                            b[0] = (idx as u8 + 1) << 4 | (n as u8 - 1);
-                            b = &mut b[1 + n..];
-                        }
+        for (id, ext) in self.iter() {
+            match form {
+                ExtensionsForm::OneByte => {
+                    if let Some(n) = ext.write_to(&mut b[1..], ev) {
+                        assert!(n <= 16);
+                        assert!(n > 0);
+                        b[0] = id << 4 | (n as u8 - 1);
+                        b = &mut b[1 + n..];
                     }
-                    ExtensionsForm::TwoByte => {
-                        if let Some(n) = v.ext.write_to(&mut b[2..], ev) {
-                            b[0] = (idx + 1) as u8;
-                            b[1] = n as u8;
-                            b = &mut b[2 + n..];
-                        }
+                }
+                ExtensionsForm::TwoByte => {
+                    if let Some(n) = ext.write_to(&mut b[2..], ev) {
+                        b[0] = id;
+                        b[1] = n as u8;
+                        b = &mut b[2 + n..];
                     }
-                };
-            }
+                }
+            };
         }
 
         orig_len - b.len()
@@ -585,23 +664,14 @@ impl ExtensionMap {
         // Mapping goes from 0 to 13.
         let new_index = id as usize - 1;
 
-        let Some(old_index) = self
-            .0
-            .iter()
-            .enumerate()
-            .find(|(_, m)| m.as_ref().map(|m| &m.ext) == Some(ext))
-            .map(|(i, _)| i)
-        else {
+        let Some(old_index) = self.index_of(ext) else {
             return;
         };
-
-        // Unwrap OK because index is checking just above.
-        let old = self.0[old_index].as_mut().unwrap();
 
         let is_change = new_index != old_index;
 
         // If either audio or video is locked, we got a previous extmap negotiation.
-        if is_change && old.locked {
+        if is_change && self.locked & (1 << old_index) != 0 {
             warn!(
                 "Extmap locked by previous negotiation. Ignore change: {} -> {}",
                 old_index, new_index
@@ -610,13 +680,26 @@ impl ExtensionMap {
         }
 
         // Locking must be done regardless of whether there was an actual change.
-        old.locked = true;
+        self.locked |= 1 << old_index;
 
         if !is_change {
             return;
         }
 
-        self.0.swap(old_index, new_index);
+        // The two entries change places, each with its lock.
+        self.kinds.swap(old_index, new_index);
+        let bit = |i: usize| (self.locked >> i) & 1;
+        let (old_bit, new_bit) = (bit(old_index), bit(new_index));
+        self.locked &= !((1 << old_index) | (1 << new_index));
+        self.locked |= (old_bit << new_index) | (new_bit << old_index);
+        for (i, _) in &mut self.unknown {
+            if usize::from(*i) == old_index {
+                *i = new_index as u8;
+            } else if usize::from(*i) == new_index {
+                *i = old_index as u8;
+            }
+        }
+        self.unknown.sort_by_key(|(i, _)| *i);
     }
 }
 
@@ -1218,11 +1301,8 @@ impl fmt::Debug for ExtensionMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Extensions(")?;
         let joined = self
-            .0
             .iter()
-            .enumerate()
-            .filter_map(|(i, v)| v.as_ref().map(|v| (i + 1, v)))
-            .map(|(i, v)| format!("{}={}", i, v.ext))
+            .map(|(i, v)| format!("{}={}", i, v))
             .collect::<Vec<_>>()
             .join(", ");
         write!(f, "{joined}")?;
@@ -1573,7 +1653,7 @@ mod test {
         // First apply e2
         e1.remap(&e2.iter_video().collect::<Vec<_>>());
 
-        println!("{:#?}", e1.0);
+        println!("{e1:?}");
         assert_eq!(
             e1.iter_video().collect::<Vec<_>>(),
             vec![(12, &VideoOrientation), (14, &TransportSequenceNumber)]
@@ -1582,11 +1662,113 @@ mod test {
         // Now attempt e3
         e1.remap(&e3.iter_audio().collect::<Vec<_>>());
 
-        println!("{:#?}", e1.0);
+        println!("{e1:?}");
         // At this point we should have not allowed the change, but remain as it was in first apply.
         assert_eq!(
             e1.iter_video().collect::<Vec<_>>(),
             vec![(12, &VideoOrientation), (14, &TransportSequenceNumber)]
+        );
+    }
+
+    #[test]
+    fn extension_map_kinds_are_the_known_extensions() {
+        for (i, e) in KNOWN.iter().enumerate() {
+            assert_eq!(usize::from(e.kind()), i + 1, "{e}");
+        }
+        for (e, uri) in EXT_URI {
+            assert_ne!(e.kind(), UNKNOWN_EXT, "{uri}");
+            assert_eq!(&KNOWN[usize::from(e.kind()) - 1], e);
+        }
+        assert_eq!(
+            Extension::with_serializer("urn:x", TestSerializer(1)).kind(),
+            UNKNOWN_EXT
+        );
+        // What the patch is for: the map fits a cache line.
+        assert!(std::mem::size_of::<ExtensionMap>() <= 64);
+    }
+
+    #[derive(Debug)]
+    struct TestSerializer(u8);
+
+    impl ExtensionSerializer for TestSerializer {
+        fn write_to(&self, buf: &mut [u8], _ev: &ExtensionValues) -> usize {
+            buf[0] = self.0;
+            1
+        }
+        fn parse_value(&self, _buf: &[u8], _ev: &mut ExtensionValues) -> bool {
+            true
+        }
+        fn is_video(&self) -> bool {
+            true
+        }
+        fn is_audio(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn extension_map_keeps_unknown_uris_by_id() {
+        use Extension::*;
+        let x = || Extension::with_serializer("urn:x", TestSerializer(0xaa));
+        let y = || Extension::with_serializer("urn:y", TestSerializer(0xbb));
+
+        let mut e = ExtensionMap::empty();
+        e.set(9, y());
+        e.set(3, TransportSequenceNumber);
+        e.set(5, x());
+        e.set(0, x()); // out of range: ignored
+        e.set(17, x());
+        assert_eq!(e.lookup(5), Some(&x()));
+        assert_eq!(e.lookup(9), Some(&y()));
+        assert_eq!(e.lookup(4), None);
+        assert_eq!(e.id_of(x()), Some(5));
+        assert_eq!(e.id_of(y()), Some(9));
+        assert_eq!(e.id_of(TransportSequenceNumber), Some(3));
+        assert_eq!(e.id_of(AudioLevel), None);
+        let ids: Vec<u8> = e.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, vec![3, 5, 9]);
+
+        // Written in id order, the unknown ones by their own serializer.
+        let ev = ExtensionValues {
+            transport_cc: Some(0x0102),
+            ..Default::default()
+        };
+        let mut buf = [0_u8; 16];
+        let n = e.write_to(&mut buf, &ev, ExtensionsForm::OneByte);
+        assert_eq!(&buf[..n], &[0x31, 0x01, 0x02, 0x50, 0xaa, 0x90, 0xbb]);
+
+        // The same map built in another order is equal; replacing an unknown one forgets it.
+        let mut f = ExtensionMap::empty();
+        f.set(5, x());
+        f.set(9, AudioLevel);
+        f.set(3, TransportSequenceNumber);
+        assert_ne!(e, f);
+        f.set(9, y());
+        assert_eq!(e, f);
+        e.set(5, RtpMid);
+        assert_eq!(e.lookup(5), Some(&RtpMid));
+        assert_eq!(e.id_of(x()), None);
+        e.set(5, x());
+        assert_eq!(e, f);
+
+        // Remapping moves an unknown one with its lock, and a locked one stays.
+        e.remap(&[(7, &x())]);
+        assert_eq!(e.lookup(7), Some(&x()));
+        assert_eq!(e.lookup(5), None);
+        assert_eq!(e.id_of(x()), Some(7));
+        e.remap(&[(2, &x()), (1, &y())]);
+        assert_eq!(e.id_of(x()), Some(7), "locked by the first remap");
+        assert_eq!(e.id_of(y()), Some(1), "not locked before");
+        let ids: Vec<u8> = e.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, vec![1, 3, 7]);
+        // The swap moved what was at 1 (nothing) to 9, and the lock with y.
+        e.remap(&[(9, &y())]);
+        assert_eq!(e.id_of(y()), Some(1));
+        e.clear();
+        assert_eq!(e, ExtensionMap::empty());
+        assert_eq!(
+            format!("{f:?}"),
+            "Extensions(3=transport-wide-cc, 5=urn:x, 9=urn:y)"
         );
     }
 
