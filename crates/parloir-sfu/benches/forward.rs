@@ -27,6 +27,13 @@
 //! disabled. Each frame of each layer then goes through the per-subscriber layer choice, so
 //! this is the forwarding cost with layer choice in it.
 //!
+//! `PARLOIR_BENCH_SPEAKERS=K` gives every microphone its level (RFC 6464): K participants speak,
+//! the others are silent, so the SFU's loudest-3 gating forwards what a meeting's audio is (the
+//! silent microphones still send 50 frames a second, as without DTX). With simulcast, every
+//! participant then shows the first speaker in its large tile (the first speaker shows the
+//! next participant), as a meeting's speaker view does, and publishers pause the layers nobody
+//! shows when the SFU says so (dynacast), as livekit-client does: this is the meeting's shape.
+//!
 //! `PARLOIR_BENCH_WORKERS=W` (steps mode) spreads the room over W media workers, participant i
 //! on worker i mod W (a room spanning workers, frames relayed between them), and prints each
 //! worker's time per datagram the whole room sent: the busiest worker's is what the room costs
@@ -85,12 +92,23 @@ fn room(n: usize) -> Sim {
         sim.join(&format!("p{i}"));
     }
     let simulcast = std::env::var("PARLOIR_BENCH_SIMULCAST").is_ok_and(|v| v == "1");
+    // PARLOIR_BENCH_SPEAKERS=K: levels on every microphone, the first K participants speaking.
+    let speakers: Option<usize> = std::env::var("PARLOIR_BENCH_SPEAKERS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    if let Some(k) = speakers {
+        for (i, c) in sim.clients.iter_mut().enumerate() {
+            c.audio_level = Some(if i < k { -20 } else { -127 });
+        }
+    }
     if simulcast {
         // About the ratio of a 720p camera's layers (150, 500 and 1 700 kbit/s): 1, 3 and 8
         // packets a frame.
         sim.layer_bytes = [1000, 3000, 9000];
         for c in &mut sim.clients {
             c.simulcast = true;
+            // In the meeting's shape, publishers pause the layers nobody shows.
+            c.dynacast = speakers.is_some();
         }
     }
     for i in 0..n {
@@ -99,7 +117,7 @@ fn room(n: usize) -> Sim {
     // Warm up: ICE, DTLS, negotiation, first key frames.
     sim.run_for(Duration::from_secs(2));
     if simulcast {
-        show_tiles(&mut sim, n);
+        show_tiles(&mut sim, n, speakers.filter(|&k| k > 0).map(|_| 0));
         // Layer switches settle on their key frames.
         sim.run_for(Duration::from_secs(2));
     }
@@ -107,29 +125,32 @@ fn room(n: usize) -> Sim {
 }
 
 /// What each participant's screen shows, as the load generator's meeting-150 does (LiveKit's
-/// benchmark shape): the next camera after its own in join order in a large tile (1280x720,
-/// the top layer), the 25 after that in small tiles (320x180, the lowest), and the others
-/// not at all (adaptive stream disables them).
-fn show_tiles(sim: &mut Sim, n: usize) {
+/// benchmark shape): one camera in a large tile (1280x720, the top layer), the 25 after its own
+/// in join order in small tiles (320x180, the lowest), and the others not at all (adaptive
+/// stream disables them). The large tile shows the `speaker`, or for the speaker itself and
+/// without one, the next camera after its own.
+fn show_tiles(sim: &mut Sim, n: usize, speaker: Option<usize>) {
     let cams: Vec<String> = (0..n)
         .map(|j| sim.track_sid(&format!("p{j}"), "cam"))
         .collect();
     for viewer in 0..n {
         let session = sim.clients[viewer].session;
-        for (publisher, cam) in cams.iter().enumerate() {
-            if publisher == viewer {
-                continue;
-            }
-            let pos = (publisher + n - viewer - 1) % n;
-            let (width, height, disabled) = match pos {
-                0 => (1280, 720, false),
-                1..=25 => (320, 180, false),
-                _ => (0, 0, true),
+        let large = speaker.filter(|&s| s != viewer).unwrap_or((viewer + 1) % n);
+        let mut small = 0;
+        for step in 1..n {
+            let publisher = (viewer + step) % n;
+            let (width, height, disabled) = if publisher == large {
+                (1280, 720, false)
+            } else if small < 25 {
+                small += 1;
+                (320, 180, false)
+            } else {
+                (0, 0, true)
             };
             sim.commands.push(Command::UpdateTrackSettings {
                 session,
                 settings: proto::UpdateTrackSettings {
-                    track_sids: vec![cam.clone()],
+                    track_sids: vec![cams[publisher].clone()],
                     disabled,
                     width,
                     height,
@@ -161,7 +182,9 @@ fn main() {
             let totals = |sim: &mut Sim| {
                 (0..sim.workers())
                     .map(|w| sim.sfu_of(w).stats())
-                    .fold((0, 0), |(o, t), s| (o + s.packets_out, t + s.rtc_timeouts))
+                    .fold((0, 0, 0), |(o, t, i), s| {
+                        (o + s.packets_out, t + s.rtc_timeouts, i + s.packets_in)
+                    })
             };
             let before = totals(&mut sim);
             sim.sfu_time = Duration::ZERO;
@@ -173,6 +196,7 @@ fn main() {
             let after = totals(&mut sim);
             let out = after.0 - before.0;
             let timeouts = after.1 - before.1;
+            let datagrams_in = after.2 - before.2;
             if sim.workers() > 1 {
                 let per_worker: Vec<String> = sim
                     .worker_time
@@ -217,7 +241,7 @@ fn main() {
             let longest = sim.sfu_longest.as_secs_f64() * 1e3;
             let per_call = sim.offers_per_call;
             println!(
-                "participants {n} steps {steps} datagrams_out {out} rtc_timeouts {timeouts} us_per_datagram_out {us:.2} warmup_s {warmup_wall:.1} warmup_sfu_s {warmup_sfu:.2} subscriber_offers {offers} longest_call_ms {steady_longest:.1} longest_call {steady_kind} peer_timeouts_in_it {steady_due} late_publish_longest_call_ms {longest:.1} late_publish_offers_per_call {per_call}"
+                "participants {n} steps {steps} datagrams_out {out} datagrams_in {datagrams_in} rtc_timeouts {timeouts} us_per_datagram_out {us:.2} warmup_s {warmup_wall:.1} warmup_sfu_s {warmup_sfu:.2} subscriber_offers {offers} longest_call_ms {steady_longest:.1} longest_call {steady_kind} peer_timeouts_in_it {steady_due} late_publish_longest_call_ms {longest:.1} late_publish_offers_per_call {per_call}"
             );
         }
         return;

@@ -245,6 +245,10 @@ pub struct Client {
     pub video_sent: u32,
     /// Publish the camera as three simulcast layers (`q`, `h`, `f`).
     pub simulcast: bool,
+    /// Stop sending the simulcast layers that the latest SubscribedQualityUpdate turned off
+    /// (and resume them when it turns them on), as livekit-client's publisher does with
+    /// dynacast on.
+    pub dynacast: bool,
     /// Publish the camera as VP9 with three spatial layers in one stream (`L3T1_KEY`), sent
     /// as raw RTP with the payload descriptors a browser writes; the publisher connection is
     /// in str0m's RTP mode, so this client sends no audio.
@@ -571,6 +575,7 @@ impl Sim {
             audio_level: None,
             video_sent: 0,
             simulcast: false,
+            dynacast: false,
             svc: self.svc_next,
             svc_seq: 1,
             svc_ticks: 0,
@@ -1202,8 +1207,26 @@ impl Sim {
                 } else {
                     vec![None]
                 };
+                let mut off = [false; 3];
+                if c.dynacast
+                    && let Some(codec) = c
+                        .quality_updates
+                        .last()
+                        .and_then(|u| u.subscribed_codecs.first())
+                {
+                    for q in &codec.qualities {
+                        if let Some(o) =
+                            usize::try_from(q.quality).ok().and_then(|i| off.get_mut(i))
+                        {
+                            *o = !q.enabled;
+                        }
+                    }
+                }
                 let mut sent = false;
                 for (layer, rid) in layers.into_iter().enumerate() {
+                    if c.simulcast && off[layer] {
+                        continue;
+                    }
                     let (Some(pt), Some(mut w)) = (pt, c.publisher.writer(mid)) else {
                         continue;
                     };
