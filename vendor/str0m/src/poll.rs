@@ -536,6 +536,40 @@ mod tests {
         assert!(at <= now, "the packetizing timeout is due");
         rtc.handle_input(Input::Timeout(now)).unwrap();
         assert!(drain(&mut rtc).0 >= 3);
+
+        // Parloir patch 34: a frame written with the time while another waits for the
+        // packetizing timeout is not packetized past it: it waits too, and the two go out
+        // in the order they were written (RTP timestamps, in the clear in the header).
+        for (n, with_now) in [(3, false), (4, true)] {
+            let (time, data) = frame(n);
+            let writer = rtc.writer("vid".into()).unwrap();
+            let writer = if with_now { writer.now(now) } else { writer };
+            writer.write(pt, now, time, data).unwrap();
+        }
+        let collect = |rtc: &mut Rtc, stamps: &mut Vec<u32>| loop {
+            match rtc.poll_output().unwrap() {
+                // RTP only: RTCP's second byte is 192 to 223 (RFC 5761).
+                Output::Transmit(t) if !(192..=223).contains(&t.contents[1]) => {
+                    let p = &t.contents[..];
+                    stamps.push(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+                }
+                Output::Transmit(_) => {}
+                Output::Timeout(t) => return t,
+                Output::Event(_) => {}
+            }
+        };
+        let mut stamps = Vec::new();
+        assert!(collect(&mut rtc, &mut stamps) <= now, "the packetizing timeout is due");
+        assert!(stamps.is_empty(), "nothing packetized before it: {stamps:?}");
+        for _ in 0..4 {
+            rtc.handle_input(Input::Timeout(now)).unwrap();
+            collect(&mut rtc, &mut stamps);
+        }
+        assert!(stamps.len() >= 6, "two frames of three packets or more: {stamps:?}");
+        // RTP time may wrap: each packet's is at or after the one before it.
+        let ordered = stamps.windows(2).all(|w| w[1].wrapping_sub(w[0]) < 1 << 31);
+        assert!(ordered, "in the order written: {stamps:?}");
+        assert_ne!(stamps.first(), stamps.last(), "both frames: {stamps:?}");
     }
 
     // Parloir patch 22.

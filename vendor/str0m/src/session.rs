@@ -16,7 +16,7 @@ use crate::format::PayloadParams;
 use crate::format::Vp9PacketizerMode;
 use crate::io::DatagramSend;
 use crate::media::AppSpecificFeedback;
-use crate::media::Media;
+use crate::media::{Media, ToPayload};
 use crate::media::{KeyframeRequestKind, MID_PROBE};
 use crate::media::{MediaAdded, MediaChanged};
 use crate::pacer::PacerControl;
@@ -1622,28 +1622,32 @@ impl Session {
     /// and puts them in the pacer's snapshot, so the next `poll_output` sends them. That is
     /// what the packetizing timeout would do for it, without the rest of a timeout (ICE, SCTP,
     /// every touched stream and the pacer's snapshot of all of them). Only without pacing
-    /// (the null pacer takes its snapshots as they are), once SRTP is up, and when the frame
-    /// is the m-line's only one waiting and due now; otherwise (`None`) the frame waits for
-    /// the timeout as before. `Some(true)` when that moved a timer: the stream's first packets
-    /// start its sender reports.
+    /// (the null pacer takes its snapshots as they are), once SRTP is up, and when the m-line
+    /// has no frame waiting; otherwise the frame comes back (`Ok(Err(frame))`) to be queued
+    /// behind the others for the timeout. The frame does not pass through the m-line's queue:
+    /// queued and taken off at once, it was written to memory the m-line last touched a frame
+    /// ago. `Ok(Ok(true))` when that moved a timer: the stream's first packets start its
+    /// sender reports.
     pub(crate) fn packetize_now(
         &mut self,
         now: Instant,
         mid: Mid,
-    ) -> Result<Option<bool>, RtcError> {
+        frame: ToPayload,
+    ) -> Result<Result<bool, ToPayload>, RtcError> {
         if !matches!(self.pacer, PacerImpl::Null(_)) || self.srtp_tx.is_none() || self.rtp_closing
         {
-            return Ok(None);
+            return Ok(Err(frame));
         }
         let mtu = self.mtu();
         let Some(media) = media_at_mut(&mut self.medias, &mut self.media_pos, mid) else {
-            return Ok(None);
+            return Ok(Err(frame));
         };
-        let Some(rid) = media.sole_payload_due(now) else {
-            return Ok(None);
-        };
-        media.do_payload(
-            now,
+        if media.has_payload_waiting() {
+            return Ok(Err(frame));
+        }
+        let rid = frame.rid;
+        media.payload(
+            frame,
             &mut self.streams,
             &self.codec_config,
             self.vp9_packetizer_mode,
@@ -1651,7 +1655,7 @@ impl Session {
             self.codec_config.red_distances(),
         )?;
         let Some(stream) = self.streams.stream_tx_by_midrid(MidRid(mid, rid)) else {
-            return Ok(Some(true));
+            return Ok(Ok(true));
         };
         let first = !stream.has_kind();
         let (medias, media_pos, codecs) = (&self.medias, &self.media_pos, &self.codec_config);
@@ -1662,7 +1666,7 @@ impl Session {
         if let PacerImpl::Null(pacer) = &mut self.pacer {
             pacer.refresh_queue(state);
         }
-        Ok(Some(first))
+        Ok(Ok(first))
     }
 
     fn do_payload(&mut self, now: Instant) -> Result<(), RtcError> {

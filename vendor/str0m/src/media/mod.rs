@@ -531,7 +531,7 @@ impl Media {
             .unwrap_or(self.to_payload.len())
     }
 
-    fn set_to_payload(&mut self, to_payload: ToPayload) -> Result<(), RtcError> {
+    pub(crate) fn set_to_payload(&mut self, to_payload: ToPayload) -> Result<(), RtcError> {
         let position = self.queue_position(&to_payload);
         self.to_payload.insert(position, to_payload);
         if self.to_payload.len() > MAX_PENDING_PAYLOADS {
@@ -558,17 +558,9 @@ impl Media {
         Ok(())
     }
 
-    /// Parloir patch: the rid of the frame waiting to be packetized when it is the only one
-    /// and is due at `now` (`Session::packetize_now`).
-    pub(crate) fn sole_payload_due(&self, now: Instant) -> Option<Option<Rid>> {
-        match self.to_payload.front() {
-            Some(p)
-                if self.to_payload.len() == 1 && p.not_before.is_none_or(|t| t <= now) =>
-            {
-                Some(p.rid)
-            }
-            _ => None,
-        }
+    /// Parloir patch: whether a frame waits in the queue (`Session::packetize_now`).
+    pub(crate) fn has_payload_waiting(&self) -> bool {
+        !self.to_payload.is_empty()
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
@@ -616,6 +608,20 @@ impl Media {
             .to_payload
             .pop_front()
             .expect("front was checked above");
+        self.payload(to_payload, streams, params, vp9_mode, mtu, red_distances)
+    }
+
+    /// Parloir patch: packetizes one frame, taken off the queue (`do_payload`) or given at
+    /// once (`Session::packetize_now`).
+    pub(crate) fn payload(
+        &mut self,
+        to_payload: ToPayload,
+        streams: &mut Streams,
+        params: &[PayloadParams],
+        vp9_mode: Vp9PacketizerMode,
+        mtu: usize,
+        red_distances: &[u32],
+    ) -> Result<(), RtcError> {
         let ToPayload { pt, rid, .. } = &to_payload;
 
         let midrid = MidRid(self.mid, *rid);

@@ -249,23 +249,23 @@ impl<'a> Writer<'a> {
         // If the user sends an empty slice, we honor it in case there is not
         // tele event. In case of tele event we assume the user just wants to send
         // the telephone events and nothing else.
-        if has_data || !has_tele {
-            media.set_to_payload(ToPayload {
-                pt,
-                rid: self.rid,
-                wallclock,
-                rtp_time,
-                not_before: None,
-                data,
-                start_of_talk_spurt: self.start_of_talkspurt.unwrap_or(false),
-                ext_vals: self.ext_vals.clone(),
-            })?;
-        }
+        let frame = (has_data || !has_tele).then(|| ToPayload {
+            pt,
+            rid: self.rid,
+            wallclock,
+            rtp_time,
+            not_before: None,
+            data,
+            start_of_talk_spurt: self.start_of_talkspurt.unwrap_or(false),
+            ext_vals: self.ext_vals.clone(),
+        });
 
         let Some(event) = self.tele_event else {
             // Parloir patch: packetized at once when possible (the packets wait in the
-            // session for the next poll); else the m-line is listed for the packetizing
-            // timeout, which visits only the m-lines written to.
+            // session for the next poll), without passing through the m-line's queue;
+            // else queued, and the m-line is listed for the packetizing timeout, which
+            // visits only the m-lines written to.
+            let frame = frame.expect("a frame without a telephone event");
             let done = match self.now {
                 Some(now) => {
                     // The packets go out on the next poll, stamped with the `Rtc`'s time
@@ -274,21 +274,34 @@ impl<'a> Writer<'a> {
                     if now > *self.last_now {
                         *self.last_now = now;
                     }
-                    self.session.packetize_now(*self.last_now, self.mid)?
+                    self.session
+                        .packetize_now(*self.last_now, self.mid, frame)?
                 }
-                None => None,
+                None => Err(frame),
             };
             match done {
-                Some(moved_timer) => {
+                Ok(moved_timer) => {
                     wake.datagrams_only();
                     if !moved_timer {
                         wake.no_timeout();
                     }
                 }
-                None => note_pending(&mut self.session.payload_pending, self.mid),
+                Err(frame) => {
+                    media_at_mut(
+                        &mut self.session.medias,
+                        &mut self.session.media_pos,
+                        self.mid,
+                    )
+                    .expect("writer's mid to have a media")
+                    .set_to_payload(frame)?;
+                    note_pending(&mut self.session.payload_pending, self.mid);
+                }
             }
             return Ok(());
         };
+        if let Some(frame) = frame {
+            media.set_to_payload(frame)?;
+        }
         note_pending(&mut self.session.payload_pending, self.mid);
 
         let event_pt = validate_tele_event(
