@@ -1642,7 +1642,8 @@ impl Session {
         let Some(media) = media_at_mut(&mut self.medias, &mut self.media_pos, mid) else {
             return Ok(Err(frame));
         };
-        if media.has_payload_waiting() {
+        // A frame waiting (it has a timeout): this one goes behind it.
+        if media.poll_timeout().is_some() {
             return Ok(Err(frame));
         }
         let rid = frame.rid;

@@ -558,11 +558,6 @@ impl Media {
         Ok(())
     }
 
-    /// Parloir patch: whether a frame waits in the queue (`Session::packetize_now`).
-    pub(crate) fn has_payload_waiting(&self) -> bool {
-        !self.to_payload.is_empty()
-    }
-
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.to_payload
             .front()
