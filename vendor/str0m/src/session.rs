@@ -1675,8 +1675,8 @@ impl Session {
                 Ok(Ok(first))
             }
             // The pacer's next time may have moved (debt paid, a queue due): the timeouts are
-            // worked out again. (Recomputing only the pacer's, `Wake::pacer_only`, ended in
-            // more timeouts in one run of the forwarding bench; not understood yet.)
+            // worked out again. (Recomputing only the pacer's, `Wake::pacer_only`, was tried:
+            // `perf/results/forward/pacer-bursts.md`.)
             PacerImpl::LeakyBucket(pacer) => {
                 pacer.refresh_queue(now, state);
                 Ok(Ok(true))

@@ -494,11 +494,15 @@ impl LeakyBucketPacer {
         if self.no_shortcuts {
             return false;
         }
-        self.snapshots_current
-            && self.probe_queue.is_empty()
-            && !self.queue_states.iter().any(|q| {
-                q.snapshot.priority == QueuePriority::Padding && q.snapshot.packet_count > 0
-            })
+        self.snapshots_current && self.probe_queue.is_empty() && !self.padding_queued()
+    }
+
+    /// Parloir patch 35: whether a queue holds padding alone (its order and timing are the
+    /// timeout's to work out).
+    fn padding_queued(&self) -> bool {
+        self.queue_states
+            .iter()
+            .any(|q| q.snapshot.priority == QueuePriority::Padding && q.snapshot.packet_count > 0)
     }
 
     /// Parloir patch 35: a fresh snapshot of one queue, taken when a frame was packetized at
@@ -547,9 +551,7 @@ impl LeakyBucketPacer {
         if self.last_handle_time != Some(now)
             || self.next_poll_queue.is_some()
             || !self.probe_queue.is_empty()
-            || self.queue_states.iter().any(|q| {
-                q.snapshot.priority == QueuePriority::Padding && q.snapshot.packet_count > 0
-            })
+            || self.padding_queued()
         {
             self.snapshots_current = false;
             return;
