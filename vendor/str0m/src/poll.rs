@@ -661,98 +661,131 @@ mod tests {
         }
     }
 
-    /// Parloir patch 35: the leaky bucket's bursts and frames packetized at write time send
-    /// what a timeout after each packet and each frame sent: the same packets of each stream,
-    /// in the same order, at the same times (within the microsecond steps of those timeouts),
-    /// with far fewer timeouts.
-    #[test]
-    fn the_leaky_buckets_bursts_send_what_a_timeout_per_packet_sends() {
+    /// Parloir patch 35: what a run through the leaky bucket sent and did.
+    struct LeakyRun {
+        /// Each RTP packet sent: SSRC, sequence number, and when.
+        sent: Vec<(u32, u16, std::time::Duration)>,
+        /// When each probe started.
+        probes: Vec<std::time::Duration>,
+        /// Each estimate event, and when it came out.
+        estimates: Vec<(std::time::Duration, Bitrate)>,
+        timeouts: usize,
+    }
+
+    /// Parloir patch 35: three seconds of 30 frames/s, 1 to 6 packets each, from two
+    /// streams, through the leaky bucket (estimation on from `rate`), with or without its
+    /// bursts (a timeout after each packet). `before_frame` runs before each frame's writes,
+    /// with the frame's number.
+    fn leaky_bucket_run(
+        rate: Bitrate,
+        shortcuts: bool,
+        before_frame: impl Fn(u64, &mut Rtc),
+    ) -> LeakyRun {
         use crate::format::Codec;
         use crate::pacer::PacerImpl;
         use crate::rtp_::{Frequency, MediaTime};
+        use crate::{BweKind, Event};
         use std::time::Duration;
         let start = Instant::now();
-        // Three seconds of 30 frames/s, 1 to 6 packets each, from two streams, through the
-        // leaky bucket (estimation on from 2 Mbit/s: no probe, no padding while it sends).
-        let run = |shortcuts: bool| {
-            fastrand::seed(7);
-            let mut rtc = Rtc::builder().enable_bwe(Some(Bitrate::mbps(2))).build(start);
-            if let PacerImpl::LeakyBucket(pacer) = &mut rtc.session.pacer {
-                pacer.no_shortcuts = !shortcuts;
-            }
-            let profile = SrtpProfile::AEAD_AES_128_GCM;
-            let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
-            rtc.session
-                .set_keying_material(mat, crate::crypto::test_default_provider(), profile, true);
-            for (mid, ssrc) in [("a", 42), ("b", 43)] {
-                rtc.direct_api().declare_media(mid.into(), MediaKind::Video);
-                rtc.direct_api()
-                    .declare_stream_tx(ssrc.into(), None, mid.into(), None);
-            }
-            rtc.send_addr = Some(crate::SendAddr {
-                proto: crate::net::Protocol::Udp,
-                source: "192.0.2.1:5000".parse().unwrap(),
-                destination: "192.0.2.2:6000".parse().unwrap(),
-            });
-            let pt = rtc
-                .codec_config()
-                .params()
-                .iter()
-                .find(|p| p.spec().codec == Codec::Vp8)
-                .map(|p| p.pt())
-                .unwrap();
-            // Each RTP packet sent (SSRC, sequence number) and when.
-            let mut sent: Vec<(u32, u16, Duration)> = Vec::new();
-            let mut timeouts = 0;
-            let mut now = start;
-            let mut next_frame = start;
-            let mut n = 0u64;
-            rtc.handle_input(Input::Timeout(now)).unwrap();
-            while now < start + Duration::from_secs(3) {
-                assert!(timeouts < 100_000, "stuck at {:?}", now - start);
-                let at = loop {
-                    match rtc.poll_output().unwrap() {
-                        Output::Transmit(t) => {
-                            let p = &t.contents[..];
-                            // RTP, not RTCP (whose second byte, 200-204, would read as
-                            // payload types 72-76 with the marker bit).
-                            if !(200..=204).contains(&p[1]) {
-                                let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
-                                let seq = u16::from_be_bytes([p[2], p[3]]);
-                                sent.push((ssrc, seq, now - start));
-                            }
-                        }
-                        Output::Event(_) => {}
-                        Output::Timeout(t) => break t,
-                    }
-                };
-                if next_frame <= at {
-                    now = next_frame;
-                    for (i, mid) in ["a", "b"].into_iter().enumerate() {
-                        let size = 1100 * (1 + (n as usize + i) % 6);
-                        let mut data = vec![0x11u8; size];
-                        data[0] = if n.is_multiple_of(30) { 0x10 } else { 0x11 };
-                        let time = MediaTime::new(n * 3000, Frequency::NINETY_KHZ);
-                        rtc.writer(mid.into())
-                            .unwrap()
-                            .now(now)
-                            .write(pt, now, time, data)
-                            .unwrap();
-                    }
-                    n += 1;
-                    next_frame = start + Duration::from_millis(33) * n as u32;
-                } else {
-                    now = at.max(now);
-                    rtc.handle_input(Input::Timeout(now)).unwrap();
-                    timeouts += 1;
-                }
-            }
-            (sent, timeouts)
+        fastrand::seed(7);
+        let mut rtc = Rtc::builder().enable_bwe(Some(rate)).build(start);
+        if let PacerImpl::LeakyBucket(pacer) = &mut rtc.session.pacer {
+            pacer.no_shortcuts = !shortcuts;
+        }
+        let profile = SrtpProfile::AEAD_AES_128_GCM;
+        let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
+        rtc.session
+            .set_keying_material(mat, crate::crypto::test_default_provider(), profile, true);
+        for (mid, ssrc) in [("a", 42), ("b", 43)] {
+            rtc.direct_api().declare_media(mid.into(), MediaKind::Video);
+            rtc.direct_api()
+                .declare_stream_tx(ssrc.into(), None, mid.into(), None);
+        }
+        rtc.send_addr = Some(crate::SendAddr {
+            proto: crate::net::Protocol::Udp,
+            source: "192.0.2.1:5000".parse().unwrap(),
+            destination: "192.0.2.2:6000".parse().unwrap(),
+        });
+        let pt = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .map(|p| p.pt())
+            .unwrap();
+        let mut run = LeakyRun {
+            sent: Vec::new(),
+            probes: Vec::new(),
+            estimates: Vec::new(),
+            timeouts: 0,
         };
-        let (with, with_timeouts) = run(true);
-        let (without, without_timeouts) = run(false);
-        assert!(without.len() > 500, "{} packets", without.len());
-        assert_eq!(with.len(), without.len());
+        let mut now = start;
+        let mut next_frame = start;
+        let mut n = 0u64;
+        let mut probing = false;
+        rtc.handle_input(Input::Timeout(now)).unwrap();
+        while now < start + Duration::from_secs(3) {
+            assert!(run.timeouts < 100_000, "stuck at {:?}", now - start);
+            let at = loop {
+                match rtc.poll_output().unwrap() {
+                    Output::Transmit(t) => {
+                        let p = &t.contents[..];
+                        // RTP, not RTCP (whose second byte, 200-204, would read as
+                        // payload types 72-76 with the marker bit).
+                        if !(200..=204).contains(&p[1]) {
+                            let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+                            let seq = u16::from_be_bytes([p[2], p[3]]);
+                            run.sent.push((ssrc, seq, now - start));
+                        }
+                    }
+                    Output::Event(Event::EgressBitrateEstimate(BweKind::Twcc {
+                        estimate, ..
+                    })) => run.estimates.push((now - start, estimate)),
+                    Output::Event(_) => {}
+                    Output::Timeout(t) => break t,
+                }
+            };
+            if next_frame <= at {
+                now = next_frame;
+                before_frame(n, &mut rtc);
+                for (i, mid) in ["a", "b"].into_iter().enumerate() {
+                    let size = 1100 * (1 + (n as usize + i) % 6);
+                    let mut data = vec![0x11u8; size];
+                    data[0] = if n.is_multiple_of(30) { 0x10 } else { 0x11 };
+                    let time = MediaTime::new(n * 3000, Frequency::NINETY_KHZ);
+                    rtc.writer(mid.into())
+                        .unwrap()
+                        .now(now)
+                        .write(pt, now, time, data)
+                        .unwrap();
+                }
+                n += 1;
+                next_frame = start + Duration::from_millis(33) * n as u32;
+            } else {
+                now = at.max(now);
+                rtc.handle_input(Input::Timeout(now)).unwrap();
+                run.timeouts += 1;
+            }
+            let was_probing =
+                std::mem::replace(&mut probing, rtc.session.pacer.active_cluster().is_some());
+            if probing && !was_probing {
+                run.probes.push(now - start);
+            }
+        }
+        run
+    }
+
+    /// Parloir patch 35: the leaky bucket's bursts send what a timeout after each packet sent:
+    /// the same packets of each stream, in the same order, at the same times (within the
+    /// microsecond steps of those timeouts), with far fewer timeouts.
+    #[test]
+    fn the_leaky_buckets_bursts_send_what_a_timeout_per_packet_sends() {
+        use std::time::Duration;
+        // From 2 Mbit/s: no probe, no padding while it sends.
+        let with = leaky_bucket_run(Bitrate::mbps(2), true, |_, _| {});
+        let without = leaky_bucket_run(Bitrate::mbps(2), false, |_, _| {});
+        assert!(without.sent.len() > 500, "{} packets", without.sent.len());
+        assert_eq!(with.sent.len(), without.sent.len());
         // Stream by stream: which of two streams goes first at one instant may differ (the
         // timeouts' microseconds made their last sends distinct), what each sends and when not.
         for ssrc in [42, 43] {
@@ -762,7 +795,7 @@ mod tests {
                     .map(|p| (p.1, p.2))
                     .collect()
             };
-            let (a, b) = (of(&with), of(&without));
+            let (a, b) = (of(&with.sent), of(&without.sent));
             assert_eq!(a.len(), b.len());
             for (i, (a, b)) in a.iter().zip(&b).enumerate() {
                 assert_eq!(a.0, b.0, "SSRC {ssrc}, packet {i}");
@@ -774,9 +807,52 @@ mod tests {
             }
         }
         assert!(
-            with_timeouts * 4 < without_timeouts,
-            "{with_timeouts} timeouts against {without_timeouts}"
+            with.timeouts * 4 < without.timeouts,
+            "{} timeouts against {}",
+            with.timeouts,
+            without.timeouts
         );
+    }
+
+    /// Parloir patch 35: with bursts, the estimator's timeout work no longer follows each
+    /// packet; its probes still start, and its estimates still come out, when they do with a
+    /// timeout after each packet. Half a second in, the application wants more than the
+    /// estimate (the estimator probes), or the estimate is set anew (an estimate event).
+    #[test]
+    fn the_leaky_buckets_bursts_leave_probes_and_estimates_where_they_were() {
+        use std::time::Duration;
+        let frame_15 = Duration::from_millis(33) * 15;
+        let want_more = |n: u64, rtc: &mut Rtc| {
+            if n == 15 {
+                rtc.bwe().set_bitrate(Bitrate::kbps(100), Bitrate::mbps(3));
+            }
+        };
+        let with = leaky_bucket_run(Bitrate::kbps(300), true, want_more);
+        let without = leaky_bucket_run(Bitrate::kbps(300), false, want_more);
+        assert_eq!(
+            without.probes.first(),
+            Some(&frame_15),
+            "{:?}",
+            without.probes
+        );
+        assert_eq!(with.probes, without.probes);
+        assert_eq!(with.estimates, without.estimates);
+
+        let reset = |n: u64, rtc: &mut Rtc| {
+            if n == 15 {
+                rtc.bwe().reset(Bitrate::kbps(900));
+            }
+        };
+        let with = leaky_bucket_run(Bitrate::kbps(300), true, reset);
+        let without = leaky_bucket_run(Bitrate::kbps(300), false, reset);
+        // The smoother's mean over its window: 300 and 900 kbit/s.
+        assert!(
+            without.estimates.contains(&(frame_15, Bitrate::kbps(600))),
+            "{:?}",
+            without.estimates
+        );
+        assert_eq!(with.estimates, without.estimates);
+        assert!(with.probes.is_empty(), "{:?}", with.probes);
     }
 
     #[test]

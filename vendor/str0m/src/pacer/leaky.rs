@@ -50,11 +50,8 @@ pub struct LeakyBucketPacer {
     completed_probe: Option<TwccClusterId>,
     /// Gates poll_queue() until handle_timeout() is called after packet emission.
     needs_timeout_before_next_poll: bool,
-    /// Parloir patch 35: `queue_states` still say what the queues hold: every packet sent
-    /// since the last `handle_timeout` was counted off them (see `release_next_at_once`).
-    snapshots_current: bool,
-    /// Parloir patch 35, tests only: without its shortcuts (a timeout after each packet, and
-    /// each frame written waits for one), to compare a run with them against one without.
+    /// Parloir patch 35, tests only: without its shortcut (a timeout after each packet), to
+    /// compare a run with it against one without.
     #[cfg(test)]
     pub(crate) no_shortcuts: bool,
 }
@@ -88,12 +85,45 @@ impl Pacer for LeakyBucketPacer {
         now: Instant,
         iter: impl Iterator<Item = QueueState>,
     ) -> Option<PaddingRequest> {
+        // Clear the gate when time advances
+        self.needs_timeout_before_next_poll = false;
+
+        // Clear the poll time - it will be recalculated below if needed.
+        // This is important because if we return early (e.g., next_poll_queue is already set),
+        // we don't want the old Immediate timeout to keep firing.
+        self.next_poll_time = None;
+
         // This is called periodically and whenever packet is queued.
         self.queue_states.clear();
         self.queue_states.extend(iter);
-        self.snapshots_current = true;
 
-        self.take_time(now)
+        let elapsed = self.update_handle_time_and_get_elapsed(now);
+
+        self.clear_debt(elapsed);
+        self.maybe_update_adjusted_bitrate(now);
+
+        if let Some(request) = self.maybe_create_padding_request(now) {
+            self.next_poll_queue = Some(request.midrid);
+            return Some(request);
+        }
+
+        if self.next_poll_queue.is_some() {
+            return None;
+        }
+
+        let (next_poll_time_and_reason, queue) = self.next_poll(now)?;
+
+        if now < next_poll_time_and_reason.0 {
+            // We don't set this because between now and the neaxt poll, queue state can change such
+            // that we should poll a different queue i.e. media could be queued.
+            self.next_poll_queue = None;
+        } else {
+            self.next_poll_queue = queue.map(|q| q.midrid);
+        }
+
+        self.next_poll_time = Some(next_poll_time_and_reason);
+
+        None
     }
 
     fn poll_queue(&mut self) -> Option<(MidRid, Option<TwccClusterId>)> {
@@ -158,7 +188,6 @@ impl LeakyBucketPacer {
             probe_queue: VecDeque::new(),
             completed_probe: None,
             needs_timeout_before_next_poll: true,
-            snapshots_current: false,
             #[cfg(test)]
             no_shortcuts: false,
         }
@@ -340,8 +369,7 @@ impl LeakyBucketPacer {
         };
 
         // Parloir patch 35: the queues with packets (an empty one adds no time, packets or
-        // bytes, and skipping it saves its clock arithmetic: with snapshots kept between
-        // timeouts, this runs at each frame written).
+        // bytes, and skipping it saves its clock arithmetic).
         let (queue_time, queued_packets, queue_size) = self
             .queue_states
             .iter()
@@ -447,84 +475,12 @@ impl LeakyBucketPacer {
         })
     }
 
-    /// Parloir patch 35: the rest of `handle_timeout`, on the snapshots in `queue_states`.
-    fn take_time(&mut self, now: Instant) -> Option<PaddingRequest> {
-        // Clear the gate when time advances
-        self.needs_timeout_before_next_poll = false;
-
-        // Clear the poll time - it will be recalculated below if needed.
-        // This is important because if we return early (e.g., next_poll_queue is already set),
-        // we don't want the old Immediate timeout to keep firing.
-        self.next_poll_time = None;
-
-        let elapsed = self.update_handle_time_and_get_elapsed(now);
-
-        self.clear_debt(elapsed);
-        self.maybe_update_adjusted_bitrate(now);
-
-        if let Some(request) = self.maybe_create_padding_request(now) {
-            self.next_poll_queue = Some(request.midrid);
-            return Some(request);
-        }
-
-        if self.next_poll_queue.is_some() {
-            return None;
-        }
-
-        let (next_poll_time_and_reason, queue) = self.next_poll(now)?;
-
-        if now < next_poll_time_and_reason.0 {
-            // We don't set this because between now and the neaxt poll, queue state can change such
-            // that we should poll a different queue i.e. media could be queued.
-            self.next_poll_queue = None;
-        } else {
-            self.next_poll_queue = queue.map(|q| q.midrid);
-        }
-
-        self.next_poll_time = Some(next_poll_time_and_reason);
-
-        None
-    }
-
-    /// Parloir patch 35: whether a frame packetized at write time can go to
-    /// [`LeakyBucketPacer::refresh_queue`] instead of waiting for a timeout: the snapshots
-    /// still say what the queues hold, and no probe or padding is under way.
-    pub(crate) fn can_refresh(&self) -> bool {
-        #[cfg(test)]
-        if self.no_shortcuts {
-            return false;
-        }
-        self.snapshots_current && self.probe_queue.is_empty() && !self.padding_queued()
-    }
-
     /// Parloir patch 35: whether a queue holds padding alone (its order and timing are the
     /// timeout's to work out).
     fn padding_queued(&self) -> bool {
         self.queue_states
             .iter()
             .any(|q| q.snapshot.priority == QueuePriority::Padding && q.snapshot.packet_count > 0)
-    }
-
-    /// Parloir patch 35: a fresh snapshot of one queue, taken when a frame was packetized at
-    /// write time (`Session::packetize_now`), replacing that queue's snapshot; then what a
-    /// timeout does (debt paid for the time gone by, the next queue and time), on the other
-    /// queues' snapshots as they are. Each frame written with a pacer went through a whole
-    /// timeout of its connection, snapshots of every queue with packets included.
-    pub(crate) fn refresh_queue(&mut self, now: Instant, state: QueueState) {
-        let has_packets = state.snapshot.packet_count > 0;
-        match self
-            .queue_states
-            .iter()
-            .position(|q| q.midrid == state.midrid)
-        {
-            Some(i) => self.queue_states[i] = state,
-            None => self.queue_states.push(state),
-        }
-        if has_packets {
-            // With a queue holding packets, no padding is asked for.
-            let padding = self.take_time(now);
-            debug_assert!(padding.is_none());
-        }
     }
 
     /// Parloir patch 35: the next packet of a burst without a timeout in between.
@@ -553,11 +509,9 @@ impl LeakyBucketPacer {
             || !self.probe_queue.is_empty()
             || self.padding_queued()
         {
-            self.snapshots_current = false;
             return;
         }
         let Some(i) = self.queue_states.iter().position(|q| q.midrid == from) else {
-            self.snapshots_current = false;
             return;
         };
         // To the end of the list: queues sent from at this instant tie on `last_emitted`, and
@@ -738,70 +692,6 @@ mod test {
             midrid,
         );
         assert!(pacer.poll_queue().is_none());
-    }
-
-    /// Parloir patch 35.
-    #[test]
-    fn a_frame_packetized_at_write_time_goes_out_without_a_timeout() {
-        use crate::bwe_::ProbeKind;
-
-        let now = Instant::now();
-        let state = |packets: u32, at: Instant| QueueState {
-            midrid: MidRid("a".into(), None),
-            unpaced: false,
-            use_for_padding: false,
-            snapshot: QueueSnapshot {
-                created_at: at,
-                byte_size: packets as usize * 1000,
-                packet_count: packets,
-                first_unsent: (packets > 0).then_some(at),
-                priority: if packets > 0 {
-                    QueuePriority::Media
-                } else {
-                    QueuePriority::Empty
-                },
-                ..Default::default()
-            },
-        };
-        let mut pacer = LeakyBucketPacer::new(Bitrate::mbps(2));
-        assert!(
-            !pacer.can_refresh(),
-            "no snapshots before the first timeout"
-        );
-        pacer.handle_timeout(now, std::iter::once(state(0, now)));
-        assert!(pacer.poll_queue().is_none());
-        assert!(pacer.can_refresh());
-
-        // A frame of two packets 5 ms later: both go, with no timeout.
-        let t = now + Duration::from_millis(5);
-        pacer.refresh_queue(t, state(2, t));
-        for _ in 0..2 {
-            let (midrid, _) = pacer.poll_queue().expect("released at the write");
-            pacer.register_send(t, DataSize::bytes(1000), midrid);
-        }
-        assert!(pacer.poll_queue().is_none());
-        assert!(
-            pacer.can_refresh(),
-            "both sends were counted off the snapshot"
-        );
-
-        // A packet sent at a later time than the snapshot is not counted off: the next frame
-        // waits for a timeout, which takes fresh snapshots.
-        pacer.refresh_queue(t, state(2, t));
-        let (midrid, _) = pacer.poll_queue().unwrap();
-        pacer.register_send(t + Duration::from_millis(1), DataSize::bytes(1000), midrid);
-        assert!(!pacer.can_refresh());
-        let t = t + Duration::from_millis(2);
-        pacer.handle_timeout(t, std::iter::once(state(1, now)));
-        assert!(pacer.can_refresh());
-
-        // Nor during a probe, whose timing is its own.
-        pacer.start_probe(ProbeClusterConfig::new(
-            0.into(),
-            Bitrate::mbps(3),
-            ProbeKind::Initial,
-        ));
-        assert!(!pacer.can_refresh());
     }
 
     #[test]
