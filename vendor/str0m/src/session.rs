@@ -130,7 +130,7 @@ pub(crate) struct Session {
     enable_twcc_feedback: bool,
 
     /// A pacer for sending RTP at specific rate.
-    pub(crate) pacer: PacerImpl,
+    pacer: PacerImpl,
     pacer_control: PacerControl,
 
     // temporary buffer when getting the next (unencrypted) RTP packet from Media line.
