@@ -110,6 +110,13 @@ impl DelayController {
     }
 
     pub fn handle_timeout(&mut self, acked_bitrate: Option<Bitrate>, now: Instant) {
+        // Parloir patch 36: the rate control runs on its own schedule (every
+        // `UPDATE_INTERVAL`, and at each feedback through `update`), not at every timeout of
+        // the connection: with the leaky-bucket pacer that is one after every packet sent,
+        // and how far the estimate moved depended on how many packets were sent.
+        if now < self.next_timeout {
+            return;
+        }
         if !self.trendline_hypothesis_valid(now) {
             // We haven't received a TWCC report in a while. The trendline hypothesis can
             // no longer be considered valid. We need another TWCC report before we can update
@@ -222,5 +229,43 @@ impl DelayController {
                 .map(|rtt| rtt * 2)
                 .unwrap_or(MAX_TWCC_GAP)
                 .min(UPDATE_INTERVAL * 2)
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use std::time::{Duration, Instant};
+
+    use super::DelayController;
+    use crate::rtp_::Bitrate;
+
+    /// Parloir patch 36: the connection's timeouts come as often as the host's other work
+    /// (with the leaky-bucket pacer, one after every packet sent); the estimate must not move
+    /// with how many there are, only with feedback and time.
+    #[test]
+    fn the_estimate_does_not_count_the_connections_timeouts() {
+        let climb = |step: Duration| {
+            let start = Instant::now();
+            let mut control = DelayController::new(Bitrate::kbps(300));
+            let mut t = Duration::ZERO;
+            let mut next_report = Duration::ZERO;
+            while t <= Duration::from_secs(3) {
+                let now = start + t;
+                if t >= next_report {
+                    // A feedback report every 100 ms, nothing in it overusing.
+                    control.update(&[], Some(Bitrate::kbps(2_000)), None, now);
+                    next_report += Duration::from_millis(100);
+                }
+                control.handle_timeout(Some(Bitrate::kbps(2_000)), now);
+                t += step;
+            }
+            control.last_estimate().unwrap().as_f64()
+        };
+        let every_ms = climb(Duration::from_millis(1));
+        let every_25_ms = climb(Duration::from_millis(25));
+        assert!(
+            (every_ms - every_25_ms).abs() < 0.02 * every_25_ms,
+            "timeouts every 1 ms: {every_ms}, every 25 ms: {every_25_ms}"
+        );
     }
 }

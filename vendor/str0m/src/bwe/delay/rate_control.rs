@@ -23,6 +23,14 @@ const MAX_ESTIMATE_RATIO: f64 = 1.5;
 const DEFAULT_BACKOFF_TIME: Duration = Duration::from_millis(100);
 /// Number of standard deviations below mean to reset observed bitrate average.
 const OBSERVED_BITRATE_RESET_THRESHOLD_STD: f64 = 3.0;
+/// Parloir patch 36: the least an increase adds, in bit/s for each second since the last
+/// update (at most one second counted). libwebrtc adds at least 1 kbit/s per update, and it
+/// updates at each transport feedback (every 50 to 250 ms); here the rate control also ran at
+/// every timeout of the connection, so the climb of a low estimate counted timeouts (with the
+/// leaky-bucket pacer, one per packet sent). As a rate, the climb no longer depends on how
+/// often the rate control runs. 100 kbit/s per second is the climb of 1 kbit/s per update at
+/// 100 updates a second, which Parloir's bandwidth tests were tuned against.
+const MIN_INCREASE_PER_SECOND: f64 = 100_000.0;
 
 /// A type used to estimates a suitable send bitrate.
 ///
@@ -219,6 +227,7 @@ impl RateControl {
         let since_last_update = now - last_estimate_update;
         assert!(since_last_update >= Duration::ZERO);
         let near_convergence = self.is_near_convergence();
+        let min_increase = MIN_INCREASE_PER_SECOND * since_last_update.as_secs_f64().min(1.0);
 
         let mut new_estimate = if near_convergence {
             // Additive increase
@@ -228,12 +237,12 @@ impl RateControl {
             let alpha =
                 0.5 * (since_last_update.as_secs_f64() / response_time.as_secs_f64()).min(1.0);
             let expected_packet_size = self.estimated_packet_size();
-            self.estimated_bitrate.as_f64() + (alpha * expected_packet_size).max(1000.0)
+            self.estimated_bitrate.as_f64() + (alpha * expected_packet_size).max(min_increase)
         } else {
             // Multiplicative increase
             log_rate_control_applied_change!("increase_multiplicative");
             let eta = MULTIPLICATIVE_INCREASE_COEF.powf(since_last_update.as_secs_f64().min(1.0));
-            let increase = ((eta - 1.0) * self.estimated_bitrate.as_f64()).max(1_000.0);
+            let increase = ((eta - 1.0) * self.estimated_bitrate.as_f64()).max(min_increase);
 
             self.estimated_bitrate.as_f64() + increase
         };
@@ -421,15 +430,73 @@ mod test {
             rate_controller.update(Signal::Normal, 85_000.into(), None, now);
             assert_eq!(
                 rate_controller.estimated_bitrate().as_u64(),
-                101_000,
-                "Initial estimate should increase by the minimum(1Kbit/s)"
+                100_000,
+                "The first update has no time since the last one to increase over"
             );
 
+            // Below 1.25 Mbit/s the floor of 100 kbit/s per second is more than 8 % a second:
+            // 50 kbit/s over 500 ms, capped at 1.5 times what was observed.
             rate_controller.update(Signal::Normal, 95_000.into(), None, now + duration_ms(500));
-            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 104_963);
+            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 142_500);
 
             rate_controller.update(Signal::Normal, 97_000.into(), None, now + duration_ms(1000));
-            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 109_081);
+            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 145_500);
+        }
+
+        #[test]
+        fn test_normal_yields_multiplicative_increase_above_the_floor() {
+            let now = Instant::now();
+            let mut rate_controller = make_control(2_000_000);
+            rate_controller.update(Signal::Normal, 1_900_000.into(), None, now);
+            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 2_000_000);
+
+            // 1.08^0.5: 3.92 % in 500 ms, more than the floor's 50 kbit/s.
+            rate_controller.update(
+                Signal::Normal,
+                1_900_000.into(),
+                None,
+                now + duration_ms(500),
+            );
+            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 2_078_461);
+        }
+
+        /// Parloir patch 36: how far the estimate climbs depends on the time that passed, not
+        /// on how often the rate control ran (with a floor per call, 1 ms steps climbed 1
+        /// kbit/s a step, 20 times the climb of 50 ms steps).
+        #[test]
+        fn the_climb_does_not_depend_on_how_often_the_rate_control_runs() {
+            let climb = |step_ms: u64| {
+                let now = Instant::now();
+                let mut rate_controller = make_control(300_000);
+                let mut t = 0;
+                while t <= 3_000 {
+                    rate_controller.update(
+                        Signal::Normal,
+                        2_000_000.into(),
+                        None,
+                        now + duration_ms(t),
+                    );
+                    t += step_ms;
+                }
+                rate_controller.estimated_bitrate().as_f64()
+            };
+            let every_ms = climb(1);
+            let every_50_ms = climb(50);
+            let every_250_ms = climb(250);
+            // 300 kbit/s + 100 kbit/s per second for 3 s, the floor being above 8 % a second
+            // all the way.
+            assert!(
+                (every_ms - 600_000.0).abs() < 6_000.0,
+                "1 ms steps: {every_ms}"
+            );
+            assert!(
+                (every_50_ms - every_ms).abs() < 6_000.0,
+                "50 ms steps: {every_50_ms}, 1 ms steps: {every_ms}"
+            );
+            assert!(
+                (every_250_ms - every_ms).abs() < 6_000.0,
+                "250 ms steps: {every_250_ms}, 1 ms steps: {every_ms}"
+            );
         }
 
         #[test]
@@ -438,15 +505,11 @@ mod test {
             let mut rate_controller = make_control(100_000);
             // Seed last estimate value
             rate_controller.update(Signal::Normal, 85_000.into(), None, now);
-            assert_eq!(
-                rate_controller.estimated_bitrate().as_u64(),
-                101_000,
-                "Initial estimate should increase by the minimum(1Kbit/s)"
-            );
+            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 100_000);
 
             // Should remain in increase and increase estimate
             rate_controller.update(Signal::Normal, 95_000.into(), None, now + duration_ms(500));
-            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 104_963);
+            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 142_500);
 
             // Should transition to hold
             rate_controller.update(
@@ -455,7 +518,7 @@ mod test {
                 None,
                 now + duration_ms(1000),
             );
-            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 104_963);
+            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 142_500);
 
             // Should remain in hold and not modify estimates
             rate_controller.update(
@@ -464,7 +527,7 @@ mod test {
                 None,
                 now + duration_ms(2000),
             );
-            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 104_963);
+            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 142_500);
         }
 
         #[test]
@@ -486,35 +549,58 @@ mod test {
         #[test]
         fn test_immediate_overuse_then_stable() {
             let now = Instant::now();
-            let mut rate_controller = make_control(100_000);
+            // Parloir patch 36: at 100 times the rates of str0m's test, so that 8 % a second
+            // stays above the floor of 100 kbit/s per second.
+            let mut rate_controller = make_control(10_000_000);
             // Seed last estimate value
-            rate_controller.update(Signal::Normal, 85_000.into(), Some(duration_ms(80)), now);
-
-            rate_controller.update(Signal::Overuse, 90_000.into(), None, now + duration_ms(500));
-            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 76_500);
+            rate_controller.update(Signal::Normal, 8_500_000.into(), Some(duration_ms(80)), now);
 
             rate_controller.update(
                 Signal::Overuse,
-                75_000.into(),
+                9_000_000.into(),
+                None,
+                now + duration_ms(500),
+            );
+            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 7_650_000);
+
+            rate_controller.update(
+                Signal::Overuse,
+                7_500_000.into(),
                 None,
                 now + duration_ms(1000),
             );
-            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 63_750);
+            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 6_375_000);
 
-            rate_controller.update(Signal::Normal, 60_000.into(), None, now + duration_ms(1500));
+            rate_controller.update(
+                Signal::Normal,
+                6_000_000.into(),
+                None,
+                now + duration_ms(1500),
+            );
             // NB: This matches libWebRTC but diverges from the spec
             assert_eq!(
                 rate_controller.estimated_bitrate().as_u64(),
-                66_251,
+                6_625_095,
                 "After adjusting on overuse we immediately return to increase on the next normal signal"
             );
 
-            rate_controller.update(Signal::Normal, 60_000.into(), None, now + duration_ms(2500));
-            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 71_552,);
+            rate_controller.update(
+                Signal::Normal,
+                6_000_000.into(),
+                None,
+                now + duration_ms(2500),
+            );
+            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 7_155_102);
 
-            // NB: Additive increase because we are nearing convergence
-            rate_controller.update(Signal::Normal, 70_000.into(), None, now + duration_ms(3500));
-            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 72552);
+            // NB: Additive increase because we are nearing convergence (the floor: 100 kbit/s
+            // for the second since the last update)
+            rate_controller.update(
+                Signal::Normal,
+                7_000_000.into(),
+                None,
+                now + duration_ms(3500),
+            );
+            assert_eq!(rate_controller.estimated_bitrate().as_u64(), 7_255_102);
         }
     }
 
