@@ -108,7 +108,9 @@ pub(crate) struct Allocation {
     pub used: u64,
     /// Bits per second everything asked for would need, including layers not flowing yet.
     pub desired: u64,
-    /// Bits per second the next upgrade would add, if one is waiting for room.
+    /// Bits per second of room beyond `used` that the next step up needs, if one is waiting
+    /// for room: the same sum the step is checked against (with [`UPGRADE_HEADROOM`] where the
+    /// step needs it), so that a budget of `used` plus this makes it.
     pub next_step: Option<u64>,
     /// Per [`Want`]: its lowest layer fitted only without [`UPGRADE_HEADROOM`], or not at all.
     pub tight: Vec<bool>,
@@ -129,6 +131,15 @@ pub(crate) fn allocate(budget: u64, wants: &[Want], mut steps: usize) -> Allocat
     let mut desired = 0u64;
     // Everyone's lowest layer first, by priority; a track with temporal layers whose lowest
     // layer does not fit gets its temporal layer 0 if that does.
+    // Starting (or resuming) a track needs the headroom too, and so does the whole frame
+    // rate for a track that has only layer 0.
+    let start_cost = |want: &Want, low: u64| {
+        if want.current.is_some() && !want.reduced {
+            low
+        } else {
+            (low as f64 * UPGRADE_HEADROOM) as u64
+        }
+    };
     for (i, want) in wants.iter().enumerate() {
         let Some(&(_, low)) = want.layers.first() else {
             continue;
@@ -136,13 +147,7 @@ pub(crate) fn allocate(budget: u64, wants: &[Want], mut steps: usize) -> Allocat
         desired += want.top.max(want.layers.last().map_or(0, |(_, r)| *r));
         let comfortable = (low as f64 * UPGRADE_HEADROOM) as u64;
         tight[i] = comfortable > remaining;
-        // Starting (or resuming) a track needs the headroom too, and so does the whole frame
-        // rate for a track that has only layer 0.
-        let cost = if want.current.is_some() && !want.reduced {
-            low
-        } else {
-            comfortable
-        };
+        let cost = start_cost(want, low);
         if cost <= remaining {
             remaining -= low;
             chosen[i] = Some(0);
@@ -165,13 +170,13 @@ pub(crate) fn allocate(budget: u64, wants: &[Want], mut steps: usize) -> Allocat
         .iter()
         .zip(&chosen)
         .find(|(w, c)| c.is_none() && !w.layers.is_empty())
-        .map(|(w, _)| w.layers[0].1)
+        .map(|(w, _)| start_cost(w, w.layers[0].1))
         .or_else(|| {
             wants
                 .iter()
                 .zip(&reduced)
                 .find(|(_, r)| **r)
-                .map(|(w, _)| w.layers[0].1 - w.base.unwrap_or(0))
+                .map(|(w, _)| start_cost(w, w.layers[0].1).saturating_sub(w.base.unwrap_or(0)))
         });
     // Then upgrades, by priority, each as far as it fits.
     for (i, want) in wants.iter().enumerate() {
@@ -190,16 +195,18 @@ pub(crate) fn allocate(budget: u64, wants: &[Want], mut steps: usize) -> Allocat
             } else {
                 (rate as f64 * UPGRADE_HEADROOM) as u64
             };
-            if (kept || stepped || steps > 0) && cost.saturating_sub(have) <= remaining {
+            let fits = cost.saturating_sub(have) <= remaining;
+            if (kept || stepped || steps > 0) && fits {
                 chosen[i] = Some(j);
                 if !kept && !stepped {
                     stepped = true;
                     steps -= 1;
                 }
             } else {
-                if next_step.is_none() {
+                // Waiting for room, not for its turn (`steps`).
+                if next_step.is_none() && !fits {
                     let now = want.layers[chosen[i].unwrap_or(at)].1;
-                    next_step = Some(rate.saturating_sub(now));
+                    next_step = Some(cost.saturating_sub(now));
                 }
                 break;
             }
@@ -243,6 +250,43 @@ mod tests {
         }
     }
 
+    /// The probing asks for `used` plus `next_step` (engine.rs): with that budget the step
+    /// it waits for must be made. It was the layer's rate without the headroom, and a budget
+    /// between the two made neither the step nor a probe (a subscriber held on its low layer
+    /// for good in the simulation).
+    #[test]
+    fn a_budget_of_used_plus_the_next_step_makes_that_step() {
+        let temporal = |current, reduced| Want {
+            base: Some(40_000),
+            reduced,
+            ..simulcast(current)
+        };
+        let sets = [
+            vec![simulcast(Some(0))],
+            vec![simulcast(Some(1)), simulcast(Some(0))],
+            vec![simulcast(None), simulcast(Some(2))],
+            vec![simulcast(Some(0)), simulcast(None)],
+            vec![temporal(Some(0), false), temporal(Some(0), true)],
+            vec![temporal(None, false), simulcast(Some(0))],
+        ];
+        // Room, not turns: with one upgrade a turn, the room is there and the step comes at
+        // the next turn.
+        for wants in &sets {
+            for budget in (20_000..4_000_000).step_by(10_000) {
+                let a = allocate(budget, wants, usize::MAX);
+                let Some(step) = a.next_step else {
+                    continue;
+                };
+                let b = allocate(a.used + step, wants, usize::MAX);
+                assert!(
+                    (&b.caps, &b.reduced) != (&a.caps, &a.reduced),
+                    "{wants:?}: budget {budget} gave {a:?}; {} gave the same",
+                    a.used + step
+                );
+            }
+        }
+    }
+
     #[test]
     fn everyone_gets_the_top_when_the_link_is_wide() {
         let a = allocate(10_000_000, &[simulcast(Some(2)), simulcast(Some(2))], 3);
@@ -258,7 +302,7 @@ mod tests {
         // Room for the three lowest layers and one upgrade to the middle: the first gets it.
         let a = allocate(1_100_000, &wants, 3);
         assert_eq!(a.caps, vec![Some(1), Some(0), Some(0)]);
-        assert_eq!(a.next_step, Some(1_000_000), "the first one's next layer");
+        assert_eq!(a.next_step, Some(1_224_999), "the first one's next layer");
         // Room for two lowest layers: the last pauses.
         let a = allocate(400_000, &wants, 3);
         assert_eq!(a.caps, vec![Some(0), Some(0), None]);
@@ -288,7 +332,7 @@ mod tests {
         // lifts the second to its middle layer (575k with the headroom, 425k more).
         assert_eq!(a.caps, vec![Some(1), Some(1)]);
         assert_eq!(a.used, 600_000);
-        assert_eq!(a.next_step, Some(1_000_000));
+        assert_eq!(a.next_step, Some(1_224_999));
     }
 
     #[test]
@@ -298,7 +342,7 @@ mod tests {
         // as far as fits.
         let a = allocate(2_000_000, &wants, 1);
         assert_eq!(a.caps, vec![Some(2), Some(0)]);
-        assert_eq!(a.next_step, Some(350_000));
+        assert_eq!(a.next_step, Some(425_000));
         let a = allocate(1_000_000, &wants, 1);
         assert_eq!(a.caps, vec![Some(1), Some(0)]);
         // Layers already forwarded are kept without steps.
@@ -328,7 +372,7 @@ mod tests {
         // Exactly the top layer's rate: not enough to go up to it...
         let a = allocate(1_500_000, &[simulcast(Some(1))], 3);
         assert_eq!(a.caps, vec![Some(1)]);
-        assert_eq!(a.next_step, Some(1_000_000));
+        assert_eq!(a.next_step, Some(1_224_999));
         // ... but enough to stay on it.
         let a = allocate(1_500_000, &[simulcast(Some(2))], 3);
         assert_eq!(a.caps, vec![Some(2)]);

@@ -3779,10 +3779,11 @@ impl Sfu {
             && quiet(peer.probed_at)
             && let Some(step) = result.next_step
         {
-            let need = (used as f64 + step as f64 * allocation::UPGRADE_HEADROOM)
-                / allocation::BUDGET_SHARE;
-            if need as u64 > estimate {
-                desired = need as u64;
+            // The estimate at which the allocation makes that step (its headroom is in
+            // `step`), a bit/s over for the rounding.
+            let need = ((used + step) as f64 / allocation::BUDGET_SHARE).ceil() as u64 + 1;
+            if need > estimate {
+                desired = need;
                 peer.probed_at = Some(now);
                 tracing::trace!(%session, estimate, desired, "probing");
             }
