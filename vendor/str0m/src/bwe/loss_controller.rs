@@ -336,15 +336,26 @@ impl LossController {
             return;
         }
 
+        // Parloir patch 37: in ALR the candidates are bounded by the link capacity that probes
+        // measured (`get_candidate_bandwidth_upper_bound`, str0m's own bound). An estimate held
+        // at that bound is not limited by loss: counted as loss-limited below a higher
+        // delay-based estimate, it stopped probing (`LossLimitedBwe`), and only a probe could
+        // raise that capacity, so an application-limited connection kept its estimate for good
+        // (seen with no loss at all for 25 s).
+        let limit = match self.link_capacity_estimate {
+            Some(capacity) if self.is_in_alr() && capacity.is_valid() => {
+                delay_based_estimated.min(capacity)
+            }
+            _ => delay_based_estimated,
+        };
+
         // State transitions with HOLD mechanism (WebRTC lines 336-378)
         let new_state = if self.is_estimate_increasing_when_loss_limited(best_candidate)
-            && loss_limited_bandwidth < delay_based_estimated
+            && loss_limited_bandwidth < limit
             && loss_limited_bandwidth < self.max_bitrate
         {
             LossControllerState::Increasing
-        } else if loss_limited_bandwidth < self.delay_based_estimate
-            && loss_limited_bandwidth < self.max_bitrate
-        {
+        } else if loss_limited_bandwidth < limit && loss_limited_bandwidth < self.max_bitrate {
             // Entering Decreasing state - set HOLD info
             if self.state != LossControllerState::Decreasing
                 && self.config.hold_duration_factor > 0.0
@@ -1159,6 +1170,34 @@ mod test {
             Some(Bitrate::bps(1_500_000)),
             "Estimate should increase to delay based estimate, but not further"
         );
+        assert_eq!(state, LossControllerState::DelayBased);
+    }
+
+    /// Parloir patch 37: an estimate held at the ALR link-capacity bound, below the
+    /// delay-based estimate, with no loss, is not loss-limited (which would stop probing,
+    /// the only way that bound rises).
+    #[test]
+    fn an_estimate_at_the_alr_capacity_bound_is_not_loss_limited() {
+        let mut lbc = LossController::new();
+        lbc.set_min_bitrate(Bitrate::from(50_000));
+        lbc.set_max_bitrate(Bitrate::from(1_000_000_000));
+        lbc.set_acknowledged_bitrate(Bitrate::from(150_000));
+        lbc.set_bandwidth_estimate(Bitrate::from(566_000));
+        lbc.set_alr_start_time(Some(Instant::now()));
+        lbc.set_link_capacity_estimate(Some(Bitrate::from(566_000)));
+
+        let mut pkt_builder = PacketBuilder::new(Instant::now()).num_packets(26);
+        for _ in 0..8 {
+            let result = pkt_builder.build_packets();
+            lbc.update_bandwidth_estimate(&result, Bitrate::bps(636_000));
+            pkt_builder = pkt_builder.forward_time(Duration::from_millis(250));
+        }
+
+        let LossBasedBweResult {
+            bandwidth_estimate,
+            state,
+        } = lbc.loss_based_result();
+        assert_eq!(bandwidth_estimate, Some(Bitrate::bps(566_000)));
         assert_eq!(state, LossControllerState::DelayBased);
     }
 
