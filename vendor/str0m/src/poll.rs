@@ -661,6 +661,124 @@ mod tests {
         }
     }
 
+    /// Parloir patch 35: the leaky bucket's bursts and frames packetized at write time send
+    /// what a timeout after each packet and each frame sent: the same packets of each stream,
+    /// in the same order, at the same times (within the microsecond steps of those timeouts),
+    /// with far fewer timeouts.
+    #[test]
+    fn the_leaky_buckets_bursts_send_what_a_timeout_per_packet_sends() {
+        use crate::format::Codec;
+        use crate::pacer::PacerImpl;
+        use crate::rtp_::{Frequency, MediaTime};
+        use std::time::Duration;
+        let start = Instant::now();
+        // Three seconds of 30 frames/s, 1 to 6 packets each, from two streams, through the
+        // leaky bucket (estimation on from 2 Mbit/s: no probe, no padding while it sends).
+        let run = |shortcuts: bool| {
+            fastrand::seed(7);
+            let mut rtc = Rtc::builder().enable_bwe(Some(Bitrate::mbps(2))).build(start);
+            if let PacerImpl::LeakyBucket(pacer) = &mut rtc.session.pacer {
+                pacer.no_shortcuts = !shortcuts;
+            }
+            let profile = SrtpProfile::AEAD_AES_128_GCM;
+            let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
+            rtc.session
+                .set_keying_material(mat, crate::crypto::test_default_provider(), profile, true);
+            for (mid, ssrc) in [("a", 42), ("b", 43)] {
+                rtc.direct_api().declare_media(mid.into(), MediaKind::Video);
+                rtc.direct_api()
+                    .declare_stream_tx(ssrc.into(), None, mid.into(), None);
+            }
+            rtc.send_addr = Some(crate::SendAddr {
+                proto: crate::net::Protocol::Udp,
+                source: "192.0.2.1:5000".parse().unwrap(),
+                destination: "192.0.2.2:6000".parse().unwrap(),
+            });
+            let pt = rtc
+                .codec_config()
+                .params()
+                .iter()
+                .find(|p| p.spec().codec == Codec::Vp8)
+                .map(|p| p.pt())
+                .unwrap();
+            // Each RTP packet sent (SSRC, sequence number) and when.
+            let mut sent: Vec<(u32, u16, Duration)> = Vec::new();
+            let mut timeouts = 0;
+            let mut now = start;
+            let mut next_frame = start;
+            let mut n = 0u64;
+            rtc.handle_input(Input::Timeout(now)).unwrap();
+            while now < start + Duration::from_secs(3) {
+                assert!(timeouts < 100_000, "stuck at {:?}", now - start);
+                let at = loop {
+                    match rtc.poll_output().unwrap() {
+                        Output::Transmit(t) => {
+                            let p = &t.contents[..];
+                            // RTP, not RTCP (whose second byte, 200-204, would read as
+                            // payload types 72-76 with the marker bit).
+                            if !(200..=204).contains(&p[1]) {
+                                let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+                                let seq = u16::from_be_bytes([p[2], p[3]]);
+                                sent.push((ssrc, seq, now - start));
+                            }
+                        }
+                        Output::Event(_) => {}
+                        Output::Timeout(t) => break t,
+                    }
+                };
+                if next_frame <= at {
+                    now = next_frame;
+                    for (i, mid) in ["a", "b"].into_iter().enumerate() {
+                        let size = 1100 * (1 + (n as usize + i) % 6);
+                        let mut data = vec![0x11u8; size];
+                        data[0] = if n.is_multiple_of(30) { 0x10 } else { 0x11 };
+                        let time = MediaTime::new(n * 3000, Frequency::NINETY_KHZ);
+                        rtc.writer(mid.into())
+                            .unwrap()
+                            .now(now)
+                            .write(pt, now, time, data)
+                            .unwrap();
+                    }
+                    n += 1;
+                    next_frame = start + Duration::from_millis(33) * n as u32;
+                } else {
+                    now = at.max(now);
+                    rtc.handle_input(Input::Timeout(now)).unwrap();
+                    timeouts += 1;
+                }
+            }
+            (sent, timeouts)
+        };
+        let (with, with_timeouts) = run(true);
+        let (without, without_timeouts) = run(false);
+        assert!(without.len() > 500, "{} packets", without.len());
+        assert_eq!(with.len(), without.len());
+        // Stream by stream: which of two streams goes first at one instant may differ (the
+        // timeouts' microseconds made their last sends distinct), what each sends and when not.
+        for ssrc in [42, 43] {
+            let of = |log: &[(u32, u16, Duration)]| -> Vec<(u16, Duration)> {
+                log.iter()
+                    .filter(|p| p.0 == ssrc)
+                    .map(|p| (p.1, p.2))
+                    .collect()
+            };
+            let (a, b) = (of(&with), of(&without));
+            assert_eq!(a.len(), b.len());
+            for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+                assert_eq!(a.0, b.0, "SSRC {ssrc}, packet {i}");
+                let apart = a.1.abs_diff(b.1);
+                assert!(
+                    apart < Duration::from_millis(1),
+                    "SSRC {ssrc}, packet {i}: {apart:?} apart"
+                );
+            }
+        }
+        assert!(
+            with_timeouts * 4 < without_timeouts,
+            "{with_timeouts} timeouts against {without_timeouts}"
+        );
+    }
+
     #[test]
     fn raw_packet_copies_end_a_quiet_spell_at_each_datagram() {
         let mut rtc = sending_rtc(true);

@@ -130,7 +130,7 @@ pub(crate) struct Session {
     enable_twcc_feedback: bool,
 
     /// A pacer for sending RTP at specific rate.
-    pacer: PacerImpl,
+    pub(crate) pacer: PacerImpl,
     pacer_control: PacerControl,
 
     // temporary buffer when getting the next (unencrypted) RTP packet from Media line.
@@ -1621,21 +1621,26 @@ impl Session {
     /// Parloir patch: packetizes the frame just written to `mid` at once, stamps its packets
     /// and puts them in the pacer's snapshot, so the next `poll_output` sends them. That is
     /// what the packetizing timeout would do for it, without the rest of a timeout (ICE, SCTP,
-    /// every touched stream and the pacer's snapshot of all of them). Only without pacing
-    /// (the null pacer takes its snapshots as they are), once SRTP is up, and when the m-line
-    /// has no frame waiting; otherwise the frame comes back (`Ok(Err(frame))`) to be queued
-    /// behind the others for the timeout. The frame does not pass through the m-line's queue:
-    /// queued and taken off at once, it was written to memory the m-line last touched a frame
-    /// ago. `Ok(Ok(true))` when that moved a timer: the stream's first packets start its
-    /// sender reports.
+    /// every touched stream and the pacer's snapshot of all of them). Without pacing (the null
+    /// pacer takes its snapshots as they are), or with the leaky bucket when its snapshots are
+    /// current (patch 35: it works out its next queue and time from them, as a timeout would),
+    /// once SRTP is up, and when the m-line has no frame waiting; otherwise the frame comes back
+    /// (`Ok(Err(frame))`) to be queued behind the others for the timeout. The frame does not
+    /// pass through the m-line's queue: queued and taken off at once, it was written to memory
+    /// the m-line last touched a frame ago. `Ok(Ok(true))` when that moved a timer: the
+    /// stream's first packets start its sender reports, or the leaky bucket's next time moved.
     pub(crate) fn packetize_now(
         &mut self,
         now: Instant,
         mid: Mid,
         frame: ToPayload,
     ) -> Result<Result<bool, ToPayload>, RtcError> {
-        if !matches!(self.pacer, PacerImpl::Null(_)) || self.srtp_tx.is_none() || self.rtp_closing
-        {
+        // Parloir patch 35: with the leaky bucket, when its snapshots are current.
+        let pacer_takes_it = match &self.pacer {
+            PacerImpl::Null(_) => true,
+            PacerImpl::LeakyBucket(pacer) => pacer.can_refresh(),
+        };
+        if !pacer_takes_it || self.srtp_tx.is_none() || self.rtp_closing {
             return Ok(Err(frame));
         }
         let mtu = self.mtu();
@@ -1664,10 +1669,19 @@ impl Session {
         let get_media = move || (media_at(medias, media_pos, mid).unwrap(), codecs);
         stream.handle_timeout(now, get_media);
         let state = stream.queue_state(now);
-        if let PacerImpl::Null(pacer) = &mut self.pacer {
-            pacer.refresh_queue(state);
+        match &mut self.pacer {
+            PacerImpl::Null(pacer) => {
+                pacer.refresh_queue(state);
+                Ok(Ok(first))
+            }
+            // The pacer's next time may have moved (debt paid, a queue due): the timeouts are
+            // worked out again. (Recomputing only the pacer's, `Wake::pacer_only`, was tried:
+            // `perf/results/forward/pacer-bursts.md`.)
+            PacerImpl::LeakyBucket(pacer) => {
+                pacer.refresh_queue(now, state);
+                Ok(Ok(true))
+            }
         }
-        Ok(Ok(first))
     }
 
     fn do_payload(&mut self, now: Instant) -> Result<(), RtcError> {

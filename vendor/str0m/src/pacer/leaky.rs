@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 
 use super::Pacer;
 use super::PaddingRequest;
-use super::QueueState;
+use super::{QueuePriority, QueueState};
 use crate::Reason;
 use crate::bwe_::ProbeClusterConfig;
 use crate::bwe_::ProbeClusterState;
@@ -50,6 +50,13 @@ pub struct LeakyBucketPacer {
     completed_probe: Option<TwccClusterId>,
     /// Gates poll_queue() until handle_timeout() is called after packet emission.
     needs_timeout_before_next_poll: bool,
+    /// Parloir patch 35: `queue_states` still say what the queues hold: every packet sent
+    /// since the last `handle_timeout` was counted off them (see `release_next_at_once`).
+    snapshots_current: bool,
+    /// Parloir patch 35, tests only: without its shortcuts (a timeout after each packet, and
+    /// each frame written waits for one), to compare a run with them against one without.
+    #[cfg(test)]
+    pub(crate) no_shortcuts: bool,
 }
 
 impl Pacer for LeakyBucketPacer {
@@ -81,45 +88,12 @@ impl Pacer for LeakyBucketPacer {
         now: Instant,
         iter: impl Iterator<Item = QueueState>,
     ) -> Option<PaddingRequest> {
-        // Clear the gate when time advances
-        self.needs_timeout_before_next_poll = false;
-
-        // Clear the poll time - it will be recalculated below if needed.
-        // This is important because if we return early (e.g., next_poll_queue is already set),
-        // we don't want the old Immediate timeout to keep firing.
-        self.next_poll_time = None;
-
         // This is called periodically and whenever packet is queued.
         self.queue_states.clear();
         self.queue_states.extend(iter);
+        self.snapshots_current = true;
 
-        let elapsed = self.update_handle_time_and_get_elapsed(now);
-
-        self.clear_debt(elapsed);
-        self.maybe_update_adjusted_bitrate(now);
-
-        if let Some(request) = self.maybe_create_padding_request(now) {
-            self.next_poll_queue = Some(request.midrid);
-            return Some(request);
-        }
-
-        if self.next_poll_queue.is_some() {
-            return None;
-        }
-
-        let (next_poll_time_and_reason, queue) = self.next_poll(now)?;
-
-        if now < next_poll_time_and_reason.0 {
-            // We don't set this because between now and the neaxt poll, queue state can change such
-            // that we should poll a different queue i.e. media could be queued.
-            self.next_poll_queue = None;
-        } else {
-            self.next_poll_queue = queue.map(|q| q.midrid);
-        }
-
-        self.next_poll_time = Some(next_poll_time_and_reason);
-
-        None
+        self.take_time(now)
     }
 
     fn poll_queue(&mut self) -> Option<(MidRid, Option<TwccClusterId>)> {
@@ -140,7 +114,7 @@ impl Pacer for LeakyBucketPacer {
         Some((next, cluster_id))
     }
 
-    fn register_send(&mut self, now: Instant, packet_size: DataSize, _from: MidRid) {
+    fn register_send(&mut self, now: Instant, packet_size: DataSize, from: MidRid) {
         self.last_emitted = Some(now);
 
         self.media_debt += packet_size;
@@ -160,6 +134,8 @@ impl Pacer for LeakyBucketPacer {
         if let Some(cluster_id) = self.check_probe_complete_internal(now) {
             self.completed_probe = Some(cluster_id);
         }
+
+        self.release_next_at_once(now, packet_size, from);
     }
 }
 
@@ -182,6 +158,9 @@ impl LeakyBucketPacer {
             probe_queue: VecDeque::new(),
             completed_probe: None,
             needs_timeout_before_next_poll: true,
+            snapshots_current: false,
+            #[cfg(test)]
+            no_shortcuts: false,
         }
     }
 
@@ -360,16 +339,20 @@ impl LeakyBucketPacer {
             self.pacing_bitrate
         };
 
-        let (queue_time, queued_packets, queue_size) =
-            self.queue_states
-                .iter()
-                .fold((Duration::ZERO, 0, DataSize::ZERO), |acc, q| {
-                    (
-                        acc.0 + q.snapshot.total_queue_time(now),
-                        acc.1 + q.snapshot.packet_count,
-                        acc.2 + DataSize::from(q.snapshot.byte_size),
-                    )
-                });
+        // Parloir patch 35: the queues with packets (an empty one adds no time, packets or
+        // bytes, and skipping it saves its clock arithmetic: with snapshots kept between
+        // timeouts, this runs at each frame written).
+        let (queue_time, queued_packets, queue_size) = self
+            .queue_states
+            .iter()
+            .filter(|q| q.snapshot.packet_count > 0)
+            .fold((Duration::ZERO, 0, DataSize::ZERO), |acc, q| {
+                (
+                    acc.0 + q.snapshot.total_queue_time(now),
+                    acc.1 + q.snapshot.packet_count,
+                    acc.2 + DataSize::from(q.snapshot.byte_size),
+                )
+            });
         if queued_packets == 0 {
             return;
         }
@@ -464,6 +447,161 @@ impl LeakyBucketPacer {
         })
     }
 
+    /// Parloir patch 35: the rest of `handle_timeout`, on the snapshots in `queue_states`.
+    fn take_time(&mut self, now: Instant) -> Option<PaddingRequest> {
+        // Clear the gate when time advances
+        self.needs_timeout_before_next_poll = false;
+
+        // Clear the poll time - it will be recalculated below if needed.
+        // This is important because if we return early (e.g., next_poll_queue is already set),
+        // we don't want the old Immediate timeout to keep firing.
+        self.next_poll_time = None;
+
+        let elapsed = self.update_handle_time_and_get_elapsed(now);
+
+        self.clear_debt(elapsed);
+        self.maybe_update_adjusted_bitrate(now);
+
+        if let Some(request) = self.maybe_create_padding_request(now) {
+            self.next_poll_queue = Some(request.midrid);
+            return Some(request);
+        }
+
+        if self.next_poll_queue.is_some() {
+            return None;
+        }
+
+        let (next_poll_time_and_reason, queue) = self.next_poll(now)?;
+
+        if now < next_poll_time_and_reason.0 {
+            // We don't set this because between now and the neaxt poll, queue state can change such
+            // that we should poll a different queue i.e. media could be queued.
+            self.next_poll_queue = None;
+        } else {
+            self.next_poll_queue = queue.map(|q| q.midrid);
+        }
+
+        self.next_poll_time = Some(next_poll_time_and_reason);
+
+        None
+    }
+
+    /// Parloir patch 35: whether a frame packetized at write time can go to
+    /// [`LeakyBucketPacer::refresh_queue`] instead of waiting for a timeout: the snapshots
+    /// still say what the queues hold, and no probe or padding is under way.
+    pub(crate) fn can_refresh(&self) -> bool {
+        #[cfg(test)]
+        if self.no_shortcuts {
+            return false;
+        }
+        self.snapshots_current && self.probe_queue.is_empty() && !self.padding_queued()
+    }
+
+    /// Parloir patch 35: whether a queue holds padding alone (its order and timing are the
+    /// timeout's to work out).
+    fn padding_queued(&self) -> bool {
+        self.queue_states
+            .iter()
+            .any(|q| q.snapshot.priority == QueuePriority::Padding && q.snapshot.packet_count > 0)
+    }
+
+    /// Parloir patch 35: a fresh snapshot of one queue, taken when a frame was packetized at
+    /// write time (`Session::packetize_now`), replacing that queue's snapshot; then what a
+    /// timeout does (debt paid for the time gone by, the next queue and time), on the other
+    /// queues' snapshots as they are. Each frame written with a pacer went through a whole
+    /// timeout of its connection, snapshots of every queue with packets included.
+    pub(crate) fn refresh_queue(&mut self, now: Instant, state: QueueState) {
+        let has_packets = state.snapshot.packet_count > 0;
+        match self
+            .queue_states
+            .iter()
+            .position(|q| q.midrid == state.midrid)
+        {
+            Some(i) => self.queue_states[i] = state,
+            None => self.queue_states.push(state),
+        }
+        if has_packets {
+            // With a queue holding packets, no padding is asked for.
+            let padding = self.take_time(now);
+            debug_assert!(padding.is_none());
+        }
+    }
+
+    /// Parloir patch 35: the next packet of a burst without a timeout in between.
+    ///
+    /// After each packet, `poll_queue` shuts the gate until a `handle_timeout` (asked for 1 µs
+    /// later) has snapshotted every queue with packets again. With estimation on, that was a
+    /// whole timeout of the connection per packet sent: the snapshots, the estimator's and the
+    /// connection's timeout work, and a new deadline for the caller's timers, more than doubling
+    /// what a packet cost in a large room. Here, when the packet was sent at the time of the
+    /// last snapshot, no probe runs and no queue holds only padding, the sent queue's snapshot
+    /// is brought up to date (one packet and its bytes fewer, emitted now) and, if `next_poll`
+    /// then has a queue due now (debt within the burst, or unpaced), that queue is released at
+    /// once. The rules that choose it are the timeout's own; only the other queues' snapshots are
+    /// as old as the last timeout, and at one instant nothing else is queued to them in
+    /// between (what is, or a resend asked for, brings its own timeout, as before). When
+    /// nothing is due now, the gate stays shut, and the pacer asks for its next timeout at the
+    /// time the timeout 1 µs later would have worked out from the same snapshots, without
+    /// that timeout. Without those conditions (time moved on, a probe, padding), as before.
+    fn release_next_at_once(&mut self, now: Instant, size: DataSize, from: MidRid) {
+        #[cfg(test)]
+        if self.no_shortcuts {
+            return;
+        }
+        if self.last_handle_time != Some(now)
+            || self.next_poll_queue.is_some()
+            || !self.probe_queue.is_empty()
+            || self.padding_queued()
+        {
+            self.snapshots_current = false;
+            return;
+        }
+        let Some(i) = self.queue_states.iter().position(|q| q.midrid == from) else {
+            self.snapshots_current = false;
+            return;
+        };
+        // To the end of the list: queues sent from at this instant tie on `last_emitted`, and
+        // `next_poll` takes the first of equals, so the order they were sent from breaks the
+        // tie, as the microsecond between timeouts did.
+        let mut sent = self.queue_states.remove(i);
+        let snapshot = &mut sent.snapshot;
+        // Its share of the queue time goes with it.
+        if snapshot.packet_count > 0 {
+            snapshot.total_queue_time_origin -=
+                snapshot.total_queue_time_origin / snapshot.packet_count;
+        }
+        snapshot.packet_count = snapshot.packet_count.saturating_sub(1);
+        snapshot.byte_size = snapshot.byte_size.saturating_sub(size.as_bytes_usize());
+        snapshot.last_emitted = Some(now);
+        if snapshot.packet_count == 0 {
+            snapshot.byte_size = 0;
+            snapshot.total_queue_time_origin = Duration::ZERO;
+            snapshot.first_unsent = None;
+            snapshot.priority = QueuePriority::Empty;
+            // An empty queue is never chosen to send from: it counts only as the queue to pad
+            // on, which is the one last emitted from that can pad. Keep that one alone, so the
+            // list (looked over at each packet) holds the queues with packets and no more.
+            let can_pad = sent.use_for_padding;
+            self.queue_states
+                .retain(|q| q.snapshot.packet_count > 0 || (!can_pad && q.use_for_padding));
+            if can_pad {
+                self.queue_states.push(sent);
+            }
+        } else {
+            self.queue_states.push(sent);
+        }
+        match self.next_poll(now) {
+            Some(((at, _), Some(queue))) if at <= now => {
+                self.next_poll_queue = Some(queue.midrid);
+                self.needs_timeout_before_next_poll = false;
+            }
+            // Nothing due now: the gate stays shut until the timeout at the time the timeout
+            // 1 µs later would have asked for (debt, padding, or none: then the next packet
+            // queued, a resend asked for, or the periodic timeout).
+            next => self.next_poll_time = next.map(|(at, _)| at),
+        }
+    }
+
     fn request_immediate_timeout(&mut self) {
         // Request timeout at the next microsecond to ensure time advances between packets.
         // We can't use already_happened() because that would cause the test harness to
@@ -522,6 +660,148 @@ mod test {
                 .handle_timeout(deadline, std::iter::once(queue))
                 .is_some()
         );
+    }
+
+    /// Parloir patch 35.
+    #[test]
+    fn a_burst_goes_out_without_a_timeout_between_its_packets() {
+        let now = Instant::now();
+        let video = |mid: &str, packets: u32, last_emitted: Option<Instant>| QueueState {
+            midrid: MidRid(mid.into(), None),
+            unpaced: false,
+            use_for_padding: false,
+            snapshot: QueueSnapshot {
+                created_at: now,
+                byte_size: packets as usize * 1000,
+                packet_count: packets,
+                last_emitted,
+                first_unsent: Some(now),
+                priority: QueuePriority::Media,
+                ..Default::default()
+            },
+        };
+        let (a, b) = (MidRid("a".into(), None), MidRid("b".into(), None));
+        let earlier = now.checked_sub(Duration::from_millis(5));
+        // 2 Mbit/s: a burst may hold 40 ms of it, 10 000 bytes.
+        let mut pacer = LeakyBucketPacer::new(Bitrate::mbps(2));
+        pacer.handle_timeout(
+            now,
+            [video("a", 2, earlier), video("b", 1, earlier)].into_iter(),
+        );
+        let mut sent = vec![];
+        while let Some((midrid, _)) = pacer.poll_queue() {
+            pacer.register_send(now, DataSize::bytes(1000), midrid);
+            sent.push(midrid);
+        }
+        // Round robin as the timeouts would have chosen: the queue emitted from longest ago.
+        assert_eq!(
+            sent,
+            [a, b, a],
+            "all three packets without a timeout in between"
+        );
+        assert_eq!(
+            pacer.poll_timeout().0,
+            Some(now + PACING),
+            "the queues are empty by the snapshots: no timeout 1 µs later, the periodic one"
+        );
+
+        // Debt beyond the burst: the next packet waits for its time, as before, and the pacer
+        // asks for that time without a timeout in between.
+        let mut pacer = LeakyBucketPacer::new(Bitrate::kbps(100));
+        pacer.handle_timeout(now, [video("a", 2, earlier)].into_iter());
+        let (midrid, _) = pacer.poll_queue().unwrap();
+        pacer.register_send(now, DataSize::bytes(1000), midrid);
+        assert!(
+            pacer.poll_queue().is_none(),
+            "1 000 bytes are 80 ms at 100 kbit/s"
+        );
+        assert_eq!(
+            pacer.next_poll_time.map(|(at, _)| at),
+            Some(now + Duration::from_millis(80))
+        );
+        pacer.handle_timeout(
+            now + Duration::from_millis(80),
+            [video("a", 1, Some(now))].into_iter(),
+        );
+        assert!(
+            pacer.poll_queue().is_some(),
+            "the debt is paid at that time"
+        );
+
+        // A send at a later time than the snapshot: the gate stays shut until a timeout.
+        let mut pacer = LeakyBucketPacer::new(Bitrate::mbps(2));
+        pacer.handle_timeout(now, [video("a", 3, earlier)].into_iter());
+        let (midrid, _) = pacer.poll_queue().unwrap();
+        pacer.register_send(
+            now + Duration::from_millis(1),
+            DataSize::bytes(1000),
+            midrid,
+        );
+        assert!(pacer.poll_queue().is_none());
+    }
+
+    /// Parloir patch 35.
+    #[test]
+    fn a_frame_packetized_at_write_time_goes_out_without_a_timeout() {
+        use crate::bwe_::ProbeKind;
+
+        let now = Instant::now();
+        let state = |packets: u32, at: Instant| QueueState {
+            midrid: MidRid("a".into(), None),
+            unpaced: false,
+            use_for_padding: false,
+            snapshot: QueueSnapshot {
+                created_at: at,
+                byte_size: packets as usize * 1000,
+                packet_count: packets,
+                first_unsent: (packets > 0).then_some(at),
+                priority: if packets > 0 {
+                    QueuePriority::Media
+                } else {
+                    QueuePriority::Empty
+                },
+                ..Default::default()
+            },
+        };
+        let mut pacer = LeakyBucketPacer::new(Bitrate::mbps(2));
+        assert!(
+            !pacer.can_refresh(),
+            "no snapshots before the first timeout"
+        );
+        pacer.handle_timeout(now, std::iter::once(state(0, now)));
+        assert!(pacer.poll_queue().is_none());
+        assert!(pacer.can_refresh());
+
+        // A frame of two packets 5 ms later: both go, with no timeout.
+        let t = now + Duration::from_millis(5);
+        pacer.refresh_queue(t, state(2, t));
+        for _ in 0..2 {
+            let (midrid, _) = pacer.poll_queue().expect("released at the write");
+            pacer.register_send(t, DataSize::bytes(1000), midrid);
+        }
+        assert!(pacer.poll_queue().is_none());
+        assert!(
+            pacer.can_refresh(),
+            "both sends were counted off the snapshot"
+        );
+
+        // A packet sent at a later time than the snapshot is not counted off: the next frame
+        // waits for a timeout, which takes fresh snapshots.
+        pacer.refresh_queue(t, state(2, t));
+        let (midrid, _) = pacer.poll_queue().unwrap();
+        pacer.register_send(t + Duration::from_millis(1), DataSize::bytes(1000), midrid);
+        assert!(!pacer.can_refresh());
+        let t = t + Duration::from_millis(2);
+        pacer.handle_timeout(t, std::iter::once(state(1, now)));
+        assert!(pacer.can_refresh());
+
+        // Nor during a probe, whose timing is its own.
+        pacer.start_probe(ProbeClusterConfig::new(
+            0.into(),
+            Bitrate::mbps(3),
+            ProbeKind::Initial,
+        ));
+        assert!(!pacer.can_refresh());
     }
 
     #[test]
@@ -1052,11 +1332,12 @@ mod test {
         queue.register_send(qid, now);
 
         let timeout = pacer.poll_timeout().0;
-        // After gating, the pacer requests a timeout at now + 1µs to ensure time advances
-        const MINIMAL_DELTA: Duration = Duration::from_micros(1);
+        // After gating, the pacer requests a timeout at now + 1µs to ensure time advances, or
+        // (Parloir patch 35) with nothing due now by its snapshots, the one that timeout would
+        // have asked for: never later than its periodic one.
         assert!(
-            timeout <= Some(now + MINIMAL_DELTA) && timeout.is_some(),
-            "After a successful send the pacer should return an immediate timeout"
+            timeout.is_some_and(|t| t <= now + PACING),
+            "After a successful send the pacer should return a timeout"
         );
 
         // Simulate an immediate call to handle_timeout
