@@ -129,8 +129,6 @@ pub(crate) fn allocate(budget: u64, wants: &[Want], mut steps: usize) -> Allocat
     let mut reduced = vec![false; wants.len()];
     let mut remaining = budget;
     let mut desired = 0u64;
-    // Everyone's lowest layer first, by priority; a track with temporal layers whose lowest
-    // layer does not fit gets its temporal layer 0 if that does.
     // Starting (or resuming) a track needs the headroom too, and so does the whole frame
     // rate for a track that has only layer 0.
     let start_cost = |want: &Want, low: u64| {
@@ -140,6 +138,8 @@ pub(crate) fn allocate(budget: u64, wants: &[Want], mut steps: usize) -> Allocat
             (low as f64 * UPGRADE_HEADROOM) as u64
         }
     };
+    // Everyone's lowest layer first, by priority; a track with temporal layers whose lowest
+    // layer does not fit gets its temporal layer 0 if that does.
     for (i, want) in wants.iter().enumerate() {
         let Some(&(_, low)) = want.layers.first() else {
             continue;

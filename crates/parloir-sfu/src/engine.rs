@@ -640,8 +640,7 @@ impl Peer {
 /// below its recent `peak` and one more such step would take it below. A deep fall that leaves
 /// the estimate far above what is sent does not: in the application-limited region probes lift
 /// the estimate well above the media (twice it, in the simulation), and the estimator's
-/// back-off from there (0.85 of what was acknowledged during a probe) says nothing about the
-/// media's share of the link.
+/// back-off from there says nothing about the media's share of the link.
 fn fall_threatens(estimate: u64, peak: u64, sending: u64) -> bool {
     let usable = |e: f64| e * allocation::BUDGET_SHARE;
     let estimate = estimate as f64;
