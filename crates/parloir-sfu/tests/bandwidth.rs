@@ -469,8 +469,9 @@ fn a_tile_that_grows_after_a_long_spell_small_goes_up_again() {
     sim.publish_svc(publisher);
     // As in `meeting_with`: without it, "pub"'s subscriber connection carries nothing and
     // never completes ICE in the harness; the SFU's DTLS handshake on it ran out of retries
-    // 22 to 35 s in (dimpl's jitter), and closing it took "pub" and its camera away before
-    // the end of this test in about 1 run in 40.
+    // (about 22 s in when it failed, after the test's 32 s in the runs that passed, by dimpl's
+    // jitter), and closing it took "pub" and its camera away before the end of this test in
+    // about 1 run in 40.
     sim.publish(sub);
     sim.run_for(Duration::from_secs(2));
     let cam = sim.track_sid("pub", "cam");
