@@ -575,12 +575,17 @@ struct Peer {
     last_upgrade: Option<Instant>,
     /// When the last probe was asked for.
     probed_at: Option<Instant>,
-    /// When its first bandwidth estimate came: the start of its [`STARTUP`].
-    estimating_since: Option<Instant>,
-    /// When its startup first asked for more than the estimate, and the estimate then.
-    startup_probe: Option<(Instant, u64)>,
-    /// Its startup ended early: the first probes did not get through ([`STARTUP_VERDICT`]).
-    startup_over: bool,
+    /// When its current [`RAMP`] began: at its first bandwidth estimate (its startup), and
+    /// again whenever its tiles came to ask for much more than the estimate ([`RAMP_GROWTH`]).
+    ramp_since: Option<Instant>,
+    /// When the ramp first asked for more than the estimate, and the estimate then.
+    ramp_probe: Option<(Instant, u64)>,
+    /// Its ramp ended early: the first probes did not get through ([`RAMP_VERDICT`]).
+    ramp_over: bool,
+    /// What its tiles asked for (`Sfu::allocate`'s `demand`, bits/s) during its last ramp, or
+    /// the least they asked for since, if less: the next ramp begins when they ask for
+    /// [`RAMP_GROWTH`] times that.
+    ramp_demand: u64,
     /// Round trip of the packets the transport-wide feedback acknowledged (str0m's peer
     /// statistics), latest and lowest: the difference is the queue standing at the bottleneck,
     /// which the delay-based estimator does not see once it stops growing.
@@ -594,14 +599,13 @@ struct Peer {
 }
 
 impl Peer {
-    /// Whether it is in its [`STARTUP`]: within that long of its first estimate, before the
-    /// estimate first fell, and unless the first probes did not get through.
-    fn starting(&self, now: Instant) -> bool {
-        !self.startup_over
-            && self.last_fall.is_none()
-            && self
-                .estimating_since
-                .is_some_and(|t| now.saturating_duration_since(t) < STARTUP)
+    /// Whether it is in a [`RAMP`]: within that long of the ramp's beginning, before the
+    /// estimate fell since, and unless the ramp's first probes did not get through.
+    fn ramping(&self, now: Instant) -> bool {
+        !self.ramp_over
+            && self.ramp_since.is_some_and(|t| {
+                now.saturating_duration_since(t) < RAMP && self.last_fall.is_none_or(|f| f < t)
+            })
     }
 
     /// Whether the estimate is falling now: it fell within [`FALLING_WINDOW`], and it is
@@ -1000,14 +1004,20 @@ const PROBE_HOLD: Duration = Duration::from_secs(3);
 /// A fall this soon after a probe is the probe's doing.
 const PROBE_BLAME: Duration = Duration::from_secs(1);
 const MAX_PROBE_HOLD: Duration = Duration::from_secs(8);
-/// How long after its first estimate a subscriber may be probed for all that its tiles ask
-/// for, as long as the estimate has not fallen (`Sfu::allocate`).
-const STARTUP: Duration = Duration::from_secs(5);
-/// The startup ends this long after it first asked for more than the estimate if the estimate
-/// has not grown by [`STARTUP_GAIN`] since: the first probes (three and six times the
+/// How long after its first estimate (its startup), or after its tiles came to ask for
+/// [`RAMP_GROWTH`] times what they asked for before, a subscriber may be probed for all that
+/// its tiles ask for, as long as the estimate has not fallen (`Sfu::allocate`).
+const RAMP: Duration = Duration::from_secs(5);
+/// How much more than during the last ramp (or than the least since) a subscriber's tiles
+/// must ask for, beyond its estimate, to begin another: a tile shown or grown, cameras joining.
+/// Well above the swing of measured layer rates, which alone must not make a narrow link
+/// probed.
+const RAMP_GROWTH: f64 = 1.25;
+/// A ramp ends this long after it first asked for more than the estimate if the estimate
+/// has not grown by [`RAMP_GAIN`] since: the first probes (three and six times the
 /// estimate) came back at little more than the link's rate.
-const STARTUP_VERDICT: Duration = Duration::from_millis(500);
-const STARTUP_GAIN: f64 = 1.5;
+const RAMP_VERDICT: Duration = Duration::from_millis(500);
+const RAMP_GAIN: f64 = 1.5;
 /// A subscriber's tracks go up one track at a time, this far apart.
 const UPGRADE_INTERVAL: Duration = Duration::from_secs(1);
 /// No track goes up a layer until the estimate has not fallen for this long.
@@ -1846,9 +1856,10 @@ impl Sfu {
                 sending: 0,
                 last_upgrade: None,
                 probed_at: None,
-                estimating_since: None,
-                startup_probe: None,
-                startup_over: false,
+                ramp_since: None,
+                ramp_probe: None,
+                ramp_over: false,
+                ramp_demand: 0,
                 rtt: None,
                 rtt_min: None,
                 delayed_at: None,
@@ -2045,14 +2056,14 @@ impl Sfu {
                 tracing::trace!(session = %peer.session, estimate, can_probe, "bandwidth estimate");
                 let fell = peer.estimate.is_some_and(|old| estimate < old);
                 peer.estimate = Some(estimate);
-                peer.estimating_since.get_or_insert(now);
-                // A link that carries little more than the estimate the startup probed from:
+                peer.ramp_since.get_or_insert(now);
+                // A link that carries little more than the estimate the ramp probed from:
                 // probing on for all that the tiles ask would only fill its queue.
-                if let Some((asked, from)) = peer.startup_probe
-                    && now.saturating_duration_since(asked) >= STARTUP_VERDICT
-                    && (estimate as f64) < from as f64 * STARTUP_GAIN
+                if let Some((asked, from)) = peer.ramp_probe
+                    && now.saturating_duration_since(asked) >= RAMP_VERDICT
+                    && (estimate as f64) < from as f64 * RAMP_GAIN
                 {
-                    peer.startup_over = true;
+                    peer.ramp_over = true;
                 }
                 if estimate >= peer.peak.0
                     || now.saturating_duration_since(peer.peak.1) > PEAK_WINDOW
@@ -3650,14 +3661,37 @@ impl Sfu {
                 .sum();
             budget = lowest.min(budget);
         }
-        // Up slowly: one track at a time (as far as it fits), and only once no track went up
-        // for UPGRADE_INTERVAL and the estimate has not fallen for CALM_AFTER_FALL. At the
-        // start (STARTUP, until the estimate first falls) every track goes as far as the
-        // estimate allows at once: a newcomer does not wait a second per tile. Not on guessed
-        // rates: LiveKit's presets are below what many cameras send, and several tracks going
-        // up together on them overshoot a narrow link at once.
-        let startup = !guessed && peer.starting(now);
+        // What every tile asks for, with the headroom that the last upgrades need to fit, and
+        // the audio: the estimate at which all of it is sent.
+        let demand = {
+            let video = wants.iter().map(|w| w.top).sum::<u64>() as f64;
+            let all = video * allocation::UPGRADE_HEADROOM + audio as f64;
+            (all / allocation::BUDGET_SHARE) as u64
+        };
         let calm = |t: Option<Instant>, d| t.is_none_or(|t| now.saturating_duration_since(t) >= d);
+        // Another ramp: the tiles came to ask for much more than before and than the estimate
+        // (the grid filled as a meeting began, a tile grew), on a link that shows no
+        // congestion now; libwebrtc's probe controller likewise probes at once for an
+        // allocation that grew. Probed for one upgrade's worth per probe hold instead, an
+        // early arrival whose estimate fell while it showed one tile paused much of the grid
+        // when the meeting filled.
+        let ramp_again = peer.ramp_since.is_some()
+            && !peer.ramping(now)
+            && demand > estimate
+            && demand as f64 > peer.ramp_demand as f64 * RAMP_GROWTH
+            && !peer.queued()
+            && !peer.falling(now)
+            && calm(peer.last_fall, FALLING_WINDOW)
+            && calm(peer.probed_at, peer.probe_hold);
+        let ramping = ramp_again || peer.ramping(now);
+        // Up slowly: one track at a time (as far as it fits), and only once no track went up
+        // for UPGRADE_INTERVAL and the estimate has not fallen for CALM_AFTER_FALL. In a ramp
+        // (RAMP: at the start, or after the tiles asked for much more, until the estimate
+        // falls) every track goes as far as the estimate allows at once: a newcomer does not
+        // wait a second per tile. Not on guessed rates: LiveKit's presets are below what many
+        // cameras send, and several tracks going up together on them overshoot a narrow link
+        // at once.
+        let startup = !guessed && ramping;
         let steps = if startup {
             usize::MAX
         } else {
@@ -3673,6 +3707,17 @@ impl Sfu {
         };
         peer.allocated_for = Some(estimate);
         peer.sending = result.used + audio;
+        if ramp_again {
+            peer.ramp_since = Some(now);
+            peer.ramp_probe = None;
+            peer.ramp_over = false;
+            tracing::debug!(%session, estimate, demand, "ramp");
+        }
+        peer.ramp_demand = if ramping {
+            peer.ramp_demand.max(demand)
+        } else {
+            peer.ramp_demand.min(demand)
+        };
         let mut states = Vec::new();
         let mut resumed = Vec::new();
         let mut upgraded = false;
@@ -3788,23 +3833,17 @@ impl Sfu {
             }
         }
         // At the start the estimate is a guess (`bwe_initial_kbps`), and a newcomer to a
-        // large meeting may need several times that for every tile's lowest layer. Until the
-        // estimate first falls, within STARTUP, the desired rate is all that the tiles ask
-        // for: str0m's probe controller then probes as a browser does at the start of a call
-        // (three and six times the estimate, then doubling while the probes get through),
-        // instead of one upgrade's worth every probe hold.
+        // large meeting may need several times that for every tile's lowest layer; a grid that
+        // fills needs several times what one tile did. In a ramp (until the estimate falls,
+        // within RAMP), the desired rate is all that the tiles ask for: str0m's probe
+        // controller then probes as a browser does at the start of a call (three and six
+        // times the estimate, or once and twice the allocation, then doubling while the probes
+        // get through), instead of one upgrade's worth every probe hold.
         let mut startup_asks = false;
-        if peer.starting(now) {
-            // With the headroom that the last upgrades need to fit.
-            let video = wants.iter().map(|w| w.top).sum::<u64>() as f64;
-            let demand =
-                (video * allocation::UPGRADE_HEADROOM + audio as f64) / allocation::BUDGET_SHARE;
-            let demand = demand as u64;
-            if demand > estimate {
-                desired = desired.max(demand);
-                startup_asks = true;
-                peer.startup_probe.get_or_insert((now, estimate));
-            }
+        if ramping && demand > estimate {
+            desired = desired.max(demand);
+            startup_asks = true;
+            peer.ramp_probe.get_or_insert((now, estimate));
         }
         let minimum = used;
         let (old_min, old_desired) = peer.bwe_rates;
