@@ -3691,8 +3691,8 @@ impl Sfu {
         // wait a second per tile. Not on guessed rates: LiveKit's presets are below what many
         // cameras send, and several tracks going up together on them overshoot a narrow link
         // at once.
-        let startup = !guessed && ramping;
-        let steps = if startup {
+        let all_steps = !guessed && ramping;
+        let steps = if all_steps {
             usize::MAX
         } else {
             usize::from(
@@ -3839,10 +3839,10 @@ impl Sfu {
         // controller then probes as a browser does at the start of a call (three and six
         // times the estimate, or once and twice the allocation, then doubling while the probes
         // get through), instead of one upgrade's worth every probe hold.
-        let mut startup_asks = false;
+        let mut ramp_asks = false;
         if ramping && demand > estimate {
             desired = desired.max(demand);
-            startup_asks = true;
+            ramp_asks = true;
             peer.ramp_probe.get_or_insert((now, estimate));
         }
         let minimum = used;
@@ -3851,7 +3851,7 @@ impl Sfu {
         if differs(minimum, old_min) || differs(desired, old_desired) {
             // str0m probes for a raised desired rate: a fall just after is the probe's doing
             // (`PROBE_BLAME`), not congestion that should cut every track to its lowest layer.
-            if startup_asks && desired > old_desired {
+            if ramp_asks && desired > old_desired {
                 peer.probed_at = Some(now);
             }
             peer.bwe_rates = (minimum, desired);

@@ -616,13 +616,13 @@ fn a_newcomer_whose_grid_needs_many_times_the_starting_estimate_gets_it_within_t
     // Sixteen cameras in medium tiles: their middle layers come to about 10 Mbit/s and even
     // their lowest to 5, against the 1 Mbit/s starting estimate; no bottleneck. After its
     // start a subscriber is probed for one upgrade's worth at a time and its tracks go up one
-    // a second; at the start that kept a newcomer's tiles low for many seconds (with
-    // `STARTUP` at zero, no tile set was whole on the middle layer 6 s in). Probed at the
-    // start for all that its tiles ask (with the headroom of their upgrades), as a browser
-    // probes at the start of a call, and upgraded as far as the estimate then allows once the
-    // layers' rates are measured, every tile is on its middle layer within two seconds (0.8 s
-    // in eight runs; 1.1 or 3.0 s when the probing left out the upgrades' headroom, which
-    // stopped it just short) and nothing is paused.
+    // a second; at the start that kept a newcomer's tiles low for many seconds (with the
+    // startup, now the first `RAMP`, at zero, no tile set was whole on the middle layer 6 s
+    // in). Probed at the start for all that its tiles ask (with the headroom of their
+    // upgrades), as a browser probes at the start of a call, and upgraded as far as the
+    // estimate then allows once the layers' rates are measured, every tile is on its middle
+    // layer within two seconds (0.8 s in eight runs; 1.1 or 3.0 s when the probing left out
+    // the upgrades' headroom, which stopped it just short) and nothing is paused.
     let (mut sim, cams) = sixteen_cameras(33, Some([1400, 3000, 12000]), 640, 360);
     let start = sim.now;
     let mut all_mid = None;
