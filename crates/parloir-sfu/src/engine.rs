@@ -64,8 +64,9 @@ pub struct SfuConfig {
     /// Send-side bandwidth estimation on subscriber connections (TWCC feedback, str0m's GCC),
     /// starting from this estimate in kbit/s: each subscriber's video is then fitted to its
     /// estimate by priority (the `allocation` module). 0 turns it off, and every subscriber
-    /// gets the layers its tiles ask for whatever its link. Its cost: str0m's pacer asks for a
-    /// timeout after each packet sent, and each timeout walks all the connection's streams.
+    /// gets the layers its tiles ask for whatever its link. Its cost: str0m's estimator and
+    /// leaky-bucket pacer per subscriber connection (about a quarter more SFU time per
+    /// datagram out at 50 participants in the forwarding bench, perf/README.md).
     pub bwe_initial_kbps: u32,
     /// This SFU's index among the process's media workers, and how many there are: a room
     /// may span workers (`relay.rs`), each holding its own participants of the room and
@@ -2058,10 +2059,12 @@ impl Sfu {
                 peer.estimate = Some(estimate);
                 peer.ramp_since.get_or_insert(now);
                 // A link that carries little more than the estimate the ramp probed from:
-                // probing on for all that the tiles ask would only fill its queue.
+                // probing on for all that the tiles ask would only fill its queue. (A ramp
+                // whose tiles ask for less than RAMP_GAIN times that has done its work once
+                // the estimate reaches what they ask for.)
                 if let Some((asked, from)) = peer.ramp_probe
                     && now.saturating_duration_since(asked) >= RAMP_VERDICT
-                    && (estimate as f64) < from as f64 * RAMP_GAIN
+                    && (estimate as f64) < (from as f64 * RAMP_GAIN).min(peer.ramp_demand as f64)
                 {
                     peer.ramp_over = true;
                 }
@@ -3671,7 +3674,8 @@ impl Sfu {
         let calm = |t: Option<Instant>, d| t.is_none_or(|t| now.saturating_duration_since(t) >= d);
         // Another ramp: the tiles came to ask for much more than before and than the estimate
         // (the grid filled as a meeting began, a tile grew), on a link that shows no
-        // congestion now; libwebrtc's probe controller likewise probes at once for an
+        // congestion now (no standing queue, no fall for CALM_AFTER_FALL, and the probe hold
+        // since the last probe); libwebrtc's probe controller likewise probes at once for an
         // allocation that grew. Probed for one upgrade's worth per probe hold instead, an
         // early arrival whose estimate fell while it showed one tile paused much of the grid
         // when the meeting filled.
@@ -3681,7 +3685,7 @@ impl Sfu {
             && demand as f64 > peer.ramp_demand as f64 * RAMP_GROWTH
             && !peer.queued()
             && !peer.falling(now)
-            && calm(peer.last_fall, FALLING_WINDOW)
+            && calm(peer.last_fall, CALM_AFTER_FALL)
             && calm(peer.probed_at, peer.probe_hold);
         let ramping = ramp_again || peer.ramping(now);
         // Up slowly: one track at a time (as far as it fits), and only once no track went up
@@ -3837,8 +3841,9 @@ impl Sfu {
         // fills needs several times what one tile did. In a ramp (until the estimate falls,
         // within RAMP), the desired rate is all that the tiles ask for: str0m's probe
         // controller then probes as a browser does at the start of a call (three and six
-        // times the estimate, or once and twice the allocation, then doubling while the probes
-        // get through), instead of one upgrade's worth every probe hold.
+        // times the estimate, or once and twice the allocation capped at twice the estimate,
+        // then doubling while the probes get through), instead of one upgrade's worth every
+        // probe hold.
         let mut ramp_asks = false;
         if ramping && demand > estimate {
             desired = desired.max(demand);
