@@ -148,6 +148,17 @@ fn participant_sid(sim: &Sim, who: &str) -> String {
     joined.participant.as_ref().expect("its info").sid.clone()
 }
 
+/// How many of `cams` reached "sub" in the last 300 ms.
+fn flowing(sim: &Sim, cams: &[String]) -> usize {
+    cams.iter()
+        .filter(|cam| {
+            frames(sim, "sub", cam).last().is_some_and(|f| {
+                sim.now.saturating_duration_since(f.at) < Duration::from_millis(300)
+            })
+        })
+        .count()
+}
+
 fn last_layers(frames: &[VideoFrame], n: usize) -> Vec<u8> {
     frames[frames.len().saturating_sub(n)..]
         .iter()
@@ -585,15 +596,7 @@ fn a_subscriber_joining_a_grid_of_sixteen_sees_every_tile_at_once() {
     // paused (with tracks paused as soon as the budget lacks room, not after `PAUSE_AFTER`,
     // this fails).
     let (mut sim, cams) = sixteen_cameras(31, None, 320, 180);
-    let flowing = |sim: &Sim| {
-        cams.iter()
-            .filter(|cam| {
-                frames(sim, "sub", cam).last().is_some_and(|f| {
-                    sim.now.saturating_duration_since(f.at) < Duration::from_millis(300)
-                })
-            })
-            .count()
-    };
+    let flowing = |sim: &Sim| flowing(sim, &cams);
     sim.run_for(Duration::from_millis(1250));
     for _ in 0..26 {
         assert_eq!(flowing(&sim), 16, "every tile flows");
@@ -692,15 +695,7 @@ fn an_early_subscriber_whose_estimate_fell_makes_room_when_the_grid_fills() {
             },
         });
     let shown = sim.now;
-    let flowing = |sim: &Sim| {
-        cams.iter()
-            .filter(|cam| {
-                frames(sim, "sub", cam).last().is_some_and(|f| {
-                    sim.now.saturating_duration_since(f.at) < Duration::from_millis(300)
-                })
-            })
-            .count()
-    };
+    let flowing = |sim: &Sim| flowing(sim, &cams);
     let mut all = None;
     while sim.now - shown < Duration::from_secs(10) {
         sim.run_for(Duration::from_millis(100));
