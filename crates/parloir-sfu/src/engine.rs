@@ -3674,8 +3674,8 @@ impl Sfu {
         let calm = |t: Option<Instant>, d| t.is_none_or(|t| now.saturating_duration_since(t) >= d);
         // Another ramp: the tiles came to ask for much more than before and than the estimate
         // (the grid filled as a meeting began, a tile grew), on a link that shows no
-        // congestion now (no standing queue, no fall for CALM_AFTER_FALL, and the probe hold
-        // since the last probe); libwebrtc's probe controller likewise probes at once for an
+        // congestion now (no standing queue, no fall for CALM_AFTER_FALL, which also rules
+        // out `falling`, and the probe hold since the last probe); libwebrtc's probe controller likewise probes at once for an
         // allocation that grew. Probed for one upgrade's worth per probe hold instead, an
         // early arrival whose estimate fell while it showed one tile paused much of the grid
         // when the meeting filled.
@@ -3684,7 +3684,6 @@ impl Sfu {
             && demand > estimate
             && demand as f64 > peer.ramp_demand as f64 * RAMP_GROWTH
             && !peer.queued()
-            && !peer.falling(now)
             && calm(peer.last_fall, CALM_AFTER_FALL)
             && calm(peer.probed_at, peer.probe_hold);
         let ramping = ramp_again || peer.ramping(now);
