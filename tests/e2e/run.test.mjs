@@ -588,6 +588,24 @@ for (const singlePeerConnection of [false, true]) {
       await waitForMediaGrowth(b, ['alice']);
     });
 
+    scenario('a client whose peer connections close under it is told to join again, and does', async (s) => {
+      const room = `e2e-rejoin-${pathName}-${uniq()}`;
+      const [a, b] = [await s.join('alice', room, opts), await s.join('bob', room, opts)];
+      await waitForMesh([a, b], true);
+      const sidBefore = (await a.state()).sid;
+      await a.page.evaluate(() => window.closePeerConnections());
+      // The server cannot bring a closed connection back: it tells the client to rejoin
+      // (LeaveRequest action RECONNECT, as LiveKit does), not to give up.
+      await waitFor('alice joins again', async () => (await a.state()).events.some((e) => e.what === 'reconnected'));
+      const st = await a.state();
+      assert.ok(!st.events.some((e) => e.what.startsWith('disconnected')), JSON.stringify(st.events));
+      assert.notEqual(st.sid, sidBefore, 'a full reconnect is a new participant');
+      await waitFor('bob sees the new alice', async () =>
+        (await b.state()).remotes.some((r) => r.identity === 'alice' && r.sid === st.sid));
+      await waitForMediaGrowth(a, ['bob']);
+      await waitForMediaGrowth(b, ['alice']);
+    });
+
     scenario('a back end drives the room over the RoomService API', async (s) => {
       const room = `e2e-api-${pathName}-${uniq()}`;
       const [a, b] = [await s.join('alice', room, opts), await s.join('bob', room, opts)];

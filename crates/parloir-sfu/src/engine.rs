@@ -499,9 +499,11 @@ struct Participant {
     pending: HashMap<String, String>,
     /// Track settings last asked for, per track sid.
     settings: FastMap<String, proto::UpdateTrackSettings>,
-    /// Since when the signal connection is gone (the participant may resume until
-    /// [`RESUME_WINDOW`] has passed).
-    signal_lost: Option<Instant>,
+    /// When the participant leaves unless it resumes first, and the reason it will leave
+    /// with: its signal connection is gone ([`RESUME_WINDOW`]), or one of its peer
+    /// connections lost its path and the client was asked to resume
+    /// ([`TRANSPORT_RESUME_WINDOW`]). The first loss sets it; a resume clears it.
+    resume_by: Option<(Instant, proto::DisconnectReason)>,
     /// A mirror of a participant of another media worker (`relay.rs`): no peers, no signal
     /// session here; its tracks' frames come from that worker.
     remote: Option<u16>,
@@ -1052,6 +1054,11 @@ pub const OFFER_MLINES_PER_CALL: usize = 256;
 pub const TIMEOUT_MLINES_PER_CALL: usize = 512;
 /// How long a participant whose WebSocket dropped may resume before it is removed.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(15);
+/// How long a participant whose media path failed (ICE found no working pair) may resume,
+/// once told to, before it is removed: LiveKit's `disconnectCleanupDuration`. A client that
+/// still has its WebSocket resumes within a second (livekit-client waits up to 0.5 s, then
+/// reconnects its socket and restarts ICE).
+pub const TRANSPORT_RESUME_WINDOW: Duration = Duration::from_secs(5);
 /// LiveKit's defaults: a room nobody joined closes after 5 minutes, a room everyone left after
 /// 20 seconds.
 const DEFAULT_EMPTY_TIMEOUT_S: u32 = 300;
@@ -1197,7 +1204,8 @@ impl Sfu {
             Command::Leave { session } => self.leave(session, None),
             Command::Disconnect { session } => {
                 if let Some(p) = self.participants.get_mut(&session) {
-                    p.signal_lost = Some(now);
+                    p.resume_by
+                        .get_or_insert((now + RESUME_WINDOW, proto::DisconnectReason::SignalClose));
                 }
             }
             Command::Resume { session, identity } => self.resume(now, session, &identity),
@@ -1511,7 +1519,7 @@ impl Sfu {
                 subscriber: Some(subscriber),
                 pending: HashMap::new(),
                 settings: FastMap::default(),
-                signal_lost: None,
+                resume_by: None,
                 remote: None,
             },
         );
@@ -1590,7 +1598,7 @@ impl Sfu {
         let Some(p) = self.participants.get_mut(&session) else {
             return;
         };
-        p.signal_lost = None;
+        p.resume_by = None;
         let (room_name, subscriber) = (p.room.clone(), p.subscriber);
         let response = proto::ReconnectResponse {
             server_info: Some(self.server_info()),
@@ -1694,7 +1702,46 @@ impl Sfu {
         }
     }
 
+    /// A peer connection of `pid` lost its path. As LiveKit does, the client is told to resume
+    /// (`LeaveRequest` with action RESUME); the participant, its tracks and subscriptions
+    /// stay until [`TRANSPORT_RESUME_WINDOW`] has passed. Nothing is sent when the participant
+    /// is already waiting for a resume (its signal connection is gone too).
+    fn transport_lost(&mut self, now: Instant, pid: PeerId) {
+        let Some(session) = self.peers.get(&pid).map(|p| p.session) else {
+            return;
+        };
+        let Some(p) = self.participants.get_mut(&session) else {
+            return;
+        };
+        if p.resume_by.is_some() {
+            return;
+        }
+        p.resume_by = Some((
+            now + TRANSPORT_RESUME_WINDOW,
+            proto::DisconnectReason::ConnectionTimeout,
+        ));
+        tracing::info!(%session, "media path lost; asking the client to resume");
+        self.signal(
+            session,
+            leave_message(
+                proto::DisconnectReason::ConnectionTimeout,
+                proto::leave_request::Action::Resume,
+            ),
+        );
+    }
+
     fn leave(&mut self, session: SessionId, reason: Option<proto::DisconnectReason>) {
+        self.leave_with(session, reason, proto::leave_request::Action::Disconnect);
+    }
+
+    /// The participant leaves; with a reason, its client gets a `LeaveRequest` with `action`
+    /// and its signal connection is closed.
+    fn leave_with(
+        &mut self,
+        session: SessionId,
+        reason: Option<proto::DisconnectReason>,
+        action: proto::leave_request::Action,
+    ) {
         let Some(mut participant) = self.participants.remove(&session) else {
             return;
         };
@@ -1706,10 +1753,7 @@ impl Sfu {
         if let Some(reason) = reason
             && local
         {
-            self.signal(
-                session,
-                leave_message(reason, proto::leave_request::Action::Disconnect),
-            );
+            self.signal(session, leave_message(reason, action));
             self.out.push_back(Output::Close(session));
         }
         // Unpublish its tracks.
@@ -1959,9 +2003,16 @@ impl Sfu {
             }
         }
         if !peer.rtc.is_alive() {
+            // DTLS failed or was closed: an ICE restart cannot bring this connection back.
+            // The participant leaves, and the client is told to join again (LiveKit's full
+            // reconnect), not to give up.
             let session = peer.session;
             tracing::info!(%session, "peer connection closed");
-            self.leave(session, Some(proto::DisconnectReason::ConnectionTimeout));
+            self.leave_with(
+                session,
+                Some(proto::DisconnectReason::ConnectionTimeout),
+                proto::leave_request::Action::Reconnect,
+            );
         }
     }
 
@@ -2030,10 +2081,11 @@ impl Sfu {
                     }
                     // After a pair was up, "disconnected" means every pair went 15 s
                     // without a check from the client. An ICE-lite server cannot restart
-                    // ICE itself; the client rejoins.
+                    // ICE itself: the client is asked to resume, which restarts ICE on both
+                    // connections (DTLS, streams and m-lines stay as they are).
                     IceConnectionState::Disconnected if peer.ice_up => {
-                        peer.rtc.disconnect();
-                        self.mark(pid);
+                        peer.ice_up = false;
+                        self.transport_lost(now, pid);
                     }
                     // Before that, it means that no candidate the client signalled pairs
                     // with the server's (Chromium may trickle its TCP candidates first): the
@@ -3990,19 +4042,16 @@ impl Sfu {
             self.forget_pending_offer(pid);
             self.negotiate_subscriber(session);
         }
-        // Participants whose signal connection did not come back leave.
-        let expired: Vec<SessionId> = self
+        // Participants that lost their signal connection or their media path, and did not
+        // resume in time, leave.
+        let expired: Vec<(SessionId, proto::DisconnectReason)> = self
             .participants
             .iter()
-            .filter(|(_, p)| {
-                p.signal_lost
-                    .is_some_and(|t| now.saturating_duration_since(t) >= RESUME_WINDOW)
-            })
-            .map(|(s, _)| *s)
+            .filter_map(|(s, p)| p.resume_by.filter(|(t, _)| now >= *t).map(|(_, r)| (*s, r)))
             .collect();
-        for session in expired {
-            tracing::info!(%session, "no resume within the window; leaving");
-            self.leave(session, Some(proto::DisconnectReason::SignalClose));
+        for (session, reason) in expired {
+            tracing::info!(%session, ?reason, "no resume within the window; leaving");
+            self.leave(session, Some(reason));
         }
         // Rooms empty for longer than their timeout close.
         let mut closed = Vec::new();

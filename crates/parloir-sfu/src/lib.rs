@@ -26,8 +26,8 @@ mod temporal;
 pub use engine::{
     AudioFrame, AudioTap, Command, JoinCommand, LANGUAGES_KEY, Layout, OFFER_MLINES_PER_CALL,
     Output, RESUME_WINDOW, RecordFrame, RecordTap, Relay, SUBTITLES_KEY, ServiceCall, ServiceError,
-    ServiceReply, Sfu, SfuConfig, Stats, Subtitle, TRANSCRIPTION_TOPIC, Transmit, Transport,
-    home_worker, leave_message,
+    ServiceReply, Sfu, SfuConfig, Stats, Subtitle, TRANSCRIPTION_TOPIC, TRANSPORT_RESUME_WINDOW,
+    Transmit, Transport, home_worker, leave_message,
 };
 pub use ids::SessionId;
 pub use livekit_protocol as proto;

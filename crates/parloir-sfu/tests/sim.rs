@@ -809,6 +809,163 @@ fn a_lost_signal_connection_may_resume_within_the_window() {
     assert_eq!(left.len(), 2, "{left:?}");
 }
 
+/// Frames `who` received of every track so far.
+fn frames_at(sim: &Sim, who: &str) -> usize {
+    sim.client(who).frames.values().map(Vec::len).sum()
+}
+
+#[test]
+fn a_client_whose_media_path_fails_is_asked_to_resume_and_gets_its_media_back() {
+    media_path_fails_then_resume(18, false);
+}
+
+#[test]
+fn a_single_connection_client_whose_media_path_fails_resumes_too() {
+    media_path_fails_then_resume(20, true);
+}
+
+fn media_path_fails_then_resume(seed: u64, single: bool) {
+    let mut sim = Sim::new(seed, 0.0);
+    sim.join_with("alice", single);
+    sim.join_with("bob", single);
+    sim.publish(0);
+    sim.publish(1);
+    sim.run_for(Duration::from_secs(2));
+    let sid = sim
+        .client("alice")
+        .joined
+        .clone()
+        .expect("joined")
+        .participant
+        .expect("me")
+        .sid;
+    let cam = sim.track_sid("alice", "cam");
+
+    // Alice's UDP path goes away (a firewall, a NAT that dropped its mapping); her signal
+    // connection stays up.
+    let addrs = [
+        sim.clients[0].publisher_addr,
+        sim.clients[0].subscriber_addr,
+    ];
+    sim.net.cut.extend(addrs);
+    let cut_at = sim.now;
+    while sim.client("alice").left.is_none() && sim.now - cut_at < Duration::from_secs(30) {
+        sim.run_for(Duration::from_millis(100));
+    }
+    let after = sim.now - cut_at;
+    assert!(
+        after > Duration::from_secs(5),
+        "ICE gives the path time to come back: {after:?}"
+    );
+    let leave = sim
+        .client("alice")
+        .left
+        .clone()
+        .expect("alice is told to resume");
+    assert_eq!(leave.action, proto::leave_request::Action::Resume as i32);
+    assert_eq!(
+        leave.reason,
+        proto::DisconnectReason::ConnectionTimeout as i32
+    );
+    assert!(leave.can_reconnect);
+    assert!(
+        !sim.client("alice").closed,
+        "her signal connection stays open"
+    );
+    assert_eq!(
+        sim.sfu.stats().participants,
+        2,
+        "she stays in the room meanwhile"
+    );
+    assert!(
+        !sim.webhooks.iter().any(|e| e.event == "participant_left"),
+        "nobody left"
+    );
+
+    // Her path is back; she resumes within the window, as livekit-client does at once.
+    sim.net.cut.clear();
+    sim.clients[0].left = None;
+    sim.resume(0);
+    let (alice_before, bob_before) = (frames_at(&sim, "alice"), received(&sim, "bob", &cam));
+    sim.run_for(parloir_sfu::TRANSPORT_RESUME_WINDOW + Duration::from_secs(3));
+    let me = sim
+        .client("alice")
+        .others
+        .get("alice")
+        .map(|p| p.sid.clone());
+    assert_eq!(
+        me.as_deref(),
+        Some(sid.as_str()),
+        "the same participant, not a new join"
+    );
+    assert_eq!(sim.sfu.stats().participants, 2);
+    assert!(
+        sim.client("alice").left.is_none(),
+        "{:?}",
+        sim.client("alice").left
+    );
+    let (alice_after, bob_after) = (frames_at(&sim, "alice"), received(&sim, "bob", &cam));
+    assert!(
+        alice_after > alice_before + 100,
+        "Bob's media reaches Alice again ({alice_before} → {alice_after})"
+    );
+    assert!(
+        bob_after > bob_before + 20,
+        "Alice's camera reaches Bob again ({bob_before} → {bob_after})"
+    );
+    assert!(
+        !sim.webhooks.iter().any(|e| e.event == "participant_left"),
+        "nobody left"
+    );
+}
+
+#[test]
+fn a_client_that_does_not_resume_after_its_media_path_failed_leaves() {
+    let mut sim = Sim::new(19, 0.0);
+    sim.join("alice");
+    sim.join("bob");
+    sim.publish(0);
+    sim.publish(1);
+    sim.run_for(Duration::from_secs(2));
+    let addrs = [
+        sim.clients[0].publisher_addr,
+        sim.clients[0].subscriber_addr,
+    ];
+    sim.net.cut.extend(addrs);
+    // Long enough for ICE to give up on her pairs and for the window after it.
+    sim.run_for(
+        Duration::from_secs(20) + parloir_sfu::TRANSPORT_RESUME_WINDOW + Duration::from_secs(2),
+    );
+    assert_eq!(sim.sfu.stats().participants, 1, "alice left");
+    let leave = sim.client("alice").left.clone().expect("a leave");
+    assert_eq!(
+        leave.action,
+        proto::leave_request::Action::Disconnect as i32
+    );
+    assert_eq!(
+        leave.reason,
+        proto::DisconnectReason::ConnectionTimeout as i32
+    );
+    assert!(sim.client("alice").closed);
+    let left: Vec<&str> = sim
+        .webhooks
+        .iter()
+        .filter(|e| e.event == "participant_left")
+        .filter_map(|e| e.participant.as_ref().map(|p| p.identity.as_str()))
+        .collect();
+    assert_eq!(left, ["alice"]);
+    let bob = sim
+        .client("bob")
+        .others
+        .get("alice")
+        .expect("bob knows of alice");
+    assert_eq!(
+        bob.state,
+        proto::participant_info::State::Disconnected as i32,
+        "bob hears that she left"
+    );
+}
+
 /// The layers a subscriber received since `from` (an index into its received video frames).
 fn layers_since(sim: &Sim, who: &str, sid: &str, from: usize) -> Vec<u8> {
     sim.client(who)

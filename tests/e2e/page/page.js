@@ -291,6 +291,12 @@
 
   // livekit-client's own failure simulations ('signal-reconnect' drops the WebSocket).
   window.simulate = (scenario) => room.simulateScenario(scenario);
+  // Closes the client's peer connections under it (as a crashed network stack or an
+  // extension would), leaving its signal connection up: the server decides what comes next.
+  window.closePeerConnections = () => {
+    const m = room.engine.pcManager;
+    for (const t of [m.publisher, m.subscriber]) t?._pc?.close();
+  };
 
   window.setMicMuted = async (muted) => {
     await room.localParticipant.setMicrophoneEnabled(!muted);

@@ -398,7 +398,7 @@ impl Sfu {
                         subscriber: None,
                         pending: Default::default(),
                         settings: FastMap::default(),
-                        signal_lost: None,
+                        resume_by: None,
                         remote: Some(from),
                     },
                 );

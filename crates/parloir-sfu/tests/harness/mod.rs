@@ -11,7 +11,7 @@
 //! slightly between runs and assertions leave room for that rather than pinning exact figures.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -115,11 +115,17 @@ pub struct Net {
     pub lost: u64,
     /// Bottlenecks by destination address.
     pub links: HashMap<SocketAddr, Link>,
+    /// Addresses cut off the network: datagrams from or to them are lost.
+    pub cut: HashSet<SocketAddr>,
 }
 
 impl Net {
     pub fn send(&mut self, now: Instant, packet: Packet) {
         self.sent += 1;
+        if self.cut.contains(&packet.from) || self.cut.contains(&packet.to) {
+            self.lost += 1;
+            return;
+        }
         if self.loss > 0.0 && self.rng.random_bool(self.loss) {
             self.lost += 1;
             return;
@@ -415,6 +421,7 @@ impl Sim {
                 sent: 0,
                 lost: 0,
                 links: HashMap::new(),
+                cut: HashSet::new(),
             },
             clients: Vec::new(),
             commands: Vec::new(),
@@ -736,6 +743,26 @@ impl Sim {
             sdp,
             id: offer_id,
         });
+        self.pump();
+    }
+
+    /// Client `i` resumes as livekit-client does (`resumeConnection`): a new signal connection
+    /// (`reconnect=1`), then an offer that restarts ICE on its publishing connection. The
+    /// SFU restarts ICE on the subscribing one with its own offer.
+    pub fn resume(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        self.commands.push(Command::Resume {
+            session: c.session,
+            identity: c.identity.clone(),
+        });
+        let mut api = c.publisher.sdp_api();
+        api.ice_restart(true);
+        let (offer, pending) = api.apply().expect("an ICE-restart offer");
+        c.pending = Some(pending);
+        c.offer_id += 1;
+        let (session, id) = (c.session, c.offer_id);
+        let sdp = self.client_sdp(offer.to_sdp_string());
+        self.commands.push(Command::Offer { session, sdp, id });
         self.pump();
     }
 
