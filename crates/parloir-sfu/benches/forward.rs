@@ -34,6 +34,10 @@
 //! next participant), as a meeting's speaker view does, and publishers pause the layers nobody
 //! shows when the SFU says so (dynacast), as livekit-client does: this is the meeting's shape.
 //!
+//! `PARLOIR_BENCH_SINK=1` (steps mode, with `PARLOIR_BENCH_BWE=0`) drops what the SFU sends to
+//! the subscribing connections unread while measuring: the SFU's cost without the simulated
+//! receivers' work passing through the caches between its calls.
+//!
 //! `PARLOIR_BENCH_WORKERS=W` (steps mode) spreads the room over W media workers, participant i
 //! on worker i mod W (a room spanning workers, frames relayed between them), and prints each
 //! worker's time per datagram the whole room sent: the busiest worker's is what the room costs
@@ -187,13 +191,31 @@ fn main() {
                     })
             };
             let before = totals(&mut sim);
+            // PARLOIR_BENCH_SINK=1: while measuring, the datagrams the SFU sends to the
+            // subscribing connections are dropped unread, so that the simulated clients' own
+            // work (decrypting and depacketizing every datagram, their state for every stream)
+            // does not pass through the caches between the SFU's calls. The SFU sends the same
+            // media; it no longer receives the subscribers' reports and feedback (run it with
+            // PARLOIR_BENCH_BWE=0, since the estimator lives on that feedback).
+            let sink = std::env::var("PARLOIR_BENCH_SINK").is_ok_and(|v| v == "1");
+            if sink {
+                let subscribers: Vec<_> = sim
+                    .clients
+                    .iter()
+                    .filter(|c| !c.single)
+                    .map(|c| c.subscriber_addr)
+                    .collect();
+                sim.net.sink.extend(subscribers);
+            }
             sim.sfu_time = Duration::ZERO;
+            sim.feedback_time = Duration::ZERO;
             sim.sfu_longest = Duration::ZERO;
             sim.worker_time.iter_mut().for_each(|t| *t = Duration::ZERO);
             for _ in 0..steps {
                 sim.run_for(STEP);
             }
             let after = totals(&mut sim);
+            sim.net.sink.clear();
             let out = after.0 - before.0;
             let timeouts = after.1 - before.1;
             let datagrams_in = after.2 - before.2;
@@ -215,6 +237,7 @@ fn main() {
                 );
             }
             let us = sim.sfu_time.as_secs_f64() * 1e6 / out.max(1) as f64;
+            let feedback_us = sim.feedback_time.as_secs_f64() * 1e6 / out.max(1) as f64;
             // The video frames the subscribers got in each layer, from the join on: with
             // simulcast, what the layer choice gave them.
             let mut layers = [0u64; 3];
@@ -241,7 +264,7 @@ fn main() {
             let longest = sim.sfu_longest.as_secs_f64() * 1e3;
             let per_call = sim.offers_per_call;
             println!(
-                "participants {n} steps {steps} datagrams_out {out} datagrams_in {datagrams_in} rtc_timeouts {timeouts} us_per_datagram_out {us:.2} warmup_s {warmup_wall:.1} warmup_sfu_s {warmup_sfu:.2} subscriber_offers {offers} longest_call_ms {steady_longest:.1} longest_call {steady_kind} peer_timeouts_in_it {steady_due} late_publish_longest_call_ms {longest:.1} late_publish_offers_per_call {per_call}"
+                "participants {n} steps {steps} datagrams_out {out} datagrams_in {datagrams_in} rtc_timeouts {timeouts} us_per_datagram_out {us:.2} of_which_subscriber_feedback {feedback_us:.2} warmup_s {warmup_wall:.1} warmup_sfu_s {warmup_sfu:.2} subscriber_offers {offers} longest_call_ms {steady_longest:.1} longest_call {steady_kind} peer_timeouts_in_it {steady_due} late_publish_longest_call_ms {longest:.1} late_publish_offers_per_call {per_call}"
             );
         }
         return;

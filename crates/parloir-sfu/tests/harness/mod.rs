@@ -117,6 +117,10 @@ pub struct Net {
     pub links: HashMap<SocketAddr, Link>,
     /// Addresses cut off the network: datagrams from or to them are lost.
     pub cut: HashSet<SocketAddr>,
+    /// Addresses whose incoming datagrams are dropped unread (counted in `sunk`): the
+    /// forwarding bench's receivers, when their own work is kept out of the SFU's caches.
+    pub sink: HashSet<SocketAddr>,
+    pub sunk: u64,
 }
 
 impl Net {
@@ -124,6 +128,10 @@ impl Net {
         self.sent += 1;
         if self.cut.contains(&packet.from) || self.cut.contains(&packet.to) {
             self.lost += 1;
+            return;
+        }
+        if self.sink.contains(&packet.to) {
+            self.sunk += 1;
             return;
         }
         if self.loss > 0.0 && self.rng.random_bool(self.loss) {
@@ -383,6 +391,9 @@ pub struct Sim {
     pub next_worker: u16,
     /// Wall-clock time spent inside each worker's SFU calls (`sfu_time` is their sum).
     pub worker_time: Vec<Duration>,
+    /// Of `sfu_time`, the SFU's calls that received a datagram from a subscribing
+    /// connection (its reports, feedback and checks).
+    pub feedback_time: Duration,
 }
 
 impl Sim {
@@ -422,6 +433,8 @@ impl Sim {
                 lost: 0,
                 links: HashMap::new(),
                 cut: HashSet::new(),
+                sink: HashSet::new(),
+                sunk: 0,
             },
             clients: Vec::new(),
             commands: Vec::new(),
@@ -449,6 +462,7 @@ impl Sim {
             relayed: 0,
             next_worker: 0,
             worker_time: vec![Duration::ZERO],
+            feedback_time: Duration::ZERO,
         }
     }
 
@@ -874,8 +888,16 @@ impl Sim {
             let t = Instant::now();
             let now = self.now;
             self.sfu_of(w).handle_receive(now, p.from, p.to, &p.data);
-            self.worker_time[usize::from(w)] += t.elapsed();
+            let took = t.elapsed();
+            self.worker_time[usize::from(w)] += took;
             self.timed(t, "receive");
+            if self
+                .clients
+                .iter()
+                .any(|c| !c.single && c.subscriber_addr == p.from)
+            {
+                self.feedback_time += took;
+            }
             return;
         }
         let now = self.now;
