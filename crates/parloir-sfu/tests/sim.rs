@@ -173,8 +173,17 @@ fn nack_repairs_video_on_a_long_round_trip() {
     nack_repairs_video(8, Duration::from_millis(150));
 }
 
+/// Without bandwidth estimation, so that every resend leaves at once: this checks the NACK
+/// path itself. With estimation on, subscriber connections are paced, and on the long round
+/// trip a run in about 20 went wrong in one of three ways (300 runs, 2026-12-04): a resend
+/// queued behind paced media came after the receiver stopped waiting (two frames lost); a
+/// loss was repaired by a probe's padding (which resends recent packets), so no NACK
+/// was counted; or the receiver's
+/// depacketizer stopped delivering frames (2.7 s of them, while the SFU kept forwarding).
+/// A browser asks for a key frame when it cannot decode; the harness's str0m receiver does
+/// not. Estimation off: none in 300 runs. perf/README.md keeps the figures.
 fn nack_repairs_video(seed: u64, delay: Duration) {
-    let mut sim = Sim::new(seed, 0.0);
+    let mut sim = Sim::with_options(seed, 0.0, 3, 0);
     sim.net.delay = delay;
     sim.join("alice");
     sim.join("bob");
@@ -194,9 +203,7 @@ fn nack_repairs_video(seed: u64, delay: Duration) {
 
     let sid = sim.track_sid("alice", "cam");
     let got = &sim.client("bob").frames[&sid];
-    // Subscriber connections are paced to their bandwidth estimate, which 5 % random loss
-    // lowers; a retransmission queued behind paced media can (in a few runs in a hundred) come
-    // after the receiver stopped waiting for it. One frame of the 40 may be missing.
+    // One frame of the 40 may be missing (a resend lost again, past the resend window).
     let lost_frames = missing(got, start, end);
     assert!(
         lost_frames.len() <= 1,
