@@ -173,7 +173,10 @@ room-{ROOM}: {{
     /// The command that starts Janus on this configuration.
     pub fn command(&self) -> anyhow::Result<Command> {
         let mut c = Command::new("janus");
-        c.arg("-C")
+        // In its own directory, so that a core dump (Janus 1.1.2 has crashed on shutdown
+        // here) goes away with the configuration instead of landing in the caller's tree.
+        c.current_dir(&self.path)
+            .arg("-C")
             .arg(self.path.join("janus.jcfg"))
             .arg("-F")
             .arg(&self.path)
