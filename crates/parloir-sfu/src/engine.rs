@@ -502,7 +502,8 @@ struct Participant {
     /// When the participant leaves unless it resumes first, and the reason it will leave
     /// with: its signal connection is gone ([`RESUME_WINDOW`]), or one of its peer
     /// connections lost its path and the client was asked to resume
-    /// ([`TRANSPORT_RESUME_WINDOW`]). The first loss sets it; a resume clears it.
+    /// ([`TRANSPORT_RESUME_WINDOW`]). The first loss sets the deadline; a resume clears it,
+    /// and so does a path that comes back while the signal connection stayed.
     resume_by: Option<(Instant, proto::DisconnectReason)>,
     /// A mirror of a participant of another media worker (`relay.rs`): no peers, no signal
     /// session here; its tracks' frames come from that worker.
@@ -1203,9 +1204,11 @@ impl Sfu {
             Command::UpdateMetadata { session, request } => self.update_metadata(session, request),
             Command::Leave { session } => self.leave(session, None),
             Command::Disconnect { session } => {
+                // A loss of the media path before keeps its (shorter) deadline; the reason
+                // becomes the signal connection's, which only a resume brings back.
                 if let Some(p) = self.participants.get_mut(&session) {
-                    p.resume_by
-                        .get_or_insert((now + RESUME_WINDOW, proto::DisconnectReason::SignalClose));
+                    let by = p.resume_by.map_or(now + RESUME_WINDOW, |(by, _)| by);
+                    p.resume_by = Some((by, proto::DisconnectReason::SignalClose));
                 }
             }
             Command::Resume { session, identity } => self.resume(now, session, &identity),
@@ -1730,6 +1733,30 @@ impl Sfu {
         );
     }
 
+    /// A peer connection of `session` has a path again. If the client was asked to resume
+    /// because of a lost path, kept its signal connection and every one of its connections
+    /// is up again without a resume (a client that ignores the request, and whose path came
+    /// back by itself), it stays: media flows, and there is nothing left to resume.
+    fn transport_back(&mut self, session: SessionId) {
+        let Some(p) = self.participants.get(&session) else {
+            return;
+        };
+        if !matches!(
+            p.resume_by,
+            Some((_, proto::DisconnectReason::ConnectionTimeout))
+        ) {
+            return;
+        }
+        let all_up = [p.publisher, p.subscriber]
+            .into_iter()
+            .flatten()
+            .all(|pid| self.peers.get(&pid).is_some_and(|peer| peer.ice_up));
+        if all_up && let Some(p) = self.participants.get_mut(&session) {
+            tracing::info!(%session, "media path back without a resume");
+            p.resume_by = None;
+        }
+    }
+
     fn leave(&mut self, session: SessionId, reason: Option<proto::DisconnectReason>) {
         self.leave_with(session, reason, proto::leave_request::Action::Disconnect);
     }
@@ -2078,6 +2105,8 @@ impl Sfu {
                 match state {
                     IceConnectionState::Connected | IceConnectionState::Completed => {
                         peer.ice_up = true;
+                        let session = peer.session;
+                        self.transport_back(session);
                     }
                     // After a pair was up, "disconnected" means every pair went 15 s
                     // without a check from the client. An ICE-lite server cannot restart

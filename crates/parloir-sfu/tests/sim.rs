@@ -966,6 +966,87 @@ fn a_client_that_does_not_resume_after_its_media_path_failed_leaves() {
     );
 }
 
+#[test]
+fn a_client_whose_media_path_comes_back_by_itself_stays_without_resuming() {
+    let mut sim = Sim::new(21, 0.0);
+    sim.join("alice");
+    sim.join("bob");
+    sim.publish(0);
+    sim.publish(1);
+    sim.run_for(Duration::from_secs(2));
+    let cam = sim.track_sid("alice", "cam");
+    let addrs = [
+        sim.clients[0].publisher_addr,
+        sim.clients[0].subscriber_addr,
+    ];
+    sim.net.cut.extend(addrs);
+    let cut_at = sim.now;
+    while sim.client("alice").left.is_none() && sim.now - cut_at < Duration::from_secs(30) {
+        sim.run_for(Duration::from_millis(100));
+    }
+    let leave = sim
+        .client("alice")
+        .left
+        .clone()
+        .expect("alice is told to resume");
+    assert_eq!(leave.action, proto::leave_request::Action::Resume as i32);
+
+    // Her path comes back; her client ignores the request to resume (an SDK without it)
+    // and goes on checking its pairs, so ICE is up again.
+    sim.net.cut.clear();
+    let (alice_before, bob_before) = (frames_at(&sim, "alice"), received(&sim, "bob", &cam));
+    sim.run_for(parloir_sfu::TRANSPORT_RESUME_WINDOW + Duration::from_secs(3));
+    assert_eq!(sim.sfu.stats().participants, 2, "she is still in the room");
+    assert!(who_left(&sim).is_empty(), "nobody left");
+    assert!(
+        !sim.client("alice").closed,
+        "her signal connection stays open"
+    );
+    let (alice_after, bob_after) = (frames_at(&sim, "alice"), received(&sim, "bob", &cam));
+    assert!(
+        alice_after > alice_before + 100,
+        "Bob's media reaches Alice again ({alice_before} → {alice_after})"
+    );
+    assert!(
+        bob_after > bob_before + 20,
+        "Alice's camera reaches Bob again ({bob_before} → {bob_after})"
+    );
+}
+
+#[test]
+fn a_client_that_lost_its_path_and_then_its_socket_leaves_even_if_the_path_comes_back() {
+    let mut sim = Sim::new(22, 0.0);
+    sim.join("alice");
+    sim.join("bob");
+    sim.publish(0);
+    sim.run_for(Duration::from_secs(2));
+    let alice = sim.client("alice").session;
+    let addrs = [
+        sim.clients[0].publisher_addr,
+        sim.clients[0].subscriber_addr,
+    ];
+    sim.net.cut.extend(addrs);
+    while sim.client("alice").left.is_none() {
+        sim.run_for(Duration::from_millis(100));
+    }
+    let asked = sim.now;
+    // Her socket goes too, then her path comes back: with no signal connection there is
+    // nothing to resume on, and the media path alone does not keep her.
+    sim.commands.push(Command::Disconnect { session: alice });
+    sim.net.cut.clear();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.sfu.stats().participants, 2, "within the window");
+    while who_left(&sim).is_empty() && sim.now - asked < Duration::from_secs(30) {
+        sim.run_for(Duration::from_millis(100));
+    }
+    assert_eq!(who_left(&sim), ["alice"]);
+    let after = sim.now - asked;
+    assert!(
+        after <= parloir_sfu::TRANSPORT_RESUME_WINDOW + Duration::from_secs(1),
+        "the first loss's deadline holds: {after:?}"
+    );
+}
+
 /// The layers a subscriber received since `from` (an index into its received video frames).
 fn layers_since(sim: &Sim, who: &str, sid: &str, from: usize) -> Vec<u8> {
     sim.client(who)
