@@ -739,3 +739,61 @@ fn frames_on_a_wide_link_are_not_held_in_the_pacer() {
         "frames waited beyond the network's delay: p90 {p90:?}, all {waits:?}"
     );
 }
+
+/// Open (2026-12-05): six participants with single-layer cameras (3 000-byte frames ten times
+/// a second, about 250 kbit/s each) and subscribers behind 2 Mbit/s links with a shallow
+/// queue (30 KB, 120 ms). Five cameras and five microphones need about 1.55 Mbit/s, which the
+/// link carries; yet half the frames never arrive (53 %) and the p99 frame comes 1.6 s late:
+/// the startup probes overflow the queue, the estimate falls below what the single layers need,
+/// tracks kept during `PAUSE_AFTER` build a backlog in the pacer, and the pacer sends that
+/// backlog at 2.5 times the estimate (str0m patch 39) into the link, which drives the estimate
+/// lower still. At a pacing factor of 1.1, 9 % of the frames are missing (p99 1.1 s); with a
+/// 256 KB queue, 7 % (p99 160 ms: the pauses while the estimate climbs); with simulcast cameras
+/// behind the 30 KB queue, 2 %. perf/README.md ("Shallow queues") has the figures.
+#[test]
+#[ignore = "open: fails today, see the comment and perf/README.md"]
+fn single_layer_cameras_behind_a_shallow_queue_all_flow() {
+    trace();
+    let n = 6;
+    let mut sim = Sim::new(40, 0.0);
+    sim.net.delay = Duration::from_millis(50);
+    sim.media_slots = 5;
+    let names: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    for name in &names {
+        sim.join(name);
+    }
+    for name in &names {
+        limit_with(&mut sim, name, 2 * MBIT, 30_000);
+    }
+    for i in 0..n {
+        sim.publish(i);
+    }
+    sim.run_for(Duration::from_secs(3));
+    let starts: Vec<u32> = (0..n).map(|i| sim.clients[i].video_sent).collect();
+    sim.run_for(Duration::from_secs(10));
+    let ends: Vec<u32> = (0..n).map(|i| sim.clients[i].video_sent).collect();
+    sim.run_for(Duration::from_secs(1));
+    let (mut lost, mut sent, mut late) = (0, 0, Vec::new());
+    for p in 0..n {
+        let cam = sim.track_sid(&names[p], "cam");
+        for (s, sub) in names.iter().enumerate() {
+            if s == p {
+                continue;
+            }
+            let got = frames(&sim, sub, &cam);
+            let counters: Vec<u32> = got.iter().map(|f| f.counter).collect();
+            lost += missing(&counters, starts[p], ends[p]).len();
+            sent += (ends[p] - starts[p]) as usize;
+            late.extend(
+                got.iter()
+                    .filter(|f| (starts[p]..ends[p]).contains(&f.counter))
+                    .map(|f| f.at - f.sent),
+            );
+        }
+    }
+    late.sort();
+    let p99 = late.get(late.len() * 99 / 100).copied().unwrap_or_default();
+    eprintln!("{lost} of {sent} frames missing; latency p99 {p99:?}");
+    assert!(lost * 20 <= sent, "{lost} of {sent} frames missing");
+    assert!(p99 < Duration::from_millis(500), "latency p99 {p99:?}");
+}
