@@ -743,15 +743,14 @@ fn frames_on_a_wide_link_are_not_held_in_the_pacer() {
 /// Open (2026-12-05): six participants with single-layer cameras (3 000-byte frames ten times
 /// a second, about 250 kbit/s each) and subscribers behind 2 Mbit/s links with a shallow
 /// queue (30 KB, 120 ms). Five cameras and five microphones need about 1.55 Mbit/s, which the
-/// link carries; yet half the frames never arrive (53 %) and the p99 frame comes 1.6 s late:
-/// the startup probes overflow the queue, the estimate falls below what the single layers need,
-/// tracks kept during `PAUSE_AFTER` build a backlog in the pacer, and the pacer sends that
-/// backlog at 2.5 times the estimate (str0m patch 39) into the link, which drives the estimate
-/// lower still. At a pacing factor of 1.1, 9 % of the frames are missing (p99 1.1 s); with a
-/// 256 KB queue, 7 % (p99 160 ms: the pauses while the estimate climbs); with simulcast cameras
-/// behind the 30 KB queue, 2 %. perf/README.md ("Shallow queues") has the figures.
+/// link carries. The startup probes overflow the queue, and a single layer that does not fit
+/// in the estimate can only pause. Before str0m patches 40 and 41, 53 % of the frames never
+/// arrived and the p99 frame came 1.6 s late (the loss controller held the estimate far below
+/// what got through for seconds, and the pacer's backlog went out late); with them, 29 % are
+/// missing (paused tracks wait for a probe to come back) and the p99 is 158 ms. With a 256 KB
+/// queue, 6 %. perf/README.md ("Shallow queues") has the figures.
 #[test]
-#[ignore = "open: fails today, see the comment and perf/README.md"]
+#[ignore = "open: paused tracks come back too slowly, see the comment and perf/README.md"]
 fn single_layer_cameras_behind_a_shallow_queue_all_flow() {
     trace();
     let n = 6;

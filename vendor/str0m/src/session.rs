@@ -1590,14 +1590,19 @@ impl Session {
             return;
         };
         let is_overuse = bwe.is_overusing();
+        let loss_limited = bwe.is_loss_limited();
         let minimum = bwe.minimum_bitrate();
 
         let has_active_media = self.has_active_outgoing_media();
 
         // Calculate pacing and padding rates
-        let result =
-            self.pacer_control
-                .calculate(has_active_media, current_estimate, is_overuse, minimum);
+        let result = self.pacer_control.calculate(
+            has_active_media,
+            current_estimate,
+            is_overuse,
+            loss_limited,
+            minimum,
+        );
 
         self.pacer.set_padding_rate(result.padding_rate);
         self.pacer.set_pacing_rate(result.pacing_rate);

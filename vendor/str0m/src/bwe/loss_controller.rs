@@ -10,6 +10,10 @@ use crate::{Bitrate, DataSize};
 
 use super::time::{TimeDelta, Timestamp};
 
+/// Parloir patch 40: the share of the acknowledged bitrate below which the loss-limited estimate
+/// does not go (libwebrtc's `LowerBoundByAckedRateFactor`).
+const LOWER_BOUND_BY_ACKED_RATE_FACTOR: f64 = 1.0;
+
 /// Loss controller based on libWebRTC's `LossBasedBweV2`.
 ///
 /// ## Overview
@@ -320,6 +324,8 @@ impl LossController {
             }
         }
 
+        let lower_bound = self.instant_lower_bound();
+
         let loss_limited_bandwidth = best_candidate.loss_limited_bandwidth;
 
         // HOLD check (WebRTC lines 321-334): If in Decreasing state and HOLD timer active, cap at HOLD rate
@@ -329,6 +335,8 @@ impl LossController {
         {
             // During HOLD period, cap estimate at HOLD rate
             self.current_estimate = best_candidate;
+            // Parloir patch 40: the held rate is not below what is delivered either.
+            self.last_hold_info.rate = self.last_hold_info.rate.max(lower_bound);
             self.current_estimate.loss_limited_bandwidth =
                 loss_limited_bandwidth.min(self.last_hold_info.rate);
             log_inherent_loss!(self.current_estimate.inherent_loss);
@@ -414,6 +422,15 @@ impl LossController {
         self.min_bitrate = min_bitrate;
     }
 
+    /// Parloir patch 40: the least the loss-limited estimate may be: the acknowledged bitrate.
+    fn instant_lower_bound(&self) -> Bitrate {
+        if self.acknowledged_bitrate.is_valid() {
+            (self.acknowledged_bitrate * LOWER_BOUND_BY_ACKED_RATE_FACTOR).max(self.min_bitrate)
+        } else {
+            self.min_bitrate
+        }
+    }
+
     pub fn loss_based_result(&self) -> LossBasedBweResult {
         let mut result = LossBasedBweResult {
             bandwidth_estimate: self.current_estimate.loss_limited_bandwidth.as_valid(),
@@ -430,15 +447,18 @@ impl LossController {
         };
         let instant_upper_bound = self.get_instant_upper_bound();
 
-        if self.delay_based_estimate.is_valid() {
-            result.bandwidth_estimate = Some(
-                loss_limited_bandwidth
-                    .min(self.delay_based_estimate)
-                    .min(instant_upper_bound),
-            )
+        let bounded = if self.delay_based_estimate.is_valid() {
+            loss_limited_bandwidth
+                .min(self.delay_based_estimate)
+                .min(instant_upper_bound)
         } else {
-            result.bandwidth_estimate = Some(loss_limited_bandwidth.min(instant_upper_bound))
-        }
+            loss_limited_bandwidth.min(instant_upper_bound)
+        };
+        // Parloir patch 40: as libwebrtc's `UpdateResult`, the acknowledged bitrate bounds the
+        // result from below, the instant upper bound included: that bound follows the average
+        // loss of the window, and a burst of drops at the start held it at 0.38-0.73 Mbit/s
+        // for seconds while 1.0-1.4 Mbit/s was acknowledged without loss.
+        result.bandwidth_estimate = Some(bounded.max(self.instant_lower_bound()));
 
         result
     }
@@ -1274,6 +1294,9 @@ mod test {
         }
 
         pkt_builder = pkt_builder.with_loss(0.9);
+        // Parloir patch 40: a tenth of what is sent gets through, and is acknowledged (the
+        // estimate does not go below that).
+        lbc.set_acknowledged_bitrate(acknowledged_bitrate * 0.1);
         // Loss spike(1second at 90% loss)
         for _ in 0..4 {
             let result = pkt_builder.build_packets();
@@ -1379,7 +1402,10 @@ mod test {
 
         // Gradual increase
         for inc in 0..10 {
-            pkt_builder = pkt_builder.with_loss(0.05 + (inc as f64 / 10.0));
+            let loss = 0.05 + (inc as f64 / 10.0);
+            pkt_builder = pkt_builder.with_loss(loss);
+            // Parloir patch 40: what gets through is acknowledged.
+            lbc.set_acknowledged_bitrate(Bitrate::from(1_000_000.0 * (1.0 - loss)));
 
             for _ in 0..4 {
                 let result = pkt_builder.build_packets();
@@ -1400,6 +1426,42 @@ mod test {
             "A gradual overuse should result in a lowered estimate"
         );
         assert_eq!(state, LossControllerState::Decreasing);
+    }
+
+    /// Parloir patch 40.
+    #[test]
+    fn a_burst_of_loss_does_not_hold_the_estimate_below_what_is_delivered() {
+        let mut lbc = LossController::new();
+        lbc.set_min_bitrate(Bitrate::kbps(50));
+        lbc.set_max_bitrate(Bitrate::gbps(1));
+        lbc.set_bandwidth_estimate(Bitrate::mbps(1));
+        let mut pkt_builder = PacketBuilder::new(Instant::now()).num_packets(40);
+        // A second of heavy loss at the start (the first probes overflowed a shallow queue).
+        pkt_builder = pkt_builder.with_loss(0.5);
+        lbc.set_acknowledged_bitrate(Bitrate::kbps(500));
+        for _ in 0..4 {
+            let result = pkt_builder.build_packets();
+            lbc.update_bandwidth_estimate(&result, Bitrate::mbps(2));
+            pkt_builder = pkt_builder.forward_time(Duration::from_millis(250));
+        }
+        // Then none, with 1.4 Mbit/s delivered and acknowledged: the burst is still in the
+        // window (and in the average loss the instant upper bound follows), and the estimate
+        // stays at least what gets through.
+        pkt_builder = pkt_builder.with_loss(0.0);
+        lbc.set_acknowledged_bitrate(Bitrate::kbps(1_400));
+        for i in 0..8 {
+            let result = pkt_builder.build_packets();
+            lbc.update_bandwidth_estimate(&result, Bitrate::mbps(2));
+            pkt_builder = pkt_builder.forward_time(Duration::from_millis(250));
+            let estimate = lbc
+                .loss_based_result()
+                .bandwidth_estimate
+                .expect("an estimate");
+            assert!(
+                estimate >= Bitrate::kbps(1_400),
+                "observation {i} without loss: {estimate}, below the 1.4 Mbit/s delivered"
+            );
+        }
     }
 
     #[test]
@@ -1424,6 +1486,8 @@ mod test {
         let loss_limited = {
             // loss spike observation at 50%
             pkt_builder = pkt_builder.with_loss(0.5);
+            // Parloir patch 40: half of what is sent gets through, and is acknowledged.
+            lbc.set_acknowledged_bitrate(Bitrate::kbps(500));
             let result = pkt_builder.build_packets();
             lbc.update_bandwidth_estimate(&result, Bitrate::bps(1_500_000));
             pkt_builder = pkt_builder.forward_time(Duration::from_millis(250));
@@ -1459,10 +1523,12 @@ mod test {
             } = lbc.loss_based_result();
 
             let estimate = bandwidth_estimate.expect("Should have an estimate");
+            // Parloir patch 40: the spike's estimate is what was acknowledged then, which is
+            // also the rate held after it (as libwebrtc holds it): not below it, and bounded.
             assert!(
-                estimate > loss_limited && estimate <= Bitrate::mbps(1),
-                "During the recovery window after a loss spike the estimate should increase, \
-                    but be bounded. loss_limited={}, estimate={}, expected <= 1 Mbps",
+                estimate >= loss_limited && estimate <= Bitrate::mbps(1),
+                "During the recovery window after a loss spike the estimate should not fall, \
+                    and be bounded. loss_limited={}, estimate={}, expected <= 1 Mbps",
                 loss_limited,
                 estimate
             );

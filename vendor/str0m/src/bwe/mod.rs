@@ -131,6 +131,12 @@ impl Bwe {
         self.bwe.is_overusing()
     }
 
+    /// Parloir patch 41: whether the loss controller holds the estimate down (its decreasing
+    /// state): the link is full and dropping.
+    pub fn is_loss_limited(&self) -> bool {
+        self.bwe.is_loss_limited()
+    }
+
     pub fn set_bitrate(&mut self, minimum: Bitrate, desired: Bitrate) {
         self.minimum_bitrate = minimum.min(desired);
         self.desired_bitrate = desired;
@@ -187,6 +193,11 @@ impl SendSideBandwidthEstimator {
     /// re-excite the system while we're already congested.
     pub fn is_overusing(&self) -> bool {
         self.delay_controller.is_overusing()
+    }
+
+    /// Parloir patch 41: whether the loss controller holds the estimate down.
+    pub fn is_loss_limited(&self) -> bool {
+        self.loss_controller.loss_based_result().state == LossControllerState::Decreasing
     }
 
     /// Update ALR detector with actual bytes sent.
