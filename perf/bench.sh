@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: the criterion benches, the load scenarios sized for this machine against Parloir
 # and Janus, then perf/report.md with plots, checked against perf/budgets.toml and the previous
-# run. About 7 minutes on 2 cores after the build.
+# run. About 12 minutes on 2 cores after the build (2 of them for subtitle latency, when the
+# speech models are installed).
 #
 # Results: perf/results/latest/*.json (this run), perf/results/previous/ (the run before),
 # perf/report.md and perf/plots/*.svg. Set BENCH_DURATION (seconds per scenario, default 20) to
@@ -47,6 +48,16 @@ load "$duration" --scenario audio-only --target "$targets"
 load "$duration" --scenario churn --target parloir
 # CPU per forwarded packet against participants, for the plot.
 load 10 --scenario meeting-150 --target "$targets" --participants 4,8,12
+
+# Subtitle latency, when the setup installed the speech models and the SDK participants.
+if [ -f models/whisper-base/encoder.onnx ] && [ -x tests/sdk/.venv/bin/python ]; then
+  echo "bench: subtitle latency with 1 and 4 people speaking (perf/subtitle-latency.py)"
+  PARLOIR_BIN="$bin" tests/sdk/.venv/bin/python perf/subtitle-latency.py \
+    --speakers 1 --speakers 4 --json "$results/latest/subtitle-latency.json" \
+    || echo "bench: subtitle latency failed; its budgets read not measured" >&2
+else
+  echo "bench: no speech models or SDK environment (make setup installs them): subtitle latency not measured" >&2
+fi
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 # The bench's own outputs are tracked; only other changes make the tree dirty.

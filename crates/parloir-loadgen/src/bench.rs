@@ -34,6 +34,9 @@ struct Run {
     report: Report,
 }
 
+/// Files of a results directory that are not load test reports.
+const BENCH_FILES: [&str; 3] = ["forward.json", "record.json", "subtitle-latency.json"];
+
 fn load_runs(dir: &Path) -> anyhow::Result<Vec<Run>> {
     let mut runs = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -47,8 +50,8 @@ fn load_runs(dir: &Path) -> anyhow::Result<Vec<Run>> {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        // The benches' own files are read by load_forward and load_record.
-        if !name.ends_with(".json") || name == "forward.json" || name == "record.json" {
+        // The benches' own files are read by load_forward, load_record and load_speech.
+        if !name.ends_with(".json") || BENCH_FILES.contains(&name.as_str()) {
             continue;
         }
         let text = std::fs::read_to_string(&path)?;
@@ -113,6 +116,39 @@ fn record_figure(key: &str, record: &[serde_json::Value]) -> Option<(f64, String
     }
 }
 
+/// The subtitle latency figures (`subtitle-latency.json`, perf/subtitle-latency.py): one object
+/// per number of people speaking at once.
+fn load_speech(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("subtitle-latency.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["results"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// What perf/subtitle-latency.py measured for a `speech.subtitle_latency_*_cpu` budget: the run
+/// with the most people speaking at once (the budget holds for four).
+fn speech_figure(key: &str, speech: &[serde_json::Value]) -> Option<(f64, String)> {
+    let field = match key {
+        "speech.subtitle_latency_p50_ms_cpu" => "p50_s",
+        "speech.subtitle_latency_p95_ms_cpu" => "p95_s",
+        _ => return None,
+    };
+    let run = speech
+        .iter()
+        .filter(|v| v[field].as_f64().is_some_and(f64::is_finite))
+        .max_by_key(|v| v["speakers"].as_u64().unwrap_or(0))?;
+    Some((
+        run[field].as_f64()? * 1000.0,
+        format!(
+            "perf/subtitle-latency.py, {} speaking at once, {} of {} words arrived (server and participants on this machine)",
+            run["speakers"].as_u64().unwrap_or(0),
+            run["arrived"].as_u64().unwrap_or(0),
+            run["words"].as_u64().unwrap_or(0)
+        ),
+    ))
+}
+
 /// A budget and what the run measured against it.
 struct Check {
     key: String,
@@ -158,6 +194,7 @@ fn checks(
     runs: &[Run],
     forward: &[ForwardRow],
     record: &[serde_json::Value],
+    speech: &[serde_json::Value],
 ) -> Vec<Check> {
     let meeting = main_run(runs, "meeting-150", "parloir");
     let measure = |key: &str| -> Option<(f64, String)> {
@@ -214,6 +251,8 @@ fn checks(
                 })
             } else if key.starts_with("record.") {
                 record_figure(key, record)
+            } else if key.starts_with("speech.") {
+                speech_figure(key, speech)
             } else {
                 measure(key)
             };
@@ -221,7 +260,13 @@ fn checks(
                 "record.av_drift_ms_after_2h" => {
                     "measured by the recording tests (parloir-record timing::drift: 0.01 ms)"
                 }
-                k if k.starts_with("speech.") => "the speech issue measures it",
+                "speech.subtitle_latency_p50_ms_gpu" => "needs a GPU: not measured on this machine",
+                "speech.whisper_base_rtf_2_threads" => {
+                    "`cargo bench -p parloir-speech --bench whisper` (perf/README.md); not run by make bench"
+                }
+                k if k.starts_with("speech.") => {
+                    "perf/subtitle-latency.py measures it when the speech models are installed"
+                }
                 k if k.starts_with("record.") => "the record bench measures it",
                 _ => "",
             };
@@ -280,7 +325,8 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<()> {
         "| budget | limit | measured | verdict | how |\n|---|---|---|---|---|"
     )?;
     let record = load_record(&inputs.results);
-    for c in checks(&budgets, &runs, &forward, &record) {
+    let speech = load_speech(&inputs.results);
+    for c in checks(&budgets, &runs, &forward, &record, &speech) {
         let (value, verdict, how) = match &c.measured {
             Some((v, how)) => (
                 format!("{v:.2}"),
@@ -472,5 +518,36 @@ mod tests {
         assert_eq!(ms.0, 4.0);
         assert!(record_figure("record.av_drift_ms_after_2h", &record).is_none());
         assert!(record_figure("record.composite_720p30_25_tiles_cpu_cores", &[]).is_none());
+    }
+
+    #[test]
+    fn speech_budgets_read_the_subtitle_latency_run_with_the_most_speakers() {
+        let dir = std::env::temp_dir().join(format!("parloir-bench-speech-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("subtitle-latency.json"),
+            r#"{"results":[
+            {"speakers":1,"words":30,"arrived":30,"p50_s":0.77,"p95_s":1.67},
+            {"speakers":4,"words":123,"arrived":123,"p50_s":1.2,"p95_s":2.45}
+            ]}"#,
+        )
+        .unwrap();
+        let speech = load_speech(&dir);
+        assert!(
+            load_runs(&dir).unwrap().is_empty(),
+            "not taken for a load test report"
+        );
+        let p50 = speech_figure("speech.subtitle_latency_p50_ms_cpu", &speech).unwrap();
+        assert!((p50.0 - 1200.0).abs() < 1e-6, "{p50:?}");
+        assert!(p50.1.contains("4 speaking at once"), "{}", p50.1);
+        let p95 = speech_figure("speech.subtitle_latency_p95_ms_cpu", &speech).unwrap();
+        assert!((p95.0 - 2450.0).abs() < 1e-6, "{p95:?}");
+        assert!(speech_figure("speech.subtitle_latency_p50_ms_gpu", &speech).is_none());
+        assert!(speech_figure("speech.whisper_base_rtf_2_threads", &speech).is_none());
+        // No run (no models installed) or a file that is not the script's: not measured.
+        std::fs::write(dir.join("subtitle-latency.json"), "not json").unwrap();
+        assert!(load_speech(&dir).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(speech_figure("speech.subtitle_latency_p50_ms_cpu", &load_speech(&dir)).is_none());
     }
 }
