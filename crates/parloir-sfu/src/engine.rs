@@ -3757,9 +3757,9 @@ impl Sfu {
         // (the grid filled as a meeting began, a tile grew), on a link that shows no
         // congestion now (no standing queue, no fall for CALM_AFTER_FALL, which also rules
         // out `falling`, and the probe hold since the last probe); libwebrtc's probe
-        // controller likewise probes at once for an allocation that grew. Probed for one upgrade's worth per probe hold instead, an
-        // early arrival whose estimate fell while it showed one tile paused much of the grid
-        // when the meeting filled.
+        // controller likewise probes at once for an allocation that grew. Probed for one
+        // upgrade's worth per probe hold instead, an early arrival whose estimate fell while
+        // it showed one tile paused much of the grid when the meeting filled.
         let ramp_again = peer.ramp_since.is_some()
             && !peer.ramping(now)
             && demand > estimate

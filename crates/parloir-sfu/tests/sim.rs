@@ -825,6 +825,21 @@ fn frames_at(sim: &Sim, who: &str) -> usize {
     sim.client(who).frames.values().map(Vec::len).sum()
 }
 
+/// Cuts client `i`'s UDP path (both peer connections' addresses) and runs until it is told to
+/// leave or 30 s have passed; returns how long that took.
+fn cut_until_told_to_resume(sim: &mut Sim, i: usize) -> Duration {
+    let addrs = [
+        sim.clients[i].publisher_addr,
+        sim.clients[i].subscriber_addr,
+    ];
+    sim.net.cut.extend(addrs);
+    let cut_at = sim.now;
+    while sim.clients[i].left.is_none() && sim.now - cut_at < Duration::from_secs(30) {
+        sim.run_for(Duration::from_millis(100));
+    }
+    sim.now - cut_at
+}
+
 #[test]
 fn a_client_whose_media_path_fails_is_asked_to_resume_and_gets_its_media_back() {
     media_path_fails_then_resume(18, false);
@@ -854,16 +869,7 @@ fn media_path_fails_then_resume(seed: u64, single: bool) {
 
     // Alice's UDP path goes away (a firewall, a NAT that dropped its mapping); her signal
     // connection stays up.
-    let addrs = [
-        sim.clients[0].publisher_addr,
-        sim.clients[0].subscriber_addr,
-    ];
-    sim.net.cut.extend(addrs);
-    let cut_at = sim.now;
-    while sim.client("alice").left.is_none() && sim.now - cut_at < Duration::from_secs(30) {
-        sim.run_for(Duration::from_millis(100));
-    }
-    let after = sim.now - cut_at;
+    let after = cut_until_told_to_resume(&mut sim, 0);
     assert!(
         after > Duration::from_secs(5),
         "ICE gives the path time to come back: {after:?}"
@@ -975,15 +981,7 @@ fn a_client_whose_media_path_comes_back_by_itself_stays_without_resuming() {
     sim.publish(1);
     sim.run_for(Duration::from_secs(2));
     let cam = sim.track_sid("alice", "cam");
-    let addrs = [
-        sim.clients[0].publisher_addr,
-        sim.clients[0].subscriber_addr,
-    ];
-    sim.net.cut.extend(addrs);
-    let cut_at = sim.now;
-    while sim.client("alice").left.is_none() && sim.now - cut_at < Duration::from_secs(30) {
-        sim.run_for(Duration::from_millis(100));
-    }
+    cut_until_told_to_resume(&mut sim, 0);
     let leave = sim
         .client("alice")
         .left
@@ -1021,14 +1019,7 @@ fn a_client_that_lost_its_path_and_then_its_socket_leaves_even_if_the_path_comes
     sim.publish(0);
     sim.run_for(Duration::from_secs(2));
     let alice = sim.client("alice").session;
-    let addrs = [
-        sim.clients[0].publisher_addr,
-        sim.clients[0].subscriber_addr,
-    ];
-    sim.net.cut.extend(addrs);
-    while sim.client("alice").left.is_none() {
-        sim.run_for(Duration::from_millis(100));
-    }
+    cut_until_told_to_resume(&mut sim, 0);
     let asked = sim.now;
     // Her socket goes too, then her path comes back: with no signal connection there is
     // nothing to resume on, and the media path alone does not keep her.
