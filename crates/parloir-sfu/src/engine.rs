@@ -525,6 +525,11 @@ struct Peer {
     ufrag: String,
     /// ICE has had a nominated pair: from then on "disconnected" means the client is gone.
     ice_up: bool,
+    /// DTLS is done and media can be protected (str0m's `Event::Connected`). Until then no
+    /// media is written to it: what str0m held until then went out in one burst when the
+    /// connection came up (half a second of every microphone, unpaced, then every camera's
+    /// frames), old news that overflowed a shallow queue at the client's end.
+    media_up: bool,
     deadline: Option<Instant>,
     queued: bool,
     /// Publisher side: mid → msid track id from the client's latest offer, and bound tracks.
@@ -690,7 +695,7 @@ struct Out {
     /// The highest quality this subscriber's bandwidth allows for the track, or `None`: paused
     /// for lack of bandwidth (the client was told with a StreamStateUpdate).
     cap: Option<u8>,
-    /// A track without simulcast that was paused waits for a key frame to resume.
+    /// A video track without simulcast waits for a key frame: at first, and after a pause.
     key_wait: bool,
     /// Since when not even its lowest layer fits the budget.
     short_since: Option<Instant>,
@@ -720,7 +725,7 @@ impl Out {
             state: OutState::Wanted,
             switcher: Switcher::default(),
             cap: Some(2),
-            key_wait: false,
+            key_wait: true,
             short_since: None,
             wallclock: None,
             temporal: temporal::Filter::default(),
@@ -837,6 +842,7 @@ impl Track {
             out.wanted = simulcast::wanted_quality(settings, self.published_layers());
             out.fps = settings.map_or(0, |s| s.fps);
             let receiving = matches!(out.state, OutState::Open(_))
+                && peer.media_up
                 && out.wanted.is_some()
                 && (!video || out.cap.is_some());
             if out.receiving && !receiving {
@@ -1898,6 +1904,7 @@ impl Sfu {
                 rtc,
                 ufrag,
                 ice_up: false,
+                media_up: false,
                 deadline: None,
                 queued: false,
                 msids: HashMap::new(),
@@ -2068,11 +2075,17 @@ impl Sfu {
                 self.media_added(pid, added.mid, added.kind, added.direction)
             }
             Event::Connected => {
-                // Media flows: the participant goes from JOINED to ACTIVE (livekit-client
-                // raises ParticipantActive).
-                let Some(session) = self.peers.get(&pid).map(|p| p.session) else {
+                let Some(peer) = self.peers.get_mut(&pid) else {
                     return;
                 };
+                // Its tracks' frames go to it from now on (video from a key frame).
+                peer.media_up = true;
+                for sid in peer.outs.keys() {
+                    receivers_changed(&mut self.tracks, sid);
+                }
+                // Media flows: the participant goes from JOINED to ACTIVE (livekit-client
+                // raises ParticipantActive).
+                let session = peer.session;
                 let Some(p) = self.participants.get_mut(&session) else {
                     return;
                 };

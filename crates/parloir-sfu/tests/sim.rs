@@ -160,6 +160,56 @@ fn every_forwarded_stream_keeps_sending_sender_reports() {
     }
 }
 
+/// Nothing is written to a subscriber's connection before it is up (DTLS done): what str0m
+/// held until then went out in one burst when it came up (every microphone's frames since the
+/// join, unpaced, then every camera's), old frames that overflowed a shallow queue at the
+/// client's end (`single_layer_cameras_behind_a_shallow_queue_all_flow`). A late joiner on a
+/// long path (150 ms each way: his connection comes up about a second after he joins) gets
+/// media from then on, video from a key frame.
+#[test]
+fn a_late_joiner_gets_media_from_when_his_connection_is_up() {
+    let mut sim = Sim::new(11, 0.0);
+    sim.net.delay = Duration::from_millis(150);
+    sim.join("alice");
+    sim.publish(0);
+    sim.run_for(Duration::from_secs(2));
+    let joined = sim.now;
+    sim.join("bob");
+    // When alice sent each of her microphone's frames.
+    let mut sent_at = Vec::new();
+    while sim.now < joined + Duration::from_secs(4) {
+        sent_at.push((sim.client("alice").audio_sent, sim.now));
+        sim.run_for(Duration::from_millis(20));
+    }
+    let cam = sim.track_sid("alice", "cam");
+    let mic = sim.track_sid("alice", "mic");
+    let bob = sim.client("bob");
+    let first = bob
+        .video_rx
+        .get(&cam)
+        .and_then(|f| f.first())
+        .expect("bob gets video");
+    assert!(first.key, "bob's first video frame is a key frame");
+    let late = first.at - first.sent;
+    assert!(
+        late < Duration::from_millis(400),
+        "bob's first frame came {late:?} after it was sent"
+    );
+    let first_audio = *bob.frames[&mic].first().expect("bob gets audio");
+    let (_, audio_sent) = sent_at
+        .iter()
+        .find(|(count, _)| *count >= first_audio)
+        .expect("sent while bob was there");
+    // The key frame was asked for when his connection came up, and came within a round trip
+    // (300 ms) of the publisher's.
+    assert!(
+        first.sent.saturating_duration_since(*audio_sent) < Duration::from_millis(600),
+        "bob's first audio frame was sent {:?} after he joined, his first video frame {:?}",
+        audio_sent.saturating_duration_since(joined),
+        first.sent.saturating_duration_since(joined),
+    );
+}
+
 #[test]
 fn nack_repairs_video_under_loss() {
     nack_repairs_video(7, Duration::from_millis(10));
@@ -189,6 +239,20 @@ fn nack_repairs_video(seed: u64, delay: Duration) {
     sim.join("bob");
     sim.publish(0);
     sim.run_for(Duration::from_secs(1));
+    // Bob's media path is up, and video reaches him, before the loss begins: on the long
+    // round trip that takes over a second, and no media is written to a connection before.
+    let sid = sim.track_sid("alice", "cam");
+    let until = sim.now + Duration::from_secs(5);
+    while sim
+        .client("bob")
+        .frames
+        .get(&sid)
+        .is_none_or(|f| f.is_empty())
+        && sim.now < until
+    {
+        sim.run_for(Duration::from_millis(100));
+    }
+    sim.run_for(Duration::from_millis(500));
     sim.net.loss = 0.05;
     let start = sim.client("alice").video_sent;
     sim.run_for(Duration::from_secs(4));
@@ -201,7 +265,6 @@ fn nack_repairs_video(seed: u64, delay: Duration) {
         sim.net.lost
     );
 
-    let sid = sim.track_sid("alice", "cam");
     let got = &sim.client("bob").frames[&sid];
     // One frame of the 40 may be missing (a resend lost again, past the resend window).
     let lost_frames = missing(got, start, end);
