@@ -158,6 +158,24 @@ struct Check {
     note: &'static str,
 }
 
+/// The least-squares line through `(x, y)` points: its slope and its value at 0. `None` with
+/// fewer than two distinct `x`.
+fn growth(points: &[(f64, f64)]) -> Option<(f64, f64)> {
+    if points.len() < 2 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
+    if sxx <= f64::EPSILON {
+        return None;
+    }
+    let slope = sxy / sxx;
+    Some((slope, mean_y - slope * mean_x))
+}
+
 fn budgets(path: &Path) -> anyhow::Result<BTreeMap<String, f64>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
@@ -229,10 +247,41 @@ fn checks(
                 .server_process
                 .rss_mib
                 .map(|v| (v, format!("{scale} (not 150)"))),
-            "memory.rss_per_participant_mb" => m
-                .server_process
-                .rss_mib
-                .map(|v| (v / f64::from(m.participants.max(1)), scale.clone())),
+            // What each participant adds: the slope of the server's memory over the sweep's
+            // sizes (its base, the binary and its runtimes, is not a participant's). With one
+            // size only, the whole process over its participants.
+            "memory.rss_per_participant_mb" => {
+                let sweep: Vec<(f64, f64)> = runs
+                    .iter()
+                    .filter(|r| r.report.scenario == "meeting-150" && r.report.server == "parloir")
+                    .filter_map(|r| {
+                        let rss = r.report.server_process.rss_mib?;
+                        Some((f64::from(r.report.participants), rss))
+                    })
+                    .collect();
+                match growth(&sweep) {
+                    Some((slope, base)) => {
+                        let mut sizes: Vec<u32> = sweep.iter().map(|p| p.0 as u32).collect();
+                        sizes.sort_unstable();
+                        sizes.dedup();
+                        let sizes: Vec<String> = sizes.iter().map(u32::to_string).collect();
+                        Some((
+                            slope,
+                            format!(
+                                "meeting-150 at {} participants: growth of the server's RSS \
+                                 per participant (least squares; {base:.0} MiB at none)",
+                                sizes.join(", ")
+                            ),
+                        ))
+                    }
+                    None => m.server_process.rss_mib.map(|v| {
+                        (
+                            v / f64::from(m.participants.max(1)),
+                            format!("{scale}, the whole process over its participants"),
+                        )
+                    }),
+                }
+            }
             _ => None,
         }
     };
@@ -500,6 +549,20 @@ pub fn write(inputs: &Inputs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_per_participant_is_the_growth_over_the_sweep() {
+        // The meeting-150 sweep of 2026-12-05: 75, 80, 90 and 96 MiB at 4, 8, 12 and 18.
+        let (slope, base) =
+            growth(&[(4.0, 74.71), (8.0, 80.13), (12.0, 89.70), (18.0, 95.68)]).unwrap();
+        assert!((slope - 1.55).abs() < 0.01, "{slope}");
+        assert!((base - 68.7).abs() < 0.1, "{base}");
+        let (slope, base) = growth(&[(2.0, 12.0), (6.0, 20.0)]).unwrap();
+        assert!((slope - 2.0).abs() < 1e-9 && (base - 8.0).abs() < 1e-9);
+        assert!(growth(&[(18.0, 95.0)]).is_none());
+        assert!(growth(&[(18.0, 95.0), (18.0, 96.0)]).is_none());
+        assert!(growth(&[]).is_none());
+    }
 
     #[test]
     fn record_budgets_read_the_record_bench() {
