@@ -746,12 +746,12 @@ fn frames_on_a_wide_link_are_not_held_in_the_pacer() {
 /// Five cameras and five microphones need about 1.55 Mbit/s, which the link carries, and a
 /// single layer that does not fit in the estimate can only pause. What made this fail, in
 /// turn (perf/README.md, "Shallow queues"): the loss controller holding the estimate far below
-/// what got through (str0m patch 40; 53 % of the frames missing, p99 1.6 s); media written to
-/// each subscriber connection before it was up, sent in one burst when it came up (half a
-/// second of every microphone, then every camera's frames), which overflowed the queue and
-/// left the loss controller holding the estimate for seconds (29 % missing); and the result
-/// of the probe that resumes a paused camera reaching the SFU through a 3-second average
-/// (str0m patch 42; 6 %). Now about 2 %.
+/// what got through (str0m patch 40; 53 % of the frames missing, p99 1.6 s); then media
+/// written to each subscriber connection before it was up, sent in one burst when it came up
+/// (half a second of every microphone, then every camera's frames), which overflowed the
+/// queue and left the loss controller holding the estimate for seconds (29 % missing). Now
+/// about 4.5 % (one camera per subscriber paused from 3.6 to 5.7 s, until the estimate's
+/// 3-second average climbs past what five cameras need).
 #[test]
 fn single_layer_cameras_behind_a_shallow_queue_all_flow() {
     trace();

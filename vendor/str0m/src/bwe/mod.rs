@@ -78,12 +78,7 @@ impl Bwe {
     pub fn handle_timeout(&mut self, now: Instant, do_probe: bool) -> Option<ProbeClusterConfig> {
         let result = self.bwe.handle_timeout(self.desired_bitrate, do_probe, now);
         if let Some(estimate) = self.bwe.last_estimate() {
-            // Parloir patch 42: an estimate a probe raised is handed over as it is.
-            if self.bwe.take_probe_rise() {
-                self.smoother.replace(now, estimate);
-            } else {
-                self.smoother.record(now, estimate);
-            }
+            self.smoother.record(now, estimate);
         }
         result
     }
@@ -165,8 +160,6 @@ struct SendSideBandwidthEstimator {
     last_updated_estimate: Option<Bitrate>,
     /// Parloir patch: the cause sent with it (see `propagate_estimate`).
     last_updated_cause: Option<BandwidthLimitedCause>,
-    /// Parloir patch 42: a probe's result raised the estimate since the last timeout.
-    probe_rise: bool,
 }
 
 impl SendSideBandwidthEstimator {
@@ -191,7 +184,6 @@ impl SendSideBandwidthEstimator {
             link_capacity_estimator: LinkCapacityEstimator::new(),
             last_updated_estimate: None,
             last_updated_cause: None,
-            probe_rise: false,
         }
     }
 
@@ -226,7 +218,6 @@ impl SendSideBandwidthEstimator {
 
         // Feed records to probe estimator for analysis and process any new probe results
         let mut latest_probe_result = None;
-        let mut asked_for = false;
         // Parloir patch: a probe sent below the current estimate (a periodic probe in ALR
         // targets twice the *desired* rate, which an SFU keeps at what it sends) that got
         // through at its own rate shows only that the link carries that rate, not that it
@@ -244,7 +235,6 @@ impl SendSideBandwidthEstimator {
                 }
             }
             latest_probe_result = Some(bitrate);
-            asked_for = config.is_asked_for();
 
             // Update link capacity estimator for every successful ALR probe, not just the latest.
             // The estimator internally takes the max of all probe results, building up knowledge
@@ -330,19 +320,6 @@ impl SendSideBandwidthEstimator {
 
         // Feed the (possibly combined) estimate into subcomponents wanting it.
         self.propagate_estimate();
-        // Parloir patch 42: the estimate a probe the application asked for raised is news it
-        // waits for.
-        if is_probe_result
-            && asked_for
-            && matches!((estimate_before, self.last_estimate()), (Some(b), Some(a)) if a > b)
-        {
-            self.probe_rise = true;
-        }
-    }
-
-    /// Parloir patch 42: whether a probe's result raised the estimate since the last call.
-    pub fn take_probe_rise(&mut self) -> bool {
-        std::mem::take(&mut self.probe_rise)
     }
 
     pub fn poll_timeout(&self) -> (Option<Instant>, Reason) {
@@ -618,90 +595,6 @@ mod test {
                     .is_none()
             );
         }
-    }
-
-    /// Feeds `bwe` 3 s of transport feedback for 1 Mbit/s delivered without loss or queueing
-    /// (1250-byte packets every 10 ms, reported every 50 ms), then one probe cluster of
-    /// `kind` sent and received at 1.6 Mbit/s, and returns the raw estimate after the probe
-    /// and what the application is handed then.
-    fn estimate_after_probe(kind: ProbeKind) -> (Bitrate, Option<Bitrate>) {
-        let start = Instant::now();
-        let mut bwe = Bwe::new(Bitrate::mbps(1));
-        let mut seq = 0u64;
-        let mut now = start;
-        for step in 1..=60u64 {
-            now = start + Duration::from_millis(50 * step);
-            let records: Vec<TwccSendRecord> = (0..5u64)
-                .map(|i| {
-                    seq += 1;
-                    let sent = now - Duration::from_millis(50 - 10 * i);
-                    TwccSendRecord::test_new(
-                        TwccPacketId::new(seq),
-                        sent,
-                        1250,
-                        now,
-                        Some(sent + Duration::from_millis(20)),
-                    )
-                })
-                .collect();
-            bwe.update(records.iter(), now);
-            bwe.handle_timeout(now, true);
-            bwe.poll_estimate();
-        }
-        let cluster: TwccClusterId = 9.into();
-        let config = ProbeClusterConfig::new(cluster, Bitrate::kbps(1_600), kind);
-        assert!(bwe.start_probe(config, now));
-        // 1200-byte packets 6 ms apart: 1.6 Mbit/s, received as sent.
-        let records: Vec<TwccSendRecord> = (0..10u64)
-            .map(|i| {
-                seq += 1;
-                let sent = now + Duration::from_millis(6 * i);
-                TwccSendRecord::test_new(
-                    TwccPacketId::with_cluster(seq, cluster),
-                    sent,
-                    1200,
-                    now + Duration::from_millis(100),
-                    Some(sent + Duration::from_millis(20)),
-                )
-            })
-            .collect();
-        now += Duration::from_millis(100);
-        bwe.update(records.iter(), now);
-        bwe.handle_timeout(now, true);
-        (
-            bwe.last_estimate().expect("an estimate"),
-            bwe.poll_estimate(),
-        )
-    }
-
-    /// Parloir patch 42: an estimate that a probe the application asked for raised is what the
-    /// application is told at once; averaged with the estimates of the last 3 s, an SFU kept a
-    /// paused camera paused for seconds after the probe meant to resume it got through.
-    #[test]
-    fn an_estimate_an_asked_for_probe_raised_is_handed_over_at_once() {
-        let kind = ProbeKind::Allocation { in_alr: false };
-        let (raw, emitted) = estimate_after_probe(kind);
-        assert!(
-            raw > Bitrate::kbps(1_400),
-            "the probe raised the estimate: {raw}"
-        );
-        assert_eq!(emitted, Some(raw));
-    }
-
-    /// Parloir patch 42: str0m's own periodic probes still reach the application through the
-    /// average (an application-limited connection probes every few seconds at its own rate).
-    #[test]
-    fn an_estimate_a_periodic_probe_raised_is_averaged() {
-        let (raw, emitted) = estimate_after_probe(ProbeKind::PeriodicAlr);
-        assert!(
-            raw > Bitrate::kbps(1_400),
-            "the probe raised the estimate: {raw}"
-        );
-        // Within 5 % of what was handed over before, or the average of the window if not.
-        assert!(
-            emitted.is_none_or(|e| e < raw),
-            "averaged: {emitted:?}, the raw estimate {raw}"
-        );
     }
 
     #[test]

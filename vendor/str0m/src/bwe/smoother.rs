@@ -64,14 +64,6 @@ impl EstimateSmoother {
         }
     }
 
-    /// Parloir patch 42: the estimate replaces the window, and is emitted as it is (a probe's
-    /// result: what the link carried when tried, not a step of the estimator's climb).
-    pub fn replace(&mut self, now: Instant, estimate: Bitrate) {
-        self.estimates.clear();
-        self.estimates.push_back((now, estimate));
-        self.maybe_emit = true;
-    }
-
     /// The average of the estimates in the window (each distinct value once).
     fn average(&self) -> Option<f64> {
         if self.estimates.is_empty() {

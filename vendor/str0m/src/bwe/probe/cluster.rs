@@ -102,16 +102,6 @@ impl ProbeClusterConfig {
         self.kind.is_alr()
     }
 
-    /// Parloir patch 42: whether the application asked for this probe: the initial probes,
-    /// those for a raised desired bitrate, and the probes that continue them while they get
-    /// through (not str0m's own periodic, stagnation or large-drop probes).
-    pub(crate) fn is_asked_for(&self) -> bool {
-        matches!(
-            self.kind,
-            ProbeKind::Initial | ProbeKind::Exponential | ProbeKind::Allocation { .. }
-        )
-    }
-
     /// Get the probe cluster ID.
     pub fn cluster(&self) -> TwccClusterId {
         self.cluster
