@@ -695,7 +695,8 @@ struct Out {
     /// The highest quality this subscriber's bandwidth allows for the track, or `None`: paused
     /// for lack of bandwidth (the client was told with a StreamStateUpdate).
     cap: Option<u8>,
-    /// A video track without simulcast waits for a key frame: at first, and after a pause.
+    /// A video track without simulcast waits for a key frame: at first, and after a pause (an
+    /// audio track has no use for it).
     key_wait: bool,
     /// Since when not even its lowest layer fits the budget.
     short_since: Option<Instant>,
@@ -814,8 +815,9 @@ impl Track {
         }
     }
 
-    /// Works out which subscribers its frames go to: those whose m-line is open, who have not
-    /// turned it off, and, for video, whose bandwidth allows at least its lowest layer. The
+    /// Works out which subscribers its frames go to: those whose m-line is open on a connection
+    /// that is up (`Peer::media_up`), who have not turned it off, and, for video, whose
+    /// bandwidth allows at least its lowest layer. The
     /// frame loop then visits only them (in a large meeting most subscribers show most cameras
     /// in no tile), and reads what each asked for from its `Out` instead of looking up its
     /// participant's settings for every frame. A subscriber that stops receiving is paused
@@ -2078,14 +2080,22 @@ impl Sfu {
                 let Some(peer) = self.peers.get_mut(&pid) else {
                     return;
                 };
-                // Its tracks' frames go to it from now on (video from a key frame).
+                // Its tracks' frames go to it from now on, video from a key frame asked for now:
+                // one asked for when an m-line opened may have come, and gone unsent, before.
                 peer.media_up = true;
-                for sid in peer.outs.keys() {
+                let mut open = Vec::new();
+                for (sid, out) in &peer.outs {
                     receivers_changed(&mut self.tracks, sid);
+                    if matches!(out.state, OutState::Open(_)) {
+                        open.push(sid.clone());
+                    }
+                }
+                let session = peer.session;
+                for sid in open {
+                    self.key_frame_for_new_receiver(now, &sid);
                 }
                 // Media flows: the participant goes from JOINED to ACTIVE (livekit-client
                 // raises ParticipantActive).
-                let session = peer.session;
                 let Some(p) = self.participants.get_mut(&session) else {
                     return;
                 };
@@ -2422,11 +2432,11 @@ impl Sfu {
         );
         self.mark(pid);
         self.unpublish_stopped(pid, sdp);
-        for (sid, _) in assigned {
-            if let Some(track) = self.tracks.get_mut(&sid) {
-                track.last_keyframe_request.clear();
+        // Before the connection is up, its `Event::Connected` asks.
+        if self.peers.get(&pid).is_some_and(|p| p.media_up) {
+            for (sid, _) in assigned {
+                self.key_frame_for_new_receiver(now, &sid);
             }
-            self.request_keyframe(now, &sid, None, KeyframeRequestKind::Pli);
         }
         self.bind_pending(pid);
         if single {
@@ -2935,12 +2945,11 @@ impl Sfu {
             }
         }
         self.mark(pid);
-        for sid in opened {
-            if let Some(track) = self.tracks.get_mut(&sid) {
-                // A new receiver needs a keyframe to start decoding.
-                track.last_keyframe_request.clear();
+        // Before the connection is up, its `Event::Connected` asks.
+        if self.peers.get(&pid).is_some_and(|p| p.media_up) {
+            for sid in opened {
+                self.key_frame_for_new_receiver(now, &sid);
             }
-            self.request_keyframe(now, &sid, None, KeyframeRequestKind::Pli);
         }
         // Changes that arrived while the offer was out.
         self.negotiate_subscriber(session);
@@ -3242,8 +3251,8 @@ impl Sfu {
                         }
                     }
                     _ if video => {
-                        // Without simulcast: resuming at a key frame (a paused subscriber is
-                        // not among the receivers).
+                        // Without simulcast: starting or resuming at a key frame (a paused
+                        // subscriber is not among the receivers).
                         if out.key_wait {
                             if !key {
                                 if !key_frames_wanted.contains(&None) {
@@ -3338,6 +3347,15 @@ impl Sfu {
         {
             self.request_keyframe(now, &sid, data.rid, KeyframeRequestKind::Fir);
         }
+    }
+
+    /// A new receiver needs a key frame to start decoding: asked for at once, whenever the
+    /// last request for the track went.
+    fn key_frame_for_new_receiver(&mut self, now: Instant, sid: &str) {
+        if let Some(track) = self.tracks.get_mut(sid) {
+            track.last_keyframe_request.clear();
+        }
+        self.request_keyframe(now, sid, None, KeyframeRequestKind::Pli);
     }
 
     fn request_keyframe(
