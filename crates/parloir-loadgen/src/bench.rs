@@ -158,8 +158,9 @@ struct Check {
     note: &'static str,
 }
 
-/// The least-squares line through `(x, y)` points: its slope and its value at 0. `None` with
-/// fewer than two distinct `x`.
+/// The least-squares line through `(x, y)` points, when it rises: its slope and its value at 0.
+/// `None` with fewer than two distinct `x`, or a slope that is not positive (a sweep too noisy
+/// to read growth from, which would pass any budget).
 fn growth(points: &[(f64, f64)]) -> Option<(f64, f64)> {
     if points.len() < 2 {
         return None;
@@ -173,7 +174,7 @@ fn growth(points: &[(f64, f64)]) -> Option<(f64, f64)> {
         return None;
     }
     let slope = sxy / sxx;
-    Some((slope, mean_y - slope * mean_x))
+    (slope > 0.0).then_some((slope, mean_y - slope * mean_x))
 }
 
 fn budgets(path: &Path) -> anyhow::Result<BTreeMap<String, f64>> {
@@ -560,6 +561,10 @@ mod tests {
         let (slope, base) = growth(&[(2.0, 12.0), (6.0, 20.0)]).unwrap();
         assert!((slope - 2.0).abs() < 1e-9 && (base - 8.0).abs() < 1e-9);
         assert!(growth(&[(18.0, 95.0)]).is_none());
+        assert!(
+            growth(&[(4.0, 80.0), (18.0, 75.0)]).is_none(),
+            "no growth to read"
+        );
         assert!(growth(&[(18.0, 95.0), (18.0, 96.0)]).is_none());
         assert!(growth(&[]).is_none());
     }

@@ -13,7 +13,6 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parloir_sfu::{
@@ -341,9 +340,12 @@ impl Client {
     }
 }
 
-/// Simulated time since the simulation began, in microseconds, as the last `run_for` step left
-/// it (one simulation per test thread at a time is what the traces assume).
-static SIM_MICROS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// Simulated time since this thread's simulation began, in microseconds, as the last
+    /// `run_for` step left it (tests run on threads of their own; tracing formats each line on
+    /// the thread that logs it).
+    static SIM_MICROS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 /// Stamps trace lines with simulated time (`tracing_subscriber`'s `with_timer`), so a trace of
 /// a simulated meeting reads in the meeting's seconds rather than the host's.
@@ -351,7 +353,7 @@ pub struct SimTime;
 
 impl tracing_subscriber::fmt::time::FormatTime for SimTime {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        let us = SIM_MICROS.load(Ordering::Relaxed);
+        let us = SIM_MICROS.get();
         write!(w, "{:>4}.{:06}", us / 1_000_000, us % 1_000_000)
     }
 }
@@ -1347,7 +1349,7 @@ impl Sim {
             }
             self.now = next.max(self.now);
             let elapsed = self.now.saturating_duration_since(self.epoch).as_micros();
-            SIM_MICROS.store(elapsed as u64, Ordering::Relaxed);
+            SIM_MICROS.set(elapsed as u64);
             if self.now >= self.media_tick {
                 self.send_media();
                 self.media_slot = (self.media_slot + 1) % self.media_slots.max(1);
