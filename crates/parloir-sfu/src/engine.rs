@@ -817,11 +817,11 @@ impl Track {
 
     /// Works out which subscribers its frames go to: those whose m-line is open on a connection
     /// that is up (`Peer::media_up`), who have not turned it off, and, for video, whose
-    /// bandwidth allows at least its lowest layer. The
-    /// frame loop then visits only them (in a large meeting most subscribers show most cameras
-    /// in no tile), and reads what each asked for from its `Out` instead of looking up its
-    /// participant's settings for every frame. A subscriber that stops receiving is paused
-    /// here: the frames it misses never reach its decoder, so video resumes at a key frame.
+    /// bandwidth allows at least its lowest layer. The frame loop then visits only them (in a
+    /// large meeting most subscribers show most cameras in no tile), and reads what each asked
+    /// for from its `Out` instead of looking up its participant's settings for every frame. A
+    /// subscriber that stops receiving is paused here: the frames it misses never reach its
+    /// decoder, so video resumes at a key frame.
     fn receivers(
         &mut self,
         sid: &str,
