@@ -250,7 +250,8 @@ fn checks(
                 .map(|v| (v, format!("{scale} (not 150)"))),
             // What each participant adds: the slope of the server's memory over the sweep's
             // sizes (its base, the binary and its runtimes, is not a participant's). With one
-            // size only, the whole process over its participants.
+            // size only, or a sweep whose memory does not grow, the whole process over its
+            // participants (an upper bound).
             "memory.rss_per_participant_mb" => {
                 let sweep: Vec<(f64, f64)> = runs
                     .iter()
