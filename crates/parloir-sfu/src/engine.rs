@@ -718,6 +718,10 @@ struct Out {
     fps: u32,
     /// Whether it was among the track's receivers then.
     receiving: bool,
+    /// Where its m-line was in the connection's list when last written to: str0m finds it
+    /// there without its map by mid (`Rtc::writer_hinted`, str0m patch 43), whose entries
+    /// are cold at each write in a large room. Checked by str0m at each use.
+    media_hint: usize,
 }
 
 impl Out {
@@ -735,6 +739,7 @@ impl Out {
             wanted: None,
             fps: 0,
             receiving: false,
+            media_hint: usize::MAX,
         }
     }
 }
@@ -3288,7 +3293,7 @@ impl Sfu {
                     .network_time
                     .max(out.wallclock.unwrap_or(data.network_time));
                 out.wallclock = Some(wallclock);
-                let Some(writer) = peer.rtc.writer(mid) else {
+                let Some(writer) = peer.rtc.writer_hinted(mid, &mut out.media_hint) else {
                     continue;
                 };
                 let pt = match out.pt {

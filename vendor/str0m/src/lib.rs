@@ -1525,9 +1525,34 @@ impl Rtc {
 
         // This does not catch potential RIDs required to send simulcast, but
         // it's a good start. An error might arise later on RID mismatch.
-        session.media_by_mid(mid)?;
+        let mut index = usize::MAX;
+        let index = session.media_index_hinted(mid, &mut index)?;
 
-        Some(Writer::new(session, readiness, last_now, mid))
+        Some(Writer::new(session, readiness, last_now, mid, index))
+    }
+
+    /// Parloir patch 43: as [`Rtc::writer`], trying the m-line position in `hint` first and
+    /// setting it to the position found. A caller that writes to the same `mid` often keeps
+    /// `hint` between calls (start it at `usize::MAX`); a stale hint costs only the lookup
+    /// that [`Rtc::writer`] always does.
+    pub fn writer_hinted(&mut self, mid: Mid, hint: &mut usize) -> Option<Writer> {
+        if self.session.rtp_mode {
+            panic!("In rtp_mode use direct_api().stream_tx().write_rtp()");
+        }
+
+        if self.state != RtcState::Alive {
+            return None;
+        }
+
+        let Rtc {
+            session,
+            readiness,
+            last_now,
+            ..
+        } = self;
+        let index = session.media_index_hinted(mid, hint)?;
+
+        Some(Writer::new(session, readiness, last_now, mid, index))
     }
 
     /// Currently configured media.
@@ -1892,9 +1917,7 @@ impl Rtc {
         if let Some(e) = self.stats.as_mut().and_then(|s| s.poll_output()) {
             return Ok(Some(match e {
                 StatsEvent::Peer(s) => Output::Event(Event::PeerStats(Box::new(s))),
-                StatsEvent::MediaIngress(s) => {
-                    Output::Event(Event::MediaIngressStats(Box::new(s)))
-                }
+                StatsEvent::MediaIngress(s) => Output::Event(Event::MediaIngressStats(Box::new(s))),
                 StatsEvent::MediaEgress(s) => Output::Event(Event::MediaEgressStats(Box::new(s))),
             }));
         }

@@ -16,8 +16,8 @@ use crate::format::PayloadParams;
 use crate::format::Vp9PacketizerMode;
 use crate::io::DatagramSend;
 use crate::media::AppSpecificFeedback;
-use crate::media::{Media, ToPayload};
 use crate::media::{KeyframeRequestKind, MID_PROBE};
+use crate::media::{Media, ToPayload};
 use crate::media::{MediaAdded, MediaChanged};
 use crate::pacer::PacerControl;
 use crate::pacer::{Pacer, PacerImpl};
@@ -68,6 +68,11 @@ pub(crate) struct Session {
     /// Parloir patch: where each m-line sits in `medias`. A hint, checked at every use because
     /// `medias` is changed in several places; a wrong or missing hint falls back to a scan.
     pub(crate) media_pos: FastMap<Mid, usize>,
+
+    /// Parloir patch 43: the slot of the stream last written to or sent from, and its
+    /// m-line's position: the packets of a frame are polled right after it is packetized,
+    /// and are found there without the maps by mid/rid and by mid. Checked at each use.
+    last_tx: (u32, usize),
 
     /// Parloir patch: the m-lines that may have frames queued for packetizing (written since
     /// they were last found empty), so that packetizing and its timeout do not visit every
@@ -209,6 +214,7 @@ impl Session {
             id,
             medias: vec![],
             media_pos: FastMap::default(),
+            last_tx: (crate::streams::NO_SLOT, usize::MAX),
             payload_pending: vec![],
             reports_at: None,
             receive_pending: vec![],
@@ -1065,6 +1071,12 @@ impl Session {
                     continue;
                 };
                 stream.handle_rtcp(now, fb);
+            } else if matches!(fb, RtcpFb::ReceptionReport(_)) {
+                // Parloir patch 43: a reception report gives the stream no timeout work.
+                let Some(stream) = self.streams.stream_tx_for_report(&fb.ssrc()) else {
+                    continue;
+                };
+                stream.handle_rtcp(now, fb);
             } else {
                 let Some(stream) = self.streams.stream_tx(&fb.ssrc()) else {
                     continue;
@@ -1352,11 +1364,19 @@ impl Session {
         // Figure out which, if any, queue to poll
         // The cluster_id is captured by the pacer at poll time, before register_send() might clear it
         let (midrid, cluster_id) = self.pacer.poll_queue()?;
-        let stream = self.streams.stream_tx_by_midrid(midrid)?;
-        let Some(media) = media_at(&self.medias, &self.media_pos, stream.mid()) else {
-            trace!("Pacer pointed to mid {} which has no media", midrid.mid());
-            return None;
-        };
+        // Parloir patch 43: most often the stream last written to.
+        let (mut slot, mut index) = self.last_tx;
+        let stream = self.streams.stream_tx_by_midrid_hinted(midrid, &mut slot)?;
+        let mid = stream.mid();
+        if !self.medias.get(index).is_some_and(|m| m.mid() == mid) {
+            let Some(i) = media_index_at(&self.medias, &self.media_pos, mid) else {
+                trace!("Pacer pointed to mid {} which has no media", midrid.mid());
+                return None;
+            };
+            index = i;
+        }
+        self.last_tx = (slot, index);
+        let media = &self.medias[index];
         let buf = &mut self.poll_packet_buf;
         let twcc_seq = self.twcc;
 
@@ -1530,7 +1550,8 @@ impl Session {
     }
 
     pub fn visit_stats(&mut self, now: Instant, snapshot: &mut StatsSnapshot) {
-        for stream in self.streams.streams_tx() {
+        // Parloir patch 43: reading statistics does not touch the streams.
+        for stream in self.streams.streams_tx_for_stats() {
             stream.visit_stats(snapshot, now);
         }
 
@@ -1619,6 +1640,17 @@ impl Session {
         media_at(&self.medias, &self.media_pos, mid)
     }
 
+    /// Parloir patch 43: the position of the m-line of `mid`, trying `hint` first (a position
+    /// the caller kept from an earlier call; checked); `hint` is set to the position found.
+    pub(crate) fn media_index_hinted(&self, mid: Mid, hint: &mut usize) -> Option<usize> {
+        if self.medias.get(*hint).is_some_and(|m| m.mid() == mid) {
+            return Some(*hint);
+        }
+        let index = media_index_at(&self.medias, &self.media_pos, mid)?;
+        *hint = index;
+        Some(index)
+    }
+
     pub fn media_by_mid_mut(&mut self, mid: Mid) -> Option<&mut Media> {
         media_at_mut(&mut self.medias, &mut self.media_pos, mid)
     }
@@ -1637,7 +1669,7 @@ impl Session {
     pub(crate) fn packetize_now(
         &mut self,
         now: Instant,
-        mid: Mid,
+        index: usize,
         frame: ToPayload,
     ) -> Result<Result<bool, ToPayload>, RtcError> {
         // Parloir patch 35: with the leaky bucket, when its snapshots are current.
@@ -1649,9 +1681,11 @@ impl Session {
             return Ok(Err(frame));
         }
         let mtu = self.mtu();
-        let Some(media) = media_at_mut(&mut self.medias, &mut self.media_pos, mid) else {
+        // Parloir patch 43: the writer's m-line, by its position.
+        let Some(media) = self.medias.get_mut(index) else {
             return Ok(Err(frame));
         };
+        let mid = media.mid();
         // A frame waiting (it has a timeout): this one goes behind it.
         if media.poll_timeout().is_some() {
             return Ok(Err(frame));
@@ -1665,13 +1699,18 @@ impl Session {
             mtu,
             self.codec_config.red_distances(),
         )?;
-        let Some(stream) = self.streams.stream_tx_by_midrid(MidRid(mid, rid)) else {
+        // Parloir patch 43: the stream is in the slot the m-line has just written to.
+        let mut slot = media.tx_slot();
+        let Some(stream) = self
+            .streams
+            .stream_tx_by_midrid_hinted(MidRid(mid, rid), &mut slot)
+        else {
             return Ok(Ok(true));
         };
+        self.last_tx = (slot, index);
         let first = !stream.has_kind();
-        let (medias, media_pos, codecs) = (&self.medias, &self.media_pos, &self.codec_config);
-        // The stream exists only with its m-line.
-        let get_media = move || (media_at(medias, media_pos, mid).unwrap(), codecs);
+        let (media, codecs) = (&self.medias[index], &self.codec_config);
+        let get_media = move || (media, codecs);
         stream.handle_timeout(now, get_media);
         let state = stream.queue_state(now);
         match &mut self.pacer {
@@ -1861,6 +1900,114 @@ mod tests {
         session
     }
 
+    // Parloir patch 43.
+    #[test]
+    fn reports_and_statistics_leave_the_streams_untouched() {
+        use crate::media::MediaKind;
+        use crate::net::Protocol;
+        use crate::stats::StatsSnapshot;
+        use crate::{Input, Output, Rtc};
+
+        let now = Instant::now();
+        let mut rtc = Rtc::builder().build(now);
+        let profile = SrtpProfile::AEAD_AES_128_GCM;
+        let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
+        rtc.session
+            .set_keying_material(mat, crate::crypto::test_default_provider(), profile, true);
+        rtc.direct_api()
+            .declare_media("vid".into(), MediaKind::Video);
+        for ssrc in [41, 42, 43] {
+            rtc.direct_api()
+                .declare_stream_tx(ssrc.into(), None, "vid".into(), None);
+        }
+        rtc.send_addr = Some(crate::SendAddr {
+            proto: Protocol::Udp,
+            source: "192.0.2.1:5000".parse().unwrap(),
+            destination: "192.0.2.2:6000".parse().unwrap(),
+        });
+        let run = |rtc: &mut Rtc, at: Instant| {
+            rtc.handle_input(Input::Timeout(at)).unwrap();
+            while !matches!(rtc.poll_output().unwrap(), Output::Timeout(_)) {}
+        };
+        let mut at = now;
+        for _ in 0..3 {
+            run(&mut rtc, at);
+            at += Duration::from_millis(10);
+        }
+        assert_eq!(
+            rtc.session.streams.touched_count(),
+            0,
+            "idle streams leave the list"
+        );
+
+        rtc.session.visit_stats(at, &mut StatsSnapshot::new(at));
+        assert_eq!(rtc.session.streams.touched_count(), 0, "statistics");
+
+        // A receiver report with a block for stream 42 (RFC 3550 6.4.2).
+        let mut rr = vec![0x81, 201, 0, 7, 0, 0, 0, 9];
+        rr.extend_from_slice(&42u32.to_be_bytes());
+        rr.extend_from_slice(&[0; 20]);
+        let packet = rtc.session.srtp_tx.as_mut().unwrap().protect_rtcp(&rr);
+        let mut readiness = Readiness::idle();
+        rtc.session
+            .handle_rtcp_receive(at, &packet, &mut readiness.wake());
+        assert_eq!(rtc.session.streams.touched_count(), 0, "a reception report");
+        let stream = rtc.session.streams.stream_tx_for_report(&42.into());
+        assert!(
+            stream.unwrap().remote_acked_ssrc(),
+            "the report reached the stream"
+        );
+        run(&mut rtc, at);
+        assert_eq!(rtc.session.streams.touched_count(), 0);
+
+        // A picture loss indication gives the stream work: it is listed.
+        let pli = Pli {
+            sender_ssrc: 9.into(),
+            ssrc: 43.into(),
+        };
+        let mut buf = [0; 64];
+        let len = pli.write_to(&mut buf);
+        let packet = rtc
+            .session
+            .srtp_tx
+            .as_mut()
+            .unwrap()
+            .protect_rtcp(&buf[..len]);
+        rtc.session
+            .handle_rtcp_receive(at, &packet, &mut readiness.wake());
+        assert_eq!(rtc.session.streams.touched_count(), 1, "a request did");
+    }
+
+    // Parloir patch 43.
+    #[test]
+    fn a_writer_finds_its_m_line_from_any_hint() {
+        use crate::Rtc;
+        use crate::media::MediaKind;
+
+        let mut rtc = Rtc::builder().build(Instant::now());
+        for mid in ["a", "b", "c"] {
+            rtc.direct_api().declare_media(mid.into(), MediaKind::Video);
+        }
+        let mut hint = usize::MAX;
+        assert!(rtc.writer_hinted("c".into(), &mut hint).is_some());
+        assert_eq!(hint, 2);
+        // "a" goes: "c" moves, and the hint pointing past the end or at another m-line is
+        // not taken.
+        rtc.direct_api().remove_media("a".into());
+        let mut stale = hint;
+        assert!(rtc.writer_hinted("c".into(), &mut stale).is_some());
+        assert_eq!(stale, 1);
+        let mut other = 0;
+        assert!(rtc.writer_hinted("c".into(), &mut other).is_some());
+        assert_eq!(other, 1);
+        assert!(rtc.writer_hinted("a".into(), &mut other).is_none());
+        assert_eq!(other, 1, "a hint is kept when nothing is found");
+        assert_eq!(
+            rtc.session.media_index_hinted("b".into(), &mut other),
+            Some(0)
+        );
+    }
+
     // Parloir patch 24.
     #[test]
     fn a_full_pass_is_due_when_the_reports_are() {
@@ -1897,8 +2044,15 @@ mod tests {
         assert!(rtc.full_pass_due(start));
         let now = start + Duration::from_millis(10);
         run(&mut rtc, now);
-        let reports = rtc.session.reports_at.expect("a report time for the send stream");
-        assert!(reports > now + Duration::from_millis(500), "{:?}", reports - now);
+        let reports = rtc
+            .session
+            .reports_at
+            .expect("a report time for the send stream");
+        assert!(
+            reports > now + Duration::from_millis(500),
+            "{:?}",
+            reports - now
+        );
         // Before the reports, a timeout does not visit every stream; at them, it does.
         assert!(!rtc.full_pass_due(now + Duration::from_millis(1)));
         assert!(!rtc.full_pass_due(reports - Duration::from_millis(1)));
@@ -1923,12 +2077,19 @@ mod tests {
         let keyed = |rtc: &mut Rtc| {
             let profile = SrtpProfile::AEAD_AES_128_GCM;
             let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
-            rtc.session
-                .set_keying_material(mat, crate::crypto::test_default_provider(), profile, true);
+            rtc.session.set_keying_material(
+                mat,
+                crate::crypto::test_default_provider(),
+                profile,
+                true,
+            );
             rtc.direct_api()
                 .declare_media("vid".into(), MediaKind::Video);
         };
-        let (from, to) = ("192.0.2.1:5000".parse().unwrap(), "192.0.2.2:6000".parse().unwrap());
+        let (from, to) = (
+            "192.0.2.1:5000".parse().unwrap(),
+            "192.0.2.2:6000".parse().unwrap(),
+        );
         let mut tx = Rtc::builder().build(now);
         keyed(&mut tx);
         tx.direct_api()
@@ -1997,7 +2158,11 @@ mod tests {
                 rx.handle_input(input).unwrap();
             }
             assert_eq!(rx.session.arrival, None, "used up by the datagram");
-            let report = rx.session.twcc_rx_register.build_report(1000).expect("a report");
+            let report = rx
+                .session
+                .twcc_rx_register
+                .build_report(1000)
+                .expect("a report");
             let times: Vec<Instant> = report
                 .into_iter(now, 0.into())
                 .filter_map(|(_, _, t)| t)
@@ -2011,9 +2176,15 @@ mod tests {
         };
         let ms = Duration::from_millis;
         let with = receive(true);
-        assert!(with.iter().all(|d| *d == ms(5)), "the arrivals' spacing: {with:?}");
+        assert!(
+            with.iter().all(|d| *d == ms(5)),
+            "the arrivals' spacing: {with:?}"
+        );
         let without = receive(false);
-        assert!(without.iter().all(|d| d.is_zero()), "the read time: {without:?}");
+        assert!(
+            without.iter().all(|d| d.is_zero()),
+            "the read time: {without:?}"
+        );
     }
 
     #[test]
@@ -2170,12 +2341,17 @@ pub(crate) struct Shortcuts {
 /// Parloir patch: the media of `mid`, found through the position hint when it is right, else
 /// by a scan.
 fn media_at<'a>(medias: &'a [Media], pos: &FastMap<Mid, usize>, mid: Mid) -> Option<&'a Media> {
+    media_index_at(medias, pos, mid).map(|i| &medias[i])
+}
+
+/// Parloir patch: the position of the media of `mid`, as [`media_at`] finds it.
+fn media_index_at(medias: &[Media], pos: &FastMap<Mid, usize>, mid: Mid) -> Option<usize> {
     if let Some(&i) = pos.get(&mid) {
-        if let Some(m) = medias.get(i).filter(|m| m.mid() == mid) {
-            return Some(m);
+        if medias.get(i).is_some_and(|m| m.mid() == mid) {
+            return Some(i);
         }
     }
-    medias.iter().find(|m| m.mid() == mid)
+    medias.iter().position(|m| m.mid() == mid)
 }
 
 /// Parloir patch: as [`media_at`], mutably, refreshing the hint after a scan.

@@ -389,27 +389,11 @@ impl<'a> DirectApi<'a> {
         new_ssrc: Ssrc,
         new_rtx: Option<Ssrc>,
     ) -> Option<&mut StreamTx> {
-        let midrid = MidRid(mid, rid);
-
-        // Find the stream by mid/rid
-        let stream = self.rtc.session.streams.stream_tx_by_midrid(midrid)?;
-
-        // Don't change to the same SSRC
-        if stream.ssrc() == new_ssrc {
-            return None;
-        }
-
-        // If the stream has an RTX SSRC, New RTX must be provided and differ.
-        // But it is allowed to start or turn off RTX.
-        if stream.rtx().is_some() && stream.rtx() == new_rtx {
-            return None;
-        }
-
-        // Reset the stream with the new SSRC and RTX
-        stream.reset_ssrc(new_ssrc, new_rtx);
-
-        // Return a reference to the updated stream
-        Some(stream)
+        // Parloir patch 43: the stream is filed under its new SSRC.
+        self.rtc
+            .session
+            .streams
+            .reset_stream_tx(MidRid(mid, rid), new_ssrc, new_rtx)
     }
 
     /// Send an application-specific feedback message (PSFB FMT=15, PT=206).

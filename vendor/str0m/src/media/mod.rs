@@ -144,6 +144,10 @@ pub struct Media {
     /// renegotiation. Defaults to `true`, so a negotiated RED PT wraps unless it is turned off.
     red_send_enabled: bool,
 
+    /// Parloir patch 43: the slot of the outgoing stream this m-line last wrote to, a hint
+    /// checked at each use (`Streams::stream_tx_by_midrid_hinted`).
+    tx_slot: u32,
+
     /// Outgoing payloads ordered by their send deadlines or media wallclock times.
     to_payload: VecDeque<ToPayload>,
 
@@ -606,6 +610,11 @@ impl Media {
         self.payload(to_payload, streams, params, vp9_mode, mtu, red_distances)
     }
 
+    /// Parloir patch 43: the slot of the outgoing stream this m-line last wrote to.
+    pub(crate) fn tx_slot(&self) -> u32 {
+        self.tx_slot
+    }
+
     /// Parloir patch: packetizes one frame, taken off the queue (`do_payload`) or given at
     /// once (`Session::packetize_now`).
     pub(crate) fn payload(
@@ -621,7 +630,7 @@ impl Media {
 
         let midrid = MidRid(self.mid, *rid);
 
-        let stream = streams.stream_tx_by_midrid(midrid);
+        let stream = streams.stream_tx_by_midrid_hinted(midrid, &mut self.tx_slot);
 
         let Some(stream) = stream else {
             return Err(RtcError::NoSenderSource);
@@ -755,6 +764,7 @@ impl Default for Media {
             need_open_event: true,
             need_changed_event: false,
             red_send_enabled: true,
+            tx_slot: crate::streams::NO_SLOT,
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::poll::Readiness;
 use crate::rtp_::AbsCaptureTime;
 use crate::rtp_::MidRid;
 use crate::rtp_::VideoOrientation;
-use crate::session::{Session, media_at_mut, note_pending};
+use crate::session::{Session, note_pending};
 use crate::streams::Streams;
 
 use super::TelephoneEvent;
@@ -27,6 +27,9 @@ pub struct Writer<'a> {
     /// Parloir patch: the `Rtc`'s time, moved to [`Writer::now`] when that is later.
     last_now: &'a mut Instant,
     mid: Mid,
+    /// Parloir patch 43: the position of the m-line of `mid` in the session, found once
+    /// (the writer borrows the session, so it cannot move).
+    index: usize,
     rid: Option<Rid>,
     start_of_talkspurt: Option<bool>,
     tele_event: Option<TelephoneEvent>,
@@ -47,12 +50,14 @@ impl<'a> Writer<'a> {
         readiness: &'a mut Readiness,
         last_now: &'a mut Instant,
         mid: Mid,
+        index: usize,
     ) -> Self {
         Writer {
             session,
             readiness,
             last_now,
             mid,
+            index,
             rid: None,
             start_of_talkspurt: None,
             tele_event: None,
@@ -74,8 +79,7 @@ impl<'a> Writer<'a> {
     ///
     /// For the [`Writer::write()`] call, the `pt` must be set correctly.
     pub fn payload_params(&self) -> impl Iterator<Item = &PayloadParams> {
-        // This unwrap is OK due to the invariant of self.mid being resolvable
-        let media = self.session.media_by_mid(self.mid).unwrap();
+        let media = &self.session.medias[self.index];
         self.session
             .codec_config
             .params()
@@ -218,13 +222,7 @@ impl<'a> Writer<'a> {
         }
         let clock_rate = params.spec().rtp_clock_rate();
 
-        // This (indirect) unwrap is OK due to the invariant of self.mid being resolvable
-        let media = media_at_mut(
-            &mut self.session.medias,
-            &mut self.session.media_pos,
-            self.mid,
-        )
-        .expect("writer's mid to have a media");
+        let media = &mut self.session.medias[self.index];
 
         if let Some(rid) = self.rid {
             if !media.rids_tx().contains(rid) {
@@ -275,7 +273,7 @@ impl<'a> Writer<'a> {
                         *self.last_now = now;
                     }
                     self.session
-                        .packetize_now(*self.last_now, self.mid, frame)?
+                        .packetize_now(*self.last_now, self.index, frame)?
                 }
                 None => Err(frame),
             };
@@ -287,13 +285,7 @@ impl<'a> Writer<'a> {
                     }
                 }
                 Err(frame) => {
-                    media_at_mut(
-                        &mut self.session.medias,
-                        &mut self.session.media_pos,
-                        self.mid,
-                    )
-                    .expect("writer's mid to have a media")
-                    .set_to_payload(frame)?;
+                    self.session.medias[self.index].set_to_payload(frame)?;
                     note_pending(&mut self.session.payload_pending, self.mid);
                 }
             }

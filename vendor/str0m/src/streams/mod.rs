@@ -31,6 +31,10 @@ mod send;
 mod send_queue;
 mod send_stats;
 mod tx_packet;
+mod tx_slots;
+
+pub(crate) use self::tx_slots::NO_SLOT;
+use self::tx_slots::TxSlots;
 pub(crate) use tx_packet::{TxHeader, TxPacket};
 
 pub(crate) use send::{DEFAULT_RTX_CACHE_DURATION, DEFAULT_RTX_RATIO_CAP};
@@ -116,19 +120,21 @@ pub(crate) struct Streams {
     /// Time we last cleaned up unused entries from source_keys_rx.
     last_rx_lookup_cleanup: Instant,
 
-    /// All outgoing encoded streams.
-    streams_tx: FastMap<Ssrc, StreamTx>,
+    /// All outgoing encoded streams. Parloir patch 43: in slots that stay put, so that an
+    /// m-line can reach its stream without a map (`stream_tx_by_midrid_hinted`).
+    streams_tx: TxSlots,
 
-    /// Parloir patch: the outgoing stream last found for each mid/rid. A hint, checked at
-    /// every use; a wrong or missing hint falls back to the scan over all streams.
-    tx_by_midrid: FastMap<MidRid, Ssrc>,
+    /// Parloir patch: the slot of the outgoing stream last found for each mid/rid. A hint,
+    /// checked at every use; a wrong or missing hint falls back to the scan over all streams.
+    tx_by_midrid: FastMap<MidRid, u32>,
 
     /// Parloir patch: the outgoing streams that may have work at a timeout (packets to stamp
     /// or send, resends, padding, requests to poll, their first timeout), so that timeouts and
     /// polls visit these rather than every outgoing stream of the session. Every `&mut` access
     /// to an outgoing stream adds it (accessors that hand out all streams add all); a stream
-    /// leaves when a queue snapshot finds it idle (`send_queue_states`).
-    tx_touched: Vec<Ssrc>,
+    /// leaves when a queue snapshot finds it idle (`send_queue_states`). Listed by slot
+    /// (patch 43), so that visiting them takes no map probe.
+    tx_touched: Vec<u32>,
 
     /// Parloir patch: no outgoing stream outside `tx_touched` has a sender report due before
     /// this (exact after a full pass; streams leaving `tx_touched` fold theirs in).
@@ -348,17 +354,56 @@ impl Streams {
         rtx: Option<Ssrc>,
         midrid: MidRid,
     ) -> &mut StreamTx {
-        let stream = self
-            .streams_tx
-            .entry(ssrc)
-            .or_insert_with(|| StreamTx::new(ssrc, rtx, midrid, self.enable_stats, self.mtu_warn));
-        touch(&mut self.tx_touched, stream);
+        let (enable_stats, mtu_warn) = (self.enable_stats, self.mtu_warn);
+        let (stream, slot) = self.streams_tx.get_or_insert_with(ssrc, || {
+            StreamTx::new(ssrc, rtx, midrid, enable_stats, mtu_warn)
+        });
+        touch(&mut self.tx_touched, stream, slot);
         stream
     }
 
     pub fn remove_stream_tx(&mut self, ssrc: Ssrc) -> bool {
-        self.tx_by_midrid.retain(|_, s| *s != ssrc);
-        self.streams_tx.remove(&ssrc).is_some()
+        if let Some(slot) = self.streams_tx.slot_of(&ssrc) {
+            self.tx_by_midrid.retain(|_, s| *s != slot);
+        }
+        let removed = self.streams_tx.remove(&ssrc).is_some();
+        self.untouch_removed();
+        removed
+    }
+
+    /// Parloir patch 43: slots of removed streams leave the touched list (before a new stream
+    /// can take the slot and be listed again).
+    fn untouch_removed(&mut self) {
+        let slots = &self.streams_tx;
+        self.tx_touched.retain(|&slot| slots.at(slot).is_some());
+    }
+
+    /// Parloir patch 43: the stream of `mid`/`rid` takes new SSRCs, and is found by the new
+    /// one (upstream left it filed under the old SSRC).
+    pub(crate) fn reset_stream_tx(
+        &mut self,
+        midrid: MidRid,
+        new_ssrc: Ssrc,
+        new_rtx: Option<Ssrc>,
+    ) -> Option<&mut StreamTx> {
+        let stream = self.stream_tx_by_midrid(midrid)?;
+        // Don't change to the same SSRC
+        if stream.ssrc() == new_ssrc {
+            return None;
+        }
+        // If the stream has an RTX SSRC, New RTX must be provided and differ.
+        // But it is allowed to start or turn off RTX.
+        if stream.rtx().is_some() && stream.rtx() == new_rtx {
+            return None;
+        }
+        let old = stream.ssrc();
+        stream.reset_ssrc(new_ssrc, new_rtx);
+        self.streams_tx.rekey(old, new_ssrc);
+        if self.tx_padding.is_some_and(|(p, _)| p == old) {
+            self.tx_padding = None;
+            self.tx_padding_known = false;
+        }
+        self.streams_tx.get_mut(&new_ssrc)
     }
 
     pub(crate) fn local_sender_ssrcs(&self) -> Vec<Ssrc> {
@@ -380,15 +425,36 @@ impl Streams {
     }
 
     pub fn stream_tx(&mut self, ssrc: &Ssrc) -> Option<&mut StreamTx> {
-        let stream = self.streams_tx.get_mut(ssrc)?;
-        touch(&mut self.tx_touched, stream);
+        let slot = self.streams_tx.slot_of(ssrc)?;
+        let stream = self.streams_tx.at_mut(slot)?;
+        touch(&mut self.tx_touched, stream, slot);
         Some(stream)
+    }
+
+    /// Parloir patch 43: the stream of `ssrc`, not listed as touched: for a reception report,
+    /// which changes only its statistics and whether the receiver knows its SSRC, nothing a
+    /// timeout has work for. A subscriber connection's receiver reports name each of its
+    /// streams every second or five; touched, every stream was visited by the next timeouts.
+    pub(crate) fn stream_tx_for_report(&mut self, ssrc: &Ssrc) -> Option<&mut StreamTx> {
+        self.streams_tx.get_mut(ssrc)
+    }
+
+    /// Parloir patch 43, tests: how many outgoing streams are listed as touched.
+    #[cfg(test)]
+    pub(crate) fn touched_count(&self) -> usize {
+        self.tx_touched.len()
+    }
+
+    /// Parloir patch 43: every outgoing stream, not listed as touched, for reading their
+    /// statistics (which gives no timeout any work).
+    pub(crate) fn streams_tx_for_stats(&mut self) -> impl Iterator<Item = &mut StreamTx> {
+        self.streams_tx.values_mut()
     }
 
     /// Parloir patch: every outgoing stream is touched, for accessors that hand them all out.
     fn touch_all_tx(&mut self) {
-        for stream in self.streams_tx.values_mut() {
-            touch(&mut self.tx_touched, stream);
+        for (slot, stream) in self.streams_tx.iter_mut() {
+            touch(&mut self.tx_touched, stream, slot);
         }
         // Buffers may be reset: the padding candidate is searched for again.
         self.tx_padding = None;
@@ -438,7 +504,7 @@ impl Streams {
         let s = self
             .tx_touched
             .iter()
-            .filter_map(|ssrc| self.streams_tx.get(ssrc))
+            .filter_map(|&slot| self.streams_tx.at(slot))
             .map(|s| s.sender_report_at(i))
             .chain(std::iter::once(self.tx_report_due));
         r.chain(s).min()
@@ -453,7 +519,7 @@ impl Streams {
         if self
             .tx_touched
             .iter()
-            .filter_map(|ssrc| self.streams_tx.get(ssrc))
+            .filter_map(|&slot| self.streams_tx.at(slot))
             .any(|s| s.need_timeout())
         {
             Some(already_happened())
@@ -510,7 +576,7 @@ impl Streams {
         let touched_due = self
             .tx_touched
             .iter()
-            .filter_map(|ssrc| self.streams_tx.get(ssrc))
+            .filter_map(|&slot| self.streams_tx.at(slot))
             .map(|s| s.sender_report_at(intervals))
             .min()
             .unwrap_or_else(not_happening);
@@ -546,8 +612,8 @@ impl Streams {
                 .min()
                 .unwrap_or_else(not_happening);
         } else {
-            for ssrc in &self.tx_touched {
-                let Some(stream) = self.streams_tx.get_mut(ssrc) else {
+            for &slot in &self.tx_touched {
+                let Some(stream) = self.streams_tx.at_mut(slot) else {
                     continue;
                 };
                 let mid = stream.mid();
@@ -567,8 +633,8 @@ impl Streams {
         // Parloir patch: requests arrive through `stream_tx`, which touches the stream, and a
         // stream with a request waiting stays touched.
         let streams = &mut self.streams_tx;
-        self.tx_touched.iter().find_map(|ssrc| {
-            let s = streams.get_mut(ssrc)?;
+        self.tx_touched.iter().find_map(|&slot| {
+            let s = streams.at_mut(slot)?;
             let kind = s.poll_keyframe_request()?;
             Some(KeyframeRequest {
                 mid: s.mid(),
@@ -594,8 +660,8 @@ impl Streams {
     pub(crate) fn poll_remb_request(&mut self) -> Option<(Mid, Bitrate)> {
         // Parloir patch: as for keyframe requests.
         let streams = &mut self.streams_tx;
-        self.tx_touched.iter().find_map(|ssrc| {
-            let s = streams.get_mut(ssrc)?;
+        self.tx_touched.iter().find_map(|&slot| {
+            let s = streams.at_mut(slot)?;
             s.poll_remb_request().map(|b| (s.mid(), b))
         })
     }
@@ -630,6 +696,9 @@ impl Streams {
         self.streams_rx.values_mut()
     }
 
+    // Parloir patch 43: its one user, `Session::visit_stats`, reads statistics through
+    // `streams_tx_for_stats` now.
+    #[cfg(test)]
     pub(crate) fn streams_tx(&mut self) -> impl Iterator<Item = &mut StreamTx> {
         self.touch_all_tx();
         self.streams_tx.values_mut()
@@ -691,7 +760,7 @@ impl Streams {
     pub(crate) fn first_ssrc_local(&mut self) -> Ssrc {
         if let Some(ssrc) = self.streams_tx.keys().next() {
             // If there is some local Tx SSRC, use that.
-            *ssrc
+            ssrc
         } else {
             // Fallback in case we don't have any Tx SSRC.
             if *self.default_ssrc_tx == 0 {
@@ -735,8 +804,8 @@ impl Streams {
         if self.probe_media.is_some() {
             states.extend(self.send_queue_states_all(now, can_probe));
         } else {
-            for ssrc in &self.tx_touched {
-                if let Some(stream) = self.streams_tx.get_mut(ssrc) {
+            for &slot in &self.tx_touched {
+                if let Some(stream) = self.streams_tx.at_mut(slot) {
                     states.push(stream.queue_state(now));
                 }
             }
@@ -767,16 +836,17 @@ impl Streams {
                 }
             }
         }
-        for ssrc in &self.tx_touched {
-            let Some(stream) = self.streams_tx.get(ssrc) else {
+        for &slot in &self.tx_touched {
+            let Some(stream) = self.streams_tx.at(slot) else {
                 continue;
             };
             if !stream.can_pad() {
                 continue;
             }
             let last = stream.queue_info.and_then(|q| q.last_emitted);
-            if padding.is_none_or(|(p, t)| p == *ssrc || last >= t) {
-                padding = Some((*ssrc, last));
+            let ssrc = stream.ssrc();
+            if padding.is_none_or(|(p, t)| p == ssrc || last >= t) {
+                padding = Some((ssrc, last));
             }
         }
         self.tx_padding = padding;
@@ -787,8 +857,8 @@ impl Streams {
     fn prune_touched(&mut self, intervals: RtcpReportIntervals) {
         let mut i = 0;
         while i < self.tx_touched.len() {
-            let ssrc = self.tx_touched[i];
-            let Some(stream) = self.streams_tx.get_mut(&ssrc) else {
+            let slot = self.tx_touched[i];
+            let Some(stream) = self.streams_tx.at_mut(slot) else {
                 self.tx_touched.swap_remove(i);
                 continue;
             };
@@ -840,26 +910,51 @@ impl Streams {
     }
 
     pub(crate) fn stream_tx_by_midrid(&mut self, midrid: MidRid) -> Option<&mut StreamTx> {
+        let mut hint = NO_SLOT;
+        self.stream_tx_by_midrid_hinted(midrid, &mut hint)
+    }
+
+    /// Parloir patch 43: as [`Self::stream_tx_by_midrid`], trying the slot `hint` first (an
+    /// m-line keeps the slot of its stream: `Media::tx_slot`), then the map of hints by
+    /// mid/rid, then the scan; `hint` is set to the slot found.
+    pub(crate) fn stream_tx_by_midrid_hinted(
+        &mut self,
+        midrid: MidRid,
+        hint: &mut u32,
+    ) -> Option<&mut StreamTx> {
         if midrid == MidRid(MID_PROBE, None) {
             self.probe_media?;
             return Some(&mut self.probe_tx);
         }
-        // Parloir patch: the hint first (packets of one stream come in runs, and each one
-        // was found by a scan over every stream of the session).
-        let hinted = self.tx_by_midrid.get(&midrid).copied().filter(|ssrc| {
-            self.streams_tx
-                .get(ssrc)
-                .is_some_and(|s| s.is_midrid(midrid))
-        });
-        let stream = match hinted {
-            Some(ssrc) => self.streams_tx.get_mut(&ssrc)?,
-            None => {
-                let stream = self.streams_tx.values_mut().find(|s| s.is_midrid(midrid))?;
-                self.tx_by_midrid.insert(midrid, stream.ssrc());
-                stream
-            }
+        let fits = |slots: &TxSlots, slot: u32| slots.at(slot).is_some_and(|s| s.is_midrid(midrid));
+        let slot = if fits(&self.streams_tx, *hint) {
+            *hint
+        } else {
+            // Parloir patch: the hint by mid/rid (packets of one stream come in runs, and
+            // each one was found by a scan over every stream of the session).
+            let hinted = self
+                .tx_by_midrid
+                .get(&midrid)
+                .copied()
+                .filter(|&slot| fits(&self.streams_tx, slot));
+            let slot = match hinted {
+                Some(slot) => slot,
+                None => {
+                    let ssrc = self
+                        .streams_tx
+                        .values()
+                        .find(|s| s.is_midrid(midrid))?
+                        .ssrc();
+                    let slot = self.streams_tx.slot_of(&ssrc)?;
+                    self.tx_by_midrid.insert(midrid, slot);
+                    slot
+                }
+            };
+            *hint = slot;
+            slot
         };
-        touch(&mut self.tx_touched, stream);
+        let stream = self.streams_tx.at_mut(slot)?;
+        touch(&mut self.tx_touched, stream, slot);
         Some(stream)
     }
 
@@ -869,6 +964,7 @@ impl Streams {
 
     pub(crate) fn remove_streams_by_mid(&mut self, mid: Mid) {
         self.streams_tx.retain(|_, s| s.mid() != mid);
+        self.untouch_removed();
         self.tx_by_midrid.retain(|midrid, _| midrid.mid() != mid);
         self.streams_rx.retain(|_, s| s.mid() != mid);
         self.rx_lookup.retain(|_, v| v.mid != mid);
@@ -973,10 +1069,10 @@ impl fmt::Debug for RtpPacket {
     }
 }
 
-/// Parloir patch: lists an outgoing stream as touched (once).
-fn touch(touched: &mut Vec<Ssrc>, stream: &mut StreamTx) {
+/// Parloir patch: lists an outgoing stream as touched (once), by its slot.
+fn touch(touched: &mut Vec<u32>, stream: &mut StreamTx, slot: u32) {
     if !stream.touched {
         stream.touched = true;
-        touched.push(stream.ssrc());
+        touched.push(slot);
     }
 }

@@ -1274,6 +1274,12 @@ impl StreamTx {
         self.send_queue.need_timeout()
     }
 
+    /// Parloir patch 43, tests: whether a reception report named this stream's SSRC.
+    #[cfg(test)]
+    pub(crate) fn remote_acked_ssrc(&self) -> bool {
+        self.remote_acked_ssrc
+    }
+
     /// Parloir patch: whether this stream can send padding.
     pub(crate) fn can_pad(&self) -> bool {
         self.padding_enabled()
