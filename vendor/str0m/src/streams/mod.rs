@@ -131,8 +131,10 @@ pub(crate) struct Streams {
     /// Parloir patch: the outgoing streams that may have work at a timeout (packets to stamp
     /// or send, resends, padding, requests to poll, their first timeout), so that timeouts and
     /// polls visit these rather than every outgoing stream of the session. Every `&mut` access
-    /// to an outgoing stream adds it (accessors that hand out all streams add all); a stream
-    /// leaves when a queue snapshot finds it idle (`send_queue_states`). Listed by slot
+    /// to an outgoing stream adds it (accessors that hand out all streams add all), except the
+    /// two that give no timeout work (patch 43: `stream_tx_for_report`,
+    /// `streams_tx_for_stats`); a stream leaves when a queue snapshot finds it idle
+    /// (`send_queue_states`). Listed by slot
     /// (patch 43), so that visiting them takes no map probe.
     tx_touched: Vec<u32>,
 
@@ -379,7 +381,8 @@ impl Streams {
     }
 
     /// Parloir patch 43: the stream of `mid`/`rid` takes new SSRCs, and is found by the new
-    /// one (upstream left it filed under the old SSRC).
+    /// one (upstream left it filed under the old SSRC). `None` also when another stream has
+    /// the new SSRC.
     pub(crate) fn reset_stream_tx(
         &mut self,
         midrid: MidRid,
@@ -397,6 +400,11 @@ impl Streams {
             return None;
         }
         let old = stream.ssrc();
+        // Parloir patch 43: not to an SSRC another stream has (it would lose its place).
+        if self.streams_tx.contains_key(&new_ssrc) {
+            return None;
+        }
+        let stream = self.streams_tx.get_mut(&old)?;
         stream.reset_ssrc(new_ssrc, new_rtx);
         self.streams_tx.rekey(old, new_ssrc);
         if self.tx_padding.is_some_and(|(p, _)| p == old) {
@@ -940,12 +948,7 @@ impl Streams {
             let slot = match hinted {
                 Some(slot) => slot,
                 None => {
-                    let ssrc = self
-                        .streams_tx
-                        .values()
-                        .find(|s| s.is_midrid(midrid))?
-                        .ssrc();
-                    let slot = self.streams_tx.slot_of(&ssrc)?;
+                    let slot = self.streams_tx.find_slot(|s| s.is_midrid(midrid))?;
                     self.tx_by_midrid.insert(midrid, slot);
                     slot
                 }

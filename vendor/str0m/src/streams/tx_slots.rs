@@ -37,6 +37,15 @@ impl TxSlots {
         self.by_ssrc.get(ssrc).copied()
     }
 
+    /// The slot of the first stream (in slot order) that `pred` accepts.
+    pub(crate) fn find_slot(&self, mut pred: impl FnMut(&StreamTx) -> bool) -> Option<u32> {
+        let i = self
+            .slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(&mut pred))?;
+        Some(i as u32)
+    }
+
     /// The stream in `slot`, if any: any `u32` may be asked for (a stale hint).
     pub(crate) fn at(&self, slot: u32) -> Option<&StreamTx> {
         self.slots.get(slot as usize)?.as_ref()
@@ -242,6 +251,7 @@ mod test {
 
         // b's stream comes back in a new slot, found from any hint.
         streams.declare_stream_tx(4.into(), None, b);
+        assert_eq!(streams.streams_tx.slot_of(&4.into()), Some(2));
         let mut hint_b = hint_c;
         assert_eq!(
             streams
@@ -250,6 +260,7 @@ mod test {
                 .ssrc(),
             4.into()
         );
+        assert_eq!(hint_b, 2);
         assert_eq!(streams.stream_tx(&4.into()).unwrap().ssrc(), 4.into());
     }
 
@@ -280,6 +291,10 @@ mod test {
         streams.declare_stream_tx(1.into(), None, a);
         streams.declare_stream_tx(2.into(), None, MidRid(Mid::from("b"), None));
         assert!(streams.reset_stream_tx(a, 1.into(), None).is_none());
+        // Not to the SSRC of another stream, which stays where it was.
+        assert!(streams.reset_stream_tx(a, 2.into(), None).is_none());
+        assert_eq!(streams.stream_tx(&2.into()).unwrap().mid(), Mid::from("b"));
+        assert_eq!(streams.stream_tx(&1.into()).unwrap().mid(), Mid::from("a"));
         let reset = streams.reset_stream_tx(a, 7.into(), None).unwrap();
         assert_eq!(reset.ssrc(), 7.into());
         assert!(streams.stream_tx(&1.into()).is_none());
