@@ -1368,12 +1368,9 @@ impl Session {
         let (mut slot, mut index) = self.last_tx;
         let stream = self.streams.stream_tx_by_midrid_hinted(midrid, &mut slot)?;
         let mid = stream.mid();
-        if !self.medias.get(index).is_some_and(|m| m.mid() == mid) {
-            let Some(i) = media_index_at(&self.medias, &self.media_pos, mid) else {
-                trace!("Pacer pointed to mid {} which has no media", midrid.mid());
-                return None;
-            };
-            index = i;
+        if media_index_hinted(&self.medias, &self.media_pos, mid, &mut index).is_none() {
+            trace!("Pacer pointed to mid {} which has no media", midrid.mid());
+            return None;
         }
         self.last_tx = (slot, index);
         let media = &self.medias[index];
@@ -1643,12 +1640,7 @@ impl Session {
     /// Parloir patch 43: the position of the m-line of `mid`, trying `hint` first (a position
     /// the caller kept from an earlier call; checked); `hint` is set to the position found.
     pub(crate) fn media_index_hinted(&self, mid: Mid, hint: &mut usize) -> Option<usize> {
-        if self.medias.get(*hint).is_some_and(|m| m.mid() == mid) {
-            return Some(*hint);
-        }
-        let index = media_index_at(&self.medias, &self.media_pos, mid)?;
-        *hint = index;
-        Some(index)
+        media_index_hinted(&self.medias, &self.media_pos, mid, hint)
     }
 
     pub fn media_by_mid_mut(&mut self, mid: Mid) -> Option<&mut Media> {
@@ -2340,6 +2332,22 @@ pub(crate) struct Shortcuts {
 /// by a scan.
 fn media_at<'a>(medias: &'a [Media], pos: &FastMap<Mid, usize>, mid: Mid) -> Option<&'a Media> {
     media_index_at(medias, pos, mid).map(|i| &medias[i])
+}
+
+/// Parloir patch 43: the position of the media of `mid`, trying `hint` first (checked), and
+/// setting it to the position found.
+fn media_index_hinted(
+    medias: &[Media],
+    pos: &FastMap<Mid, usize>,
+    mid: Mid,
+    hint: &mut usize,
+) -> Option<usize> {
+    if medias.get(*hint).is_some_and(|m| m.mid() == mid) {
+        return Some(*hint);
+    }
+    let index = media_index_at(medias, pos, mid)?;
+    *hint = index;
+    Some(index)
 }
 
 /// Parloir patch: the position of the media of `mid`, as [`media_at`] finds it.
