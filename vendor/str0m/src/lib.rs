@@ -1507,6 +1507,16 @@ impl Rtc {
     /// and [`DirectApi::stream_rx()`].
     ///
     pub fn writer(&mut self, mid: Mid) -> Option<Writer> {
+        // Parloir patch 43: the lookup without a hint.
+        let mut hint = usize::MAX;
+        self.writer_hinted(mid, &mut hint)
+    }
+
+    /// Parloir patch 43: as [`Rtc::writer`], trying the m-line position in `hint` first and
+    /// setting it to the position found. A caller that writes to the same `mid` often keeps
+    /// `hint` between calls (start it at `usize::MAX`); a stale hint costs only the lookup
+    /// that [`Rtc::writer`] always does.
+    pub fn writer_hinted(&mut self, mid: Mid, hint: &mut usize) -> Option<Writer> {
         if self.session.rtp_mode {
             panic!("In rtp_mode use direct_api().stream_tx().write_rtp()");
         }
@@ -1525,31 +1535,6 @@ impl Rtc {
 
         // This does not catch potential RIDs required to send simulcast, but
         // it's a good start. An error might arise later on RID mismatch.
-        let mut index = usize::MAX;
-        let index = session.media_index_hinted(mid, &mut index)?;
-
-        Some(Writer::new(session, readiness, last_now, mid, index))
-    }
-
-    /// Parloir patch 43: as [`Rtc::writer`], trying the m-line position in `hint` first and
-    /// setting it to the position found. A caller that writes to the same `mid` often keeps
-    /// `hint` between calls (start it at `usize::MAX`); a stale hint costs only the lookup
-    /// that [`Rtc::writer`] always does.
-    pub fn writer_hinted(&mut self, mid: Mid, hint: &mut usize) -> Option<Writer> {
-        if self.session.rtp_mode {
-            panic!("In rtp_mode use direct_api().stream_tx().write_rtp()");
-        }
-
-        if self.state != RtcState::Alive {
-            return None;
-        }
-
-        let Rtc {
-            session,
-            readiness,
-            last_now,
-            ..
-        } = self;
         let index = session.media_index_hinted(mid, hint)?;
 
         Some(Writer::new(session, readiness, last_now, mid, index))
