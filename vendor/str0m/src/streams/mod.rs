@@ -134,8 +134,8 @@ pub(crate) struct Streams {
     /// to an outgoing stream adds it (accessors that hand out all streams add all), except the
     /// two that give no timeout work (patch 43: `stream_tx_for_report`,
     /// `streams_tx_for_stats`); a stream leaves when a queue snapshot finds it idle
-    /// (`send_queue_states`). Listed by slot
-    /// (patch 43), so that visiting them takes no map probe.
+    /// (`send_queue_states`). Listed by slot (patch 43), so that visiting them takes no map
+    /// probe.
     tx_touched: Vec<u32>,
 
     /// Parloir patch: no outgoing stream outside `tx_touched` has a sender report due before
