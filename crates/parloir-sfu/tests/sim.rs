@@ -160,6 +160,71 @@ fn every_forwarded_stream_keeps_sending_sender_reports() {
     }
 }
 
+#[test]
+fn a_stream_that_carries_nothing_sends_no_sender_reports() {
+    // RFC 3550 6.4: a source that has sent nothing since the report before last reports as a
+    // receiver only. In a large meeting most of a subscriber's m-lines carry nothing at a
+    // time (tiles out of view, microphones outside the loudest three); a sender report for
+    // each of them every second was bandwidth and work for nothing. A camera turned off by a
+    // viewer gets no sender reports once two report intervals have passed, and gets them
+    // again when it flows again.
+    let mut sim = Sim::new(22, 0.0);
+    for name in ["a", "b", "viewer"] {
+        sim.join(name);
+    }
+    sim.publish(0);
+    sim.publish(1);
+    sim.run_for(Duration::from_secs(3));
+    let cams = [sim.track_sid("a", "cam"), sim.track_sid("b", "cam")];
+    let mid_of = |sim: &Sim, sid: &str| {
+        let (mid, _) = sim
+            .client("viewer")
+            .sub_tracks
+            .iter()
+            .find(|(_, s)| s.as_str() == sid)
+            .expect("the viewer subscribes to the camera");
+        Mid::from(mid.as_str())
+    };
+    let mids = [mid_of(&sim, &cams[0]), mid_of(&sim, &cams[1])];
+    let reports_since = |sim: &Sim, mid: Mid, from: std::time::Instant| {
+        sim.client("viewer")
+            .sender_reports
+            .get(&mid)
+            .map_or(0, |r| r.iter().filter(|t| **t >= from).count())
+    };
+    settings(
+        &mut sim,
+        "viewer",
+        &cams[0],
+        proto::UpdateTrackSettings {
+            disabled: true,
+            ..Default::default()
+        },
+    );
+    // Two video report intervals and a margin.
+    sim.run_for(Duration::from_millis(2500));
+    let from = sim.now;
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(
+        reports_since(&sim, mids[0], from),
+        0,
+        "a camera turned off gets no sender reports"
+    );
+    assert!(
+        reports_since(&sim, mids[1], from) >= 5,
+        "the other camera's go on: {}",
+        reports_since(&sim, mids[1], from)
+    );
+    settings(&mut sim, "viewer", &cams[0], size(320, 180));
+    let on = sim.now;
+    sim.run_for(Duration::from_secs(3));
+    assert!(
+        reports_since(&sim, mids[0], on) >= 2,
+        "turned on again, its reports are back: {}",
+        reports_since(&sim, mids[0], on)
+    );
+}
+
 /// Nothing is written to a subscriber's connection before it is up (DTLS done): what str0m
 /// held until then went out in one burst when it came up (every microphone's frames since the
 /// join, unpaced, then every camera's), old frames that overflowed a shallow queue at the

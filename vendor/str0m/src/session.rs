@@ -1968,6 +1968,99 @@ mod tests {
         assert_eq!(rtc.session.streams.touched_count(), 1, "a request did");
     }
 
+    // Parloir patch 44.
+    #[test]
+    fn sender_reports_come_from_streams_that_send_in_a_few_passes() {
+        use crate::media::MediaKind;
+        use crate::{Input, Rtc};
+        use std::collections::{BTreeSet, HashMap};
+
+        let start = Instant::now();
+        let mut rtc = Rtc::builder().build(start);
+        // 40 video streams, made 25 ms apart (a meeting joined over a second); the even ones
+        // send a packet every 20 ms, except stream 0, which stops at 4 s, and stream 2, which
+        // pauses from 3 s to 8 s. The odd ones never send.
+        const N: u32 = 40;
+        let ms = Duration::from_millis;
+        let mut reports: HashMap<u32, Vec<Instant>> = HashMap::new();
+        let mut at = start;
+        while at < start + Duration::from_secs(12) {
+            let t = at - start;
+            let made = (t.as_millis() / 25 + 1).min(u128::from(N)) as u32;
+            for i in 0..made {
+                let mid: Mid = format!("m{i}").as_str().into();
+                if rtc.session.media_by_mid_mut(mid).is_none() {
+                    rtc.direct_api().declare_media(mid, MediaKind::Video);
+                    rtc.direct_api()
+                        .declare_stream_tx((100 + i).into(), None, mid, None);
+                }
+                let sending = i % 2 == 0
+                    && !(i == 0 && t >= ms(4000))
+                    && !(i == 2 && t >= ms(3000) && t < ms(8000));
+                if sending && t.as_millis() % 20 == 0 {
+                    let ssrc = (100 + i).into();
+                    rtc.session
+                        .streams
+                        .stream_tx(&ssrc)
+                        .unwrap()
+                        .pretend_sent(at);
+                }
+            }
+            rtc.handle_input(Input::Timeout(at)).unwrap();
+            for r in rtc.session.feedback_tx.drain(..) {
+                if let Rtcp::SenderReport(sr) = r {
+                    reports
+                        .entry(*sr.sender_info.ssrc - 100)
+                        .or_default()
+                        .push(at);
+                }
+            }
+            at += ms(5);
+        }
+
+        for i in (1..N).step_by(2) {
+            assert!(
+                !reports.contains_key(&i),
+                "stream {i} never sent: no reports"
+            );
+        }
+        let secs = |t: Instant| (t - start).as_secs_f64();
+        for i in (4..N).step_by(2) {
+            let r = &reports[&i];
+            // A quarter of an interval early at most, never late (but for the 5 ms steps).
+            for w in r.windows(2) {
+                let gap = w[1] - w[0];
+                assert!(gap >= ms(745) && gap <= ms(1005), "stream {i}: {gap:?}");
+            }
+            assert!(r.len() >= 11, "stream {i}: {} reports", r.len());
+        }
+        // Stream 0 sent until 4 s: reports for at most two intervals after that.
+        let last = secs(*reports[&0].last().unwrap());
+        assert!(
+            (4.0..=6.01).contains(&last),
+            "stream 0's last report at {last} s"
+        );
+        // Stream 2 paused from 3 s to 8 s: reports stop, then come back within an interval.
+        let r2: Vec<f64> = reports[&2].iter().map(|t| secs(*t)).collect();
+        assert!(
+            !r2.iter().any(|t| (5.01..8.0).contains(t)),
+            "paused: {r2:?}"
+        );
+        assert!(
+            r2.iter().any(|t| (8.0..=9.01).contains(t)),
+            "resumed: {r2:?}"
+        );
+        // The streams share a few report times: from 4 s on, at most 5 a second (one per
+        // stream made would be 20; the made times span a second).
+        let times: BTreeSet<Instant> = reports
+            .values()
+            .flatten()
+            .filter(|t| secs(**t) >= 4.0)
+            .copied()
+            .collect();
+        assert!(times.len() <= 8 * 5, "{} report times in 8 s", times.len());
+    }
+
     // Parloir patch 43.
     #[test]
     fn a_writer_finds_its_m_line_from_any_hint() {

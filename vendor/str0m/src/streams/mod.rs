@@ -603,7 +603,7 @@ impl Streams {
 
                 // All StreamTx belonging to the same Mid are reported together.
                 if self.mids_to_report.contains(&mid) {
-                    stream.create_sr_and_update(now, feedback);
+                    stream.report_and_update(now, feedback);
                 }
 
                 // Finding the first (main) PT that also has RTX for the Media is expensive,

@@ -149,7 +149,13 @@ pub struct StreamTx {
     rtx_ratio_cap: Option<f32>,
 
     /// Last time we produced a SR.
+    ///
+    /// Parloir patch 44: the last report time, whether a report was sent then or skipped
+    /// (`report_and_update`).
     last_sender_report: Instant,
+
+    /// Parloir patch 44: the report time before `last_sender_report`.
+    sender_report_before: Instant,
 
     /// If we have a pending incoming keyframe request.
     pending_request_keyframe: Option<KeyframeRequestKind>,
@@ -395,6 +401,7 @@ impl StreamTx {
             rtx_cache: RtxCache::new(2000, DEFAULT_RTX_CACHE_DURATION),
             rtx_ratio_cap: DEFAULT_RTX_RATIO_CAP,
             last_sender_report: already_happened(),
+            sender_report_before: already_happened(),
             pending_request_keyframe: None,
             touched: false,
             pending_request_remb: None,
@@ -1074,21 +1081,36 @@ impl StreamTx {
         Some(())
     }
 
+    /// Parloir patch 44: whether this stream's report time falls before `now` plus a quarter
+    /// of its interval. A pass that reports the streams due also reports those due soon, so
+    /// a connection's streams, made at different times, come to share a few report times
+    /// (RFC 3550 6.3.1 spreads report intervals over 0.5 to 1.5 times the nominal one).
     pub(crate) fn need_sr(&self, now: Instant, intervals: RtcpReportIntervals) -> bool {
-        now >= self.sender_report_at(intervals)
+        let at = self.sender_report_at(intervals);
+        at != not_happening() && now + intervals.for_audio(self.is_audio()) / 4 >= at
     }
 
-    pub(crate) fn create_sr_and_update(&mut self, now: Instant, feedback: &mut VecDeque<Rtcp>) {
-        let sr = self.create_sender_report(now);
+    /// Parloir patch 44: at a report time, a sender report (and source description) only if
+    /// the stream sent a packet since the report time before the last (RFC 3550 6.4: a
+    /// participant that has not sent since then reports as a receiver only). A stream that
+    /// never sent, or that paused, was sending a report each interval with no packets behind
+    /// it (with an RTP time of zero for one that never sent).
+    pub(crate) fn report_and_update(&mut self, now: Instant, feedback: &mut VecDeque<Rtcp>) {
+        let sent =
+            self.last_used != already_happened() && self.last_used >= self.sender_report_before;
+        if sent {
+            let sr = self.create_sender_report(now);
 
-        trace!("Created feedback SR: {:?}", sr);
-        feedback.push_back(Rtcp::SenderReport(sr));
+            trace!("Created feedback SR: {:?}", sr);
+            feedback.push_back(Rtcp::SenderReport(sr));
 
-        if let Some(ds) = self.create_sdes() {
-            feedback.push_back(Rtcp::SourceDescription(ds));
+            if let Some(ds) = self.create_sdes() {
+                feedback.push_back(Rtcp::SourceDescription(ds));
+            }
         }
 
         // Update timestamp to move time when next is created.
+        self.sender_report_before = self.last_sender_report;
         self.last_sender_report = now;
     }
 
@@ -1337,6 +1359,12 @@ impl StreamTx {
         }
     }
 
+    /// Parloir patch 44: as if a packet had been sent now (for tests of the reports).
+    #[cfg(test)]
+    pub(crate) fn pretend_sent(&mut self, now: Instant) {
+        self.last_used = now;
+    }
+
     pub(crate) fn reset_buffers(&mut self) {
         self.send_queue.clear();
         self.queue_info = None;
@@ -1361,6 +1389,7 @@ impl StreamTx {
         self.last_used = already_happened();
         self.rtp_and_wallclock = None;
         self.last_sender_report = already_happened();
+        self.sender_report_before = already_happened();
 
         // Reset blank packet's SSRC
         self.blank_packet.header.ssrc = new_ssrc;
