@@ -14,7 +14,8 @@
 //! sends instead of handing its buffer back to str0m (patch 25), as the media worker does.
 //!
 //! With `PARLOIR_BENCH_STEPS=N` it skips criterion and runs exactly N steps per room after the
-//! warm-up, printing the datagrams out (and the SFU's time per datagram out, for a quick look):
+//! warm-up, printing the datagrams and bytes out (and the SFU's time, in all and per datagram
+//! out, for a quick look):
 //! fixed work for instruction counts under callgrind (perf/callgrind.sh), which are repeatable
 //! where wall time is not, and the longest single SFU call of those steps (what the media worker
 //! would hold its datagrams for). Then one more participant joins and publishes into the warm
@@ -33,6 +34,10 @@
 //! participant then shows the first speaker in its large tile (the first speaker shows the
 //! next participant), as a meeting's speaker view does, and publishers pause the layers nobody
 //! shows when the SFU says so (dynacast), as livekit-client does: this is the meeting's shape.
+//!
+//! `PARLOIR_BENCH_PUBLISH_GAP_MS=G` has the participants publish G ms of simulated time apart
+//! instead of all at once, as in a meeting people join over time: each subscriber's outgoing
+//! streams are then made in many offers, at different instants, not one or two.
 //!
 //! `PARLOIR_BENCH_SINK=1` (steps mode, with `PARLOIR_BENCH_BWE=0`) drops what the SFU sends to
 //! the subscribing connections unread while measuring: the SFU's cost without the simulated
@@ -115,8 +120,20 @@ fn room(n: usize) -> Sim {
             c.dynacast = speakers.is_some();
         }
     }
+    // PARLOIR_BENCH_PUBLISH_GAP_MS=G: G ms of simulated time between one participant's
+    // publish and the next, as in a meeting people join one after another (0, the default:
+    // all publish at once, so each subscriber's streams are made in one or two offers).
+    let gap = Duration::from_millis(
+        std::env::var("PARLOIR_BENCH_PUBLISH_GAP_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
     for i in 0..n {
         sim.publish(i);
+        if !gap.is_zero() {
+            sim.run_for(gap);
+        }
     }
     // Warm up: ICE, DTLS, negotiation, first key frames.
     sim.run_for(Duration::from_secs(2));
@@ -184,11 +201,17 @@ fn main() {
             let warmup_sfu = sim.sfu_time.as_secs_f64();
             let offers = sim.clients.iter().map(|c| c.offers.len()).sum::<usize>();
             let totals = |sim: &mut Sim| {
-                (0..sim.workers())
-                    .map(|w| sim.sfu_of(w).stats())
-                    .fold((0, 0, 0), |(o, t, i), s| {
-                        (o + s.packets_out, t + s.rtc_timeouts, i + s.packets_in)
-                    })
+                (0..sim.workers()).map(|w| sim.sfu_of(w).stats()).fold(
+                    (0, 0, 0, 0),
+                    |(o, t, i, b), s| {
+                        (
+                            o + s.packets_out,
+                            t + s.rtc_timeouts,
+                            i + s.packets_in,
+                            b + s.bytes_out,
+                        )
+                    },
+                )
             };
             let before = totals(&mut sim);
             // PARLOIR_BENCH_SINK=1: while measuring, the datagrams the SFU sends to the
@@ -219,6 +242,8 @@ fn main() {
             let out = after.0 - before.0;
             let timeouts = after.1 - before.1;
             let datagrams_in = after.2 - before.2;
+            let bytes_out = after.3 - before.3;
+            let sfu_ms = sim.sfu_time.as_secs_f64() * 1e3;
             if sim.workers() > 1 {
                 let per_worker: Vec<String> = sim
                     .worker_time
@@ -264,7 +289,7 @@ fn main() {
             let longest = sim.sfu_longest.as_secs_f64() * 1e3;
             let per_call = sim.offers_per_call;
             println!(
-                "participants {n} steps {steps} datagrams_out {out} datagrams_in {datagrams_in} rtc_timeouts {timeouts} us_per_datagram_out {us:.2} of_which_subscriber_feedback {feedback_us:.2} warmup_s {warmup_wall:.1} warmup_sfu_s {warmup_sfu:.2} subscriber_offers {offers} longest_call_ms {steady_longest:.1} longest_call {steady_kind} peer_timeouts_in_it {steady_due} late_publish_longest_call_ms {longest:.1} late_publish_offers_per_call {per_call}"
+                "participants {n} steps {steps} datagrams_out {out} datagrams_in {datagrams_in} rtc_timeouts {timeouts} us_per_datagram_out {us:.2} of_which_subscriber_feedback {feedback_us:.2} sfu_ms {sfu_ms:.1} bytes_out {bytes_out} warmup_s {warmup_wall:.1} warmup_sfu_s {warmup_sfu:.2} subscriber_offers {offers} longest_call_ms {steady_longest:.1} longest_call {steady_kind} peer_timeouts_in_it {steady_due} late_publish_longest_call_ms {longest:.1} late_publish_offers_per_call {per_call}"
             );
         }
         return;
