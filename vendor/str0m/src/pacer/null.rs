@@ -1,4 +1,3 @@
-use crate::FastMap;
 use std::time::Instant;
 
 use super::Pacer;
@@ -11,11 +10,14 @@ use crate::rtp_::{Bitrate, DataSize, MidRid, TwccClusterId};
 /// A null pacer that doesn't pace.
 #[derive(Debug, Default)]
 pub struct NullPacer {
-    last_sends: FastMap<MidRid, Instant>,
     /// Snapshots from the last `handle_timeout`. `poll_queue` counts off
     /// each packet it hands out. Parloir patch: only queues with packets are kept (an
     /// emptied one is dropped), so choosing one looks at those alone.
     queue_states: Vec<QueueState>,
+    /// Parloir patch 45: the round robin goes by each snapshot's `last_emitted` (the
+    /// stream's last send when the snapshot was taken), moved on by `register_send`; a map of
+    /// every stream's last send, updated for each packet sent, is gone.
+    ///
     /// Set when `poll_queue` hands out a queue that `register_send` never confirms:
     /// the stream had nothing to send after all, so the snapshot is stale.
     unsent_since: Option<Instant>,
@@ -26,7 +28,10 @@ impl NullPacer {
     /// write time (`Session::packetize_now`), replacing that queue's snapshot from the last
     /// `handle_timeout`.
     pub(crate) fn refresh_queue(&mut self, state: QueueState) {
-        let at = self.queue_states.iter().position(|q| q.midrid == state.midrid);
+        let at = self
+            .queue_states
+            .iter()
+            .position(|q| q.midrid == state.midrid);
         match at {
             Some(i) if state.snapshot.packet_count == 0 => {
                 self.queue_states.swap_remove(i);
@@ -76,7 +81,7 @@ impl Pacer for NullPacer {
                 .queue_states
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, q)| self.last_sends.get(&q.midrid))
+                .min_by_key(|(_, q)| q.snapshot.last_emitted)
                 .map(|(i, _)| i)?,
         };
         let queue = &mut self.queue_states[i];
@@ -92,8 +97,10 @@ impl Pacer for NullPacer {
 
     fn register_send(&mut self, now: Instant, _packet_size: DataSize, from: MidRid) {
         self.unsent_since = None;
-        let e = self.last_sends.entry(from).or_insert(now);
-        *e = now;
+        // An emptied queue has left the list; it is snapshotted afresh when it fills again.
+        if let Some(q) = self.queue_states.iter_mut().find(|q| q.midrid == from) {
+            q.snapshot.last_emitted = Some(now);
+        }
     }
 }
 
@@ -103,6 +110,15 @@ mod test {
     use crate::pacer::QueueSnapshot;
 
     fn queue(mid: &str, packet_count: u32, now: Instant) -> QueueState {
+        sent_queue(mid, packet_count, now, None)
+    }
+
+    fn sent_queue(
+        mid: &str,
+        packet_count: u32,
+        now: Instant,
+        last_emitted: Option<Instant>,
+    ) -> QueueState {
         QueueState {
             midrid: MidRid(mid.into(), None),
             unpaced: true,
@@ -110,6 +126,7 @@ mod test {
             snapshot: QueueSnapshot {
                 created_at: now,
                 packet_count,
+                last_emitted,
                 ..Default::default()
             },
         }
@@ -176,16 +193,24 @@ mod test {
 
     #[test]
     fn round_robin_by_least_recently_sent() {
+        let ms = std::time::Duration::from_millis;
         let now = Instant::now();
         let mut pacer = NullPacer::default();
-        pacer.register_send(now, DataSize::bytes(100), MidRid("a".into(), None));
-        let later = now + std::time::Duration::from_millis(1);
-        pacer.register_send(later, DataSize::bytes(100), MidRid("b".into(), None));
-        pacer.handle_timeout(
-            later,
-            [queue("a", 1, later), queue("b", 1, later)].into_iter(),
-        );
-
-        assert_eq!(pacer.poll_queue(), Some((MidRid("a".into(), None), None)));
+        // "c" never sent, "a" sent before "b": c first, then a, then b, then the queue
+        // just sent from goes last.
+        let queues = [
+            sent_queue("b", 2, now, Some(now - ms(1))),
+            sent_queue("a", 2, now, Some(now - ms(2))),
+            sent_queue("c", 1, now, None),
+        ];
+        pacer.handle_timeout(now, queues.into_iter());
+        let mut order = vec![];
+        for i in 0..5 {
+            let (midrid, _) = pacer.poll_queue().expect("queued packet");
+            pacer.register_send(now + ms(i), DataSize::bytes(100), midrid);
+            order.push(midrid.mid().to_string());
+        }
+        assert_eq!(order, ["c", "a", "b", "a", "b"]);
+        assert_eq!(pacer.poll_queue(), None);
     }
 }
