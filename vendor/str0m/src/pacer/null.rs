@@ -13,11 +13,12 @@ pub struct NullPacer {
     /// Snapshots from the last `handle_timeout`. `poll_queue` counts off
     /// each packet it hands out. Parloir patch: only queues with packets are kept (an
     /// emptied one is dropped), so choosing one looks at those alone.
-    queue_states: Vec<QueueState>,
-    /// Parloir patch 45: the round robin goes by each snapshot's `last_emitted` (the
-    /// stream's last send when the snapshot was taken), moved on by `register_send`; a map of
-    /// every stream's last send, updated for each packet sent, is gone.
     ///
+    /// Parloir patch 45: the round robin goes by each snapshot's `last_emitted` (the last
+    /// packet its queue sent when the snapshot was taken; resends are not counted, and a
+    /// cleared queue has none), moved on by `register_send`; a map of every stream's last
+    /// send, updated for each packet sent, is gone.
+    queue_states: Vec<QueueState>,
     /// Set when `poll_queue` hands out a queue that `register_send` never confirms:
     /// the stream had nothing to send after all, so the snapshot is stale.
     unsent_since: Option<Instant>,
