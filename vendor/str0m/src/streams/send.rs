@@ -1092,9 +1092,10 @@ impl StreamTx {
 
     /// Parloir patch 44: at a report time, a sender report (and source description) only if
     /// the stream sent a packet since the report time before the last (RFC 3550 6.4: a
-    /// participant that has not sent since then reports as a receiver only). A stream that
-    /// never sent, or that paused, was sending a report each interval with no packets behind
-    /// it (with an RTP time of zero for one that never sent).
+    /// participant that has not sent since then is no longer a sender). A skipped stream
+    /// sends no RTCP for its SSRC: str0m's receiver reports cover receive streams only. A
+    /// stream that never sent, or that paused, was sending a report each interval with no
+    /// packets behind it (with an RTP time of zero for one that never sent).
     pub(crate) fn report_and_update(&mut self, now: Instant, feedback: &mut VecDeque<Rtcp>) {
         let sent =
             self.last_used != already_happened() && self.last_used >= self.sender_report_before;
