@@ -19,7 +19,7 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Rtc};
 
 use crate::allocation::{self, Meter, Want};
 
-use crate::ids::{FastMap, FastSet, IdGen, PeerId, SessionId};
+use crate::ids::{FastIndexMap, FastMap, FastSet, IdGen, PeerId, SessionId};
 pub use service::{ServiceCall, ServiceError, ServiceReply, Subtitle, TRANSCRIPTION_TOPIC};
 
 mod relay;
@@ -187,7 +187,8 @@ pub enum Command {
         track_sids: Vec<String>,
         subscribe: bool,
     },
-    /// Accepted and stored; layer choice from it comes with the meetings-at-scale work.
+    /// What a subscriber's tile needs of tracks (size, quality, frame rate, or off): its
+    /// simulcast layer, temporal layers and pausing follow from it.
     UpdateTrackSettings {
         session: SessionId,
         settings: proto::UpdateTrackSettings,
@@ -461,6 +462,19 @@ pub struct Sfu {
     nack_seen: FastMap<(PeerId, Mid, Option<Rid>), u64>,
     /// Subtitle updates sent, for unique text stream ids.
     subtitle_serial: u64,
+    /// Makes each new track's [`Track::key`].
+    track_keys: TrackKeys,
+}
+
+/// Counts out [`Track::key`]s.
+#[derive(Default)]
+struct TrackKeys(u64);
+
+impl TrackKeys {
+    fn next(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
 }
 
 struct Room {
@@ -535,8 +549,9 @@ struct Peer {
     /// Publisher side: mid → msid track id from the client's latest offer, and bound tracks.
     msids: HashMap<String, String>,
     mids_in: FastMap<Mid, String>,
-    /// Subscriber side: track sid → outgoing m-line, and the reverse.
-    outs: FastMap<String, Out>,
+    /// Subscriber side: track sid → outgoing m-line, and the reverse. A track's receivers
+    /// list holds each one's place ([`Track::receivers`]).
+    outs: FastIndexMap<String, Out>,
     mids_out: FastMap<Mid, String>,
     pending_offer: Option<SdpPendingOffer>,
     needs_offer: bool,
@@ -670,7 +685,7 @@ impl Peer {
         if let Some(Out {
             state: OutState::Open(mid) | OutState::Negotiating(mid),
             ..
-        }) = self.outs.remove(sid)
+        }) = self.outs.swap_remove(sid)
         {
             self.mids_out.remove(&mid);
             self.to_stop.push(mid);
@@ -722,6 +737,9 @@ struct Out {
     /// there without its map by mid (`Rtc::writer_hinted`, str0m patch 43), whose entries
     /// are cold at each write in a large room. Checked by str0m at each use.
     media_hint: usize,
+    /// The [`Track::key`] of the track whose receivers pass last found it: a place in
+    /// `Peer::outs` held in a receivers list is this `Out` only while they match.
+    track: u64,
 }
 
 impl Out {
@@ -740,11 +758,15 @@ impl Out {
             fps: 0,
             receiving: false,
             media_hint: usize::MAX,
+            track: 0,
         }
     }
 }
 
 struct Track {
+    /// Unique among the tracks this engine ever held (never 0), unlike a sid, which a mirror
+    /// taken down and made again shares with its former self.
+    key: u64,
     info: proto::TrackInfo,
     publisher: SessionId,
     peer: Option<PeerId>,
@@ -761,10 +783,11 @@ struct Track {
     record_switch: Switcher,
     /// Subscriber peers of this track; media goes to those whose m-line is open.
     subscribers: Vec<PeerId>,
-    /// Those of them its frames go to (see [`Track::receivers`]), and whether that list must
-    /// be worked out again before the next frame (set by whatever changes it: an m-line
-    /// opening or going, settings, a bandwidth pause, the layers announced).
-    receivers: Vec<PeerId>,
+    /// Those of them its frames go to (see [`Track::receivers`]) with the place of their
+    /// `Out` in `Peer::outs`, and whether that list must be worked out again before the next
+    /// frame (set by whatever changes it: an m-line opening or going, settings, a bandwidth
+    /// pause, the layers announced).
+    receivers: Vec<(PeerId, usize)>,
     receivers_stale: bool,
     /// Last key frame request, per layer (`None` without simulcast).
     last_keyframe_request: FastMap<Option<Rid>, Instant>,
@@ -789,13 +812,14 @@ struct Track {
 }
 
 impl Track {
-    fn new(info: proto::TrackInfo, publisher: SessionId, remote: Option<u16>) -> Self {
+    fn new(key: u64, info: proto::TrackInfo, publisher: SessionId, remote: Option<u16>) -> Self {
         let kind = if info.r#type == proto::TrackType::Video as i32 {
             MediaKind::Video
         } else {
             MediaKind::Audio
         };
         Track {
+            key,
             info,
             publisher,
             peer: None,
@@ -840,9 +864,10 @@ impl Track {
             let Some(peer) = peers.get_mut(&sub) else {
                 continue;
             };
-            let Some(out) = peer.outs.get_mut(sid) else {
+            let Some((place, _, out)) = peer.outs.get_full_mut(sid) else {
                 continue;
             };
+            out.track = self.key;
             let settings = participants
                 .get(&peer.session)
                 .and_then(|p| p.settings.get(sid));
@@ -858,7 +883,7 @@ impl Track {
             }
             out.receiving = receiving;
             if receiving {
-                self.receivers.push(sub);
+                self.receivers.push((sub, place));
             }
         }
     }
@@ -1123,6 +1148,7 @@ impl Sfu {
             away: Away::default(),
             nack_seen: FastMap::default(),
             subtitle_serial: 0,
+            track_keys: TrackKeys::default(),
         }
     }
 
@@ -1916,7 +1942,7 @@ impl Sfu {
                 queued: false,
                 msids: HashMap::new(),
                 mids_in: FastMap::default(),
-                outs: FastMap::default(),
+                outs: FastIndexMap::default(),
                 mids_out: FastMap::default(),
                 pending_offer: None,
                 needs_offer: false,
@@ -2306,8 +2332,10 @@ impl Sfu {
         }
         p.pending.insert(request.cid.clone(), sid.clone());
         let publisher = p.publisher;
-        self.tracks
-            .insert(sid.clone(), Track::new(info.clone(), session, None));
+        self.tracks.insert(
+            sid.clone(),
+            Track::new(self.track_keys.next(), info.clone(), session, None),
+        );
         self.signal(
             session,
             proto::signal_response::Message::TrackPublished(proto::TrackPublishedResponse {
@@ -3202,12 +3230,23 @@ impl Sfu {
             track.receivers(&sid, peers, participants);
         }
         let track = &*track;
-        for &sub in &track.receivers {
+        for &(sub, place) in &track.receivers {
             let written = {
                 let Some(peer) = peers.get_mut(&sub) else {
                     continue;
                 };
-                let Some(out) = peer.outs.get_mut(&sid) else {
+                // Its `Out` at the place the receivers pass found it, without the hashing and
+                // the cold key bytes of a lookup by sid; by sid if it moved since.
+                let moved = peer
+                    .outs
+                    .get_index(place)
+                    .is_none_or(|(_, out)| out.track != track.key);
+                let out = if moved {
+                    peer.outs.get_mut(&sid)
+                } else {
+                    peer.outs.get_index_mut(place).map(|(_, out)| out)
+                };
+                let Some(out) = out else {
                     continue;
                 };
                 let OutState::Open(mid) = out.state else {

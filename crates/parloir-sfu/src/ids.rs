@@ -11,6 +11,10 @@ use std::fmt;
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// The set of [`FastMap`].
 pub(crate) type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+/// A [`FastMap`] whose entries also have places (insertion order, moved only by
+/// `swap_remove`): whoever holds a place reaches the entry without hashing its key or reading
+/// the key's bytes.
+pub(crate) type FastIndexMap<K, V> = indexmap::IndexMap<K, V, foldhash::fast::RandomState>;
 
 /// A signal session, chosen by the caller (one per WebSocket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

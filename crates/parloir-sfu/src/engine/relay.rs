@@ -431,8 +431,10 @@ impl Sfu {
                 Some(_) => {}
                 None => {
                     self.away.tracks += 1;
-                    self.tracks
-                        .insert(t.sid.clone(), Track::new(t.clone(), session, Some(from)));
+                    self.tracks.insert(
+                        t.sid.clone(),
+                        Track::new(self.track_keys.next(), t.clone(), session, Some(from)),
+                    );
                     new_tracks.push(t.sid.clone());
                 }
             }
