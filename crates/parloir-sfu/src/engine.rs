@@ -3230,18 +3230,21 @@ impl Sfu {
             track.receivers(&sid, peers, participants);
         }
         let track = &*track;
+        let mut places_moved = false;
         for &(sub, place) in &track.receivers {
             let written = {
                 let Some(peer) = peers.get_mut(&sub) else {
                     continue;
                 };
                 // Its `Out` at the place the receivers pass found it, without the hashing and
-                // the cold key bytes of a lookup by sid; by sid if it moved since.
+                // the cold key bytes of a lookup by sid; by sid if it moved since (and the
+                // places are worked out again before the next frame).
                 let moved = peer
                     .outs
                     .get_index(place)
                     .is_none_or(|(_, out)| out.track != track.key);
                 let out = if moved {
+                    places_moved = true;
                     peer.outs.get_mut(&sid)
                 } else {
                     peer.outs.get_index_mut(place).map(|(_, out)| out)
@@ -3379,6 +3382,9 @@ impl Sfu {
             if written {
                 stats.frames_forwarded += 1;
             }
+        }
+        if places_moved {
+            receivers_changed(&mut self.tracks, &sid);
         }
         for rid in key_frames_wanted {
             self.request_keyframe(now, &sid, rid, KeyframeRequestKind::Pli);
