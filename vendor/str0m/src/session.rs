@@ -120,6 +120,9 @@ pub(crate) struct Session {
     srtp_rx: Option<SrtpContext>,
     srtp_tx: Option<SrtpContext>,
     last_nack: Instant,
+    /// Parloir patch 46: whether the NACK timer ran (some stream may need a NACK) when the
+    /// timeouts were last worked out.
+    nack_live: bool,
     last_twcc: Instant,
     twcc: u64,
     twcc_rx_register: TwccRecvRegister,
@@ -238,6 +241,7 @@ impl Session {
             srtp_rx: None,
             srtp_tx: None,
             last_nack: already_happened(),
+            nack_live: false,
             last_twcc: already_happened(),
             twcc: 0,
             twcc_rx_register: TwccRecvRegister::new(100),
@@ -827,6 +831,15 @@ impl Session {
 
         // Register reception in nack registers.
         let receipt_outer = stream.update_register(now, &header, clock_rate, is_repair, seq_no);
+
+        // Parloir patch 46: the NACK timer runs only while a packet is missing. When one goes
+        // missing after a quiet spell, the NACK passes resume on the grid they would have kept
+        // had the timer run all along (every NACK_MIN_INTERVAL from the last), so a first NACK
+        // waits what it did before.
+        if !self.nack_live && stream.nack_enabled() {
+            self.last_nack = Self::nack_grid(self.last_nack, now);
+            self.nack_live = true;
+        }
 
         // RED-recovered packets (frame mode) are collected here and delivered after the
         // primary, filling single-packet losses from the next packet's redundancy.
@@ -1473,6 +1486,7 @@ impl Session {
         let feedback_at = self.regular_feedback_at();
         self.reports_at = feedback_at;
         let nack_at = self.nack_at();
+        self.nack_live = nack_at.is_some();
         let twcc_at = self.twcc_at();
         // Parloir patch: only the m-lines that may have something queued.
         let packetize_at = self
@@ -1522,11 +1536,21 @@ impl Session {
     fn nack_at(&self) -> Option<Instant> {
         // Paused streams stop counting as NACK-enabled once their pending retries finish,
         // so an idle session doesn't wake every NACK_MIN_INTERVAL for as long as it lives.
+        // Parloir patch 46: nor does one whose streams miss nothing.
         if !self.streams.any_nack_enabled() {
             return None;
         }
 
         Some(self.last_nack + NACK_MIN_INTERVAL)
+    }
+
+    /// Parloir patch 46: the last point at or before `now` of the grid every
+    /// `NACK_MIN_INTERVAL` from `last`.
+    fn nack_grid(last: Instant, now: Instant) -> Instant {
+        let since = now.saturating_duration_since(last).as_nanos();
+        let step = NACK_MIN_INTERVAL.as_nanos();
+        let whole = u64::try_from(since - since % step).unwrap_or(u64::MAX);
+        last.checked_add(Duration::from_nanos(whole)).unwrap_or(now)
     }
 
     fn twcc_at(&self) -> Option<Instant> {
@@ -2268,6 +2292,187 @@ mod tests {
             without.iter().all(|d| d.is_zero()),
             "the read time: {without:?}"
         );
+    }
+
+    // Parloir patch 46.
+    #[test]
+    fn the_nack_timer_runs_only_while_a_packet_is_missing() {
+        use crate::format::Codec;
+        use crate::media::MediaKind;
+        use crate::net::{Protocol, Receive};
+        use crate::rtp_::{Frequency, MediaTime};
+        use crate::{Input, Output, Reason, Rtc};
+        use std::time::Duration;
+
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        let keyed = |rtc: &mut Rtc| {
+            let profile = SrtpProfile::AEAD_AES_128_GCM;
+            let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
+            rtc.session.set_keying_material(
+                mat,
+                crate::crypto::test_default_provider(),
+                profile,
+                true,
+            );
+            rtc.direct_api()
+                .declare_media("vid".into(), MediaKind::Video);
+        };
+        let (from, to) = (
+            "192.0.2.1:5000".parse().unwrap(),
+            "192.0.2.2:6000".parse().unwrap(),
+        );
+        let mut tx = Rtc::builder().build(now);
+        keyed(&mut tx);
+        tx.direct_api()
+            .declare_stream_tx(42.into(), None, "vid".into(), None);
+        tx.send_addr = Some(crate::SendAddr {
+            proto: Protocol::Udp,
+            source: from,
+            destination: to,
+        });
+        tx.handle_input(Input::Timeout(now)).unwrap();
+        while !matches!(tx.poll_output().unwrap(), Output::Timeout(_)) {}
+        let pt = tx
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .map(|p| p.pt())
+            .unwrap();
+
+        // 60 one-packet frames, 20 ms apart.
+        let sent_at = |n: usize| now + ms(20 * n as u64);
+        let mut datagrams = Vec::new();
+        for n in 0..60 {
+            let at = sent_at(n);
+            let time = MediaTime::new(n as u64 * 1800, Frequency::NINETY_KHZ);
+            tx.writer("vid".into())
+                .unwrap()
+                .now(at)
+                .write(pt, at, time, vec![0x10u8; 200])
+                .unwrap();
+            tx.handle_input(Input::Timeout(at)).unwrap();
+            loop {
+                match tx.poll_output().unwrap() {
+                    // RTP only (RTCP's packet types are 192 to 223).
+                    Output::Transmit(t) if !(192..=223).contains(&t.contents[1]) => {
+                        datagrams.push(t.contents.to_vec())
+                    }
+                    Output::Transmit(_) | Output::Event(_) => {}
+                    Output::Timeout(_) => break,
+                }
+            }
+        }
+        assert_eq!(datagrams.len(), 60);
+        let seq = |d: &[u8]| u16::from_be_bytes([d[2], d[3]]);
+        let lost = seq(&datagrams[30]);
+
+        // The receiver: packet 30 is late, coming after packet 40 (a resend would do the
+        // same). Its timeouts run as they fall due; the NACKs it sends are read back.
+        let mut rx = Rtc::builder().build(now);
+        keyed(&mut rx);
+        rx.direct_api()
+            .expect_stream_rx(42.into(), None, "vid".into(), None);
+        rx.send_addr = Some(crate::SendAddr {
+            proto: Protocol::Udp,
+            source: to,
+            destination: from,
+        });
+        let mut passes = Vec::new();
+        let mut nacked = Vec::new();
+        let mut run_until = |rx: &mut Rtc, until: Instant| {
+            for _ in 0..10_000 {
+                match rx.poll_output().unwrap() {
+                    Output::Timeout(t) if t <= until => {
+                        if rx.last_timeout_reason() == Reason::Nack {
+                            passes.push(t);
+                        }
+                        rx.handle_input(Input::Timeout(t.max(rx.last_now))).unwrap();
+                    }
+                    Output::Timeout(_) => return,
+                    Output::Transmit(t) => {
+                        let srtp = tx.session.srtp_rx.as_mut().unwrap();
+                        let plain = srtp.unprotect_rtcp(&t.contents).expect("RTCP");
+                        let mut feedback = VecDeque::new();
+                        Rtcp::read_packet(&plain, &mut feedback);
+                        for r in feedback {
+                            if let Rtcp::Nack(n) = r {
+                                for e in n.reports.iter() {
+                                    nacked.push((rx.last_now, e.pid, e.blp));
+                                }
+                            }
+                        }
+                    }
+                    Output::Event(_) => {}
+                }
+            }
+            panic!("timeouts that do not move on");
+        };
+        let receive = |rx: &mut Rtc, at: Instant, d: &[u8]| {
+            let input = Input::Receive(
+                at,
+                Receive {
+                    proto: Protocol::Udp,
+                    source: from,
+                    destination: to,
+                    contents: d.try_into().unwrap(),
+                },
+            );
+            rx.handle_input(input).unwrap();
+        };
+        for n in (0..60).filter(|n| *n != 30) {
+            let at = sent_at(n);
+            run_until(&mut rx, at);
+            receive(&mut rx, at, &datagrams[n]);
+            if n == 40 {
+                receive(&mut rx, at, &datagrams[30]);
+            }
+        }
+        run_until(&mut rx, sent_at(60));
+
+        // Nothing missing: no NACK pass (the timer ran every 33 ms before the patch).
+        let seen = sent_at(31);
+        assert!(
+            passes.iter().all(|t| *t >= seen),
+            "passes before the loss: {passes:?}"
+        );
+        // The loss: NACKed within a NACK interval of its being seen, then again after the
+        // retry interval (100 ms without a round trip time, plus 5 ms), until it came.
+        assert!(!nacked.is_empty(), "the loss is NACKed");
+        assert!(
+            nacked.iter().all(|(_, pid, blp)| *pid == lost && *blp == 0),
+            "only the lost packet: {nacked:?} (lost {lost})"
+        );
+        assert!(nacked[0].0 <= seen + NACK_MIN_INTERVAL, "{nacked:?}");
+        assert_eq!(nacked.len(), 2, "{nacked:?}");
+        assert!(nacked[1].0 - nacked[0].0 >= ms(105), "{nacked:?}");
+        assert!(
+            passes.windows(2).all(|w| w[1] - w[0] >= NACK_MIN_INTERVAL),
+            "{passes:?}"
+        );
+        // Once it came, the timer stops again.
+        let came = sent_at(41);
+        assert!(
+            passes.iter().all(|t| *t <= came),
+            "passes after the loss: {passes:?}"
+        );
+        assert!(
+            passes.len() <= 7,
+            "passes while the loss lasted: {passes:?}"
+        );
+    }
+
+    // Parloir patch 46.
+    #[test]
+    fn the_nack_grid_keeps_its_phase() {
+        let last = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(Session::nack_grid(last, last), last);
+        assert_eq!(Session::nack_grid(last, last + ms(10)), last);
+        assert_eq!(Session::nack_grid(last, last + ms(33)), last + ms(33));
+        assert_eq!(Session::nack_grid(last, last + ms(100)), last + ms(99));
+        assert_eq!(Session::nack_grid(last + ms(5), last), last + ms(5));
     }
 
     #[test]

@@ -810,6 +810,10 @@ impl StreamRx {
     /// Whether this stream should keep its NACK timer active.
     ///
     /// Paused streams finish pending retries before disabling NACK reports.
+    ///
+    /// Parloir patch 46: only while a packet is missing ([`ReceiverRegister::may_need_nack`]):
+    /// a stream that receives everything has nothing to ask for, and its session's timer no
+    /// longer wakes every `NACK_MIN_INTERVAL` to find that out.
     pub(crate) fn nack_enabled(&self) -> bool {
         // Deliberately don't look at RTX is_some() here, since when using dynamic SSRC, we might need
         // to send NACK before discovering the remote RTX.
@@ -817,15 +821,15 @@ impl StreamRx {
             return false;
         }
 
-        if !self.paused {
-            return true;
-        }
-
         let Some(register) = &self.register else {
             return false;
         };
 
-        register.has_pending_nacks()
+        if !register.may_need_nack() {
+            return false;
+        }
+
+        !self.paused || register.has_pending_nacks()
     }
 
     pub(crate) fn maybe_create_nack(

@@ -117,6 +117,11 @@ impl ReceiverRegister {
         self.nack.has_pending_nacks()
     }
 
+    /// Parloir patch 46: see [`NackRegister::may_need_nack`].
+    pub fn may_need_nack(&self) -> bool {
+        self.nack.may_need_nack()
+    }
+
     /// Generates a NACK report
     pub fn nack_report(
         &mut self,

@@ -191,6 +191,14 @@ impl NackRegister {
         self.active.as_ref().map(|a| a.end)
     }
 
+    /// Parloir patch 46: whether a packet in the window is missing, in O(1): the window's
+    /// start stops at the first missing packet, so it is behind its end only then. A superset
+    /// of [`NackRegister::has_pending_nacks`]: a missing packet out of attempts stays until
+    /// the window slides past it.
+    pub fn may_need_nack(&self) -> bool {
+        self.active.as_ref().is_some_and(|a| a.start < a.end)
+    }
+
     /// Whether a missing packet still has NACK attempts remaining.
     ///
     /// Includes retries that are waiting for their RTT deadline.
