@@ -2440,6 +2440,12 @@ mod tests {
         // The loss: NACKed within a NACK interval of its being seen, then again after the
         // retry interval (100 ms without a round trip time, plus 5 ms), until it came.
         assert!(!nacked.is_empty(), "the loss is NACKed");
+        // The first pass is on the grid every NACK_MIN_INTERVAL from the last one (none yet:
+        // from `already_happened()`), where it would have been with the timer always on.
+        let first = passes.first().copied().expect("a NACK pass");
+        let phase =
+            first.duration_since(already_happened()).as_nanos() % NACK_MIN_INTERVAL.as_nanos();
+        assert_eq!(phase, 0, "the first NACK pass is on the grid: {first:?}");
         assert!(
             nacked.iter().all(|(_, pid, blp)| *pid == lost && *blp == 0),
             "only the lost packet: {nacked:?} (lost {lost})"
