@@ -1916,6 +1916,77 @@ mod tests {
         session
     }
 
+    /// Two keyed connections' worth of test set-up (zero keys, so each side can read what the
+    /// other protects): a sender of one VP8 stream (SSRC 42, m-line "vid") and the receiving
+    /// side's keying, for the tests of patches 23 and 46.
+    fn keyed_rtc(now: Instant) -> crate::Rtc {
+        use crate::media::MediaKind;
+        let mut rtc = crate::Rtc::builder().build(now);
+        let profile = SrtpProfile::AEAD_AES_128_GCM;
+        let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
+        rtc.session
+            .set_keying_material(mat, crate::crypto::test_default_provider(), profile, true);
+        rtc.direct_api()
+            .declare_media("vid".into(), MediaKind::Video);
+        rtc
+    }
+
+    /// The RTP datagrams of `count` one-packet VP8 frames sent `spacing` apart from `now`, from
+    /// a [`keyed_rtc`] sender at `from` to `to`.
+    fn vp8_datagrams(
+        now: Instant,
+        count: u64,
+        spacing: Duration,
+        from: std::net::SocketAddr,
+        to: std::net::SocketAddr,
+    ) -> Vec<Vec<u8>> {
+        use crate::format::Codec;
+        use crate::net::Protocol;
+        use crate::rtp_::{Frequency, MediaTime};
+        use crate::{Input, Output};
+
+        let mut tx = keyed_rtc(now);
+        tx.direct_api()
+            .declare_stream_tx(42.into(), None, "vid".into(), None);
+        tx.send_addr = Some(crate::SendAddr {
+            proto: Protocol::Udp,
+            source: from,
+            destination: to,
+        });
+        tx.handle_input(Input::Timeout(now)).unwrap();
+        while !matches!(tx.poll_output().unwrap(), Output::Timeout(_)) {}
+        let pt = tx
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .map(|p| p.pt())
+            .unwrap();
+        let ticks = spacing.as_micros() as u64 * 90 / 1000;
+        let mut datagrams = Vec::new();
+        for n in 0..count {
+            let at = now + spacing * n as u32;
+            let time = MediaTime::new(n * ticks, Frequency::NINETY_KHZ);
+            tx.writer("vid".into())
+                .unwrap()
+                .now(at)
+                .write(pt, at, time, vec![0x10u8; 200])
+                .unwrap();
+            tx.handle_input(Input::Timeout(at)).unwrap();
+            loop {
+                match tx.poll_output().unwrap() {
+                    // RTP only (RTCP's packet types are 192 to 223).
+                    Output::Transmit(t) if !(192..=223).contains(&t.contents[1]) => {
+                        datagrams.push(t.contents.to_vec())
+                    }
+                    Output::Transmit(_) | Output::Event(_) => {}
+                    Output::Timeout(_) => break,
+                }
+            }
+        }
+        datagrams
+    }
+
     // Parloir patch 43.
     #[test]
     fn reports_and_statistics_leave_the_streams_untouched() {
@@ -2173,78 +2244,22 @@ mod tests {
     // Parloir patch 23.
     #[test]
     fn twcc_feedback_reports_the_arrival_the_caller_gave() {
-        use crate::format::Codec;
-        use crate::media::MediaKind;
+        use crate::Input;
         use crate::net::{Protocol, Receive};
-        use crate::rtp_::{Frequency, MediaTime};
-        use crate::{Input, Output, Rtc};
         use std::time::Duration;
 
         let now = Instant::now();
-        let keyed = |rtc: &mut Rtc| {
-            let profile = SrtpProfile::AEAD_AES_128_GCM;
-            let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
-            rtc.session.set_keying_material(
-                mat,
-                crate::crypto::test_default_provider(),
-                profile,
-                true,
-            );
-            rtc.direct_api()
-                .declare_media("vid".into(), MediaKind::Video);
-        };
         let (from, to) = (
             "192.0.2.1:5000".parse().unwrap(),
             "192.0.2.2:6000".parse().unwrap(),
         );
-        let mut tx = Rtc::builder().build(now);
-        keyed(&mut tx);
-        tx.direct_api()
-            .declare_stream_tx(42.into(), None, "vid".into(), None);
-        tx.send_addr = Some(crate::SendAddr {
-            proto: Protocol::Udp,
-            source: from,
-            destination: to,
-        });
-        tx.handle_input(Input::Timeout(now)).unwrap();
-        while !matches!(tx.poll_output().unwrap(), Output::Timeout(_)) {}
-        let pt = tx
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| p.spec().codec == Codec::Vp8)
-            .map(|p| p.pt())
-            .unwrap();
-
         // Four one-packet frames, read by the receiver all at once, 20 ms after the first
         // one's arrival; they arrived 5 ms apart.
-        let mut datagrams = Vec::new();
-        for n in 0..4u64 {
-            let at = now + Duration::from_millis(5 * n);
-            let time = MediaTime::new(n * 450, Frequency::NINETY_KHZ);
-            tx.writer("vid".into())
-                .unwrap()
-                .now(at)
-                .write(pt, at, time, vec![0x10u8; 200])
-                .unwrap();
-            tx.handle_input(Input::Timeout(at)).unwrap();
-            loop {
-                match tx.poll_output().unwrap() {
-                    // RTP only (RTCP's packet types are 192 to 223).
-                    Output::Transmit(t) if !(192..=223).contains(&t.contents[1]) => {
-                        datagrams.push(t.contents.to_vec())
-                    }
-                    Output::Transmit(_) => {}
-                    Output::Timeout(_) => break,
-                    Output::Event(_) => {}
-                }
-            }
-        }
+        let datagrams = vp8_datagrams(now, 4, Duration::from_millis(5), from, to);
         assert_eq!(datagrams.len(), 4);
 
         let receive = |with_arrival: bool| {
-            let mut rx = Rtc::builder().build(now);
-            keyed(&mut rx);
+            let mut rx = keyed_rtc(now);
             rx.direct_api()
                 .expect_stream_rx(42.into(), None, "vid".into(), None);
             rx.direct_api().enable_twcc_feedback();
@@ -2297,83 +2312,30 @@ mod tests {
     // Parloir patch 46.
     #[test]
     fn the_nack_timer_runs_only_while_a_packet_is_missing() {
-        use crate::format::Codec;
-        use crate::media::MediaKind;
         use crate::net::{Protocol, Receive};
-        use crate::rtp_::{Frequency, MediaTime};
         use crate::{Input, Output, Reason, Rtc};
         use std::time::Duration;
 
         let now = Instant::now();
         let ms = Duration::from_millis;
-        let keyed = |rtc: &mut Rtc| {
-            let profile = SrtpProfile::AEAD_AES_128_GCM;
-            let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
-            rtc.session.set_keying_material(
-                mat,
-                crate::crypto::test_default_provider(),
-                profile,
-                true,
-            );
-            rtc.direct_api()
-                .declare_media("vid".into(), MediaKind::Video);
-        };
         let (from, to) = (
             "192.0.2.1:5000".parse().unwrap(),
             "192.0.2.2:6000".parse().unwrap(),
         );
-        let mut tx = Rtc::builder().build(now);
-        keyed(&mut tx);
-        tx.direct_api()
-            .declare_stream_tx(42.into(), None, "vid".into(), None);
-        tx.send_addr = Some(crate::SendAddr {
-            proto: Protocol::Udp,
-            source: from,
-            destination: to,
-        });
-        tx.handle_input(Input::Timeout(now)).unwrap();
-        while !matches!(tx.poll_output().unwrap(), Output::Timeout(_)) {}
-        let pt = tx
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| p.spec().codec == Codec::Vp8)
-            .map(|p| p.pt())
-            .unwrap();
-
         // 60 one-packet frames, 20 ms apart.
         let sent_at = |n: usize| now + ms(20 * n as u64);
-        let mut datagrams = Vec::new();
-        for n in 0..60 {
-            let at = sent_at(n);
-            let time = MediaTime::new(n as u64 * 1800, Frequency::NINETY_KHZ);
-            tx.writer("vid".into())
-                .unwrap()
-                .now(at)
-                .write(pt, at, time, vec![0x10u8; 200])
-                .unwrap();
-            tx.handle_input(Input::Timeout(at)).unwrap();
-            loop {
-                match tx.poll_output().unwrap() {
-                    // RTP only (RTCP's packet types are 192 to 223).
-                    Output::Transmit(t) if !(192..=223).contains(&t.contents[1]) => {
-                        datagrams.push(t.contents.to_vec())
-                    }
-                    Output::Transmit(_) | Output::Event(_) => {}
-                    Output::Timeout(_) => break,
-                }
-            }
-        }
+        let datagrams = vp8_datagrams(now, 60, ms(20), from, to);
         assert_eq!(datagrams.len(), 60);
         let seq = |d: &[u8]| u16::from_be_bytes([d[2], d[3]]);
         let lost = seq(&datagrams[30]);
 
         // The receiver: packet 30 is late, coming after packet 40 (a resend would do the
         // same). Its timeouts run as they fall due; the NACKs it sends are read back.
-        let mut rx = Rtc::builder().build(now);
-        keyed(&mut rx);
+        let mut rx = keyed_rtc(now);
         rx.direct_api()
             .expect_stream_rx(42.into(), None, "vid".into(), None);
+        // Reads what the receiver protects (the keys are the same both ways).
+        let mut reader = keyed_rtc(now);
         rx.send_addr = Some(crate::SendAddr {
             proto: Protocol::Udp,
             source: to,
@@ -2392,7 +2354,7 @@ mod tests {
                     }
                     Output::Timeout(_) => return,
                     Output::Transmit(t) => {
-                        let srtp = tx.session.srtp_rx.as_mut().unwrap();
+                        let srtp = reader.session.srtp_rx.as_mut().unwrap();
                         let plain = srtp.unprotect_rtcp(&t.contents).expect("RTCP");
                         let mut feedback = VecDeque::new();
                         Rtcp::read_packet(&plain, &mut feedback);
