@@ -42,6 +42,8 @@ pub struct RtcConfig {
     pub(crate) codec_config: CodecConfig,
     pub(crate) exts: ExtensionMap,
     pub(crate) stats_interval: Option<Duration>,
+    /// Parloir patch 48.
+    pub(crate) media_stats_every: u32,
     pub(crate) intervals: RtcpReportIntervals,
     pub(crate) bwe_config: Option<BweConfig>,
     pub(crate) reordering_size_audio: usize,
@@ -414,6 +416,20 @@ impl RtcConfig {
     /// [`MediaIngressStats`][crate::stats::MediaIngressStats]
     pub fn set_stats_interval(mut self, interval: Option<Duration>) -> Self {
         self.stats_interval = interval;
+        self
+    }
+
+    /// Parloir patch 48: the streams' statistics
+    /// ([`MediaEgressStats`][crate::stats::MediaEgressStats],
+    /// [`MediaIngressStats`][crate::stats::MediaIngressStats]) come with every `n`-th
+    /// statistics event only (the first included); [`PeerStats`][crate::stats::PeerStats]
+    /// comes with each. 1 (the default, and what 0 means): with each.
+    ///
+    /// Gathering the streams' statistics visits every stream of the connection; a caller that
+    /// wants the connection's round trip and estimate often and the streams' counters seldom
+    /// need not pay for the first at the rate of the second.
+    pub fn set_media_stats_every(mut self, n: u32) -> Self {
+        self.media_stats_every = n.max(1);
         self
     }
 
@@ -918,6 +934,7 @@ impl Default for RtcConfig {
             codec_config: CodecConfig::new_with_defaults(),
             exts: ExtensionMap::standard(),
             stats_interval: None,
+            media_stats_every: 1,
             intervals: RtcpReportIntervals {
                 audio: Duration::from_secs(5),
                 video: Duration::from_secs(1),

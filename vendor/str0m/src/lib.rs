@@ -1316,7 +1316,9 @@ impl Rtc {
             session,
             sctp,
             chan: ChannelHandler::default(),
-            stats: config.stats_interval.map(Stats::new),
+            stats: config
+                .stats_interval
+                .map(|interval| Stats::new(interval, config.media_stats_every)),
             remote_fingerprint: None,
             remote_addrs: vec![],
             send_addr: None,
@@ -2270,7 +2272,7 @@ impl Rtc {
                     total_round_trip_time,
                     responses_received,
                 });
-                session.visit_stats(now, &mut snapshot);
+                session.visit_stats(now, &mut snapshot, stats.media_due());
 
                 // A stats snapshot surfaces as an event and re-arms the stats
                 // timer.

@@ -1570,14 +1570,17 @@ impl Session {
         }
     }
 
-    pub fn visit_stats(&mut self, now: Instant, snapshot: &mut StatsSnapshot) {
-        // Parloir patch 43: reading statistics does not touch the streams.
-        for stream in self.streams.streams_tx_for_stats() {
-            stream.visit_stats(snapshot, now);
-        }
+    /// Parloir patch 48: the streams' statistics only when `media` is set.
+    pub fn visit_stats(&mut self, now: Instant, snapshot: &mut StatsSnapshot, media: bool) {
+        if media {
+            // Parloir patch 43: reading statistics does not touch the streams.
+            for stream in self.streams.streams_tx_for_stats() {
+                stream.visit_stats(snapshot, now);
+            }
 
-        for stream in self.streams.streams_rx() {
-            stream.visit_stats(snapshot, now);
+            for stream in self.streams.streams_rx() {
+                stream.visit_stats(snapshot, now);
+            }
         }
 
         snapshot.tx = self.media_bytes_tx;
@@ -1920,8 +1923,12 @@ mod tests {
     /// other protects): a sender of one VP8 stream (SSRC 42, m-line "vid") and the receiving
     /// side's keying, for the tests of patches 23 and 46.
     fn keyed_rtc(now: Instant) -> crate::Rtc {
+        keyed(crate::Rtc::builder().build(now))
+    }
+
+    /// `rtc` with SRTP keys and a video m-line "vid".
+    fn keyed(mut rtc: crate::Rtc) -> crate::Rtc {
         use crate::media::MediaKind;
-        let mut rtc = crate::Rtc::builder().build(now);
         let profile = SrtpProfile::AEAD_AES_128_GCM;
         let mat = KeyingMaterial::new(&vec![0; profile.keying_material_len()]);
         rtc.session
@@ -1940,12 +1947,34 @@ mod tests {
         from: std::net::SocketAddr,
         to: std::net::SocketAddr,
     ) -> Vec<Vec<u8>> {
+        let mut datagrams = Vec::new();
+        vp8_send(keyed_rtc(now), now, count, spacing, from, to, |t| {
+            // RTP only (RTCP's packet types are 192 to 223).
+            if let crate::Output::Transmit(t) = t
+                && !(192..=223).contains(&t.contents[1])
+            {
+                datagrams.push(t.contents.to_vec())
+            }
+        });
+        datagrams
+    }
+
+    /// Sends `count` one-packet VP8 frames `spacing` apart from `now` from `tx` (a [`keyed`]
+    /// connection) at `from` to `to`, handing each output but timeouts to `out`.
+    fn vp8_send(
+        mut tx: crate::Rtc,
+        now: Instant,
+        count: u64,
+        spacing: Duration,
+        from: std::net::SocketAddr,
+        to: std::net::SocketAddr,
+        mut out: impl FnMut(crate::Output),
+    ) {
         use crate::format::Codec;
         use crate::net::Protocol;
         use crate::rtp_::{Frequency, MediaTime};
         use crate::{Input, Output};
 
-        let mut tx = keyed_rtc(now);
         tx.direct_api()
             .declare_stream_tx(42.into(), None, "vid".into(), None);
         tx.send_addr = Some(crate::SendAddr {
@@ -1963,7 +1992,6 @@ mod tests {
             .map(|p| p.pt())
             .unwrap();
         let ticks = spacing.as_micros() as u64 * 90 / 1000;
-        let mut datagrams = Vec::new();
         for n in 0..count {
             let at = now + spacing * n as u32;
             let time = MediaTime::new(n * ticks, Frequency::NINETY_KHZ);
@@ -1975,16 +2003,51 @@ mod tests {
             tx.handle_input(Input::Timeout(at)).unwrap();
             loop {
                 match tx.poll_output().unwrap() {
-                    // RTP only (RTCP's packet types are 192 to 223).
-                    Output::Transmit(t) if !(192..=223).contains(&t.contents[1]) => {
-                        datagrams.push(t.contents.to_vec())
-                    }
-                    Output::Transmit(_) | Output::Event(_) => {}
                     Output::Timeout(_) => break,
+                    o => out(o),
                 }
             }
         }
-        datagrams
+    }
+
+    // Parloir patch 48.
+    #[test]
+    fn the_streams_statistics_come_with_every_nth_statistics_event() {
+        use crate::Event;
+
+        let now = Instant::now();
+        let tx = crate::Rtc::builder()
+            .set_stats_interval(Some(Duration::from_millis(100)))
+            .set_media_stats_every(3)
+            .build(now);
+        // One statistics event per pass: whether the stream's came with it.
+        let mut passes: Vec<bool> = Vec::new();
+        let (from, to) = (
+            "1.1.1.1:5000".parse().unwrap(),
+            "2.2.2.2:5000".parse().unwrap(),
+        );
+        vp8_send(
+            keyed(tx),
+            now,
+            100,
+            Duration::from_millis(20),
+            from,
+            to,
+            |o| match o {
+                crate::Output::Event(Event::PeerStats(_)) => passes.push(false),
+                crate::Output::Event(Event::MediaEgressStats(s)) => {
+                    assert_eq!(s.mid, "vid".into());
+                    *passes.last_mut().expect("after the connection's") = true;
+                }
+                _ => {}
+            },
+        );
+        // Two seconds of sending, a pass every 100 ms (the first 100 ms after the first
+        // timeout): the stream's statistics with the first and every third after it.
+        assert!(passes.len() >= 18, "{} passes", passes.len());
+        for (i, media) in passes.iter().enumerate() {
+            assert_eq!(*media, i % 3 == 0, "pass {i}: {passes:?}");
+        }
     }
 
     // Parloir patch 43.
@@ -2027,7 +2090,8 @@ mod tests {
             "idle streams leave the list"
         );
 
-        rtc.session.visit_stats(at, &mut StatsSnapshot::new(at));
+        rtc.session
+            .visit_stats(at, &mut StatsSnapshot::new(at), true);
         assert_eq!(rtc.session.streams.touched_count(), 0, "statistics");
 
         // A receiver report with a block for stream 42 (RFC 3550 6.4.2).

@@ -14,6 +14,10 @@ pub(crate) struct Stats {
     last_now: Option<Instant>,
     events: VecDeque<StatsEvent>,
     interval: Duration,
+    /// Parloir patch 48: the streams' statistics come with every `media_every`-th snapshot
+    /// (1: each), counted by `passes`.
+    media_every: u32,
+    passes: u32,
 }
 
 pub(crate) struct StatsSnapshot {
@@ -269,13 +273,20 @@ impl Stats {
     ///
     /// The internal state is market with the current `Instant::now()`.
     /// This allows us to emit stats right away at the first upcoming timeout
-    pub fn new(interval: Duration) -> Stats {
+    pub fn new(interval: Duration, media_every: u32) -> Stats {
         Stats {
             // by starting with the current time we can generate stats right on first timeout
             last_now: None,
             events: VecDeque::new(),
             interval,
+            media_every: media_every.max(1),
+            passes: 0,
         }
+    }
+
+    /// Parloir patch 48: whether the next snapshot has the streams' statistics.
+    pub fn media_due(&self) -> bool {
+        self.passes % self.media_every == 0
     }
 
     /// Returns true if we want to handle the timeout
@@ -321,6 +332,7 @@ impl Stats {
         }
 
         self.last_now = Some(snapshot.timestamp);
+        self.passes = (self.passes + 1) % self.media_every;
     }
 
     /// Poll for the next time to call [`Stats::wants_timeout`] and [`Stats::do_handle_timeout`].

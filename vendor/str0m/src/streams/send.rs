@@ -857,6 +857,11 @@ impl StreamTx {
     }
 
     fn poll_packet_resend(&mut self, now: Instant) -> Option<NextPacket<'_>> {
+        // Parloir patch 47: the ratio only matters with resends queued (this ran for every
+        // packet the stream sent).
+        if self.resends.is_empty() {
+            return None;
+        }
         if let Some(ratio_cap) = self.rtx_ratio_cap {
             let ratio = self.rtx_ratio_downsampled(now);
 
@@ -1546,6 +1551,63 @@ mod test {
         let body = &buf[receipt.header.header_len..receipt.packet_len];
         assert_eq!(&body[..2], &2_u16.to_be_bytes());
         assert_eq!(&body[2..], &copies[2][..]);
+    }
+
+    /// Parloir patch 47: resends stop once they are more than 15 % of the bytes sent over the
+    /// last second (the queued ones dropped), and flow again once the window moved past them.
+    #[test]
+    fn resends_stop_at_the_ratio_cap_and_resume_when_the_window_moves_on() {
+        use crate::format::Codec;
+        use crate::rtp_::{Extension, NackEntry};
+
+        let now = Instant::now();
+        let codecs = CodecConfig::new_with_defaults();
+        let vp8 = codecs
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .unwrap();
+        let (pt, rtx_pt) = (vp8.pt(), vp8.resend().unwrap());
+        let mut exts = ExtensionMap::empty();
+        exts.set(1, Extension::RtpMid);
+        let mut streams = crate::streams::Streams::new(false, 1200, Duration::from_millis(1500));
+        let stream =
+            streams.declare_stream_tx(42.into(), Some(43.into()), MidRid("vid".into(), None));
+        stream.set_rtx_cache(1000, Duration::from_millis(1500), DEFAULT_RTX_RATIO_CAP);
+
+        let mut buf = vec![];
+        // 20 packets of 1000 bytes.
+        for i in 0..20u64 {
+            let payload: Arc<[u8]> = vec![i as u8; 1000].into();
+            stream.write_rtp(RtpWrite::new(pt, i.into(), 0, now, payload).nackable(true));
+        }
+        stream.send_queue.handle_timeout(now);
+        for _ in 0..20 {
+            stream
+                .poll_packet(now, &exts, None, codecs.params(), &mut buf)
+                .expect("a packet");
+        }
+        let mut resends = |stream: &mut StreamTx, at: Instant, pids: &[u16]| {
+            let nacks = pids.iter().map(|&pid| NackEntry { pid, blp: 0 });
+            stream.handle_nack(nacks, at);
+            let mut sent = 0;
+            while let Some(receipt) = stream.poll_packet(at, &exts, None, codecs.params(), &mut buf)
+            {
+                assert_eq!(receipt.header.payload_type, rtx_pt);
+                sent += 1;
+            }
+            sent
+        };
+        // Four resends: 4 000 of 24 000 bytes, over the cap from the next evaluation on.
+        let at = now + Duration::from_millis(10);
+        assert_eq!(resends(stream, at, &[0, 1, 2, 3]), 4);
+        let at = now + Duration::from_millis(100);
+        assert_eq!(resends(stream, at, &[4, 5]), 0, "over the cap");
+        assert!(stream.resends.is_empty(), "the queued resends are dropped");
+        // Once the window has moved past them (the last second holds nothing), resends go out
+        // again.
+        let at = now + Duration::from_millis(1100);
+        assert_eq!(resends(stream, at, &[6, 7]), 2);
     }
 
     /// Parloir patches 27 and 28: the poll buffer keeps its length from one packet to the next,

@@ -39,10 +39,10 @@ pub(crate) struct StreamTxStats {
     last_rr: Option<(SeqNo, ReceptionReport)>,
 
     /// `None` if `rtx_ratio_cap` is `None`.
-    pub bytes_transmitted: Option<ValueHistory<u64>>,
+    pub bytes_transmitted: Option<ValueHistory>,
 
     /// `None` if `rtx_ratio_cap` is `None`.
-    pub bytes_retransmitted: Option<ValueHistory<u64>>,
+    pub bytes_retransmitted: Option<ValueHistory>,
 }
 
 impl StreamTxStats {
