@@ -1040,7 +1040,8 @@ const RESEND_WINDOW: Duration = Duration::from_secs(1);
 const SUBSCRIBER_STATS_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a connection's streams report theirs (the NACK counts of `Stats::nacks`): a
 /// pass over every stream of the connection, 300 of them on a subscriber's in a meeting of
-/// 150, which the round trip every 500 ms need not pay for (str0m patch 48).
+/// 150, which the round trip every 500 ms need not pay for (str0m patch 48). NACKs counted
+/// by a connection after its last report (up to this long) are not in `Stats::nacks`.
 const MEDIA_STATS_INTERVAL: Duration = Duration::from_secs(2);
 /// Round-trip time above the path's lowest that means a queue stands at the bottleneck.
 const STANDING_QUEUE: Duration = Duration::from_millis(100);

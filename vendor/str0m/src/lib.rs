@@ -1974,7 +1974,10 @@ impl Rtc {
                 .soonest((self.sctp.poll_timeout(), Reason::Sctp))
                 .soonest((self.chan.poll_timeout(&self.sctp), Reason::Channel))
                 .soonest((stats_timeout, Reason::Stats));
-            self.full_pass_at = [self.session.reports_at, stats_timeout]
+            // Patch 48: a statistics pass without the streams' visits none.
+            let stats_full =
+                stats_timeout.filter(|_| self.stats.as_ref().is_some_and(|s| s.media_due()));
+            self.full_pass_at = [self.session.reports_at, stats_full]
                 .into_iter()
                 .flatten()
                 .min();
@@ -2023,9 +2026,9 @@ impl Rtc {
     }
 
     /// Parloir patch: whether a timeout at `now` may visit every m-line and stream of the
-    /// connection: the regular RTCP reports or the statistics are due (as of the last
-    /// computed timeout). The other timeouts visit only what may have work (patches 2-5 and
-    /// 22), so a caller that shares a time budget between many connections can charge them
+    /// connection: the regular RTCP reports or the statistics with the streams' (patch 48)
+    /// are due (as of the last computed timeout). The other timeouts visit only what may have
+    /// work (patches 2-5 and 22), so a caller that shares a time budget between many connections can charge them
     /// as small. With bandwidth estimation on, the pacer asks for a timeout after each packet
     /// it lets out, and each frame written is packetized on the next one.
     pub fn full_pass_due(&self, now: Instant) -> bool {

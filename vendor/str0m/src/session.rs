@@ -2010,6 +2010,44 @@ mod tests {
         }
     }
 
+    // Parloir patch 48: a statistics pass without the streams' is not one that visits every
+    // stream (`Rtc::full_pass_due`, patch 24).
+    #[test]
+    fn a_statistics_pass_without_the_streams_is_not_a_full_pass() {
+        use crate::{Event, Input, Output};
+
+        let now = Instant::now();
+        let mut rtc = keyed(
+            crate::Rtc::builder()
+                .set_stats_interval(Some(Duration::from_millis(100)))
+                .set_media_stats_every(3)
+                .build(now),
+        );
+        // Whether each statistics pass was due as a full one.
+        let mut full = Vec::new();
+        let mut at = now;
+        for _ in 0..120 {
+            let due = rtc.full_pass_due(at);
+            let mut stats = false;
+            rtc.handle_input(Input::Timeout(at)).unwrap();
+            loop {
+                match rtc.poll_output().unwrap() {
+                    Output::Event(Event::PeerStats(_)) => stats = true,
+                    Output::Timeout(_) => break,
+                    _ => {}
+                }
+            }
+            if stats {
+                full.push(due);
+            }
+            at += Duration::from_millis(10);
+        }
+        assert!(full.len() >= 9, "{} passes", full.len());
+        for (i, due) in full.iter().enumerate() {
+            assert_eq!(*due, i % 3 == 0, "pass {i}: {full:?}");
+        }
+    }
+
     // Parloir patch 48.
     #[test]
     fn the_streams_statistics_come_with_every_nth_statistics_event() {

@@ -66,14 +66,14 @@ impl ValueHistory {
         if elapsed < BUCKET {
             return;
         }
-        let steps = (elapsed.as_nanos() / BUCKET.as_nanos()) as u64;
-        if steps >= BUCKETS as u64 {
+        if elapsed >= BUCKET * BUCKETS as u32 {
             *self = Self {
                 start: Some(now),
                 ..Self::default()
             };
             return;
         }
+        let steps = (elapsed.as_nanos() / BUCKET.as_nanos()) as u64;
         for _ in 0..steps {
             self.current = (self.current + 1) % BUCKETS as u32;
             let bucket = &mut self.buckets[self.current as usize];
