@@ -1919,14 +1919,13 @@ mod tests {
         session
     }
 
-    /// Two keyed connections' worth of test set-up (zero keys, so each side can read what the
-    /// other protects): a sender of one VP8 stream (SSRC 42, m-line "vid") and the receiving
-    /// side's keying, for the tests of patches 23 and 46.
+    /// A new connection, [`keyed`].
     fn keyed_rtc(now: Instant) -> crate::Rtc {
         keyed(crate::Rtc::builder().build(now))
     }
 
-    /// `rtc` with SRTP keys and a video m-line "vid".
+    /// `rtc` with SRTP keys (zeros, so each side can read what the other protects) and a video
+    /// m-line "vid".
     fn keyed(mut rtc: crate::Rtc) -> crate::Rtc {
         use crate::media::MediaKind;
         let profile = SrtpProfile::AEAD_AES_128_GCM;
