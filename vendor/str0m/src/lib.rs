@@ -2029,8 +2029,9 @@ impl Rtc {
     /// connection: the regular RTCP reports or the statistics with the streams' (patch 48)
     /// are due (as of the last computed timeout). The other timeouts visit only what may have
     /// work (patches 2-5 and 22), so a caller that shares a time budget between many
-    /// connections can charge them as small. With bandwidth estimation on, the pacer asks for a timeout after each packet
-    /// it lets out, and each frame written is packetized on the next one.
+    /// connections can charge them as small. With bandwidth estimation on, the pacer asks for
+    /// a timeout after each packet it lets out, and each frame written is packetized on the
+    /// next one.
     pub fn full_pass_due(&self, now: Instant) -> bool {
         self.full_pass_at.is_some_and(|at| at <= now)
     }
