@@ -435,7 +435,9 @@ pub struct Sfu {
     ids: IdGen,
     rooms: FastMap<String, Room>,
     participants: FastMap<SessionId, Participant>,
-    peers: FastMap<PeerId, Peer>,
+    /// Boxed: the table stays small enough to stay in cache, and a peer's state does not
+    /// move when the table grows.
+    peers: FastMap<PeerId, Box<Peer>>,
     tracks: FastMap<String, Track>,
     by_ufrag: HashMap<String, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
@@ -854,7 +856,7 @@ impl Track {
     fn receivers(
         &mut self,
         sid: &str,
-        peers: &mut FastMap<PeerId, Peer>,
+        peers: &mut FastMap<PeerId, Box<Peer>>,
         participants: &FastMap<SessionId, Participant>,
     ) {
         self.receivers_stale = false;
@@ -1119,6 +1121,60 @@ fn receivers_changed(tracks: &mut FastMap<String, Track>, sid: &str) {
 }
 
 /// Puts `peer` (whose id is `pid`) on the list of peers to poll, once ([`Sfu::mark`]).
+/// Prefetches what the fan-out reads first of the receivers after the `i`-th, a few receivers
+/// ahead (str0m patch 49, `Rtc::write_prefetch`). Each write begins with a chain of first
+/// touches, each found from the one before: the peer, its `Out`, its connection's m-line, that
+/// m-line's stream; taken in turn they were most of `forward_track`'s own time at 150
+/// participants (perf/README.md, "Prefetching the next receivers"). Here each link is
+/// prefetched one receiver after the link it is read from, so the next receivers' misses
+/// overlap this one's work: four receivers ahead the peer's fields and its connection's
+/// lists, three its `Out` and the codecs, two the m-line, one the stream.
+fn prefetch_receivers(peers: &FastMap<PeerId, Box<Peer>>, receivers: &[(PeerId, usize)], i: usize) {
+    let at = |k: usize| {
+        let &(sub, place) = receivers.get(i + k)?;
+        Some((peers.get(&sub)?, place))
+    };
+    if let Some((peer, _)) = at(4) {
+        prefetch(&peer.outs as *const FastIndexMap<String, Out> as *const u8);
+        prefetch(&peer.queued as *const bool as *const u8);
+        prefetch(&peer.sdp_applied as *const u32 as *const u8);
+        peer.rtc.write_prefetch(0, 0, prefetch);
+    }
+    if let Some((peer, place)) = at(3) {
+        if let Some((_, out)) = peer.outs.get_index(place) {
+            let out = out as *const Out as *const u8;
+            for offset in (0..std::mem::size_of::<Out>()).step_by(64) {
+                prefetch(out.wrapping_add(offset));
+            }
+        }
+        peer.rtc.write_prefetch(1, 0, prefetch);
+    }
+    for (k, step) in [(2, 2), (1, 3)] {
+        if let Some((peer, place)) = at(k)
+            && let Some((_, out)) = peer.outs.get_index(place)
+        {
+            peer.rtc.write_prefetch(step, out.media_hint, prefetch);
+        }
+    }
+}
+
+/// Asks the CPU to bring the cache line at `p` in, without waiting for it (x86_64 only;
+/// elsewhere nothing). The crate's one `unsafe`: `_mm_prefetch` is an `unsafe fn` only for its
+/// `#[target_feature]`.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: a prefetch is a hint: it reads nothing into the program and never faults,
+    // whatever the address (null, stale or unmapped), and SSE, which it needs, is part of
+    // every x86_64 CPU.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 fn queue(peer: &mut Peer, pid: PeerId, dirty: &mut Vec<PeerId>) {
     if !peer.queued {
         peer.queued = true;
@@ -1941,7 +1997,7 @@ impl Sfu {
         self.by_ufrag.insert(ufrag.clone(), pid);
         self.peers.insert(
             pid,
-            Peer {
+            Box::new(Peer {
                 session,
                 role,
                 rtc,
@@ -1986,7 +2042,7 @@ impl Sfu {
                 rtt_min: None,
                 delayed_at: None,
                 sdp_applied: 0,
-            },
+            }),
         );
         self.mark(pid);
         pid
@@ -3241,7 +3297,9 @@ impl Sfu {
         }
         let track = &*track;
         let mut places_moved = false;
-        for &(sub, place) in &track.receivers {
+        let receivers = &track.receivers;
+        for (i, &(sub, place)) in receivers.iter().enumerate() {
+            prefetch_receivers(peers, receivers, i);
             let written = {
                 let Some(peer) = peers.get_mut(&sub) else {
                     continue;

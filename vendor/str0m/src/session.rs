@@ -1664,6 +1664,30 @@ impl Session {
         media_at(&self.medias, &self.media_pos, mid)
     }
 
+    /// Parloir patch 49: see `Rtc::write_prefetch`.
+    pub(crate) fn write_prefetch(&self, step: u8, hint: usize, f: &mut impl FnMut(*const u8)) {
+        match step {
+            0 => {
+                f(&self.medias as *const Vec<Media> as *const u8);
+                f(self.codec_config.params_field());
+                f(self.streams.tx_slots_field());
+            }
+            1 => f(self.codec_config.params().as_ptr() as *const u8),
+            2 if hint < self.medias.len() => {
+                let media = self.medias.as_ptr().wrapping_add(hint) as *const u8;
+                for offset in (0..std::mem::size_of::<Media>()).step_by(64) {
+                    f(media.wrapping_add(offset));
+                }
+            }
+            2 => {}
+            _ => {
+                if let Some(media) = self.medias.get(hint) {
+                    self.streams.tx_write_lines(media.tx_slot(), f);
+                }
+            }
+        }
+    }
+
     /// Parloir patch 43: the position of the m-line of `mid`, trying `hint` first (a position
     /// the caller kept from an earlier call; checked); `hint` is set to the position found.
     pub(crate) fn media_index_hinted(&self, mid: Mid, hint: &mut usize) -> Option<usize> {
@@ -2007,6 +2031,69 @@ mod tests {
                 }
             }
         }
+    }
+
+    // Parloir patch 49: `Rtc::write_prefetch` points at what a write to the m-line reads.
+    #[test]
+    fn write_prefetch_points_at_what_a_write_reads() {
+        use crate::format::Codec;
+        use crate::rtp_::{Frequency, MediaTime};
+        use crate::streams::StreamTx;
+        use std::mem::size_of;
+
+        let now = Instant::now();
+        let mut rtc = keyed_rtc(now);
+        rtc.direct_api()
+            .declare_stream_tx(42.into(), None, "vid".into(), None);
+        let pt = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .map(|p| p.pt())
+            .unwrap();
+        let mut hint = usize::MAX;
+        rtc.writer_hinted("vid".into(), &mut hint)
+            .unwrap()
+            .now(now)
+            .write(
+                pt,
+                now,
+                MediaTime::new(0, Frequency::NINETY_KHZ),
+                vec![0x10u8; 200],
+            )
+            .unwrap();
+        let addrs = |rtc: &crate::Rtc, step: u8, hint: usize| {
+            let mut v = vec![];
+            rtc.write_prefetch(step, hint, |a| v.push(a as usize));
+            v
+        };
+        let within = |v: &[usize], at: usize, len: usize| {
+            !v.is_empty() && v.iter().all(|&a| a >= at && a < at + len)
+        };
+
+        let session = &rtc.session;
+        let lists = addrs(&rtc, 0, hint);
+        assert!(lists.contains(&(&session.medias as *const Vec<Media> as usize)));
+        assert!(lists.contains(&(session.codec_config.params_field() as usize)));
+        assert!(lists.contains(&(session.streams.tx_slots_field() as usize)));
+        let params = session.codec_config.params();
+        assert!(within(
+            &addrs(&rtc, 1, hint),
+            params.as_ptr() as usize,
+            std::mem::size_of_val(params)
+        ));
+        let media = &session.medias[hint] as *const Media as usize;
+        let mline = addrs(&rtc, 2, hint);
+        assert!(mline.contains(&media));
+        assert!(within(&mline, media, size_of::<Media>()));
+        let stream_lines = addrs(&rtc, 3, hint);
+        let stream = rtc.session.streams.stream_tx(&42.into()).unwrap() as *const StreamTx as usize;
+        assert!(within(&stream_lines, stream, size_of::<StreamTx>()));
+
+        // A stale hint gives no m-line and no stream.
+        assert!(addrs(&rtc, 2, 7).is_empty());
+        assert!(addrs(&rtc, 3, usize::MAX).is_empty());
     }
 
     // Parloir patch 48: a statistics pass without the streams' is not one that visits every

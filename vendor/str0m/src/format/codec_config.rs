@@ -108,6 +108,11 @@ impl CodecConfig {
         c
     }
 
+    /// Parloir patch 49: where the parameters' list lies (not read: for a prefetch).
+    pub(crate) fn params_field(&self) -> *const u8 {
+        &self.params as *const Vec<PayloadParams> as *const u8
+    }
+
     /// Returns a reference to the payload parameters.
     pub fn params(&self) -> &[PayloadParams] {
         &self.params
@@ -713,10 +718,6 @@ impl CodecConfig {
                 unlocked.remove(&rtx);
             }
         }
-    }
-
-    pub(crate) fn has_pt(&self, pt: Pt) -> bool {
-        self.params.iter().any(|p| p.pt() == pt)
     }
 }
 

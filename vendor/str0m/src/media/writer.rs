@@ -206,16 +206,16 @@ impl<'a> Writer<'a> {
             wake.no_events();
         }
 
-        if !self.session.codec_config.has_pt(pt) {
-            return Err(RtcError::UnknownPt(pt));
-        }
-        let params = self
+        // Parloir patch 49: one walk of the codecs, not one to check and one to find.
+        let Some(params) = self
             .session
             .codec_config
             .params()
             .iter()
             .find(|p| p.pt() == pt)
-            .expect("configured payload type exists");
+        else {
+            return Err(RtcError::UnknownPt(pt));
+        };
         let is_audio = params.spec().codec.is_audio();
         if self.tele_event.is_some() && !is_audio {
             return Err(RtcError::UnknownPt(pt));

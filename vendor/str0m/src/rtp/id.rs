@@ -52,19 +52,18 @@ macro_rules! str_id {
 
         impl<'a> From<&'a str> for $id {
             fn from(v: &'a str) -> Self {
-                let v = v
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                    .collect::<String>();
-
-                let bytes = v.as_bytes();
-                let bytes = &bytes[0..$num.min(bytes.len())];
-
-                // pad with space.
+                // Parloir patch 50: written into the array, not collected into a `String`
+                // first (an allocation for the mid and rid of every packet received). Each
+                // character that is not ASCII alphanumeric becomes one `_`, as before; the
+                // rest is padded with spaces.
                 let mut array = [b' '; $num];
-
-                let max = bytes.len().min(array.len());
-                (&mut array[0..max]).copy_from_slice(bytes);
+                for (b, c) in array.iter_mut().zip(v.chars()) {
+                    *b = if c.is_ascii_alphanumeric() {
+                        c as u8
+                    } else {
+                        b'_'
+                    };
+                }
 
                 $id(array)
             }
@@ -373,5 +372,23 @@ impl MidRid {
 
     pub fn special_equals(&self, other: &MidRid) -> bool {
         self.0 == other.0 && (self.1.is_none() || self.1 == other.1)
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn ids_from_text_keep_ascii_alphanumerics_and_pad() {
+        assert_eq!(&*Mid::from("0"), "0");
+        assert_eq!(&*Rid::from("q"), "q");
+        assert_eq!(Mid::from("a1"), Mid::from_array(*b"a1              "));
+        // Each other character, one byte or several, becomes one `_`.
+        assert_eq!(&*Mid::from("é-x y"), "__x_y");
+        // Cut at the id's length.
+        assert_eq!(&*Rid::from("abcdefghij"), "abcdefgh");
+        assert_eq!(&*Mid::from("ééééééééééééééééé"), "________________");
+        assert_eq!(&*Rid::from(""), "");
     }
 }

@@ -922,6 +922,17 @@ impl Streams {
         self.stream_tx_by_midrid_hinted(midrid, &mut hint)
     }
 
+    /// Parloir patch 49: where the outgoing streams' slots lie (not read: for a prefetch).
+    pub(crate) fn tx_slots_field(&self) -> *const u8 {
+        self.streams_tx.slots_field()
+    }
+
+    /// Parloir patch 49: what a write touches of the stream in `slot`, given to `f` by
+    /// address (`StreamTx::write_lines`; not read: for a prefetch).
+    pub(crate) fn tx_write_lines(&self, slot: u32, f: &mut impl FnMut(*const u8)) {
+        StreamTx::write_lines(self.streams_tx.slot_addr(slot), f)
+    }
+
     /// Parloir patch 43: as [`Self::stream_tx_by_midrid`], trying the slot `hint` first (an
     /// m-line keeps the slot of its stream: `Media::tx_slot`), then the map of hints by
     /// mid/rid, then the scan; `hint` is set to the slot found.

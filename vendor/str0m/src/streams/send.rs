@@ -371,6 +371,27 @@ impl RtpWrite {
 }
 
 impl StreamTx {
+    /// Parloir patch 49: the fields a write touches (`write_rtp`, the queue's state and the
+    /// m-line's lookup by mid and rid), by their offsets in the stream in `slot`. An
+    /// `Option<StreamTx>` keeps its stream at its start (the stream's references give the
+    /// option its niche; `the_slot_holds_the_stream_at_its_start`); were it not so, only the
+    /// prefetches would miss.
+    pub(crate) fn write_lines(slot: *const Option<StreamTx>, f: &mut impl FnMut(*const u8)) {
+        use std::mem::offset_of;
+        const HOT: [usize; 6] = [
+            offset_of!(StreamTx, send_queue),
+            offset_of!(StreamTx, last_used),
+            offset_of!(StreamTx, queue_info),
+            offset_of!(StreamTx, rtp_and_wallclock),
+            offset_of!(StreamTx, ssrc),
+            offset_of!(StreamTx, midrid),
+        ];
+        let base = slot as *const u8;
+        for offset in HOT {
+            f(base.wrapping_add(offset));
+        }
+    }
+
     pub(crate) fn new(
         ssrc: Ssrc,
         rtx: Option<Ssrc>,
@@ -1448,6 +1469,22 @@ mod test {
         audio: Duration::from_secs(5),
         video: Duration::from_secs(1),
     };
+
+    #[test]
+    fn the_slot_holds_the_stream_at_its_start() {
+        // `StreamTx::write_lines` finds a stream's fields by their offsets from its slot.
+        let slot = Some(StreamTx::new_probe(1200));
+        let stream = slot.as_ref().expect("a stream");
+        assert_eq!(
+            &slot as *const Option<StreamTx> as usize,
+            stream as *const StreamTx as usize
+        );
+        let mut lines = vec![];
+        StreamTx::write_lines(&slot, &mut |a| lines.push(a as usize));
+        let at = |field: *const u8| field as usize;
+        assert!(lines.contains(&at(&stream.send_queue as *const SendQueue as *const u8)));
+        assert!(lines.contains(&at(&stream.midrid as *const MidRid as *const u8)));
+    }
 
     #[test]
     fn regular_padding_does_not_search_probe_negotiation() {

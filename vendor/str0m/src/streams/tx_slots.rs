@@ -46,6 +46,17 @@ impl TxSlots {
         Some(i as u32)
     }
 
+    /// Parloir patch 49: where the slots' list lies (not read: for a prefetch).
+    pub(crate) fn slots_field(&self) -> *const u8 {
+        &self.slots as *const Vec<Option<StreamTx>> as *const u8
+    }
+
+    /// Parloir patch 49: where the stream in `slot` would lie (not read, and `slot` not
+    /// checked: for a prefetch).
+    pub(crate) fn slot_addr(&self, slot: u32) -> *const Option<StreamTx> {
+        self.slots.as_ptr().wrapping_add(slot as usize)
+    }
+
     /// The stream in `slot`, if any: any `u32` may be asked for (a stale hint).
     pub(crate) fn at(&self, slot: u32) -> Option<&StreamTx> {
         self.slots.get(slot as usize)?.as_ref()
