@@ -1120,7 +1120,6 @@ fn receivers_changed(tracks: &mut FastMap<String, Track>, sid: &str) {
     }
 }
 
-/// Puts `peer` (whose id is `pid`) on the list of peers to poll, once ([`Sfu::mark`]).
 /// Prefetches what the fan-out reads first of the receivers after the `i`-th, a few receivers
 /// ahead (str0m patch 49, `Rtc::write_prefetch`). Each write begins with a chain of first
 /// touches, each found from the one before: the peer, its `Out`, its connection's m-line, that
@@ -1146,6 +1145,8 @@ fn prefetch_receivers(peers: &FastMap<PeerId, Box<Peer>>, receivers: &[(PeerId, 
             for offset in (0..std::mem::size_of::<Out>()).step_by(64) {
                 prefetch(out.wrapping_add(offset));
             }
+            // Its last line, where the `Out` does not start on one.
+            prefetch(out.wrapping_add(std::mem::size_of::<Out>() - 1));
         }
         peer.rtc.write_prefetch(1, 0, prefetch);
     }
@@ -1159,8 +1160,10 @@ fn prefetch_receivers(peers: &FastMap<PeerId, Box<Peer>>, receivers: &[(PeerId, 
 }
 
 /// Asks the CPU to bring the cache line at `p` in, without waiting for it (x86_64 only;
-/// elsewhere nothing). The crate's one `unsafe`: `_mm_prefetch` is an `unsafe fn` only for its
-/// `#[target_feature]`.
+/// elsewhere nothing). The crate's one `unsafe`: `_mm_prefetch` is safe to call only from a
+/// function compiled with `#[target_feature(enable = "sse")]` (SSE enabled for the whole
+/// build does not count), and such a function cannot be handed to `Rtc::write_prefetch` as
+/// an `impl FnMut`.
 #[inline(always)]
 fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
@@ -1175,6 +1178,7 @@ fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// Puts `peer` (whose id is `pid`) on the list of peers to poll, once ([`Sfu::mark`]).
 fn queue(peer: &mut Peer, pid: PeerId, dirty: &mut Vec<PeerId>) {
     if !peer.queued {
         peer.queued = true;
@@ -3299,7 +3303,9 @@ impl Sfu {
         let mut places_moved = false;
         let receivers = &track.receivers;
         for (i, &(sub, place)) in receivers.iter().enumerate() {
-            prefetch_receivers(peers, receivers, i);
+            if cfg!(target_arch = "x86_64") {
+                prefetch_receivers(peers, receivers, i);
+            }
             let written = {
                 let Some(peer) = peers.get_mut(&sub) else {
                     continue;

@@ -1517,11 +1517,12 @@ impl Rtc {
     /// Parloir patch 49: the memory a write through [`Rtc::writer_hinted`] with `hint`
     /// reads, given to `f` by address in four steps, each step's addresses read from memory
     /// the steps before gave: `0` the connection's state and its lists of m-lines, codecs and
-    /// outgoing streams; `1` the codecs; `2` the m-line at `hint`; `3` the stream it last
-    /// wrote to. For a caller that fans a frame out to many connections, to prefetch the next
-    /// ones' while it writes to this one (a step or more apart, so that what a step reads has
-    /// come in). Nothing is read through the addresses here; `hint` may be stale or
-    /// `usize::MAX` (step `2` then gives addresses outside the m-lines, step `3` none).
+    /// outgoing streams; `1` the first line of the codecs' list; `2` the m-line at `hint`;
+    /// `3` the hot fields of the stream it last wrote to. For a caller that fans a frame out
+    /// to many connections, to prefetch the next ones' while it writes to this one (a step or
+    /// more apart, so that what a step reads has come in). Nothing is read through the
+    /// addresses here. `hint` may be stale: past the m-lines (`usize::MAX` before the first
+    /// write) it gives nothing at steps `2` and `3`; within them, another m-line's.
     pub fn write_prefetch(&self, step: u8, hint: usize, mut f: impl FnMut(*const u8)) {
         if step == 0 {
             f(&self.state as *const RtcState as *const u8);

@@ -1675,16 +1675,19 @@ impl Session {
             1 => f(self.codec_config.params().as_ptr() as *const u8),
             2 if hint < self.medias.len() => {
                 let media = self.medias.as_ptr().wrapping_add(hint) as *const u8;
-                for offset in (0..std::mem::size_of::<Media>()).step_by(64) {
+                let size = std::mem::size_of::<Media>();
+                for offset in (0..size).step_by(64) {
                     f(media.wrapping_add(offset));
                 }
+                // Its last line, where the m-line does not start on one.
+                f(media.wrapping_add(size - 1));
             }
-            2 => {}
-            _ => {
+            3 => {
                 if let Some(media) = self.medias.get(hint) {
                     self.streams.tx_write_lines(media.tx_slot(), f);
                 }
             }
+            _ => {}
         }
     }
 
@@ -2074,6 +2077,7 @@ mod tests {
 
         let session = &rtc.session;
         let lists = addrs(&rtc, 0, hint);
+        assert!(lists.contains(&(&rtc.state as *const crate::RtcState as usize)));
         assert!(lists.contains(&(&session.medias as *const Vec<Media> as usize)));
         assert!(lists.contains(&(session.codec_config.params_field() as usize)));
         assert!(lists.contains(&(session.streams.tx_slots_field() as usize)));
@@ -2091,7 +2095,7 @@ mod tests {
         let stream = rtc.session.streams.stream_tx(&42.into()).unwrap() as *const StreamTx as usize;
         assert!(within(&stream_lines, stream, size_of::<StreamTx>()));
 
-        // A stale hint gives no m-line and no stream.
+        // A hint past the m-lines gives no m-line and no stream.
         assert!(addrs(&rtc, 2, 7).is_empty());
         assert!(addrs(&rtc, 3, usize::MAX).is_empty());
     }

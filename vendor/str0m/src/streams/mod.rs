@@ -928,9 +928,12 @@ impl Streams {
     }
 
     /// Parloir patch 49: what a write touches of the stream in `slot`, given to `f` by
-    /// address (`StreamTx::write_lines`; not read: for a prefetch).
+    /// address (`StreamTx::write_lines`; not read: for a prefetch); nothing for a slot past
+    /// the end (an m-line not written to yet has none).
     pub(crate) fn tx_write_lines(&self, slot: u32, f: &mut impl FnMut(*const u8)) {
-        StreamTx::write_lines(self.streams_tx.slot_addr(slot), f)
+        if let Some(at) = self.streams_tx.slot_addr(slot) {
+            StreamTx::write_lines(at, f)
+        }
     }
 
     /// Parloir patch 43: as [`Self::stream_tx_by_midrid`], trying the slot `hint` first (an

@@ -373,9 +373,9 @@ impl RtpWrite {
 impl StreamTx {
     /// Parloir patch 49: the fields a write touches (`write_rtp`, the queue's state and the
     /// m-line's lookup by mid and rid), by their offsets in the stream in `slot`. An
-    /// `Option<StreamTx>` keeps its stream at its start (the stream's references give the
-    /// option its niche; `the_slot_holds_the_stream_at_its_start`); were it not so, only the
-    /// prefetches would miss.
+    /// `Option<StreamTx>` keeps its stream at its start (the stream's own fields, a `Vec`'s
+    /// pointer among them, give the option its niche; `the_slot_holds_the_stream_at_its_start`);
+    /// were it not so, only the prefetches would miss.
     pub(crate) fn write_lines(slot: *const Option<StreamTx>, f: &mut impl FnMut(*const u8)) {
         use std::mem::offset_of;
         const HOT: [usize; 6] = [

@@ -51,10 +51,11 @@ impl TxSlots {
         &self.slots as *const Vec<Option<StreamTx>> as *const u8
     }
 
-    /// Parloir patch 49: where the stream in `slot` would lie (not read, and `slot` not
-    /// checked: for a prefetch).
-    pub(crate) fn slot_addr(&self, slot: u32) -> *const Option<StreamTx> {
-        self.slots.as_ptr().wrapping_add(slot as usize)
+    /// Parloir patch 49: where the stream in `slot` lies, if there is such a slot (the
+    /// slot is not read: for a prefetch).
+    pub(crate) fn slot_addr(&self, slot: u32) -> Option<*const Option<StreamTx>> {
+        let slot = slot as usize;
+        (slot < self.slots.len()).then(|| self.slots.as_ptr().wrapping_add(slot))
     }
 
     /// The stream in `slot`, if any: any `u32` may be asked for (a stale hint).
