@@ -550,7 +550,9 @@ struct Peer {
     queued: bool,
     /// Publisher side: mid → msid track id from the client's latest offer, and bound tracks.
     msids: HashMap<String, String>,
-    mids_in: FastMap<Mid, String>,
+    /// Publisher side: mid → the sid of the track bound to it (shared: each frame takes a
+    /// reference along, not a copy).
+    mids_in: FastMap<Mid, Arc<str>>,
     /// Subscriber side: track sid → outgoing m-line, and the reverse. A track's receivers
     /// list holds each one's place ([`Track::receivers`]).
     outs: FastIndexMap<String, Out>,
@@ -791,6 +793,12 @@ struct Track {
     /// pause, the layers announced).
     receivers: Vec<(PeerId, usize)>,
     receivers_stale: bool,
+    /// Dynacast: the highest quality this worker's subscribers want (`None`: none wants
+    /// it), and whether it must be worked out again at the next pass. Set stale by the
+    /// same changes as `receivers` ([`Track::changed`]): working it out visits every
+    /// subscriber's settings, which for every track at every pass was O(N²) lookups.
+    wanted_here: Option<u8>,
+    wanted_stale: bool,
     /// Last key frame request, per layer (`None` without simulcast).
     last_keyframe_request: FastMap<Option<Rid>, Instant>,
     /// Dynacast: the highest quality any subscriber wants, as last told to the publisher.
@@ -834,6 +842,8 @@ impl Track {
             subscribers: Vec::new(),
             receivers: Vec::new(),
             receivers_stale: true,
+            wanted_here: None,
+            wanted_stale: true,
             last_keyframe_request: FastMap::default(),
             told_quality: None,
             record_quality: None,
@@ -844,6 +854,13 @@ impl Track {
             relays: Vec::new(),
             relayed: None,
         }
+    }
+
+    /// Its subscribers, or what they ask of it, changed: its receivers and what they want
+    /// are worked out again before they are next used.
+    fn changed(&mut self) {
+        self.receivers_stale = true;
+        self.wanted_stale = true;
     }
 
     /// Works out which subscribers its frames go to: those whose m-line is open on a connection
@@ -1116,7 +1133,7 @@ const LOSSY: &str = "_lossy";
 /// ([`Track::receivers`]).
 fn receivers_changed(tracks: &mut FastMap<String, Track>, sid: &str) {
     if let Some(track) = tracks.get_mut(sid) {
-        track.receivers_stale = true;
+        track.changed();
     }
 }
 
@@ -1155,6 +1172,27 @@ fn prefetch_receivers(peers: &FastMap<PeerId, Box<Peer>>, receivers: &[(PeerId, 
             && let Some((_, out)) = peer.outs.get_index(place)
         {
             peer.rtc.write_prefetch(step, out.media_hint, prefetch);
+        }
+    }
+}
+
+/// Prefetches what draining the next dirty peers reads first (str0m patch 52,
+/// `Rtc::poll_prefetch`), while this one is drained: after a fan-out, each receiver's drain
+/// began with a chain of first touches (its connection's state, the stream written to, the
+/// slot of the cache of sent packets), each found from the one before. As in
+/// [`prefetch_receivers`], each link is prefetched one peer after the link it is read from:
+/// three peers ahead the peer's fields and its connection's, two the stream, one the packet
+/// and its cache slot. `dirty` is drained from its end.
+fn prefetch_drains(peers: &FastMap<PeerId, Box<Peer>>, dirty: &[PeerId]) {
+    let at = |k: usize| peers.get(&dirty[dirty.len().checked_sub(k)?]);
+    if let Some(peer) = at(3) {
+        prefetch(&peer.queued as *const bool as *const u8);
+        prefetch(&peer.deadline as *const Option<Instant> as *const u8);
+        peer.rtc.poll_prefetch(0, prefetch);
+    }
+    for (k, step) in [(2, 1), (1, 2)] {
+        if let Some(peer) = at(k) {
+            peer.rtc.poll_prefetch(step, prefetch);
         }
     }
 }
@@ -2064,7 +2102,7 @@ impl Sfu {
         for sid in peer.outs.keys() {
             if let Some(track) = self.tracks.get_mut(sid) {
                 track.subscribers.retain(|p| *p != pid);
-                track.receivers_stale = true;
+                track.changed();
             }
         }
         self.nack_seen.retain(|(p, _, _), _| *p != pid);
@@ -2091,6 +2129,9 @@ impl Sfu {
     fn run(&mut self, now: Instant) {
         loop {
             while let Some(pid) = self.dirty.pop() {
+                if cfg!(target_arch = "x86_64") {
+                    prefetch_drains(&self.peers, &self.dirty);
+                }
                 self.drain(pid);
             }
             let Some((pid, event)) = self.events.pop_front() else {
@@ -2497,11 +2538,16 @@ impl Sfu {
             .msids
             .iter()
             .filter_map(|(mid, track_id)| {
-                let sid = peer.mids_in.get(&Mid::from(mid.as_str())).or_else(|| {
-                    self.participants
-                        .get(&session)
-                        .and_then(|p| p.pending.get(track_id))
-                })?;
+                let sid = peer
+                    .mids_in
+                    .get(&Mid::from(mid.as_str()))
+                    .map(|sid| &**sid)
+                    .or_else(|| {
+                        self.participants
+                            .get(&session)
+                            .and_then(|p| p.pending.get(track_id))
+                            .map(String::as_str)
+                    })?;
                 let info = &self.tracks.get(sid)?.info;
                 if info.r#type == proto::TrackType::Audio as i32 {
                     let first = if info.disable_red { "opus" } else { "red" };
@@ -2621,7 +2667,7 @@ impl Sfu {
             .mids_in
             .iter()
             .filter(|(mid, _)| !sending.contains(&mid.to_string()))
-            .map(|(mid, sid)| (*mid, sid.clone()))
+            .map(|(mid, sid)| (*mid, sid.to_string()))
             .collect();
         if stopped.is_empty() {
             return;
@@ -2714,7 +2760,7 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
-        peer.mids_in.insert(mid, sid.to_string());
+        peer.mids_in.insert(mid, Arc::from(sid));
         let session = peer.session;
         let Some(track) = self.tracks.get_mut(sid) else {
             return;
@@ -2833,7 +2879,7 @@ impl Sfu {
         peer.needs_offer = true;
         if let Some(track) = self.tracks.get_mut(track_sid) {
             track.subscribers.push(pid);
-            track.receivers_stale = true;
+            track.changed();
             // A mirror's first subscriber here: its worker starts relaying now (the next
             // dynacast pass tells it the quality wanted).
             if let Some(worker) = track.remote
@@ -2860,7 +2906,7 @@ impl Sfu {
         peer.remove_out(track_sid);
         if let Some(track) = self.tracks.get_mut(track_sid) {
             track.subscribers.retain(|p| *p != pid);
-            track.receivers_stale = true;
+            track.changed();
         }
     }
 
@@ -3088,13 +3134,13 @@ impl Sfu {
         let Some(sid) = self.peers.get(&pid).and_then(|p| p.mids_in.get(&data.mid)) else {
             return;
         };
-        let sid = sid.clone();
+        let sid = Arc::clone(sid);
         self.forward_track(now, sid, data);
     }
 
     /// Forwards a frame of track `sid`: published here, or relayed by its worker.
-    fn forward_track(&mut self, now: Instant, sid: String, data: MediaData) {
-        let Some(track) = self.tracks.get_mut(&sid) else {
+    fn forward_track(&mut self, now: Instant, sid: Arc<str>, data: MediaData) {
+        let Some(track) = self.tracks.get_mut(&*sid) else {
             return;
         };
         // The other workers with subscribers of it get every frame (their subscribers' layers
@@ -3224,7 +3270,7 @@ impl Sfu {
                 identity: p.info.identity.clone(),
                 name: p.info.name.clone(),
                 joined_at_ms: p.info.joined_at_ms,
-                track_sid: sid.clone(),
+                track_sid: sid.to_string(),
                 video,
                 screen_share: track.info.source == proto::TrackSource::ScreenShare as i32,
                 codec,
@@ -3254,7 +3300,7 @@ impl Sfu {
                 participant_sid: p.info.sid.clone(),
                 identity: p.info.identity.clone(),
                 name: p.info.name.clone(),
-                track_sid: sid.clone(),
+                track_sid: sid.to_string(),
                 rtp_time: data
                     .time
                     .rebase(str0m::media::Frequency::FORTY_EIGHT_KHZ)
@@ -3319,7 +3365,7 @@ impl Sfu {
                     .is_none_or(|(_, out)| out.track != track.key);
                 let out = if moved {
                     places_moved = true;
-                    peer.outs.get_mut(&sid)
+                    peer.outs.get_mut(&*sid)
                 } else {
                     peer.outs.get_index_mut(place).map(|(_, out)| out)
                 };
@@ -3466,7 +3512,7 @@ impl Sfu {
         if !contiguous
             && self
                 .tracks
-                .get(&sid)
+                .get(&*sid)
                 .is_some_and(|t| t.kind == MediaKind::Video)
         {
             self.request_keyframe(now, &sid, data.rid, KeyframeRequestKind::Fir);
@@ -4123,9 +4169,9 @@ impl Sfu {
         let mut updates = Vec::new();
         let mut wants = Vec::new();
         for (sid, track) in &mut self.tracks {
-            let layers = track.published_layers();
-            let local_wanted = || {
-                track
+            if track.wanted_stale {
+                let layers = track.published_layers();
+                track.wanted_here = track
                     .subscribers
                     .iter()
                     .filter_map(|pid| self.peers.get(pid))
@@ -4136,11 +4182,13 @@ impl Sfu {
                             .and_then(|p| p.settings.get(sid));
                         simulcast::wanted_quality(settings, layers)
                     })
-                    .max()
-            };
+                    .max();
+                track.wanted_stale = false;
+            }
+            let layers = track.published_layers();
             // A mirror tells its worker whether it has subscribers here, and what they want.
             if let Some(worker) = track.remote {
-                let now = (!track.subscribers.is_empty(), local_wanted());
+                let now = (!track.subscribers.is_empty(), track.wanted_here);
                 if track.relayed != Some(now) {
                     track.relayed = Some(now);
                     wants.push((worker, sid.clone(), now));
@@ -4153,7 +4201,8 @@ impl Sfu {
             let Some(codec) = track.info.codecs.first() else {
                 continue;
             };
-            let wanted = local_wanted()
+            let wanted = track
+                .wanted_here
                 .max(track.record_quality)
                 .max(track.relays.iter().filter_map(|(_, q)| *q).max());
             if track.told_quality == Some(wanted) {

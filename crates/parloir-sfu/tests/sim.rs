@@ -1771,13 +1771,25 @@ fn publishers_are_told_which_layers_their_subscribers_need() {
     settings(&mut sim, "b", &cam, size(640, 360));
     sim.run_for(Duration::from_secs(1));
     assert_eq!(enabled(&sim, "pub", &cam), [true, true, false]);
+    // The one who wanted it leaves: the middle layer is needed no more.
+    let b = sim.client("b").session;
+    sim.commands.push(Command::Leave { session: b });
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(enabled(&sim, "pub", &cam), [true, false, false]);
+    // Someone joins and says nothing: everything may be needed again.
+    sim.join("c");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(enabled(&sim, "pub", &cam), [true, true, true]);
+    settings(&mut sim, "c", &cam, size(640, 360));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(enabled(&sim, "pub", &cam), [true, true, false]);
     // Turned off by both: the lowest layer stays, for the next subscriber to start at once.
     let off = proto::UpdateTrackSettings {
         disabled: true,
         ..Default::default()
     };
     settings(&mut sim, "a", &cam, off.clone());
-    settings(&mut sim, "b", &cam, off);
+    settings(&mut sim, "c", &cam, off);
     sim.run_for(Duration::from_secs(1));
     assert_eq!(enabled(&sim, "pub", &cam), [true, false, false]);
 }

@@ -152,6 +152,12 @@ impl Dtls {
         self.pending_packets.pop_front()
     }
 
+    /// Parloir patch 52: where the queue `poll_packet` takes from lies (not read: for a
+    /// prefetch).
+    pub(crate) fn pending_field(&self) -> *const u8 {
+        &self.pending_packets as *const VecDeque<DatagramSend> as *const u8
+    }
+
     /// Handle an incoming DTLS packet.
     pub fn handle_receive(&mut self, packet: &[u8]) -> Result<(), DtlsError> {
         if !self.is_inited() {

@@ -1518,16 +1518,44 @@ impl Rtc {
     /// reads, given to `f` by address in four steps, each step's addresses read from memory
     /// the steps before gave: `0` the connection's state and its lists of m-lines, codecs and
     /// outgoing streams; `1` the first line of the codecs' list; `2` the m-line at `hint`;
-    /// `3` the hot fields of the stream it last wrote to. For a caller that fans a frame out
-    /// to many connections, to prefetch the next ones' while it writes to this one (a step or
-    /// more apart, so that what a step reads has come in). Nothing is read through the
-    /// addresses here. `hint` may be stale: past the m-lines (`usize::MAX` before the first
+    /// `3` the hot fields of the stream it last wrote to and the lines of the m-line's first
+    /// payloader (patch 51). For a caller that fans a frame out to many connections, to
+    /// prefetch the next ones' while it writes to this one (a step or more apart, so that
+    /// what a step reads has come in). Nothing is read through the addresses here. `hint` may be stale: past the m-lines (`usize::MAX` before the first
     /// write) it gives nothing at steps `2` and `3`; within them, another m-line's.
     pub fn write_prefetch(&self, step: u8, hint: usize, mut f: impl FnMut(*const u8)) {
         if step == 0 {
             f(&self.state as *const RtcState as *const u8);
         }
         self.session.write_prefetch(step, hint, &mut f);
+    }
+
+    /// Parloir patch 52: the memory the next [`Rtc::poll_output`] reads when a frame was
+    /// just written and its packets wait to be sent, given to `f` by address in three steps,
+    /// each step's addresses read from memory the steps before gave: `0` the connection's
+    /// state and the fields of its session that sending a packet reads (the DTLS queue, the
+    /// feedback, SRTP, the pacer, the lists of m-lines, codecs and outgoing streams, the
+    /// packet buffer, TWCC); `1` the hot fields of the stream last written to, its m-line's
+    /// extensions, the codecs' first line, the packet buffer's first line; `2` the packet at
+    /// the head of that stream's queue and the slot of its cache of sent packets the packet
+    /// goes to. For a caller that polls many connections in turn, to prefetch the next ones'
+    /// while it polls this one. Nothing is read through the addresses here.
+    pub fn poll_prefetch(&self, step: u8, mut f: impl FnMut(*const u8)) {
+        if step == 0 {
+            for field in [
+                &self.state as *const RtcState as *const u8,
+                &self.readiness as *const _ as *const u8,
+                &self.send_addr as *const _ as *const u8,
+                &self.last_now as *const Instant as *const u8,
+                &self.others_timeout as *const _ as *const u8,
+                &self.cached_timeout as *const Instant as *const u8,
+                &self.peer_bytes_tx as *const u64 as *const u8,
+                self.dtls.pending_field(),
+            ] {
+                f(field);
+            }
+        }
+        self.session.poll_prefetch(step, &mut f);
     }
 
     /// Parloir patch 43: as [`Rtc::writer`], trying the m-line position in `hint` first and

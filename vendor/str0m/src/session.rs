@@ -1685,8 +1685,49 @@ impl Session {
             3 => {
                 if let Some(media) = self.medias.get(hint) {
                     self.streams.tx_write_lines(media.tx_slot(), f);
+                    media.payloader_lines(f);
                 }
             }
+            _ => {}
+        }
+    }
+
+    /// Parloir patch 52: see `Rtc::poll_prefetch`.
+    pub(crate) fn poll_prefetch(&self, step: u8, f: &mut impl FnMut(*const u8)) {
+        fn at<T>(field: &T) -> *const u8 {
+            field as *const T as *const u8
+        }
+        let (slot, index) = self.last_tx;
+        match step {
+            0 => {
+                for field in [
+                    at(&self.rtp_closing),
+                    at(&self.feedback_tx),
+                    at(&self.srtp_tx),
+                    at(&self.pacer),
+                    at(&self.last_tx),
+                    at(&self.medias),
+                    at(&self.poll_packet_buf),
+                    at(&self.twcc),
+                    at(&self.twcc_tx_register),
+                    at(&self.bwe),
+                    at(&self.media_bytes_tx),
+                    at(&self.raw_packets),
+                    self.codec_config.params_field(),
+                    self.streams.tx_slots_field(),
+                ] {
+                    f(field);
+                }
+            }
+            1 => {
+                self.streams.tx_poll_lines(slot, f);
+                if let Some(media) = self.medias.get(index) {
+                    f(at(media.remote_extmap()));
+                }
+                f(self.codec_config.params().as_ptr() as *const u8);
+                f(self.poll_packet_buf.as_ptr());
+            }
+            2 => self.streams.tx_poll_next_lines(slot, f),
             _ => {}
         }
     }
@@ -2091,13 +2132,126 @@ mod tests {
         let mline = addrs(&rtc, 2, hint);
         assert!(mline.contains(&media));
         assert!(within(&mline, media, size_of::<Media>()));
-        let stream_lines = addrs(&rtc, 3, hint);
+        // Step 3: the stream's hot fields, then the lines of the m-line's payloader.
+        let lines = addrs(&rtc, 3, hint);
         let stream = rtc.session.streams.stream_tx(&42.into()).unwrap() as *const StreamTx as usize;
-        assert!(within(&stream_lines, stream, size_of::<StreamTx>()));
+        let (payloader, size) = rtc.session.medias[hint].first_payloader().unwrap();
+        let split = lines
+            .iter()
+            .position(|&a| a >= payloader && a < payloader + size)
+            .unwrap();
+        assert!(within(&lines[..split], stream, size_of::<StreamTx>()));
+        assert!(within(&lines[split..], payloader, size));
+        assert!(lines[split..].contains(&payloader));
 
         // A hint past the m-lines gives no m-line and no stream.
         assert!(addrs(&rtc, 2, 7).is_empty());
         assert!(addrs(&rtc, 3, usize::MAX).is_empty());
+    }
+
+    // Parloir patch 52: the drain's prefetch points at what sending the packets of the frame
+    // just written reads: the connection's fields, then the stream's, then the packet at
+    // the head of its queue and the cache slot a sent packet goes to.
+    #[test]
+    fn poll_prefetch_points_at_what_sending_reads() {
+        use crate::format::Codec;
+        use crate::net::Protocol;
+        use crate::rtp_::{Frequency, MediaTime};
+        use crate::streams::{StreamTx, TxPacket};
+        use crate::{Input, Output};
+        use std::mem::size_of;
+
+        let now = Instant::now();
+        let mut rtc = keyed_rtc(now);
+        rtc.direct_api()
+            .declare_stream_tx(42.into(), Some(43.into()), "vid".into(), None);
+        rtc.send_addr = Some(crate::SendAddr {
+            proto: Protocol::Udp,
+            source: "1.1.1.1:1000".parse().unwrap(),
+            destination: "2.2.2.2:2000".parse().unwrap(),
+        });
+        rtc.handle_input(Input::Timeout(now)).unwrap();
+        while !matches!(rtc.poll_output().unwrap(), Output::Timeout(_)) {}
+        let pt = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .map(|p| p.pt())
+            .unwrap();
+        let addrs = |rtc: &crate::Rtc, step: u8| {
+            let mut v = vec![];
+            rtc.poll_prefetch(step, |a| v.push(a as usize));
+            v
+        };
+        let write = |rtc: &mut crate::Rtc, n: u64| {
+            let mut hint = usize::MAX;
+            rtc.writer_hinted("vid".into(), &mut hint)
+                .unwrap()
+                .now(now)
+                .write(
+                    pt,
+                    now,
+                    MediaTime::new(n * 3000, Frequency::NINETY_KHZ),
+                    vec![0x10u8; 200],
+                )
+                .unwrap();
+        };
+
+        write(&mut rtc, 0);
+        let stream = rtc.session.streams.stream_tx(&42.into()).unwrap() as *const StreamTx as usize;
+        let fields = addrs(&rtc, 0);
+        assert!(fields.contains(&(&rtc.state as *const crate::RtcState as usize)));
+        assert!(fields.contains(&(&rtc.send_addr as *const _ as usize)));
+        assert!(fields.contains(&(rtc.dtls.pending_field() as usize)));
+        let session = &rtc.session;
+        assert!(fields.contains(&(&session.last_tx as *const _ as usize)));
+        assert!(fields.contains(&(session.streams.tx_slots_field() as usize)));
+
+        // Step 1: the stream's fields, then the m-line's extensions, the codecs, the buffer.
+        let lines = addrs(&rtc, 1);
+        let (slot, index) = session.last_tx;
+        assert_eq!(session.medias[index].mid(), "vid".into());
+        let in_stream = |a: &usize| *a >= stream && *a < stream + size_of::<StreamTx>();
+        let outside: Vec<usize> = lines.iter().copied().filter(|a| !in_stream(a)).collect();
+        assert!(lines.len() > outside.len());
+        assert_eq!(
+            outside,
+            [
+                session.medias[index].remote_extmap() as *const _ as usize,
+                session.codec_config.params().as_ptr() as usize,
+                session.poll_packet_buf.as_ptr() as usize,
+            ]
+        );
+
+        // Step 2 before the send: the packet at the head of the queue, whole (nothing is in
+        // the cache of sent packets yet).
+        let head = addrs(&rtc, 2);
+        assert_eq!(head.len(), 2);
+        assert_eq!(head[1] - head[0], size_of::<TxPacket>() - 1);
+        assert!(!in_stream(&head[0]));
+
+        // Sent: the queue is empty, and the next packet goes to the cache's next slot.
+        rtc.handle_input(Input::Timeout(now)).unwrap();
+        let mut sent = 0;
+        loop {
+            match rtc.poll_output().unwrap() {
+                Output::Timeout(_) => break,
+                Output::Transmit(_) => sent += 1,
+                Output::Event(_) => {}
+            }
+        }
+        assert!(sent > 0);
+        let stream = rtc.session.streams.stream_tx(&42.into()).unwrap();
+        let last = stream.rtx_cache().last_cached_seq_no().unwrap();
+        let (next, size) = stream.rtx_cache().slot_of((*last + 1).into());
+        assert_eq!(addrs(&rtc, 2), [next, next + size - 1]);
+        assert_eq!(rtc.session.last_tx.0, slot);
+
+        // A slot past the streams gives nothing at steps 1 and 2 but what is not the stream's.
+        rtc.session.last_tx = (crate::streams::NO_SLOT, usize::MAX);
+        assert!(addrs(&rtc, 2).is_empty());
+        assert_eq!(addrs(&rtc, 1).len(), 2);
     }
 
     // Parloir patch 48: a statistics pass without the streams' is not one that visits every

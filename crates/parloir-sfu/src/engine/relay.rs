@@ -23,6 +23,7 @@
 //! A room's home worker ([`home_worker`]) announces it by webhook and gives it its sid; a
 //! participant's webhooks come from its own worker.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use livekit_protocol as proto;
@@ -57,7 +58,7 @@ pub enum Relay {
     /// A participant of the receiving worker is replaced by a newer session of its identity.
     Evict { session: SessionId },
     /// A frame of a track published on the sending worker.
-    Media { track: String, data: MediaData },
+    Media { track: Arc<str>, data: MediaData },
     /// For a track published on the receiving worker: whether the sender has subscribers of
     /// it, and the highest quality they want.
     Wants {
@@ -132,7 +133,7 @@ impl Sfu {
             Relay::Media { track, data } => {
                 if self
                     .tracks
-                    .get(&track)
+                    .get(&*track)
                     .is_some_and(|t| t.remote == Some(from))
                 {
                     self.stats.frames_relayed_in += 1;

@@ -136,8 +136,11 @@ pub struct Media {
     /// depayload from RTP to frames.
     depayloaders: FastMap<(Pt, Option<Rid>), DepacketizingBuffer>,
 
-    /// Payloaders for outoing RTP packets.
-    payloaders: FastMap<(Pt, Option<Rid>), PayloaderEntry>,
+    /// Payloaders for outoing RTP packets, by (pt, rid). Parloir patch 51: a list, searched
+    /// in order (a map before): an m-line has one or a few, and the map's lookup (a hash,
+    /// a control byte, a bucket) was cold memory at each write in a large room; the list's
+    /// first entry is where `Rtc::write_prefetch` points.
+    payloaders: Vec<((Pt, Option<Rid>), PayloaderEntry)>,
 
     /// Whether outgoing packets are wrapped in RFC 2198 RED right now. RED availability is fixed at
     /// negotiation (or set up via DirectAPI); this is the runtime send-side lever, toggled with no
@@ -219,7 +222,7 @@ pub(crate) struct ToPayload {
 
 /// Per-(pt, rid) outgoing payloader entry stored in [`Media::payloaders`]: the codec-agnostic
 /// [`Payloader`] together with its optional RFC 2198 RED send state. Bundling them keeps a single
-/// map keyed by (pt, rid) rather than parallel maps on the same key.
+/// list keyed by (pt, rid) rather than parallel lists on the same key.
 #[derive(Debug)]
 struct PayloaderEntry {
     payloader: Payloader,
@@ -517,14 +520,42 @@ impl Media {
         params: &[PayloadParams],
         vp9_mode: Vp9PacketizerMode,
     ) -> &mut PayloaderEntry {
-        self.payloaders.entry((pt, rid)).or_insert_with(|| {
-            // Unwrap is OK, the pt should be checked already when calling this function.
-            let params = params.iter().find(|p| p.pt == pt).unwrap();
-            PayloaderEntry {
-                payloader: Payloader::new(params.spec, vp9_mode),
-                red: None,
+        let key = (pt, rid);
+        let index = match self.payloaders.iter().position(|(k, _)| *k == key) {
+            Some(index) => index,
+            None => {
+                // Unwrap is OK, the pt should be checked already when calling this function.
+                let params = params.iter().find(|p| p.pt == pt).unwrap();
+                let entry = PayloaderEntry {
+                    payloader: Payloader::new(params.spec, vp9_mode),
+                    red: None,
+                };
+                self.payloaders.push((key, entry));
+                self.payloaders.len() - 1
             }
-        })
+        };
+        &mut self.payloaders[index].1
+    }
+
+    /// Parloir patch 51: the lines of the payloader a write to this m-line most likely uses
+    /// (its first), given to `f` by address; nothing read through them (`Rtc::write_prefetch`).
+    pub(crate) fn payloader_lines(&self, f: &mut impl FnMut(*const u8)) {
+        if self.payloaders.is_empty() {
+            return;
+        }
+        let entry = self.payloaders.as_ptr() as *const u8;
+        let size = std::mem::size_of::<((Pt, Option<Rid>), PayloaderEntry)>();
+        for offset in (0..size).step_by(64) {
+            f(entry.wrapping_add(offset));
+        }
+        f(entry.wrapping_add(size - 1));
+    }
+
+    /// The first payloader's entry and its size (tests of `Rtc::write_prefetch`).
+    #[cfg(test)]
+    pub(crate) fn first_payloader(&self) -> Option<(usize, usize)> {
+        let size = std::mem::size_of::<((Pt, Option<Rid>), PayloaderEntry)>();
+        (!self.payloaders.is_empty()).then(|| (self.payloaders.as_ptr() as usize, size))
     }
 
     fn queue_position(&self, to_payload: &ToPayload) -> usize {
@@ -757,7 +788,7 @@ impl Default for Media {
             simulcast: None,
             rids_rx: Rids::Any,
             rids_tx: Rids::None,
-            payloaders: FastMap::default(),
+            payloaders: Vec::new(),
             depayloaders: FastMap::default(),
             to_payload: VecDeque::default(),
             last_tele_end: None,

@@ -445,17 +445,24 @@ impl CodecPacketizer {
     /// for the codecs whose packetizers only copy (they go through `packetize`). The marker of
     /// a packetizer that gives pieces depends only on whether the packet is the frame's last:
     /// `is_marker` reads neither packet's bytes.
+    ///
+    /// Parloir patch 53: the packets are added to `out`, a list the caller keeps from frame to
+    /// frame (two lists were allocated per frame and connection: the codec's pieces, then the
+    /// chunks). `None` (and `out` unchanged) for the codecs that only copy.
     pub(crate) fn packetize_pieces(
         &mut self,
         mtu: usize,
         b: &[u8],
-    ) -> Option<Result<Vec<Chunk>, PacketError>> {
-        let pieces = |pieces: Vec<Piece>| pieces.into_iter().map(Chunk::Piece).collect();
+        out: &mut Vec<Chunk>,
+    ) -> Option<Result<(), PacketError>> {
         match self {
-            CodecPacketizer::Vp8(v) => Some(v.packetize_pieces(mtu, b).map(pieces)),
-            CodecPacketizer::Vp9(v) => Some(v.packetize_pieces(mtu, b).map(pieces)),
-            CodecPacketizer::Opus(v) => Some(Ok(pieces(v.packetize_pieces(mtu, b)))),
-            CodecPacketizer::H264(v) => Some(v.packetize_chunks(mtu, b)),
+            CodecPacketizer::Vp8(v) => Some(v.pieces_into(mtu, b, out)),
+            CodecPacketizer::Vp9(v) => Some(v.pieces_into(mtu, b, out)),
+            CodecPacketizer::Opus(v) => {
+                v.pieces_into(mtu, b, out);
+                Some(Ok(()))
+            }
+            CodecPacketizer::H264(v) => Some(v.packetize_chunks(mtu, b).map(|c| out.extend(c))),
             _ => None,
         }
     }

@@ -1,4 +1,4 @@
-use super::{CodecExtra, Depacketizer, PacketError, Packetizer, Piece};
+use super::{Chunk, CodecExtra, Depacketizer, PacketError, Packetizer, Piece};
 
 /// Packetizes Opus RTP packets.
 ///
@@ -12,20 +12,24 @@ pub struct OpusPacketizer;
 impl OpusPacketizer {
     /// Parloir patch 26: the packets of [`Packetizer::packetize`] as pieces of `payload`.
     pub(crate) fn packetize_pieces(&mut self, mtu: usize, payload: &[u8]) -> Vec<Piece> {
-        if payload.is_empty() || mtu == 0 {
-            return vec![];
-        }
+        let mut out = Vec::new();
+        self.pieces_into(mtu, payload, &mut out);
+        out.into_iter().filter_map(Chunk::piece).collect()
+    }
 
-        let mut out = vec![];
+    /// Parloir patch 53: [`OpusPacketizer::packetize_pieces`] added to `out` (a list the
+    /// caller keeps from frame to frame: no allocation per frame).
+    pub(crate) fn pieces_into(&mut self, mtu: usize, payload: &[u8], out: &mut Vec<Chunk>) {
+        if payload.is_empty() || mtu == 0 {
+            return;
+        }
 
         let mut cur = 0;
         while cur < payload.len() {
             let min = mtu.min(payload.len() - cur);
-            out.push(Piece::new(&[], cur, min));
+            out.push(Chunk::Piece(Piece::new(&[], cur, min)));
             cur += mtu;
         }
-
-        out
     }
 }
 

@@ -21,6 +21,8 @@ use super::{Chunk, CodecPacketizer, Packetizer, Piece};
 pub struct Payloader {
     pack: CodecPacketizer,
     clock_rate: Frequency,
+    /// Parloir patch 53: the list a frame's packets are made in, kept from frame to frame.
+    chunks: Vec<Chunk>,
 }
 
 /// A packet ready to hand to a [`PacketSink`]: the RTP fields plus the primary payload as an owned
@@ -66,6 +68,7 @@ impl Payloader {
         Payloader {
             pack,
             clock_rate: spec.rtp_clock_rate(),
+            chunks: Vec::new(),
         }
     }
 
@@ -87,23 +90,23 @@ impl Payloader {
 
         // Parloir patch 26: where the sink takes them and the codec's packetizer makes them,
         // the packets are pieces of the frame, which they share, instead of copies.
+        // Patch 53: the list of chunks kept from the last frame (empty, with its capacity).
+        let mut chunks = std::mem::take(&mut self.chunks);
+        chunks.clear();
         let pieces = if S::SHARES {
-            self.pack.packetize_pieces(mtu, data.as_ref()).transpose()?
+            self.pack
+                .packetize_pieces(mtu, data.as_ref(), &mut chunks)
+                .transpose()?
         } else {
             None
         };
-        // The packetizer's chunks are iterated as they come: a shared frame costs one Vec of
-        // chunks per frame and subscriber, not a second one to pair them with copies.
-        let chunks: Vec<Chunk> = match pieces {
-            Some(chunks) => chunks,
-            None => (self.pack.packetize(mtu, data.as_ref())?)
-                .into_iter()
-                .map(Chunk::Copy)
-                .collect(),
-        };
+        if pieces.is_none() {
+            let copies = self.pack.packetize(mtu, data.as_ref())?;
+            chunks.extend(copies.into_iter().map(Chunk::Copy));
+        }
         let len = chunks.len();
 
-        for (idx, chunk) in chunks.into_iter().enumerate() {
+        for (idx, chunk) in chunks.drain(..).enumerate() {
             let (chunk, piece) = match chunk {
                 Chunk::Piece(p) => (Vec::new(), Some(p)),
                 Chunk::Copy(bytes) => (bytes, None),
@@ -150,6 +153,7 @@ impl Payloader {
                 shared: piece.map(|p| (p, data.clone())),
             });
         }
+        self.chunks = chunks;
 
         Ok(())
     }

@@ -71,6 +71,14 @@ pub(crate) enum Chunk {
 }
 
 impl Chunk {
+    /// The piece, if the packet is one.
+    pub(crate) fn piece(self) -> Option<Piece> {
+        match self {
+            Chunk::Piece(piece) => Some(piece),
+            Chunk::Copy(_) => None,
+        }
+    }
+
     /// The packet's payload as one buffer.
     pub(crate) fn into_vec(self, frame: &[u8]) -> Vec<u8> {
         match self {

@@ -3,7 +3,7 @@ use std::fmt;
 
 use crate::rtp_::{extend_u7, extend_u8, extend_u15};
 
-use super::{BitRead, CodecExtra, Depacketizer, PacketError, Packetizer, Piece};
+use super::{BitRead, Chunk, CodecExtra, Depacketizer, PacketError, Packetizer, Piece};
 
 pub const VP8_HEADER_SIZE: usize = 1;
 
@@ -461,8 +461,21 @@ impl Vp8Packetizer {
         mtu: usize,
         payload: &[u8],
     ) -> Result<Vec<Piece>, PacketError> {
+        let mut out = Vec::new();
+        self.pieces_into(mtu, payload, &mut out)?;
+        Ok(out.into_iter().filter_map(Chunk::piece).collect())
+    }
+
+    /// Parloir patch 53: [`Vp8Packetizer::packetize_pieces`] added to `out` (a list the
+    /// caller keeps from frame to frame: no allocation per frame).
+    pub(crate) fn pieces_into(
+        &mut self,
+        mtu: usize,
+        payload: &[u8],
+        out: &mut Vec<Chunk>,
+    ) -> Result<(), PacketError> {
         if payload.is_empty() || mtu == 0 {
-            return Ok(vec![]);
+            return Ok(());
         }
 
         /*
@@ -498,11 +511,10 @@ impl Vp8Packetizer {
         let max_fragment_size = mtu as isize - using_header_size as isize;
         let mut payload_data_remaining = payload.len() as isize;
         let mut payload_data_index: usize = 0;
-        let mut payloads = vec![];
 
         // Make sure the fragment/payload size is correct
         if std::cmp::min(max_fragment_size, payload_data_remaining) <= 0 {
-            return Ok(payloads);
+            return Ok(());
         }
 
         let mut first = true;
@@ -529,11 +541,11 @@ impl Vp8Packetizer {
                 }
             }
 
-            payloads.push(Piece::new(
+            out.push(Chunk::Piece(Piece::new(
                 &buf[..using_header_size],
                 payload_data_index,
                 current_fragment_size,
-            ));
+            )));
 
             payload_data_remaining -= current_fragment_size as isize;
             payload_data_index += current_fragment_size;
@@ -542,7 +554,7 @@ impl Vp8Packetizer {
         self.picture_id += 1;
         self.picture_id &= PICTURE_ID_MAX;
 
-        Ok(payloads)
+        Ok(())
     }
 }
 

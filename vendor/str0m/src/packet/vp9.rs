@@ -1,4 +1,4 @@
-use super::{BitRead, CodecExtra, Depacketizer, PacketError, Packetizer, Piece};
+use super::{BitRead, Chunk, CodecExtra, Depacketizer, PacketError, Packetizer, Piece};
 use crate::rtp_::{extend_u7, extend_u8, extend_u15};
 
 use std::fmt;
@@ -217,8 +217,21 @@ impl Vp9Packetizer {
         mtu: usize,
         payload: &[u8],
     ) -> Result<Vec<Piece>, PacketError> {
+        let mut out = Vec::new();
+        self.pieces_into(mtu, payload, &mut out)?;
+        Ok(out.into_iter().filter_map(Chunk::piece).collect())
+    }
+
+    /// Parloir patch 53: [`Vp9Packetizer::packetize_pieces`] added to `pieces` (a list the
+    /// caller keeps from frame to frame: no allocation per frame).
+    pub(crate) fn pieces_into(
+        &mut self,
+        mtu: usize,
+        payload: &[u8],
+        pieces: &mut Vec<Chunk>,
+    ) -> Result<(), PacketError> {
         if payload.is_empty() || mtu == 0 {
-            return Ok(vec![]);
+            return Ok(());
         }
 
         if !self.initialized {
@@ -235,8 +248,8 @@ impl Vp9Packetizer {
         }
 
         match self.mode {
-            Vp9PacketizerMode::NonFlexible => self.packetize_non_flexible(mtu, payload),
-            Vp9PacketizerMode::Flexible => self.packetize_flexible(mtu, payload),
+            Vp9PacketizerMode::NonFlexible => self.packetize_non_flexible(mtu, payload, pieces),
+            Vp9PacketizerMode::Flexible => self.packetize_flexible(mtu, payload, pieces),
         }
     }
 }
@@ -281,7 +294,8 @@ impl Vp9Packetizer {
         &mut self,
         mtu: usize,
         payload: &[u8],
-    ) -> Result<Vec<Piece>, PacketError> {
+        pieces: &mut Vec<Chunk>,
+    ) -> Result<(), PacketError> {
         // Detect keyframe from VP9 bitstream to set P flag correctly.
         let is_keyframe = detect_vp9_keyframe_bitstream(payload);
 
@@ -292,12 +306,11 @@ impl Vp9Packetizer {
         // VP9_NON_FLEXIBLE_HEADER_SIZE is the max header (8 bytes, accounting for SS
         // on keyframes). This ensures we never exceed MTU even on keyframe first-packets.
         let max_fragment_size = mtu as isize - VP9_NON_FLEXIBLE_HEADER_SIZE as isize;
-        let mut payloads = vec![];
         let mut payload_data_remaining = payload.len();
         let mut payload_data_index = 0;
 
         if std::cmp::min(max_fragment_size, payload_data_remaining as isize) <= 0 {
-            return Ok(vec![]);
+            return Ok(());
         }
 
         while payload_data_remaining > 0 {
@@ -348,11 +361,11 @@ impl Vp9Packetizer {
                 push(0x00);
             }
 
-            payloads.push(Piece::new(
+            pieces.push(Chunk::Piece(Piece::new(
                 &out[..header_size],
                 payload_data_index,
                 current_fragment_size,
-            ));
+            )));
 
             payload_data_remaining -= current_fragment_size;
             payload_data_index += current_fragment_size;
@@ -361,7 +374,7 @@ impl Vp9Packetizer {
         self.picture_id += 1;
         self.picture_id &= 0x7FFF;
 
-        Ok(payloads)
+        Ok(())
     }
 
     /// Flexible mode (F=1) packetization.
@@ -383,14 +396,14 @@ impl Vp9Packetizer {
         &mut self,
         mtu: usize,
         payload: &[u8],
-    ) -> Result<Vec<Piece>, PacketError> {
+        pieces: &mut Vec<Chunk>,
+    ) -> Result<(), PacketError> {
         let max_fragment_size = mtu as isize - VP9_FLEXIBLE_HEADER_SIZE as isize;
-        let mut payloads = vec![];
         let mut payload_data_remaining = payload.len();
         let mut payload_data_index = 0;
 
         if std::cmp::min(max_fragment_size, payload_data_remaining as isize) <= 0 {
-            return Ok(vec![]);
+            return Ok(());
         }
 
         while payload_data_remaining > 0 {
@@ -415,7 +428,11 @@ impl Vp9Packetizer {
                 (self.picture_id & 0xFF) as u8,
             ];
 
-            payloads.push(Piece::new(&out, payload_data_index, current_fragment_size));
+            pieces.push(Chunk::Piece(Piece::new(
+                &out,
+                payload_data_index,
+                current_fragment_size,
+            )));
 
             payload_data_remaining -= current_fragment_size;
             payload_data_index += current_fragment_size;
@@ -424,7 +441,7 @@ impl Vp9Packetizer {
         self.picture_id += 1;
         self.picture_id &= 0x7FFF;
 
-        Ok(payloads)
+        Ok(())
     }
 }
 

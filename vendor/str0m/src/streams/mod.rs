@@ -936,6 +936,22 @@ impl Streams {
         }
     }
 
+    /// Parloir patch 52: what sending the next queued packet of the stream in `slot`
+    /// touches first (`StreamTx::poll_lines`); nothing for a slot past the end.
+    pub(crate) fn tx_poll_lines(&self, slot: u32, f: &mut impl FnMut(*const u8)) {
+        if let Some(at) = self.streams_tx.slot_addr(slot) {
+            StreamTx::poll_lines(at, f)
+        }
+    }
+
+    /// Parloir patch 52: what sending the next queued packet of the stream in `slot`
+    /// touches through the lines of `tx_poll_lines` (`StreamTx::poll_next_lines`).
+    pub(crate) fn tx_poll_next_lines(&self, slot: u32, f: &mut impl FnMut(*const u8)) {
+        if let Some(stream) = self.streams_tx.at(slot) {
+            stream.poll_next_lines(f)
+        }
+    }
+
     /// Parloir patch 43: as [`Self::stream_tx_by_midrid`], trying the slot `hint` first (an
     /// m-line keeps the slot of its stream: `Media::tx_slot`), then the map of hints by
     /// mid/rid, then the scan; `hint` is set to the slot found.

@@ -38,6 +38,18 @@ impl RtxCache {
         self.remove_old_packets(now);
     }
 
+    /// Parloir patch 52: the lines the next packet sent after the last cached goes to (not
+    /// read: for a prefetch).
+    pub(crate) fn next_slot_lines(&self, f: &mut impl FnMut(*const u8)) {
+        self.packet_by_seq_no.next_slot_lines(f);
+    }
+
+    /// The slot of `seq_no` and its size (tests of `next_slot_lines`).
+    #[cfg(test)]
+    pub(crate) fn slot_of(&self, seq_no: SeqNo) -> (usize, usize) {
+        self.packet_by_seq_no.slot_of(*seq_no)
+    }
+
     pub fn last_cached_seq_no(&self) -> Option<SeqNo> {
         Some(self.packet_by_seq_no.last_position()?.into())
     }

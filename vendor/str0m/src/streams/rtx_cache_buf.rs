@@ -71,6 +71,31 @@ impl<T> EvictingBuffer<T> {
         self.buf.is_empty() || self.max_age.is_zero()
     }
 
+    /// Parloir patch 52: the lines of the slot the position after the last pushed goes to,
+    /// given to `f` by address (not read: for a prefetch); nothing before the first push.
+    pub(crate) fn next_slot_lines(&self, f: &mut impl FnMut(*const u8)) {
+        let Some(last) = self.last_position else {
+            return;
+        };
+        if self.buf.is_empty() {
+            return;
+        }
+        let index = self.index_for_position(last.wrapping_add(1));
+        let slot = self.buf.as_ptr().wrapping_add(index) as *const u8;
+        f(slot);
+        f(slot.wrapping_add(std::mem::size_of::<Option<Entry<T>>>() - 1));
+    }
+
+    /// The slot `position` goes to, and its size (tests of `next_slot_lines`).
+    #[cfg(test)]
+    pub(crate) fn slot_of(&self, position: u64) -> (usize, usize) {
+        let index = self.index_for_position(position);
+        (
+            self.buf.as_ptr().wrapping_add(index) as usize,
+            std::mem::size_of::<Option<Entry<T>>>(),
+        )
+    }
+
     /// Push a new entry.
     ///
     /// Position is an increasing sequence number. The sequence can be out of order.

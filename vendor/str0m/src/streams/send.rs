@@ -392,6 +392,53 @@ impl StreamTx {
         }
     }
 
+    /// Parloir patch 52: what sending the stream's next queued packet touches first of the
+    /// stream in `slot` (`poll_packet`: the queue, the resends, the counters and the resend
+    /// ratio's history, the cache of sent packets, the header's fields), given to `f` by
+    /// address (not read: for a prefetch).
+    pub(crate) fn poll_lines(slot: *const Option<StreamTx>, f: &mut impl FnMut(*const u8)) {
+        use std::mem::offset_of;
+        let stats = offset_of!(StreamTx, stats);
+        let history = stats + offset_of!(StreamTxStats, bytes_transmitted);
+        const HOT: [usize; 10] = [
+            offset_of!(StreamTx, send_queue),
+            offset_of!(StreamTx, resends),
+            offset_of!(StreamTx, last_used),
+            offset_of!(StreamTx, last_sent_seq_no),
+            offset_of!(StreamTx, rtx_cache),
+            offset_of!(StreamTx, rtx_ratio),
+            offset_of!(StreamTx, pt_for_padding),
+            offset_of!(StreamTx, remote_acked_ssrc),
+            offset_of!(StreamTx, ssrc),
+            offset_of!(StreamTx, midrid),
+        ];
+        let base = slot as *const u8;
+        for offset in HOT {
+            f(base.wrapping_add(offset));
+        }
+        f(base.wrapping_add(stats + offset_of!(StreamTxStats, bytes)));
+        // The history's sum, then its buckets (it spans two lines).
+        f(base.wrapping_add(history));
+        f(base.wrapping_add(history + 64));
+    }
+
+    /// Parloir patch 52: what sending the next queued packet touches that the lines of
+    /// [`StreamTx::poll_lines`] point at: the packet at the queue's head, and the slot of
+    /// the cache of sent packets it goes to (the one after the last cached).
+    pub(crate) fn poll_next_lines(&self, f: &mut impl FnMut(*const u8)) {
+        if let Some(head) = self.send_queue.head_addr() {
+            f(head);
+            f(head.wrapping_add(std::mem::size_of::<TxPacket>() - 1));
+        }
+        self.rtx_cache.next_slot_lines(f);
+    }
+
+    /// The cache of sent packets (tests of `poll_next_lines`).
+    #[cfg(test)]
+    pub(crate) fn rtx_cache(&self) -> &RtxCache {
+        &self.rtx_cache
+    }
+
     pub(crate) fn new(
         ssrc: Ssrc,
         rtx: Option<Ssrc>,

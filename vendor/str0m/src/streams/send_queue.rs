@@ -82,6 +82,13 @@ impl SendQueue {
         self.queue.is_empty()
     }
 
+    /// Parloir patch 52: the packet `peek` would give, as an address (for a prefetch).
+    pub(crate) fn head_addr(&self) -> Option<*const u8> {
+        self.queue
+            .front()
+            .map(|p| p as *const TxPacket as *const u8)
+    }
+
     pub fn last(&self) -> Option<&TxPacket> {
         self.queue.back()
     }
