@@ -1521,8 +1521,9 @@ impl Rtc {
     /// `3` the hot fields of the stream it last wrote to and the lines of the m-line's first
     /// payloader (patch 51). For a caller that fans a frame out to many connections, to
     /// prefetch the next ones' while it writes to this one (a step or more apart, so that
-    /// what a step reads has come in). Nothing is read through the addresses here. `hint` may be stale: past the m-lines (`usize::MAX` before the first
-    /// write) it gives nothing at steps `2` and `3`; within them, another m-line's.
+    /// what a step reads has come in). Nothing is read through the addresses here. `hint`
+    /// may be stale: past the m-lines (`usize::MAX` before the first write) it gives nothing
+    /// at steps `2` and `3`; within them, another m-line's.
     pub fn write_prefetch(&self, step: u8, hint: usize, mut f: impl FnMut(*const u8)) {
         if step == 0 {
             f(&self.state as *const RtcState as *const u8);

@@ -426,8 +426,9 @@ impl Sfu {
             match self.tracks.get_mut(&t.sid) {
                 Some(track) if track.remote == Some(from) => {
                     track.info = t.clone();
-                    // The layers announced may have changed.
-                    track.receivers_stale = true;
+                    // The layers announced may have changed (and with them what its
+                    // subscribers here want of it).
+                    track.changed();
                 }
                 Some(_) => {}
                 None => {
