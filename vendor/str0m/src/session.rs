@@ -1675,12 +1675,7 @@ impl Session {
             1 => f(self.codec_config.params().as_ptr() as *const u8),
             2 if hint < self.medias.len() => {
                 let media = self.medias.as_ptr().wrapping_add(hint) as *const u8;
-                let size = std::mem::size_of::<Media>();
-                for offset in (0..size).step_by(64) {
-                    f(media.wrapping_add(offset));
-                }
-                // Its last line, where the m-line does not start on one.
-                f(media.wrapping_add(size - 1));
+                crate::util::object_lines(media, std::mem::size_of::<Media>(), f);
             }
             3 => {
                 if let Some(media) = self.medias.get(hint) {

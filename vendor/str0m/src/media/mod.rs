@@ -543,12 +543,8 @@ impl Media {
         if self.payloaders.is_empty() {
             return;
         }
-        let entry = self.payloaders.as_ptr() as *const u8;
         let size = std::mem::size_of::<((Pt, Option<Rid>), PayloaderEntry)>();
-        for offset in (0..size).step_by(64) {
-            f(entry.wrapping_add(offset));
-        }
-        f(entry.wrapping_add(size - 1));
+        crate::util::object_lines(self.payloaders.as_ptr() as *const u8, size, f);
     }
 
     /// The first payloader's entry and its size (tests of `Rtc::write_prefetch`).

@@ -10,15 +10,9 @@ use super::{Chunk, CodecExtra, Depacketizer, PacketError, Packetizer, Piece};
 pub struct OpusPacketizer;
 
 impl OpusPacketizer {
-    /// Parloir patch 26: the packets of [`Packetizer::packetize`] as pieces of `payload`.
-    pub(crate) fn packetize_pieces(&mut self, mtu: usize, payload: &[u8]) -> Vec<Piece> {
-        let mut out = Vec::new();
-        self.pieces_into(mtu, payload, &mut out);
-        out.into_iter().filter_map(Chunk::piece).collect()
-    }
-
-    /// Parloir patch 53: [`OpusPacketizer::packetize_pieces`] added to `out` (a list the
-    /// caller keeps from frame to frame: no allocation per frame).
+    /// Parloir patches 26 and 53: the packets of [`Packetizer::packetize`] as pieces of
+    /// `payload`, added to `out` (a list the caller keeps from frame to frame: no
+    /// allocation per frame).
     pub(crate) fn pieces_into(&mut self, mtu: usize, payload: &[u8], out: &mut Vec<Chunk>) {
         if payload.is_empty() || mtu == 0 {
             return;
@@ -36,8 +30,9 @@ impl OpusPacketizer {
 impl Packetizer for OpusPacketizer {
     fn packetize(&mut self, mtu: usize, payload: &[u8]) -> Result<Vec<Vec<u8>>, PacketError> {
         // Parloir patch 26: the pieces, copied.
-        let pieces = self.packetize_pieces(mtu, payload);
-        Ok(pieces.iter().map(|p| p.to_vec(payload)).collect())
+        let mut chunks = Vec::new();
+        self.pieces_into(mtu, payload, &mut chunks);
+        Ok(chunks.into_iter().map(|c| c.into_vec(payload)).collect())
     }
 
     fn is_marker(&mut self, _data: &[u8], _previous: Option<&[u8]>, _last: bool) -> bool {

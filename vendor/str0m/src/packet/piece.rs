@@ -71,7 +71,8 @@ pub(crate) enum Chunk {
 }
 
 impl Chunk {
-    /// The piece, if the packet is one.
+    /// The piece, if the packet is one (tests of the packetizers' pieces).
+    #[cfg(test)]
     pub(crate) fn piece(self) -> Option<Piece> {
         match self {
             Chunk::Piece(piece) => Some(piece),

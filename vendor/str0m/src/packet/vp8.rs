@@ -454,8 +454,8 @@ pub struct Vp8Packetizer {
 }
 
 impl Vp8Packetizer {
-    /// Parloir patch 26: the packets of [`Packetizer::packetize`] as pieces of `payload` (the
-    /// payload descriptor, then a fragment of the frame), with the same change of state.
+    /// [`Vp8Packetizer::pieces_into`]'s pieces, as a list of their own (tests).
+    #[cfg(test)]
     pub(crate) fn packetize_pieces(
         &mut self,
         mtu: usize,
@@ -466,8 +466,10 @@ impl Vp8Packetizer {
         Ok(out.into_iter().filter_map(Chunk::piece).collect())
     }
 
-    /// Parloir patch 53: [`Vp8Packetizer::packetize_pieces`] added to `out` (a list the
-    /// caller keeps from frame to frame: no allocation per frame).
+    /// Parloir patches 26 and 53: the packets of [`Packetizer::packetize`] as pieces of
+    /// `payload` (the payload descriptor, then a fragment of the frame), with the same change
+    /// of state, added to `out` (a list the caller keeps from frame to frame: no allocation
+    /// per frame).
     pub(crate) fn pieces_into(
         &mut self,
         mtu: usize,
@@ -562,8 +564,9 @@ impl Packetizer for Vp8Packetizer {
     /// Payload fragments a VP8 packet across one or more byte arrays
     fn packetize(&mut self, mtu: usize, payload: &[u8]) -> Result<Vec<Vec<u8>>, PacketError> {
         // Parloir patch 26: the pieces, copied.
-        let pieces = self.packetize_pieces(mtu, payload)?;
-        Ok(pieces.iter().map(|p| p.to_vec(payload)).collect())
+        let mut chunks = Vec::new();
+        self.pieces_into(mtu, payload, &mut chunks)?;
+        Ok(chunks.into_iter().map(|c| c.into_vec(payload)).collect())
     }
 
     fn is_marker(&mut self, _data: &[u8], _previous: Option<&[u8]>, last: bool) -> bool {

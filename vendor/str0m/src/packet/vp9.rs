@@ -209,9 +209,8 @@ impl fmt::Debug for Vp9Packetizer {
 }
 
 impl Vp9Packetizer {
-    /// Parloir patch 29: the packets of [`Packetizer::packetize`] as pieces of `payload` (the
-    /// payload descriptor, at most 6 bytes, then a fragment of the frame), with the same change
-    /// of state.
+    /// [`Vp9Packetizer::pieces_into`]'s pieces, as a list of their own (tests).
+    #[cfg(test)]
     pub(crate) fn packetize_pieces(
         &mut self,
         mtu: usize,
@@ -222,8 +221,10 @@ impl Vp9Packetizer {
         Ok(out.into_iter().filter_map(Chunk::piece).collect())
     }
 
-    /// Parloir patch 53: [`Vp9Packetizer::packetize_pieces`] added to `pieces` (a list the
-    /// caller keeps from frame to frame: no allocation per frame).
+    /// Parloir patches 29 and 53: the packets of [`Packetizer::packetize`] as pieces of
+    /// `payload` (the payload descriptor, at most 6 bytes, then a fragment of the frame), with
+    /// the same change of state, added to `pieces` (a list the caller keeps from frame to
+    /// frame: no allocation per frame).
     pub(crate) fn pieces_into(
         &mut self,
         mtu: usize,
@@ -258,8 +259,9 @@ impl Packetizer for Vp9Packetizer {
     /// Packetize a VP9 frame into one or more RTP packets.
     fn packetize(&mut self, mtu: usize, payload: &[u8]) -> Result<Vec<Vec<u8>>, PacketError> {
         // Parloir patch 29: the pieces, copied.
-        let pieces = self.packetize_pieces(mtu, payload)?;
-        Ok(pieces.iter().map(|p| p.to_vec(payload)).collect())
+        let mut chunks = Vec::new();
+        self.pieces_into(mtu, payload, &mut chunks)?;
+        Ok(chunks.into_iter().map(|c| c.into_vec(payload)).collect())
     }
 
     fn is_marker(&mut self, _data: &[u8], _previous: Option<&[u8]>, last: bool) -> bool {
