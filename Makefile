@@ -22,9 +22,12 @@ build:
 # (dev-dependencies take part in feature resolution), so `cargo test` compiles nothing again.
 build-tests:
 	$(CARGO) build --release --locked --workspace --bins --lib --tests
+	$(CARGO) build --release --locked -p str0m-aws-lc-rs --tests
 
+# The workspace's tests, and those of the patched SRTP ciphers (vendor/str0m-aws-lc-rs).
 unit:
 	$(CARGO) test --release --locked --workspace
+	$(CARGO) test --release --locked -p str0m-aws-lc-rs
 
 # The browser suite runs once per UDP backend that works here (io_uring, mmsg, basic), then
 # once with rooms spanning two media workers.
