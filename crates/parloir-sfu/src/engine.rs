@@ -3313,7 +3313,14 @@ impl Sfu {
             && let Some(p) = self.participants.get(&track.publisher)
             && let Some(room) = self.rooms.get_mut(&p.room)
         {
-            let loudness = room.loudness.entry(p.info.sid.clone()).or_default();
+            // Looked up before inserting: an entry by key would copy the sid for each frame.
+            if !room.loudness.contains_key(&p.info.sid) {
+                room.loudness
+                    .insert(p.info.sid.clone(), Loudness::default());
+            }
+            let Some(loudness) = room.loudness.get_mut(&p.info.sid) else {
+                return;
+            };
             loudness.observe(level, now);
             // Loudest-N: O(1) per frame, the set is recomputed on the speaker tick.
             if self.config.loudest_audio > 0
