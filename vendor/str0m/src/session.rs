@@ -473,15 +473,16 @@ impl Session {
         let probe_media = probe_media.filter(|_| self.pacer.active_cluster().is_some());
         self.streams.set_probe_media(probe_media);
         let medias = &self.medias;
+        let media_pos = &self.media_pos;
         let codecs = &self.codec_config;
         let iter = self
             .streams
             .send_queue_states(now, self.intervals, |mid, pt| {
                 // Reuse the already-validated fallback binding when it matches.
+                // Parloir patch 54: the m-line found by its position (`media_pos`), not by a
+                // scan of every m-line for each stream that can pad.
                 probe_media == Some((mid, pt))
-                    || medias
-                        .iter()
-                        .find(|m| m.mid() == mid)
+                    || media_at(medias, media_pos, mid)
                         .is_some_and(|media| Self::probe_pt(media, codecs, Some(pt)).is_some())
             });
 
