@@ -15,7 +15,8 @@
 //!
 //! With `PARLOIR_BENCH_STEPS=N` it skips criterion and runs exactly N steps per room after the
 //! warm-up, printing the datagrams and bytes out (and the SFU's time, in all and per datagram
-//! out, for a quick look):
+//! out, for a quick look; on stderr, a line `participants N: measuring S steps` as the steps
+//! begin, for a profiler to attach at):
 //! fixed work for instruction counts under callgrind (perf/callgrind.sh), which are repeatable
 //! where wall time is not, and the longest single SFU call of those steps (what the media worker
 //! would hold its datagrams for). Then one more participant joins and publishes into the warm
@@ -234,6 +235,9 @@ fn main() {
             sim.feedback_time = Duration::ZERO;
             sim.sfu_longest = Duration::ZERO;
             sim.worker_time.iter_mut().for_each(|t| *t = Duration::ZERO);
+            // For a profiler attached to the process from here on (`perf record -p`), so
+            // that its samples leave the warm-up out.
+            eprintln!("participants {n}: measuring {steps} steps");
             for _ in 0..steps {
                 sim.run_for(STEP);
             }

@@ -472,6 +472,17 @@ pub struct Sfu {
 #[derive(Default)]
 struct TrackKeys(u64);
 
+/// A publisher's speech as allocation sees it (`Sfu::speech`).
+#[derive(Clone, Copy)]
+struct Speech {
+    /// Speaking now.
+    active: bool,
+    /// When it was last loud.
+    last_loud: Option<Instant>,
+    /// Among the loudest, whose audio is forwarded even while silent.
+    loudest: bool,
+}
+
 impl TrackKeys {
     fn next(&mut self) -> u64 {
         self.0 += 1;
@@ -1340,7 +1351,7 @@ impl Sfu {
                 }
                 // A bigger tile may get more at once, within the budget.
                 if let Some(pid) = subscriber {
-                    self.allocate(now, pid);
+                    self.allocate(now, pid, None);
                 }
             }
             Command::UpdateMetadata { session, request } => self.update_metadata(session, request),
@@ -2339,7 +2350,7 @@ impl Sfu {
                     .allocated_for
                     .is_none_or(|a| estimate < a / 100 * 85 || estimate > a / 100 * 115);
                 if moved || (fell && peer.falling(now)) {
-                    self.allocate(now, pid);
+                    self.allocate(now, pid, None);
                 }
             }
             Event::MediaEgressStats(s) => {
@@ -2363,7 +2374,7 @@ impl Sfu {
                     tracing::trace!(session = %peer.session, ?rtt, "queue growing");
                     peer.delayed_at = Some(now);
                     peer.last_fall = Some(now);
-                    self.allocate(now, pid);
+                    self.allocate(now, pid, None);
                 }
             }
             _ => {}
@@ -3838,10 +3849,28 @@ impl Sfu {
         }
     }
 
+    /// What allocation reads of a publisher's speech (`None`: no level heard from it yet, or
+    /// not in a room).
+    fn speech(&self, publisher: SessionId, now: Instant) -> Option<Speech> {
+        let p = self.participants.get(&publisher)?;
+        let room = self.rooms.get(&p.room)?;
+        let loudness = room.loudness.get(&p.info.sid)?;
+        Some(Speech {
+            active: loudness.active(now),
+            last_loud: loudness.last_loud(),
+            loudest: room.loudest.contains(&p.info.sid),
+        })
+    }
+
     /// Fits a subscriber's video to its bandwidth estimate (see [`crate::allocation`]): caps
     /// each track's layer, pauses what does not fit (and tells the client), and tells str0m's
     /// estimator what to probe for. Nothing happens before the first estimate.
-    fn allocate(&mut self, now: Instant, pid: PeerId) {
+    fn allocate(
+        &mut self,
+        now: Instant,
+        pid: PeerId,
+        speech: Option<&FastMap<SessionId, Option<Speech>>>,
+    ) {
         let Some(peer) = self.peers.get(&pid) else {
             return;
         };
@@ -3849,13 +3878,20 @@ impl Sfu {
             return;
         };
         let settings = self.participants.get(&peer.session).map(|p| &p.settings);
+        // A publisher's speech: from the tick's table when it gives one, the same for every
+        // subscriber, or looked up (three lookups by text).
+        let speech_of = |publisher: SessionId| match speech.and_then(|t| t.get(&publisher)) {
+            Some(s) => *s,
+            None => self.speech(publisher, now),
+        };
         let mut audio = 0u64;
         // Whether a rate below is a guess (a layer not measured yet).
         let mut guessed = false;
-        // (priority key, track sid, publisher sid, want)
-        type Key = (u8, std::cmp::Reverse<Option<Instant>>);
-        let mut items: Vec<(Key, String, String, Want)> = Vec::new();
-        for (sid, out) in &peer.outs {
+        // (priority key, the track's key for equal priorities, the out's place in
+        // `peer.outs`, want)
+        type Key = (u8, std::cmp::Reverse<Option<Instant>>, u64);
+        let mut items: Vec<(Key, usize, Want)> = Vec::with_capacity(peer.outs.len());
+        for (place, (sid, out)) in peer.outs.iter().enumerate() {
             if !matches!(out.state, OutState::Open(_)) {
                 continue;
             }
@@ -3866,13 +3902,7 @@ impl Sfu {
                 // Only audio that is forwarded counts: with loudest-N, a silent participant's
                 // frames go nowhere, and in a large room reserving them would leave no video.
                 let forwarded = self.config.loudest_audio == 0
-                    || self.participants.get(&track.publisher).is_none_or(|p| {
-                        self.rooms.get(&p.room).is_none_or(|room| {
-                            room.loudness
-                                .get(&p.info.sid)
-                                .is_none_or(|l| l.active(now) || room.loudest.contains(&p.info.sid))
-                        })
-                    });
+                    || speech_of(track.publisher).is_none_or(|s| s.active || s.loudest);
                 if forwarded {
                     audio += track.measured(None, now);
                 }
@@ -3899,32 +3929,27 @@ impl Sfu {
                     None => None,
                 }
             };
-            let publisher = self.participants.get(&track.publisher);
-            let loudness = publisher.and_then(|p| {
-                self.rooms
-                    .get(&p.room)
-                    .and_then(|r| r.loudness.get(&p.info.sid))
-            });
-            // Screen share, then whoever speaks now, then the others by recency of speech.
+            let speech = speech_of(track.publisher);
+            // Screen share, then whoever speaks now, then the others by recency of speech;
+            // among equals, the track published first.
             let class = if track.info.source == proto::TrackSource::ScreenShare as i32 {
                 0
-            } else if loudness.is_some_and(|l| l.active(now)) {
+            } else if speech.is_some_and(|s| s.active) {
                 1
             } else {
                 2
             };
             let key = (
                 class,
-                std::cmp::Reverse(loudness.and_then(|l| l.last_loud())),
+                std::cmp::Reverse(speech.and_then(|s| s.last_loud)),
+                track.key,
             );
-            let publisher_sid = publisher.map(|p| p.info.sid.clone()).unwrap_or_default();
             let base = layers
                 .first()
                 .and_then(|(rank, _)| track.base_rate(*rank, now));
             items.push((
                 key,
-                sid.clone(),
-                publisher_sid,
+                place,
                 Want {
                     layers,
                     current,
@@ -3934,7 +3959,11 @@ impl Sfu {
                 },
             ));
         }
-        items.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        items.sort_unstable_by_key(|item| item.0);
+        let (places, wants): (Vec<usize>, Vec<Want>) = items
+            .into_iter()
+            .map(|(_, place, want)| (place, want))
+            .unzip();
         // A standing queue drains only if less than the link's rate is sent.
         let share = if peer.queued() {
             allocation::DRAIN_SHARE
@@ -3942,7 +3971,6 @@ impl Sfu {
             allocation::BUDGET_SHARE
         };
         let mut budget = ((estimate as f64 * share) as u64).saturating_sub(audio);
-        let wants: Vec<Want> = items.iter().map(|(_, _, _, w)| w.clone()).collect();
         // Down fast: while the estimate falls, only the lowest layers are sent (and no more
         // is paused than the whole budget would pause).
         if peer.falling(now) {
@@ -4013,13 +4041,14 @@ impl Sfu {
         let mut states = Vec::new();
         let mut resumed = Vec::new();
         let mut upgraded = false;
-        for ((((_, sid, publisher_sid, want), cap), tight), reduced) in items
+        for ((((place, want), cap), tight), reduced) in places
             .into_iter()
+            .zip(&wants)
             .zip(result.caps)
             .zip(result.tight)
             .zip(result.reduced)
         {
-            let Some(out) = peer.outs.get_mut(&sid) else {
+            let Some((sid, out)) = peer.outs.get_index_mut(place) else {
                 continue;
             };
             // A track that wants nothing (turned off, or not flowing yet) is not paused here.
@@ -4063,12 +4092,12 @@ impl Sfu {
                 (None, _) => out.cap.is_some(),
                 _ => false,
             };
-            if dropped && (cap.is_none() || !self.tracks.get(&sid).is_some_and(|t| t.svc)) {
+            if dropped && (cap.is_none() || !self.tracks.get(sid).is_some_and(|t| t.svc)) {
                 out.switcher.pause();
             }
             let was_paused = out.cap.is_none();
             if cap.is_none() != was_paused {
-                receivers_changed(&mut self.tracks, &sid);
+                receivers_changed(&mut self.tracks, sid);
             }
             out.cap = cap;
             if cap.is_none() == was_paused {
@@ -4079,7 +4108,7 @@ impl Sfu {
                 out.switcher.pause();
                 out.key_wait = true;
                 self.stats.video_paused += 1;
-            } else if self.tracks.get(&sid).is_some_and(|t| t.layers.is_empty()) {
+            } else if self.tracks.get(sid).is_some_and(|t| t.layers.is_empty()) {
                 // Without simulcast the key frame is asked for here; a simulcast switcher
                 // asks for its target layer's.
                 resumed.push(sid.clone());
@@ -4090,9 +4119,15 @@ impl Sfu {
                 proto::StreamState::Active
             };
             tracing::debug!(%session, track = %sid, ?state, estimate, "stream state");
+            let participant_sid = self
+                .tracks
+                .get(sid)
+                .and_then(|t| self.participants.get(&t.publisher))
+                .map(|p| p.info.sid.clone())
+                .unwrap_or_default();
             states.push(proto::StreamStateInfo {
-                participant_sid: publisher_sid,
-                track_sid: sid,
+                participant_sid,
+                track_sid: sid.clone(),
                 state: state as i32,
             });
         }
@@ -4268,8 +4303,17 @@ impl Sfu {
             .filter(|(_, p)| p.estimate.is_some())
             .map(|(pid, _)| *pid)
             .collect();
+        // Every subscriber's allocation reads the publishers' speech: found once here.
+        let speech: FastMap<SessionId, Option<Speech>> = if estimated.is_empty() {
+            FastMap::default()
+        } else {
+            self.participants
+                .keys()
+                .map(|&session| (session, self.speech(session, now)))
+                .collect()
+        };
         for pid in estimated {
-            self.allocate(now, pid);
+            self.allocate(now, pid, Some(&speech));
         }
         // Resumed clients that sent no SyncState in time: offer again.
         let unsynced: Vec<(PeerId, SessionId)> = self
