@@ -33,6 +33,7 @@ use crate::rtp_::Pt;
 use crate::rtp_::SRTCP_OVERHEAD;
 use crate::rtp_::SeqNo;
 use crate::rtp_::SeqNoWindow;
+use crate::rtp_::TwccClusterId;
 use crate::rtp_::{Bitrate, ExtensionMap, Goodbye, Mid, ReportList, Rtcp, RtcpFb};
 use crate::rtp_::{Dlrr, DlrrItem, ExtendedReport, ReportBlock};
 use crate::rtp_::{RtpHeader, SessionId, TwccPacketId, extend_u16};
@@ -68,6 +69,11 @@ pub(crate) struct Session {
     /// Parloir patch: where each m-line sits in `medias`. A hint, checked at every use because
     /// `medias` is changed in several places; a wrong or missing hint falls back to a scan.
     pub(crate) media_pos: FastMap<Mid, usize>,
+
+    /// Parloir patch 55: whether a stream of an m-line and payload type may carry probe
+    /// padding (`probe_pt`), as found during the probe cluster it names; forgotten when the
+    /// cluster changes and when m-lines are added, removed or renegotiated.
+    probe_eligible: (Option<TwccClusterId>, FastMap<(Mid, Pt), bool>),
 
     /// Parloir patch 43: the slot of the stream last written to or sent from, and its
     /// m-line's position: the packets of a frame are polled right after it is packetized,
@@ -217,6 +223,7 @@ impl Session {
             id,
             medias: vec![],
             media_pos: FastMap::default(),
+            probe_eligible: (None, FastMap::default()),
             last_tx: (crate::streams::NO_SLOT, usize::MAX),
             payload_pending: vec![],
             reports_at: None,
@@ -470,20 +477,29 @@ impl Session {
             return false;
         }
 
-        let probe_media = probe_media.filter(|_| self.pacer.active_cluster().is_some());
+        let cluster = self.pacer.active_cluster();
+        let probe_media = probe_media.filter(|_| cluster.is_some());
         self.streams.set_probe_media(probe_media);
+        if self.probe_eligible.0 != cluster {
+            self.forget_probe_eligibility();
+            self.probe_eligible.0 = cluster;
+        }
         let medias = &self.medias;
         let media_pos = &self.media_pos;
         let codecs = &self.codec_config;
+        let eligible = &mut self.probe_eligible.1;
         let iter = self
             .streams
             .send_queue_states(now, self.intervals, |mid, pt| {
                 // Reuse the already-validated fallback binding when it matches.
                 // Parloir patch 54: the m-line found by its position (`media_pos`), not by a
-                // scan of every m-line for each stream that can pad.
+                // scan of every m-line for each stream that can pad. Patch 55: once per m-line
+                // and payload type during a cluster, not for each stream at each timeout.
                 probe_media == Some((mid, pt))
-                    || media_at(medias, media_pos, mid)
-                        .is_some_and(|media| Self::probe_pt(media, codecs, Some(pt)).is_some())
+                    || *eligible.entry((mid, pt)).or_insert_with(|| {
+                        media_at(medias, media_pos, mid)
+                            .is_some_and(|media| Self::probe_pt(media, codecs, Some(pt)).is_some())
+                    })
             });
 
         let Some(padding_request) = self.pacer.handle_timeout(now, iter) else {
@@ -1614,7 +1630,13 @@ impl Session {
 
     pub fn add_media(&mut self, media: Media) {
         self.media_events = true;
+        self.forget_probe_eligibility();
         self.medias.push(media);
+    }
+
+    /// Parloir patch 55: the m-lines changed, and with them which may carry probe padding.
+    pub(crate) fn forget_probe_eligibility(&mut self) {
+        self.probe_eligible.1.clear();
     }
 
     pub fn medias(&self) -> &[Media] {
@@ -1622,6 +1644,7 @@ impl Session {
     }
 
     pub fn remove_media(&mut self, mid: Mid) {
+        self.forget_probe_eligibility();
         self.medias.retain(|media| media.mid() != mid);
         self.streams.remove_streams_by_mid(mid);
     }

@@ -236,6 +236,7 @@ impl<'a> DirectApi<'a> {
 
         // Parloir patch: the new m-line's open event.
         self.rtc.session.media_events = true;
+        self.rtc.session.forget_probe_eligibility();
         self.rtc.session.medias.push(m);
         self.rtc.session.medias.last_mut().unwrap()
     }

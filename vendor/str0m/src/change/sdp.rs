@@ -914,6 +914,8 @@ fn apply_offer(session: &mut Session, offer: SdpOffer) -> Result<(), RtcError> {
     offer.assert_consistency()?;
     // Parloir patch: m-lines may be added or change direction (see `Session::media_events`).
     session.media_events = true;
+    // Parloir patch 55: the m-lines may change.
+    session.forget_probe_eligibility();
 
     update_session(session, &offer);
 
@@ -935,6 +937,8 @@ fn apply_answer(
     answer.assert_consistency()?;
     // Parloir patch: m-lines may be added or change direction (see `Session::media_events`).
     session.media_events = true;
+    // Parloir patch 55: the m-lines may change.
+    session.forget_probe_eligibility();
 
     update_session(session, &answer);
 
