@@ -472,6 +472,13 @@ pub struct Sfu {
 #[derive(Default)]
 struct TrackKeys(u64);
 
+impl TrackKeys {
+    fn next(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
 /// A publisher's speech as allocation sees it (`Sfu::speech`).
 #[derive(Clone, Copy)]
 struct Speech {
@@ -481,13 +488,6 @@ struct Speech {
     last_loud: Option<Instant>,
     /// Among the loudest, whose audio is forwarded even while silent.
     loudest: bool,
-}
-
-impl TrackKeys {
-    fn next(&mut self) -> u64 {
-        self.0 += 1;
-        self.0
-    }
 }
 
 struct Room {
@@ -3887,8 +3887,8 @@ impl Sfu {
         let mut audio = 0u64;
         // Whether a rate below is a guess (a layer not measured yet).
         let mut guessed = false;
-        // (priority key, the track's key for equal priorities, the out's place in
-        // `peer.outs`, want)
+        // (priority key, ending with the track's key for equal priorities; the out's place in
+        // `peer.outs`; want)
         type Key = (u8, std::cmp::Reverse<Option<Instant>>, u64);
         let mut items: Vec<(Key, usize, Want)> = Vec::with_capacity(peer.outs.len());
         for (place, (sid, out)) in peer.outs.iter().enumerate() {
