@@ -1140,6 +1140,18 @@ const DEFAULT_DEPARTURE_TIMEOUT_S: u32 = 20;
 const RELIABLE: &str = "_reliable";
 const LOSSY: &str = "_lossy";
 
+/// The sid of track `sid`'s publisher, if both are known.
+fn publisher_sid(
+    tracks: &FastMap<String, Track>,
+    participants: &FastMap<SessionId, Participant>,
+    sid: &str,
+) -> Option<String> {
+    tracks
+        .get(sid)
+        .and_then(|t| participants.get(&t.publisher))
+        .map(|p| p.info.sid.clone())
+}
+
 /// Track `sid`'s receivers must be worked out again before its next frame
 /// ([`Track::receivers`]).
 fn receivers_changed(tracks: &mut FastMap<String, Track>, sid: &str) {
@@ -2645,12 +2657,8 @@ impl Sfu {
                 continue;
             };
             let (sid, _) = wanted.remove(pos);
-            let publisher = self
-                .tracks
-                .get(sid)
-                .and_then(|t| self.participants.get(&t.publisher))
-                .map(|p| p.info.sid.clone())
-                .unwrap_or_default();
+            let publisher =
+                publisher_sid(&self.tracks, &self.participants, sid).unwrap_or_default();
             plan.insert(
                 mid,
                 sdp_scan::Rewrite::Msid {
@@ -2988,12 +2996,7 @@ impl Sfu {
         }
         self.offer_budget = self.offer_budget.saturating_sub(mlines);
         peer.needs_offer = false;
-        let publisher_of = |sid: &str| {
-            self.tracks
-                .get(sid)
-                .and_then(|t| self.participants.get(&t.publisher))
-                .map(|p| p.info.sid.clone())
-        };
+        let publisher_of = |sid: &str| publisher_sid(&self.tracks, &self.participants, sid);
         let mut api = peer.rtc.sdp_api();
         if std::mem::take(&mut peer.add_channels) {
             for (label, reliability, ordered) in [
@@ -4119,12 +4122,8 @@ impl Sfu {
                 proto::StreamState::Active
             };
             tracing::debug!(%session, track = %sid, ?state, estimate, "stream state");
-            let participant_sid = self
-                .tracks
-                .get(sid)
-                .and_then(|t| self.participants.get(&t.publisher))
-                .map(|p| p.info.sid.clone())
-                .unwrap_or_default();
+            let participant_sid =
+                publisher_sid(&self.tracks, &self.participants, sid).unwrap_or_default();
             states.push(proto::StreamStateInfo {
                 participant_sid,
                 track_sid: sid.clone(),
