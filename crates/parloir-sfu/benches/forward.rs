@@ -241,6 +241,8 @@ fn main() {
             for _ in 0..steps {
                 sim.run_for(STEP);
             }
+            // The profiler stops here: the late join below is not the steady state.
+            eprintln!("participants {n}: measured");
             let after = totals(&mut sim);
             sim.net.sink.clear();
             let out = after.0 - before.0;
