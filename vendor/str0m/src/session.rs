@@ -72,8 +72,12 @@ pub(crate) struct Session {
 
     /// Parloir patch 55: whether a stream of an m-line and payload type may carry probe
     /// padding (`probe_pt`), as found during the probe cluster it names; forgotten when the
-    /// cluster changes and when m-lines are added, removed or renegotiated.
+    /// cluster changes and when the m-lines change (`medias_changed`).
     probe_eligible: (Option<TwccClusterId>, FastMap<(Mid, Pt), bool>),
+
+    /// Parloir patch 56: the m-line and payload type probes go on (`probe_media`), once
+    /// found; forgotten when the m-lines change (`medias_changed`).
+    probe_media_found: Option<Option<(Mid, Pt)>>,
 
     /// Parloir patch 43: the slot of the stream last written to or sent from, and its
     /// m-line's position: the packets of a frame are polled right after it is packetized,
@@ -224,6 +228,7 @@ impl Session {
             medias: vec![],
             media_pos: FastMap::default(),
             probe_eligible: (None, FastMap::default()),
+            probe_media_found: None,
             last_tx: (crate::streams::NO_SLOT, usize::MAX),
             payload_pending: vec![],
             reports_at: None,
@@ -446,7 +451,11 @@ impl Session {
         // sending media section has both a transport sequence extension and a
         // payload type supporting TWCC feedback. No prior media packet or RTX
         // stream is required. The Direct API uses its configured capabilities.
-        let probe_media = self.srtp_tx.as_ref().and_then(|_| self.probe_media());
+        let probe_media = if self.srtp_tx.is_some() {
+            self.probe_media()
+        } else {
+            None
+        };
         let do_probe = probe_media.is_some();
         let bwe = self.bwe.as_mut()?;
 
@@ -481,8 +490,10 @@ impl Session {
         let probe_media = probe_media.filter(|_| cluster.is_some());
         self.streams.set_probe_media(probe_media);
         if self.probe_eligible.0 != cluster {
-            self.forget_probe_eligibility();
+            self.probe_eligible.1.clear();
             self.probe_eligible.0 = cluster;
+            // Patch 57: and the probe's padding candidate found with it.
+            self.streams.forget_probe_padding();
         }
         let medias = &self.medias;
         let media_pos = &self.media_pos;
@@ -517,10 +528,17 @@ impl Session {
 
     // Use a negotiated PT and MID so browser transports can route the packet to
     // their receive-side congestion controller before discarding the empty payload.
-    fn probe_media(&self) -> Option<(Mid, Pt)> {
-        self.medias.iter().find_map(|media| {
+    // Parloir patch 56: found once for each state of the m-lines (`medias_changed`), not at
+    // every pacer timeout and every event polled.
+    fn probe_media(&mut self) -> Option<(Mid, Pt)> {
+        if let Some(found) = self.probe_media_found {
+            return found;
+        }
+        let found = self.medias.iter().find_map(|media| {
             Self::probe_pt(media, &self.codec_config, None).map(|pt| (media.mid(), pt))
-        })
+        });
+        self.probe_media_found = Some(found);
+        found
     }
 
     // A regular padding source needs feedback for its actual payload type;
@@ -1629,14 +1647,19 @@ impl Session {
     }
 
     pub fn add_media(&mut self, media: Media) {
-        self.media_events = true;
-        self.forget_probe_eligibility();
+        self.medias_changed();
         self.medias.push(media);
     }
 
-    /// Parloir patch 55: the m-lines changed, and with them which may carry probe padding.
-    pub(crate) fn forget_probe_eligibility(&mut self) {
+    /// Parloir patch 56: m-lines were or are about to be added, removed, stopped, renegotiated
+    /// or given another direction: what was found from them is forgotten (which may carry
+    /// probe padding, patch 55; where probes go, patch 56; the probe's padding candidate,
+    /// patch 57), and `poll_event` looks for their open and change events.
+    pub(crate) fn medias_changed(&mut self) {
+        self.media_events = true;
         self.probe_eligible.1.clear();
+        self.probe_media_found = None;
+        self.streams.forget_probe_padding();
     }
 
     pub fn medias(&self) -> &[Media] {
@@ -1644,7 +1667,7 @@ impl Session {
     }
 
     pub fn remove_media(&mut self, mid: Mid) {
-        self.forget_probe_eligibility();
+        self.medias_changed();
         self.medias.retain(|media| media.mid() != mid);
         self.streams.remove_streams_by_mid(mid);
     }
@@ -1677,7 +1700,7 @@ impl Session {
         self.pacer.set_pacing_rate(result.pacing_rate);
     }
 
-    fn has_active_outgoing_media(&self) -> bool {
+    fn has_active_outgoing_media(&mut self) -> bool {
         // Direct API media has no SDP remote payload list, so Media::disabled()
         // is not an availability check here. Use the same negotiated/configured
         // sending capabilities as probing, including TWCC feedback.
@@ -1883,7 +1906,8 @@ impl Session {
         }
 
         media.set_direction(direction);
-        self.media_events = true;
+        // Parloir patch 56: also forgets which m-lines may carry probes (patch 55 missed it).
+        self.medias_changed();
 
         if old_dir.is_sending() && !direction.is_sending() {
             self.streams.reset_buffers_tx(mid);
@@ -1906,6 +1930,8 @@ impl Session {
         }
 
         media.mark_stopped();
+        // Parloir patch 56: stopped, it may no longer carry probes.
+        self.medias_changed();
         self.set_direction(mid, Direction::Inactive);
 
         true

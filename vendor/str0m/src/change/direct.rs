@@ -234,9 +234,9 @@ impl<'a> DirectApi<'a> {
         let exts = self.rtc.session.exts.cloned_with_type(kind.is_audio());
         let m = Media::from_direct_api(mid, next_index, kind, exts);
 
-        // Parloir patch: the new m-line's open event.
-        self.rtc.session.media_events = true;
-        self.rtc.session.forget_probe_eligibility();
+        // Parloir patch: the new m-line's open event; patches 55 and 56: what was found
+        // from the m-lines is forgotten.
+        self.rtc.session.medias_changed();
         self.rtc.session.medias.push(m);
         self.rtc.session.medias.last_mut().unwrap()
     }

@@ -912,10 +912,9 @@ fn as_sdp(session: &Session, params: AsSdpParams) -> Sdp {
 
 fn apply_offer(session: &mut Session, offer: SdpOffer) -> Result<(), RtcError> {
     offer.assert_consistency()?;
-    // Parloir patch: m-lines may be added or change direction (see `Session::media_events`).
-    session.media_events = true;
-    // Parloir patch 55: the m-lines may change.
-    session.forget_probe_eligibility();
+    // Parloir patch: m-lines may be added or change direction (see `Session::media_events`);
+    // patches 55 and 56: what was found from them is forgotten.
+    session.medias_changed();
 
     update_session(session, &offer);
 
@@ -935,10 +934,9 @@ fn apply_answer(
     answer: SdpAnswer,
 ) -> Result<(), RtcError> {
     answer.assert_consistency()?;
-    // Parloir patch: m-lines may be added or change direction (see `Session::media_events`).
-    session.media_events = true;
-    // Parloir patch 55: the m-lines may change.
-    session.forget_probe_eligibility();
+    // Parloir patch: m-lines may be added or change direction (see `Session::media_events`);
+    // patches 55 and 56: what was found from them is forgotten.
+    session.medias_changed();
 
     update_session(session, &answer);
 

@@ -150,6 +150,16 @@ pub(crate) struct Streams {
     /// Parloir patch: `tx_padding` is known (false asks for a pass over every stream).
     tx_padding_known: bool,
 
+    /// Parloir patch 57: as `tx_padding`, among the streams that may carry probe padding in
+    /// the probe cluster under way (the pacer's `can_probe`): while probing, the idle streams
+    /// are left out of the queue states as they are outside probes.
+    tx_probe_padding: Option<(Ssrc, Option<Instant>)>,
+
+    /// Parloir patch 57: `tx_probe_padding` is known (false asks for a pass over every
+    /// stream): found in the cluster's first pass, forgotten with the eligibility
+    /// (`forget_probe_padding`).
+    tx_probe_padding_known: bool,
+
     /// Parloir patch: queue states handed to the pacer, reused.
     tx_queue_states: Vec<QueueState>,
 
@@ -200,6 +210,8 @@ impl Streams {
             tx_report_due: not_happening(),
             tx_padding: None,
             tx_padding_known: false,
+            tx_probe_padding: None,
+            tx_probe_padding_known: false,
             tx_queue_states: Vec::new(),
             probe_tx: StreamTx::new_probe(mtu_warn),
             probe_media: None,
@@ -411,6 +423,9 @@ impl Streams {
             self.tx_padding = None;
             self.tx_padding_known = false;
         }
+        if self.tx_probe_padding.is_some_and(|(p, _)| p == old) {
+            self.forget_probe_padding();
+        }
         self.streams_tx.get_mut(&new_ssrc)
     }
 
@@ -467,6 +482,15 @@ impl Streams {
         // Buffers may be reset: the padding candidate is searched for again.
         self.tx_padding = None;
         self.tx_padding_known = false;
+        self.forget_probe_padding();
+    }
+
+    /// Parloir patch 57: which streams may carry probe padding changed (another cluster,
+    /// m-lines changed, another probe binding): the probe's padding candidate is searched
+    /// for again, in a pass over every stream.
+    pub(crate) fn forget_probe_padding(&mut self) {
+        self.tx_probe_padding = None;
+        self.tx_probe_padding_known = false;
     }
 
     /// Lookup the "main" SSRC and mid for a given SSRC(main or RTX).
@@ -790,6 +814,7 @@ impl Streams {
             self.probe_tx.set_probe_media(mid, pt);
         }
         self.probe_media = media;
+        self.forget_probe_padding();
     }
 
     pub(crate) fn send_queue_states(
@@ -798,10 +823,10 @@ impl Streams {
         intervals: RtcpReportIntervals,
         can_probe: impl FnMut(Mid, Pt) -> bool,
     ) -> impl Iterator<Item = QueueState> {
-        // Parloir patch: while probing, every stream as before (the probe's eligibility
-        // depends on each one). Otherwise the touched streams, and among the idle ones that
-        // can pad only the one the pacer would pick for padding (the last emitted from): an
-        // idle queue adds nothing to the pacer's sums and is never picked to send from.
+        // Parloir patch: the touched streams, and among the idle ones that can pad only the
+        // one the pacer would pick for padding (the last emitted from): an idle queue adds
+        // nothing to the pacer's sums and is never picked to send from. Patch 57: while
+        // probing too, the candidate being among the streams that may carry probe padding.
         if !self.tx_padding_known {
             self.touch_all_tx();
             // Every stream is seen below.
@@ -810,7 +835,7 @@ impl Streams {
         let mut states = std::mem::take(&mut self.tx_queue_states);
         states.clear();
         if self.probe_media.is_some() {
-            states.extend(self.send_queue_states_all(now, can_probe));
+            self.probe_queue_states(now, can_probe, &mut states);
         } else {
             for &slot in &self.tx_touched {
                 if let Some(stream) = self.streams_tx.at_mut(slot) {
@@ -884,37 +909,81 @@ impl Streams {
         }
     }
 
-    fn send_queue_states_all(
+    /// The queue states while probing: each stream's (its padding allowed only where it may
+    /// carry probe padding, `can_probe`), preferring media/RTX padding over the fallback,
+    /// whose queue comes last. Parloir patch 57: the touched streams and the probe's padding
+    /// candidate (`tx_probe_padding`), once it is known; until then every stream, as before,
+    /// to find it.
+    fn probe_queue_states(
         &mut self,
         now: Instant,
         mut can_probe: impl FnMut(Mid, Pt) -> bool,
-    ) -> impl Iterator<Item = QueueState> {
-        // Snapshot each stream once, preferring media/RTX padding over the
-        // fallback. No extra stream or retransmission-queue scan is needed.
-        let mut media_padding = false;
-        let mut probe_queue = self.probe_media.map(|_| {
-            let mut queue = self.probe_tx.queue_state(now);
-            queue.midrid = MidRid(MID_PROBE, None);
-            queue
-        });
-        let mut streams = self.streams_tx.values_mut();
-        std::iter::from_fn(move || {
-            if let Some(stream) = streams.next() {
-                let mut queue = stream.queue_state(now);
-                if probe_queue.is_some() && queue.use_for_padding {
-                    // Only negotiated feedback sources can provide probe padding.
-                    // Ordinary padding keeps its existing eligibility.
-                    queue.use_for_padding = stream
-                        .padding_pt()
-                        .is_some_and(|pt| can_probe(stream.mid(), pt));
-                }
-                media_padding |= queue.use_for_padding;
-                return Some(queue);
+        states: &mut Vec<QueueState>,
+    ) {
+        let mut eligible = |stream: &StreamTx, queue: &mut QueueState| {
+            // Only negotiated feedback sources can provide probe padding. Ordinary padding
+            // keeps its existing eligibility.
+            if queue.use_for_padding {
+                queue.use_for_padding = stream
+                    .padding_pt()
+                    .is_some_and(|pt| can_probe(stream.mid(), pt));
             }
-            let mut queue = probe_queue.take()?;
-            queue.use_for_padding = !media_padding;
-            Some(queue)
-        })
+            queue.use_for_padding
+        };
+        // The candidate gone, or no longer able to pad: every stream again.
+        if let Some((ssrc, _)) = self.tx_probe_padding {
+            if !self.streams_tx.get(&ssrc).is_some_and(|s| s.can_pad()) {
+                self.forget_probe_padding();
+            }
+        }
+        // The pacer pads from the eligible queue last emitted from (the last of equals in
+        // the order given): the candidate is that queue among those seen.
+        let better = |best: Option<(Ssrc, Option<Instant>)>, ssrc: Ssrc, last: Option<Instant>| {
+            best.is_none_or(|(p, t)| p == ssrc || last >= t)
+        };
+        let mut best = self.tx_probe_padding;
+        let mut media_padding = false;
+        if self.tx_probe_padding_known {
+            for &slot in &self.tx_touched {
+                let Some(stream) = self.streams_tx.at_mut(slot) else {
+                    continue;
+                };
+                let mut queue = stream.queue_state(now);
+                if eligible(stream, &mut queue) {
+                    media_padding = true;
+                    let last = queue.snapshot.last_emitted;
+                    if better(best, stream.ssrc(), last) {
+                        best = Some((stream.ssrc(), last));
+                    }
+                }
+                states.push(queue);
+            }
+            let candidate = best.and_then(|(ssrc, _)| self.streams_tx.get_mut(&ssrc));
+            if let Some(stream) = candidate.filter(|s| !s.touched) {
+                let mut queue = stream.queue_state(now);
+                media_padding |= eligible(stream, &mut queue);
+                states.push(queue);
+            }
+        } else {
+            best = None;
+            for stream in self.streams_tx.values_mut() {
+                let mut queue = stream.queue_state(now);
+                if eligible(stream, &mut queue) {
+                    media_padding = true;
+                    let last = queue.snapshot.last_emitted;
+                    if better(best, stream.ssrc(), last) {
+                        best = Some((stream.ssrc(), last));
+                    }
+                }
+                states.push(queue);
+            }
+            self.tx_probe_padding_known = true;
+        }
+        self.tx_probe_padding = best;
+        let mut queue = self.probe_tx.queue_state(now);
+        queue.midrid = MidRid(MID_PROBE, None);
+        queue.use_for_padding = !media_padding;
+        states.push(queue);
     }
 
     pub(crate) fn stream_tx_by_midrid(&mut self, midrid: MidRid) -> Option<&mut StreamTx> {

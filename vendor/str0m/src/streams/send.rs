@@ -1898,6 +1898,131 @@ mod test {
         assert_eq!(second.header.payload_type, 96.into());
     }
 
+    /// Parloir patch 57: while probing, the queue states leave the idle streams out, and the
+    /// pacer still pads from the stream a snapshot of every stream would have given it: the
+    /// one last emitted from among those that can pad and may carry probe padding.
+    #[test]
+    fn probe_padding_comes_from_the_stream_a_full_snapshot_would_pick() {
+        use crate::media::MID_PROBE;
+
+        let start = Instant::now();
+        let codecs = CodecConfig::new_with_defaults();
+        let pt = codecs.params()[0].pt();
+        let exts = ExtensionMap::standard();
+        let mut streams = crate::streams::Streams::new(false, 1200, Duration::from_millis(1500));
+        let mids = ["a", "b", "c", "d"];
+        for (i, mid) in mids.iter().enumerate() {
+            let ssrc = 10 * (i as u32 + 1);
+            let stream = streams.declare_stream_tx(
+                ssrc.into(),
+                Some((ssrc + 1).into()),
+                MidRid((*mid).into(), None),
+            );
+            stream.pt_for_padding = Some(pt);
+            // As after its first timeout (which the pruning of idle streams waits for).
+            stream.kind = Some(MediaKind::Video);
+        }
+        // "b" may not carry probe padding.
+        let can_probe = |mid: Mid, _: Pt| mid != Mid::from("b");
+        let mut seq = 0_u64;
+        let mut buf = vec![];
+        let mut send = |streams: &mut crate::streams::Streams, ssrc: u32, at: Instant| {
+            let stream = streams.stream_tx(&ssrc.into()).expect("a stream");
+            seq += 1;
+            stream.write_rtp(RtpWrite::new(pt, seq.into(), 0, at, vec![0_u8; 100]));
+            stream.send_queue.handle_timeout(at);
+            stream
+                .poll_packet(at, &exts, None, codecs.params(), &mut buf)
+                .expect("the packet just queued");
+        };
+        // What the pacer pads from: the last of the queues that may pad with the latest
+        // emission (`LeakyBucketPacer`'s `max_by_key`).
+        let pick = |states: &[QueueState]| {
+            states
+                .iter()
+                .filter(|q| q.use_for_padding)
+                .max_by_key(|q| q.snapshot.last_emitted)
+                .map(|q| q.midrid)
+        };
+        // The same from every stream, as the pacer saw them before patch 57.
+        let reference = |streams: &mut crate::streams::Streams| {
+            let mut best: Option<(Option<Instant>, MidRid)> = None;
+            for stream in streams.streams_tx_for_stats() {
+                let eligible = stream.can_pad()
+                    && stream
+                        .padding_pt()
+                        .is_some_and(|pt| can_probe(stream.mid(), pt));
+                let last = stream.queue_info.and_then(|q| q.last_emitted);
+                if eligible && best.is_none_or(|(t, _)| last >= t) {
+                    best = Some((last, stream.midrid));
+                }
+            }
+            Some(best.map_or(MidRid(MID_PROBE, None), |(_, m)| m))
+        };
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let states = |streams: &mut crate::streams::Streams, now: Instant| {
+            let states: Vec<_> = streams
+                .send_queue_states(now, INTERVALS, can_probe)
+                .collect();
+            (pick(&states), states.len())
+        };
+
+        // "b" sent last, but "c" is the latest that may carry probe padding.
+        send(&mut streams, 40, at(1));
+        send(&mut streams, 10, at(2));
+        send(&mut streams, 30, at(3));
+        send(&mut streams, 20, at(4));
+        streams.set_probe_media(Some(("a".into(), pt)));
+        let (first, len) = states(&mut streams, at(5));
+        assert_eq!(first, Some(MidRid("c".into(), None)));
+        assert_eq!(first, reference(&mut streams));
+        // Every stream and the probe's own queue in the cluster's first pass.
+        assert_eq!(len, 5);
+
+        // Nothing sent since: the idle streams drop out, the pick stays.
+        let (again, len) = states(&mut streams, at(6));
+        assert_eq!(again, first);
+        assert!(
+            len < 5,
+            "idle streams left out while probing: {len} queue states"
+        );
+
+        // "d" sends: it is the latest eligible one.
+        send(&mut streams, 40, at(7));
+        let (now_d, _) = states(&mut streams, at(8));
+        assert_eq!(now_d, Some(MidRid("d".into(), None)));
+        assert_eq!(now_d, reference(&mut streams));
+        let (still_d, len) = states(&mut streams, at(9));
+        assert_eq!(still_d, now_d);
+        assert_eq!(len, 2, "the candidate and the probe's queue");
+
+        // "b" sends again: not eligible, the pick stays "d".
+        send(&mut streams, 20, at(10));
+        let (after_b, _) = states(&mut streams, at(11));
+        assert_eq!(after_b, now_d);
+        assert_eq!(after_b, reference(&mut streams));
+
+        // Another binding (a new cluster): found again from every stream.
+        streams.set_probe_media(None);
+        streams.set_probe_media(Some(("c".into(), pt)));
+        let (rebound, len) = states(&mut streams, at(12));
+        assert_eq!(rebound, now_d);
+        assert_eq!(len, 5);
+
+        // The candidate loses its stream: found again, from those left.
+        streams.remove_streams_by_mid("d".into());
+        let (without_d, _) = states(&mut streams, at(13));
+        assert_eq!(without_d, Some(MidRid("c".into(), None)));
+        assert_eq!(without_d, reference(&mut streams));
+
+        // None may carry probe padding: the probe's own queue pads.
+        streams.remove_streams_by_mid("a".into());
+        streams.remove_streams_by_mid("c".into());
+        let (fallback, _) = states(&mut streams, at(14));
+        assert_eq!(fallback, Some(MidRid(MID_PROBE, None)));
+        assert_eq!(fallback, reference(&mut streams));
+    }
+
     #[test]
     fn queue_info_is_cached_on_queue_state_update() {
         let mut stream = StreamTx::new(42.into(), None, MidRid(Mid::from("0"), None), false, 1200);
