@@ -58,6 +58,18 @@ const MAX_PENDING_RRTRS: usize = 300;
 /// Maximum number of DLRR items to include in a single ExtendedReport.
 const MAX_DLRR_PER_REPORT: usize = 50;
 
+/// Parloir patch 58: which timers writing a frame moved (`Session::packetize_now`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteMoved {
+    /// None: the frame's packets wait in the pacer's snapshot (the null pacer).
+    Nothing,
+    /// The leaky bucket's next time: only the pacer's and the estimator's timeouts are
+    /// worked out again (`Wake::pacer_only`).
+    Pacer,
+    /// Every timer (the stream's first packets, or no stream found).
+    All,
+}
+
 pub(crate) struct Session {
     id: SessionId,
 
@@ -1793,14 +1805,14 @@ impl Session {
     /// once SRTP is up, and when the m-line has no frame waiting; otherwise the frame comes back
     /// (`Ok(Err(frame))`) to be queued behind the others for the timeout. The frame does not
     /// pass through the m-line's queue: queued and taken off at once, it was written to memory
-    /// the m-line last touched a frame ago. `Ok(Ok(true))` when that moved a timer: the
-    /// stream's first packets start its sender reports, or the leaky bucket's next time moved.
+    /// the m-line last touched a frame ago. `Ok(Ok(moved))`: which timers that moved (patch
+    /// 58: `WriteMoved`).
     pub(crate) fn packetize_now(
         &mut self,
         now: Instant,
         index: usize,
         frame: ToPayload,
-    ) -> Result<Result<bool, ToPayload>, RtcError> {
+    ) -> Result<Result<WriteMoved, ToPayload>, RtcError> {
         // Parloir patch 35: with the leaky bucket, when its snapshots are current.
         let pacer_takes_it = match &self.pacer {
             PacerImpl::Null(_) => true,
@@ -1834,7 +1846,7 @@ impl Session {
             .streams
             .stream_tx_by_midrid_hinted(MidRid(mid, rid), &mut slot)
         else {
-            return Ok(Ok(true));
+            return Ok(Ok(WriteMoved::All));
         };
         self.last_tx = (slot, index);
         let first = !stream.has_kind();
@@ -1842,17 +1854,27 @@ impl Session {
         let get_media = move || (media, codecs);
         stream.handle_timeout(now, get_media);
         let state = stream.queue_state(now);
+        // The stream's first packets start its sender reports: every timer is worked out
+        // again.
+        if first {
+            match &mut self.pacer {
+                PacerImpl::Null(pacer) => pacer.refresh_queue(state),
+                PacerImpl::LeakyBucket(pacer) => pacer.refresh_queue(now, state),
+            }
+            return Ok(Ok(WriteMoved::All));
+        }
         match &mut self.pacer {
             PacerImpl::Null(pacer) => {
                 pacer.refresh_queue(state);
-                Ok(Ok(first))
+                Ok(Ok(WriteMoved::Nothing))
             }
-            // The pacer's next time may have moved (debt paid, a queue due): the timeouts are
-            // worked out again. (Recomputing only the pacer's, `Wake::pacer_only`, was tried:
-            // `perf/results/forward/pacer-bursts.md`.)
+            // The pacer's next time may have moved (debt paid, a queue due). Parloir patch 58:
+            // only the pacer's and the estimator's timeouts are worked out again; the packets
+            // are stamped (no stream timeout), no frame waits on the m-line and the sender
+            // reports' times hold, so the others' deadlines are those computed before.
             PacerImpl::LeakyBucket(pacer) => {
                 pacer.refresh_queue(now, state);
-                Ok(Ok(true))
+                Ok(Ok(WriteMoved::Pacer))
             }
         }
     }

@@ -8,7 +8,7 @@ use crate::poll::Readiness;
 use crate::rtp_::AbsCaptureTime;
 use crate::rtp_::MidRid;
 use crate::rtp_::VideoOrientation;
-use crate::session::{Session, note_pending};
+use crate::session::{Session, WriteMoved, note_pending};
 use crate::streams::Streams;
 
 use super::TelephoneEvent;
@@ -278,10 +278,13 @@ impl<'a> Writer<'a> {
                 None => Err(frame),
             };
             match done {
-                Ok(moved_timer) => {
+                Ok(moved) => {
                     wake.datagrams_only();
-                    if !moved_timer {
-                        wake.no_timeout();
+                    match moved {
+                        WriteMoved::All => {}
+                        // Parloir patch 58.
+                        WriteMoved::Pacer => wake.pacer_only(),
+                        WriteMoved::Nothing => wake.no_timeout(),
                     }
                 }
                 Err(frame) => {
