@@ -1854,19 +1854,10 @@ impl Session {
         let get_media = move || (media, codecs);
         stream.handle_timeout(now, get_media);
         let state = stream.queue_state(now);
-        // The stream's first packets start its sender reports: every timer is worked out
-        // again.
-        if first {
-            match &mut self.pacer {
-                PacerImpl::Null(pacer) => pacer.refresh_queue(state),
-                PacerImpl::LeakyBucket(pacer) => pacer.refresh_queue(now, state),
-            }
-            return Ok(Ok(WriteMoved::All));
-        }
-        match &mut self.pacer {
+        let moved = match &mut self.pacer {
             PacerImpl::Null(pacer) => {
                 pacer.refresh_queue(state);
-                Ok(Ok(WriteMoved::Nothing))
+                WriteMoved::Nothing
             }
             // The pacer's next time may have moved (debt paid, a queue due). Parloir patch 58:
             // only the pacer's and the estimator's timeouts are worked out again; the packets
@@ -1874,9 +1865,12 @@ impl Session {
             // reports' times hold, so the others' deadlines are those computed before.
             PacerImpl::LeakyBucket(pacer) => {
                 pacer.refresh_queue(now, state);
-                Ok(Ok(WriteMoved::Pacer))
+                WriteMoved::Pacer
             }
-        }
+        };
+        // The stream's first packets start its sender reports: every timer is worked out
+        // again.
+        Ok(Ok(if first { WriteMoved::All } else { moved }))
     }
 
     fn do_payload(&mut self, now: Instant) -> Result<(), RtcError> {

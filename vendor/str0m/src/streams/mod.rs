@@ -920,62 +920,48 @@ impl Streams {
         mut can_probe: impl FnMut(Mid, Pt) -> bool,
         states: &mut Vec<QueueState>,
     ) {
-        let mut eligible = |stream: &StreamTx, queue: &mut QueueState| {
-            // Only negotiated feedback sources can provide probe padding. Ordinary padding
-            // keeps its existing eligibility.
-            if queue.use_for_padding {
-                queue.use_for_padding = stream
-                    .padding_pt()
-                    .is_some_and(|pt| can_probe(stream.mid(), pt));
-            }
-            queue.use_for_padding
-        };
         // The candidate gone, or no longer able to pad: every stream again.
         if let Some((ssrc, _)) = self.tx_probe_padding {
             if !self.streams_tx.get(&ssrc).is_some_and(|s| s.can_pad()) {
                 self.forget_probe_padding();
             }
         }
-        // The pacer pads from the eligible queue last emitted from (the last of equals in
-        // the order given): the candidate is that queue among those seen.
-        let better = |best: Option<(Ssrc, Option<Instant>)>, ssrc: Ssrc, last: Option<Instant>| {
-            best.is_none_or(|(p, t)| p == ssrc || last >= t)
+        let mut media_padding = false;
+        // A stream's queue state, its padding allowed only where it may carry probe padding
+        // (only negotiated feedback sources can; ordinary padding keeps its eligibility). The
+        // pacer pads from the eligible queue last emitted from (the last of equals in the
+        // order given): the candidate is that queue among those seen.
+        let mut visit = |stream: &mut StreamTx, best: &mut Option<(Ssrc, Option<Instant>)>| {
+            let mut queue = stream.queue_state(now);
+            if queue.use_for_padding {
+                queue.use_for_padding = stream
+                    .padding_pt()
+                    .is_some_and(|pt| can_probe(stream.mid(), pt));
+            }
+            if queue.use_for_padding {
+                media_padding = true;
+                let (ssrc, last) = (stream.ssrc(), queue.snapshot.last_emitted);
+                if best.is_none_or(|(p, t)| p == ssrc || last >= t) {
+                    *best = Some((ssrc, last));
+                }
+            }
+            states.push(queue);
         };
         let mut best = self.tx_probe_padding;
-        let mut media_padding = false;
         if self.tx_probe_padding_known {
             for &slot in &self.tx_touched {
-                let Some(stream) = self.streams_tx.at_mut(slot) else {
-                    continue;
-                };
-                let mut queue = stream.queue_state(now);
-                if eligible(stream, &mut queue) {
-                    media_padding = true;
-                    let last = queue.snapshot.last_emitted;
-                    if better(best, stream.ssrc(), last) {
-                        best = Some((stream.ssrc(), last));
-                    }
+                if let Some(stream) = self.streams_tx.at_mut(slot) {
+                    visit(stream, &mut best);
                 }
-                states.push(queue);
             }
             let candidate = best.and_then(|(ssrc, _)| self.streams_tx.get_mut(&ssrc));
             if let Some(stream) = candidate.filter(|s| !s.touched) {
-                let mut queue = stream.queue_state(now);
-                media_padding |= eligible(stream, &mut queue);
-                states.push(queue);
+                visit(stream, &mut best);
             }
         } else {
             best = None;
             for stream in self.streams_tx.values_mut() {
-                let mut queue = stream.queue_state(now);
-                if eligible(stream, &mut queue) {
-                    media_padding = true;
-                    let last = queue.snapshot.last_emitted;
-                    if better(best, stream.ssrc(), last) {
-                        best = Some((stream.ssrc(), last));
-                    }
-                }
-                states.push(queue);
+                visit(stream, &mut best);
             }
             self.tx_probe_padding_known = true;
         }
