@@ -438,7 +438,10 @@ pub struct Sfu {
     /// Boxed: the table stays small enough to stay in cache, and a peer's state does not
     /// move when the table grows.
     peers: FastMap<PeerId, Box<Peer>>,
-    tracks: FastMap<String, Track>,
+    /// By sid. An index map: an [`Out`] keeps its track's place ([`Out::track_at`]) and
+    /// allocation reads it there, without hashing and comparing the sid's text for every
+    /// subscription at every pass.
+    tracks: FastIndexMap<String, Track>,
     by_ufrag: HashMap<String, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
     deadlines: BTreeSet<(Instant, PeerId)>,
@@ -755,6 +758,8 @@ struct Out {
     /// The [`Track::key`] of the track whose receivers pass last found it: a place in
     /// `Peer::outs` held in a receivers list is this `Out` only while they match.
     track: u64,
+    /// That track's place in `Sfu::tracks` then: it is there while the key there matches.
+    track_at: usize,
 }
 
 impl Out {
@@ -774,6 +779,7 @@ impl Out {
             receiving: false,
             media_hint: usize::MAX,
             track: 0,
+            track_at: usize::MAX,
         }
     }
 }
@@ -883,6 +889,7 @@ impl Track {
     /// decoder, so video resumes at a key frame.
     fn receivers(
         &mut self,
+        at: usize,
         sid: &str,
         peers: &mut FastMap<PeerId, Box<Peer>>,
         participants: &FastMap<SessionId, Participant>,
@@ -898,6 +905,7 @@ impl Track {
                 continue;
             };
             out.track = self.key;
+            out.track_at = at;
             let settings = participants
                 .get(&peer.session)
                 .and_then(|p| p.settings.get(sid));
@@ -1142,7 +1150,7 @@ const LOSSY: &str = "_lossy";
 
 /// The sid of track `sid`'s publisher, if both are known.
 fn publisher_sid(
-    tracks: &FastMap<String, Track>,
+    tracks: &FastIndexMap<String, Track>,
     participants: &FastMap<SessionId, Participant>,
     sid: &str,
 ) -> Option<String> {
@@ -1154,7 +1162,7 @@ fn publisher_sid(
 
 /// Track `sid`'s receivers must be worked out again before its next frame
 /// ([`Track::receivers`]).
-fn receivers_changed(tracks: &mut FastMap<String, Track>, sid: &str) {
+fn receivers_changed(tracks: &mut FastIndexMap<String, Track>, sid: &str) {
     if let Some(track) = tracks.get_mut(sid) {
         track.changed();
     }
@@ -1256,7 +1264,7 @@ impl Sfu {
             rooms: FastMap::default(),
             participants: FastMap::default(),
             peers: FastMap::default(),
-            tracks: FastMap::default(),
+            tracks: FastIndexMap::default(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -2861,7 +2869,12 @@ impl Sfu {
 
     /// Unpublishes a track: its subscribers stop receiving it. Returns it.
     fn remove_track(&mut self, sid: &str) -> Option<Track> {
-        let mut track = self.tracks.remove(sid)?;
+        let (at, _, mut track) = self.tracks.swap_remove_full(sid)?;
+        // The last track took its place: its `Out`s learn the new place at its next
+        // receivers pass (until then allocation finds it by sid).
+        if let Some((_, moved)) = self.tracks.get_index_mut(at) {
+            moved.receivers_stale = true;
+        }
         if track.remote.is_some() {
             self.away.tracks -= 1;
         }
@@ -3154,7 +3167,7 @@ impl Sfu {
 
     /// Forwards a frame of track `sid`: published here, or relayed by its worker.
     fn forward_track(&mut self, now: Instant, sid: Arc<str>, data: MediaData) {
-        let Some(track) = self.tracks.get_mut(&*sid) else {
+        let Some((at, _, track)) = self.tracks.get_full_mut(&*sid) else {
             return;
         };
         // The other workers with subscribers of it get every frame (their subscribers' layers
@@ -3364,7 +3377,7 @@ impl Sfu {
             ..
         } = self;
         if track.receivers_stale {
-            track.receivers(&sid, peers, participants);
+            track.receivers(at, &sid, peers, participants);
         }
         let track = &*track;
         let mut places_moved = false;
@@ -3898,8 +3911,12 @@ impl Sfu {
             if !matches!(out.state, OutState::Open(_)) {
                 continue;
             }
-            let Some(track) = self.tracks.get(sid) else {
-                continue;
+            let track = match self.tracks.get_index(out.track_at) {
+                Some((_, track)) if track.key == out.track => track,
+                _ => match self.tracks.get(sid) {
+                    Some(track) => track,
+                    None => continue,
+                },
             };
             if track.kind == MediaKind::Audio {
                 // Only audio that is forwarded counts: with loudest-N, a silent participant's
@@ -3912,7 +3929,13 @@ impl Sfu {
                 continue;
             }
             let published = track.published_layers();
-            let wanted = simulcast::wanted_quality(settings.and_then(|s| s.get(sid)), published);
+            // What the tile asks for: as the track's last receivers pass read it, unless
+            // something changed since (settings, layers announced, the subscription).
+            let wanted = if !track.receivers_stale && out.track == track.key {
+                out.wanted
+            } else {
+                simulcast::wanted_quality(settings.and_then(|s| s.get(sid)), published)
+            };
             let (layers, measured) =
                 wanted.map_or_else(|| (Vec::new(), true), |q| track.offer(q, now));
             guessed |= !measured;
