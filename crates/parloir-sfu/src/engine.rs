@@ -455,6 +455,10 @@ pub struct Sfu {
     dirty: Vec<PeerId>,
     events: VecDeque<(PeerId, Event)>,
     out: VecDeque<Output>,
+    /// Peers whose connections have datagrams to send, in the order they came: each one's
+    /// first datagram is in `out`, the rest are taken from str0m as the caller asks for them
+    /// ([`Sfu::poll_output`]).
+    sending: VecDeque<PeerId>,
     /// The next periodic tick (speakers, room counts, expiries); `None` with no rooms.
     next_tick: Option<Instant>,
     /// The latest instant given by the caller.
@@ -469,6 +473,13 @@ pub struct Sfu {
     subtitle_serial: u64,
     /// Makes each new track's [`Track::key`].
     track_keys: TrackKeys,
+}
+
+/// What [`Sfu::poll_peer`] took from a connection.
+enum Polled {
+    Transmit(Output),
+    Event,
+    Done,
 }
 
 /// Counts out [`Track::key`]s.
@@ -562,6 +573,9 @@ struct Peer {
     media_up: bool,
     deadline: Option<Instant>,
     queued: bool,
+    /// In `Sfu::sending`: its connection has datagrams that [`Sfu::poll_output`] takes one at
+    /// a time.
+    in_sending: bool,
     /// Publisher side: mid → msid track id from the client's latest offer, and bound tracks.
     msids: HashMap<String, String>,
     /// Publisher side: mid → the sid of the track bound to it (shared: each frame takes a
@@ -1274,6 +1288,7 @@ impl Sfu {
             dirty: Vec::new(),
             events: VecDeque::new(),
             out: VecDeque::new(),
+            sending: VecDeque::new(),
             audio_tap: None,
             record_tap: None,
             next_tick: None,
@@ -1560,8 +1575,25 @@ impl Sfu {
     // profilers that count or sample by it (perf/callgrind.sh, perf/flamegraph.sh).
     #[inline(never)]
     pub fn poll_output(&mut self) -> Output {
-        if let Some(o) = self.out.pop_front() {
-            return o;
+        loop {
+            if let Some(o) = self.out.pop_front() {
+                return o;
+            }
+            // The next datagram of the connection that has been sending longest.
+            let Some(&pid) = self.sending.front() else {
+                break;
+            };
+            match self.poll_peer(pid) {
+                Polled::Transmit(transmit) => return transmit,
+                // Handled as an input's would be: it may queue outputs and wake other peers.
+                Polled::Event => self.run(self.now),
+                Polled::Done => {
+                    self.sending.pop_front();
+                    if let Some(peer) = self.peers.get_mut(&pid) {
+                        peer.in_sending = false;
+                    }
+                }
+            }
         }
         let peer_deadline = [self.deadlines.first(), self.offers_due.first()]
             .into_iter()
@@ -2079,6 +2111,7 @@ impl Sfu {
                 media_up: false,
                 deadline: None,
                 queued: false,
+                in_sending: false,
                 msids: HashMap::new(),
                 mids_in: FastMap::default(),
                 outs: FastIndexMap::default(),
@@ -2172,43 +2205,72 @@ impl Sfu {
         }
     }
 
+    /// Takes a dirty peer's output up to its first datagram: its events go to `events`, and
+    /// the datagram to `out`, the rest being left in str0m for [`Sfu::poll_output`] to take
+    /// one at a time (`sending`). Drained whole, a fan-out of a frame to a large room (a key
+    /// frame to every subscriber: thousands of datagrams) held each datagram's buffer until the
+    /// caller took it: str0m's buffer pool (patch 25) ran dry and every further datagram was
+    /// encrypted into fresh memory, page faults included. Taken as the caller sends, each
+    /// buffer goes back to the pool before the next datagram is encrypted.
     fn drain(&mut self, pid: PeerId) {
-        let Some(peer) = self.peers.get_mut(&pid) else {
-            return;
-        };
-        peer.queued = false;
+        if let Some(peer) = self.peers.get_mut(&pid) {
+            peer.queued = false;
+        }
         loop {
-            match peer.rtc.poll_output() {
-                Ok(str0m::Output::Transmit(t)) => {
-                    self.stats.packets_out += 1;
-                    self.stats.bytes_out += t.contents.len() as u64;
-                    let transport = match t.proto {
-                        Protocol::Tcp => Transport::Tcp,
-                        _ => Transport::Udp,
-                    };
-                    self.out.push_back(Output::Transmit(Transmit {
-                        transport,
-                        source: t.source,
-                        destination: t.destination,
-                        contents: t.contents.into(),
-                    }));
-                }
-                Ok(str0m::Output::Timeout(t)) => {
-                    if peer.deadline != Some(t) {
-                        if let Some(old) = peer.deadline.take() {
-                            self.deadlines.remove(&(old, pid));
-                        }
-                        peer.deadline = Some(t);
-                        self.deadlines.insert((t, pid));
+            match self.poll_peer(pid) {
+                Polled::Transmit(transmit) => {
+                    self.out.push_back(transmit);
+                    if let Some(peer) = self.peers.get_mut(&pid)
+                        && !peer.in_sending
+                    {
+                        peer.in_sending = true;
+                        self.sending.push_back(pid);
                     }
-                    break;
+                    return;
                 }
-                Ok(str0m::Output::Event(e)) => self.events.push_back((pid, e)),
-                Err(e) => {
-                    tracing::warn!(session = %peer.session, "peer failed: {e}");
-                    peer.rtc.disconnect();
-                    break;
+                Polled::Event => {}
+                Polled::Done => return,
+            }
+        }
+    }
+
+    /// One output of a peer's connection: a datagram, an event (queued in `events`), or its
+    /// next timeout (or its end), which ends its output until the next input.
+    fn poll_peer(&mut self, pid: PeerId) -> Polled {
+        let Some(peer) = self.peers.get_mut(&pid) else {
+            return Polled::Done;
+        };
+        match peer.rtc.poll_output() {
+            Ok(str0m::Output::Transmit(t)) => {
+                self.stats.packets_out += 1;
+                self.stats.bytes_out += t.contents.len() as u64;
+                let transport = match t.proto {
+                    Protocol::Tcp => Transport::Tcp,
+                    _ => Transport::Udp,
+                };
+                return Polled::Transmit(Output::Transmit(Transmit {
+                    transport,
+                    source: t.source,
+                    destination: t.destination,
+                    contents: t.contents.into(),
+                }));
+            }
+            Ok(str0m::Output::Timeout(t)) => {
+                if peer.deadline != Some(t) {
+                    if let Some(old) = peer.deadline.take() {
+                        self.deadlines.remove(&(old, pid));
+                    }
+                    peer.deadline = Some(t);
+                    self.deadlines.insert((t, pid));
                 }
+            }
+            Ok(str0m::Output::Event(e)) => {
+                self.events.push_back((pid, e));
+                return Polled::Event;
+            }
+            Err(e) => {
+                tracing::warn!(session = %peer.session, "peer failed: {e}");
+                peer.rtc.disconnect();
             }
         }
         if !peer.rtc.is_alive() {
@@ -2223,6 +2285,7 @@ impl Sfu {
                 proto::leave_request::Action::Reconnect,
             );
         }
+        Polled::Done
     }
 
     fn handle_event(&mut self, now: Instant, pid: PeerId, event: Event) {
