@@ -475,6 +475,15 @@ pub struct Sfu {
     track_keys: TrackKeys,
 }
 
+/// A publisher's m-line bound to a track: the track's sid, and where the m-line's frames last
+/// found it in `Sfu::tracks` (its place, and its [`Track::key`] to check that it is still the
+/// one there), so that each frame finds its track without hashing and comparing the sid.
+struct InTrack {
+    sid: Arc<str>,
+    key: u64,
+    at: usize,
+}
+
 /// What [`Sfu::poll_peer`] took from a connection.
 enum Polled {
     Transmit(Output),
@@ -580,7 +589,7 @@ struct Peer {
     msids: HashMap<String, String>,
     /// Publisher side: mid → the sid of the track bound to it (shared: each frame takes a
     /// reference along, not a copy).
-    mids_in: FastMap<Mid, Arc<str>>,
+    mids_in: FastMap<Mid, InTrack>,
     /// Subscriber side: track sid → outgoing m-line, and the reverse. A track's receivers
     /// list holds each one's place ([`Track::receivers`]).
     outs: FastIndexMap<String, Out>,
@@ -2635,7 +2644,7 @@ impl Sfu {
                 let sid = peer
                     .mids_in
                     .get(&Mid::from(mid.as_str()))
-                    .map(|sid| &**sid)
+                    .map(|t| &*t.sid)
                     .or_else(|| {
                         self.participants
                             .get(&session)
@@ -2757,7 +2766,7 @@ impl Sfu {
             .mids_in
             .iter()
             .filter(|(mid, _)| !sending.contains(&mid.to_string()))
-            .map(|(mid, sid)| (*mid, sid.to_string()))
+            .map(|(mid, t)| (*mid, t.sid.to_string()))
             .collect();
         if stopped.is_empty() {
             return;
@@ -2850,7 +2859,14 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return;
         };
-        peer.mids_in.insert(mid, Arc::from(sid));
+        peer.mids_in.insert(
+            mid,
+            InTrack {
+                sid: Arc::from(sid),
+                key: 0,
+                at: usize::MAX,
+            },
+        );
         let session = peer.session;
         let Some(track) = self.tracks.get_mut(sid) else {
             return;
@@ -3221,16 +3237,41 @@ impl Sfu {
     // ---- forwarding ----
 
     fn forward(&mut self, now: Instant, pid: PeerId, data: MediaData) {
-        let Some(sid) = self.peers.get(&pid).and_then(|p| p.mids_in.get(&data.mid)) else {
+        let Some(bound) = self
+            .peers
+            .get_mut(&pid)
+            .and_then(|p| p.mids_in.get_mut(&data.mid))
+        else {
             return;
         };
-        let sid = Arc::clone(sid);
-        self.forward_track(now, sid, data);
+        // The track where the m-line's last frame found it, else by sid (once, and again
+        // after a track removed moved it).
+        let at = match self.tracks.get_index(bound.at) {
+            Some((_, track)) if track.key == bound.key => bound.at,
+            _ => {
+                let Some((at, _, track)) = self.tracks.get_full(&*bound.sid) else {
+                    return;
+                };
+                bound.at = at;
+                bound.key = track.key;
+                at
+            }
+        };
+        let sid = Arc::clone(&bound.sid);
+        self.forward_track(now, sid, Some(at), data);
     }
 
-    /// Forwards a frame of track `sid`: published here, or relayed by its worker.
-    fn forward_track(&mut self, now: Instant, sid: Arc<str>, data: MediaData) {
-        let Some((at, _, track)) = self.tracks.get_full_mut(&*sid) else {
+    /// Forwards a frame of track `sid` (at place `at` in `tracks`, when known): published
+    /// here, or relayed by its worker.
+    fn forward_track(&mut self, now: Instant, sid: Arc<str>, at: Option<usize>, data: MediaData) {
+        let found = match at {
+            Some(at) => self.tracks.get_index_mut(at).map(|(_, track)| (at, track)),
+            None => self
+                .tracks
+                .get_full_mut(&*sid)
+                .map(|(at, _, track)| (at, track)),
+        };
+        let Some((at, track)) = found else {
             return;
         };
         // The other workers with subscribers of it get every frame (their subscribers' layers

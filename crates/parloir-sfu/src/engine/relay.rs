@@ -137,7 +137,7 @@ impl Sfu {
                     .is_some_and(|t| t.remote == Some(from))
                 {
                     self.stats.frames_relayed_in += 1;
-                    self.forward_track(now, track, data);
+                    self.forward_track(now, track, None, data);
                 }
             }
             Relay::Wants {
