@@ -1588,20 +1588,24 @@ impl Sfu {
             if let Some(o) = self.out.pop_front() {
                 return o;
             }
-            // The next datagram of the connection that has been sending longest.
-            let Some(&pid) = self.sending.front() else {
+            // The next datagram of the connection that has been sending longest. Out of the
+            // list while it is polled (`poll_peer` clears its flag and sets it again when it
+            // is not done): a panic in there, caught by the caller, leaves it out of the list
+            // and flagged so, not first in line to panic again, and its next input puts it back.
+            let Some(pid) = self.sending.pop_front() else {
                 break;
             };
-            match self.poll_peer(pid) {
-                Polled::Transmit(transmit) => return transmit,
-                // Handled as an input's would be: it may queue outputs and wake other peers.
-                Polled::Event => self.run(self.now),
-                Polled::Done => {
-                    self.sending.pop_front();
-                    if let Some(peer) = self.peers.get_mut(&pid) {
-                        peer.in_sending = false;
-                    }
+            match self.poll_peer(pid, true) {
+                Polled::Transmit(transmit) => {
+                    self.sending.push_front(pid);
+                    return transmit;
                 }
+                // Handled as an input's would be: it may queue outputs and wake other peers.
+                Polled::Event => {
+                    self.sending.push_front(pid);
+                    self.run(self.now);
+                }
+                Polled::Done => {}
             }
         }
         let peer_deadline = [self.deadlines.first(), self.offers_due.first()]
@@ -2226,7 +2230,7 @@ impl Sfu {
             peer.queued = false;
         }
         loop {
-            match self.poll_peer(pid) {
+            match self.poll_peer(pid, false) {
                 Polled::Transmit(transmit) => {
                     self.out.push_back(transmit);
                     if let Some(peer) = self.peers.get_mut(&pid)
@@ -2244,12 +2248,25 @@ impl Sfu {
     }
 
     /// One output of a peer's connection: a datagram, an event (queued in `events`), or its
-    /// next timeout (or its end), which ends its output until the next input.
-    fn poll_peer(&mut self, pid: PeerId) -> Polled {
+    /// next timeout (or its end), which ends its output until the next input. `sending`: it
+    /// was taken from `Sfu::sending`, which it is flagged as in again unless it is done.
+    fn poll_peer(&mut self, pid: PeerId, sending: bool) -> Polled {
         let Some(peer) = self.peers.get_mut(&pid) else {
             return Polled::Done;
         };
-        match peer.rtc.poll_output() {
+        if sending {
+            peer.in_sending = false;
+        }
+        let output = peer.rtc.poll_output();
+        if sending
+            && matches!(
+                output,
+                Ok(str0m::Output::Transmit(_) | str0m::Output::Event(_))
+            )
+        {
+            peer.in_sending = true;
+        }
+        match output {
             Ok(str0m::Output::Transmit(t)) => {
                 self.stats.packets_out += 1;
                 self.stats.bytes_out += t.contents.len() as u64;

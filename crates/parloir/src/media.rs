@@ -648,6 +648,23 @@ impl Worker {
         }
     }
 
+    /// The SFU's next output, guarded as its inputs are: `poll_output` takes datagrams from
+    /// the connections as they are sent and handles the events that come with them. After a
+    /// panic, a deadline of now: the next turn goes on polling.
+    fn poll_guarded(&mut self) -> Output {
+        let sfu = &mut self.sfu;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sfu.poll_output())) {
+            Ok(output) => output,
+            Err(_) => {
+                self.metrics
+                    .media_panics
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!("the SFU panicked polling its output; continuing");
+                Output::Timeout(Instant::now())
+            }
+        }
+    }
+
     /// Runs the SFU's timeouts that are due; returns its next deadline. Besides the end of each
     /// turn: a frame written to a paced subscriber connection (bandwidth estimation on) is
     /// packetized on its next timeout (due at once), so the receive loop calls this before each
@@ -666,7 +683,7 @@ impl Worker {
     /// Sends and delivers everything the SFU has queued; returns its next deadline.
     fn drain_output(&mut self) -> Instant {
         loop {
-            match self.sfu.poll_output() {
+            match self.poll_guarded() {
                 Output::Transmit(t) if t.transport == Transport::Tcp => {
                     if let Some(tcp) = self.tcp.as_mut() {
                         tcp.send(self.poll.registry(), t.destination, &t.contents);
