@@ -373,6 +373,9 @@ pub struct Sim {
     /// Whether sent datagrams' buffers go back to str0m (patch 25), as the media worker's do
     /// (true unless a bench turns it off to measure it).
     pub recycle: bool,
+    /// When set, each drain of the SFU that sent video-sized datagrams (1000 bytes or more)
+    /// adds how many it sent and into how many distinct buffers they were encrypted.
+    pub fan_out_buffers: Option<Vec<(usize, usize)>>,
     media_slot: u32,
     pub replies: Vec<(u64, Result<ServiceReply, ServiceError>)>,
     /// Wall-clock time spent inside the SFU's own calls (for the forwarding bench).
@@ -465,6 +468,7 @@ impl Sim {
             media_tick: now,
             media_slots: 1,
             recycle: true,
+            fan_out_buffers: None,
             media_slot: 0,
             replies: Vec::new(),
             sfu_time: Duration::ZERO,
@@ -981,6 +985,7 @@ impl Sim {
 
     fn drain_worker(&mut self, w: u16) -> bool {
         let mut moved = false;
+        let (mut large, mut buffers) = (0, HashSet::new());
         loop {
             let t = Instant::now();
             let output = self.sfu_of(w).poll_output();
@@ -994,6 +999,10 @@ impl Sim {
                 }
                 Output::Transmit(t) => {
                     moved = true;
+                    if self.fan_out_buffers.is_some() && t.contents.len() >= 1000 {
+                        large += 1;
+                        buffers.insert(t.contents.as_ptr() as usize);
+                    }
                     // A copy goes on the wire and the buffer goes back, as the media worker
                     // copies each datagram into its send batch and recycles it.
                     self.net.send(
@@ -1030,6 +1039,11 @@ impl Sim {
                     match w {
                         0 => self.sfu_deadline = t,
                         w => self.extra[usize::from(w) - 1].deadline = t,
+                    }
+                    if let Some(seen) = self.fan_out_buffers.as_mut()
+                        && large > 0
+                    {
+                        seen.push((large, buffers.len()));
                     }
                     return moved;
                 }
