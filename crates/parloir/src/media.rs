@@ -636,31 +636,20 @@ impl Worker {
     }
 
     /// Runs one SFU call, surviving a panic inside it (str0m has a few `panic!`s on states it
-    /// considers impossible). The SFU may then hold an inconsistent peer, but one meeting's
-    /// trouble must not end every meeting on the server; the panic is logged and counted.
-    fn guarded(&mut self, f: impl FnOnce(&mut Sfu)) {
+    /// considers impossible): its result, or `None` after a panic. The SFU may then hold an
+    /// inconsistent peer, but one meeting's trouble must not end every meeting on the server;
+    /// the panic is logged and counted. Inputs and `poll_output` alike (which takes datagrams
+    /// from the connections as they are sent and handles the events that come with them).
+    fn guarded<T>(&mut self, f: impl FnOnce(&mut Sfu) -> T) -> Option<T> {
         let sfu = &mut self.sfu;
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(sfu))).is_err() {
-            self.metrics
-                .media_panics
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!("the SFU panicked handling an input; continuing");
-        }
-    }
-
-    /// The SFU's next output, guarded as its inputs are: `poll_output` takes datagrams from
-    /// the connections as they are sent and handles the events that come with them. After a
-    /// panic, a deadline of now: the next turn goes on polling.
-    fn poll_guarded(&mut self) -> Output {
-        let sfu = &mut self.sfu;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sfu.poll_output())) {
-            Ok(output) => output,
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(sfu))) {
+            Ok(result) => Some(result),
             Err(_) => {
                 self.metrics
                     .media_panics
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!("the SFU panicked polling its output; continuing");
-                Output::Timeout(Instant::now())
+                tracing::error!("the SFU panicked; continuing");
+                None
             }
         }
     }
@@ -683,7 +672,11 @@ impl Worker {
     /// Sends and delivers everything the SFU has queued; returns its next deadline.
     fn drain_output(&mut self) -> Instant {
         loop {
-            match self.poll_guarded() {
+            // After a panic, a deadline of now: the next turn goes on polling.
+            let output = self
+                .guarded(Sfu::poll_output)
+                .unwrap_or_else(|| Output::Timeout(Instant::now()));
+            match output {
                 Output::Transmit(t) if t.transport == Transport::Tcp => {
                     if let Some(tcp) = self.tcp.as_mut() {
                         tcp.send(self.poll.registry(), t.destination, &t.contents);
@@ -735,7 +728,9 @@ impl Worker {
         let now = Instant::now();
         for i in 0..RELAYS_PER_TURN {
             match self.inbox.media.try_recv() {
-                Ok((from, relay)) => self.guarded(|sfu| sfu.handle_relay(now, from, *relay)),
+                Ok((from, relay)) => {
+                    self.guarded(|sfu| sfu.handle_relay(now, from, *relay));
+                }
                 Err(_) => return false,
             }
             // As for received datagrams: the fan-out goes out every few inputs.
