@@ -63,6 +63,11 @@ pub(crate) struct RtcSctp {
     snap_init: Option<SctpInitData>,
     /// Bytes that can be buffered across all streams before `available()` is 0.
     max_buffered_amount: usize,
+    /// Parloir patch 59: the last [`RtcSctp::poll`] found nothing to do, and nothing that
+    /// could give it something (input, a write, a stream opened or closed, a due timer) has
+    /// happened since. `poll` then returns at once instead of walking the association and
+    /// every stream entry, which it did at each full pass of the connection's output.
+    idle: bool,
     #[cfg(test)]
     max_payload_size: usize,
 }
@@ -322,6 +327,7 @@ impl RtcSctp {
             snap_enabled: false,
             snap_init: None,
             max_buffered_amount: DEFAULT_MAX_BUFFERED_AMOUNT,
+            idle: false,
             #[cfg(test)]
             max_payload_size,
         }
@@ -351,6 +357,7 @@ impl RtcSctp {
         sctp_init_data: Option<SctpInitData>,
         remote_max_message_size: Option<u32>,
     ) -> Result<(), SctpError> {
+        self.idle = false;
         if self.state != RtcSctpState::Uninited {
             return Err(SctpError::Proto(ProtoError::Other(
                 "SCTP already initialized".into(),
@@ -424,11 +431,13 @@ impl RtcSctp {
 
     /// Enable SNAP by pre-populating the init data.
     pub fn enable_snap(&mut self) {
+        self.idle = false;
         self.snap_enabled = true;
         self.snap_init.get_or_insert_with(SctpInitData::new);
     }
 
     pub fn set_max_buffered_amount(&mut self, max_buffered_amount: usize) {
+        self.idle = false;
         self.max_buffered_amount = max_buffered_amount;
     }
 
@@ -440,6 +449,7 @@ impl RtcSctp {
     /// Ensure the local SNAP INIT chunk is generated. Returns `false` if
     /// generation failed (degrades to non-SNAP).
     pub fn ensure_local_snap_init(&mut self) -> bool {
+        self.idle = false;
         let init_data = self.snap_init.get_or_insert_with(SctpInitData::new);
         if init_data.local_init_chunk().is_err() {
             self.snap_init = None;
@@ -453,6 +463,7 @@ impl RtcSctp {
     ///
     /// This preserves local opt-in for future offers.
     pub fn disable_pending_snap(&mut self) {
+        self.idle = false;
         if !self.is_inited() {
             self.snap_init = None;
         }
@@ -490,6 +501,7 @@ impl RtcSctp {
     /// Set the remote SNAP INIT from a base64 string. Returns `Ok(true)` if
     /// accepted, `Ok(false)` on decode error (degrades to non-SNAP).
     pub fn set_remote_snap_init_string(&mut self, value: &str) -> bool {
+        self.idle = false;
         let init_data = self.snap_init.get_or_insert_with(SctpInitData::new);
         match init_data.set_remote_init_string(value) {
             Ok(()) => true,
@@ -512,6 +524,7 @@ impl RtcSctp {
 
     /// Opens a new stream.
     pub fn open_stream(&mut self, id: u16, config: ChannelConfig) {
+        self.idle = false;
         // The channel might already have arrived via SCTP, and if it is negotiated out-of-band
         // we are waiting for the configuration.
         let entry = stream_entry(
@@ -566,6 +579,7 @@ impl RtcSctp {
 
     /// Close stream.
     pub fn close_stream(&mut self, id: u16) {
+        self.idle = false;
         if let Some(entry) = entry_by_id_mut(&mut self.entries, id) {
             entry.do_close = true;
 
@@ -575,6 +589,7 @@ impl RtcSctp {
     }
 
     pub fn close(&mut self) -> Result<(), SctpError> {
+        self.idle = false;
         let Some(assoc) = &mut self.assoc else {
             return Ok(());
         };
@@ -600,6 +615,7 @@ impl RtcSctp {
 
     // TODO: fix sctp-proto so we don't need &mut here.
     pub fn available(&mut self) -> usize {
+        self.idle = false;
         let Some(assoc) = &mut self.assoc else {
             return 0;
         };
@@ -620,6 +636,7 @@ impl RtcSctp {
     }
 
     pub fn write(&mut self, id: u16, binary: bool, buf: &[u8]) -> Result<usize, SctpError> {
+        self.idle = false;
         if self.state != RtcSctpState::Established || self.is_closing() || self.is_closed() {
             return Err(SctpError::WriteBeforeEstablished);
         }
@@ -653,6 +670,7 @@ impl RtcSctp {
     }
 
     pub fn buffered_amount(&mut self, id: u16) -> usize {
+        self.idle = false;
         let Some(assoc) = self.assoc.as_mut() else {
             return 0;
         };
@@ -665,6 +683,7 @@ impl RtcSctp {
     }
 
     pub fn set_buffered_amount_low_threshold(&mut self, id: u16, threshold: usize) {
+        self.idle = false;
         let entry =
             entry_by_id_mut(&mut self.entries, id).expect("stream entry for valid channel id");
 
@@ -673,6 +692,7 @@ impl RtcSctp {
     }
 
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        self.idle = false;
         trace!("Handle input: {}", data.len());
 
         // TODO, remove Bytes in sctp and just use &[u8].
@@ -714,6 +734,13 @@ impl RtcSctp {
             return;
         }
 
+        // Parloir patch 59: a poll after this timeout can find something new only if one
+        // of the deadlines `poll_timeout` reports (the association's timers, an open's
+        // retry) has come. Time passing otherwise changes nothing `poll` looks at.
+        if self.poll_timeout().is_some_and(|at| at <= now) {
+            self.idle = false;
+        }
+
         self.last_now = now;
 
         // Remove closed entries.
@@ -737,7 +764,12 @@ impl RtcSctp {
     }
 
     pub fn poll(&mut self) -> Option<SctpEvent> {
+        // Parloir patch 59: see `idle`.
+        if self.idle {
+            return None;
+        }
         let r = self.do_poll();
+        self.idle = r.is_none();
 
         if let Some(r) = &r {
             trace!("Poll {:?}", r);
@@ -1171,6 +1203,7 @@ impl RtcSctp {
     }
 
     pub fn push_back_transmit(&mut self, data: VecDeque<Vec<u8>>) {
+        self.idle = false;
         trace!("Push back transmit: {}", data.len());
         assert!(self.pushed_back_transmit.is_none());
         self.pushed_back_transmit = Some(data);
@@ -1441,6 +1474,77 @@ mod tests {
         assert!(readiness.wants_timeout());
         assert!(matches!(sctp.poll(), Some(SctpEvent::Transmit { .. })));
         assert!(sctp.poll_timeout().unwrap() > deadline);
+    }
+
+    /// Parloir patch 59: after a poll that found nothing, `poll` skips its walk until
+    /// something could have changed: input, a write, or a timer that has come. A timeout
+    /// before any deadline keeps it idle; the data that arrives afterwards is still read.
+    #[test]
+    fn an_idle_association_is_polled_again_only_after_a_change() {
+        let (mut client, mut server) = connect_client_server();
+        let now = client.last_now;
+        let config = ChannelConfig {
+            label: "chat".to_string(),
+            ordered: true,
+            reliability: Reliability::Reliable,
+            negotiated: Some(1),
+            protocol: String::new(),
+        };
+        client.open_stream(1, config.clone());
+        server.open_stream(1, config);
+        for sctp in [&mut client, &mut server] {
+            let mut opened = false;
+            while let Some(e) = sctp.poll() {
+                opened |= matches!(e, SctpEvent::Open { id: 1, .. });
+            }
+            assert!(opened, "the negotiated stream opens");
+            assert!(
+                sctp.idle,
+                "a poll that found nothing leaves the association idle"
+            );
+        }
+
+        // A timeout before any of the server's deadlines changes nothing it polls.
+        let deadline = server.poll_timeout();
+        let early = deadline.map_or(now, |d| now.max(d - Duration::from_millis(1)));
+        server.handle_timeout(early, &mut Readiness::idle().wake());
+        assert!(server.idle, "a timeout with nothing due keeps it idle");
+        assert!(server.poll().is_none());
+
+        // Data written by the client reaches the idle server and is read there.
+        client.write(1, false, b"hello").unwrap();
+        assert!(!client.idle, "a write ends the idle spell");
+        let mut sent = 0;
+        while let Some(e) = client.poll() {
+            if let SctpEvent::Transmit { packets } = e {
+                for packet in packets {
+                    server.handle_input(early, &packet);
+                    sent += 1;
+                }
+            }
+        }
+        assert!(sent > 0, "the write is sent");
+        assert!(!server.idle, "input ends the idle spell");
+        let mut read = None;
+        while let Some(e) = server.poll() {
+            if let SctpEvent::Data { id, data, .. } = e {
+                read = Some((id, data));
+            }
+        }
+        assert_eq!(read, Some((1, b"hello".to_vec())));
+
+        // The client's retransmission timer is still running (nothing acknowledged its
+        // data): when it comes, the client is polled again and sends.
+        assert!(client.idle);
+        let due = client
+            .poll_timeout()
+            .expect("a retransmission or delayed SACK timer");
+        client.handle_timeout(due, &mut Readiness::idle().wake());
+        assert!(!client.idle, "a timer that has come ends the idle spell");
+        assert!(
+            std::iter::from_fn(|| client.poll()).any(|e| matches!(e, SctpEvent::Transmit { .. })),
+            "the timer's packet is sent"
+        );
     }
 
     /// Insert an entry directly, keeping `entries` sorted by id.
