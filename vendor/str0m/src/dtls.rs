@@ -36,6 +36,14 @@ pub struct Dtls {
     /// the backend's fragmenter; outgoing records larger than the warn
     /// threshold log a warning.
     mtu: RangeInclusive<usize>,
+
+    /// Parloir patch 60: the timeout the instance last answered `poll_output` with, while
+    /// nothing has been given to it since (a packet, application data, a timeout, a role,
+    /// a close). The instance's output is a function of its state alone (it takes no
+    /// time), so until one of those it would answer the same: `poll_output` answers from
+    /// here instead of reaching into the instance, which every full pass of a
+    /// connection's output did.
+    idle: Option<Instant>,
 }
 
 pub(crate) fn is_would_block(error: &DtlsError) -> bool {
@@ -79,6 +87,7 @@ impl Dtls {
             active_state: None,
             pending_packets: VecDeque::new(),
             mtu,
+            idle: None,
         })
     }
 
@@ -94,6 +103,7 @@ impl Dtls {
 
     /// Set whether this instance is active (client) or passive (server).
     pub fn set_active(&mut self, active: bool) {
+        self.idle = None;
         self.active_state = Some(active);
         self.instance.set_active(active)
     }
@@ -124,6 +134,7 @@ impl Dtls {
 
     /// Set the remote fingerprint (extracted from peer certificate).
     pub fn set_remote_fingerprint(&mut self, fingerprint: Fingerprint) {
+        self.idle = None;
         self.remote_fingerprint = Some(fingerprint);
     }
 
@@ -133,7 +144,17 @@ impl Dtls {
             return DtlsOutput::Timeout(not_happening());
         }
 
+        // Parloir patch 60: see `idle`.
+        if let Some(at) = self.idle {
+            return DtlsOutput::Timeout(at);
+        }
+
         let next = self.instance.poll_output(buf);
+
+        if let DtlsOutput::Timeout(at) = next {
+            self.idle = Some(at);
+            return next;
+        }
 
         if let DtlsOutput::Packet(packet) = next {
             if packet.len() > self.mtu_warn() {
@@ -165,6 +186,7 @@ impl Dtls {
             return Ok(());
         }
 
+        self.idle = None;
         self.instance
             .handle_packet(packet)
             .map_err(|e| DtlsError::CryptoError(CryptoError::Other(format!("DTLS error: {}", e))))
@@ -184,6 +206,7 @@ impl Dtls {
             return Err(make_handshake_pending_err());
         }
 
+        self.idle = None;
         let accepted = self.instance.send_application_data(data).map_err(|e| {
             DtlsError::CryptoError(CryptoError::Other(format!("DTLS error: {}", e)))
         })?;
@@ -201,6 +224,7 @@ impl Dtls {
             return Ok(());
         }
 
+        self.idle = None;
         self.instance
             .handle_timeout(now)
             .map_err(|e| DtlsError::CryptoError(CryptoError::Other(format!("DTLS error: {}", e))))
@@ -208,6 +232,7 @@ impl Dtls {
 
     /// Initiate graceful shutdown by sending a close_notify alert.
     pub fn close(&mut self) -> Result<(), DtlsError> {
+        self.idle = None;
         self.instance
             .close()
             .map_err(|e| DtlsError::CryptoError(CryptoError::Other(format!("DTLS error: {}", e))))
@@ -316,5 +341,82 @@ mod tests {
         client.close().unwrap();
         let err = client.handle_input(data).unwrap_err();
         assert!(!is_would_block(&err));
+    }
+
+    /// Parloir patch 60: once the instance has answered with a timeout, `poll_output`
+    /// answers the same without it until something is given to the instance; what is given
+    /// afterwards (a record, a timeout, data to send) is still seen.
+    #[test]
+    #[cfg(feature = "aws-lc-rs")]
+    fn an_idle_instance_is_polled_again_only_after_input() {
+        fn drain(dtls: &mut Dtls, buf: &mut [u8], received: &mut Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+            let mut packets = Vec::new();
+            loop {
+                let timeout = match dtls.poll_output(buf) {
+                    DtlsOutput::ApplicationData(data) => {
+                        received.push(data.to_vec());
+                        None
+                    }
+                    DtlsOutput::Timeout(at) => Some(at),
+                    _ => None,
+                };
+                while let Some(packet) = dtls.poll_packet() {
+                    packets.push(packet.to_vec());
+                }
+                if let Some(at) = timeout {
+                    if at > already_happened() {
+                        return packets;
+                    }
+                }
+            }
+        }
+
+        let now = Instant::now();
+        let mut client = new_dtls(now, DtlsVersion::Dtls12);
+        let mut server = new_dtls(now, DtlsVersion::Dtls12);
+        client.set_active(true);
+        server.set_active(false);
+        client.handle_timeout(now).unwrap();
+        server.handle_timeout(now).unwrap();
+        client.handle_receive(&[]).unwrap();
+
+        let mut buf = [0; 2048];
+        let mut received = Vec::new();
+        for _ in 0..10 {
+            for packet in drain(&mut client, &mut buf, &mut received) {
+                server.handle_receive(&packet).unwrap();
+            }
+            for packet in drain(&mut server, &mut buf, &mut received) {
+                client.handle_receive(&packet).unwrap();
+            }
+        }
+        assert!(client.protocol_version().is_some() && server.protocol_version().is_some());
+
+        // Idle: the same timeout again, without the instance.
+        let DtlsOutput::Timeout(at) = server.poll_output(&mut buf) else {
+            panic!("a connected server with nothing to do answers with its timeout");
+        };
+        assert_eq!(server.idle, Some(at));
+        assert!(matches!(server.poll_output(&mut buf), DtlsOutput::Timeout(t) if t == at));
+
+        // A record from the client ends the idle spell and its data is read.
+        client.handle_input(b"after idle").unwrap();
+        let packets = drain(&mut client, &mut buf, &mut received);
+        assert!(!packets.is_empty(), "the client's data is sent");
+        for packet in packets {
+            server.handle_receive(&packet).unwrap();
+        }
+        assert_eq!(server.idle, None);
+        drain(&mut server, &mut buf, &mut received);
+        assert_eq!(received, vec![b"after idle".to_vec()]);
+
+        // So does a timeout, and closing (the close_notify record is sent).
+        server.handle_timeout(now).unwrap();
+        assert_eq!(server.idle, None);
+        drain(&mut server, &mut buf, &mut received);
+        assert!(server.idle.is_some());
+        server.close().unwrap();
+        assert_eq!(server.idle, None);
+        assert!(!drain(&mut server, &mut buf, &mut received).is_empty());
     }
 }
