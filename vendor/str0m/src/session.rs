@@ -2306,7 +2306,14 @@ mod tests {
         let stream = rtc.session.streams.stream_tx(&42.into()).unwrap();
         let last = stream.rtx_cache().last_cached_seq_no().unwrap();
         let (next, size) = stream.rtx_cache().slot_of((*last + 1).into());
-        assert_eq!(addrs(&rtc, 2), [next, next + size - 1]);
+        // Patch 61: then the slot eviction reads next, the oldest packet's: the one packet
+        // of the one frame written.
+        let (oldest, _) = stream.rtx_cache().slot_of(last);
+        assert_ne!(oldest, next);
+        assert_eq!(
+            addrs(&rtc, 2),
+            [next, next + size - 1, oldest, oldest + size - 1]
+        );
         assert_eq!(rtc.session.last_tx.0, slot);
 
         // A slot past the streams gives nothing at steps 1 and 2 but what is not the stream's.

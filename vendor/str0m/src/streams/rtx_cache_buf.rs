@@ -73,6 +73,9 @@ impl<T> EvictingBuffer<T> {
 
     /// Parloir patch 52: the lines of the slot the position after the last pushed goes to,
     /// given to `f` by address (not read: for a prefetch); nothing before the first push.
+    /// Parloir patch 61: then the lines of the slot eviction looks at next (the oldest entry,
+    /// pushed a whole window ago: cold), when that is another slot; `maybe_evict` reads it
+    /// after each push, and drops it once it is old enough.
     pub(crate) fn next_slot_lines(&self, f: &mut impl FnMut(*const u8)) {
         let Some(last) = self.last_position else {
             return;
@@ -80,10 +83,19 @@ impl<T> EvictingBuffer<T> {
         if self.buf.is_empty() {
             return;
         }
+        let size = std::mem::size_of::<Option<Entry<T>>>();
         let index = self.index_for_position(last.wrapping_add(1));
         let slot = self.buf.as_ptr().wrapping_add(index) as *const u8;
         f(slot);
-        f(slot.wrapping_add(std::mem::size_of::<Option<Entry<T>>>() - 1));
+        f(slot.wrapping_add(size - 1));
+        if let Some(evict) = self.next_evict {
+            let evict = self.index_for_position(evict);
+            if evict != index {
+                let slot = self.buf.as_ptr().wrapping_add(evict) as *const u8;
+                f(slot);
+                f(slot.wrapping_add(size - 1));
+            }
+        }
     }
 
     /// The slot `position` goes to, and its size (tests of `next_slot_lines`).
