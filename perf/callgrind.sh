@@ -17,6 +17,7 @@
 # core's own caches on this kind of server) and adds the last-level read and write misses per
 # datagram out: the SFU's memory traffic, which instruction counts do not show. The bench's own
 # settings pass through, e.g. PARLOIR_BENCH_SIMULCAST=1 PARLOIR_BENCH_BWE=0.
+# perf/callgrind-functions.py then breaks the counts down by function, and compares two sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes=${1:-"2 10 25"}
@@ -38,9 +39,11 @@ read -r short long <<< "${CALLGRIND_STEPS:-10 30}"
 ir() { # steps size -> "instructions datagrams llreads llwrites"
   local file="$out/room-$2-steps-$1.out"
   local dgrams
-  dgrams=$(PARLOIR_BENCH_SIZES=$2 PARLOIR_BENCH_STEPS=$1 valgrind --tool=callgrind \
+  # The bench's line is kept beside callgrind's file, for perf/callgrind-functions.py.
+  PARLOIR_BENCH_SIZES=$2 PARLOIR_BENCH_STEPS=$1 valgrind --tool=callgrind \
     --callgrind-out-file="$file" "${cache[@]}" "${toggles[@]}" "$bench" 2>/dev/null \
-    | sed -n 's/.*datagrams_out \([0-9]*\).*/\1/p')
+    | grep 'datagrams_out' > "${file%.out}.line" || true
+  dgrams=$(sed -n 's/.*datagrams_out \([0-9]*\).*/\1/p' "${file%.out}.line")
   # The totals line: Ir, and with the cache model Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
   local totals
   totals=$(callgrind_annotate "$file" 2>/dev/null | grep 'PROGRAM TOTALS' \
