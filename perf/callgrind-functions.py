@@ -93,6 +93,8 @@ def main():
     top = 30
     if "--top" in args:
         i = args.index("--top")
+        if i + 1 >= len(args) or not args[i + 1].isdigit():
+            sys.exit("--top takes a number of functions")
         top = int(args[i + 1])
         del args[i : i + 2]
     if not args or len(args) > 2:
