@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
 """Per-function costs of the SFU's steady forwarding, per datagram out, from perf/callgrind.sh.
 
-    perf/callgrind-functions.py SIZE [OTHER_SIZE] [--top N]
+    perf/callgrind-functions.py RUN [OTHER_RUN] [--top N]
 
-perf/callgrind.sh runs each room size twice (a short and a long run) and keeps callgrind's files
-and the bench's line under perf/results/callgrind/. For each function (its own cost, not what
-it calls) this takes the long run's counts less the short run's, divided by the datagrams out
-between them: the joins and the warm-up cancel out. With one size it lists the functions by
-instructions; with two it lists what grows from the first to the second, by last-level cache
-misses (reads and writes), which needs CALLGRIND_CACHE=1 runs. Function names are callgrind's
-(file:function for inlined code), so one function may have several lines. Counts vary from run
-to run with str0m's unseeded randomness (with estimation on, the pacer's and the probes' work
-most), so compare like with like.
+A RUN is a room size (perf/callgrind.sh's file for it under perf/results/callgrind/) or the
+path of a callgrind file (room-N.out) that perf/callgrind.sh wrote elsewhere (CALLGRIND_OUT),
+with its bench line (room-N.line) beside it. perf/callgrind.sh counts the measured steps only,
+so each function's own cost (not what it calls) is divided by the datagrams out of those
+steps. With one run it lists the functions by instructions; with two (two sizes, or one size
+from two builds) it lists what differs from the first to the second, the largest changes
+either way first, by last-level cache misses (reads and writes; CALLGRIND_CACHE=1 runs), then
+by instructions. Function names are
+callgrind's (file:function for inlined code), so one function may have several lines.
 """
 
 import re
@@ -23,22 +23,18 @@ DIR = Path(__file__).resolve().parent / "results" / "callgrind"
 EVENTS = ["Ir", "Dr", "Dw", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw"]
 
 
-def runs(size):
-    """The (short, long) runs of a size: paths and datagrams out."""
-    found = []
-    for out in DIR.glob(f"room-{size}-steps-*.out"):
-        steps = int(out.stem.rsplit("-", 1)[1])
-        line = out.with_suffix(".line")
-        if not line.exists():
-            sys.exit(f"{line}: missing (run perf/callgrind.sh again)")
-        m = re.search(r"datagrams_out (\d+)", line.read_text())
-        if not m:
-            sys.exit(f"{line}: no datagrams_out")
-        found.append((steps, out, int(m.group(1))))
-    if len(found) < 2:
-        sys.exit(f"room {size}: needs two runs in {DIR} (perf/callgrind.sh '{size}')")
-    found.sort()
-    return found[0], found[-1]
+def run(arg):
+    """A run's callgrind file and datagrams out."""
+    out = Path(arg) if arg.endswith(".out") else DIR / f"room-{arg}.out"
+    if not out.exists():
+        sys.exit(f"{out}: missing (perf/callgrind.sh '{arg}')")
+    line = out.with_suffix(".line")
+    if not line.exists():
+        sys.exit(f"{line}: missing (run perf/callgrind.sh again)")
+    m = re.search(r"datagrams_out (\d+)", line.read_text())
+    if not m or int(m.group(1)) == 0:
+        sys.exit(f"{line}: no datagrams out")
+    return out, int(m.group(1))
 
 
 def costs(path):
@@ -72,15 +68,10 @@ def costs(path):
     return table
 
 
-def per_datagram(size):
-    (_, short, d1), (_, long, d2) = runs(size)
-    if d2 <= d1:
-        sys.exit(f"room {size}: the long run sent no more datagrams than the short one")
-    a, b = costs(short), costs(long)
-    zero = dict.fromkeys(EVENTS, 0)
+def per_datagram(arg):
+    path, datagrams = run(arg)
     return {
-        name: {e: (b.get(name, zero)[e] - a.get(name, zero)[e]) / (d2 - d1) for e in EVENTS}
-        for name in set(a) | set(b)
+        name: {e: row[e] / datagrams for e in EVENTS} for name, row in costs(path).items()
     }
 
 
@@ -112,15 +103,21 @@ def main():
     def misses(r):
         return r["DLmr"] + r["DLmw"]
 
+    def change(n):
+        a, b = small.get(n, zero), large.get(n, zero)
+        return (misses(b) - misses(a), b["Ir"] - a["Ir"])
+
+    # The largest changes first, either way (misses, then instructions).
     growth = sorted(
-        ((misses(large.get(n, zero)) - misses(small.get(n, zero)), n) for n in set(small) | set(large)),
+        ((change(n), n) for n in set(small) | set(large)),
+        key=lambda c: (abs(c[0][0]), abs(c[0][1])),
         reverse=True,
     )
     print(
-        f"per datagram out, room {args[0]} -> {args[1]}: growth in last-level misses, "
+        f"per datagram out, {args[0]} -> {args[1]}: change in last-level misses, "
         "instructions, read misses, write misses"
     )
-    for grow, name in growth[: top + 1]:
+    for (grow, _), name in growth[: top + 1]:
         s, l = small.get(name, zero), large.get(name, zero)
         print(
             f"{grow:6.1f} | {s['Ir']:7.0f} {l['Ir']:7.0f} | {s['DLmr']:5.1f} {l['DLmr']:5.1f} | "

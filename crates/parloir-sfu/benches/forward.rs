@@ -23,6 +23,13 @@
 //! room: the longest single SFU call from its publish to a second later, and the most subscriber
 //! offers one call wrote.
 //!
+//! `PARLOIR_BENCH_CALLGRIND=1` (steps mode, under `valgrind --tool=callgrind
+//! --instr-atstart=no`) has callgrind count the measured steps only: instrumentation starts two
+//! steps before them (to warm its cache model), its counts are zeroed as they begin, and it
+//! stops at their end. The simulation's randomness and the engine's map order are seeded
+//! (`parloir_sfu::ids::repeatable_maps`), so such counts repeat closely from run to run (within
+//! 1 % at 10 and 50 participants).
+//!
 //! `PARLOIR_BENCH_SIMULCAST=1` publishes every camera as three simulcast layers (1, 3 and 8
 //! packets a frame) and has each participant show the others as the load generator's
 //! meeting-150 does: one large tile (the top layer), 25 small ones (the lowest), the rest
@@ -63,6 +70,46 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use harness::Sim;
 use parloir_sfu::{Command, proto};
+
+/// Valgrind's client requests (valgrind.h's, amd64 only): a magic instruction sequence that
+/// valgrind's tools answer and that does nothing on the CPU itself (`rdi` rotated by 128
+/// bits in all, `rbx` exchanged with itself).
+mod valgrind {
+    /// callgrind.h's requests: `VG_USERREQ_TOOL_BASE('C', 'T')` and on.
+    const CALLGRIND: u64 = (b'C' as u64) << 24 | (b'T' as u64) << 16;
+    pub const ZERO_STATS: u64 = CALLGRIND + 1;
+    pub const START_INSTRUMENTATION: u64 = CALLGRIND + 4;
+    pub const STOP_INSTRUMENTATION: u64 = CALLGRIND + 5;
+
+    /// Makes the request `code` (with no arguments) of the valgrind tool the bench runs
+    /// under, if any.
+    pub fn request(code: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let args: [u64; 6] = [code, 0, 0, 0, 0, 0];
+            let mut result: u64 = 0;
+            // SAFETY: the sequence leaves every register as it found it but `rdx` (declared)
+            // and the flags (which `asm!` assumes clobbered); valgrind reads `args` through
+            // `rax` and writes its answer to `rdx`.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::arch::asm!(
+                    "rol rdi, 3",
+                    "rol rdi, 13",
+                    "rol rdi, 61",
+                    "rol rdi, 51",
+                    "xchg rbx, rbx",
+                    in("rax") args.as_ptr(),
+                    inout("rdx") result,
+                    options(nostack),
+                );
+            }
+            let _ = result;
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = code;
+    }
+}
 
 /// Simulated meeting per iteration.
 const STEP: Duration = Duration::from_millis(100);
@@ -214,6 +261,19 @@ fn main() {
                     },
                 )
             };
+            // PARLOIR_BENCH_CALLGRIND=1 (under `valgrind --tool=callgrind --instr-atstart=no`,
+            // as perf/callgrind.sh runs it): callgrind starts counting here, two steps before
+            // the measured ones so that its cache model and translations are warm, and counts
+            // the measured steps only. The joins and the warm-up run uninstrumented, several
+            // times faster than instrumented, which makes 150 participants possible.
+            let callgrind = std::env::var("PARLOIR_BENCH_CALLGRIND").is_ok_and(|v| v == "1");
+            if callgrind {
+                valgrind::request(valgrind::START_INSTRUMENTATION);
+                for _ in 0..2 {
+                    sim.run_for(STEP);
+                }
+                valgrind::request(valgrind::ZERO_STATS);
+            }
             let before = totals(&mut sim);
             // PARLOIR_BENCH_SINK=1: while measuring, the datagrams the SFU sends to the
             // subscribing connections are dropped unread, so that the simulated clients' own
@@ -242,6 +302,9 @@ fn main() {
                 sim.run_for(STEP);
             }
             // The profiler stops here: the late join below is not the steady state.
+            if callgrind {
+                valgrind::request(valgrind::STOP_INSTRUMENTATION);
+            }
             eprintln!("participants {n}: measured");
             let after = totals(&mut sim);
             sim.net.sink.clear();

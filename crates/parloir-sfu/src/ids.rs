@@ -1,20 +1,69 @@
 //! Identifiers: LiveKit's prefixed sids, made from a seeded generator so that simulations are
 //! repeatable, and the caller's session handles.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::BuildHasher;
 
 /// The engine's maps on the forwarding path (peers, tracks, a subscriber's outgoing tracks by
 /// sid, layer settings): foldhash's fast hasher, seeded per map as std's is. Their keys are
 /// ids the SFU makes, mids, or names from the operator's signed tokens; maps keyed by what the
 /// network sends (addresses, ICE usernames) keep std's SipHash.
-pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastMap<K, V> = HashMap<K, V, MapSeed>;
 /// The set of [`FastMap`].
-pub(crate) type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+pub(crate) type FastSet<K> = HashSet<K, MapSeed>;
 /// A [`FastMap`] whose entries also have places (insertion order, moved only by
 /// `swap_remove`): whoever holds a place reaches the entry without hashing its key or reading
 /// the key's bytes.
-pub(crate) type FastIndexMap<K, V> = indexmap::IndexMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastIndexMap<K, V> = indexmap::IndexMap<K, V, MapSeed>;
+
+thread_local! {
+    /// The next map's seed on this thread, once [`repeatable_maps`] was called here.
+    static NEXT_SEED: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Makes the engine's hash maps made on this thread from now on take their seeds from `seed`
+/// (each map the next value of a sequence), instead of at random: the order in which the
+/// engine walks its peers and tracks then repeats from run to run, and so does everything
+/// that order decides (which receiver is polled first, what the pacer sends when). For
+/// simulations and benches, whose runs must repeat (a simulation's failure, a cache-miss
+/// count under callgrind); a server never calls it.
+pub fn repeatable_maps(seed: u64) {
+    NEXT_SEED.with(|next| next.set(Some(seed)));
+}
+
+/// The hasher of [`FastMap`]: foldhash's fast one, seeded at random for each map, or from
+/// the thread's sequence after [`repeatable_maps`].
+#[derive(Clone, Copy, Debug)]
+pub struct MapSeed(foldhash::fast::SeedableRandomState);
+
+impl Default for MapSeed {
+    fn default() -> Self {
+        let seed = NEXT_SEED.with(|next| {
+            let seed = next.get()?;
+            // splitmix64's step: each map its own seed.
+            next.set(Some(seed.wrapping_add(0x9e37_79b9_7f4a_7c15)));
+            Some(seed)
+        });
+        Self(match seed {
+            Some(seed) => foldhash::fast::SeedableRandomState::with_seed(
+                seed,
+                foldhash::SharedSeed::global_fixed(),
+            ),
+            None => foldhash::fast::SeedableRandomState::random(),
+        })
+    }
+}
+
+impl BuildHasher for MapSeed {
+    type Hasher = foldhash::fast::FoldHasher;
+
+    #[inline(always)]
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
 
 /// A signal session, chosen by the caller (one per WebSocket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,5 +137,30 @@ mod tests {
             a,
             "the same seed gives the same sids"
         );
+    }
+
+    #[test]
+    fn repeatable_maps_walk_in_the_same_order() {
+        fn walk() -> Vec<u64> {
+            let mut map: FastMap<u64, ()> = FastMap::default();
+            map.extend((0..64).map(|k| (k * 7919, ())));
+            map.keys().copied().collect()
+        }
+        // Each thread starts with random seeds; a seeded thread repeats its maps' seeds.
+        let seeded = |seed| {
+            std::thread::spawn(move || {
+                repeatable_maps(seed);
+                (walk(), walk())
+            })
+            .join()
+            .unwrap()
+        };
+        let (first, second) = seeded(5);
+        assert_eq!(seeded(5), (first.clone(), second.clone()));
+        assert_ne!(first, second, "each map its own seed");
+        assert_ne!(seeded(6).0, first, "another seed, another order");
+        // Unseeded, two maps (almost surely) walk in different orders.
+        let random = std::thread::spawn(|| (walk(), walk())).join().unwrap();
+        assert_ne!(random.0, random.1);
     }
 }

@@ -438,9 +438,12 @@ impl Sim {
     /// bandwidth estimation).
     pub fn with_options(seed: u64, loss: f64, n: usize, bwe_kbps: u32) -> Self {
         // str0m draws from fastrand's thread-local generator (its pacer's jitter and
-        // overshoot, SSRCs): seeded, runs repeat but for hash-map order and DTLS (the
-        // simulation runs on this thread).
+        // overshoot, SSRCs), and the engine's maps take their seeds from the thread's
+        // sequence: seeded, runs repeat closely (the simulation runs on this thread). Not
+        // exactly: DTLS's bytes are random, and with simulcast the SFU's timeouts still vary
+        // a little from run to run (perf/results/forward/measured-steps.md).
         fastrand::seed(seed);
+        parloir_sfu::ids::repeatable_maps(seed);
         let now = Instant::now();
         let config = sfu_config(seed, n, bwe_kbps, 0, 1);
         Self {
