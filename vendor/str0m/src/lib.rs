@@ -1535,9 +1535,9 @@ impl Rtc {
     /// just written and its packets wait to be sent, given to `f` by address in three steps,
     /// each step's addresses read from memory the steps before gave: `0` the connection's
     /// state and the fields of its session that sending a packet reads (the DTLS queue, the
-    /// feedback, SRTP, the pacer, the lists of m-lines, codecs and outgoing streams, the
-    /// packet buffer, TWCC); `1` the hot fields of the stream last written to, its m-line's
-    /// extensions, the codecs' first line, the packet buffer's first line; `2` the packet at
+    /// feedback, SRTP, the pacer, the lists of m-lines, codecs and outgoing streams, TWCC);
+    /// `1` the hot fields of the stream last written to, its m-line's extensions, the codecs'
+    /// first line (the packet's buffer is the thread's since patch 62); `2` the packet at
     /// the head of that stream's queue and the slot of its cache of sent packets the packet
     /// goes to. For a caller that polls many connections in turn, to prefetch the next ones'
     /// while it polls this one. Nothing is read through the addresses here.

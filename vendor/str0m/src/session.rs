@@ -163,8 +163,8 @@ pub(crate) struct Session {
     pub(crate) pacer: PacerImpl,
     pacer_control: PacerControl,
 
-    // temporary buffer when getting the next (unencrypted) RTP packet from Media line.
-    poll_packet_buf: Vec<u8>,
+    // Parloir patch 62: the temporary buffer for the next (unencrypted) RTP packet is the
+    // thread's (`io::Scratch`), no longer a field of each session.
 
     // Next packet for RtpPacket event.
     pending_packet: Option<RtpPacket>,
@@ -277,7 +277,6 @@ impl Session {
             enable_twcc_feedback: false,
             pacer,
             pacer_control: PacerControl::new(),
-            poll_packet_buf: vec![0; 2000],
             pending_packet: None,
             media_bytes_rx: 0,
             media_bytes_tx: 0,
@@ -817,8 +816,10 @@ impl Session {
 
         // The decrypted plaintext borrows from the SRTP scratch buffer. We
         // narrow it down to the actual payload via slicing only, then build
-        // the final `Arc<[u8]>` in a single allocation at the end.
-        let data = match srtp.unprotect_rtp(buf, &header, *seq_no) {
+        // the final `Arc<[u8]>` in a single allocation at the end. Parloir patch 62: the
+        // thread's buffer, not one of this connection's own.
+        let mut plain = crate::io::Scratch::take();
+        let data = match srtp.unprotect_rtp_into(buf, &header, *seq_no, &mut plain) {
             Some(d) => d,
             None => {
                 trace!(
@@ -991,7 +992,7 @@ impl Session {
         self.media_bytes_rx += rx_bytes as u64;
 
         // One-shot conversion to Arc<[u8]>: a single allocation that copies
-        // only the trimmed payload bytes out of the SRTP scratch buffer.
+        // only the trimmed payload bytes out of the SRTP scratch buffer (the thread's).
         let payload: Arc<[u8]> = Arc::from(data);
 
         let packet = stream.handle_rtp(now, header, payload, seq_no, receipt.time, rx_bytes);
@@ -1434,7 +1435,8 @@ impl Session {
         }
         self.last_tx = (slot, index);
         let media = &self.medias[index];
-        let buf = &mut self.poll_packet_buf;
+        // Parloir patch 62: the thread's buffer, not one of this connection's own.
+        let mut scratch = crate::io::Scratch::take();
         let twcc_seq = self.twcc;
 
         let params = &self.codec_config;
@@ -1445,7 +1447,7 @@ impl Session {
         let twcc_enabled = exts.id_of(Extension::TransportSequenceNumber).is_some();
         let twcc = twcc_enabled.then_some(&mut self.twcc);
 
-        let receipt = stream.poll_packet(now, exts, twcc, params, buf)?;
+        let receipt = stream.poll_packet(now, exts, twcc, params, &mut scratch)?;
 
         let PacketReceipt {
             header,
@@ -1454,7 +1456,7 @@ impl Session {
             payload_size,
             packet_len,
         } = receipt;
-        let buf = &buf[..packet_len];
+        let buf = &scratch[..packet_len];
 
         trace!(payload_size, is_padding, "Poll RTP: {:?}", header);
 
@@ -1761,7 +1763,6 @@ impl Session {
                     at(&self.pacer),
                     at(&self.last_tx),
                     at(&self.medias),
-                    at(&self.poll_packet_buf),
                     at(&self.twcc),
                     at(&self.twcc_tx_register),
                     at(&self.bwe),
@@ -1775,11 +1776,11 @@ impl Session {
             }
             1 => {
                 self.streams.tx_poll_lines(slot, f);
+
                 if let Some(media) = self.medias.get(index) {
                     f(at(media.remote_extmap()));
                 }
                 f(self.codec_config.params().as_ptr() as *const u8);
-                f(self.poll_packet_buf.as_ptr());
             }
             2 => self.streams.tx_poll_next_lines(slot, f),
             _ => {}
@@ -2269,7 +2270,8 @@ mod tests {
         assert!(fields.contains(&(&session.last_tx as *const _ as usize)));
         assert!(fields.contains(&(session.streams.tx_slots_field() as usize)));
 
-        // Step 1: the stream's fields, then the m-line's extensions, the codecs, the buffer.
+        // Step 1: the stream's fields, then the m-line's extensions and the codecs (the
+        // packet's buffer is the thread's since patch 62, in cache).
         let lines = addrs(&rtc, 1);
         let (slot, index) = session.last_tx;
         assert_eq!(session.medias[index].mid(), "vid".into());
@@ -2281,7 +2283,6 @@ mod tests {
             [
                 session.medias[index].remote_extmap() as *const _ as usize,
                 session.codec_config.params().as_ptr() as usize,
-                session.poll_packet_buf.as_ptr() as usize,
             ]
         );
 
@@ -2316,10 +2317,14 @@ mod tests {
         );
         assert_eq!(rtc.session.last_tx.0, slot);
 
-        // A slot past the streams gives nothing at steps 1 and 2 but what is not the stream's.
+        // A slot past the streams gives nothing at steps 1 and 2 but what is not the stream's
+        // or the m-line's: the codecs' first line.
         rtc.session.last_tx = (crate::streams::NO_SLOT, usize::MAX);
         assert!(addrs(&rtc, 2).is_empty());
-        assert_eq!(addrs(&rtc, 1).len(), 2);
+        assert_eq!(
+            addrs(&rtc, 1),
+            [rtc.session.codec_config.params().as_ptr() as usize]
+        );
     }
 
     // Parloir patch 48: a statistics pass without the streams' is not one that visits every

@@ -33,6 +33,7 @@ pub use self::error::NetError;
 mod pool;
 #[allow(unused_imports)]
 pub use self::error::StunError;
+pub(crate) use self::pool::Scratch;
 pub(crate) use self::pool::buffer as datagram_buffer;
 pub use self::pool::recycle;
 

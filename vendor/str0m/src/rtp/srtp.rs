@@ -6,6 +6,7 @@ use crate::crypto::dtls::{KeyingMaterial, SrtpProfile};
 use crate::crypto::{AeadAes128Gcm, AeadAes256Gcm, Aes128CmSha1_80};
 use crate::crypto::{AeadAes128GcmCipher, AeadAes256GcmCipher};
 use crate::crypto::{CryptoProvider, Sha1HmacProvider, SrtpProvider};
+#[cfg(test)]
 use crate::io::DATAGRAM_MAX_PACKET_SIZE;
 
 use super::header::RtpHeader;
@@ -38,10 +39,20 @@ pub const SRTP_OVERHEAD: usize = MAX_TAG_LEN;
 // This adds 15 bytes of padding that we truncate after encryption
 const CTR_BUFFER_PADDING: usize = SRTP_BLOCK_SIZE - 1;
 
+#[cfg(test)]
 /// Initial capacity for the RTP decryption scratch buffer. Sized to fit the
 /// largest possible received datagram plus the CTR padding the AES-CM cipher
 /// needs, so `unprotect_rtp` never has to grow the buffer in practice.
 const RX_SCRATCH_CAPACITY: usize = DATAGRAM_MAX_PACKET_SIZE + CTR_BUFFER_PADDING;
+
+/// Parloir patch 62: `out` at least `len` long. The thread's buffer is shared with the send
+/// path, which keeps it at its full length (patch 27): a decryption does not shorten it, so
+/// that the next packet sent does not zero it again.
+fn grow(out: &mut Vec<u8>, len: usize) {
+    if out.len() < len {
+        out.resize(len, 0);
+    }
+}
 
 /// Start repeated warnings here, then double the failure count between reports.
 const DECRYPT_WARN_INITIAL_COUNT: u64 = 4_096;
@@ -70,6 +81,7 @@ impl SrtpContext {
                     rtcp,
                     srtcp_index: 0,
                     sha1_hmac_provider,
+                    #[cfg(test)]
                     rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
                     decrypt_warnings: DecryptWarnings::default(),
                 }
@@ -86,6 +98,7 @@ impl SrtpContext {
                     rtcp,
                     srtcp_index: 0,
                     sha1_hmac_provider,
+                    #[cfg(test)]
                     rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
                     decrypt_warnings: DecryptWarnings::default(),
                 }
@@ -102,6 +115,7 @@ impl SrtpContext {
                     rtcp,
                     srtcp_index: 0,
                     sha1_hmac_provider,
+                    #[cfg(test)]
                     rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
                     decrypt_warnings: DecryptWarnings::default(),
                 }
@@ -145,6 +159,7 @@ impl SrtpContext {
             },
             srtcp_index,
             sha1_hmac_provider: provider.sha1_hmac_provider,
+            #[cfg(test)]
             rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
             decrypt_warnings: DecryptWarnings::default(),
         }
@@ -185,6 +200,7 @@ impl SrtpContext {
             },
             srtcp_index,
             sha1_hmac_provider: provider.sha1_hmac_provider,
+            #[cfg(test)]
             rx_scratch: Vec::with_capacity(RX_SCRATCH_CAPACITY),
             decrypt_warnings: DecryptWarnings::default(),
         }
@@ -202,7 +218,10 @@ pub struct SrtpContext {
     /// SHA1-HMAC provider for AES_128_CM_SHA1_80 profile.
     sha1_hmac_provider: &'static dyn Sha1HmacProvider,
     /// Reusable scratch buffer for RTP decryption output. Reused across calls
-    /// to `unprotect_rtp` so we don't allocate a fresh `Vec` per packet.
+    /// to `unprotect_rtp` so we don't allocate a fresh `Vec` per packet. Parloir patch 62:
+    /// the session decrypts into the thread's buffer (`unprotect_rtp_into`); this one is the
+    /// tests'.
+    #[cfg(test)]
     rx_scratch: Vec<u8>,
     decrypt_warnings: DecryptWarnings,
 }
@@ -356,12 +375,31 @@ impl SrtpContext {
     /// returns a slice of the plaintext bytes. The returned slice borrows from
     /// `self` until the next mutable use; the scratch buffer is reused across
     /// calls to avoid per-packet allocation.
+    #[cfg(test)]
     pub fn unprotect_rtp(
         &mut self,
         buf: &[u8],
         header: &RtpHeader,
         srtp_index: u64, // same as ext_seq
     ) -> Option<&[u8]> {
+        let mut out = std::mem::take(&mut self.rx_scratch);
+        let len = self
+            .unprotect_rtp_into(buf, header, srtp_index, &mut out)
+            .map(<[u8]>::len);
+        self.rx_scratch = out;
+        len.map(|n| &self.rx_scratch[..n])
+    }
+
+    /// Parloir patch 62: decrypts an SRTP packet into `out` (the thread's buffer, so that a
+    /// large room's connections do not each write into a cold one of their own) and returns
+    /// the plaintext, a slice of `out`.
+    pub fn unprotect_rtp_into<'a>(
+        &mut self,
+        buf: &[u8],
+        header: &RtpHeader,
+        srtp_index: u64, // same as ext_seq
+        out: &'a mut Vec<u8>,
+    ) -> Option<&'a [u8]> {
         match &mut self.rtp {
             Derived::Aes128CmSha1_80 { key, salt, dec, .. } => {
                 if buf.len() < header.header_len + Aes128CmSha1_80::HMAC_TAG_LEN {
@@ -386,9 +424,10 @@ impl SrtpContext {
 
                 let input = &buf[header.header_len..hmac_start];
                 // Sized with CTR padding (aws-lc-rs requirement).
-                self.rx_scratch.resize(input.len() + CTR_BUFFER_PADDING, 0);
+                let len = input.len() + CTR_BUFFER_PADDING;
+                grow(out, len);
 
-                if let Err(e) = dec.decrypt(&iv, input, &mut self.rx_scratch) {
+                if let Err(e) = dec.decrypt(&iv, input, &mut out[..len]) {
                     trace!(
                         "Failed to decrypt SRTP {} ({}): {}",
                         self.rtp.profile(),
@@ -399,7 +438,7 @@ impl SrtpContext {
                     return None;
                 };
 
-                Some(&self.rx_scratch[..input.len()])
+                Some(&out[..input.len()])
             }
             Derived::AeadAes128Gcm { salt, dec, .. } => {
                 if buf.len() < header.header_len + AeadAes128Gcm::TAG_LEN {
@@ -415,9 +454,9 @@ impl SrtpContext {
                 // Input and output lengths for decryption:
                 // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.2
                 let out_len = input.len() - AeadAes128Gcm::TAG_LEN;
-                self.rx_scratch.resize(out_len, 0);
+                grow(out, out_len);
 
-                match dec.decrypt(&iv, &[aad], input, &mut self.rx_scratch) {
+                match dec.decrypt(&iv, &[aad], input, &mut out[..out_len]) {
                     Ok(v) => v,
                     Err(e) => {
                         trace!(
@@ -431,7 +470,7 @@ impl SrtpContext {
                     }
                 };
 
-                Some(&self.rx_scratch[..out_len])
+                Some(&out[..out_len])
             }
             Derived::AeadAes256Gcm { salt, dec, .. } => {
                 if buf.len() < header.header_len + AeadAes256Gcm::TAG_LEN {
@@ -447,9 +486,9 @@ impl SrtpContext {
                 // Input and output lengths for decryption:
                 // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.2
                 let out_len = input.len() - AeadAes256Gcm::TAG_LEN;
-                self.rx_scratch.resize(out_len, 0);
+                grow(out, out_len);
 
-                match dec.decrypt(&iv, &[aad], input, &mut self.rx_scratch) {
+                match dec.decrypt(&iv, &[aad], input, &mut out[..out_len]) {
                     Ok(v) => v,
                     Err(e) => {
                         trace!(
@@ -463,7 +502,7 @@ impl SrtpContext {
                     }
                 };
 
-                Some(&self.rx_scratch[..out_len])
+                Some(&out[..out_len])
             }
         }
     }
@@ -1056,6 +1095,48 @@ mod test {
 
     /// Parloir patch 25: a packet encrypted into a recycled buffer, full of another packet's
     /// bytes, is the packet encrypted into a fresh one, and goes into the buffer recycled last.
+    // Parloir patch 62: decrypting into the thread's buffer, kept at the send path's full
+    // length, gives the plaintext and does not shorten the buffer.
+    #[test]
+    fn unprotect_rtp_into_a_longer_buffer_keeps_its_length() {
+        for profile in [
+            SrtpProfile::AES128_CM_SHA1_80,
+            SrtpProfile::AEAD_AES_128_GCM,
+            SrtpProfile::AEAD_AES_256_GCM,
+        ] {
+            let crypto = crate::crypto::test_default_provider();
+            let key: Vec<u8> = (0..profile.keying_material_len() as u8).collect();
+            let mat = KeyingMaterial::new(&key);
+            let mut tx = SrtpContext::new(crypto, profile, &mat, true);
+            let mut rx = SrtpContext::new(crypto, profile, &mat, true);
+            let mut packet = vec![0x80, 111, 0, 7, 0, 0, 3, 0, 0, 0, 0, 9];
+            packet.extend((0..300).map(|i| i as u8));
+            let header = RtpHeader::parse(&packet, &crate::rtp_::ExtensionMap::empty()).unwrap();
+            let sealed = tx.protect_rtp(&packet, &header, 7);
+            let mut out = vec![0xa5; DATAGRAM_MAX_PACKET_SIZE];
+            let plain = rx
+                .unprotect_rtp_into(&sealed, &header, 7, &mut out)
+                .unwrap();
+            assert_eq!(plain, &packet[12..], "{profile:?}");
+            assert_eq!(
+                out.len(),
+                DATAGRAM_MAX_PACKET_SIZE,
+                "{profile:?}: not shortened"
+            );
+            // A short one grows to the plaintext.
+            let mut short = vec![];
+            let plain = rx.unprotect_rtp_into(&sealed, &header, 7, &mut short);
+            assert_eq!(plain.unwrap(), &packet[12..], "{profile:?}");
+            // A forged tag gives nothing.
+            let mut forged = sealed.clone();
+            *forged.last_mut().unwrap() ^= 1;
+            assert!(
+                rx.unprotect_rtp_into(&forged, &header, 7, &mut out)
+                    .is_none()
+            );
+        }
+    }
+
     #[test]
     fn protect_rtp_into_a_recycled_buffer_gives_the_same_bytes() {
         for profile in [

@@ -1,4 +1,5 @@
 use crate::FastMap;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt::{self};
 use std::sync::Arc;
@@ -160,9 +161,6 @@ pub(crate) struct Streams {
     /// (`forget_probe_padding`).
     tx_probe_padding_known: bool,
 
-    /// Parloir patch: queue states handed to the pacer, reused.
-    tx_queue_states: Vec<QueueState>,
-
     /// Non-media padding source. Its sequence counter survives media changes.
     probe_tx: StreamTx,
     probe_media: Option<(Mid, Pt)>,
@@ -212,7 +210,6 @@ impl Streams {
             tx_padding_known: false,
             tx_probe_padding: None,
             tx_probe_padding_known: false,
-            tx_queue_states: Vec::new(),
             probe_tx: StreamTx::new_probe(mtu_warn),
             probe_media: None,
             default_ssrc_tx: 0.into(), // this will be changed
@@ -822,7 +819,7 @@ impl Streams {
         now: Instant,
         intervals: RtcpReportIntervals,
         can_probe: impl FnMut(Mid, Pt) -> bool,
-    ) -> impl Iterator<Item = QueueState> {
+    ) -> QueueStates {
         // Parloir patch: the touched streams, and among the idle ones that can pad only the
         // one the pacer would pick for padding (the last emitted from): an idle queue adds
         // nothing to the pacer's sums and is never picked to send from. Patch 57: while
@@ -832,7 +829,7 @@ impl Streams {
             // Every stream is seen below.
             self.tx_padding_known = true;
         }
-        let mut states = std::mem::take(&mut self.tx_queue_states);
+        let mut states = QUEUE_STATES.take();
         states.clear();
         if self.probe_media.is_some() {
             self.probe_queue_states(now, can_probe, &mut states);
@@ -849,10 +846,9 @@ impl Streams {
                 }
             }
         }
-        self.tx_queue_states = states;
         self.update_padding_candidate();
         self.prune_touched(intervals);
-        self.tx_queue_states.drain(..)
+        QueueStates { states, next: 0 }
     }
 
     /// Parloir patch: the touched streams have fresh snapshots: the one that can pad and was
@@ -1154,6 +1150,47 @@ impl fmt::Debug for RtpPacket {
             .field("nackable", &self.nackable)
             .field("timestamp", &self.timestamp)
             .finish()
+    }
+}
+
+thread_local! {
+    /// Parloir patch 63: see [`QueueStates`].
+    static QUEUE_STATES: Cell<Vec<QueueState>> = const { Cell::new(Vec::new()) };
+}
+
+/// Parloir patch 63: the queue states `Streams::send_queue_states` gives the pacer, in a list
+/// that is the thread's, handed back when the pacer has taken them. Each connection kept its
+/// own list, and in a large room writing the states into it missed the cache on each of its
+/// lines, as the connections took turns (the pacer copies them into its own list at once);
+/// the thread's one stays in cache. A list not handed back (a panic) is only dropped: the next
+/// call makes another.
+pub(crate) struct QueueStates {
+    pub(crate) states: Vec<QueueState>,
+    next: usize,
+}
+
+impl Iterator for QueueStates {
+    type Item = QueueState;
+
+    fn next(&mut self) -> Option<QueueState> {
+        let state = self.states.get(self.next).copied()?;
+        self.next += 1;
+        Some(state)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.states.len() - self.next;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for QueueStates {}
+
+impl Drop for QueueStates {
+    fn drop(&mut self) {
+        let mut states = std::mem::take(&mut self.states);
+        states.clear();
+        QUEUE_STATES.set(states);
     }
 }
 

@@ -1548,6 +1548,37 @@ mod test {
         assert!(queues[0].use_for_padding);
     }
 
+    // Parloir patch 63: the states go through the thread's list, which comes back to be used
+    // by the next connection; two connections' states do not mix.
+    #[test]
+    fn queue_states_go_through_the_threads_list() {
+        let now = Instant::now();
+        let mut a = crate::streams::Streams::new(false, 1200, Duration::from_millis(1500));
+        let mut b = crate::streams::Streams::new(false, 1200, Duration::from_millis(1500));
+        for ssrc in [42, 43, 44] {
+            a.declare_stream_tx(ssrc.into(), None, MidRid("vid".into(), None));
+        }
+        b.declare_stream_tx(50.into(), None, MidRid("aud".into(), None));
+        let mids = |s: &mut crate::streams::Streams| -> Vec<String> {
+            s.send_queue_states(now, INTERVALS, |_, _| true)
+                .map(|q| q.midrid.mid().to_string())
+                .collect()
+        };
+        let states = a.send_queue_states(now, INTERVALS, |_, _| true);
+        assert_eq!(states.len(), 3, "the three streams");
+        let list = states.states.as_ptr();
+        drop(states);
+        let again = b.send_queue_states(now, INTERVALS, |_, _| true);
+        assert_eq!(again.states.as_ptr(), list, "the same list, handed back");
+        assert_eq!(again.len(), 1, "only b's stream");
+        drop(again);
+        assert_eq!(mids(&mut a).iter().filter(|m| *m == "vid").count(), 3);
+        assert_eq!(mids(&mut b).iter().filter(|m| *m == "aud").count(), 1);
+        // One not handed back: the next call makes another, with the same states.
+        std::mem::forget(a.send_queue_states(now, INTERVALS, |_, _| true));
+        assert_eq!(mids(&mut a).iter().filter(|m| *m == "vid").count(), 3);
+    }
+
     #[test]
     fn probe_absolute_send_time_follows_negotiated_extensions() {
         let now = Instant::now();
