@@ -4057,6 +4057,19 @@ impl Sfu {
             } else {
                 simulcast::wanted_quality(settings.and_then(|s| s.get(sid)), published)
             };
+            // A tile turned off whose state already says so (not paused, not short of room,
+            // no reduced frame rate, no layer being forwarded) takes no part: the allocation
+            // would give it nothing and change nothing of it. In a large meeting most tiles
+            // are off (all but a grid's worth of cameras), and each subscriber's pass went
+            // through every one of them, every tick.
+            if wanted.is_none()
+                && out.cap == Some(2)
+                && out.short_since.is_none()
+                && out.temporal_cap.is_none()
+                && out.switcher.current().is_none()
+            {
+                continue;
+            }
             let (layers, measured) =
                 wanted.map_or_else(|| (Vec::new(), true), |q| track.offer(q, now));
             guessed |= !measured;
