@@ -10,8 +10,8 @@ so each function's own cost (not what it calls) is divided by the datagrams out 
 steps. With one run it lists the functions by instructions; with two (two sizes, or one size
 from two builds) it lists what differs from the first to the second, the largest changes
 either way first, by last-level cache misses (reads and writes; CALLGRIND_CACHE=1 runs), then
-by instructions. Function names are
-callgrind's (file:function for inlined code), so one function may have several lines.
+by instructions. Function names are callgrind's (file:function for inlined code), so one
+function may have several lines.
 """
 
 import re

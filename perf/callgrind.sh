@@ -57,14 +57,11 @@ run() { # size -> "instructions datagrams llreads llwrites"
   dgrams=$(sed -n 's/.*datagrams_out \([0-9]*\).*/\1/p' "${file%.out}.line")
   # After the bench's zeroing, callgrind's file has a wrong summary (counted from before it)
   # and right totals: the summary is made the totals, for callgrind_annotate and kcachegrind.
+  # The totals: Ir, and with the cache model Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
   local sums
   sums=$(sed -n 's/^totals: //p' "$file")
   [ -z "$sums" ] || sed -i "s/^summary: .*/summary: $sums/" "$file"
-  # The totals line: Ir, and with the cache model Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
-  local totals
-  totals=$(callgrind_annotate "$file" 2>/dev/null | grep 'PROGRAM TOTALS' \
-    | sed -E 's/\([ 0-9.]+%\)//g' | tr -d , | awk '{print $1, ($9 == "" ? 0 : $8), ($9 == "" ? 0 : $9)}')
-  read -r instr llr llw <<< "$totals"
+  read -r instr llr llw <<< "$(echo "$sums" | awk '{print $1 + 0, (NF >= 9 ? $8 : 0), (NF >= 9 ? $9 : 0)}')"
   echo "$instr ${dgrams:-0} $llr $llw"
 }
 table=$(
