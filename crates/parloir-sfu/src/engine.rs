@@ -2858,14 +2858,21 @@ impl Sfu {
         let Some(p) = self.participants.get(&peer.session) else {
             return;
         };
-        let matches: Vec<(Mid, String, String)> = peer
+        let mut matches: Vec<(&str, String, String)> = peer
             .msids
             .iter()
             .filter_map(|(mid, track_id)| {
                 p.pending
                     .get(track_id)
-                    .map(|sid| (Mid::from(mid.as_str()), track_id.clone(), sid.clone()))
+                    .map(|sid| (mid.as_str(), track_id.clone(), sid.clone()))
             })
+            .collect();
+        // In the offer's order (mids as browsers number them), not the map's: tracks bound
+        // together are published, and listed to the others, in a repeatable order.
+        matches.sort_by(|a, b| (a.0.len(), a.0).cmp(&(b.0.len(), b.0)));
+        let matches: Vec<(Mid, String, String)> = matches
+            .into_iter()
+            .map(|(mid, cid, sid)| (Mid::from(mid), cid, sid))
             .collect();
         for (mid, cid, sid) in matches {
             self.bind(pid, mid, &cid, &sid);

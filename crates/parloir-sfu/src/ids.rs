@@ -1,10 +1,8 @@
 //! Identifiers: LiveKit's prefixed sids, made from a seeded generator so that simulations are
 //! repeatable, and the caller's session handles.
 
-use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::hash::BuildHasher;
 
 /// The engine's maps on the forwarding path (peers, tracks, a subscriber's outgoing tracks by
 /// sid, layer settings): foldhash's fast hasher, seeded per map as std's is. Their keys are
@@ -18,51 +16,20 @@ pub(crate) type FastSet<K> = HashSet<K, MapSeed>;
 /// the key's bytes.
 pub(crate) type FastIndexMap<K, V> = indexmap::IndexMap<K, V, MapSeed>;
 
-thread_local! {
-    /// The next map's seed on this thread, once [`repeatable_maps`] was called here.
-    static NEXT_SEED: Cell<Option<u64>> = const { Cell::new(None) };
-}
+/// The hasher of [`FastMap`]: foldhash's fast one, seeded at random for each map, or from
+/// the thread's sequence after [`repeatable_maps`]. str0m's own (its maps of streams by SSRC
+/// and of m-lines by mid take their seeds from the same sequence).
+pub(crate) use str0m::repeatable::MapSeed;
 
-/// Makes the engine's hash maps made on this thread from now on take their seeds from `seed`
-/// (each map the next value of a sequence), instead of at random: the order in which the
-/// engine walks its peers and tracks then repeats from run to run, and so does everything
-/// that order decides (which receiver is polled first, what the pacer sends when). For
+/// Makes the hash maps made on this thread from now on, the engine's and str0m's, take their
+/// seeds from `seed` (each map the next value of a sequence) instead of at random: the order
+/// in which the engine walks its peers and tracks, and a connection its streams, then repeats
+/// from run to run, and so does everything that order decides (which receiver is polled
+/// first, what the pacer sends when, in which order a publisher's layers are reported). For
 /// simulations and benches, whose runs must repeat (a simulation's failure, a cache-miss
 /// count under callgrind); a server never calls it.
 pub fn repeatable_maps(seed: u64) {
-    NEXT_SEED.with(|next| next.set(Some(seed)));
-}
-
-/// The hasher of [`FastMap`]: foldhash's fast one, seeded at random for each map, or from
-/// the thread's sequence after [`repeatable_maps`].
-#[derive(Clone, Copy, Debug)]
-pub struct MapSeed(foldhash::fast::SeedableRandomState);
-
-impl Default for MapSeed {
-    fn default() -> Self {
-        let seed = NEXT_SEED.with(|next| {
-            let seed = next.get()?;
-            // splitmix64's step: each map its own seed.
-            next.set(Some(seed.wrapping_add(0x9e37_79b9_7f4a_7c15)));
-            Some(seed)
-        });
-        Self(match seed {
-            Some(seed) => foldhash::fast::SeedableRandomState::with_seed(
-                seed,
-                foldhash::SharedSeed::global_fixed(),
-            ),
-            None => foldhash::fast::SeedableRandomState::random(),
-        })
-    }
-}
-
-impl BuildHasher for MapSeed {
-    type Hasher = foldhash::fast::FoldHasher;
-
-    #[inline(always)]
-    fn build_hasher(&self) -> Self::Hasher {
-        self.0.build_hasher()
-    }
+    str0m::repeatable::repeatable_maps(seed);
 }
 
 /// A signal session, chosen by the caller (one per WebSocket).

@@ -24,26 +24,44 @@ const ACTIVE_WINDOW: Duration = Duration::from_millis(1000);
 pub(crate) struct Layers {
     /// Each rid seen, with the arrival of its last frame.
     seen: Vec<(Rid, Instant)>,
+    /// The rids seen name the layers `l`/`m`/`h` (an `l` or `m`, and no `q` or `f`): `h` is
+    /// then the top layer rather than livekit-client's middle one. Kept as rids come, since
+    /// `rank` runs for each frame and subscriber.
+    lmh: bool,
+}
+
+/// A one-letter rid's letter.
+fn letter(rid: &Rid) -> Option<u8> {
+    match rid.as_bytes() {
+        [c] => Some(*c),
+        _ => None,
+    }
 }
 
 impl Layers {
     pub(crate) fn frame(&mut self, rid: Rid, now: Instant) {
         match self.seen.iter_mut().find(|(r, _)| *r == rid) {
             Some((_, at)) => *at = now,
-            None => self.seen.push((rid, now)),
+            None => {
+                self.seen.push((rid, now));
+                let any = |names: &[u8]| {
+                    self.seen
+                        .iter()
+                        .any(|(r, _)| letter(r).is_some_and(|c| names.contains(&c)))
+                };
+                self.lmh = any(b"lm") && !any(b"qf");
+            }
         }
     }
 
     /// Spatial rank of `rid` (0 lowest, 2 highest) by the naming scheme the track uses:
     /// livekit-client's `q`/`h`/`f`, or `l`/`m`/`h`, or `0`/`1`/`2`.
     pub(crate) fn rank(&self, rid: &Rid) -> u8 {
-        let lmh = self.seen.iter().any(|(r, _)| matches!(&**r, "l" | "m"))
-            && !self.seen.iter().any(|(r, _)| matches!(&**r, "q" | "f"));
-        match &**rid {
-            "q" | "l" | "0" => 0,
-            "m" | "1" => 1,
-            "h" if lmh => 2,
-            "h" => 1,
+        match letter(rid) {
+            Some(b'q' | b'l' | b'0') => 0,
+            Some(b'm' | b'1') => 1,
+            Some(b'h') if self.lmh => 2,
+            Some(b'h') => 1,
             _ => 2,
         }
     }
@@ -278,6 +296,32 @@ mod tests {
         }
         assert_eq!(lmh.choose(2, now), Some("h".into()));
         assert_eq!(lmh.choose(1, now), Some("m".into()));
+    }
+
+    #[test]
+    fn ranks_follow_the_naming_scheme_as_rids_arrive() {
+        let now = Instant::now();
+        let ranks = |l: &Layers, rids: &[&str]| -> Vec<u8> {
+            rids.iter().map(|r| l.rank(&(*r).into())).collect()
+        };
+        // livekit-client's q/h/f: h is the middle layer.
+        let mut qhf = Layers::default();
+        for rid in ["h", "q", "f"] {
+            qhf.frame(rid.into(), now);
+        }
+        assert_eq!(ranks(&qhf, &["q", "h", "f"]), [0, 1, 2]);
+        // l/m/h: h is the top once an l or m is seen, whatever came first.
+        let mut lmh = Layers::default();
+        lmh.frame("h".into(), now);
+        assert_eq!(ranks(&lmh, &["h"]), [1]);
+        lmh.frame("m".into(), now);
+        assert_eq!(ranks(&lmh, &["l", "m", "h"]), [0, 1, 2]);
+        // A q or f says livekit-client's naming again.
+        lmh.frame("f".into(), now);
+        assert_eq!(ranks(&lmh, &["h"]), [1]);
+        // Digits; a rid of several letters or an unknown one counts as the top.
+        let digits = Layers::default();
+        assert_eq!(ranks(&digits, &["0", "1", "2", "hi", "x"]), [0, 1, 2, 2, 2]);
     }
 
     #[test]

@@ -698,7 +698,17 @@ use util::InstantExt;
 /// Parloir patch: the maps on the per-packet path (streams by SSRC and mid/rid, m-lines by mid,
 /// payloaders, the pacer's last sends, receive windows) hash with foldhash, seeded per map
 /// like std's `RandomState` but several times cheaper than SipHash for these small keys.
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// Patch 67: seeded through [`repeatable::MapSeed`], so that a simulation can repeat them.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, repeatable::MapSeed>;
+
+/// Parloir patches 67 and 71: what a simulation needs to repeat exactly: the hasher of
+/// str0m's maps and their seeds, and a start time whose wall-clock phase is the same at
+/// every run.
+#[doc(hidden)]
+pub mod repeatable {
+    pub use crate::util::map_seed::{MapSeed, repeatable_maps};
+    pub use crate::util::aligned_start;
+}
 
 // Identity `drv::ToStatic` (`Static = Self`) for the `Copy` identity types.
 // Used instead of `#[derive(drv::Input)]` because the derive's generated

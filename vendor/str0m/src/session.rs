@@ -355,6 +355,14 @@ impl Session {
             return Ok(());
         }
 
+        // Parloir patch 68: the NACK grid (patch 46) runs from the session's first timeout,
+        // where the always-on timer started, rather than from `already_happened()`, an
+        // instant of the process's clock: the passes' phase then depends on the session's
+        // own times only, and a simulation repeats.
+        if self.last_nack == already_happened() {
+            self.last_nack = now;
+        }
+
         // Payload ready media.
         self.do_payload(now)?;
 
@@ -885,7 +893,13 @@ impl Session {
         // had the timer run all along (every NACK_MIN_INTERVAL from the last), so a first NACK
         // waits what it did before.
         if !self.nack_live && stream.nack_enabled() {
-            self.last_nack = Self::nack_grid(self.last_nack, now);
+            // Patch 68: a session that had no timeout yet starts its grid here.
+            let last = if self.last_nack == already_happened() {
+                now
+            } else {
+                self.last_nack
+            };
+            self.last_nack = Self::nack_grid(last, now);
             self.nack_live = true;
         }
 
@@ -2762,6 +2776,7 @@ mod tests {
         });
         let mut passes = Vec::new();
         let mut nacked = Vec::new();
+        let mut first_timeout = None;
         let mut run_until = |rx: &mut Rtc, until: Instant| {
             for _ in 0..10_000 {
                 match rx.poll_output().unwrap() {
@@ -2769,6 +2784,7 @@ mod tests {
                         if rx.last_timeout_reason() == Reason::Nack {
                             passes.push(t);
                         }
+                        first_timeout.get_or_insert(t.max(rx.last_now));
                         rx.handle_input(Input::Timeout(t.max(rx.last_now))).unwrap();
                     }
                     Output::Timeout(_) => return,
@@ -2822,11 +2838,15 @@ mod tests {
         // retry interval (100 ms without a round trip time, plus 5 ms), until it came.
         assert!(!nacked.is_empty(), "the loss is NACKed");
         // The first pass is on the grid every NACK_MIN_INTERVAL from the last one (none yet:
-        // from `already_happened()`), where it would have been with the timer always on.
+        // from the session's first timeout, patch 68), where it would have been with the
+        // timer always on.
         let first = passes.first().copied().expect("a NACK pass");
-        let phase =
-            first.duration_since(already_happened()).as_nanos() % NACK_MIN_INTERVAL.as_nanos();
-        assert_eq!(phase, 0, "the first NACK pass is on the grid: {first:?}");
+        let start = first_timeout.expect("a timeout");
+        let phase = first.duration_since(start).as_nanos() % NACK_MIN_INTERVAL.as_nanos();
+        assert_eq!(
+            phase, 0,
+            "the first NACK pass is on the grid: {first:?} from {start:?}"
+        );
         assert!(
             nacked.iter().all(|(_, pid, blp)| *pid == lost && *blp == 0),
             "only the lost packet: {nacked:?} (lost {lost})"

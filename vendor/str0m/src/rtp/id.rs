@@ -23,6 +23,13 @@ macro_rules! str_id {
             pub const fn from_array(a: [u8; $num]) -> $id {
                 $id(a)
             }
+
+            /// Parloir patch 66: the id's bytes, without the padding, as written into the
+            /// header extension of each packet sent. Reading them through `Deref` checked
+            /// them as UTF-8 at each use (twice a packet: its length, then its bytes).
+            pub fn as_bytes(&self) -> &[u8] {
+                self.0.trim_ascii()
+            }
         }
 
         impl fmt::Display for $id {
@@ -390,5 +397,16 @@ mod test {
         assert_eq!(&*Rid::from("abcdefghij"), "abcdefgh");
         assert_eq!(&*Mid::from("ééééééééééééééééé"), "________________");
         assert_eq!(&*Rid::from(""), "");
+    }
+
+    #[test]
+    fn id_bytes_are_the_text_without_padding() {
+        assert_eq!(Mid::from("a1").as_bytes(), b"a1");
+        assert_eq!(Rid::from("q").as_bytes(), b"q");
+        assert_eq!(Rid::from("").as_bytes(), b"");
+        assert_eq!(Mid::from("é-x y").as_bytes(), b"__x_y");
+        for mid in [Mid::new(), Mid::from("0"), Mid::from("abcdefghijklmnopq")] {
+            assert_eq!(mid.as_bytes(), (*mid).as_bytes());
+        }
     }
 }

@@ -7,11 +7,14 @@ pub(crate) use bit_pattern::BitPattern;
 pub(crate) mod value_history;
 
 mod time_tricks;
+pub use time_tricks::aligned_start;
 pub(crate) use time_tricks::{InstantExt, SystemTimeExt, not_happening};
 pub(crate) use time_tricks::{already_happened, epoch_to_beginning};
 
 mod average;
 pub(crate) use average::MovingAverage;
+
+pub(crate) mod map_seed;
 
 pub(crate) trait Soonest {
     fn soonest(self, other: Self) -> Self;

@@ -43,10 +43,29 @@ static BEGINNING_OF_TIME: LazyLock<(Instant, SystemTime)> = LazyLock::new(|| {
 });
 
 pub fn epoch_to_beginning() -> Duration {
-    BEGINNING_OF_TIME
-        .1
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("beginning of time to be after epoch")
+    // Parloir patch 69: computed once.
+    static EPOCH_TO_BEGINNING: LazyLock<Duration> = LazyLock::new(|| {
+        BEGINNING_OF_TIME
+            .1
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("beginning of time to be after epoch")
+    });
+    *EPOCH_TO_BEGINNING
+}
+
+/// Parloir patch 71: the first instant at or after `now` whose wall-clock time (as str0m
+/// converts instants, `to_unix_duration`) is a whole multiple of 64 seconds. Wall-clock
+/// times go on the wire quantized: the absolute send time extension in 2^-18 s steps
+/// modulo 64 s, the middle bits of NTP times (from which round trips are computed) in
+/// 2^-16 s steps. A simulation that starts its clock at an arbitrary instant sees those
+/// roundings, and so the estimates and round trips that come from them, differ from run to
+/// run with the process's start; started here, the same simulated times give the same
+/// values.
+pub fn aligned_start(now: Instant) -> Instant {
+    const PERIOD: u128 = 64 * 1_000_000_000;
+    let unix = now.to_unix_duration().as_nanos();
+    let ahead = (PERIOD - unix % PERIOD) % PERIOD;
+    now + Duration::from_nanos(ahead as u64)
 }
 
 pub(crate) fn already_happened() -> Instant {
@@ -98,12 +117,11 @@ impl InstantExt for Instant {
             warn!("Time went backwards from beginning_of_time Instant");
         }
 
-        let duration_since_time_0 = self.duration_since(BEGINNING_OF_TIME.0);
-        let system_time = BEGINNING_OF_TIME.1 + duration_since_time_0;
-
-        system_time
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .expect("clock to go forwards from unix epoch")
+        // Parloir patch 69: the beginning of time's distance from the epoch is computed once
+        // (`epoch_to_beginning`). This runs for the send time extension of each packet
+        // sent and each packet received with it: going through `SystemTime` took two
+        // more subtractions of `timespec`s and an addition each time, for the same sum.
+        self.duration_since(BEGINNING_OF_TIME.0) + epoch_to_beginning()
     }
 
     fn to_ntp_duration(&self) -> Duration {
@@ -170,6 +188,33 @@ mod test {
     fn already_happened_works() {
         assert_eq!(already_happened(), already_happened());
         assert!(Instant::now() > already_happened());
+    }
+
+    // Parloir patch 71.
+    #[test]
+    fn aligned_starts_are_whole_periods_of_wall_clock() {
+        let now = Instant::now();
+        for later in [0, 1, 5_000_000_000, 63_999_999_999, 64_000_000_000] {
+            let t = now + Duration::from_nanos(later);
+            let start = aligned_start(t);
+            assert!(start >= t && start - t < Duration::from_secs(64));
+            assert_eq!(start.to_unix_duration().as_nanos() % 64_000_000_000, 0);
+            assert_eq!(aligned_start(start), start);
+        }
+    }
+
+    // Parloir patch 69.
+    #[test]
+    fn unix_duration_is_the_system_time_since_the_epoch() {
+        let now = Instant::now();
+        for later in [0, 1, 999_999_999, 1_000_000_001, 3_600_000_000_007] {
+            let t = now + Duration::from_nanos(later);
+            let through_system_time = t
+                .to_system_time()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap();
+            assert_eq!(t.to_unix_duration(), through_system_time);
+        }
     }
 
     #[test]
