@@ -461,6 +461,10 @@ pub struct Sfu {
     sending: VecDeque<PeerId>,
     /// The next periodic tick (speakers, room counts, expiries); `None` with no rooms.
     next_tick: Option<Instant>,
+    /// [`ALLOC_FULL_EVERY`], or less for simulations that compare (`set_alloc_full_every`).
+    alloc_full_every: Duration,
+    /// Simulations: check each tick's list of outs against all of them (`set_alloc_check`).
+    alloc_check: bool,
     /// The latest instant given by the caller.
     now: Instant,
     stats: Stats,
@@ -511,6 +515,16 @@ struct Speech {
     last_loud: Option<Instant>,
     /// Among the loudest, whose audio is forwarded even while silent.
     loudest: bool,
+}
+
+/// What the tick works out once for every subscriber's allocation.
+struct TickView {
+    /// Each publisher's speech.
+    speech: FastMap<SessionId, Option<Speech>>,
+    /// With loudest-N audio: the places in `Sfu::tracks` of the microphones that are
+    /// forwarded (their publisher speaks, is among the loudest, or was never heard), whose
+    /// rates a subscriber's budget reserves where it takes them.
+    audio: Vec<usize>,
 }
 
 struct Room {
@@ -661,6 +675,14 @@ struct Peer {
     /// Counts the SDP offers and answers applied: payload types matched before the last one
     /// are matched again.
     sdp_applied: u32,
+    /// The places in `outs` of those that took part in the last allocation (video tiles not
+    /// turned off and settled; microphones too without loudest-N): the next tick's pass goes
+    /// through these only. `None` after whatever can make another take part (its settings,
+    /// an out added, opened or removed), and the next pass goes through all.
+    alloc_outs: Option<Vec<usize>>,
+    /// When the last pass through all outs was: a tick's comes at least every
+    /// [`ALLOC_FULL_EVERY`].
+    alloc_full_at: Option<Instant>,
 }
 
 impl Peer {
@@ -723,6 +745,8 @@ fn fall_threatens(estimate: u64, peak: u64, sending: u64) -> bool {
 impl Peer {
     /// Stops sending track `sid` here; its m-line goes away in the next negotiation.
     fn remove_out(&mut self, sid: &str) {
+        // The last out takes the removed one's place.
+        self.alloc_outs = None;
         if let Some(Out {
             state: OutState::Open(mid) | OutState::Negotiating(mid),
             ..
@@ -1133,6 +1157,9 @@ const CALM_AFTER_FALL: Duration = Duration::from_secs(2);
 /// How long a subscriber's budget must lack room for a track's lowest layer before the track
 /// pauses for it.
 const PAUSE_AFTER: Duration = Duration::from_secs(3);
+/// A subscriber's allocation at a tick goes through all its outs at least this often, not
+/// only those that took part the last time (`Peer::alloc_outs`).
+const ALLOC_FULL_EVERY: Duration = Duration::from_secs(5);
 /// How long a resumed subscriber connection waits for the client's SyncState.
 const RESYNC_WAIT: Duration = Duration::from_secs(2);
 /// At most one subscriber offer (or, with a single peer connection, one request for m-lines)
@@ -1185,6 +1212,35 @@ fn publisher_sid(
 
 /// Track `sid`'s receivers must be worked out again before its next frame
 /// ([`Track::receivers`]).
+/// What a subscriber's tile asks of a video track (`None`: turned off): as the track's last
+/// receivers pass read it, unless something changed since (settings, layers announced, the
+/// subscription).
+fn tile_wants(
+    track: &Track,
+    sid: &str,
+    out: &Out,
+    settings: Option<&FastMap<String, proto::UpdateTrackSettings>>,
+) -> Option<u8> {
+    if !track.receivers_stale && out.track == track.key {
+        out.wanted
+    } else {
+        simulcast::wanted_quality(settings.and_then(|s| s.get(sid)), track.published_layers())
+    }
+}
+
+/// A tile turned off whose state already says so (not paused, not short of room, no reduced
+/// frame rate, no layer being forwarded): it takes no part in its subscriber's allocation,
+/// which would give it nothing and change nothing of it. In a large meeting most tiles are
+/// off (all but a grid's worth of cameras), and each subscriber's pass went through every one
+/// of them, every tick. It stays so until its settings or its m-line change.
+fn off_and_settled(out: &Out, wanted: Option<u8>) -> bool {
+    wanted.is_none()
+        && out.cap == Some(2)
+        && out.short_since.is_none()
+        && out.temporal_cap.is_none()
+        && out.switcher.current().is_none()
+}
+
 fn receivers_changed(tracks: &mut FastIndexMap<String, Track>, sid: &str) {
     if let Some(track) = tracks.get_mut(sid) {
         track.changed();
@@ -1301,6 +1357,8 @@ impl Sfu {
             audio_tap: None,
             record_tap: None,
             next_tick: None,
+            alloc_full_every: ALLOC_FULL_EVERY,
+            alloc_check: false,
             now,
             stats: Stats::default(),
             away: Away::default(),
@@ -1308,6 +1366,23 @@ impl Sfu {
             subtitle_serial: 0,
             track_keys: TrackKeys::default(),
         }
+    }
+
+    /// How often a subscriber's allocation at a tick goes through all its outs rather than
+    /// those that took part the time before ([`ALLOC_FULL_EVERY`]); zero: every time. For
+    /// simulations, which compare the two (they must decide the same).
+    #[doc(hidden)]
+    pub fn set_alloc_full_every(&mut self, every: Duration) {
+        self.alloc_full_every = every;
+    }
+
+    /// Makes each allocation at a tick that goes through the outs that took part the time
+    /// before check that every out taking part is among them, and panic if not. For
+    /// simulations: a change that can bring an out in and does not clear the list shows
+    /// there, even where a later pass through all outs would have hidden it.
+    #[doc(hidden)]
+    pub fn set_alloc_check(&mut self, check: bool) {
+        self.alloc_check = check;
     }
 
     pub fn stats(&self) -> Stats {
@@ -1395,6 +1470,9 @@ impl Sfu {
                 }
                 // A bigger tile may get more at once, within the budget.
                 if let Some(pid) = subscriber {
+                    if let Some(peer) = self.peers.get_mut(&pid) {
+                        peer.alloc_outs = None;
+                    }
                     self.allocate(now, pid, None);
                 }
             }
@@ -2161,6 +2239,8 @@ impl Sfu {
                 rtt_min: None,
                 delayed_at: None,
                 sdp_applied: 0,
+                alloc_outs: None,
+                alloc_full_at: None,
             }),
         );
         self.mark(pid);
@@ -2629,6 +2709,7 @@ impl Sfu {
                 .extend(sdp_scan::sections(&text).into_iter().filter_map(|s| s.mid));
             peer.awaiting_offer = false;
             peer.to_stop.clear();
+            peer.alloc_outs = None;
             for (sid, mid) in &assigned {
                 if let Some(out) = peer.outs.get_mut(sid) {
                     out.state = OutState::Open(*mid);
@@ -3011,6 +3092,7 @@ impl Sfu {
             return;
         }
         peer.outs.insert(track_sid.to_string(), Out::new());
+        peer.alloc_outs = None;
         peer.needs_offer = true;
         if let Some(track) = self.tracks.get_mut(track_sid) {
             track.subscribers.push(pid);
@@ -3215,6 +3297,7 @@ impl Sfu {
             return;
         }
         let mut opened = Vec::new();
+        peer.alloc_outs = None;
         for (sid, out) in peer.outs.iter_mut() {
             if let OutState::Negotiating(mid) = out.state {
                 out.state = OutState::Open(mid);
@@ -4006,15 +4089,40 @@ impl Sfu {
         })
     }
 
+    /// For simulations (`set_alloc_check`): every out of `pid` that takes part in its
+    /// allocation is in `listed`, the places a tick's pass goes through. Panics otherwise.
+    fn check_alloc_outs(
+        &self,
+        pid: PeerId,
+        settings: Option<&FastMap<String, proto::UpdateTrackSettings>>,
+        listed: &[usize],
+    ) {
+        let Some(peer) = self.peers.get(&pid) else {
+            return;
+        };
+        for (place, (sid, out)) in peer.outs.iter().enumerate() {
+            let Some(track) = self.tracks.get(sid) else {
+                continue;
+            };
+            let part = matches!(out.state, OutState::Open(_))
+                && if track.kind == MediaKind::Audio {
+                    self.config.loudest_audio == 0
+                } else {
+                    !off_and_settled(out, tile_wants(track, sid, out, settings))
+                };
+            assert!(
+                !part || listed.contains(&place),
+                "{} takes part in {}'s allocation but is not listed: {listed:?}",
+                sid,
+                peer.session
+            );
+        }
+    }
+
     /// Fits a subscriber's video to its bandwidth estimate (see [`crate::allocation`]): caps
     /// each track's layer, pauses what does not fit (and tells the client), and tells str0m's
     /// estimator what to probe for. Nothing happens before the first estimate.
-    fn allocate(
-        &mut self,
-        now: Instant,
-        pid: PeerId,
-        speech: Option<&FastMap<SessionId, Option<Speech>>>,
-    ) {
+    fn allocate(&mut self, now: Instant, pid: PeerId, tick: Option<&TickView>) {
         let Some(peer) = self.peers.get(&pid) else {
             return;
         };
@@ -4024,18 +4132,55 @@ impl Sfu {
         let settings = self.participants.get(&peer.session).map(|p| &p.settings);
         // A publisher's speech: from the tick's table when it gives one, the same for every
         // subscriber, or looked up (three lookups by text).
-        let speech_of = |publisher: SessionId| match speech.and_then(|t| t.get(&publisher)) {
+        let speech_of = |publisher: SessionId| match tick.and_then(|t| t.speech.get(&publisher)) {
             Some(s) => *s,
             None => self.speech(publisher, now),
         };
         let mut audio = 0u64;
+        // With loudest-N, the tick lists the microphones forwarded: the budget reserves those
+        // this subscriber takes, found by sid, rather than going through all its microphones.
+        let audio_listed = self.config.loudest_audio > 0 && tick.is_some();
+        if let Some(tick) = tick.filter(|_| audio_listed) {
+            for &at in &tick.audio {
+                let Some((sid, track)) = self.tracks.get_index(at) else {
+                    continue;
+                };
+                if peer
+                    .outs
+                    .get(sid)
+                    .is_some_and(|out| matches!(out.state, OutState::Open(_)))
+                {
+                    audio += track.measured(None, now);
+                }
+            }
+        }
+        // The outs to go through: at a tick, those that took part in the last pass
+        // (`alloc_outs`), unless something changed them since or a full pass is due;
+        // otherwise all of them.
+        let fast = tick.is_some()
+            && peer.alloc_outs.is_some()
+            && peer
+                .alloc_full_at
+                .is_some_and(|t| now.saturating_duration_since(t) < self.alloc_full_every);
+        let visit: Vec<usize> = match &peer.alloc_outs {
+            Some(places) if fast => places.clone(),
+            _ => (0..peer.outs.len()).collect(),
+        };
+        if fast && self.alloc_check {
+            self.check_alloc_outs(pid, settings, &visit);
+        }
+        // The outs that take part in this pass: the next tick's list.
+        let mut taking_part = Vec::new();
         // Whether a rate below is a guess (a layer not measured yet).
         let mut guessed = false;
         // (priority key, ending with the track's key for equal priorities; the out's place in
         // `peer.outs`; want)
         type Key = (u8, std::cmp::Reverse<Option<Instant>>, u64);
-        let mut items: Vec<(Key, usize, Want)> = Vec::with_capacity(peer.outs.len());
-        for (place, (sid, out)) in peer.outs.iter().enumerate() {
+        let mut items: Vec<(Key, usize, Want)> = Vec::with_capacity(visit.len());
+        for place in visit {
+            let Some((sid, out)) = peer.outs.get_index(place) else {
+                continue;
+            };
             if !matches!(out.state, OutState::Open(_)) {
                 continue;
             }
@@ -4047,6 +4192,9 @@ impl Sfu {
                 },
             };
             if track.kind == MediaKind::Audio {
+                if audio_listed {
+                    continue;
+                }
                 // Only audio that is forwarded counts: with loudest-N, a silent participant's
                 // frames go nowhere, and in a large room reserving them would leave no video.
                 let forwarded = self.config.loudest_audio == 0
@@ -4054,29 +4202,16 @@ impl Sfu {
                 if forwarded {
                     audio += track.measured(None, now);
                 }
+                if self.config.loudest_audio == 0 {
+                    taking_part.push(place);
+                }
                 continue;
             }
-            let published = track.published_layers();
-            // What the tile asks for: as the track's last receivers pass read it, unless
-            // something changed since (settings, layers announced, the subscription).
-            let wanted = if !track.receivers_stale && out.track == track.key {
-                out.wanted
-            } else {
-                simulcast::wanted_quality(settings.and_then(|s| s.get(sid)), published)
-            };
-            // A tile turned off whose state already says so (not paused, not short of room,
-            // no reduced frame rate, no layer being forwarded) takes no part: the allocation
-            // would give it nothing and change nothing of it. In a large meeting most tiles
-            // are off (all but a grid's worth of cameras), and each subscriber's pass went
-            // through every one of them, every tick.
-            if wanted.is_none()
-                && out.cap == Some(2)
-                && out.short_since.is_none()
-                && out.temporal_cap.is_none()
-                && out.switcher.current().is_none()
-            {
+            let wanted = tile_wants(track, sid, out, settings);
+            if off_and_settled(out, wanted) {
                 continue;
             }
+            taking_part.push(place);
             let (layers, measured) =
                 wanted.map_or_else(|| (Vec::new(), true), |q| track.offer(q, now));
             guessed |= !measured;
@@ -4194,6 +4329,11 @@ impl Sfu {
         };
         peer.allocated_for = Some(estimate);
         peer.sending = result.used + audio;
+        // The outs that took part, for the next tick's pass.
+        if !fast {
+            peer.alloc_full_at = Some(now);
+        }
+        peer.alloc_outs = Some(taking_part);
         if ramp_again {
             peer.ramp_since = Some(now);
             peer.ramp_probe = None;
@@ -4466,17 +4606,37 @@ impl Sfu {
             .filter(|(_, p)| p.estimate.is_some())
             .map(|(pid, _)| *pid)
             .collect();
-        // Every subscriber's allocation reads the publishers' speech: found once here.
-        let speech: FastMap<SessionId, Option<Speech>> = if estimated.is_empty() {
-            FastMap::default()
+        // Every subscriber's allocation reads the publishers' speech, and with loudest-N the
+        // microphones forwarded: found once here.
+        let view = if estimated.is_empty() {
+            None
         } else {
-            self.participants
+            let speech: FastMap<SessionId, Option<Speech>> = self
+                .participants
                 .keys()
                 .map(|&session| (session, self.speech(session, now)))
-                .collect()
+                .collect();
+            let audio = if self.config.loudest_audio > 0 {
+                let forwarded = |publisher: &SessionId| {
+                    speech
+                        .get(publisher)
+                        .copied()
+                        .flatten()
+                        .is_none_or(|s| s.active || s.loudest)
+                };
+                self.tracks
+                    .values()
+                    .enumerate()
+                    .filter(|(_, t)| t.kind == MediaKind::Audio && forwarded(&t.publisher))
+                    .map(|(at, _)| at)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            Some(TickView { speech, audio })
         };
         for pid in estimated {
-            self.allocate(now, pid, Some(&speech));
+            self.allocate(now, pid, view.as_ref());
         }
         // Resumed clients that sent no SyncState in time: offer again.
         let unsynced: Vec<(PeerId, SessionId)> = self

@@ -7,12 +7,11 @@
 //! travel through a seeded network model (delay, jitter that keeps each path's order unless
 //! told to reorder, loss, and bottleneck links with a rate and a drop-tail queue); time jumps
 //! to the next deadline, so seconds of meeting run in milliseconds. The network's choices,
-//! str0m's random draws, every hash map's seed and the wall-clock phase of the start come from
-//! the seed, so a run repeats (`a_seeded_simulation_repeats_exactly`), but for what draws from
-//! the operating system: the DTLS handshakes' keys and signatures (bytes, not timings) and the
-//! data channel's SCTP association (`sctp-proto`'s tags and sequence numbers), whose setup
-//! now and then goes differently in a meeting of ten clients and shifts what follows (cause
-//! not found). Assertions leave room around figures rather than pinning them.
+//! str0m's random draws and every hash map's seed come from the seed, the start is a whole
+//! period of the wall clock, and no part reads the system clock (the data channel's SCTP
+//! association did, sctp-proto patch 1): a run repeats (`a_seeded_simulation_repeats_exactly`),
+//! but for the bytes of the DTLS handshakes (random keys and signatures, same timings).
+//! Assertions leave room around figures rather than pinning them.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};

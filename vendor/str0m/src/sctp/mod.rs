@@ -386,7 +386,7 @@ impl RtcSctp {
             );
             let (handle, mut assoc) = self
                 .endpoint
-                .connect(config, self.fake_addr)
+                .connect_at(config, self.fake_addr, now)
                 .map_err(|e| SctpError::Proto(ProtoError::Other(e.to_string())))?;
             assoc.set_max_send_message_size(self.remote_max_message_size);
             self.handle = handle;
@@ -404,10 +404,12 @@ impl RtcSctp {
             // Normal client path: initiate the SCTP association.
             let config = SctpInitData::default().into_client_config(self.local_max_message_size);
 
+            // Parloir patch 72: at this `now` (vendor/sctp-proto's `connect_at`), not the
+            // system clock's.
             debug!("New local association (out-of-band: false)");
             let (handle, mut assoc) = self
                 .endpoint
-                .connect(config, self.fake_addr)
+                .connect_at(config, self.fake_addr, now)
                 .map_err(|e| SctpError::Proto(ProtoError::Other(e.to_string())))?;
             assoc.set_max_send_message_size(self.remote_max_message_size);
             self.handle = handle;
