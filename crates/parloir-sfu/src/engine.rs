@@ -517,6 +517,12 @@ struct Speech {
     loudest: bool,
 }
 
+/// Whether a publisher's microphone is forwarded under loudest-N, by its speech (`None`: no
+/// level heard from it, and such audio always goes).
+fn audio_forwarded(speech: Option<Speech>) -> bool {
+    speech.is_none_or(|s| s.active || s.loudest)
+}
+
 /// What the tick works out once for every subscriber's allocation.
 struct TickView {
     /// Each publisher's speech.
@@ -1210,8 +1216,6 @@ fn publisher_sid(
         .map(|p| p.info.sid.clone())
 }
 
-/// Track `sid`'s receivers must be worked out again before its next frame
-/// ([`Track::receivers`]).
 /// What a subscriber's tile asks of a video track (`None`: turned off): as the track's last
 /// receivers pass read it, unless something changed since (settings, layers announced, the
 /// subscription).
@@ -1241,6 +1245,8 @@ fn off_and_settled(out: &Out, wanted: Option<u8>) -> bool {
         && out.switcher.current().is_none()
 }
 
+/// Track `sid`'s receivers must be worked out again before its next frame
+/// ([`Track::receivers`]).
 fn receivers_changed(tracks: &mut FastIndexMap<String, Track>, sid: &str) {
     if let Some(track) = tracks.get_mut(sid) {
         track.changed();
@@ -2939,22 +2945,18 @@ impl Sfu {
         let Some(p) = self.participants.get(&peer.session) else {
             return;
         };
-        let mut matches: Vec<(&str, String, String)> = peer
+        let mut matches: Vec<(Mid, String, String)> = peer
             .msids
             .iter()
             .filter_map(|(mid, track_id)| {
                 p.pending
                     .get(track_id)
-                    .map(|sid| (mid.as_str(), track_id.clone(), sid.clone()))
+                    .map(|sid| (Mid::from(mid.as_str()), track_id.clone(), sid.clone()))
             })
             .collect();
         // In the offer's order (mids as browsers number them), not the map's: tracks bound
         // together are published, and listed to the others, in a repeatable order.
-        matches.sort_by(|a, b| (a.0.len(), a.0).cmp(&(b.0.len(), b.0)));
-        let matches: Vec<(Mid, String, String)> = matches
-            .into_iter()
-            .map(|(mid, cid, sid)| (Mid::from(mid), cid, sid))
-            .collect();
+        matches.sort_by(|a, b| (a.0.len(), &*a.0).cmp(&(b.0.len(), &*b.0)));
         for (mid, cid, sid) in matches {
             self.bind(pid, mid, &cid, &sid);
         }
@@ -4197,8 +4199,8 @@ impl Sfu {
                 }
                 // Only audio that is forwarded counts: with loudest-N, a silent participant's
                 // frames go nowhere, and in a large room reserving them would leave no video.
-                let forwarded = self.config.loudest_audio == 0
-                    || speech_of(track.publisher).is_none_or(|s| s.active || s.loudest);
+                let forwarded =
+                    self.config.loudest_audio == 0 || audio_forwarded(speech_of(track.publisher));
                 if forwarded {
                     audio += track.measured(None, now);
                 }
@@ -4618,11 +4620,7 @@ impl Sfu {
                 .collect();
             let audio = if self.config.loudest_audio > 0 {
                 let forwarded = |publisher: &SessionId| {
-                    speech
-                        .get(publisher)
-                        .copied()
-                        .flatten()
-                        .is_none_or(|s| s.active || s.loudest)
+                    audio_forwarded(speech.get(publisher).copied().flatten())
                 };
                 self.tracks
                     .values()

@@ -167,20 +167,20 @@ fn last_layers(frames: &[VideoFrame], n: usize) -> Vec<u8> {
         .collect()
 }
 
+/// What the subscriber got: the SFU's counters (bytes aside: DTLS signatures vary), each
+/// camera's frames (layer, counter) and how many of them came before the link widened, and
+/// the stream states it was told.
+type Workout = (parloir_sfu::Stats, Vec<Vec<(u8, u32)>>, Vec<usize>, String);
+
 /// A subscriber's allocation at a tick goes through the tiles that took part the time before
 /// (in a large meeting most tiles are off and stay so), and through all of them after
 /// anything that could bring another in (its settings, a subscription added, opened or
 /// removed) and every five seconds. A meeting that moves the allocation about: eight cameras
 /// (two speakers taking turns), one of which leaves, and a ninth that comes late on a single
 /// connection, tiles of several sizes and tiles turned off, turned on and off again, a link
-/// that narrows then widens. The SFU checks at
-/// each tick that every tile taking part is on its list (`Sfu::set_alloc_check`: it panics
-/// otherwise); the subscriber gets the tiles it shows.
-/// What the subscriber got: the SFU's counters (bytes aside: DTLS signatures vary), each
-/// camera's frames (layer, counter) and how many of them came before the link widened, and
-/// the stream states it was told.
-type Workout = (parloir_sfu::Stats, Vec<Vec<(u8, u32)>>, Vec<usize>, String);
-
+/// that narrows then widens. With `check`, the SFU checks at each tick that every tile taking
+/// part is on its list (`Sfu::set_alloc_check`: it panics otherwise); without, every tick's
+/// pass goes through all outs.
 fn allocation_workout(check: bool) -> Workout {
     let names: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
