@@ -455,10 +455,13 @@ pub struct Sfu {
     dirty: Vec<PeerId>,
     events: VecDeque<(PeerId, Event)>,
     out: VecDeque<Output>,
-    /// Peers whose connections have datagrams to send, in the order they came: each one's
-    /// first datagram is in `out`, the rest are taken from str0m as the caller asks for them
-    /// ([`Sfu::poll_output`]).
+    /// Peers whose connections have datagrams to send, in the order they came: a drained
+    /// peer's first datagram is in `out`, the rest, and all of a receiver's that a frame was
+    /// written to, are taken from str0m as the caller asks for them ([`Sfu::poll_output`]).
     sending: VecDeque<PeerId>,
+    /// The peer of `sending` polled last: a peer polled for the first time in a row has the
+    /// next ones' first reads prefetched ([`prefetch_polls`]).
+    polling: Option<PeerId>,
     /// The next periodic tick (speakers, room counts, expiries); `None` with no rooms.
     next_tick: Option<Instant>,
     /// [`ALLOC_FULL_EVERY`], or less for simulations that compare (`set_alloc_full_every`).
@@ -1023,13 +1026,7 @@ impl Track {
         } else if self.layers.is_empty() {
             None
         } else {
-            Some(
-                self.layers
-                    .flowing(now)
-                    .into_iter()
-                    .find(|(r, _)| *r == rank)?
-                    .1,
-            )
+            Some(self.layers.flowing_at(rank, now)?)
         };
         self.base_meters
             .iter()
@@ -1068,13 +1065,7 @@ impl Track {
         if self.layers.is_empty() {
             return self.rate(None, quality, now);
         }
-        let rid = self
-            .layers
-            .flowing(now)
-            .into_iter()
-            .find(|(rank, _)| *rank == quality)
-            .map(|(_, rid)| rid);
-        match rid {
+        match self.layers.flowing_at(quality, now) {
             Some(rid) => self.rate(Some(rid), quality, now),
             None => self
                 .rate(None, quality, now)
@@ -1088,7 +1079,7 @@ impl Track {
         let fit: Vec<(u8, Option<Rid>)> = if self.layers.is_empty() {
             vec![(quality, None)]
         } else {
-            let flowing = self.layers.flowing(now);
+            let flowing = self.layers.flowing_sorted(now);
             let mut fit: Vec<(u8, Option<Rid>)> = flowing
                 .iter()
                 .filter(|(rank, _)| *rank <= quality)
@@ -1292,15 +1283,15 @@ fn prefetch_receivers(peers: &FastMap<PeerId, Box<Peer>>, receivers: &[(PeerId, 
     }
 }
 
-/// Prefetches what draining the next dirty peers reads first (str0m patch 52,
-/// `Rtc::poll_prefetch`), while this one is drained: after a fan-out, each receiver's drain
+/// Prefetches what polling the next peers reads first (str0m patch 52,
+/// `Rtc::poll_prefetch`), while this one is polled: after a fan-out, each receiver's poll
 /// began with a chain of first touches (its connection's state, the stream written to, the
 /// slot of the cache of sent packets), each found from the one before. As in
 /// [`prefetch_receivers`], each link is prefetched one peer after the link it is read from:
 /// three peers ahead the peer's fields and its connection's, two the stream, one the packet
-/// and its cache slot. `dirty` is drained from its end.
-fn prefetch_drains(peers: &FastMap<PeerId, Box<Peer>>, dirty: &[PeerId]) {
-    let at = |k: usize| peers.get(&dirty[dirty.len().checked_sub(k)?]);
+/// and its cache slot. `next(k)` is the peer polled `k` places after this one.
+fn prefetch_polls(peers: &FastMap<PeerId, Box<Peer>>, next: impl Fn(usize) -> Option<PeerId>) {
+    let at = |k: usize| peers.get(&next(k)?);
     if let Some(peer) = at(3) {
         prefetch(&peer.queued as *const bool as *const u8);
         prefetch(&peer.deadline as *const Option<Instant> as *const u8);
@@ -1360,6 +1351,7 @@ impl Sfu {
             events: VecDeque::new(),
             out: VecDeque::new(),
             sending: VecDeque::new(),
+            polling: None,
             audio_tap: None,
             record_tap: None,
             next_tick: None,
@@ -1679,6 +1671,11 @@ impl Sfu {
             let Some(pid) = self.sending.pop_front() else {
                 break;
             };
+            if cfg!(target_arch = "x86_64") && self.polling != Some(pid) {
+                self.polling = Some(pid);
+                let sending = &self.sending;
+                prefetch_polls(&self.peers, |k| sending.get(k - 1).copied());
+            }
             match self.poll_peer(pid, true) {
                 Polled::Transmit(transmit) => {
                     self.sending.push_front(pid);
@@ -2293,7 +2290,10 @@ impl Sfu {
         loop {
             while let Some(pid) = self.dirty.pop() {
                 if cfg!(target_arch = "x86_64") {
-                    prefetch_drains(&self.peers, &self.dirty);
+                    let dirty = &self.dirty;
+                    prefetch_polls(&self.peers, |k| {
+                        dirty.get(dirty.len().checked_sub(k)?).copied()
+                    });
                 }
                 self.drain(pid);
             }
@@ -3586,7 +3586,7 @@ impl Sfu {
             peers,
             participants,
             stats,
-            dirty,
+            sending,
             ..
         } = self;
         if track.receivers_stale {
@@ -3734,10 +3734,19 @@ impl Sfu {
                     continue;
                 }
                 // Packetized at once (str0m patch 13): the packets go out on this peer's
-                // next poll, without a timeout of their own.
+                // next poll, without a timeout of their own. A write brings no events, so
+                // the receiver goes straight to the peers `poll_output` takes datagrams from,
+                // not through a drain: its datagrams (of this frame and of any others written
+                // to it before the caller polls) are then sealed one after the other, its
+                // connection's state read once for all of them, where a drain sealed the
+                // first of them and left the rest for a second visit after every other
+                // receiver's first.
                 match writer.now(now).write(pt, wallclock, time, payload) {
                     Ok(()) => {
-                        queue(peer, sub, dirty);
+                        if !peer.in_sending {
+                            peer.in_sending = true;
+                            sending.push_back(sub);
+                        }
                         true
                     }
                     Err(e) => {

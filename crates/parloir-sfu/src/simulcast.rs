@@ -22,7 +22,9 @@ const ACTIVE_WINDOW: Duration = Duration::from_millis(1000);
 /// The layers of one simulcast track, as frames arrive.
 #[derive(Debug, Default)]
 pub(crate) struct Layers {
-    /// Each rid seen, with the arrival of its last frame.
+    /// Each rid seen, with the instant it stops counting as flowing (its last frame's arrival
+    /// and [`ACTIVE_WINDOW`]): compared with `now` for each frame and subscriber, an instant
+    /// cheaper to compare than a time gone by is to work out.
     seen: Vec<(Rid, Instant)>,
     /// The rids seen name the layers `l`/`m`/`h` (an `l` or `m`, and no `q` or `f`): `h` is
     /// then the top layer rather than livekit-client's middle one. Kept as rids come, since
@@ -40,10 +42,11 @@ fn letter(rid: &Rid) -> Option<u8> {
 
 impl Layers {
     pub(crate) fn frame(&mut self, rid: Rid, now: Instant) {
+        let until = now + ACTIVE_WINDOW;
         match self.seen.iter_mut().find(|(r, _)| *r == rid) {
-            Some((_, at)) => *at = now,
+            Some((_, u)) => *u = until,
             None => {
-                self.seen.push((rid, now));
+                self.seen.push((rid, until));
                 let any = |names: &[u8]| {
                     self.seen
                         .iter()
@@ -71,31 +74,35 @@ impl Layers {
         self.seen.is_empty()
     }
 
-    /// The flowing layers, lowest first, with their ranks.
-    pub(crate) fn flowing(&self, now: Instant) -> Vec<(u8, Rid)> {
-        let mut out: Vec<(u8, Rid)> = self
-            .seen
+    /// The flowing layers with their ranks, in the order they were first seen.
+    pub(crate) fn flowing(&self, now: Instant) -> impl Iterator<Item = (u8, Rid)> + '_ {
+        self.seen
             .iter()
-            .filter(|(_, at)| now.saturating_duration_since(*at) < ACTIVE_WINDOW)
+            .filter(move |(_, until)| now < *until)
             .map(|(r, _)| (self.rank(r), *r))
-            .collect();
+    }
+
+    /// The flowing layers, lowest first, with their ranks.
+    pub(crate) fn flowing_sorted(&self, now: Instant) -> Vec<(u8, Rid)> {
+        let mut out: Vec<(u8, Rid)> = self.flowing(now).collect();
         out.sort_by_key(|(rank, _)| *rank);
         out
+    }
+
+    /// The flowing layer of rank `rank`.
+    pub(crate) fn flowing_at(&self, rank: u8, now: Instant) -> Option<Rid> {
+        self.flowing(now)
+            .find(|(r, _)| *r == rank)
+            .map(|(_, rid)| rid)
     }
 
     /// The layer to forward to a subscriber that wants `quality` (0 low, 1 medium, 2 high): the
     /// highest flowing layer not above it, else the lowest flowing one.
     pub(crate) fn choose(&self, quality: u8, now: Instant) -> Option<Rid> {
-        let flowing = || {
-            self.seen
-                .iter()
-                .filter(move |(_, at)| now.saturating_duration_since(*at) < ACTIVE_WINDOW)
-                .map(|(r, _)| (self.rank(r), *r))
-        };
-        flowing()
+        self.flowing(now)
             .filter(|(rank, _)| *rank <= quality)
             .max_by_key(|(rank, _)| *rank)
-            .or_else(|| flowing().min_by_key(|(rank, _)| *rank))
+            .or_else(|| self.flowing(now).min_by_key(|(rank, _)| *rank))
             .map(|(_, rid)| rid)
     }
 }
@@ -280,6 +287,17 @@ mod tests {
         assert_eq!(l.choose(0, now), Some("q".into()));
         assert_eq!(l.choose(1, now), Some("h".into()));
         assert_eq!(l.choose(2, now), Some("f".into()));
+        // A layer flows for a second after its last frame, not at the second itself.
+        let edge = now + ACTIVE_WINDOW;
+        assert_eq!(
+            l.choose(2, edge - Duration::from_millis(1)),
+            Some("f".into())
+        );
+        assert_eq!(l.choose(2, edge), None);
+        assert_eq!(
+            l.flowing_sorted(now),
+            [(0, "q".into()), (1, "h".into()), (2, "f".into())]
+        );
         // f stops (the publisher's encoder dropped it): high falls back to h.
         let later = now + Duration::from_secs(2);
         l.frame("q".into(), later);
