@@ -193,7 +193,7 @@ impl<'a> Writer<'a> {
     ///
     /// Panics if [`RtcConfig::set_rtp_mode()`][crate::RtcConfig::set_rtp_mode] is `true`.
     pub fn write(
-        self,
+        mut self,
         pt: Pt,
         wallclock: Instant,
         rtp_time: MediaTime,
@@ -255,7 +255,13 @@ impl<'a> Writer<'a> {
             not_before: None,
             data,
             start_of_talk_spurt: self.start_of_talkspurt.unwrap_or(false),
-            ext_vals: self.ext_vals.clone(),
+            // Parloir patch 74: the writer's values, taken (a copy only when a telephone event
+            // needs them after the frame).
+            ext_vals: if has_tele {
+                self.ext_vals.clone()
+            } else {
+                std::mem::take(&mut self.ext_vals)
+            },
         });
 
         let Some(event) = self.tele_event else {

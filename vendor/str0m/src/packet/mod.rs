@@ -91,7 +91,7 @@ mod contiguity_vp9;
 mod error;
 
 mod payload;
-pub(crate) use payload::{Payloader, RedSink};
+pub(crate) use payload::{OutgoingPacket, Payloader, RedSink, packet_ext_vals};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 /// Types of media.

@@ -5,7 +5,7 @@ use crate::format::{CodecSpec, Vp9PacketizerMode};
 use crate::media::ToPayload;
 use crate::rtp::vla::VideoLayersAllocation;
 use crate::rtp_::{ExtensionValues, Frequency, Pt, SeqNo};
-use crate::streams::{RtpWrite, StreamTx};
+use crate::streams::{StreamTx, TxHeader};
 
 use super::PacketError;
 use super::red::RedSender;
@@ -26,16 +26,24 @@ pub struct Payloader {
 }
 
 /// A packet ready to hand to a [`PacketSink`]: the RTP fields plus the primary payload as an owned
-/// `Vec`. The payload is only wrapped into an `Arc` once, when the sink builds the [`RtpWrite`], so
+/// `Vec`. The payload is only wrapped into an `Arc` once, when the sink queues the packet, so
 /// a RED sink can transform the bytes first without an extra allocation.
-pub(crate) struct OutgoingPacket {
+pub(crate) struct OutgoingPacket<'a> {
     pub pt: Pt,
     pub seq_no: SeqNo,
     pub rtp_time: u32,
     pub wallclock: Instant,
     pub marker: bool,
     pub nackable: bool,
-    pub ext_vals: ExtensionValues,
+    /// Parloir patch 74: the frame's extension values, of which the packet carries what its
+    /// place in the frame allows ([`packet_ext_vals`]): the queued header takes the few it
+    /// keeps inline from here, and the whole set (a copy) only when a packet carries others.
+    /// Each packet of each frame written to each subscriber was a copy of them (about 220
+    /// bytes) moved four times on its way to the queue.
+    pub ext_vals: &'a ExtensionValues,
+    /// The packet is the frame's first, its last.
+    pub first: bool,
+    pub last: bool,
     pub payload: Vec<u8>,
     /// Parloir patch 26: the packet is this piece of this frame (`payload` is then empty).
     pub shared: Option<(Piece, Arc<[u8]>)>,
@@ -55,7 +63,24 @@ pub(crate) trait PacketSink {
     /// The most recently written packet payload on the underlying stream, for marker decisions.
     fn last_packet(&self) -> Option<&[u8]>;
     /// Emit a packet.
-    fn send(&mut self, packet: OutgoingPacket);
+    fn send(&mut self, packet: OutgoingPacket<'_>);
+}
+
+/// The extension values the packet at `first`/`last` of a frame carries of the frame's `ev`:
+/// the absolute capture time and the video layers allocation on the first only, the video
+/// orientation, content type and timing on the last only.
+pub(crate) fn packet_ext_vals(ev: &ExtensionValues, first: bool, last: bool) -> ExtensionValues {
+    let mut pkt_ext_vals = ev.clone();
+    if !first {
+        pkt_ext_vals.abs_capture_time = None;
+        pkt_ext_vals.user_values.remove::<VideoLayersAllocation>();
+    }
+    if !last {
+        pkt_ext_vals.video_orientation = None;
+        pkt_ext_vals.video_content_type = None;
+        pkt_ext_vals.video_timing = None;
+    }
+    pkt_ext_vals
 }
 
 impl Payloader {
@@ -126,19 +151,6 @@ impl Payloader {
 
             let nackable = self.pack.nackable();
 
-            let mut pkt_ext_vals = ext_vals.clone();
-
-            if !first {
-                pkt_ext_vals.abs_capture_time = None;
-                pkt_ext_vals.user_values.remove::<VideoLayersAllocation>();
-            }
-
-            if !last {
-                pkt_ext_vals.video_orientation = None;
-                pkt_ext_vals.video_content_type = None;
-                pkt_ext_vals.video_timing = None;
-            }
-
             let rtp_time_u32 = rtp_time.rebase(self.clock_rate).numer() as u32;
 
             sink.send(OutgoingPacket {
@@ -148,7 +160,9 @@ impl Payloader {
                 wallclock,
                 marker,
                 nackable,
-                ext_vals: pkt_ext_vals,
+                ext_vals: &ext_vals,
+                first,
+                last,
                 payload: chunk,
                 shared: piece.map(|p| (p, data.clone())),
             });
@@ -171,30 +185,22 @@ impl PacketSink for StreamTx {
         StreamTx::last_packet(self)
     }
 
-    fn send(&mut self, packet: OutgoingPacket) {
-        let write = match packet.shared {
+    fn send(&mut self, mut packet: OutgoingPacket<'_>) {
+        let header = TxHeader::for_packet(self.ssrc(), &packet, packet.pt);
+        let (payload, piece) = match packet.shared.take() {
             // Parloir patch 26: the frame, shared, and this packet's piece of it.
-            Some((piece, frame)) => RtpWrite::new(
-                packet.pt,
-                packet.seq_no,
-                packet.rtp_time,
-                packet.wallclock,
-                frame,
-            )
-            .piece(piece),
-            None => RtpWrite::new(
-                packet.pt,
-                packet.seq_no,
-                packet.rtp_time,
-                packet.wallclock,
-                packet.payload,
-            ),
+            Some((piece, frame)) => (frame, Some(piece)),
+            None => (std::mem::take(&mut packet.payload).into(), None),
         };
-        self.write_rtp(
-            write
-                .marker(packet.marker)
-                .ext_vals(packet.ext_vals)
-                .nackable(packet.nackable),
+        self.queue_packet(
+            packet.seq_no,
+            packet.rtp_time,
+            packet.wallclock,
+            header,
+            payload,
+            None,
+            piece,
+            packet.nackable,
         );
     }
 }
@@ -228,22 +234,22 @@ impl PacketSink for RedSink<'_> {
         StreamTx::last_packet(self.stream)
     }
 
-    fn send(&mut self, packet: OutgoingPacket) {
+    fn send(&mut self, mut packet: OutgoingPacket<'_>) {
         debug_assert!(packet.shared.is_none(), "RED takes no shared pieces");
         // Wrap the primary Vec before it becomes an Arc, so RED adds no extra allocation. Swap to
         // the RED payload type; everything else on the packet is preserved.
-        let payload = self.red.wrap(packet.payload, packet.rtp_time, self.budget);
-        self.stream.write_rtp(
-            RtpWrite::new(
-                self.red.red_pt(),
-                packet.seq_no,
-                packet.rtp_time,
-                packet.wallclock,
-                payload,
-            )
-            .marker(packet.marker)
-            .ext_vals(packet.ext_vals)
-            .nackable(packet.nackable),
+        let primary = std::mem::take(&mut packet.payload);
+        let payload = self.red.wrap(primary, packet.rtp_time, self.budget);
+        let header = TxHeader::for_packet(self.stream.ssrc(), &packet, self.red.red_pt());
+        self.stream.queue_packet(
+            packet.seq_no,
+            packet.rtp_time,
+            packet.wallclock,
+            header,
+            payload.into(),
+            None,
+            None,
+            packet.nackable,
         );
     }
 }

@@ -364,6 +364,8 @@ impl RtpWrite {
     }
 
     /// Parloir patch 26: the packet's payload is `piece` of the frame given as the payload.
+    /// (The payloader queues its pieces through [`StreamTx::queue_packet`] since patch 74.)
+    #[cfg(test)]
     pub(crate) fn piece(mut self, piece: Piece) -> Self {
         self.piece = Some(piece);
         self
@@ -595,6 +597,28 @@ impl StreamTx {
             piece,
         } = rtp;
 
+        // Parloir patch 28: queued and cached in compact form.
+        let header = TxHeader::new(self.ssrc, time, pt, marker, csrc_count, csrc, ext_vals);
+        self.queue_packet(
+            seq_no, time, wallclock, header, payload, vp8_patch, piece, nackable,
+        );
+    }
+
+    /// Parloir patch 74: queues a packet whose header is made (what [`StreamTx::write_rtp`]
+    /// does after making it), for the payloader's sinks, which make the header from their
+    /// frame's extension values without an [`RtpWrite`] in between.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn queue_packet(
+        &mut self,
+        seq_no: SeqNo,
+        time: u32,
+        wallclock: Instant,
+        header: TxHeader,
+        payload: Arc<[u8]>,
+        vp8_patch: Option<Vp8Patch>,
+        piece: Option<Piece>,
+        nackable: bool,
+    ) {
         let first_call = self.rtp_and_wallclock.is_none();
 
         if first_call && seq_no.roc() > 0 {
@@ -607,9 +631,6 @@ impl StreamTx {
         }
 
         self.rtp_and_wallclock = Some((time, wallclock));
-
-        // Parloir patch 28: queued and cached in compact form.
-        let header = TxHeader::new(self.ssrc, time, pt, marker, csrc_count, csrc, ext_vals);
 
         let packet = TxPacket {
             seq_no,

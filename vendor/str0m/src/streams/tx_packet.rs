@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::packet::{Piece, Vp8Patch};
+use crate::packet::{OutgoingPacket, Piece, Vp8Patch, packet_ext_vals};
 use crate::rtp_::{ExtensionValues, Pt, RtpHeader, SeqNo, Ssrc, VideoOrientation};
 use crate::util::already_happened;
 
@@ -104,6 +104,41 @@ impl TxHeader {
                 })),
                 ..common
             }
+        }
+    }
+
+    /// Parloir patch 74: the header of `packet`, sent on payload type `pt`, from its frame's
+    /// extension values by reference: only a packet that carries more than the values kept
+    /// inline copies them (as [`TxHeader::new`] of the values [`packet_ext_vals`] gives).
+    pub fn for_packet(ssrc: Ssrc, packet: &OutgoingPacket<'_>, pt: Pt) -> Self {
+        let ev = packet.ext_vals;
+        if !only_common(ev) {
+            let ext_vals = packet_ext_vals(ev, packet.first, packet.last);
+            return Self::new(
+                ssrc,
+                packet.rtp_time,
+                pt,
+                packet.marker,
+                0,
+                [0; 15],
+                ext_vals,
+            );
+        }
+        // What a packet that is not its frame's last does not carry.
+        let (video_orientation, video_content_type) = match packet.last {
+            true => (ev.video_orientation, ev.video_content_type),
+            false => (None, None),
+        };
+        TxHeader {
+            ssrc,
+            rtp_time: packet.rtp_time,
+            payload_type: pt,
+            marker: packet.marker,
+            audio_level: ev.audio_level,
+            voice_activity: ev.voice_activity,
+            video_orientation,
+            video_content_type,
+            rare: None,
         }
     }
 
@@ -310,6 +345,60 @@ mod test {
                 header_bytes(&original, &exts)
             );
         }
+    }
+
+    /// Patch 74: a packet's header made from its frame's values by reference is the header
+    /// made from its own copy of them, at each place in a frame, with and without values
+    /// kept apart from the inline ones (a value only the first packet carries among them).
+    #[test]
+    fn a_packet_header_from_its_frames_values_is_the_header_of_its_own_copy() {
+        use crate::packet::{OutgoingPacket, packet_ext_vals};
+        use crate::rtp_::AbsCaptureTime;
+        let common = ExtensionValues {
+            audio_level: Some(-30),
+            voice_activity: Some(true),
+            video_orientation: Some(VideoOrientation::Deg90),
+            video_content_type: Some(1),
+            ..Default::default()
+        };
+        let mut rare = common.clone();
+        rare.play_delay_min = Some(MediaTime::from_hundredths(1));
+        let mut first_only = common.clone();
+        first_only.abs_capture_time = Some(AbsCaptureTime {
+            capture_time: std::time::SystemTime::UNIX_EPOCH,
+            clock_offset: None,
+        });
+        let now = Instant::now();
+        let mut boxed = vec![];
+        for ev in [&common, &rare, &first_only] {
+            for (first, last) in [(true, true), (true, false), (false, false), (false, true)] {
+                let packet = OutgoingPacket {
+                    pt: 96.into(),
+                    seq_no: 3.into(),
+                    rtp_time: 9_000,
+                    wallclock: now,
+                    marker: last,
+                    nackable: true,
+                    ext_vals: ev,
+                    first,
+                    last,
+                    payload: vec![],
+                    shared: None,
+                };
+                let by_ref = TxHeader::for_packet(77.into(), &packet, 111.into());
+                let copy = packet_ext_vals(ev, first, last);
+                let own = TxHeader::new(77.into(), 9_000, 111.into(), last, 0, [0; 15], copy);
+                assert_eq!(by_ref, own, "first {first} last {last} {ev:?}");
+                boxed.push(by_ref.rare.is_some());
+            }
+        }
+        // Inline values only; a rare one on every packet; the capture time on the first.
+        assert_eq!(
+            boxed,
+            [
+                false, false, false, false, true, true, true, true, true, true, false, false
+            ]
+        );
     }
 
     #[test]
