@@ -171,6 +171,11 @@ impl TotalQueue {
     fn move_time_forward(&mut self, now: Instant) {
         if let Some(last) = self.last {
             assert!(self.unsent_count > 0);
+            // Parloir patch 75: packets queued and sent at one instant add no queue time,
+            // without `Instant`'s subtraction and `Duration`'s multiplication.
+            if now == last {
+                return;
+            }
             let from_last = now - last;
             self.queue_time += from_last * (self.unsent_count as u32);
             self.last = Some(now);
