@@ -82,17 +82,7 @@ impl TxHeader {
         csrc: [u32; 15],
         ext_vals: ExtensionValues,
     ) -> Self {
-        let common = TxHeader {
-            ssrc,
-            rtp_time,
-            payload_type,
-            marker,
-            audio_level: ext_vals.audio_level,
-            voice_activity: ext_vals.voice_activity,
-            video_orientation: ext_vals.video_orientation,
-            video_content_type: ext_vals.video_content_type,
-            rare: None,
-        };
+        let common = Self::inline(ssrc, rtp_time, payload_type, marker, &ext_vals);
         if csrc_count == 0 && only_common(&ext_vals) {
             common
         } else {
@@ -124,20 +114,32 @@ impl TxHeader {
                 ext_vals,
             );
         }
+        let mut header = Self::inline(ssrc, packet.rtp_time, pt, packet.marker, ev);
         // What a packet that is not its frame's last does not carry.
-        let (video_orientation, video_content_type) = match packet.last {
-            true => (ev.video_orientation, ev.video_content_type),
-            false => (None, None),
-        };
+        if !packet.last {
+            header.video_orientation = None;
+            header.video_content_type = None;
+        }
+        header
+    }
+
+    /// The header with the values kept inline only.
+    fn inline(
+        ssrc: Ssrc,
+        rtp_time: u32,
+        payload_type: Pt,
+        marker: bool,
+        ev: &ExtensionValues,
+    ) -> Self {
         TxHeader {
             ssrc,
-            rtp_time: packet.rtp_time,
-            payload_type: pt,
-            marker: packet.marker,
+            rtp_time,
+            payload_type,
+            marker,
             audio_level: ev.audio_level,
             voice_activity: ev.voice_activity,
-            video_orientation,
-            video_content_type,
+            video_orientation: ev.video_orientation,
+            video_content_type: ev.video_content_type,
             rare: None,
         }
     }
