@@ -95,9 +95,9 @@ impl Bwe {
         self.bwe.reset(init_bitrate);
     }
 
-    pub fn update<'t>(
+    pub fn update(
         &mut self,
-        records: impl Iterator<Item = &'t crate::rtp_::TwccSendRecord>,
+        records: impl Iterator<Item = crate::rtp_::TwccSendRecord>,
         now: Instant,
     ) {
         self.bwe.update(records, now);
@@ -209,7 +209,8 @@ impl SendSideBandwidthEstimator {
     }
 
     /// Record a packet from a TWCC report.
-    pub fn update<'t>(&mut self, records: impl Iterator<Item = &'t TwccSendRecord>, now: Instant) {
+    pub fn update(&mut self, records: impl Iterator<Item = TwccSendRecord>, now: Instant) {
+        // Parloir patch 76: the register makes the records from its compact slots.
         let send_records: Vec<_> = records.collect();
         if send_records.is_empty() {
             return;
@@ -226,7 +227,7 @@ impl SendSideBandwidthEstimator {
         // loss controller then held it there. A probe that came back well short of its own
         // rate still counts.
         let estimate_before = self.last_estimate();
-        for (config, bitrate) in self.probe_estimator.update(send_records.iter().copied()) {
+        for (config, bitrate) in self.probe_estimator.update(send_records.iter()) {
             if let Some(estimate) = estimate_before {
                 let target = config.target_bitrate();
                 if target < estimate && bitrate < estimate && bitrate >= target * PROBE_GOT_THROUGH
@@ -252,7 +253,7 @@ impl SendSideBandwidthEstimator {
         let mut lost = 0;
         for record in send_records.iter() {
             count += 1;
-            let Ok(acked_packet) = (*record).try_into() else {
+            let Ok(acked_packet) = record.try_into() else {
                 lost += 1;
                 continue;
             };
@@ -396,8 +397,7 @@ impl SendSideBandwidthEstimator {
         // subscriber on a small layer) stayed at that estimate on any link. libwebrtc's
         // `GoogCcNetworkController` passes the cause on whenever the loss-based state changes.
         let cause = self.bandwidth_limited_cause();
-        if self.last_updated_estimate == Some(estimate) && self.last_updated_cause == Some(cause)
-        {
+        if self.last_updated_estimate == Some(estimate) && self.last_updated_cause == Some(cause) {
             return;
         }
 
@@ -581,7 +581,7 @@ mod test {
             now,
             Some(now - Duration::from_millis(10)),
         );
-        bwe.update(std::iter::once(&record), now);
+        bwe.update(std::iter::once(record), now);
         let probe = bwe.handle_timeout(desired, true, now).unwrap();
         assert!(probe.is_alr_probe());
 

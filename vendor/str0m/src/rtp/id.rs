@@ -88,6 +88,8 @@ macro_rules! num_id {
     ($id:ident, $t:tt) => {
         impl $id {
             /// Creates a new random id.
+            // Parloir patch 76: not every id is made at random (`TwccClusterId`).
+            #[allow(dead_code)]
             pub fn new() -> Self {
                 loop {
                     let v = NonCryptographicRng::$t();

@@ -1,7 +1,5 @@
 use std::collections::VecDeque;
-use std::collections::vec_deque;
 use std::fmt;
-use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use super::{FeedbackMessageType, RtcpHeader, RtcpPacket, extend_u16};
@@ -1011,13 +1009,24 @@ impl<'a> TryFrom<&'a [u8]> for PacketChunk {
     }
 }
 
+/// Parloir patch 76: what registering a packet reads and writes is in the first 64 bytes,
+/// on one cache line (`repr(C)` keeps the order, `align(64)` the line).
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub struct TwccSendRegister {
     /// How many send records to keep.
     keep: usize,
 
-    /// Circular buffer of send records.
-    queue: VecDeque<TwccSendRecord>,
+    /// Circular buffer of send records (Parloir patch 76: compact, see [`SendSlot`]). The
+    /// one at index `i` is the packet of sequence number `first_seq + i`; the last is the
+    /// last registered.
+    queue: VecDeque<SendSlot>,
+
+    /// Parloir patch 76: the sequence number of `queue[0]`.
+    first_seq: TwccSeq,
+
+    /// Parloir patch 76: what the slots' times count from (the first packet's send time).
+    epoch: Option<Instant>,
 
     /// 0 offset for remote time in Twcc structs.
     time_zero: Option<Instant>,
@@ -1026,13 +1035,73 @@ pub struct TwccSendRegister {
     /// which TwccSendRecord resulted from each invocation.
     apply_report_counter: u64,
 
-    /// Last registered Twcc number.
-    last_registered: TwccSeq,
-
     /// Parloir patch 30: packets a report said were missing while a packet sent less than
     /// [`REORDER_WINDOW`] after them had arrived. They may still be on their way (reordered);
     /// the next report decides (see [`TwccSendRegister::apply_report`]).
     deferred: Vec<TwccSeq>,
+}
+
+/// Parloir patch 76: a send record as the register keeps it, 32 bytes where a
+/// [`TwccSendRecord`] takes 88. The register holds a thousand per connection and writes one
+/// for each packet sent, into a slot last written a thousand packets before: at 88 bytes,
+/// more than a cache line missed per packet, and 88 kB per connection (13 MB for a
+/// 150-participant room's subscribers). Times are nanoseconds from the register's epoch;
+/// the sequence number is the slot's place in the queue. The remote's receive time is not
+/// kept: a record is returned only by the report that decides it, which has that time in
+/// hand, and nothing after reads it. [`TwccSendRecord`]s are made for the estimator when a
+/// report is applied.
+#[derive(Debug, Clone, Copy, Default)]
+struct SendSlot {
+    /// When the packet was sent.
+    sent: i64,
+    /// When the last report covering it arrived (with [`SendSlot::REPORTED`]).
+    local_recv: i64,
+    /// The probe cluster's id plus one; 0 for none.
+    cluster: u64,
+    /// The low 32 bits of the `apply_report_counter` of the report that decided it (with
+    /// [`SendSlot::REPORTED`]); reports are told apart from the few before and after.
+    counter: u32,
+    /// Size in bytes of the payload sent.
+    size: u16,
+    flags: u8,
+}
+
+impl SendSlot {
+    /// A report has covered it (a [`TwccRecvReport`]).
+    const REPORTED: u8 = 1;
+    /// A report said the remote received it.
+    const RECEIVED: u8 = 2;
+    /// No packet had this sequence number (a gap in the sequence registered).
+    const VACANT: u8 = 4;
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+/// Parloir patch 76: `t` as nanoseconds from `epoch` (negative before it).
+fn nanos_from(epoch: Instant, t: Instant) -> i64 {
+    fn nanos(d: Duration) -> i64 {
+        (d.as_secs() as i64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(d.subsec_nanos() as i64)
+    }
+    match t.checked_duration_since(epoch) {
+        Some(d) => nanos(d),
+        None => -nanos(epoch - t),
+    }
+}
+
+/// Parloir patch 76: the instant `nanos` from `epoch`.
+fn instant_at(epoch: Instant, nanos: i64) -> Instant {
+    let d = Duration::from_nanos(nanos.unsigned_abs());
+    let t = if nanos >= 0 {
+        epoch.checked_add(d)
+    } else {
+        epoch.checked_sub(d)
+    };
+    // Offsets are made from instants, so they map back to instants.
+    t.unwrap_or(epoch)
 }
 
 /// Parloir patch 30: how much later than a missing packet another must have been sent, and
@@ -1044,15 +1113,6 @@ pub struct TwccSendRegister {
 /// window, a missing packet sent within this time before the newest one received waits for
 /// the next report; later than that, it is lost.
 pub const REORDER_WINDOW: Duration = Duration::from_millis(5);
-
-impl<'a> IntoIterator for &'a TwccSendRegister {
-    type Item = &'a TwccSendRecord;
-    type IntoIter = vec_deque::Iter<'a, TwccSendRecord>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.queue.iter()
-    }
-}
 
 /// Packet identification for TWCC tracking.
 ///
@@ -1165,7 +1225,6 @@ impl TwccSendRecord {
             recv_report: Some(TwccRecvReport {
                 local_recv_time,
                 remote_recv_time,
-                apply_report_counter: 0,
             }),
         }
     }
@@ -1178,9 +1237,8 @@ pub struct TwccRecvReport {
 
     /// The remote time the other side received the seq.
     remote_recv_time: Option<Instant>,
-
-    /// The invocation count of apply_report(). Used for filtering.
-    apply_report_counter: u64,
+    // Parloir patch 76: the invocation count of apply_report() that filtered the records is
+    // the register's (`SendSlot::counter`).
 }
 
 impl TwccSendRegister {
@@ -1188,27 +1246,50 @@ impl TwccSendRegister {
         TwccSendRegister {
             keep,
             queue: VecDeque::new(),
+            first_seq: 0.into(),
+            epoch: None,
             time_zero: None,
             apply_report_counter: 0,
-            last_registered: 0.into(),
             deferred: Vec::new(),
         }
     }
 
     pub fn register_seq(&mut self, packet_id: TwccPacketId, now: Instant, size: usize) {
-        self.last_registered = packet_id.seq();
-        self.queue.push_back(TwccSendRecord {
-            packet_id,
-            local_send_time: now,
+        let seq = packet_id.seq();
+        let epoch = *self.epoch.get_or_insert(now);
+        // Parloir patch 76: the slot's place is its sequence number. A gap (a number taken and
+        // no packet registered with it) leaves vacant slots; a number not after the last
+        // starts the queue again.
+        let next = *self.first_seq + self.queue.len() as u64;
+        if self.queue.is_empty() || *seq < next || *seq - next >= self.keep as u64 {
+            self.queue.clear();
+            self.first_seq = seq;
+        } else {
+            for _ in next..*seq {
+                self.queue.push_back(SendSlot {
+                    flags: SendSlot::VACANT,
+                    ..SendSlot::default()
+                });
+            }
+        }
+        self.queue.push_back(SendSlot {
+            sent: nanos_from(epoch, now),
+            cluster: packet_id.cluster().map_or(0, |c| c.saturating_add(1)),
             // In practice the max sizes is constrained by the MTU and will max out around 1200
             // bytes, hence this cast is fine.
             size: size as u16,
-            // The recv report, derived from TWCC feedback later.
-            recv_report: None,
+            ..SendSlot::default()
         });
         while self.queue.len() > self.keep {
             self.queue.pop_front();
+            self.first_seq = (*self.first_seq + 1).into();
         }
+    }
+
+    /// Parloir patch 76: the place of `seq` in the queue, if there.
+    fn index_of(&self, seq: TwccSeq) -> Option<usize> {
+        let i = seq.checked_sub(*self.first_seq)?;
+        (i < self.queue.len() as u64).then_some(i as usize)
     }
 
     /// Apply a TWCC RTCP report.
@@ -1219,127 +1300,93 @@ impl TwccSendRegister {
         &mut self,
         twcc: Twcc,
         now: Instant,
-    ) -> Option<impl Iterator<Item = &TwccSendRecord>> {
+    ) -> Option<impl Iterator<Item = TwccSendRecord> + use<>> {
         if self.time_zero.is_none() {
             self.time_zero = Some(now);
         }
 
         self.apply_report_counter += 1;
-        let apply_report_counter = self.apply_report_counter;
+        let counter = self.apply_report_counter as u32;
 
         let time_zero = self.time_zero.unwrap();
-        let head_seq = self.queue.front().map(|r| r.seq())?;
+        let epoch = self.epoch?;
+        if self.queue.is_empty() {
+            return None;
+        }
+        let head_seq = self.first_seq;
+        let now_at = nanos_from(epoch, now);
 
+        let status_count = twcc.status_count as usize;
+        let last_registered = (*head_seq + self.queue.len() as u64 - 1).into();
         let mut iter = twcc
-            .into_iter(time_zero, self.last_registered)
+            .into_iter(time_zero, last_registered)
             .skip_while(|(seq, _, _)| seq < &head_seq);
         let (first_seq_no, _, first_instant) = iter.next()?;
 
-        // The queue is in seq order: find the report's first record by
-        // binary search rather than walking every older record.
-        let Ok(first_index) = self.queue.binary_search_by_key(&first_seq_no, |r| r.seq()) else {
+        // The report's first record is at its place in the queue (Parloir patch 76: the
+        // sequence numbers are the places).
+        let Some(first_index) = self.index_of(first_seq_no) else {
             // Old report for which we no longer have any send records.
             return None;
         };
-        let mut iter2 = self.queue.range_mut(first_index..);
-        let first_record = iter2.next()?;
 
-        fn update(
-            now: Instant,
-            r: &mut TwccSendRecord,
-            seq: TwccSeq,
-            remote_recv_time: Option<Instant>,
-            apply_report_counter: u64,
-        ) -> bool {
-            if r.seq() != seq {
-                return false;
+        fn update(s: &mut SendSlot, now_at: i64, received: bool, counter: u32) {
+            if s.has(SendSlot::VACANT) {
+                return;
             }
-
-            let apply_report_counter = if let Some(rr) = r.recv_report {
-                // This packed was already acked and handled before so carry
-                // over previous apply_report_counter, so it won't be included
-                // in the current apply_report() call result.
-                rr.remote_recv_time
-                    .map(|_| rr.apply_report_counter)
-                    .unwrap_or_else(|| apply_report_counter)
-            } else {
-                apply_report_counter
-            };
-
-            // Carry over remote recv time if this packet was acked before.
-            let remote_recv_time = r.remote_recv_time().or(remote_recv_time);
-            let recv_report = TwccRecvReport {
-                local_recv_time: now,
-                remote_recv_time,
-                apply_report_counter,
-            };
-            r.recv_report = Some(recv_report);
-
-            true
-        }
-
-        let mut problematic_seq = None;
-
-        if !update(
-            now,
-            first_record,
-            first_seq_no,
-            first_instant,
-            apply_report_counter,
-        ) {
-            problematic_seq = Some((first_record.seq(), first_seq_no));
-        }
-
-        let mut last_seq_no = first_seq_no;
-        for ((seq, _, instant), record) in iter.zip(iter2) {
-            if problematic_seq.is_some() {
-                break;
+            // A packet acked before keeps its counter, so it won't be included in this
+            // apply_report() call's result.
+            if !s.has(SendSlot::RECEIVED) {
+                s.counter = counter;
+                if received {
+                    s.flags |= SendSlot::RECEIVED;
+                }
             }
-
-            if !update(now, record, seq, instant, apply_report_counter) {
-                problematic_seq = Some((record.seq(), seq));
-            }
-            last_seq_no = seq;
+            s.local_recv = now_at;
+            s.flags |= SendSlot::REPORTED;
         }
 
-        if let Some((record_seq, report_seq)) = problematic_seq {
-            let queue_tail: Vec<_> = self.queue.iter().rev().take(100).collect();
-            panic!(
-                "Unexpected TWCC sequence when applying TWCC report. \
-                    Send Record Seq({record_seq}) does not match Report Seq({report_seq}).\
-                    \nLast 100 entires in queue: {queue_tail:?}."
-            );
+        // The remote's receive times, from the report's first record on (Parloir patch 76:
+        // the records returned take theirs from here).
+        let mut remote = Vec::with_capacity(status_count.min(self.queue.len() - first_index));
+        remote.push(first_instant);
+        update(
+            &mut self.queue[first_index],
+            now_at,
+            first_instant.is_some(),
+            counter,
+        );
+        for ((_, _, instant), s) in iter.zip(self.queue.range_mut(first_index + 1..)) {
+            update(s, now_at, instant.is_some(), counter);
+            remote.push(instant);
         }
+        let last_index = first_index + remote.len() - 1;
+        let last_seq_no: TwccSeq = (*first_seq_no + (last_index - first_index) as u64).into();
 
         // Parloir patch 30: the reordering window. The newest packet (by send time) this
         // report has as received, carried over or new.
         let newest = self
             .queue
-            .range(first_index..)
-            .take_while(|r| r.seq() <= last_seq_no)
-            .filter(|r| r.remote_recv_time().is_some())
-            .map(|r| r.local_send_time)
+            .range(first_index..=last_index)
+            .filter(|s| s.has(SendSlot::RECEIVED))
+            .map(|s| s.sent)
             .max();
         let earlier = std::mem::take(&mut self.deferred);
         if let Some(newest) = newest {
-            for r in self
-                .queue
-                .range_mut(first_index..)
-                .take_while(|r| r.seq() <= last_seq_no)
-            {
-                let missing_now = r.recv_report.is_some_and(|rr| {
-                    rr.remote_recv_time.is_none() && rr.apply_report_counter == apply_report_counter
-                });
-                if missing_now && r.local_send_time + REORDER_WINDOW > newest {
-                    r.recv_report = None;
-                    self.deferred.push(r.seq());
+            let window = REORDER_WINDOW.as_nanos() as i64;
+            for (i, s) in self.queue.range_mut(first_index..=last_index).enumerate() {
+                let missing_now =
+                    s.has(SendSlot::REPORTED) && !s.has(SendSlot::RECEIVED) && s.counter == counter;
+                if missing_now && s.sent.saturating_add(window) > newest {
+                    s.flags &= !SendSlot::REPORTED;
+                    self.deferred.push((*first_seq_no + i as u64).into());
                 }
             }
         }
         // Those deferred by an earlier report that this one did not cover: the receiver has
         // moved past them without them, so they are lost, counted with this report. Those it
         // covered were decided above (received, lost, or deferred again).
-        let mut first = (first_seq_no, first_index);
+        let mut first = first_index;
         for seq in earlier {
             if seq > last_seq_no {
                 // A report older than the one that deferred it, arriving late.
@@ -1349,41 +1396,54 @@ impl TwccSendRegister {
             if seq >= first_seq_no {
                 continue;
             }
-            let Ok(index) = self.queue.binary_search_by_key(&seq, |r| r.seq()) else {
+            let Some(index) = self.index_of(seq) else {
                 continue;
             };
-            let r = &mut self.queue[index];
-            if r.recv_report.is_some() {
+            let s = &mut self.queue[index];
+            if s.has(SendSlot::REPORTED) || s.has(SendSlot::VACANT) {
                 continue;
             }
-            r.recv_report = Some(TwccRecvReport {
-                local_recv_time: now,
-                remote_recv_time: None,
-                apply_report_counter,
-            });
-            if seq < first.0 {
-                first = (seq, index);
-            }
+            s.flags = (s.flags | SendSlot::REPORTED) & !SendSlot::RECEIVED;
+            s.local_recv = now_at;
+            s.counter = counter;
+            first = first.min(index);
         }
 
-        let range = first.0..=last_seq_no;
-
-        Some(
-            TwccSendRecordsIter {
-                range: range.clone(),
-                index: first.1,
-                current: first.0,
-                queue: &self.queue,
+        // We only want the records that were decided in this invocation of apply_report().
+        // This is to not double count in the BWE, which is the consumer of this returned
+        // iterator. Each was decided now (its local receive time is `now`); those received
+        // were received in this report.
+        let mut records = Vec::with_capacity(last_index + 1 - first);
+        let mut sent = (i64::MIN, epoch);
+        for (i, s) in self.queue.range(first..=last_index).enumerate() {
+            if !(s.has(SendSlot::REPORTED) && s.counter == counter) {
+                continue;
             }
-            // We only want the records that were registered in this invocation of
-            // apply_report_counter(). This is to not double count in the BWE,
-            // which is the consumer of this returned iterator.
-            .filter(move |s| {
-                s.recv_report
-                    .map(|r| r.apply_report_counter == apply_report_counter)
-                    .unwrap_or_default()
-            }),
-        )
+            let index = first + i;
+            if sent.0 != s.sent {
+                sent = (s.sent, instant_at(epoch, s.sent));
+            }
+            let remote_recv_time = if s.has(SendSlot::RECEIVED) {
+                index
+                    .checked_sub(first_index)
+                    .and_then(|k| remote.get(k).copied().flatten())
+            } else {
+                None
+            };
+            records.push(TwccSendRecord {
+                packet_id: TwccPacketId {
+                    seq: (*self.first_seq + index as u64).into(),
+                    cluster: s.cluster.checked_sub(1).map(TwccClusterId::from),
+                },
+                local_send_time: sent.1,
+                size: s.size,
+                recv_report: Some(TwccRecvReport {
+                    local_recv_time: now,
+                    remote_recv_time,
+                }),
+            });
+        }
+        Some(records.into_iter())
     }
 
     /// Calculate the egress loss for given time window.
@@ -1392,8 +1452,11 @@ impl TwccSendRegister {
     /// larger than ~1-2 seconds is liable to be inaccurate since some packets sent might have already
     /// been evicted from the register.
     pub fn loss(&self, duration: Duration, now: Instant) -> Option<f32> {
+        let epoch = self.epoch?;
         // Consider only packets in the span specified by the caller
-        let lower_bound = now - duration;
+        let lower_bound = now
+            .checked_sub(duration)
+            .map_or(i64::MIN, |t| nanos_from(epoch, t));
 
         let packets = self
             .queue
@@ -1402,16 +1465,11 @@ impl TwccSendRegister {
             // If there's ingress loss but no egress loss, there's a chance the TWCC reports
             // themselves are lost. In this case considering packets that haven't been reported as
             // lost will incorrectly conclude that there is in fact egress loss.
-            .filter(|s| s.recv_report.is_some())
-            .take_while(|s| s.local_send_time >= lower_bound);
+            .filter(|s| s.has(SendSlot::REPORTED))
+            .take_while(|s| s.sent >= lower_bound);
 
         let (total, lost) = packets.fold((0, 0), |(total, lost), s| {
-            let was_lost = s
-                .recv_report
-                .as_ref()
-                .map(|rr| rr.remote_recv_time.is_none())
-                .unwrap_or(true);
-
+            let was_lost = !s.has(SendSlot::RECEIVED);
             (total + 1, lost + u64::from(was_lost))
         });
 
@@ -1424,32 +1482,15 @@ impl TwccSendRegister {
 
     /// Calculate the RTT for the most recently reported packet.
     pub fn rtt(&self) -> Option<Duration> {
-        self.queue.iter().rev().find_map(|s| s.rtt())
-    }
-}
-
-#[derive()]
-struct TwccSendRecordsIter<'a> {
-    range: RangeInclusive<TwccSeq>,
-    current: TwccSeq,
-    index: usize,
-    queue: &'a VecDeque<TwccSendRecord>,
-}
-
-impl<'a> Iterator for TwccSendRecordsIter<'a> {
-    type Item = &'a TwccSendRecord;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.current > *self.range.end() || self.current < *self.range.start() {
-            return None;
-        }
-
-        let item = &self.queue[self.index];
-        assert!(self.current == item.seq());
-        self.current.inc();
-        self.index += 1;
-
-        Some(item)
+        let s = self
+            .queue
+            .iter()
+            .rev()
+            .find(|s| s.has(SendSlot::REPORTED))?;
+        // As `Instant`'s subtraction, none below zero.
+        Some(Duration::from_nanos(
+            s.local_recv.saturating_sub(s.sent).max(0) as u64,
+        ))
     }
 }
 
@@ -2659,5 +2700,89 @@ mod test {
                 description
             );
         }
+    }
+
+    /// Parloir patch 76: what a report returns, made from the compact slots, is what was
+    /// registered and reported, to the nanosecond.
+    #[test]
+    fn send_records_are_what_was_registered_and_reported() {
+        assert!(std::mem::size_of::<SendSlot>() <= 32);
+        // What registering reads and writes, on the first line.
+        assert!(std::mem::offset_of!(TwccSendRegister, time_zero) <= 64);
+        let t = Instant::now();
+        let mut send = TwccSendRegister::new(1000);
+        let mut recv = TwccRecvRegister::new(1000);
+        // Odd nanoseconds, one probe packet (lost, sent well before the next received),
+        // sizes that differ.
+        let sent = |i: u64| t + Duration::from_nanos(10_000_003 * i + 7);
+        for i in 1..=6u64 {
+            let id = if i == 4 {
+                TwccPacketId::with_cluster(i, 9u64)
+            } else {
+                TwccPacketId::new(i)
+            };
+            send.register_seq(id, sent(i), 100 + i as usize);
+        }
+        let arrived = |i: u64| t + Duration::from_micros(100_000 + 10_000 * i);
+        for i in [1u64, 2, 3, 5, 6] {
+            recv.update_seq(i.into(), arrived(i));
+        }
+        let report = recv.build_report(10_000).unwrap();
+        let now = t + Duration::from_nanos(200_000_011);
+        // The remote times the report gives, as `apply_report` reads them.
+        let remote: Vec<_> = report
+            .clone()
+            .into_iter(now, 6.into())
+            .map(|(seq, _, at)| (*seq, at))
+            .collect();
+        let records: Vec<_> = send.apply_report(report, now).unwrap().collect();
+        assert_eq!(
+            records.iter().map(|r| *r.seq()).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 6]
+        );
+        for r in &records {
+            let i = *r.seq();
+            assert_eq!(r.local_send_time(), sent(i), "{i}");
+            assert_eq!(r.size(), 100 + i as usize, "{i}");
+            assert_eq!(r.cluster(), (i == 4).then_some(9u64.into()), "{i}");
+            assert_eq!(r.local_recv_time(), Some(now), "{i}");
+            let at = remote.iter().find(|(s, _)| *s == i).unwrap().1;
+            assert_eq!(r.remote_recv_time(), at, "{i}");
+            assert_eq!(r.remote_recv_time().is_some(), i != 4, "{i}");
+            assert_eq!(r.rtt(), Some(now - sent(i)), "{i}");
+        }
+        assert_eq!(send.rtt(), Some(now - sent(6)));
+        assert_eq!(send.loss(Duration::from_secs(1), now), Some(1.0 / 6.0));
+    }
+
+    /// Parloir patch 76: a sequence number with no packet registered (a gap) is in no report's
+    /// records; a number not after the last starts the register again.
+    #[test]
+    fn a_gap_in_the_sequence_registered_is_no_record() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut send = TwccSendRegister::new(1000);
+        let mut recv = TwccRecvRegister::new(1000);
+        for i in [1u64, 2, 4, 5] {
+            send.register_seq(TwccPacketId::new(i), t + ms(i), 0);
+        }
+        let got = reported(
+            &mut send,
+            &mut recv,
+            &[
+                (1, t + ms(30)),
+                (2, t + ms(31)),
+                (4, t + ms(33)),
+                (5, t + ms(34)),
+            ],
+            t + ms(40),
+        );
+        assert_eq!(got, [(1, true), (2, true), (4, true), (5, true)]);
+        assert_eq!(send.loss(Duration::from_secs(1), t + ms(40)), Some(0.0));
+
+        // Back to 3: the older records go.
+        send.register_seq(TwccPacketId::new(3), t + ms(50), 0);
+        assert_eq!(send.loss(Duration::from_secs(1), t + ms(50)), None);
+        assert_eq!(send.rtt(), None);
     }
 }
