@@ -109,8 +109,15 @@ impl AckedBitrateEstimator {
         }
 
         if let Some(last) = self.last_update {
-            self.current_window += receive_time - last;
-            if receive_time - last >= window {
+            // Parloir patch 77: the time since the last packet taken once, and not at all at
+            // the same instant (the reported arrival times have a 250 µs grain).
+            let elapsed = if receive_time == last {
+                Duration::ZERO
+            } else {
+                receive_time - last
+            };
+            self.current_window += elapsed;
+            if elapsed >= window {
                 // No update for a while, reset estimates.
                 self.sum = DataSize::ZERO;
                 let remaining = self.current_window.as_micros() as u64 % window.as_micros() as u64;

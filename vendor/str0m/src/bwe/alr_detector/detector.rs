@@ -94,8 +94,13 @@ impl AlrDetector {
             return;
         };
 
-        // saturating_duration_since protects against time going backwards
-        let delta = now.saturating_duration_since(last);
+        // saturating_duration_since protects against time going backwards. Parloir patch 77:
+        // none taken at the same instant (the packets of a burst).
+        let delta = if now == last {
+            Duration::ZERO
+        } else {
+            now.saturating_duration_since(last)
+        };
         self.last_send_time = Some(now);
 
         // Update budget based on time and usage

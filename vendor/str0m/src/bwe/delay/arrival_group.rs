@@ -54,6 +54,12 @@ impl ArrivalGroup {
             return Belongs::Yes;
         };
 
+        // Parloir patch 77: sent at the instant of the group's last packet (a burst), it is
+        // of the group, as below, without taking the time since the group's first.
+        if Some(packet.local_send_time) == self.last_local_send_time {
+            return Belongs::Yes;
+        }
+
         let Some(first_send_delta) = packet
             .local_send_time
             .checked_duration_since(first_local_send_time)
