@@ -1104,7 +1104,7 @@ impl Session {
                 let maybe_records = self.twcc_tx_register.apply_report(twcc, now);
 
                 if let (Some(maybe_records), Some(bwe)) = (maybe_records, &mut self.bwe) {
-                    bwe.update(maybe_records, now);
+                    bwe.update(&maybe_records, now);
                 }
                 need_configure_pacer = true;
 

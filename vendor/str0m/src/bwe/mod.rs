@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::Reason;
 use crate::rtp_::{Bitrate, DataSize, TwccClusterId, TwccSendRecord, TwccSeq};
 use crate::util::Soonest;
+use crate::util::reused::Reused;
 
 mod acked_bitrate_estimator;
 mod alr_detector;
@@ -95,11 +96,7 @@ impl Bwe {
         self.bwe.reset(init_bitrate);
     }
 
-    pub fn update(
-        &mut self,
-        records: impl Iterator<Item = crate::rtp_::TwccSendRecord>,
-        now: Instant,
-    ) {
+    pub fn update(&mut self, records: &[crate::rtp_::TwccSendRecord], now: Instant) {
         self.bwe.update(records, now);
     }
 
@@ -209,9 +206,10 @@ impl SendSideBandwidthEstimator {
     }
 
     /// Record a packet from a TWCC report.
-    pub fn update(&mut self, records: impl Iterator<Item = TwccSendRecord>, now: Instant) {
-        // Parloir patch 76: the register makes the records from its compact slots.
-        let send_records: Vec<_> = records.collect();
+    pub fn update(&mut self, records: &[TwccSendRecord], now: Instant) {
+        // Parloir patch 76: the register makes the records from its compact slots; patch 78:
+        // in the thread's list, lent here.
+        let send_records = records;
         if send_records.is_empty() {
             return;
         }
@@ -246,7 +244,8 @@ impl SendSideBandwidthEstimator {
             }
         }
 
-        let mut acked_packets = vec![];
+        // Parloir patch 78: the thread's list (see `Reused`).
+        let mut acked_packets = Reused::take(&ACKED);
 
         let mut max_rtt = None;
         let mut count = 0;
@@ -307,7 +306,7 @@ impl SendSideBandwidthEstimator {
 
         // This corresponds to UpdateLossBasedEstimator + UpdateEstimate
         self.loss_controller
-            .update_bandwidth_estimate(&send_records, delay_estimate);
+            .update_bandwidth_estimate(send_records, delay_estimate);
 
         // Loss-based result is capped by delay_based_limit
         let loss_result = self.loss_controller.loss_based_result();
@@ -468,6 +467,11 @@ impl SendSideBandwidthEstimator {
     }
 }
 
+thread_local! {
+    /// Parloir patch 78: the list a report's acknowledged packets are made in.
+    static ACKED: std::cell::Cell<Vec<AckedPacket>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// A RTP packet that has been sent and acknowledged by the receiver in a TWCC report.
 #[derive(Debug, Copy, Clone)]
 pub struct AckedPacket {
@@ -563,7 +567,7 @@ mod test {
         assert!(bwe.handle_timeout(desired, true, start).is_some());
         for second in 1..=7 {
             let now = start + Duration::from_secs(second);
-            bwe.update(std::iter::empty(), now);
+            bwe.update(&[], now);
             assert!(
                 bwe.handle_timeout(desired, true, now).is_none(),
                 "empty feedback must not authorize periodic ALR probes"
@@ -581,7 +585,7 @@ mod test {
             now,
             Some(now - Duration::from_millis(10)),
         );
-        bwe.update(std::iter::once(record), now);
+        bwe.update(&[record], now);
         let probe = bwe.handle_timeout(desired, true, now).unwrap();
         assert!(probe.is_alr_probe());
 

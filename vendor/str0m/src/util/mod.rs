@@ -15,6 +15,7 @@ mod average;
 pub(crate) use average::MovingAverage;
 
 pub(crate) mod map_seed;
+pub(crate) mod reused;
 
 pub(crate) trait Soonest {
     fn soonest(self, other: Self) -> Self;

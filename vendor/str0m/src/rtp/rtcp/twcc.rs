@@ -1,11 +1,14 @@
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::ops::Deref;
 use std::time::{Duration, Instant};
 
 use super::{FeedbackMessageType, RtcpHeader, RtcpPacket, extend_u16};
 use super::{RtcpType, Ssrc, TransportType};
 
 use crate::rtp_::{TwccClusterId, TwccSeq};
+use crate::util::reused::Reused;
 
 /// Transport Wide Congestion Control.
 ///
@@ -1154,7 +1157,7 @@ impl TwccPacketId {
 }
 
 /// Record for a send entry in twcc.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct TwccSendRecord {
     /// Packet identification (sequence + optional probe cluster)
     packet_id: TwccPacketId,
@@ -1241,6 +1244,36 @@ pub struct TwccRecvReport {
     // the register's (`SendSlot::counter`).
 }
 
+thread_local! {
+    /// Parloir patch 78: the list the records a report decides are made in.
+    static REPORTED: Cell<Vec<TwccSendRecord>> = const { Cell::new(Vec::new()) };
+}
+
+/// The records one report decided (see [`TwccSendRegister::apply_report`]), in the thread's
+/// list until dropped (Parloir patch 78): a slice, or an iterator of copies.
+pub struct ReportedRecords {
+    records: Reused<TwccSendRecord>,
+    next: usize,
+}
+
+impl Deref for ReportedRecords {
+    type Target = [TwccSendRecord];
+
+    fn deref(&self) -> &[TwccSendRecord] {
+        &self.records[self.next..]
+    }
+}
+
+impl Iterator for ReportedRecords {
+    type Item = TwccSendRecord;
+
+    fn next(&mut self) -> Option<TwccSendRecord> {
+        let record = self.records.get(self.next).copied()?;
+        self.next += 1;
+        Some(record)
+    }
+}
+
 impl TwccSendRegister {
     pub fn new(keep: usize) -> Self {
         TwccSendRegister {
@@ -1296,11 +1329,7 @@ impl TwccSendRegister {
     ///
     /// Returns iterator over [`TwccSendRecord`]s included in the given [`Twcc`]
     /// except for ones that was already acked and returned before.
-    pub fn apply_report(
-        &mut self,
-        twcc: Twcc,
-        now: Instant,
-    ) -> Option<impl Iterator<Item = TwccSendRecord> + use<>> {
+    pub fn apply_report(&mut self, twcc: Twcc, now: Instant) -> Option<ReportedRecords> {
         if self.time_zero.is_none() {
             self.time_zero = Some(now);
         }
@@ -1413,7 +1442,9 @@ impl TwccSendRegister {
         // This is to not double count in the BWE, which is the consumer of this returned
         // iterator. Each was decided now (its local receive time is `now`); those received
         // were received in this report.
-        let mut records = Vec::with_capacity(last_index + 1 - first);
+        // Parloir patch 78: in the thread's list (see `Reused`).
+        let mut records = Reused::take(&REPORTED);
+        records.reserve(last_index + 1 - first);
         let mut sent = (i64::MIN, epoch);
         for (i, s) in self.queue.range(first..=last_index).enumerate() {
             if !(s.has(SendSlot::REPORTED) && s.counter == counter) {
@@ -1443,7 +1474,7 @@ impl TwccSendRegister {
                 }),
             });
         }
-        Some(records.into_iter())
+        Some(ReportedRecords { records, next: 0 })
     }
 
     /// Calculate the egress loss for given time window.
