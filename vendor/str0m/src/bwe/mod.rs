@@ -206,10 +206,9 @@ impl SendSideBandwidthEstimator {
     }
 
     /// Record a packet from a TWCC report.
-    pub fn update(&mut self, records: &[TwccSendRecord], now: Instant) {
+    pub fn update(&mut self, send_records: &[TwccSendRecord], now: Instant) {
         // Parloir patch 76: the register makes the records from its compact slots; patch 78:
         // in the thread's list, lent here.
-        let send_records = records;
         if send_records.is_empty() {
             return;
         }

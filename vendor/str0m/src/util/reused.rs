@@ -16,9 +16,11 @@ pub(crate) struct Reused<T: 'static> {
 
 impl<T: 'static> Reused<T> {
     pub(crate) fn take(home: &'static LocalKey<Cell<Vec<T>>>) -> Self {
-        let mut vec = home.take();
-        vec.clear();
-        Reused { vec, home }
+        // Given back emptied (`drop`), or never lent: empty.
+        Reused {
+            vec: home.take(),
+            home,
+        }
     }
 }
 
