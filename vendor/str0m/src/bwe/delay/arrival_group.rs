@@ -135,6 +135,9 @@ impl Belongs {
 #[derive(Debug, Default)]
 pub struct ArrivalGroupAccumulator {
     send_time_origin: Option<Instant>,
+    /// Parloir patch 79: the last packet's send time and that time rounded, for the packets
+    /// sent at the same instant (a burst), which round alike.
+    last_rounded: Option<(Instant, Instant)>,
     previous_group: Option<ArrivalGroup>,
     current_group: ArrivalGroup,
 }
@@ -159,10 +162,22 @@ impl ArrivalGroupAccumulator {
         // Use one origin across groups so rounding boundaries stay fixed. Our origin
         // differs from WebRTC's clock epoch, so individual group boundaries may differ.
         let origin = *self.send_time_origin.get_or_insert(packet.local_send_time);
-        let elapsed = packet.local_send_time.checked_duration_since(origin)?;
-        let rounded_ms = (elapsed.as_micros() + 500) / 1000;
+        let rounded = match self.last_rounded {
+            // Parloir patch 79: sent at the instant of the packet before, rounded alike.
+            Some((sent, rounded)) if sent == packet.local_send_time => rounded,
+            _ => {
+                let elapsed = packet.local_send_time.checked_duration_since(origin)?;
+                // The microseconds rounded to the millisecond, half up, as
+                // `(elapsed.as_micros() + 500) / 1000` without its 128-bit division.
+                let rounded_ms =
+                    elapsed.as_secs() * 1000 + u64::from((elapsed.subsec_micros() + 500) / 1000);
+                let rounded = origin + Duration::from_millis(rounded_ms);
+                self.last_rounded = Some((packet.local_send_time, rounded));
+                rounded
+            }
+        };
         let packet = AckedPacket {
-            local_send_time: origin + Duration::from_millis(rounded_ms as u64),
+            local_send_time: rounded,
             ..*packet
         };
 
@@ -232,6 +247,13 @@ mod test {
             (2, 500, 1),
             (3, 1499, 1),
             (4, 1500, 2),
+            // Parloir patch 79: at the instant of the packet before (rounded as it was), and
+            // past a second (the rounding without 128-bit arithmetic).
+            (5, 1500, 2),
+            (6, 1_000_499, 1000),
+            (7, 1_000_500, 1001),
+            (8, 1_000_500, 1001),
+            (9, 61_999_500, 62_000),
         ] {
             groups.accumulate_packet(&AckedPacket {
                 seq_no: seq.into(),

@@ -62,9 +62,23 @@ impl DelayController {
         now: Instant,
     ) -> Option<Bitrate> {
         let mut max_rtt = None;
+        // Parloir patch 79: the largest round trip without an `Instant` subtraction per
+        // packet. Packets reported at one local instant (all of a report's) have theirs
+        // largest at the earliest sent: that one's is taken, once per such instant.
+        let mut earliest: Option<&AckedPacket> = None;
 
         for acked_packet in acked {
-            max_rtt = max_rtt.max(Some(acked_packet.rtt()));
+            match earliest {
+                Some(e) if e.local_recv_time == acked_packet.local_recv_time => {
+                    if acked_packet.local_send_time < e.local_send_time {
+                        earliest = Some(acked_packet);
+                    }
+                }
+                _ => {
+                    max_rtt = max_rtt.max(earliest.map(AckedPacket::rtt));
+                    earliest = Some(acked_packet);
+                }
+            }
             if let Some(delay_variation) = self
                 .arrival_group_accumulator
                 .accumulate_packet(acked_packet)
@@ -87,6 +101,7 @@ impl DelayController {
             }
         }
 
+        max_rtt = max_rtt.max(earliest.map(AckedPacket::rtt));
         if let Some(rtt) = max_rtt {
             self.update_rtt(rtt);
         }
@@ -237,7 +252,42 @@ mod test {
     use std::time::{Duration, Instant};
 
     use super::DelayController;
-    use crate::rtp_::Bitrate;
+    use crate::bwe_::AckedPacket;
+    use crate::rtp_::{Bitrate, DataSize};
+
+    /// Parloir patch 79: the round trip a report gives is its largest, taken per local
+    /// receive instant from the earliest sent, as it was from every packet's.
+    #[test]
+    fn the_round_trip_recorded_is_the_largest() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let packet = |seq: u64, sent: u64, recv: u64| AckedPacket {
+            seq_no: seq.into(),
+            size: DataSize::bytes(1000),
+            local_send_time: at(sent),
+            remote_recv_time: at(sent + 20),
+            local_recv_time: at(recv),
+        };
+        let largest = |acked: &[AckedPacket]| {
+            let mut control = DelayController::new(Bitrate::kbps(300));
+            control.update(acked, None, None, at(500));
+            *control.max_rtt_history.back().unwrap()
+        };
+        // One receive instant: the earliest sent, wherever it is in the list.
+        let one = [packet(1, 30, 100), packet(2, 10, 100), packet(3, 50, 100)];
+        assert_eq!(largest(&one), Duration::from_millis(90));
+        // Several: the largest of each instant's.
+        let several = [
+            packet(1, 30, 100),
+            packet(2, 20, 100),
+            packet(3, 40, 200),
+            packet(4, 60, 200),
+            packet(5, 70, 120),
+        ];
+        assert_eq!(largest(&several), Duration::from_millis(160));
+        // Sent after the instant it was reported at (a clock that moved): none below zero.
+        assert_eq!(largest(&[packet(1, 300, 100)]), Duration::ZERO);
+    }
 
     /// Parloir patch 36: the connection's timeouts come as often as the host's other work
     /// (with the leaky-bucket pacer, one after every packet sent); the estimate must not move

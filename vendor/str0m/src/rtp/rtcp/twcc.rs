@@ -1200,16 +1200,18 @@ impl TwccSendRecord {
     pub fn remote_recv_time(&self) -> Option<Instant> {
         self.recv_report.as_ref().and_then(|r| r.remote_recv_time)
     }
-
-    /// The rtt time between sending the packet and receiving the twcc report response.
-    pub fn rtt(&self) -> Option<Duration> {
-        let recv_report = self.recv_report.as_ref()?;
-        Some(recv_report.local_recv_time - self.local_send_time)
-    }
 }
 
 #[cfg(test)]
 impl TwccSendRecord {
+    /// The rtt time between sending the packet and receiving the twcc report response.
+    /// Parloir patch 79: for the tests alone (the estimator took the largest of these per
+    /// report and never read it).
+    pub fn rtt(&self) -> Option<Duration> {
+        let recv_report = self.recv_report.as_ref()?;
+        Some(recv_report.local_recv_time - self.local_send_time)
+    }
+
     /// Test-only constructor to build TWCC send records with arbitrary receive status.
     ///
     /// This is used by unit tests for BWE/probing, allowing them to model received vs lost packets
@@ -1247,6 +1249,8 @@ pub struct TwccRecvReport {
 thread_local! {
     /// Parloir patch 78: the list the records a report decides are made in.
     static REPORTED: Cell<Vec<TwccSendRecord>> = const { Cell::new(Vec::new()) };
+    /// Parloir patch 79: the list of a report's remote receive times.
+    static REMOTE: Cell<Vec<Option<Instant>>> = const { Cell::new(Vec::new()) };
 }
 
 /// The records one report decided (see [`TwccSendRegister::apply_report`]), in the thread's
@@ -1376,8 +1380,9 @@ impl TwccSendRegister {
         }
 
         // The remote's receive times, from the report's first record on (Parloir patch 76:
-        // the records returned take theirs from here).
-        let mut remote = Vec::with_capacity(status_count.min(self.queue.len() - first_index));
+        // the records returned take theirs from here). Patch 79: in the thread's list.
+        let mut remote = Reused::take(&REMOTE);
+        remote.reserve(status_count.min(self.queue.len() - first_index));
         remote.push(first_instant);
         update(
             &mut self.queue[first_index],
