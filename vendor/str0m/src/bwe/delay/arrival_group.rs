@@ -13,6 +13,9 @@ const MAX_BURST_DURATION: Duration = Duration::from_millis(100);
 #[derive(Debug, Default)]
 pub struct ArrivalGroup {
     first: Option<(TwccSeq, Instant, Instant)>,
+    /// Parloir patch 80: the end of the group's send-time length (its first packet's send
+    /// time and `SEND_TIME_GROUP_LENGTH`), kept with its first packet.
+    send_end: Option<Instant>,
     last_seq_no: Option<TwccSeq>,
     last_local_send_time: Option<Instant>,
     last_remote_recv_time: Option<Instant>,
@@ -36,6 +39,7 @@ impl ArrivalGroup {
                 packet.local_send_time,
                 packet.remote_recv_time,
             ));
+            self.send_end = Some(packet.local_send_time + SEND_TIME_GROUP_LENGTH);
         }
 
         self.last_remote_recv_time = self
@@ -60,13 +64,20 @@ impl ArrivalGroup {
             return Belongs::Yes;
         }
 
-        let Some(first_send_delta) = packet
-            .local_send_time
-            .checked_duration_since(first_local_send_time)
-        else {
+        if packet.local_send_time < first_local_send_time {
             // Out of order
             return Belongs::Skipped;
-        };
+        }
+        // Parloir patch 80: sent within the group's send-time length, the packet is of the
+        // group whether or not it passes the burst test below (that test can only keep in
+        // the group a packet sent after it), so neither that test's time differences nor
+        // the time since the group's first are taken.
+        if self
+            .send_end
+            .is_some_and(|end| packet.local_send_time <= end)
+        {
+            return Belongs::Yes;
+        }
 
         let send_time_delta = Timestamp::from(packet.local_send_time) - self.local_send_time();
         if send_time_delta == TimeDelta::ZERO {
@@ -80,10 +91,9 @@ impl ArrivalGroup {
             && packet.remote_recv_time - first_remote_recv_time < MAX_BURST_DURATION
         {
             Belongs::Yes
-        } else if first_send_delta > SEND_TIME_GROUP_LENGTH {
-            Belongs::NewGroup
         } else {
-            Belongs::Yes
+            // Sent after the group's send-time length (above).
+            Belongs::NewGroup
         }
     }
 
@@ -328,6 +338,93 @@ mod test {
         let delta = delta.unwrap();
         assert_eq!(delta.send_delta, TimeDelta::from_millis(26));
         assert_eq!(delta.arrival_delta, TimeDelta::from_millis(13));
+    }
+
+    /// Parloir patch 80: `belongs_to_group` decides as before for packets sent within the
+    /// group's send-time length, late, out of order and in bursts: the decision before the
+    /// patch, here, against the one now, over generated packets.
+    #[test]
+    fn a_group_takes_the_packets_it_took_before() {
+        use super::Timestamp;
+        use super::{BURST_TIME_INTERVAL, MAX_BURST_DURATION, SEND_TIME_GROUP_LENGTH};
+
+        fn as_before(group: &ArrivalGroup, packet: &AckedPacket) -> Belongs {
+            let Some((_, first_send, first_remote)) = group.first else {
+                return Belongs::Yes;
+            };
+            if Some(packet.local_send_time) == group.last_local_send_time {
+                return Belongs::Yes;
+            }
+            let Some(first_send_delta) = packet.local_send_time.checked_duration_since(first_send)
+            else {
+                return Belongs::Skipped;
+            };
+            let send_time_delta = Timestamp::from(packet.local_send_time) - group.local_send_time();
+            if send_time_delta == TimeDelta::ZERO {
+                return Belongs::Yes;
+            }
+            let arrival_time_delta =
+                Timestamp::from(packet.remote_recv_time) - group.remote_recv_time();
+            let propagation_delta = arrival_time_delta - send_time_delta;
+            if propagation_delta < TimeDelta::ZERO
+                && arrival_time_delta <= BURST_TIME_INTERVAL
+                && packet.remote_recv_time - first_remote < MAX_BURST_DURATION
+            {
+                Belongs::Yes
+            } else if first_send_delta > SEND_TIME_GROUP_LENGTH {
+                Belongs::NewGroup
+            } else {
+                Belongs::Yes
+            }
+        }
+
+        let now = Instant::now();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut group = ArrivalGroup::default();
+        let (mut send_us, mut recv_us) = (10_000_u64, 10_000_u64);
+        let mut decided = [0; 3];
+        for seq in 0..20_000_u64 {
+            // Mostly forward in steps of up to 3 ms, sometimes at the same instant or back.
+            match next(10) {
+                0 => {}
+                1 => send_us = send_us.saturating_sub(next(4_000)),
+                _ => send_us += next(3_000),
+            }
+            // Arrivals bunched (a burst let out at once) or spread.
+            recv_us = if next(4) == 0 {
+                recv_us + next(300)
+            } else {
+                recv_us.max(send_us) + next(6_000)
+            };
+            let packet = AckedPacket {
+                seq_no: seq.into(),
+                size: DataSize::ZERO,
+                local_send_time: now + duration_us(send_us),
+                remote_recv_time: now + duration_us(recv_us),
+                local_recv_time: now + duration_us(recv_us + 20_000),
+            };
+            let before = as_before(&group, &packet);
+            assert_eq!(group.belongs_to_group(&packet), before, "packet {seq}");
+            decided[before as usize] += 1;
+            match before {
+                Belongs::NewGroup => {
+                    group = ArrivalGroup::default();
+                    group.add_packet(&packet);
+                }
+                Belongs::Yes => {
+                    group.add_packet(&packet);
+                }
+                Belongs::Skipped => {}
+            }
+        }
+        // Every kind of decision was met.
+        assert!(decided.iter().all(|&n| n > 100), "{decided:?}");
     }
 
     #[test]

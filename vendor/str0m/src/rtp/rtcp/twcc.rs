@@ -889,6 +889,12 @@ impl<'a> TryFrom<&'a [u8]> for Twcc {
         let reference_time = u32::from_be_bytes([0, buf[12], buf[13], buf[14]]);
         let feedback_count = buf[15];
 
+        // Parloir patch 80: both lists with their room from the start, not grown from empty
+        // a few times per report. Each chunk takes two bytes and each delta at least one, so
+        // neither room exceeds what the packet could hold: as many chunks as a report of
+        // two-bit vectors (seven statuses each) needs, more grown as before; a delta per
+        // status.
+        let body = buf.len() - 16;
         let mut twcc = Twcc {
             sender_ssrc,
             ssrc,
@@ -896,8 +902,8 @@ impl<'a> TryFrom<&'a [u8]> for Twcc {
             status_count,
             reference_time,
             feedback_count,
-            chunks: VecDeque::new(),
-            delta: VecDeque::new(),
+            chunks: VecDeque::with_capacity((status_count as usize).div_ceil(7).min(body / 2)),
+            delta: VecDeque::with_capacity((status_count as usize).min(body)),
         };
 
         let mut todo = status_count as isize;
