@@ -12,10 +12,10 @@ const MAX_BURST_DURATION: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Default)]
 pub struct ArrivalGroup {
-    first: Option<(TwccSeq, Instant, Instant)>,
-    /// Parloir patch 80: the end of the group's send-time length (its first packet's send
-    /// time and `SEND_TIME_GROUP_LENGTH`), kept with its first packet.
-    send_end: Option<Instant>,
+    /// The first packet's sequence number, send time and remote receive time; Parloir patch
+    /// 80: and the end of the group's send-time length (that send time and
+    /// `SEND_TIME_GROUP_LENGTH`, one addition per group rather than one per packet).
+    first: Option<(TwccSeq, Instant, Instant, Instant)>,
     last_seq_no: Option<TwccSeq>,
     last_local_send_time: Option<Instant>,
     last_remote_recv_time: Option<Instant>,
@@ -38,8 +38,8 @@ impl ArrivalGroup {
                 packet.seq_no,
                 packet.local_send_time,
                 packet.remote_recv_time,
+                packet.local_send_time + SEND_TIME_GROUP_LENGTH,
             ));
-            self.send_end = Some(packet.local_send_time + SEND_TIME_GROUP_LENGTH);
         }
 
         self.last_remote_recv_time = self
@@ -53,7 +53,7 @@ impl ArrivalGroup {
     }
 
     fn belongs_to_group(&self, packet: &AckedPacket) -> Belongs {
-        let Some((_, first_local_send_time, first_remote_recv_time)) = self.first else {
+        let Some((_, first_local_send_time, first_remote_recv_time, send_end)) = self.first else {
             // Start of the group
             return Belongs::Yes;
         };
@@ -69,20 +69,15 @@ impl ArrivalGroup {
             return Belongs::Skipped;
         }
         // Parloir patch 80: sent within the group's send-time length, the packet is of the
-        // group whether or not it passes the burst test below (that test can only keep in
-        // the group a packet sent after it), so neither that test's time differences nor
-        // the time since the group's first are taken.
-        if self
-            .send_end
-            .is_some_and(|end| packet.local_send_time <= end)
-        {
+        // group whether or not it passes the burst test below (which decides only for packets
+        // sent after that length), so neither that test's time differences nor the time
+        // since the group's first are taken.
+        if packet.local_send_time <= send_end {
             return Belongs::Yes;
         }
 
+        // Not zero: a packet sent at the group's last send time was taken above (patch 77).
         let send_time_delta = Timestamp::from(packet.local_send_time) - self.local_send_time();
-        if send_time_delta == TimeDelta::ZERO {
-            return Belongs::Yes;
-        }
         let arrival_time_delta = Timestamp::from(packet.remote_recv_time) - self.remote_recv_time();
 
         let propagation_delta = arrival_time_delta - send_time_delta;
@@ -349,7 +344,7 @@ mod test {
         use super::{BURST_TIME_INTERVAL, MAX_BURST_DURATION, SEND_TIME_GROUP_LENGTH};
 
         fn as_before(group: &ArrivalGroup, packet: &AckedPacket) -> Belongs {
-            let Some((_, first_send, first_remote)) = group.first else {
+            let Some((_, first_send, first_remote, _)) = group.first else {
                 return Belongs::Yes;
             };
             if Some(packet.local_send_time) == group.last_local_send_time {
