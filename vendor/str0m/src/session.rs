@@ -41,9 +41,15 @@ use crate::rtp_::{SrtpContext, Ssrc};
 use crate::rtp_::{TwccRecvRegister, TwccSendRegister};
 use crate::stats::StatsSnapshot;
 use crate::streams::{RtpPacket, StreamTimeoutConfig, Streams};
+use crate::util::reused::Reused;
 use crate::util::{Soonest, SystemTimeExt, already_happened, not_happening};
 use crate::{Reason, net};
 use crate::{RtcConfig, RtcError};
+
+thread_local! {
+    /// Parloir patch 81: the list an RTCP datagram's reports are split into.
+    static FEEDBACK: std::cell::Cell<Vec<RtcpFb>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// Minimum interval between NACK polls. Per-packet retries also wait for RTT.
 /// Keep this high enough to avoid additional problems in very bad network conditions.
@@ -1085,7 +1091,10 @@ impl Session {
             }
         }
 
-        for fb in RtcpFb::from_rtcp(self.feedback_rx.drain(..)) {
+        // Parloir patch 81: in the thread's list (see `Reused`).
+        let mut feedback = Reused::take(&FEEDBACK);
+        RtcpFb::extend_from_rtcp(&mut feedback, self.feedback_rx.drain(..));
+        for fb in feedback.drain(..) {
             if let RtcpFb::AppSpecificFeedback(asf) = fb {
                 self.pending_app_feedback = Some(AppSpecificFeedback {
                     sender_ssrc: asf.sender_ssrc,

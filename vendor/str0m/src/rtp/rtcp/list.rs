@@ -17,6 +17,12 @@ impl<T> ReportList<T> {
         ReportList::default()
     }
 
+    /// Parloir patch 81: an empty list with room for `n` items (at most 31): a parsed report
+    /// knows its count before the first push, and a list grown from empty reallocated.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        ReportList(Vec::with_capacity(n.min(MAX)))
+    }
+
     /// Number of elements in the list.
     pub fn len(&self) -> usize {
         self.0.len()

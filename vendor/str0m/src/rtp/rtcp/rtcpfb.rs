@@ -30,8 +30,19 @@ impl RtcpFb {
         )
     }
 
+    /// Parloir patch 81: for the tests and the fuzzer; the session uses
+    /// [`RtcpFb::extend_from_rtcp`].
+    #[cfg(any(test, feature = "_internal_test_exports"))]
     pub fn from_rtcp<T: IntoIterator<Item = Rtcp>>(t: T) -> impl Iterator<Item = RtcpFb> {
         let mut q = Vec::new();
+        Self::extend_from_rtcp(&mut q, t);
+        q.into_iter()
+    }
+
+    /// Parloir patch 81: [`RtcpFb::from_rtcp`] into a list the caller has (the session's
+    /// `handle_rtcp` gives the thread's, which keeps its room): a list made and grown from
+    /// empty for every RTCP datagram was most of the allocations its handling made.
+    pub(crate) fn extend_from_rtcp<T: IntoIterator<Item = Rtcp>>(q: &mut Vec<RtcpFb>, t: T) {
         let iter = t.into_iter();
         for pkt in iter {
             match pkt {
@@ -78,7 +89,6 @@ impl RtcpFb {
                 }
             }
         }
-        q.into_iter()
     }
 
     pub fn ssrc(&self) -> Ssrc {
@@ -104,6 +114,83 @@ mod tests {
     use super::super::AppSpecificFeedback;
     use super::*;
     use std::collections::VecDeque;
+
+    /// Parloir patch 81: a compound packet's reports, parsed into lists made with their room
+    /// and split into a list that already holds some, come after those, in order.
+    #[test]
+    fn reports_are_split_in_order_after_what_the_list_holds() {
+        use super::super::{ExtendedReport, Nack, ReceiverReport, RtcpPacket};
+        use std::time::{Duration, SystemTime};
+
+        let report = |ssrc: u32| ReceptionReport {
+            ssrc: ssrc.into(),
+            fraction_lost: 1,
+            packets_lost: 2,
+            max_seq: 3,
+            jitter: 4,
+            last_sr_time: 5,
+            last_sr_delay: 6,
+        };
+        let mut reports = ReportList::new();
+        (1..=3).for_each(|s| reports.push(report(s)));
+        let mut nacks = ReportList::new();
+        nacks.push(NackEntry { pid: 10, blp: 1 });
+        nacks.push(NackEntry { pid: 40, blp: 0 });
+        let ntp_time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let compound = [
+            Rtcp::ReceiverReport(ReceiverReport {
+                sender_ssrc: 9.into(),
+                reports,
+            }),
+            Rtcp::ExtendedReport(ExtendedReport {
+                ssrc: 9.into(),
+                blocks: vec![ReportBlock::Rrtr(Rrtr { ntp_time })],
+            }),
+            Rtcp::Nack(Nack {
+                sender_ssrc: 9.into(),
+                ssrc: 20.into(),
+                reports: nacks,
+            }),
+        ];
+        let mut buf = [0u8; 512];
+        let mut len = 0;
+        for packet in &compound {
+            len += packet.write_to(&mut buf[len..]);
+        }
+        let mut parsed = VecDeque::new();
+        Rtcp::read_packet(&buf[..len], &mut parsed);
+        assert_eq!(parsed.len(), 3);
+
+        let mut list = vec![RtcpFb::Pli(7.into())];
+        RtcpFb::extend_from_rtcp(&mut list, parsed.drain(..));
+        let seen: Vec<String> = list
+            .iter()
+            .map(|fb| match fb {
+                RtcpFb::Pli(s) => format!("pli {s}"),
+                RtcpFb::ReceptionReport(r) => {
+                    assert_eq!(*r, report(*r.ssrc));
+                    format!("rr {}", r.ssrc)
+                }
+                RtcpFb::Rrtr((_, s)) => format!("rrtr {s}"),
+                RtcpFb::Nack(s, entries) => {
+                    let pids: Vec<u16> = entries.iter().map(|e| e.pid).collect();
+                    format!("nack {s} {pids:?}")
+                }
+                other => format!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                "pli 7",
+                "rr 1",
+                "rr 2",
+                "rr 3",
+                "rrtr 9",
+                "nack 20 [10, 40]"
+            ]
+        );
+    }
 
     #[test]
     fn app_specific_feedback_passes_through_rtcpfb() {

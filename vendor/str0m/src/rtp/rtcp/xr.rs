@@ -188,7 +188,8 @@ impl<'a> TryFrom<&'a [u8]> for ExtendedReport {
 
         let ssrc = u32::from_be_bytes(buf[..4].try_into().unwrap()).into();
 
-        let mut blocks: Vec<ReportBlock> = Vec::new();
+        // Parloir patch 81: room for as many blocks as the smallest (an RRTR's 12 bytes) fit.
+        let mut blocks: Vec<ReportBlock> = Vec::with_capacity((buf.len() - 4) / 12);
         let mut buf = &buf[4..];
 
         while let Ok(block) = buf.try_into() {
