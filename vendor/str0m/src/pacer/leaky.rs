@@ -10,7 +10,7 @@ use crate::bwe_::ProbeClusterState;
 use crate::bwe_::{log_pacer_media_debt, log_pacer_padding_debt};
 use crate::pacer::PacerReason;
 use crate::rtp_::{Bitrate, DataSize, MidRid, TwccClusterId};
-use crate::util::Soonest;
+use crate::util::{Soonest, bytes_at};
 
 const MAX_BITRATE: Bitrate = Bitrate::gbps(10);
 const MAX_DEBT_IN_TIME: Duration = Duration::from_millis(500);
@@ -130,9 +130,10 @@ impl Pacer for LeakyBucketPacer {
         self.last_emitted = Some(now);
 
         self.media_debt += packet_size;
+        // Parloir patch 82: the products without libm (see `bytes_at`), here and below.
         self.media_debt = self
             .media_debt
-            .min(self.adjusted_bitrate * MAX_DEBT_IN_TIME);
+            .min(bytes_at(self.adjusted_bitrate, MAX_DEBT_IN_TIME));
         log_pacer_media_debt!(self.media_debt.as_bytes_usize());
         self.add_padding_debt(packet_size);
 
@@ -240,10 +241,10 @@ impl LeakyBucketPacer {
         }
         self.media_debt = self
             .media_debt
-            .saturating_sub(self.adjusted_bitrate * elapsed);
+            .saturating_sub(bytes_at(self.adjusted_bitrate, elapsed));
         self.padding_debt = self
             .padding_debt
-            .saturating_sub(self.padding_bitrate * elapsed);
+            .saturating_sub(bytes_at(self.padding_bitrate, elapsed));
         log_pacer_media_debt!(self.media_debt.as_bytes_usize());
         log_pacer_padding_debt!(self.padding_debt.as_bytes_usize());
     }
@@ -336,8 +337,10 @@ impl LeakyBucketPacer {
 
         // If all queues are empty and we have a padding rate, wait until we have drained
         // both the media debt and padding debt to send some padding.
-        let mut drain_debt_time =
-            (self.media_debt / self.adjusted_bitrate).max(self.padding_debt / self.padding_bitrate);
+        // Parloir patch 82: patch 70's division (this ran after each packet that emptied the
+        // queues, while padding was on).
+        let mut drain_debt_time = drain_time(self.media_debt, self.adjusted_bitrate)
+            .max(drain_time(self.padding_debt, self.padding_bitrate));
         if drain_debt_time.is_zero() {
             // Give the main loop some time to do something else e.g. queue media.
             drain_debt_time = Duration::from_micros(1);
@@ -396,7 +399,7 @@ impl LeakyBucketPacer {
         self.padding_debt += size;
         self.padding_debt = self
             .padding_debt
-            .min(self.padding_bitrate * MAX_DEBT_IN_TIME);
+            .min(bytes_at(self.padding_bitrate, MAX_DEBT_IN_TIME));
         log_pacer_padding_debt!(self.padding_debt.as_bytes_usize());
     }
 

@@ -15,6 +15,9 @@ mod average;
 pub(crate) use average::MovingAverage;
 
 pub(crate) mod map_seed;
+
+mod bytes_at;
+pub(crate) use bytes_at::bytes_at;
 pub(crate) mod reused;
 
 pub(crate) trait Soonest {

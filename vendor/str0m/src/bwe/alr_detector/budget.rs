@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::rtp_::{Bitrate, DataSize};
+use crate::util::bytes_at;
 
 /// Leaky bucket budget tracker over a fixed time window.
 ///
@@ -69,7 +70,8 @@ impl IntervalBudget {
     /// - If true: underuse accumulates (for ALR detection)
     /// - If false: budget resets each interval (for pacing)
     pub fn increase_budget(&mut self, delta_time: Duration) {
-        let bytes = self.target_rate * delta_time;
+        // Parloir patch 82: without libm (see `bytes_at`).
+        let bytes = bytes_at(self.target_rate, delta_time);
 
         let max = self.max_bytes_in_budget;
         if self.bytes_remaining.as_bytes_i64() < 0 || self.can_build_up_underuse {
