@@ -20,6 +20,36 @@ use crate::rtp_::Frequency;
 use super::mtime::MediaTime;
 use super::{Mid, Rid};
 
+thread_local! {
+    /// Parloir patch 83: the last instant `abs_send_time_24` converted, and what it gave.
+    static LAST_ABS_SEND_TIME: std::cell::Cell<Option<(Instant, u32)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Parloir patch 83: the absolute send time extension's value for `t` (6.18 fixed point,
+/// seconds modulo 64), as `MediaTime::from(t.to_unix_duration())` rebased to
+/// `Frequency::FIXED_POINT_6_18` gave it in its low 24 bits: whole microseconds times 2^18
+/// over 10^6, rounded down, which is the seconds times 2^18 plus the microseconds within the
+/// second times 2^18 over 10^6 (the seconds' part is whole), so 64-bit arithmetic on the
+/// microseconds within the second gives the same bits as the rebase's 128-bit product and
+/// quotient. Every packet sent carries the extension, and a burst's packets share their
+/// instant: the conversion (an `Instant` subtraction and a `Duration` addition) is done
+/// once for them.
+fn abs_send_time_24(t: Instant) -> u32 {
+    LAST_ABS_SEND_TIME.with(|last| {
+        if let Some((at, value)) = last.get()
+            && at == t
+        {
+            return value;
+        }
+        let unix = t.to_unix_duration();
+        let fraction = u64::from(unix.subsec_micros()) * (1 << 18) / 1_000_000;
+        let value = (((unix.as_secs() & 63) << 18) | fraction) as u32;
+        last.set(Some((t, value)));
+        value
+    })
+}
+
 /// RTP header extensions.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -746,13 +776,9 @@ impl Extension {
                 // We assume the Instant is absolute.
                 let time_abs = ev.abs_send_time?;
 
-                // This should be a 64 second offset from unix epoch.
-                let dur = time_abs.to_unix_duration();
-
-                // Rebase to the 6.18 format.
-                let time_24 = MediaTime::from(dur)
-                    .rebase(Frequency::FIXED_POINT_6_18)
-                    .numer() as u32;
+                // Parloir patch 83: once per instant, without the rebase's 128-bit
+                // arithmetic (see `abs_send_time_24`).
+                let time_24 = abs_send_time_24(time_abs);
 
                 buf[..3].copy_from_slice(&time_24.to_be_bytes()[1..]);
                 Some(3)
@@ -1398,6 +1424,41 @@ impl Eq for Extension {}
 #[cfg(test)]
 mod test {
     use super::*;
+
+    /// Parloir patch 83: the extension's value is the rebase's, for instants spread over
+    /// hours and microseconds, converted one after the other and again out of turn.
+    #[test]
+    fn abs_send_time_is_the_rebased_unix_time() {
+        let rebased = |t: Instant| {
+            MediaTime::from(t.to_unix_duration())
+                .rebase(Frequency::FIXED_POINT_6_18)
+                .numer() as u32
+                & 0xff_ffff
+        };
+        let start = Instant::now();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut instants = vec![start];
+        for _ in 0..50_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Up to about 3 hours ahead, to the nanosecond.
+            instants.push(start + Duration::from_nanos(x % 10_995_116_277_760));
+        }
+        // Whole seconds and the microseconds around them (a carry into the seconds).
+        for s in 0..130 {
+            for ns in [0, 999, 1_000, 999_999_000, 999_999_999] {
+                instants.push(start + Duration::new(s, ns));
+            }
+        }
+        for (i, &t) in instants.iter().enumerate() {
+            assert_eq!(abs_send_time_24(t), rebased(t), "{t:?}");
+            // The same instant again (the memo), then an earlier one.
+            assert_eq!(abs_send_time_24(t), rebased(t), "{t:?} again");
+            let earlier = instants[i / 2];
+            assert_eq!(abs_send_time_24(earlier), rebased(earlier), "{earlier:?}");
+        }
+    }
 
     #[test]
     fn abs_send_time() {
