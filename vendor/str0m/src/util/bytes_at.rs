@@ -7,8 +7,9 @@ use crate::rtp_::{Bitrate, DataSize};
 /// `rate * time` as `Bitrate`'s `Mul<Duration>` computes it (bits in the time, over eight,
 /// rounded half away from zero), with the rounding done by a truncating conversion and a
 /// comparison instead of a call of libm's `round` (about 20 instructions on x86-64 without
-/// SSE4.1, where `round` has no instruction of its own). The pacer pays its debt, caps it,
-/// and the ALR detector fills its budget with this at every packet sent.
+/// SSE4.1, where `round` has no instruction of its own). The pacer caps its media and
+/// padding debts with this at every packet sent and pays them at each of its timeouts; the
+/// ALR detector fills its budget with it at every packet sent.
 pub(crate) fn bytes_at(rate: Bitrate, time: Duration) -> DataSize {
     let bits = rate.as_f64() * time.as_secs_f64();
     DataSize::bytes(round_half_away(bits / 8.0))

@@ -15,10 +15,10 @@ mod average;
 pub(crate) use average::MovingAverage;
 
 pub(crate) mod map_seed;
+pub(crate) mod reused;
 
 mod bytes_at;
 pub(crate) use bytes_at::bytes_at;
-pub(crate) mod reused;
 
 pub(crate) trait Soonest {
     fn soonest(self, other: Self) -> Self;

@@ -71,12 +71,12 @@ impl<'a> TryFrom<&'a [u8]> for Nack {
         let sender_ssrc = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]).into();
         let ssrc = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]).into();
 
-        // Parloir patch 81: made with the room its count needs.
-        let mut reports = ReportList::with_capacity((buf.len() - 8) / 4);
-
         let mut buf = &buf[8..];
         let count = buf.len() / 4;
         let max = count.min(31);
+
+        // Parloir patch 81: made with the room its count needs.
+        let mut reports = ReportList::with_capacity(max);
 
         for _ in 0..max {
             let pid = u16::from_be_bytes([buf[0], buf[1]]);

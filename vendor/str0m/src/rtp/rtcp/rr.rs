@@ -81,13 +81,14 @@ impl<'a> TryFrom<&'a [u8]> for ReceiverReport {
 
         let sender_ssrc = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]).into();
 
-        // Parloir patch 81: made with the room its count needs.
-        let mut reports = ReportList::with_capacity(buf.len().saturating_sub(4) / 24);
         let mut buf = &buf[4..];
 
         let count = buf.len() / 24;
 
         let max = count.min(31);
+
+        // Parloir patch 81: made with the room its count needs.
+        let mut reports = ReportList::with_capacity(max);
 
         for _ in 0..max {
             let report = buf.try_into()?;

@@ -87,13 +87,14 @@ impl<'a> TryFrom<&'a [u8]> for SenderReport {
     fn try_from(buf: &'a [u8]) -> Result<Self, Self::Error> {
         let sender_info = buf.try_into()?;
 
-        // Parloir patch 81: made with the room its count needs.
-        let mut reports = ReportList::with_capacity(buf.len().saturating_sub(24) / 24);
         let mut buf = &buf[24..];
 
         let count = buf.len() / 24;
 
         let max = count.min(31);
+
+        // Parloir patch 81: made with the room its count needs.
+        let mut reports = ReportList::with_capacity(max);
 
         for _ in 0..max {
             let report = buf.try_into()?;
