@@ -436,6 +436,17 @@ impl Session {
         Ok(())
     }
 
+    /// Parloir patch 84: whether a whole timeout would add a DLRR to a sender report waiting to
+    /// go out (an RRTR came in after the report was made and before it was sent): the pacer's
+    /// part alone would leave the RRTR for the next report.
+    pub fn dlrr_due(&self) -> bool {
+        !self.pending_rrtrs.is_empty()
+            && self
+                .feedback_tx
+                .iter()
+                .any(|r| matches!(r, Rtcp::SenderReport(_)))
+    }
+
     /// Parloir patch: the pacer's part of [`Session::handle_timeout`], in the same order, for
     /// a timeout before any other part's deadline (`Rtc::do_handle_timeout`): those parts
     /// would find nothing due. The estimator sees every timeout as before. What it queues is
@@ -2162,6 +2173,198 @@ mod tests {
         }
     }
 
+    /// A datagram in flight between the two connections of a test: when it arrives, whether
+    /// it goes to the receiver, its bytes.
+    type Flight = std::collections::VecDeque<(Instant, bool, Vec<u8>)>;
+
+    /// Polls `rtc` until its timeout, logging what it sends and its events (`who` at `now`
+    /// since `start`) and putting its datagrams in flight for `delay`; returns the timeout.
+    fn poll_logged(
+        rtc: &mut crate::Rtc,
+        (now, start, delay): (Instant, Instant, Duration),
+        who: &str,
+        log: &mut Vec<String>,
+        flight: &mut Flight,
+    ) -> Instant {
+        use crate::Output;
+        loop {
+            match rtc.poll_output().unwrap() {
+                Output::Transmit(t) => {
+                    log.push(format!("{:?} {who} {:?}", now - start, &t.contents[..]));
+                    flight.push_back((now + delay, who == "tx", t.contents.to_vec()));
+                }
+                Output::Event(e) => log.push(format!("{:?} {who} {e:?}", now - start)),
+                Output::Timeout(t) => return t,
+            }
+        }
+    }
+
+    /// Parloir patch 84: two ICE-lite connections, one sending paced video (estimation on from
+    /// 300 kbit/s: it paces, probes and pads), the other 20 ms away receiving it and sending
+    /// transport-wide feedback, receiver and sender reports both ways, statistics on both. With
+    /// the pass after each datagram decided by the timeouts computed at once, both send what
+    /// they sent with a whole pass after every datagram: the same datagrams both ways (byte for
+    /// byte, in the same order, at the same instants) and the same events.
+    #[test]
+    fn the_pass_after_a_datagram_sends_what_a_whole_pass_sent() {
+        use crate::format::Codec;
+        use crate::net::{Protocol, Receive};
+        use crate::rtp_::{Frequency, MediaTime};
+        use crate::{Input, SendAddr};
+
+        let start = Instant::now();
+        let (a, b): (std::net::SocketAddr, std::net::SocketAddr) = (
+            "192.0.2.1:5000".parse().unwrap(),
+            "192.0.2.2:6000".parse().unwrap(),
+        );
+        let delay = Duration::from_millis(20);
+        let run = |whole_timeouts: bool| {
+            fastrand::seed(7);
+            let builder = || {
+                crate::Rtc::builder()
+                    .set_ice_lite(true)
+                    .set_stats_interval(Some(Duration::from_millis(300)))
+            };
+            let mut tx = keyed(builder().enable_bwe(Some(Bitrate::kbps(300))).build(start));
+            tx.session.shortcuts.whole_timeouts = whole_timeouts;
+            tx.direct_api()
+                .declare_stream_tx(42.into(), None, "vid".into(), None);
+            tx.send_addr = Some(SendAddr {
+                proto: Protocol::Udp,
+                source: a,
+                destination: b,
+            });
+            let mut rx = keyed(builder().build(start));
+            rx.session.shortcuts.whole_timeouts = whole_timeouts;
+            rx.direct_api()
+                .expect_stream_rx(42.into(), None, "vid".into(), None);
+            rx.direct_api().enable_twcc_feedback();
+            rx.send_addr = Some(SendAddr {
+                proto: Protocol::Udp,
+                source: b,
+                destination: a,
+            });
+            let pt = tx
+                .codec_config()
+                .params()
+                .iter()
+                .find(|p| p.spec().codec == Codec::Vp8)
+                .map(|p| p.pt())
+                .unwrap();
+            let mut log = Vec::new();
+            let mut flight = Flight::new();
+            let (mut now, mut next_frame, mut n) = (start, start, 0u64);
+            tx.handle_input(Input::Timeout(now)).unwrap();
+            rx.handle_input(Input::Timeout(now)).unwrap();
+            let mut turns = 0;
+            // Four seconds of 30 frames/s, 2 to 6 packets each (about 1 Mbit/s).
+            while now < start + Duration::from_secs(4) {
+                turns += 1;
+                assert!(turns < 200_000, "stuck at {:?}", now - start);
+                let times = (now, start, delay);
+                let tx_at = poll_logged(&mut tx, times, "tx", &mut log, &mut flight);
+                let rx_at = poll_logged(&mut rx, times, "rx", &mut log, &mut flight);
+                let arrival = flight.front().map(|f| f.0);
+                let at = [Some(tx_at), Some(rx_at), arrival, Some(next_frame)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap();
+                now = at.max(now);
+                if arrival.is_some_and(|t| t <= now) {
+                    let (_, to_rx, bytes) = flight.pop_front().unwrap();
+                    let (rtc, source, destination) = if to_rx {
+                        (&mut rx, a, b)
+                    } else {
+                        (&mut tx, b, a)
+                    };
+                    let receive = Receive {
+                        proto: Protocol::Udp,
+                        source,
+                        destination,
+                        contents: bytes.as_slice().try_into().unwrap(),
+                    };
+                    rtc.handle_input(Input::Receive(now, receive)).unwrap();
+                } else if next_frame <= now {
+                    let size = 1100 * (2 + n as usize % 5);
+                    let mut data = vec![0x11u8; size];
+                    data[0] = if n % 30 == 0 { 0x10 } else { 0x11 };
+                    let time = MediaTime::new(n * 3000, Frequency::NINETY_KHZ);
+                    tx.writer("vid".into())
+                        .unwrap()
+                        .now(now)
+                        .write(pt, now, time, data)
+                        .unwrap();
+                    n += 1;
+                    next_frame = start + Duration::from_millis(33) * n as u32;
+                } else if tx_at <= now {
+                    tx.handle_input(Input::Timeout(now)).unwrap();
+                } else {
+                    rx.handle_input(Input::Timeout(now)).unwrap();
+                }
+            }
+            let used = (tx.session.shortcuts.receives, rx.session.shortcuts.receives);
+            (log, used)
+        };
+        let (with, used) = run(false);
+        let (without, unused) = run(true);
+        // Both sides took the shortcut: the sender for the feedback and reports, the receiver
+        // for the media.
+        assert!(used.0 > 50 && used.1 > 300, "{used:?}");
+        assert_eq!(unused, (0, 0));
+        let count = |what: &str| without.iter().filter(|l| l.contains(what)).count();
+        assert!(count("EgressBitrateEstimate") > 5);
+        assert!(count("PeerStats") > 10, "statistics on both sides");
+        assert!(count(" [") > 500, "datagrams");
+        assert_eq!(with.len(), without.len());
+        for (i, (a, b)) in with.iter().zip(&without).enumerate() {
+            assert_eq!(a, b, "entry {i} of the log");
+        }
+    }
+
+    /// Parloir patch 85: a stream declared on a running connection is due its first timeout at
+    /// once (a whole pass no longer follows each datagram received), and not after it.
+    #[test]
+    fn a_new_stream_is_due_its_first_timeout_at_once() {
+        use crate::{Input, Output, Reason};
+        let now = Instant::now();
+        let mut rtc = keyed_rtc(now);
+        rtc.handle_input(Input::Timeout(now)).unwrap();
+        let idle = loop {
+            if let Output::Timeout(t) = rtc.poll_output().unwrap() {
+                break t;
+            }
+        };
+        assert!(idle > now);
+        let later = now + Duration::from_millis(5);
+        rtc.direct_api()
+            .declare_stream_tx(42.into(), None, "vid".into(), None);
+        let due = loop {
+            if let Output::Timeout(t) = rtc.poll_output().unwrap() {
+                break t;
+            }
+        };
+        assert!(due <= later, "due at once, not at {:?}", due - now);
+        assert_eq!(rtc.last_timeout_reason(), Reason::SendStream);
+        let first = |rtc: &mut crate::Rtc| {
+            let stream = rtc.session.streams.stream_tx(&42.into()).unwrap();
+            stream.had_first_timeout()
+        };
+        assert!(!first(&mut rtc));
+        rtc.handle_input(Input::Timeout(later)).unwrap();
+        assert!(first(&mut rtc));
+        let next = |rtc: &mut crate::Rtc| loop {
+            if let Output::Timeout(t) = rtc.poll_output().unwrap() {
+                break (t, rtc.last_timeout_reason());
+            }
+        };
+        // Its first sender report time, from the start (nothing sent: skipped, and moved on).
+        assert_eq!(next(&mut rtc), (later, Reason::Feedback));
+        rtc.handle_input(Input::Timeout(later)).unwrap();
+        let (at, reason) = next(&mut rtc);
+        assert!(at > later, "{reason:?}");
+    }
+
     // Parloir patch 49: `Rtc::write_prefetch` points at what a write to the m-line reads.
     #[test]
     fn write_prefetch_points_at_what_a_write_reads() {
@@ -3040,6 +3243,9 @@ mod tests {
 pub(crate) struct Shortcuts {
     pub whole_timeouts: bool,
     pub pacer_timeouts: usize,
+    /// Patch 84: datagrams received whose timeouts were computed at once, to decide the pass
+    /// after them.
+    pub receives: usize,
 }
 
 /// Parloir patch: the media of `mid`, found through the position hint when it is right, else

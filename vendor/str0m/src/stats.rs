@@ -293,6 +293,11 @@ impl Stats {
     ///
     /// The caller can use this to compute the snapshot only if needed, before calling \
     /// [`Stats::do_handle_timeout`]
+    /// Parloir patch 84: whether a timeout has set the first instant the intervals count from.
+    pub(crate) fn started(&self) -> bool {
+        self.last_now.is_some()
+    }
+
     pub fn wants_timeout(&mut self, now: Instant) -> bool {
         let Some(last_now) = self.last_now else {
             // Learn our first ever `now`

@@ -553,12 +553,15 @@ impl Streams {
     }
 
     pub(crate) fn send_stream(&self) -> Option<Instant> {
-        // Parloir patch: only touched streams can have unstamped packets.
+        // Parloir patch: only touched streams can have unstamped packets. Patch 85: a new
+        // stream (touched when declared) is due its first timeout (its kind, its CNAME, the
+        // payload type it pads with) at once, not at whatever pass comes next: since patch 84
+        // a datagram received no longer brings a whole pass.
         if self
             .tx_touched
             .iter()
             .filter_map(|&slot| self.streams_tx.at(slot))
-            .any(|s| s.need_timeout())
+            .any(|s| s.need_timeout() || !s.had_first_timeout())
         {
             Some(already_happened())
         } else {
