@@ -1656,6 +1656,11 @@ impl Session {
     /// Parloir patch 48: the streams' statistics only when `media` is set.
     pub fn visit_stats(&mut self, now: Instant, snapshot: &mut StatsSnapshot, media: bool) {
         if media {
+            // Parloir patch 86: the maps made with their room, not grown through every size
+            // on the way (about 300 outgoing streams on a subscriber's connection at 150).
+            let (tx, rx) = self.streams.counts();
+            snapshot.egress.reserve(tx);
+            snapshot.ingress.reserve(rx);
             // Parloir patch 43: reading statistics does not touch the streams.
             for stream in self.streams.streams_tx_for_stats() {
                 stream.visit_stats(snapshot, now);

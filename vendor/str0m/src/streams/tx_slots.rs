@@ -167,7 +167,6 @@ impl TxSlots {
         self.values().map(|s| s.ssrc())
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.by_ssrc.len()
     }
