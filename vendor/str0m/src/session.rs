@@ -392,12 +392,7 @@ impl Session {
         // We piggyback on the SR cadence so the DLRR doesn't generate extra standalone
         // RTCP traffic that could perturb bandwidth estimation.
         // Consume at most 50 entries per report; the rest remain for subsequent SRs.
-        if !self.pending_rrtrs.is_empty()
-            && self
-                .feedback_tx
-                .iter()
-                .any(|r| matches!(r, Rtcp::SenderReport(_)))
-        {
+        if self.dlrr_due() {
             let n = self.pending_rrtrs.len().min(MAX_DLRR_PER_REPORT);
             let items: Vec<DlrrItem> = self
                 .pending_rrtrs
