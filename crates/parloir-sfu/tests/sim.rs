@@ -120,11 +120,14 @@ fn three_participants_exchange_media_and_data() {
 
 /// One run of a small meeting with everything that draws on randomness or walks maps:
 /// simulcast, bandwidth estimation with probes, loss and its repairs, speech. What it left:
-/// the SFU's counters and, per client, every frame received (layer, publisher's counter, key).
+/// the SFU's counters, per client every frame received (layer, publisher's counter, key),
+/// and every datagram sent onto the network (when, from, to, length but for DTLS).
 type Received = Vec<(String, Vec<(String, Vec<(u8, u32, bool)>)>)>;
+type Datagrams = Vec<harness::Sent>;
 
-fn small_meeting(seed: u64, loss: f64) -> (parloir_sfu::Stats, Received) {
+fn small_meeting(seed: u64, loss: f64) -> (parloir_sfu::Stats, Received, Datagrams) {
     let mut sim = Sim::new(seed, loss);
+    sim.net.log = Some((sim.now, Vec::new()));
     for name in ["a", "b", "c", "d"] {
         sim.join(name);
     }
@@ -157,7 +160,8 @@ fn small_meeting(seed: u64, loss: f64) -> (parloir_sfu::Stats, Received) {
         bytes_out: 0,
         ..sim.sfu_of(0).stats()
     };
-    (stats, received)
+    let datagrams = sim.net.log.take().map(|(_, log)| log).unwrap_or_default();
+    (stats, received, datagrams)
 }
 
 #[test]
@@ -172,6 +176,15 @@ fn a_seeded_simulation_repeats_exactly() {
         first.0
     );
     let again = small_meeting(3, 0.02);
+    // The first datagram that differs, if any: where a run left its course.
+    let apart = first.2.iter().zip(&again.2).position(|(a, b)| a != b);
+    assert!(
+        apart.is_none() && first.2.len() == again.2.len(),
+        "the same datagrams at the same instants ({} and {}), first apart: {:?}",
+        first.2.len(),
+        again.2.len(),
+        apart.map(|i| (&first.2[i], &again.2[i]))
+    );
     assert_eq!(first.0, again.0, "the same counters");
     assert!(first.1 == again.1, "the same frames at each client");
     assert_ne!(

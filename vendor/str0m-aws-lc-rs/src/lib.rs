@@ -10,6 +10,8 @@ mod sha256;
 mod srtp;
 
 use dtls::AwsLcRsDtlsProvider;
+#[doc(hidden)]
+pub use dtls::repeatable_dtls;
 use sha1::{AwsLcRsSha1HmacProvider, AwsLcRsSha1Provider};
 use sha256::AwsLcRsSha256Provider;
 use srtp::AwsLcRsSrtpProvider;

@@ -701,13 +701,15 @@ use util::InstantExt;
 /// Patch 67: seeded through [`repeatable::MapSeed`], so that a simulation can repeat them.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, repeatable::MapSeed>;
 
-/// Parloir patches 67 and 71: what a simulation needs to repeat exactly: the hasher of
-/// str0m's maps and their seeds, and a start time whose wall-clock phase is the same at
-/// every run.
+/// Parloir patches 67, 71 and 87: what a simulation needs to repeat exactly: the hasher of
+/// str0m's maps and their seeds, a start time whose wall-clock phase is the same at every
+/// run, and (with the default crypto provider) seeded DTLS timers.
 #[doc(hidden)]
 pub mod repeatable {
     pub use crate::util::map_seed::{MapSeed, repeatable_maps};
     pub use crate::util::aligned_start;
+    #[cfg(feature = "aws-lc-rs")]
+    pub use str0m_aws_lc_rs::repeatable_dtls;
 }
 
 // Identity `drv::ToStatic` (`Static = Self`) for the `Copy` identity types.

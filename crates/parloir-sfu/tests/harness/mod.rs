@@ -7,10 +7,11 @@
 //! travel through a seeded network model (delay, jitter that keeps each path's order unless
 //! told to reorder, loss, and bottleneck links with a rate and a drop-tail queue); time jumps
 //! to the next deadline, so seconds of meeting run in milliseconds. The network's choices,
-//! str0m's random draws and every hash map's seed come from the seed, the start is a whole
-//! period of the wall clock, and no part reads the system clock (the data channel's SCTP
-//! association did, sctp-proto patch 1): a run repeats (`a_seeded_simulation_repeats_exactly`),
-//! but for the bytes of the DTLS handshakes (random keys and signatures, same timings).
+//! str0m's random draws, every hash map's seed and the DTLS handshakes' timers come from the
+//! seed, the start is a whole period of the wall clock, and no part reads the system clock
+//! (the data channel's SCTP association did, sctp-proto patch 1): a run repeats
+//! (`a_seeded_simulation_repeats_exactly`), but for the bytes of the DTLS handshakes (random
+//! keys and signatures, whose encodings vary by a byte or two; the same timings).
 //! Assertions leave room around figures rather than pinning them.
 
 use std::cmp::Reverse;
@@ -128,11 +129,24 @@ pub struct Net {
     /// forwarding bench's receivers, when their own work is kept out of the SFU's caches.
     pub sink: HashSet<SocketAddr>,
     pub sunk: u64,
+    /// When set, every datagram sent onto the network, in order: when (from the log's start),
+    /// from, to and its length (0 for DTLS, whose handshakes' lengths vary with their random
+    /// signatures).
+    pub log: Option<(Instant, Vec<Sent>)>,
 }
+
+/// A datagram in [`Net::log`]: when, from, to, length.
+pub type Sent = (Duration, SocketAddr, SocketAddr, usize);
 
 impl Net {
     pub fn send(&mut self, now: Instant, packet: Packet) {
         self.sent += 1;
+        if let Some((start, log)) = &mut self.log {
+            // RFC 7983: a first byte of 20 to 63 is DTLS.
+            let dtls = matches!(packet.data.first(), Some(20..=63));
+            let len = if dtls { 0 } else { packet.data.len() };
+            log.push((now - *start, packet.from, packet.to, len));
+        }
         if !self.cut.is_empty()
             && (self.cut.contains(&packet.from) || self.cut.contains(&packet.to))
         {
@@ -441,13 +455,15 @@ impl Sim {
     /// bandwidth estimation).
     pub fn with_options(seed: u64, loss: f64, n: usize, bwe_kbps: u32) -> Self {
         // str0m draws from fastrand's thread-local generator (its pacer's jitter and
-        // overshoot, SSRCs), and the engine's maps and str0m's take their seeds from the
-        // thread's sequence: seeded, runs repeat (the simulation runs on this thread; see
-        // the module's notes for what does not). Simulated time starts at a whole period of
-        // the wall clock, so that the wall-clock times on the wire (send times, NTP times)
+        // overshoot, SSRCs), the engine's maps and str0m's take their seeds from the
+        // thread's sequence, and so do the DTLS handshakes' generators (the jitter of their
+        // retransmission timers): seeded, runs repeat (the simulation runs on this thread;
+        // see the module's notes for what does not). Simulated time starts at a whole period
+        // of the wall clock, so that the wall-clock times on the wire (send times, NTP times)
         // round the same way at every run.
         fastrand::seed(seed);
         parloir_sfu::ids::repeatable_maps(seed);
+        str0m::repeatable::repeatable_dtls(seed);
         let now = str0m::repeatable::aligned_start(Instant::now());
         let config = sfu_config(seed, n, bwe_kbps, 0, 1);
         Self {
@@ -469,6 +485,7 @@ impl Sim {
                 cut: HashSet::new(),
                 sink: HashSet::new(),
                 sunk: 0,
+                log: None,
             },
             clients: Vec::new(),
             commands: Vec::new(),
