@@ -7,10 +7,12 @@ use crate::util::not_happening;
 use super::TxPacket;
 
 #[derive(Debug)]
+// Parloir patch 88: laid out in this order (`repr(C)`), what a queue snapshot reads first.
+#[repr(C)]
 pub(crate) struct SendQueue {
-    queue: VecDeque<TxPacket>,
     total: TotalQueue,
     last_emitted: Option<Instant>,
+    queue: VecDeque<TxPacket>,
 }
 
 impl SendQueue {
