@@ -76,7 +76,88 @@ pub(crate) enum WriteMoved {
     All,
 }
 
+#[repr(C)]
 pub(crate) struct Session {
+    // Parloir patch 89: the fields in the order they are laid out (`repr(C)`): first the
+    // small ones that sending a datagram and a pacer pass read (flags, the TWCC sequence
+    // number, the stream last sent from, the report and feedback times, the queues of
+    // RTCP, the extension map), then the pacer and the sending SRTP context, then the rest.
+    // They lay on about a dozen of the struct's 100 cache lines.
+    rtp_closing: bool,
+
+    /// Whether we are running in RTP-mode.
+    pub rtp_mode: bool,
+
+    pub ice_lite: bool,
+
+    /// Parloir patch 46: whether the NACK timer ran (some stream may need a NACK) when the
+    /// timeouts were last worked out.
+    nack_live: bool,
+
+    /// Parloir patch: some m-line may have an open or changed event to emit. Set where m-lines
+    /// are added or change direction (negotiation, the direct API); `poll_event` scans the
+    /// m-lines only while it is set, and clears it when the scan finds nothing.
+    pub(crate) media_events: bool,
+
+    enable_twcc_feedback: bool,
+
+    /// VP9 packetizer mode.
+    vp9_packetizer_mode: Vp9PacketizerMode,
+
+    twcc: u64,
+
+    /// Parloir patch 43: the slot of the stream last written to or sent from, and its
+    /// m-line's position: the packets of a frame are polled right after it is packetized,
+    /// and are found there without the maps by mid/rid and by mid. Checked at each use.
+    last_tx: (u32, usize),
+
+    // Total RTP payload bytes for media, including retransmissions.
+    media_bytes_rx: u64,
+
+    media_bytes_tx: u64,
+
+    /// Parloir patch: when the next regular RTCP reports are due, as of the last
+    /// `poll_timeout_others` (the timeout that visits every stream; `Rtc::full_pass_due`).
+    pub(crate) reports_at: Option<Instant>,
+
+    last_twcc: Instant,
+
+    last_nack: Instant,
+
+    /// Parloir patch: when the datagram being handled arrived, if earlier than the time it is
+    /// handled at (`Rtc::set_arrival`); the TWCC receive register records that.
+    pub(crate) arrival: Option<Instant>,
+
+    intervals: RtcpReportIntervals,
+
+    /// Pending RRTRs from remote SSRCs in FIFO order, deduplicated by SSRC.
+    /// A new RRTR for an already-pending SSRC updates its value in place.
+    /// Capped at 300 entries; at most 50 are consumed per DLRR report.
+    pending_rrtrs: VecDeque<(Ssrc, LastRrtr)>,
+
+    raw_packets: Option<VecDeque<Box<RawPacket>>>,
+
+    feedback_tx: VecDeque<Rtcp>,
+
+    feedback_rx: VecDeque<Rtcp>,
+
+    /// Parloir patch 56: the m-line and payload type probes go on (`probe_media`), once
+    /// found; forgotten when the m-lines change (`medias_changed`).
+    probe_media_found: Option<Option<(Mid, Pt)>>,
+
+    /// Target MTU (start) and warn threshold (end). Buffer sizing uses the
+    /// target; oversized outgoing datagrams above the warn threshold log a warning.
+    mtu: RangeInclusive<usize>,
+
+    /// Extension mappings are _per BUNDLE_, but we can only have one a=group BUNDLE
+    /// in WebRTC (one ice connection), so they are effectively per session.
+    pub exts: ExtensionMap,
+
+    /// A pacer for sending RTP at specific rate.
+    pub(crate) pacer: PacerImpl,
+
+    srtp_tx: Option<SrtpContext>,
+
     id: SessionId,
 
     // These fields are pub to allow session_sdp.rs modify them.
@@ -93,32 +174,15 @@ pub(crate) struct Session {
     /// cluster changes and when the m-lines change (`medias_changed`).
     probe_eligible: (Option<TwccClusterId>, FastMap<(Mid, Pt), bool>),
 
-    /// Parloir patch 56: the m-line and payload type probes go on (`probe_media`), once
-    /// found; forgotten when the m-lines change (`medias_changed`).
-    probe_media_found: Option<Option<(Mid, Pt)>>,
-
-    /// Parloir patch 43: the slot of the stream last written to or sent from, and its
-    /// m-line's position: the packets of a frame are polled right after it is packetized,
-    /// and are found there without the maps by mid/rid and by mid. Checked at each use.
-    last_tx: (u32, usize),
-
     /// Parloir patch: the m-lines that may have frames queued for packetizing (written since
     /// they were last found empty), so that packetizing and its timeout do not visit every
     /// m-line of the session. A superset: entries are pruned when found empty.
     pub(crate) payload_pending: Vec<Mid>,
-    /// Parloir patch: when the next regular RTCP reports are due, as of the last
-    /// `poll_timeout_others` (the timeout that visits every stream; `Rtc::full_pass_due`).
-    pub(crate) reports_at: Option<Instant>,
 
     /// Parloir patch: the m-lines whose receive buffers may hold packets, so that polling for
     /// received frames and their timeouts do not visit every m-line. A superset, pruned when
     /// every buffer of the m-line is found empty.
     receive_pending: Vec<Mid>,
-
-    /// Parloir patch: some m-line may have an open or changed event to emit. Set where m-lines
-    /// are added or change direction (negotiation, the direct API); `poll_event` scans the
-    /// m-lines only while it is set, and clears it when the scan finds nothing.
-    pub(crate) media_events: bool,
 
     // The actual RTP encoded streams.
     pub streams: Streams,
@@ -127,16 +191,16 @@ pub(crate) struct Session {
     app: Option<(Mid, usize)>,
 
     reordering_size_audio: usize,
-    reordering_size_video: usize,
-    reordering_timeout_audio: Option<Duration>,
-    intervals: RtcpReportIntervals,
-    pub send_buffer_audio: usize,
-    pub send_buffer_video: usize,
-    pub send_buffer_duration: Duration,
 
-    /// Extension mappings are _per BUNDLE_, but we can only have one a=group BUNDLE
-    /// in WebRTC (one ice connection), so they are effectively per session.
-    pub exts: ExtensionMap,
+    reordering_size_video: usize,
+
+    reordering_timeout_audio: Option<Duration>,
+
+    pub send_buffer_audio: usize,
+
+    pub send_buffer_video: usize,
+
+    pub send_buffer_duration: Duration,
 
     // Configuration of how we are sending/receiving media.
     pub codec_config: CodecConfig,
@@ -146,67 +210,30 @@ pub(crate) struct Session {
     probe_payload_params: Option<PayloadParams>,
 
     srtp_rx: Option<SrtpContext>,
-    srtp_tx: Option<SrtpContext>,
-    last_nack: Instant,
-    /// Parloir patch 46: whether the NACK timer ran (some stream may need a NACK) when the
-    /// timeouts were last worked out.
-    nack_live: bool,
-    last_twcc: Instant,
-    twcc: u64,
+
     twcc_rx_register: TwccRecvRegister,
-    /// Parloir patch: when the datagram being handled arrived, if earlier than the time it is
-    /// handled at (`Rtc::set_arrival`); the TWCC receive register records that.
-    pub(crate) arrival: Option<Instant>,
+
     twcc_tx_register: TwccSendRegister,
+
     max_rx_seq_lookup: FastMap<Ssrc, SeqNoWindow>,
 
     bwe: Option<Bwe>,
+
     bwe_last_event: Option<(Bitrate, bool)>,
 
-    enable_twcc_feedback: bool,
-
-    /// A pacer for sending RTP at specific rate.
-    pub(crate) pacer: PacerImpl,
     pacer_control: PacerControl,
 
     // Parloir patch 62: the temporary buffer for the next (unencrypted) RTP packet is the
     // thread's (`io::Scratch`), no longer a field of each session.
-
     // Next packet for RtpPacket event.
     pending_packet: Option<RtpPacket>,
-
-    // Total RTP payload bytes for media, including retransmissions.
-    media_bytes_rx: u64,
-    media_bytes_tx: u64,
-
-    pub ice_lite: bool,
-
-    /// Whether we are running in RTP-mode.
-    pub rtp_mode: bool,
-
-    /// VP9 packetizer mode.
-    vp9_packetizer_mode: Vp9PacketizerMode,
-
-    feedback_tx: VecDeque<Rtcp>,
-    feedback_rx: VecDeque<Rtcp>,
-    rtp_closing: bool,
-
-    /// Pending RRTRs from remote SSRCs in FIFO order, deduplicated by SSRC.
-    /// A new RRTR for an already-pending SSRC updates its value in place.
-    /// Capped at 300 entries; at most 50 are consumed per DLRR report.
-    pending_rrtrs: VecDeque<(Ssrc, LastRrtr)>,
-
-    raw_packets: Option<VecDeque<Box<RawPacket>>>,
 
     // Pending application-specific feedback (PSFB FMT=15) messages to emit as events.
     pending_app_feedback: Option<AppSpecificFeedback>,
 
-    /// Target MTU (start) and warn threshold (end). Buffer sizing uses the
-    /// target; oversized outgoing datagrams above the warn threshold log a warning.
-    mtu: RangeInclusive<usize>,
-
     #[cfg(feature = "_internal_test_exports")]
     pending_probe: Option<crate::bwe_::ProbeClusterConfig>,
+
     #[cfg(test)]
     pub(crate) shortcuts: Shortcuts,
 }
@@ -2073,6 +2100,38 @@ mod tests {
 
     use crate::poll::Readiness;
     use crate::rtp_::RtcpPacket;
+
+    // Parloir patch 89.
+    #[test]
+    fn what_each_call_reads_of_a_connection_lies_at_its_start() {
+        use crate::Rtc;
+        use std::mem::{align_of, offset_of, size_of};
+        assert_eq!(align_of::<Rtc>(), 64);
+        // The connection's own small fields, up to the session, within four lines.
+        assert!(offset_of!(Rtc, session) <= 4 * 64);
+        for end in [
+            offset_of!(Rtc, send_addr) + size_of::<Option<crate::SendAddr>>(),
+            offset_of!(Rtc, readiness) + size_of::<Readiness>(),
+            offset_of!(Rtc, cached_timeout) + size_of::<Instant>(),
+            offset_of!(Rtc, stats_full_at) + size_of::<Option<Instant>>(),
+        ] {
+            assert!(end <= offset_of!(Rtc, session));
+        }
+        // The session's small fields, then the pacer and the sending SRTP context, before
+        // the streams and everything else.
+        let ends = [
+            offset_of!(Session, twcc) + size_of::<u64>(),
+            offset_of!(Session, last_tx) + size_of::<(u32, usize)>(),
+            offset_of!(Session, raw_packets) + size_of::<Option<VecDeque<Box<RawPacket>>>>(),
+            offset_of!(Session, feedback_tx) + size_of::<VecDeque<Rtcp>>(),
+            offset_of!(Session, exts) + size_of::<ExtensionMap>(),
+            offset_of!(Session, pacer) + size_of::<PacerImpl>(),
+            offset_of!(Session, srtp_tx) + size_of::<Option<SrtpContext>>(),
+        ];
+        let last = ends.iter().max().copied().unwrap_or(0);
+        assert!(last <= offset_of!(Session, streams), "{last}");
+        assert!(last <= 16 * 64, "{last}");
+    }
 
     fn keyed_session() -> Session {
         let mut session = Session::new(&RtcConfig::default());
