@@ -65,10 +65,19 @@ pub struct LeakyBucketPacer {
     /// Parloir patch 35: `queue_states` still say what the queues hold: every packet sent
     /// since the last `handle_timeout` was counted off them (see `release_next_at_once`).
     snapshots_current: bool,
+    /// Parloir patch 90: how many of `queue_states` hold padding alone (`pads`), kept as the
+    /// list changes instead of found by a walk over it at each frame written and each packet
+    /// sent.
+    padding_queues: usize,
     /// Parloir patch 35, tests only: without its shortcuts (a timeout after each packet, and
     /// each frame written waits for one), to compare a run with them against one without.
     #[cfg(test)]
     pub(crate) no_shortcuts: bool,
+}
+
+/// Parloir patch 90: whether a queue state is of a queue holding padding alone.
+fn pads(q: &QueueState) -> bool {
+    q.snapshot.priority == QueuePriority::Padding && q.snapshot.packet_count > 0
 }
 
 impl Pacer for LeakyBucketPacer {
@@ -103,6 +112,8 @@ impl Pacer for LeakyBucketPacer {
         // This is called periodically and whenever packet is queued.
         self.queue_states.clear();
         self.queue_states.extend(iter);
+        // Counted while the list just written is in the cache.
+        self.padding_queues = self.queue_states.iter().filter(|q| pads(q)).count();
         self.snapshots_current = true;
 
         self.take_time(now)
@@ -172,6 +183,7 @@ impl LeakyBucketPacer {
             completed_probe: None,
             needs_timeout_before_next_poll: true,
             snapshots_current: false,
+            padding_queues: 0,
             #[cfg(test)]
             no_shortcuts: false,
         }
@@ -524,10 +536,16 @@ impl LeakyBucketPacer {
 
     /// Parloir patch 35: whether a queue holds padding alone (its order and timing are the
     /// timeout's to work out).
+    ///
+    /// Parloir patch 90: from the count kept as the list changes.
     fn padding_queued(&self) -> bool {
-        self.queue_states
-            .iter()
-            .any(|q| q.snapshot.priority == QueuePriority::Padding && q.snapshot.packet_count > 0)
+        #[cfg(test)]
+        assert_eq!(
+            self.padding_queues,
+            self.queue_states.iter().filter(|q| pads(q)).count(),
+            "the count of queues holding padding alone"
+        );
+        self.padding_queues > 0
     }
 
     /// Parloir patch 35: a fresh snapshot of one queue, taken when a frame was packetized at
@@ -537,12 +555,16 @@ impl LeakyBucketPacer {
     /// timeout of its connection, snapshots of every queue with packets included.
     pub(crate) fn refresh_queue(&mut self, now: Instant, state: QueueState) {
         let has_packets = state.snapshot.packet_count > 0;
+        self.padding_queues += usize::from(pads(&state));
         match self
             .queue_states
             .iter()
             .position(|q| q.midrid == state.midrid)
         {
-            Some(i) => self.queue_states[i] = state,
+            Some(i) => {
+                let old = std::mem::replace(&mut self.queue_states[i], state);
+                self.padding_queues -= usize::from(pads(&old));
+            }
             None => self.queue_states.push(state),
         }
         if has_packets {
@@ -589,6 +611,8 @@ impl LeakyBucketPacer {
         // `next_poll` takes the first of equals, so the order they were sent from breaks the
         // tie, as the microsecond between timeouts did.
         let mut sent = self.queue_states.remove(i);
+        // Not padding alone (checked above): the count stands, and stays as it is below.
+        debug_assert!(!pads(&sent));
         let snapshot = &mut sent.snapshot;
         // Its share of the queue time goes with it.
         if snapshot.packet_count > 0 {
@@ -792,6 +816,49 @@ mod test {
             midrid,
         );
         assert!(pacer.poll_queue().is_none());
+    }
+
+    /// Parloir patch 90.
+    #[test]
+    fn the_count_of_queues_holding_padding_alone_follows_the_list() {
+        let now = Instant::now();
+        let state = |mid: &str, packets: u32, priority: QueuePriority| QueueState {
+            midrid: MidRid(mid.into(), None),
+            unpaced: false,
+            use_for_padding: true,
+            snapshot: QueueSnapshot {
+                created_at: now,
+                byte_size: packets as usize * 200,
+                packet_count: packets,
+                first_unsent: (packets > 0).then_some(now),
+                priority,
+                ..Default::default()
+            },
+        };
+        let mut pacer = LeakyBucketPacer::new(Bitrate::mbps(2));
+        pacer.handle_timeout(
+            now,
+            [
+                state("a", 1, QueuePriority::Padding),
+                state("b", 0, QueuePriority::Empty),
+            ]
+            .into_iter(),
+        );
+        // (`padding_queued` checks the count against a walk over the list in tests.)
+        assert!(pacer.padding_queued() && !pacer.can_refresh());
+        // A queue that held padding alone now holds media; another now holds padding alone;
+        // then that one too holds media.
+        pacer.refresh_queue(now, state("a", 2, QueuePriority::Media));
+        assert!(!pacer.padding_queued() && pacer.can_refresh());
+        pacer.refresh_queue(now, state("b", 1, QueuePriority::Padding));
+        assert!(pacer.padding_queued());
+        pacer.refresh_queue(now, state("b", 1, QueuePriority::Media));
+        assert!(!pacer.padding_queued());
+        // A new queue holding padding alone, taken with a timeout.
+        pacer.refresh_queue(now, state("c", 3, QueuePriority::Padding));
+        assert!(pacer.padding_queued());
+        pacer.handle_timeout(now, std::iter::once(state("a", 1, QueuePriority::Media)));
+        assert!(!pacer.padding_queued());
     }
 
     /// Parloir patch 35.
