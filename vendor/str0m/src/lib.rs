@@ -940,71 +940,44 @@ pub struct Rtc {
     // each call; laid out by the compiler, these fields lay on seven of the struct's 156
     // cache lines, after the session, DTLS and SCTP.
     send_addr: Option<SendAddr>,
-
     state: RtcState,
-
     need_init_time: bool,
-
     dtls_connected: bool,
-
     close_dtls_started: bool,
-
     last_timeout_reason: Reason,
-
     // Signals which halves of the tree may need re-polling. Written locally by
     // the components that mutate, via the `Wake` guard handed down the tree;
     // read (and cleared) by `poll_output`. See the `poll` module.
     readiness: Readiness,
-
     last_now: Instant,
-
     // Last timeout returned by `poll_output`, reused while the readiness says
     // the timeout is still valid.
     cached_timeout: Instant,
-
     // Parloir patch: the soonest timeout of everything but the pacer and the estimator,
     // computed with `cached_timeout`. Before it, a timeout with no wake since is theirs alone.
     others_timeout: (Option<Instant>, Reason),
-
     // Parloir patch: the soonest of the regular reports and the statistics, computed with
     // `others_timeout` (`full_pass_due`).
     full_pass_at: Option<Instant>,
-
     // Parloir patch 84: of `others_timeout`, the soonest of the parts outside the session
     // (DTLS, ICE, SCTP, the data channels, the statistics), and the statistics' full pass:
     // an RTP or RTCP datagram does not move them.
     outside_timeout: (Option<Instant>, Reason),
-
     stats_full_at: Option<Instant>,
-
     next_dtls_timeout: Option<Instant>,
-
     peer_bytes_rx: u64,
-
     peer_bytes_tx: u64,
-
     change_counter: usize,
-
     session: Session,
-
     ice: IceAgent,
-
     dtls: Dtls,
-
     dtls_buf: Vec<u8>,
-
     sctp: RtcSctp,
-
     chan: ChannelHandler,
-
     stats: Option<Stats>,
-
     remote_fingerprint: Option<Fingerprint>,
-
     remote_addrs: Vec<SocketAddr>,
-
     crypto_provider: Arc<crate::crypto::CryptoProvider>,
-
     fingerprint_verification: bool,
 }
 

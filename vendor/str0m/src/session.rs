@@ -82,7 +82,8 @@ pub(crate) struct Session {
     // small ones that sending a datagram and a pacer pass read (flags, the TWCC sequence
     // number, the stream last sent from, the report and feedback times, the queues of
     // RTCP, the extension map), then the pacer and the sending SRTP context, then the rest.
-    // They lay on about a dozen of the struct's 100 cache lines.
+    // Laid out by the compiler, the small ones lay on about a dozen of the struct's 100
+    // cache lines.
     rtp_closing: bool,
 
     /// Whether we are running in RTP-mode.
@@ -191,15 +192,10 @@ pub(crate) struct Session {
     app: Option<(Mid, usize)>,
 
     reordering_size_audio: usize,
-
     reordering_size_video: usize,
-
     reordering_timeout_audio: Option<Duration>,
-
     pub send_buffer_audio: usize,
-
     pub send_buffer_video: usize,
-
     pub send_buffer_duration: Duration,
 
     // Configuration of how we are sending/receiving media.
@@ -210,21 +206,18 @@ pub(crate) struct Session {
     probe_payload_params: Option<PayloadParams>,
 
     srtp_rx: Option<SrtpContext>,
-
     twcc_rx_register: TwccRecvRegister,
-
     twcc_tx_register: TwccSendRegister,
-
     max_rx_seq_lookup: FastMap<Ssrc, SeqNoWindow>,
 
     bwe: Option<Bwe>,
-
     bwe_last_event: Option<(Bitrate, bool)>,
 
     pacer_control: PacerControl,
 
     // Parloir patch 62: the temporary buffer for the next (unencrypted) RTP packet is the
     // thread's (`io::Scratch`), no longer a field of each session.
+
     // Next packet for RtpPacket event.
     pending_packet: Option<RtpPacket>,
 
@@ -233,7 +226,6 @@ pub(crate) struct Session {
 
     #[cfg(feature = "_internal_test_exports")]
     pending_probe: Option<crate::bwe_::ProbeClusterConfig>,
-
     #[cfg(test)]
     pub(crate) shortcuts: Shortcuts,
 }

@@ -474,13 +474,13 @@ impl Streams {
         self.tx_touched.len()
     }
 
-    /// Parloir patch 43: every outgoing stream, not listed as touched, for reading their
-    /// statistics (which gives no timeout any work).
     /// Parloir patch 86: how many streams each way, for the statistics' maps.
     pub(crate) fn counts(&self) -> (usize, usize) {
         (self.streams_tx.len(), self.streams_rx.len())
     }
 
+    /// Parloir patch 43: every outgoing stream, not listed as touched, for reading their
+    /// statistics (which gives no timeout any work).
     pub(crate) fn streams_tx_for_stats(&mut self) -> impl Iterator<Item = &mut StreamTx> {
         self.streams_tx.values_mut()
     }
