@@ -395,6 +395,14 @@ pub struct ExtensionMap {
     mapped: u16,
     /// The ids locked by a previous negotiation, bit `id - 1`.
     locked: u16,
+    /// Parloir patch 91: the ids of the extensions str0m does not know, bit `id - 1`.
+    unknown_ids: u16,
+    /// Parloir patch 91: a known extension is mapped at more than one id (each is written).
+    twice: bool,
+    /// Parloir patch 91: the lowest id of each known extension but color space (index
+    /// kind - 1), 0 for none: writing a packet's values finds the ids of those it has here,
+    /// instead of asking every mapped id. Kept by `reindex` as the map changes.
+    first_id: [u8; 13],
     /// The extensions str0m does not know, by index (id - 1), in index order.
     unknown: Vec<(u8, Extension)>,
 }
@@ -441,6 +449,7 @@ static KNOWN: [Extension; 14] = [
 
 impl Extension {
     /// Its kind in an [`ExtensionMap`]: one plus its index in [`KNOWN`], or [`UNKNOWN_EXT`].
+    #[inline(always)]
     fn kind(&self) -> u8 {
         use Extension::*;
         match self {
@@ -470,6 +479,9 @@ impl ExtensionMap {
             kinds: [NO_EXT; MAX_ID as usize],
             mapped: 0,
             locked: 0,
+            unknown_ids: 0,
+            twice: false,
+            first_id: [0; 13],
             unknown: Vec::new(),
         }
     }
@@ -497,6 +509,31 @@ impl ExtensionMap {
         self.mapped = 0;
         self.locked = 0;
         self.unknown.clear();
+        self.reindex();
+    }
+
+    /// Parloir patch 91: `first_id`, `unknown_ids` and `twice` from `kinds`, after a change.
+    fn reindex(&mut self) {
+        self.first_id = [0; 13];
+        self.unknown_ids = 0;
+        self.twice = false;
+        for idx in MappedIds(self.mapped) {
+            match self.kinds[idx] {
+                NO_EXT => {}
+                UNKNOWN_EXT => self.unknown_ids |= 1 << idx,
+                k => {
+                    // Color space (the last kind) is never written.
+                    let Some(first) = self.first_id.get_mut(usize::from(k) - 1) else {
+                        continue;
+                    };
+                    if *first == 0 {
+                        *first = idx as u8 + 1;
+                    } else {
+                        self.twice = true;
+                    }
+                }
+            }
+        }
     }
 
     /// Set a mapping for an extension.
@@ -518,6 +555,7 @@ impl ExtensionMap {
         self.kinds[idx as usize] = kind;
         self.mapped |= 1 << idx;
         self.locked &= !(1 << idx);
+        self.reindex();
     }
 
     /// The extension at an index (id - 1).
@@ -553,14 +591,25 @@ impl ExtensionMap {
                 .iter()
                 .find(|(_, x)| x == e)
                 .map(|(i, _)| usize::from(*i)),
-            k => self.kinds.iter().position(|x| *x == k),
+            // Parloir patch 91: the lowest id of a known extension is kept (looked up for
+            // each packet sent, twice).
+            k => match self.first_id.get(usize::from(k) - 1) {
+                Some(&id) => id.checked_sub(1).map(usize::from),
+                None => self.kinds.iter().position(|x| *x == k),
+            },
         }
     }
 
     /// Finds the id for an extension (if mapped).
     ///
     /// The returned id will be 1-based.
+    #[inline(always)]
     pub fn id_of(&self, e: Extension) -> Option<u8> {
+        // Parloir patch 91: a known extension's id at once, in the caller (twice for each
+        // packet sent: a call of about 30 instructions for a look-up of two).
+        if let Some(&id) = self.first_id.get(usize::from(e.kind()).wrapping_sub(1)) {
+            return (id != 0).then_some(id);
+        }
         self.index_of(&e).map(|p| p as u8 + 1)
     }
 
@@ -684,7 +733,35 @@ impl ExtensionMap {
         let orig_len = ext_buf.len();
         let mut b = ext_buf;
 
-        for (id, ext) in self.iter() {
+        // Parloir patch 91: only the ids whose extension has a value to write (or is one
+        // str0m does not know, whose serializer decides), found from the values. A
+        // subscriber's m-line maps about ten extensions and a packet carries values for two
+        // or three of them: each of the others was a call that looked its value up to find it
+        // absent, about 300 instructions per packet sent.
+        let present = ev.known_present();
+        let ids = if self.twice {
+            self.mapped
+        } else {
+            let mut ids = self.unknown_ids;
+            let mut kinds = present;
+            while kinds != 0 {
+                let id = self.first_id[kinds.trailing_zeros() as usize];
+                kinds &= kinds - 1;
+                if id != 0 {
+                    ids |= 1 << (id - 1);
+                }
+            }
+            ids
+        };
+        for idx in MappedIds(ids) {
+            let kind = self.kinds[idx];
+            if kind != UNKNOWN_EXT && present & (1 << (kind - 1)) == 0 {
+                continue;
+            }
+            let Some(ext) = self.at(idx) else {
+                continue;
+            };
+            let id = idx as u8 + 1;
             match form {
                 ExtensionsForm::OneByte => {
                     if let Some(n) = ext.write_to(&mut b[1..], ev) {
@@ -762,6 +839,7 @@ impl ExtensionMap {
             }
         }
         self.unknown.sort_by_key(|(i, _)| *i);
+        self.reindex();
     }
 }
 
@@ -1068,6 +1146,29 @@ pub struct ExtensionValues {
     pub user_values: UserExtensionValues,
 }
 impl ExtensionValues {
+    /// Parloir patch 91: bit `kind - 1` set for each extension str0m knows (its kind in an
+    /// [`ExtensionMap`]) whose value is here, so that writing skips the others without a
+    /// call. A superset of those `Extension::write_to` writes: it may still find a second
+    /// value missing (audio level without voice activity, playout delay without its
+    /// maximum); color space is never written.
+    #[inline]
+    fn known_present(&self) -> u16 {
+        let bit = |present: bool, kind: u8| u16::from(present) << (kind - 1);
+        bit(self.abs_send_time.is_some(), 1)
+            | bit(self.abs_capture_time.is_some(), 2)
+            | bit(self.audio_level.is_some(), 3)
+            | bit(self.tx_time_offs.is_some(), 4)
+            | bit(self.video_orientation.is_some(), 5)
+            | bit(self.transport_cc.is_some(), 6)
+            | bit(self.play_delay_min.is_some(), 7)
+            | bit(self.video_content_type.is_some(), 8)
+            | bit(self.video_timing.is_some(), 9)
+            | bit(self.rid.is_some(), 10)
+            | bit(self.rid_repair.is_some(), 11)
+            | bit(self.mid.is_some(), 12)
+            | bit(self.frame_mark.is_some(), 13)
+    }
+
     pub(crate) fn update_absolute_send_time(&mut self, now: Instant) {
         let Some(v) = self.abs_send_time else {
             return;
@@ -1910,6 +2011,158 @@ mod test {
             format!("{f:?}"),
             "Extensions(3=transport-wide-cc, 5=urn:x, 9=urn:y)"
         );
+    }
+
+    /// Parloir patch 91: writing only the extensions with a value gives the bytes that
+    /// asking every mapped extension gave, for each subset of the values (one each, pairs
+    /// missing one half, all of them), in both forms, with an unknown extension among them;
+    /// and each known extension writes only where `known_present` has its bit.
+    #[test]
+    fn extensions_without_a_value_are_skipped_as_before() {
+        let now = Instant::now() + Duration::from_secs(1000);
+        let full = ExtensionValues {
+            audio_level: Some(-30),
+            voice_activity: Some(true),
+            video_orientation: Some(VideoOrientation::Deg270),
+            video_content_type: Some(1),
+            tx_time_offs: Some(0x0102_0304),
+            abs_send_time: Some(now),
+            abs_capture_time: Some(AbsCaptureTime {
+                capture_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+                clock_offset: Some(-5),
+            }),
+            transport_cc: Some(0xabcd),
+            play_delay_min: Some(MediaTime::from_hundredths(1)),
+            play_delay_max: Some(MediaTime::from_hundredths(7)),
+            video_timing: Some(VideoTiming {
+                flags: 1,
+                encode_start: 2,
+                encode_finish: 3,
+                packetize_complete: 4,
+                last_left_pacer: 5,
+            }),
+            rid: Some("h".into()),
+            rid_repair: Some("q".into()),
+            mid: Some("12".into()),
+            frame_mark: Some(0x0a0b_0c0d),
+            user_values: Default::default(),
+        };
+        // Each value alone, by clearing all the others.
+        let clear: [fn(&mut ExtensionValues); 15] = [
+            |e| e.audio_level = None,
+            |e| e.voice_activity = None,
+            |e| e.video_orientation = None,
+            |e| e.video_content_type = None,
+            |e| e.tx_time_offs = None,
+            |e| e.abs_send_time = None,
+            |e| e.abs_capture_time = None,
+            |e| e.transport_cc = None,
+            |e| e.play_delay_min = None,
+            |e| e.play_delay_max = None,
+            |e| e.video_timing = None,
+            |e| e.rid = None,
+            |e| e.rid_repair = None,
+            |e| e.mid = None,
+            |e| e.frame_mark = None,
+        ];
+        let mut cases = vec![full.clone(), ExtensionValues::default()];
+        for keep in 0..clear.len() {
+            let mut ev = full.clone();
+            for (i, c) in clear.iter().enumerate() {
+                if i != keep {
+                    c(&mut ev);
+                }
+            }
+            cases.push(ev);
+            let mut ev = full.clone();
+            clear[keep](&mut ev);
+            cases.push(ev);
+        }
+
+        // The one-byte form's ids (1 to 14): the known extensions but color space, and an
+        // unknown one; the two-byte form's map adds color space and another unknown one (at
+        // 15 and 16, the highest id str0m maps).
+        let mut map = ExtensionMap::empty();
+        for (i, ext) in KNOWN[..13].iter().enumerate() {
+            map.set(i as u8 + 1, ext.clone());
+        }
+        map.set(
+            14,
+            Extension::with_serializer("urn:x", TestSerializer(0xaa)),
+        );
+        let mut two_byte = map.clone();
+        two_byte.set(15, Extension::ColorSpace);
+        two_byte.set(
+            16,
+            Extension::with_serializer("urn:y", TestSerializer(0xbb)),
+        );
+        // One known extension at two ids (both written), and a map remapped and cleared.
+        let mut twice = map.clone();
+        twice.set(15, Extension::TransportSequenceNumber);
+        twice.set(16, Extension::ColorSpace);
+        let mut remapped = map.clone();
+        remapped.remap(&[(9, &Extension::AudioLevel), (2, &Extension::RtpMid)]);
+        let mut cleared = map.clone();
+        cleared.clear();
+        cleared.set(7, Extension::AbsoluteSendTime);
+
+        // What writing was before: every mapped extension asked for its value.
+        let reference = |map: &ExtensionMap, ev: &ExtensionValues, form| {
+            let mut buf = vec![0_u8; 400];
+            let mut at = 0;
+            for (id, ext) in map.iter() {
+                let head = if form == ExtensionsForm::OneByte {
+                    1
+                } else {
+                    2
+                };
+                if let Some(n) = ext.write_to(&mut buf[at + head..], ev) {
+                    if form == ExtensionsForm::OneByte {
+                        buf[at] = id << 4 | (n as u8 - 1);
+                    } else {
+                        buf[at] = id;
+                        buf[at + 1] = n as u8;
+                    }
+                    at += head + n;
+                }
+            }
+            buf.truncate(at);
+            buf
+        };
+        for ev in &cases {
+            let present = ev.known_present();
+            for (i, ext) in KNOWN.iter().enumerate() {
+                let writes = ext.write_to(&mut [0_u8; 32], ev).is_some();
+                assert!(!writes || present & (1 << i) != 0, "{ext} written: {ev:?}");
+            }
+            for (map, form) in [
+                (&map, ExtensionsForm::OneByte),
+                (&map, ExtensionsForm::TwoByte),
+                (&two_byte, ExtensionsForm::TwoByte),
+                (&twice, ExtensionsForm::TwoByte),
+                (&remapped, ExtensionsForm::OneByte),
+                (&cleared, ExtensionsForm::OneByte),
+            ] {
+                let mut buf = vec![0_u8; 400];
+                let n = map.write_to(&mut buf, ev, form);
+                assert_eq!(buf[..n], reference(map, ev, form)[..], "{form:?} {ev:?}");
+            }
+        }
+        // Each known extension is found at its lowest id, as the scan over the ids found it.
+        for map in [&map, &two_byte, &twice, &remapped, &cleared] {
+            for ext in &KNOWN {
+                let scan = map.kinds.iter().position(|k| *k == ext.kind());
+                assert_eq!(map.index_of(ext), scan, "{ext} in {map:?}");
+            }
+        }
+        // The full set writes every known extension but color space, and the unknown one.
+        let mut buf = vec![0_u8; 400];
+        let n = map.write_to(&mut buf, &full, ExtensionsForm::OneByte);
+        let mut ev = ExtensionValues::default();
+        map.parse(&buf[..n], ExtensionsForm::OneByte, &mut ev);
+        assert_eq!(ev.mid, full.mid);
+        assert_eq!(ev.frame_mark, full.frame_mark);
+        assert_eq!(ev.transport_cc, full.transport_cc);
     }
 
     #[test]
