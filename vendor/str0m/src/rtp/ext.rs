@@ -737,7 +737,7 @@ impl ExtensionMap {
         // str0m does not know, whose serializer decides), found from the values. A
         // subscriber's m-line maps about ten extensions and a packet carries values for two
         // or three of them: each of the others was a call that looked its value up to find it
-        // absent, about 300 instructions per packet sent.
+        // absent (the calls came to about 300 instructions per packet sent, now about 80).
         let present = ev.known_present();
         let ids = if self.twice {
             self.mapped
@@ -755,6 +755,7 @@ impl ExtensionMap {
         };
         for idx in MappedIds(ids) {
             let kind = self.kinds[idx];
+            // Only the walk over every mapped id (`twice`) meets extensions without a value.
             if kind != UNKNOWN_EXT && present & (1 << (kind - 1)) == 0 {
                 continue;
             }
@@ -2014,9 +2015,10 @@ mod test {
     }
 
     /// Parloir patch 91: writing only the extensions with a value gives the bytes that
-    /// asking every mapped extension gave, for each subset of the values (one each, pairs
-    /// missing one half, all of them), in both forms, with an unknown extension among them;
-    /// and each known extension writes only where `known_present` has its bit.
+    /// asking every mapped extension gave, for each value alone, each value missing (the
+    /// pairs with one half), all and none, in both forms, with unknown extensions, an
+    /// extension at two ids, a remapped and a cleared map; each known extension writes only
+    /// where `known_present` has its bit, and is found at its lowest id.
     #[test]
     fn extensions_without_a_value_are_skipped_as_before() {
         let now = Instant::now() + Duration::from_secs(1000);

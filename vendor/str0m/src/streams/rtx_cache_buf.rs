@@ -211,7 +211,7 @@ impl<T> EvictingBuffer<T> {
         // Parloir patch 92: an entry is older than `max_age` when its time is before this
         // (the same test as `now - timestamp > max_age`, to the nanosecond), worked out once
         // rather than an `Instant` subtraction (a call of about 50 instructions) for each
-        // entry looked at, two at most calls. None: no entry can be that old.
+        // entry looked at (two in most calls). None: no entry can be that old.
         let cutoff = now.checked_sub(self.max_age);
 
         loop {

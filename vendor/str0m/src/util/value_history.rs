@@ -20,8 +20,8 @@ pub(crate) struct ValueHistory {
     ///
     /// Parloir patch 92: its end rather than its start, so that a value inside it (most of
     /// them: a stream sends many packets in 50 ms) costs a comparison, not `Instant`'s
-    /// subtraction (a call of about 35 instructions, at each packet sent, twice with
-    /// resends counted).
+    /// subtraction (a call of about 35 instructions) at each packet sent: every packet is
+    /// pushed into a stream's history of bytes sent or of bytes resent.
     end: Option<Instant>,
 }
 
